@@ -1,0 +1,339 @@
+"""Train an image classifier on a folder of images.
+
+    python main.py --image_dir DIR --epochs 10 --batch_size 32 --augment 1
+    python main.py            # the built-in demo (handwritten digits)
+
+Stages run in order (see STAGES); each takes the Run and adds to it, so a
+new stage is one function and one line in the list.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import config
+import data_loader
+import train_utils
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one invocation of main.py works out, stage by stage."""
+
+    args: argparse.Namespace
+    stamp: str
+    index: data_loader.DatasetIndex | None = None
+    device: train_utils.DeviceSetup | None = None
+    model: object = None
+    resume: dict | None = None
+    datasets: dict = dataclasses.field(default_factory=dict)
+    metrics: dict | None = None
+
+    def results_path(self, category, *names):
+        """RESULTS_DIR/<category>/<stamp>/<names...>."""
+        return os.path.join(self.args.results_dir, category, self.stamp, *names)
+
+    def artifact_path(self, *names):
+        return os.path.join(self.args.artifacts_dir, *names)
+
+
+# ---------------------------------------------------------------- demo
+
+
+def write_demo_dataset(folder):
+    """Writes scikit-learn's 1,797 bundled 8x8 digit scans as PNG class
+    folders (dark ink on white), once. Returns the folder."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if os.path.isfile(os.path.join(folder, ".complete")):
+        return folder
+    print(f"Writing the demo dataset (scikit-learn digits) to {folder}", flush=True)
+    digits = load_digits()
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".demo-", dir=parent)
+    for number, (image, label) in enumerate(zip(digits.images, digits.target)):
+        pixels = (255 - image * (255 / 16)).round().astype(np.uint8)
+        class_folder = os.path.join(staging, str(label))
+        os.makedirs(class_folder, exist_ok=True)
+        Image.fromarray(pixels, mode="L").save(os.path.join(class_folder, f"{number:04d}.png"))
+    open(os.path.join(staging, ".complete"), "w").close()
+    if os.path.isdir(folder):  # an earlier, unfinished attempt of ours
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+    return folder
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Train a MobileNetV2 image classifier on a folder of images."
+    )
+    config.add_shared_arguments(parser)
+    config.add_training_arguments(parser)
+    return parser
+
+
+def parse_arguments(argv):
+    """Parses main.py's options; without --image_dir, sets up the demo with
+    the demo's defaults (any option given on the command line still wins)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.image_dir is None:
+        parser.set_defaults(image_dir=config.DEMO_DIR, **config.DEMO_OVERRIDES)
+        args = parser.parse_args(argv)
+        args.demo = True
+    else:
+        args.demo = False
+    config.validate_training_args(args)
+    check_outputs_outside_dataset(args)
+    return args
+
+
+def is_inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_outputs_outside_dataset(args):
+    """Nothing is ever written inside the user's dataset folder."""
+    if not os.path.isdir(args.image_dir):
+        return  # reported when the dataset is scanned
+    for name in ("artifacts_dir", "results_dir"):
+        if is_inside(getattr(args, name), args.image_dir):
+            raise config.UserError(
+                f"{name} must be outside image_dir: nothing is written inside "
+                f"the dataset. Received: {name}={getattr(args, name)}"
+            )
+
+
+# ---------------------------------------------------------------- stages
+
+
+def scan_stage(run):
+    args = run.args
+    if run.args.demo:
+        write_demo_dataset(args.image_dir)
+    run.index = data_loader.index_dataset(
+        args.image_dir, args.val_split, args.test_split, args.seed
+    )
+    counts = run.index.counts()
+    print(
+        f"    {run.index.layout} layout, {len(run.index.class_names)} classes, "
+        + ", ".join(f"{split} {sum(counts[split].values())}" for split in data_loader.SPLITS)
+        + " images"
+    )
+    for note in run.index.notes:
+        print(f"    {note}")
+    if run.args.resume:
+        check_same_split(run)
+
+
+def check_same_split(run):
+    """A resumed run must train on exactly the split it started with."""
+    manifest = run.artifact_path("split_manifest.csv")
+    import csv
+
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        saved = [tuple(row) for row in csv.reader(handle)]
+    if saved != data_loader.manifest_rows(run.index):
+        raise config.UserError(
+            f"--resume: the dataset or split differs from the interrupted run's "
+            f"{manifest}; use the same --image_dir, --seed and split options"
+        )
+
+
+def save_dataset_artifacts(run):
+    """class_index.json, split_manifest.csv and run_config.json, next to the
+    model, so evaluate.py and predict.py rebuild exactly what was trained."""
+    import keras
+    import tensorflow as tf
+
+    args, index = run.args, run.index
+    counts = index.counts()
+    train_utils.write_csv(run.artifact_path("split_manifest.csv"), data_loader.manifest_rows(index))
+    train_utils.write_json(
+        run.artifact_path("class_index.json"),
+        {str(number): name for number, name in enumerate(index.class_names)},
+    )
+    train_utils.write_json(
+        run.artifact_path("run_config.json"),
+        {
+            "image_size": args.image_size,
+            "input": "uint8 RGB, 0-255, resized to image_size x image_size; "
+            "normalization is inside the model",
+            "backbone": args.backbone,
+            "alpha": args.alpha,
+            "weights": args.weights,
+            "seed": args.seed,
+            "image_dir": index.root,
+            "layout": index.layout,
+            "class_names": list(index.class_names),
+            "split_sizes": {split: sum(counts[split].values()) for split in data_loader.SPLITS},
+            "split_counts": counts,
+            "val_split": args.val_split,
+            "test_split": args.test_split,
+            "run": run.stamp,
+            "options": {key: value for key, value in vars(args).items()},
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        },
+    )
+
+
+def model_stage(run):
+    import keras
+
+    from model_builder import build_classifier
+
+    args = run.args
+    run.device = train_utils.configure_device(args.precision, args.jit)
+    print(f"    device: {run.device.describe()}")
+    with run.device.strategy.scope():
+        if run.resume:
+            path = os.path.join(args.artifacts_dir, train_utils.RESUME_FOLDER, run.resume["model_file"])
+            run.model = keras.models.load_model(path)
+            print(f"    resuming after epoch {run.resume['epoch'] + 1} ({run.resume['phase']}) from {path}")
+        else:
+            run.model = build_classifier(
+                num_classes=len(run.index.class_names),
+                image_size=args.image_size,
+                backbone=args.backbone,
+                alpha=args.alpha,
+                weights=args.weights,
+                dropout=args.dropout,
+            )
+    trainable = sum(int(weight.numpy().size) for weight in run.model.trainable_weights)
+    print(f"    {run.model.name}: {run.model.count_params():,} parameters, {trainable:,} trainable")
+    save_dataset_artifacts(run)
+
+
+def data_stage(run):
+    args = run.args
+    replicas = run.device.strategy.num_replicas_in_sync
+    batch_size = args.batch_size * replicas  # global batch over all GPUs
+    augment = (
+        data_loader.AugmentConfig(
+            flip=args.flip,
+            rotation=args.rotation,
+            zoom=args.zoom,
+            translation=args.translation,
+            contrast=args.contrast,
+        )
+        if args.augment
+        else None
+    )
+    for split in data_loader.SPLITS:
+        paths, labels = run.index.split(split)
+        run.datasets[split] = data_loader.make_dataset(
+            paths,
+            labels,
+            image_size=args.image_size,
+            batch_size=batch_size,
+            training=split == "train",
+            augment=augment,
+            seed=args.seed,
+        )
+    print(f"    batch size {batch_size}, augmentation {'on' if augment else 'off'}")
+
+
+def train_stage(run):
+    args = run.args
+    _, train_labels = run.index.split("train")
+    weights = train_utils.class_weights(train_labels, len(run.index.class_names), args.class_weights)
+    if weights:
+        print(
+            "    class weights: "
+            + ", ".join(f"{run.index.class_names[i]}={w:.3f}" for i, w in weights.items())
+        )
+    else:
+        print("    class weights: none (classes are balanced enough)" if args.class_weights == "auto" else "    class weights: none")
+    history_path = (
+        run.resume["history_path"] if run.resume else run.results_path("training_curves", "history.csv")
+    )
+    os.makedirs(os.path.dirname(history_path), exist_ok=True)
+    if run.resume:
+        train_utils.trim_history(history_path, run.resume["epoch"])
+    plan = train_utils.TrainPlan(
+        epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_layers=args.fine_tune_layers,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        pretrained=args.weights != "none",
+        jit_compile=run.device.jit_compile,
+        best_model_path=config.model_path(args),
+        history_path=history_path,
+        resume_folder=run.artifact_path(train_utils.RESUME_FOLDER),
+        tensorboard_dir=run.results_path("tensorboard") if args.tensorboard else None,
+        class_weight=weights,
+    )
+    state = {"stamp": run.stamp, "history_path": history_path}
+    if run.resume and "finetune_start" in run.resume:
+        state["finetune_start"] = run.resume["finetune_start"]
+    train_utils.train(
+        run.model, run.datasets["train"], run.datasets["val"], plan, state, resume=run.resume
+    )
+    train_utils.finish_resume_points(plan.resume_folder)
+    print(f"    history: {history_path}")
+
+
+def evaluate_stage(run):
+    import keras
+
+    path = config.model_path(run.args)
+    best = keras.models.load_model(path)
+    true_labels, probabilities = train_utils.predict_probabilities(best, run.datasets["test"])
+    run.metrics = train_utils.classification_metrics(true_labels, probabilities, run.index.class_names)
+    metrics_path = train_utils.write_json(
+        run.results_path("metrics", "metrics.json"),
+        {"model": path, "split": "test", **run.metrics},
+    )
+    print(
+        f"    test accuracy {run.metrics['accuracy']:.4f}, loss {run.metrics['loss']:.4f} "
+        f"on {run.metrics['num_samples']} images"
+    )
+    print(f"    metrics: {metrics_path}")
+
+
+STAGES = [
+    ("Scanning and splitting the dataset", scan_stage),
+    ("Building the model", model_stage),
+    ("Preparing the input pipeline", data_stage),
+    ("Training", train_stage),
+    ("Evaluating the best model on the test split", evaluate_stage),
+]
+
+
+def run_training(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    import keras
+
+    args = parse_arguments(argv)
+    resume = train_utils.load_resume_state(args.artifacts_dir) if args.resume else None
+    stamp = resume["stamp"] if resume else train_utils.new_run_stamp(args.results_dir)
+    if args.demo:
+        print(f"No --image_dir given: training on the built-in demo ({args.image_dir}).")
+    keras.utils.set_random_seed(args.seed)
+    run = Run(args=args, stamp=stamp, resume=resume)
+    for name, stage_function in STAGES:
+        with train_utils.stage(name):
+            stage_function(run)
+    return run
+
+
+def main(argv=None):
+    """Entry point; returns the exit code (2 for a user mistake)."""
+    return config.run_cli(run_training, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""Training: device set-up, class weights, callbacks, the two phases,
+resuming, evaluation metrics and safe (atomic) file writes.
+
+Compute functions return data; main.py decides what is written where.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from config import UserError
+
+RESUME_FOLDER = "resume"
+RESUME_STATE = "state.json"
+
+
+# ---------------------------------------------------------------- files
+
+
+def atomic_write(path, write):
+    """Writes a file via a temporary sibling and os.replace, so a crash
+    never leaves a truncated file. `write(temp_path)` does the writing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base, extension = os.path.splitext(os.path.basename(path))
+    handle, temp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{extension}", dir=folder)
+    os.close(handle)
+    try:
+        write(temp_path)
+        os.replace(temp_path, path)
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+    return path
+
+
+def write_json(path, data):
+    def write(temp_path):
+        with open(temp_path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+
+    return atomic_write(path, write)
+
+
+def write_csv(path, rows):
+    def write(temp_path):
+        with open(temp_path, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+
+    return atomic_write(path, write)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def save_model(model, path):
+    """Saves a .keras file atomically."""
+    return atomic_write(path, lambda temp_path: model.save(temp_path))
+
+
+def new_run_stamp(results_dir, now=None):
+    """A timestamp (20261121-142530) for one command invocation, with a
+    suffix (-2, -3, ...) if any results category already has that name, so
+    an earlier run is never overwritten."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    categories = (
+        [entry.path for entry in os.scandir(results_dir) if entry.is_dir()]
+        if os.path.isdir(results_dir)
+        else []
+    )
+    candidate, number = stamp, 1
+    while any(os.path.exists(os.path.join(folder, candidate)) for folder in categories):
+        number += 1
+        candidate = f"{stamp}-{number}"
+    return candidate
+
+
+@contextlib.contextmanager
+def stage(name):
+    """Prints one line when a stage starts and how long it took."""
+    print(f"==> {name}", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"    done in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+# ---------------------------------------------------------------- device
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSetup:
+    strategy: object
+    num_gpus: int
+    mixed_precision: bool
+    jit_compile: bool
+
+    def describe(self):
+        where = f"{self.num_gpus} GPU(s)" if self.num_gpus else "CPU"
+        precision = "mixed_float16" if self.mixed_precision else "float32"
+        return f"{where}, {precision}, XLA {'on' if self.jit_compile else 'off'}"
+
+
+def configure_device(precision="auto", jit="auto"):
+    """Picks the device, precision and XLA for training.
+
+    With a GPU: memory growth on, mixed_float16 and XLA by default, and
+    MirroredStrategy over several GPUs. On the CPU: float32 and no XLA by
+    default (measured on 2 cores: mixed_bfloat16 2x and XLA 7x slower).
+    Sets Keras' global dtype policy, so call it once, before building.
+    """
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):  # already initialized
+            tf.config.experimental.set_memory_growth(gpu, True)
+    mixed = precision == "mixed" or (precision == "auto" and bool(gpus))
+    jit_compile = jit == "1" or (jit == "auto" and bool(gpus))
+    keras.mixed_precision.set_global_policy(
+        ("mixed_float16" if gpus else "mixed_bfloat16") if mixed else "float32"
+    )
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return DeviceSetup(strategy, len(gpus), mixed, jit_compile)
+
+
+# ---------------------------------------------------------------- data
+
+
+def class_weights(labels, num_classes, mode="auto"):
+    """Balanced class weights {index: weight} from the training labels, or
+    None. `auto` uses them when the largest class has more than 1.5x the
+    images of the smallest."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    counts = np.bincount(labels, minlength=num_classes)
+    if mode == "none" or (mode == "auto" and counts.max() <= 1.5 * counts.min()):
+        return None
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class BestModelCheckpoint:
+    """Factory for a callback saving the model with the lowest val_loss,
+    atomically, so a crash mid-save keeps the previous file loadable."""
+
+    def __new__(cls, path, best=float("inf")):
+        import keras
+
+        class _Checkpoint(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.path = path
+                self.best = best
+
+            def on_epoch_end(self, epoch, logs=None):
+                value = (logs or {}).get("val_loss")
+                if value is None or not np.isfinite(value) or value >= self.best:
+                    return
+                print(
+                    f"\nEpoch {epoch + 1}: val_loss improved from {self.best:.4f} "
+                    f"to {value:.4f}, saving {self.path}"
+                )
+                self.best = float(value)
+                save_model(self.model, self.path)
+
+        return _Checkpoint()
+
+
+class ResumePoint:
+    """Factory for a callback that, after every epoch, saves the whole model
+    (optimizer included) and a small state file, so `--resume` can continue
+    from the last completed epoch after the process is killed."""
+
+    def __new__(cls, folder, phase, state, best_checkpoint):
+        import keras
+
+        class _Resume(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                save_resume_point(
+                    folder,
+                    self.model,
+                    {**state, "phase": phase, "epoch": epoch, "best_val_loss": best_checkpoint.best},
+                )
+
+        return _Resume()
+
+
+def save_resume_point(folder, model, state):
+    """Saves model + state so that the state always names a complete model
+    file: the model goes to a new file first, then the state is replaced,
+    then older model files are removed (they are ours, never user data)."""
+    os.makedirs(folder, exist_ok=True)
+    name = f"epoch-{state['epoch'] + 1:04d}-{state['phase']}.keras"
+    save_model(model, os.path.join(folder, name))
+    write_json(os.path.join(folder, RESUME_STATE), {**state, "model_file": name})
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".keras") and entry.name != name:
+            os.remove(entry.path)
+
+
+def load_resume_state(artifacts_dir):
+    """The state of an interrupted run, or raises UserError if none."""
+    path = os.path.join(artifacts_dir, RESUME_FOLDER, RESUME_STATE)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"--resume: no interrupted run in {artifacts_dir} (no {path}); "
+            "start a run without --resume"
+        )
+    state = read_json(path)
+    if state.get("phase") == "done":
+        raise UserError(
+            f"--resume: the last run in {artifacts_dir} finished; nothing to resume"
+        )
+    return state
+
+
+def trim_history(path, last_epoch):
+    """Drops history rows after `last_epoch` (0-based), written by an epoch
+    whose resume point was never saved, so a resumed run does not repeat
+    them."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= last_epoch]
+    write_csv(path, kept)
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """What `train` needs besides the model and data."""
+
+    epochs: int
+    fine_tune_epochs: int
+    fine_tune_layers: int
+    learning_rate: float
+    patience: int
+    pretrained: bool
+    jit_compile: bool
+    best_model_path: str
+    history_path: str
+    resume_folder: str
+    tensorboard_dir: str | None = None
+    class_weight: dict | None = None
+
+
+def compile_model(model, learning_rate, jit_compile):
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+
+
+def phase_callbacks(plan, phase, best_checkpoint, state):
+    import keras
+
+    callbacks = [
+        keras.callbacks.CSVLogger(plan.history_path, append=True),
+        best_checkpoint,
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7, verbose=1
+        ),
+        ResumePoint(plan.resume_folder, phase, state, best_checkpoint),
+    ]
+    if plan.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=plan.tensorboard_dir))
+    return callbacks
+
+
+def unfreeze_for_fine_tuning(model, plan):
+    """Unfreezes the backbone's top layers and recompiles at lr / 10."""
+    from model_builder import unfreeze_top_layers
+
+    unfrozen = unfreeze_top_layers(model, plan.fine_tune_layers)
+    compile_model(model, plan.learning_rate / 10, plan.jit_compile)
+    return unfrozen
+
+
+def fit_phase(model, train_data, val_data, plan, first_epoch, last_epoch, callbacks):
+    """Runs model.fit over epochs [first_epoch, last_epoch); returns the
+    number of epochs actually run (early stopping may end it sooner)."""
+    if first_epoch >= last_epoch:
+        return 0
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=last_epoch,
+        initial_epoch=first_epoch,
+        class_weight=plan.class_weight,
+        callbacks=callbacks,
+        # Live progress bars on a terminal, one line per epoch in logs.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return len(history.epoch)
+
+
+def train(model, train_data, val_data, plan, state, resume=None):
+    """Trains in up to two phases and returns the model.
+
+    Phase "head": the head (or, from scratch, the whole network) for
+    `plan.epochs`. Phase "finetune" (pretrained only): the backbone's last
+    `plan.fine_tune_layers` layers unfrozen at a 10x lower learning rate for
+    `plan.fine_tune_epochs`. Epochs are numbered across both phases, so the
+    history CSV is one continuous table. `state` is saved with every resume
+    point; `resume` is the state of an interrupted run whose model is
+    already loaded (compiled, optimizer state included).
+    """
+    best_checkpoint = BestModelCheckpoint(
+        plan.best_model_path, best=resume["best_val_loss"] if resume else float("inf")
+    )
+    phase = resume["phase"] if resume else "head"
+    next_epoch = resume["epoch"] + 1 if resume else 0
+
+    if phase == "head":
+        if not resume:
+            compile_model(model, plan.learning_rate, plan.jit_compile)
+        callbacks = phase_callbacks(plan, "head", best_checkpoint, state)
+        next_epoch += fit_phase(model, train_data, val_data, plan, next_epoch, plan.epochs, callbacks)
+        if not (plan.pretrained and plan.fine_tune_epochs > 0):
+            return model
+        unfrozen = unfreeze_for_fine_tuning(model, plan)
+        print(
+            f"Fine-tuning from epoch {next_epoch + 1}: {unfrozen} backbone layers "
+            f"unfrozen, learning rate {plan.learning_rate / 10:g}",
+            flush=True,
+        )
+        state = {**state, "finetune_start": next_epoch}
+        # The phase boundary is a resume point too: it holds the best head
+        # weights that fine-tuning starts from.
+        save_resume_point(
+            plan.resume_folder,
+            model,
+            {**state, "phase": "finetune", "epoch": next_epoch - 1, "best_val_loss": best_checkpoint.best},
+        )
+    last_epoch = state["finetune_start"] + plan.fine_tune_epochs
+    callbacks = phase_callbacks(plan, "finetune", best_checkpoint, state)
+    fit_phase(model, train_data, val_data, plan, next_epoch, last_epoch, callbacks)
+    return model
+
+
+def finish_resume_points(folder):
+    """Marks the run finished and drops its resume model files."""
+    if not os.path.isdir(folder):
+        return
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".keras"):
+            os.remove(entry.path)
+    write_json(os.path.join(folder, RESUME_STATE), {"phase": "done"})
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def predict_probabilities(model, dataset):
+    """(true labels, class probabilities) over a labelled dataset."""
+    true_labels, probabilities = [], []
+    for images, labels in dataset:
+        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
+        true_labels.append(np.asarray(labels))
+    return np.concatenate(true_labels), np.concatenate(probabilities)
+
+
+def classification_metrics(true_labels, probabilities, class_names):
+    """Accuracy, cross-entropy loss and scikit-learn's per-class report.
+
+    Returns a JSON-ready dict: accuracy, loss, num_samples, per_class
+    {name: precision/recall/f1/support}, macro_avg and weighted_avg.
+    """
+    from sklearn.metrics import classification_report
+
+    predicted = probabilities.argmax(axis=1)
+    picked = probabilities[np.arange(len(true_labels)), true_labels]
+    report = classification_report(
+        true_labels,
+        predicted,
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+
+    def rename(row):
+        return {
+            "precision": row["precision"],
+            "recall": row["recall"],
+            "f1": row["f1-score"],
+            "support": int(row["support"]),
+        }
+
+    return {
+        "accuracy": float(np.mean(predicted == true_labels)),
+        # The same clipping as Keras' cross-entropy.
+        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+        "num_samples": int(len(true_labels)),
+        "per_class": {name: rename(report[name]) for name in class_names},
+        "macro_avg": rename(report["macro avg"]),
+        "weighted_avg": rename(report["weighted avg"]),
+    }
