@@ -28,7 +28,9 @@ class Run:
     model: object = None
     resume: dict | None = None
     datasets: dict = dataclasses.field(default_factory=dict)
+    audit: dict | None = None
     metrics: dict | None = None
+    figures: list = dataclasses.field(default_factory=list)
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
