@@ -277,14 +277,16 @@ def compile_model(model, learning_rate, jit_compile):
 def phase_callbacks(plan, phase, best_checkpoint, state):
     import keras
 
+    # Order matters: ReduceLROnPlateau adds the learning rate to the logs
+    # the CSV records; the resume point comes last, once all is written.
     callbacks = [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7, verbose=1
+        ),
         keras.callbacks.CSVLogger(plan.history_path, append=True),
         best_checkpoint,
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7, verbose=1
         ),
         ResumePoint(plan.resume_folder, phase, state, best_checkpoint),
     ]
@@ -312,6 +314,7 @@ def fit_phase(model, train_data, val_data, plan, first_epoch, last_epoch, callba
         validation_data=val_data,
         epochs=last_epoch,
         initial_epoch=first_epoch,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         class_weight=plan.class_weight,
         callbacks=callbacks,
         # Live progress bars on a terminal, one line per epoch in logs.
@@ -422,3 +425,121 @@ def classification_metrics(true_labels, probabilities, class_names):
         "macro_avg": rename(report["macro avg"]),
         "weighted_avg": rename(report["weighted avg"]),
     }
+
+
+def classification_report_text(true_labels, probabilities, class_names):
+    """scikit-learn's text classification report (4 digits), every class
+    listed even when absent from the labels."""
+    from sklearn.metrics import classification_report
+
+    return classification_report(
+        true_labels,
+        probabilities.argmax(axis=1),
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
+    )
+
+
+def confusion_counts(true_labels, probabilities, num_classes):
+    """(num_classes, num_classes) int array: rows true, columns predicted."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(
+        true_labels, probabilities.argmax(axis=1), labels=np.arange(num_classes)
+    )
+
+
+def roc_analysis(true_labels, probabilities, class_names):
+    """One-vs-rest ROC curves and their AUCs.
+
+    Returns {"per_class": {name: {"fpr", "tpr", "auc"} or None}, "micro",
+    "macro" (the same form, or None), "absent": [names], "binary": bool}.
+    A class with no image in `true_labels` (or with every image) has no ROC:
+    its entry is None and it is listed in "absent", never an error. Macro AUC
+    is the mean of the per-class AUCs (scikit-learn's definition); its curve
+    is the mean TPR on the union of the per-class FPR points.
+    """
+    from sklearn.metrics import auc, roc_curve
+
+    true_labels = np.asarray(true_labels)
+    num_classes = len(class_names)
+    per_class, absent = {}, []
+    for number, name in enumerate(class_names):
+        positives = true_labels == number
+        if positives.all() or not positives.any():
+            per_class[name] = None
+            absent.append(name)
+            continue
+        fpr, tpr, _ = roc_curve(positives, probabilities[:, number])
+        per_class[name] = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    curves = [curve for curve in per_class.values() if curve is not None]
+    micro = macro = None
+    if num_classes > 2 and len(true_labels):
+        one_hot = np.eye(num_classes, dtype=bool)[true_labels]
+        fpr, tpr, _ = roc_curve(one_hot.ravel(), probabilities.ravel())
+        micro = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    if num_classes > 2 and curves:
+        grid = np.unique(np.concatenate([curve["fpr"] for curve in curves]))
+        mean_tpr = np.mean([np.interp(grid, curve["fpr"], curve["tpr"]) for curve in curves], axis=0)
+        macro = {
+            "fpr": grid,
+            "tpr": mean_tpr,
+            "auc": float(np.mean([curve["auc"] for curve in curves])),
+        }
+    return {
+        "per_class": per_class,
+        "micro": micro,
+        "macro": macro,
+        "absent": absent,
+        "binary": num_classes == 2,
+    }
+
+
+def evaluation_metrics(true_labels, probabilities, class_names):
+    """`classification_metrics` plus ROC AUC (per class, micro, macro) and
+    the confusion matrix, JSON-ready (null for an AUC that is undefined)."""
+    metrics = classification_metrics(true_labels, probabilities, class_names)
+    roc = roc_analysis(true_labels, probabilities, class_names)
+
+    def area(curve):
+        return None if curve is None else curve["auc"]
+
+    metrics["roc_auc"] = {
+        "per_class": {name: area(curve) for name, curve in roc["per_class"].items()},
+        "micro": area(roc["micro"]),
+        "macro": area(roc["macro"]),
+        "absent_classes": roc["absent"],
+    }
+    metrics["confusion_matrix"] = {
+        "rows": "true class",
+        "columns": "predicted class",
+        "labels": list(class_names),
+        "counts": confusion_counts(true_labels, probabilities, len(class_names)).tolist(),
+    }
+    return metrics
+
+
+def read_history(path):
+    """A CSVLogger history file as {column: numpy array}; `epoch` is 0-based
+    and continuous across the head and fine-tuning phases."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise UserError(f"the training history {path} has no epochs")
+    return {
+        column: np.array([float(row[column]) if row[column] != "" else np.nan for row in rows])
+        for column in rows[0]
+    }
+
+
+def finetune_start(resume_folder):
+    """The first fine-tuning epoch (0-based) saved in a run's resume state,
+    or None when the run did not fine-tune. Read it before
+    `finish_resume_points` clears the state."""
+    path = os.path.join(resume_folder, RESUME_STATE)
+    if not os.path.isfile(path):
+        return None
+    value = read_json(path).get("finetune_start")
+    return None if value is None else int(value)

@@ -1,0 +1,210 @@
+"""Layouts, the split and the tf.data pipeline."""
+
+import os
+
+import numpy as np
+import pytest
+
+import data_loader
+from config import UserError
+from conftest import make_flat_dataset, make_presplit_dataset, write_class_folder
+
+
+def test_flat_layout_finds_classes_nested_and_uppercase_and_ignores_junk(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("b_class", "a_class"), per_class=10)
+    write_class_folder(os.path.join(root, "a_class", "nested", "deeper"), 0, 2, start=50)
+    write_class_folder(os.path.join(root, "b_class"), 1, 1, extension="JPG", start=60)
+    write_class_folder(os.path.join(root, ".hidden_class"), 0, 3)
+    write_class_folder(os.path.join(root, "a_class", ".cache"), 0, 2, start=70)
+    (tmp_path / "data" / "a_class" / "notes.txt").write_text("not an image")
+    (tmp_path / "data" / "a_class" / ".secret.png").write_bytes(b"hidden")
+
+    index = data_loader.index_dataset(root, 0.2, 0.2, seed=1)
+
+    assert index.layout == "flat"
+    assert index.class_names == ("a_class", "b_class")
+    paths = {sample.path for sample in index.samples}
+    assert "a_class/nested/deeper/img_050.png" in paths
+    assert "b_class/img_060.JPG" in paths
+    assert not any(".hidden" in path or ".cache" in path or path.endswith(".txt") for path in paths)
+    assert len(paths) == len(index.samples) == 12 + 11
+
+
+def test_split_is_stratified_disjoint_and_deterministic(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("x", "y", "z"), per_class=20)
+
+    first = data_loader.index_dataset(root, 0.15, 0.25, seed=7)
+    again = data_loader.index_dataset(root, 0.15, 0.25, seed=7)
+    other = data_loader.index_dataset(root, 0.15, 0.25, seed=8)
+
+    counts = first.counts()
+    for name in ("x", "y", "z"):
+        assert counts["val"][name] == 3  # round(20 * 0.15)
+        assert counts["test"][name] == 5
+        assert counts["train"][name] == 12
+    by_split = {split: {s.path for s in first.samples if s.split == split} for split in data_loader.SPLITS}
+    assert not by_split["train"] & by_split["val"]
+    assert not by_split["train"] & by_split["test"]
+    assert not by_split["val"] & by_split["test"]
+    assert sum(len(paths) for paths in by_split.values()) == 60
+    assert data_loader.manifest_rows(first) == data_loader.manifest_rows(again)
+    assert data_loader.manifest_rows(first) != data_loader.manifest_rows(other)
+
+
+def test_presplit_layout_with_validation_alias(tmp_path):
+    root = make_presplit_dataset(tmp_path / "data", classes=("cat", "dog"))
+    os.rename(os.path.join(root, "val"), os.path.join(root, "validation"))
+
+    index = data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+
+    assert index.layout == "presplit"
+    assert index.notes == ()
+    counts = index.counts()
+    assert counts["train"] == {"cat": 8, "dog": 8}
+    assert counts["val"] == {"cat": 3, "dog": 3}
+    assert all(sample.path.startswith(f"{ {'val': 'validation'}.get(sample.split, sample.split)}/") for sample in index.samples)
+
+
+def test_presplit_without_val_and_test_carves_them_from_train_and_says_so(tmp_path):
+    root = make_presplit_dataset(tmp_path / "data", counts={"train": 20}, splits=("train",))
+
+    index = data_loader.index_dataset(root, 0.2, 0.1, seed=0)
+
+    counts = index.counts()
+    assert counts["val"] == {"cat": 4, "dog": 4}
+    assert counts["test"] == {"cat": 2, "dog": 2}
+    assert counts["train"] == {"cat": 14, "dog": 14}
+    assert len(index.notes) == 1 and "carved" in index.notes[0] and "val" in index.notes[0]
+
+
+def test_class_missing_from_a_split_names_class_and_split(tmp_path):
+    root = make_presplit_dataset(tmp_path / "data", classes=("cat", "dog", "owl"))
+    for name in os.listdir(os.path.join(root, "test", "owl")):
+        os.remove(os.path.join(root, "test", "owl", name))
+    os.rmdir(os.path.join(root, "test", "owl"))
+
+    with pytest.raises(UserError, match=r"class 'owl' has no images in the test split \(2 vs 3 classes\)"):
+        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+
+
+def test_too_few_classes_and_missing_folder(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("only",), per_class=5)
+    with pytest.raises(UserError, match="at least 2"):
+        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+    with pytest.raises(UserError, match="not a folder"):
+        data_loader.index_dataset(str(tmp_path / "nope"), 0.15, 0.15, seed=0)
+
+
+def test_class_too_small_for_every_split_is_named(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("big", "tiny"), per_class=10)
+    for name in sorted(os.listdir(os.path.join(root, "tiny")))[2:]:
+        os.remove(os.path.join(root, "tiny", name))
+    with pytest.raises(UserError, match="class 'tiny' has 2 image"):
+        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+
+
+def _collect(dataset):
+    images, labels = [], []
+    for batch_images, batch_labels in dataset:
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    return images, labels
+
+
+def test_dataset_shapes_dtype_labels_and_every_image_once(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=10)
+    index = data_loader.index_dataset(root, 0.2, 0.2, seed=0)
+    paths, labels = index.split("train")
+    assert len(paths) == 18
+
+    dataset = data_loader.make_dataset(paths, labels, image_size=40, batch_size=4, training=True, seed=3)
+    images, batch_labels = _collect(dataset)
+
+    assert [len(batch) for batch in images] == [4, 4, 4, 4, 2]  # partial last batch kept
+    assert all(batch.dtype == np.uint8 and batch.shape[1:] == (40, 40, 3) for batch in images)
+    # Each class's images are dominated by its colour: red, green, blue.
+    for batch, batch_label in zip(images, batch_labels):
+        for image, label in zip(batch, batch_label):
+            assert int(np.argmax(image.reshape(-1, 3).mean(axis=0))) == int(label)
+    # Every image exactly once: compare sorted image fingerprints with a plain read.
+    plain_images, _ = _collect(data_loader.make_dataset(paths, labels, 40, 4, training=False))
+    fingerprints = sorted(image.tobytes() for batch in images for image in batch)
+    assert fingerprints == sorted(image.tobytes() for batch in plain_images for image in batch)
+
+
+def test_training_shuffles_each_epoch_reproducibly_and_eval_keeps_order(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=20)
+    paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
+
+    def epoch_orders(dataset, epochs=2):
+        return [np.concatenate([batch_labels.numpy() for _, batch_labels in dataset]).tolist() for _ in range(epochs)]
+
+    train = epoch_orders(data_loader.make_dataset(paths, labels, 32, 5, training=True, seed=11))
+    train_again = epoch_orders(data_loader.make_dataset(paths, labels, 32, 5, training=True, seed=11))
+    evaluation = epoch_orders(data_loader.make_dataset(paths, labels, 32, 5, training=False))
+
+    assert train == train_again
+    images_epoch = [np.concatenate([b.numpy() for b, _ in data_loader.make_dataset(paths, labels, 32, 5, training=True, seed=11)])]
+    assert images_epoch[0].shape[0] == len(paths)
+    assert evaluation[0] == evaluation[1] == labels.tolist()
+    assert train[0] != labels.tolist()
+    assert train[0] != train[1]  # reshuffled every epoch
+
+
+def test_augmentation_only_on_training_batches(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=10)
+    paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
+    strengths = data_loader.AugmentConfig(flip="both", rotation=30, zoom=0.2, translation=0.1, contrast=0.3)
+
+    plain, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=False))
+    evaluated, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=False, augment=strengths))
+    augmented, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=True, augment=strengths, seed=5))
+
+    assert all(np.array_equal(a, b) for a, b in zip(plain, evaluated))
+    plain_set = {image.tobytes() for batch in plain for image in batch}
+    augmented_images = [image for batch in augmented for image in batch]
+    assert len(augmented_images) == len(plain_set)
+    assert all(image.dtype == np.uint8 for image in augmented_images)
+    assert sum(image.tobytes() in plain_set for image in augmented_images) <= 1
+
+
+def test_augment_batch_identity_and_flip_geometry():
+    import tensorflow as tf
+
+    image = np.zeros((1, 8, 8, 3), np.uint8)
+    image[0, :, :2] = 200  # a bright band on the left
+    seed = tf.constant([1, 2], tf.int64)
+
+    same = data_loader.augment_batch(
+        tf.constant(image), seed, data_loader.AugmentConfig(flip="none", rotation=0, zoom=0, translation=0, contrast=0)
+    ).numpy()
+    assert np.array_equal(same, image)
+
+    flipped = [
+        data_loader.augment_batch(
+            tf.constant(image), tf.constant([k, 0], tf.int64),
+            data_loader.AugmentConfig(flip="horizontal", rotation=0, zoom=0, translation=0, contrast=0),
+        ).numpy()
+        for k in range(8)
+    ]
+    mirrored = image[:, :, ::-1]
+    assert any(np.array_equal(result, mirrored) for result in flipped)
+    assert all(np.array_equal(result, mirrored) or np.array_equal(result, image) for result in flipped)
+
+
+def test_decodes_grayscale_rgba_bmp_and_gif_to_rgb(tmp_path):
+    from PIL import Image
+
+    pixels = np.full((10, 12), 77, np.uint8)
+    files = {
+        "gray.png": Image.fromarray(pixels, mode="L"),
+        "rgba.png": Image.fromarray(np.dstack([pixels] * 3 + [np.full_like(pixels, 255)]), mode="RGBA"),
+        "pic.bmp": Image.fromarray(np.dstack([pixels] * 3)),
+        "anim.gif": Image.fromarray(pixels, mode="L").convert("P"),
+    }
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    for name in files:
+        decoded = data_loader.load_image(str(tmp_path / name), 32).numpy()
+        assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8, name
+        assert abs(int(decoded.mean()) - 77) <= 2, name

@@ -1,0 +1,186 @@
+"""main.py end to end, in-process and (for --resume) as a killed process."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import main as main_script
+from conftest import ROOT, make_flat_dataset, make_presplit_dataset
+
+TINY = ["--weights", "none", "--alpha", "0.35", "--image_size", "32", "--batch_size", "8", "--augment", "0"]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def only_run(results, category):
+    runs = os.listdir(results / category)
+    assert len(runs) == 1, runs
+    return results / category / runs[0]
+
+
+def test_training_writes_every_artifact_and_the_model_reloads(workdir, tmp_path):
+    import keras
+
+    data = make_flat_dataset(tmp_path / "data", classes=("red", "green", "blue"), per_class=12)
+
+    code = main_script.main(["--image_dir", data, "--epochs", "2", "--augment", "1", *TINY[:-2]])
+
+    assert code == 0
+    artifacts, results = workdir / "model_artifacts", workdir / "results"
+    assert read_json(artifacts / "class_index.json") == {"0": "blue", "1": "green", "2": "red"}
+    config = read_json(artifacts / "run_config.json")
+    assert config["image_size"] == 32 and config["backbone"] == "mobilenet_v2"
+    assert config["alpha"] == 0.35 and config["weights"] == "none" and config["seed"] == 42
+    assert config["class_names"] == ["blue", "green", "red"]
+    assert config["split_sizes"] == {"train": 24, "val": 6, "test": 6}
+    assert set(config["versions"]) == {"tensorflow", "keras"}
+    with open(artifacts / "split_manifest.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "class", "split"] and len(rows) == 37
+    assert all(os.path.isfile(os.path.join(data, path)) and path.split("/")[0] == label for path, label, _ in rows[1:])
+
+    model = keras.models.load_model(artifacts / "best_model.keras")
+    probabilities = model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0)
+    assert probabilities.shape == (2, 3)
+
+    metrics = read_json(only_run(results, "metrics") / "metrics.json")
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] >= 0 and metrics["num_samples"] == 6
+    assert set(metrics["per_class"]) == {"blue", "green", "red"}
+    for row in [*metrics["per_class"].values(), metrics["macro_avg"], metrics["weighted_avg"]]:
+        assert all(0 <= row[key] <= 1 for key in ("precision", "recall", "f1"))
+    with open(only_run(results, "training_curves") / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in history] == ["0", "1"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history[0])
+    assert not (artifacts / "resume" / "state.json").exists() or read_json(artifacts / "resume" / "state.json") == {"phase": "done"}
+    # Nothing was written inside the dataset.
+    assert sorted(os.listdir(data)) == ["blue", "green", "red"]
+
+
+def test_same_seed_gives_same_split_and_metrics(workdir, tmp_path):
+    data = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=10)
+    args = ["--image_dir", data, "--epochs", "2", *TINY]
+    manifests, metrics = [], []
+    for run in range(2):
+        assert main_script.main(args + ["--artifacts_dir", f"art{run}", "--results_dir", f"res{run}"]) == 0
+        manifests.append((workdir / f"art{run}" / "split_manifest.csv").read_text())
+        metrics.append(read_json(only_run(workdir / f"res{run}", "metrics") / "metrics.json"))
+    assert manifests[0] == manifests[1]
+    assert metrics[0]["accuracy"] == metrics[1]["accuracy"]
+    assert metrics[0]["loss"] == pytest.approx(metrics[1]["loss"], rel=1e-5)
+
+
+def test_pretrained_weights_file_trains_head_then_fine_tunes(workdir, tmp_path):
+    import keras
+
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    weights = str(tmp_path / "local.weights.h5")
+    backbone.save_weights(weights)
+    data = make_presplit_dataset(tmp_path / "data", classes=("cat", "dog"))
+
+    code = main_script.main(
+        ["--image_dir", data, "--epochs", "2", "--fine_tune_epochs", "2", "--fine_tune_layers", "10", *TINY[2:], "--weights", weights]
+    )
+
+    assert code == 0
+    with open(only_run(workdir / "results", "training_curves") / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in history] == ["0", "1", "2", "3"]
+    rates = [float(row["learning_rate"]) for row in history]
+    assert rates[2] == pytest.approx(rates[0] / 10, rel=1e-3)  # fine-tuning at a 10x lower rate
+    assert read_json(workdir / "model_artifacts" / "run_config.json")["layout"] == "presplit"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--batch_size", "0"], "batch_size must be at least 1"),
+        (["--image_size", "16"], "image_size must be at least 32"),
+        (["--val_split", "0.5", "--test_split", "0.5"], "val_split + test_split must be below 1"),
+        (["--weights", "/no/such/file.h5"], "no such file"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(workdir, tmp_path, capsys, extra, message):
+    data = make_flat_dataset(tmp_path / "data", per_class=4)
+    assert main_script.main(["--image_dir", data, *extra]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda root: str(root / "missing"), "image_dir is not a folder"),
+        (lambda root: (root / "empty").mkdir() or str(root / "empty"), "at least 2"),
+        (lambda root: make_flat_dataset(root / "one", classes=("solo",), per_class=5), "at least 2"),
+    ],
+)
+def test_bad_dataset_exits_2_with_one_line(workdir, tmp_path, capsys, build, message):
+    assert main_script.main(["--image_dir", build(tmp_path), *TINY]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+
+
+def test_outputs_inside_the_dataset_are_refused(workdir, tmp_path, capsys):
+    data = make_flat_dataset(tmp_path / "data", per_class=4)
+    assert main_script.main(["--image_dir", data, "--results_dir", os.path.join(data, "out"), *TINY]) == 2
+    assert "outside image_dir" in capsys.readouterr().err
+
+
+def test_imagenet_weights_unavailable_stops_before_training(workdir, tmp_path, capsys, monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.applications.mobilenet_v2.file_utils.get_file", offline)
+    data = make_flat_dataset(tmp_path / "data", per_class=6)
+
+    assert main_script.main(["--image_dir", data, "--weights", "imagenet", *TINY[2:]]) == 2
+
+    error = capsys.readouterr().err
+    assert "could not load --weights imagenet" in error and "--weights none" in error
+    assert not (workdir / "model_artifacts" / "best_model.keras").exists()
+
+
+def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
+    import keras
+
+    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=40)
+    args = ["--image_dir", data, "--epochs", "8", "--patience", "20", *TINY]
+    environment = {**os.environ, "PYTHONPATH": ROOT}
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=workdir, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = workdir / "model_artifacts" / "resume" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if state_path.exists() and read_json(state_path).get("epoch", -1) >= 1:
+            time.sleep(0.3)  # into the next epoch
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = read_json(state_path)["epoch"]
+    assert 1 <= interrupted_at < 7
+    keras.models.load_model(workdir / "model_artifacts" / "best_model.keras")  # still loadable
+
+    assert main_script.main(args + ["--resume"]) == 0
+
+    with open(only_run(workdir / "results", "training_curves") / "history.csv", newline="") as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == list(range(8))
+    assert read_json(state_path) == {"phase": "done"}
+    assert main_script.main(args + ["--resume"]) == 2  # nothing left to resume

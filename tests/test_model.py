@@ -1,0 +1,148 @@
+"""The classifier: shapes, raw uint8 input, phases, BatchNorm, weights."""
+
+import os
+
+import numpy as np
+import pytest
+
+import data_loader
+import model_builder
+import train_utils
+from config import UserError
+
+
+@pytest.fixture(scope="module")
+def local_weights(tmp_path_factory):
+    """A backbone weights file on disk, standing in for ImageNet weights
+    (which cannot be downloaded here)."""
+    import keras
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
+    )
+    path = tmp_path_factory.mktemp("weights") / "backbone.weights.h5"
+    backbone.save_weights(str(path))
+    return str(path)
+
+
+def test_output_is_float32_softmax_over_raw_uint8_images():
+    model = model_builder.build_classifier(4, image_size=32, alpha=0.35, weights="none")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+
+    probabilities = model.predict(images, verbose=0)
+
+    assert model.input.dtype == "uint8"
+    assert probabilities.shape == (3, 4) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # Normalization is inside the model: 0 -> -1 and 255 -> 1.
+    normalize = model.get_layer("normalize")
+    np.testing.assert_allclose(np.asarray(normalize(np.array([[0.0, 255.0]]))), [[-1.0, 1.0]], atol=1e-6)
+
+
+def test_from_scratch_trains_everything_with_fast_batchnorm():
+    import keras
+
+    model = model_builder.build_classifier(3, image_size=32, alpha=0.35, weights="none")
+    backbone = model_builder.backbone_of(model)
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+    assert backbone.trainable and all(layer.trainable for layer in backbone.layers)
+    assert norms and {layer.momentum for layer in norms} == {model_builder.SCRATCH_BATCHNORM_MOMENTUM}
+
+
+def test_pretrained_phases_freeze_then_unfreeze_top_without_batchnorm(local_weights):
+    import keras
+
+    model = model_builder.build_classifier(3, image_size=32, alpha=0.35, weights=local_weights)
+    backbone = model_builder.backbone_of(model)
+    head_weights = {id(weight) for weight in model.trainable_weights}
+    assert not backbone.trainable
+    assert len(model.trainable_weights) == 2  # the Dense kernel and bias
+
+    unfrozen = model_builder.unfreeze_top_layers(model, 20)
+
+    trainable_layers = [layer for layer in backbone.layers if layer.trainable and layer.weights]
+    assert unfrozen == len(trainable_layers) > 0
+    assert all(not isinstance(layer, keras.layers.BatchNormalization) for layer in trainable_layers)
+    assert all(position >= len(backbone.layers) - 20 for position, layer in enumerate(backbone.layers) if layer.trainable and layer.weights)
+    assert len(model.trainable_weights) > len(head_weights)
+
+
+def test_pretrained_backbone_runs_batchnorm_in_inference_mode(local_weights):
+    """Even unfrozen for fine-tuning, the pretrained backbone's BatchNorm
+    statistics must not move during training."""
+    import keras
+
+    model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=local_weights)
+    model_builder.unfreeze_top_layers(model, 40)
+    norms = [l for l in model_builder.backbone_of(model).layers if isinstance(l, keras.layers.BatchNormalization)]
+    before = [np.array(layer.moving_mean) for layer in norms]
+    train_utils.compile_model(model, 1e-3, jit_compile=False)
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    model.fit(images, np.array([0, 1] * 4), epochs=1, verbose=0)
+    after = [np.array(layer.moving_mean) for layer in norms]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_local_weights_file_is_loaded(local_weights):
+    import keras
+
+    model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=local_weights)
+    reference = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    reference.load_weights(local_weights)
+    for got, expected in zip(model_builder.backbone_of(model).weights, reference.weights):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_unloadable_weights_stop_with_ways_out(tmp_path):
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not weights")
+    with pytest.raises(UserError) as error:
+        model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=str(broken))
+    message = str(error.value)
+    assert "--weights none" in message and "--weights PATH" in message and ".keras" in message
+
+
+def _digit_folder(root, classes=5, per_class=60):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(classes):
+        folder = os.path.join(root, str(label))
+        os.makedirs(folder)
+        for number, image in enumerate(digits.images[digits.target == label][:per_class]):
+            Image.fromarray((255 - image * 255 / 16).astype(np.uint8)).save(os.path.join(folder, f"{number}.png"))
+    return root
+
+
+def _train_from_scratch(index, tmp_path, momentum):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = model_builder.build_classifier(5, image_size=32, alpha=0.35, weights="none", batchnorm_momentum=momentum)
+    train = data_loader.make_dataset(*index.split("train"), 32, 16, training=True, seed=0)
+    val = data_loader.make_dataset(*index.split("val"), 32, 16)
+    plan = train_utils.TrainPlan(
+        epochs=14, fine_tune_epochs=0, fine_tune_layers=1, learning_rate=2e-3, patience=100,
+        pretrained=False, jit_compile=False,
+        best_model_path=str(tmp_path / f"best-{momentum}.keras"),
+        history_path=str(tmp_path / f"history-{momentum}.csv"),
+        resume_folder=str(tmp_path / f"resume-{momentum}"),
+    )
+    train_utils.train(model, train, val, plan, {"stamp": "test", "history_path": plan.history_path})
+    true_labels, probabilities = train_utils.predict_probabilities(model, val)
+    return float(np.mean(probabilities.argmax(axis=1) == true_labels))
+
+
+def test_from_scratch_really_learns_where_keras_default_batchnorm_stays_at_chance(tmp_path):
+    """300 real digit scans, 5 classes, ~170 training steps. With the
+    backbone's own BatchNorm momentum (0.999) inference statistics lag and
+    validation stays at chance (0.2); ours must learn."""
+    index = data_loader.index_dataset(_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
+
+    ours = _train_from_scratch(index, tmp_path, momentum=None)
+    keras_default = _train_from_scratch(index, tmp_path, momentum=0.999)
+
+    assert ours >= 0.75, ours
+    assert keras_default <= 0.4, keras_default
