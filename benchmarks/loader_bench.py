@@ -1,0 +1,261 @@
+"""Input pipeline throughput: ours (exactly what main.py trains from) and,
+with --peers, the standard Keras ways on the same files, each in its own
+process, with the ratios.
+
+    python benchmarks/loader_bench.py --image_dir DIR --image_size 224 \
+        --batch_size 32 --augment 1 --cache none --epochs 2 --peers
+
+Each pipeline runs `--epochs` full epochs after one warm-up epoch; the
+figure is the last epoch's images per second. With --repeats N every
+pipeline runs N times (separate processes) and the median is reported.
+The last line is always `images/s: N` for our pipeline.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+PEERS = {
+    "bare_tfdata": "bare tf.data: parallel decode + resize, nothing else",
+    "idfd": "keras.utils.image_dataset_from_directory, no augmentation",
+    "idfd_aug": "image_dataset_from_directory + RandomFlip/RandomRotation/RandomZoom",
+    "pydataset": "keras.utils.PyDataset reading with PIL, 2 worker threads",
+    "imagedatagenerator": "ImageDataGenerator.flow_from_directory, rotation/zoom/flip",
+}
+
+
+def time_epochs(iterate_epoch, epochs):
+    """Runs one warm-up epoch, then `epochs`; returns images/s per timed epoch."""
+    iterate_epoch()
+    rates = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        count = iterate_epoch()
+        rates.append(count / (time.perf_counter() - start))
+    return rates
+
+
+def tf_epoch(dataset):
+    def run():
+        count = 0
+        for images, _ in dataset:
+            count += int(images.shape[0])
+        return count
+
+    return run
+
+
+def ours(args):
+    import data_loader
+
+    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed)
+    paths = [os.path.join(index.root, sample.path) for sample in index.samples]
+    class_ids = {name: number for number, name in enumerate(index.class_names)}
+    labels = [class_ids[sample.label] for sample in index.samples]
+    augment = data_loader.AugmentConfig() if args.augment else None
+    dataset = data_loader.make_dataset(
+        paths, labels, args.image_size, args.batch_size, training=True, augment=augment,
+        seed=args.seed, **({"cache": args.cache} if _has_cache() else {}),
+    )
+    return tf_epoch(dataset)
+
+
+def _has_cache():
+    import inspect
+
+    import data_loader
+
+    return "cache" in inspect.signature(data_loader.make_dataset).parameters
+
+
+def bare_tfdata(args):
+    import tensorflow as tf
+
+    files = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(args.image_dir)
+        for name in names
+        if name.lower().endswith((".jpg", ".jpeg"))
+    )
+
+    def load(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        return tf.image.resize(image, [args.image_size, args.image_size]), 0
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(files)
+        .shuffle(len(files), seed=args.seed)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(args.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return tf_epoch(dataset)
+
+
+def idfd_dataset(args):
+    import keras
+
+    return keras.utils.image_dataset_from_directory(
+        args.image_dir,
+        image_size=(args.image_size, args.image_size),
+        batch_size=args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        verbose=False,
+    )
+
+
+def idfd(args):
+    import tensorflow as tf
+
+    return tf_epoch(idfd_dataset(args).prefetch(tf.data.AUTOTUNE))
+
+
+def idfd_aug(args):
+    import keras
+    import tensorflow as tf
+
+    augmentation = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(15 / 360),
+            keras.layers.RandomZoom(0.1),
+        ]
+    )
+    dataset = idfd_dataset(args).map(
+        lambda images, labels: (augmentation(images, training=True), labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return tf_epoch(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+def pydataset(args):
+    import keras
+    import numpy as np
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+    from PIL import Image
+
+    files = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(args.image_dir)
+        for name in names
+        if name.lower().endswith((".jpg", ".jpeg"))
+    )
+    size, batch = args.image_size, args.batch_size
+
+    class Files(keras.utils.PyDataset):
+        def __len__(self):
+            return (len(files) + batch - 1) // batch
+
+        def __getitem__(self, number):
+            chosen = files[number * batch : (number + 1) * batch]
+            images = [np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)) for path in chosen]
+            return np.stack(images), np.zeros(len(chosen), np.int32)
+
+    adapter = PyDatasetAdapter(Files(workers=2, use_multiprocessing=False), shuffle=True)
+
+    def run():
+        count = 0
+        for images, _ in adapter.get_numpy_iterator():
+            count += len(images)
+        adapter.on_epoch_end()
+        return count
+
+    return run
+
+
+def imagedatagenerator(args):
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    flow = ImageDataGenerator(rotation_range=15, zoom_range=0.1, horizontal_flip=True).flow_from_directory(
+        args.image_dir,
+        target_size=(args.image_size, args.image_size),
+        batch_size=args.batch_size,
+        class_mode="sparse",
+        seed=args.seed,
+    )
+
+    def run():
+        count = 0
+        for _ in range(len(flow)):
+            images, _ = next(flow)
+            count += len(images)
+        return count
+
+    return run
+
+
+PIPELINES = {"ours": ours, **{name: globals()[name] for name in PEERS}}
+
+
+def run_in_process(name, args):
+    """Times one pipeline in this process; prints and returns images/s."""
+    rates = time_epochs(PIPELINES[name](args), args.epochs)
+    return rates[-1]
+
+
+def run_in_subprocess(name, args):
+    command = [
+        sys.executable, os.path.abspath(__file__), "--only", name,
+        "--image_dir", args.image_dir, "--image_size", str(args.image_size),
+        "--batch_size", str(args.batch_size), "--augment", str(args.augment),
+        "--cache", args.cache, "--epochs", str(args.epochs), "--seed", str(args.seed),
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    lines = [line for line in output.stdout.splitlines() if line.startswith("images/s:")]
+    if output.returncode != 0 or not lines:
+        raise RuntimeError(f"{name} failed:\n{output.stderr[-2000:]}")
+    return float(lines[-1].split(":")[1])
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Input pipeline throughput vs the Keras ways.")
+    parser.add_argument("--image_dir", required=True)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--augment", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--cache", choices=("none", "memory", "auto"), default="none")
+    parser.add_argument("--epochs", type=int, default=2, help="Timed epochs after one warm-up epoch")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--peers", action="store_true", help="Also time the Keras ways and print ratios")
+    parser.add_argument("--repeats", type=int, default=1, help="Runs per pipeline; the median is reported")
+    parser.add_argument("--json", help="Also write the figures to this JSON file")
+    parser.add_argument("--only", choices=sorted(PIPELINES), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.only:
+        print(f"images/s: {run_in_process(args.only, args):.1f}", flush=True)
+        return 0
+    names = (list(PEERS) if args.peers else []) + ["ours"]
+    figures = {}
+    for name in names:
+        rates = [run_in_subprocess(name, args) for _ in range(args.repeats)]
+        figures[name] = statistics.median(rates)
+        label = "ours" if name == "ours" else PEERS[name]
+        print(f"{name:20s} {figures[name]:8.1f} images/s  (runs: {', '.join(f'{rate:.0f}' for rate in rates)})  {label}", flush=True)
+    setting = f"augment={args.augment} cache={args.cache} size={args.image_size} batch={args.batch_size}"
+    if args.peers:
+        print(f"ratios, ours ({setting}) over each peer:")
+        for name in PEERS:
+            print(f"  x{figures['ours'] / figures[name]:.2f} vs {name}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"setting": setting, "cpu_count": os.cpu_count(), "images_per_second": figures}, handle, indent=2)
+    print(f"images/s: {figures['ours']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
