@@ -31,6 +31,7 @@ class Config:
     # as fractions: zoom 0.1 = scale in [0.9, 1.1], translation 0.1 = up to
     # 10% of the image side, contrast 0.2 = factor in [0.8, 1.2].
     augment: int = 1
+    cache: str = "auto"
     flip: str = "horizontal"
     rotation: float = 15.0
     zoom: float = 0.1
@@ -56,6 +57,19 @@ class Config:
     artifacts_dir: str = "model_artifacts"
     results_dir: str = "results"
     model: str | None = None
+    # Which files are the dataset (see data_loader.index_dataset).
+    labels_csv: str | None = None
+    classes: tuple | None = None
+    reader: tuple | None = None
+    # Figures (see add_figure_arguments) and predict.py.
+    rows: int = 3
+    cols: int = 5
+    gallery: str = "mixed"
+    show: str = "auto"
+    grid_per_class: int = 5
+    split: str = "test"
+    gradcam: int = 0
+    top_k: int = 3
 
 
 DEFAULTS = Config()
@@ -146,12 +160,56 @@ def add_shared_arguments(parser):
         help="Figures and reports go to RESULTS_DIR/<category>/<timestamp>/ "
         "(default: %(default)s)",
     )
+    group.add_argument(
+        "--labels_csv",
+        default=DEFAULTS.labels_csv,
+        help="CSV with the columns filename,label[,split] (file names relative "
+        "to IMAGE_DIR; a split column overrides the automatic split) instead "
+        "of class folders (default: class folders)",
+    )
+    group.add_argument(
+        "--classes",
+        type=_name_list,
+        default=DEFAULTS.classes,
+        help="Comma-separated class names: only these classes, in this order "
+        "(class index 0, 1, ...) (default: every class, sorted)",
+    )
+    group.add_argument(
+        "--reader",
+        action="append",
+        default=DEFAULTS.reader,
+        metavar="EXT=FILE.py:FUNCTION",
+        help="Read files with extension EXT with FUNCTION(path) -> uint8 "
+        "HxWxC numpy array from FILE.py (or an importable MODULE); "
+        "repeatable, e.g. --reader npy=my_readers.py:read_npy "
+        "(default: built-in decoders only)",
+    )
     return parser
+
+
+def _name_list(text):
+    """`a,b,c` -> ("a", "b", "c"), for --classes."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            "classes must be distinct, non-empty names separated by commas. "
+            f"Received: classes={text}"
+        )
+    return names
 
 
 def add_training_arguments(parser):
     """Adds main.py's options: augmentation, model and training."""
     aug = parser.add_argument_group("augmentation (training batches only)")
+    aug.add_argument(
+        "--cache",
+        choices=("auto", "memory", "none"),
+        default=DEFAULTS.cache,
+        help="memory: decode and resize every training/validation image once "
+        "and keep the uint8 result in RAM (augmentation still runs every "
+        "epoch); none: stream from disk every epoch; auto: memory when it "
+        "fits the RAM budget printed at start (default: %(default)s)",
+    )
     aug.add_argument(
         "--augment",
         type=int,
@@ -386,3 +444,73 @@ def run_cli(main_function, argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+# A gallery bigger than this is unreadable and slow to draw.
+MAX_GALLERY_SIDE = 20
+
+
+def add_figure_arguments(parser, training=False):
+    """Adds the figure options of main.py, evaluate.py and predict.py.
+
+    All three draw the prediction gallery and show figures; `training=True`
+    (main.py) adds --grid_per_class for the class grid, otherwise (evaluate.py,
+    predict.py) --split picks which saved split of the training folder to use.
+    """
+    group = parser.add_argument_group("figures")
+    group.add_argument(
+        "--rows",
+        type=_integer("rows"),
+        default=DEFAULTS.rows,
+        help="Rows of the prediction gallery (default: %(default)s)",
+    )
+    group.add_argument(
+        "--cols",
+        type=_integer("cols"),
+        default=DEFAULTS.cols,
+        help="Columns of the prediction gallery (default: %(default)s)",
+    )
+    group.add_argument(
+        "--gallery",
+        choices=("mixed", "misclassified", "random"),
+        default=DEFAULTS.gallery,
+        help="Which images the gallery shows: mixed (mistakes first, then "
+        "correct ones), misclassified only, or random (default: %(default)s)",
+    )
+    group.add_argument(
+        "--show",
+        choices=("auto", "1", "0"),
+        default=DEFAULTS.show,
+        help="Open the saved figures one after another (close one to see the "
+        "next). auto: only when a screen is present; headless runs never "
+        "block (default: %(default)s)",
+    )
+    if training:
+        group.add_argument(
+            "--grid_per_class",
+            type=_integer("grid_per_class"),
+            default=DEFAULTS.grid_per_class,
+            help="Images per class in the class grid (default: %(default)s)",
+        )
+    else:
+        group.add_argument(
+            "--split",
+            choices=("train", "val", "test", "all"),
+            default=DEFAULTS.split,
+            help="On the folder the model was trained on: which split of its "
+            "split_manifest.csv to use. Any other folder: all its images "
+            "(default: %(default)s)",
+        )
+    return parser
+
+
+def validate_figure_args(args):
+    """Checks the figure options. Raises UserError on a bad value."""
+    names = ["rows", "cols"] + (["grid_per_class"] if hasattr(args, "grid_per_class") else [])
+    for name in names:
+        value = getattr(args, name)
+        if not 1 <= value <= MAX_GALLERY_SIDE:
+            raise UserError(
+                f"{name} must be between 1 and {MAX_GALLERY_SIDE}. "
+                f"Received: {name}={value}"
+            )

@@ -208,3 +208,30 @@ def test_decodes_grayscale_rgba_bmp_and_gif_to_rgb(tmp_path):
         decoded = data_loader.load_image(str(tmp_path / name), 32).numpy()
         assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8, name
         assert abs(int(decoded.mean()) - 77) <= 2, name
+
+
+def test_cached_pipeline_matches_streaming_every_epoch(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=12)
+    paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
+    strengths = data_loader.AugmentConfig()
+
+    def epochs(cache):
+        dataset = data_loader.make_dataset(paths, labels, 32, 5, training=True, augment=strengths, seed=4, cache=cache)
+        return [[(images.numpy(), batch_labels.numpy()) for images, batch_labels in dataset] for _ in range(3)]
+
+    streamed, cached = epochs(False), epochs(True)
+    for streamed_epoch, cached_epoch in zip(streamed, cached):
+        assert len(streamed_epoch) == len(cached_epoch) == 4
+        for (images_a, labels_a), (images_b, labels_b) in zip(streamed_epoch, cached_epoch):
+            np.testing.assert_array_equal(labels_a, labels_b)
+            np.testing.assert_array_equal(images_a, images_b)
+    assert not np.array_equal(cached[0][0][0], cached[1][0][0])  # new shuffle and augmentation each epoch
+
+
+def test_cache_decision_follows_the_memory_budget():
+    one_image = 64 * 64 * 3
+    assert data_loader.decide_cache("auto", 100, 64, budget=100 * one_image)[0] is True
+    use, note = data_loader.decide_cache("auto", 101, 64, budget=100 * one_image)
+    assert use is False and "over the" in note and "budget" in note
+    assert data_loader.decide_cache("memory", 10**9, 224, budget=1)[0] is True
+    assert data_loader.decide_cache("none", 1, 32, budget=10**12)[0] is False
