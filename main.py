@@ -14,7 +14,9 @@ import sys
 
 import config
 import data_loader
+import evaluate
 import train_utils
+import visualize
 
 
 @dataclasses.dataclass
@@ -31,6 +33,10 @@ class Run:
     audit: dict | None = None
     metrics: dict | None = None
     figures: list = dataclasses.field(default_factory=list)
+    # (history CSV path, first fine-tuning epoch or None), set by training.
+    history: tuple | None = None
+    # (true labels, probabilities) of the best model on the test split.
+    predictions: tuple | None = None
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -82,6 +88,7 @@ def build_parser():
     )
     config.add_shared_arguments(parser)
     config.add_training_arguments(parser)
+    config.add_figure_arguments(parser, training=True)
     return parser
 
 
@@ -97,6 +104,7 @@ def parse_arguments(argv):
     else:
         args.demo = False
     config.validate_training_args(args)
+    config.validate_figure_args(args)
     check_outputs_outside_dataset(args)
     return args
 
@@ -125,17 +133,24 @@ def scan_stage(run):
     args = run.args
     if run.args.demo:
         write_demo_dataset(args.image_dir)
+    # Every file is audited before anything trains; the audit's cache lives
+    # with the artifacts, never inside the dataset.
     run.index = data_loader.index_dataset(
-        args.image_dir, args.val_split, args.test_split, args.seed
+        args.image_dir,
+        args.val_split,
+        args.test_split,
+        args.seed,
+        labels_csv=args.labels_csv,
+        classes=args.classes,
+        readers=data_loader.load_readers(args.reader),
+        cache_dir=run.artifact_path(data_loader.AUDIT_CACHE_FOLDER),
+        progress=data_loader.ProgressLine(),
     )
-    counts = run.index.counts()
-    print(
-        f"    {run.index.layout} layout, {len(run.index.class_names)} classes, "
-        + ", ".join(f"{split} {sum(counts[split].values())}" for split in data_loader.SPLITS)
-        + " images"
-    )
-    for note in run.index.notes:
-        print(f"    {note}")
+    run.audit = run.index.audit
+    audit_path = train_utils.write_json(run.results_path("audit", "audit.json"), run.audit)
+    for line in data_loader.summary_lines(run.index, where=audit_path):
+        print(f"    {line}")
+    print(f"    audit: {audit_path}")
     if run.args.resume:
         check_same_split(run)
 
@@ -218,21 +233,29 @@ def model_stage(run):
     save_dataset_artifacts(run)
 
 
+def augment_config(args):
+    """The AugmentConfig training uses, or None with --augment 0 (the
+    augmentation preview uses the same one)."""
+    if not args.augment:
+        return None
+    return data_loader.AugmentConfig(
+        flip=args.flip,
+        rotation=args.rotation,
+        zoom=args.zoom,
+        translation=args.translation,
+        contrast=args.contrast,
+    )
+
+
 def data_stage(run):
     args = run.args
     replicas = run.device.strategy.num_replicas_in_sync
     batch_size = args.batch_size * replicas  # global batch over all GPUs
-    augment = (
-        data_loader.AugmentConfig(
-            flip=args.flip,
-            rotation=args.rotation,
-            zoom=args.zoom,
-            translation=args.translation,
-            contrast=args.contrast,
-        )
-        if args.augment
-        else None
-    )
+    augment = augment_config(args)
+    # Train and val are read every epoch: cache both or neither. Test is
+    # read once, so it always streams.
+    reread = sum(len(run.index.split(split)[0]) for split in ("train", "val"))
+    cache, cache_note = data_loader.decide_cache(args.cache, reread, args.image_size)
     for split in data_loader.SPLITS:
         paths, labels = run.index.split(split)
         run.datasets[split] = data_loader.make_dataset(
@@ -243,8 +266,11 @@ def data_stage(run):
             training=split == "train",
             augment=augment,
             seed=args.seed,
+            decoders=run.index.decoders(split),  # chosen by the audit
+            readers=run.index.readers,
+            cache=cache and split != "test",
         )
-    print(f"    batch size {batch_size}, augmentation {'on' if augment else 'off'}")
+    print(f"    batch size {batch_size}, augmentation {'on' if augment else 'off'}, {cache_note}")
 
 
 def train_stage(run):
@@ -284,6 +310,7 @@ def train_stage(run):
     train_utils.train(
         run.model, run.datasets["train"], run.datasets["val"], plan, state, resume=run.resume
     )
+    run.history = (history_path, train_utils.finetune_start(plan.resume_folder))
     train_utils.finish_resume_points(plan.resume_folder)
     print(f"    history: {history_path}")
 
@@ -294,7 +321,8 @@ def evaluate_stage(run):
     path = config.model_path(run.args)
     best = keras.models.load_model(path)
     true_labels, probabilities = train_utils.predict_probabilities(best, run.datasets["test"])
-    run.metrics = train_utils.classification_metrics(true_labels, probabilities, run.index.class_names)
+    run.predictions = (true_labels, probabilities)
+    run.metrics = train_utils.evaluation_metrics(true_labels, probabilities, run.index.class_names)
     metrics_path = train_utils.write_json(
         run.results_path("metrics", "metrics.json"),
         {"model": path, "split": "test", **run.metrics},
@@ -306,12 +334,185 @@ def evaluate_stage(run):
     print(f"    metrics: {metrics_path}")
 
 
+# ---------------------------------------------------------------- figures
+
+# The augmentation preview: this many training images, each this many times.
+PREVIEW_IMAGES = 4
+PREVIEW_VERSIONS = 5
+
+
+def add_figures(run, *paths):
+    """Records saved figures, in stage order, for show_stage."""
+    for path in paths:
+        run.figures.append(path)
+        print(f"    figure: {path}")
+
+
+def distribution_stage(run):
+    skipped = len(run.audit["skipped"]) if run.audit else 0
+    add_figures(
+        run,
+        visualize.plot_dataset_distribution(
+            run.index.counts(),
+            run.index.class_names,
+            run.results_path("dataset_distribution", "dataset_distribution.png"),
+            skipped=skipped,
+        ),
+    )
+
+
+def pick_training_images(labels, num_classes, per_class, seed):
+    """Up to `per_class` random training images of each class: a list of
+    index arrays, one per class number."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    picks = []
+    for number in range(num_classes):
+        members = np.flatnonzero(labels == number)
+        picks.append(np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False)))
+    return picks
+
+
+def training_images(run, positions):
+    """Training images (by position in the train split) as the model gets
+    them: uint8 tensors, decoded the way the audit chose for each."""
+    paths, _ = run.index.split("train")
+    decoders = run.index.decoders("train")
+    return [
+        data_loader.load_image(
+            paths[i], run.args.image_size, decoder=decoders[i], readers=run.index.readers
+        )
+        for i in positions
+    ]
+
+
+def class_grid_stage(run):
+    args = run.args
+    _, labels = run.index.split("train")
+    picks = pick_training_images(labels, len(run.index.class_names), args.grid_per_class, args.seed)
+    examples = [
+        (name, [image.numpy() for image in training_images(run, chosen)])
+        for name, chosen in zip(run.index.class_names, picks)
+    ]
+    note = (
+        f"{args.grid_per_class} random training images per class, as the model gets "
+        f"them ({args.image_size} x {args.image_size} px)"
+    )
+    add_figures(
+        run,
+        visualize.plot_class_grid(examples, run.results_path("class_grid", "class_grid.png"), note=note),
+    )
+
+
+def augmentation_stage(run):
+    """The same training images, then augmented by data_loader.augment_batch
+    with the training run's settings: the training pipeline's own code."""
+    import numpy as np
+    import tensorflow as tf
+
+    args = run.args
+    strengths = augment_config(args)
+    if strengths is None:
+        print("    augmentation is off (--augment 0): nothing to preview")
+        return
+    paths, labels = run.index.split("train")
+    # Images of different classes (random ones), then any, if too few classes.
+    rng = np.random.default_rng(args.seed)
+    picks = pick_training_images(labels, len(run.index.class_names), 1, args.seed)
+    firsts = [int(chosen[0]) for chosen in picks if len(chosen)]
+    firsts = [firsts[i] for i in rng.permutation(len(firsts))]
+    rest = [int(i) for i in rng.permutation(len(paths)) if i not in firsts]
+    chosen = (firsts + rest)[:PREVIEW_IMAGES]
+    images = tf.stack(training_images(run, chosen))
+    versions = [
+        data_loader.augment_batch(images, tf.constant([args.seed, version], tf.int64), strengths).numpy()
+        for version in range(1, PREVIEW_VERSIONS + 1)
+    ]
+    note = (
+        f"{PREVIEW_VERSIONS} random draws of the training augmentation per image · flip "
+        f"{strengths.flip} · rotation ±{strengths.rotation:g}° · zoom ±{strengths.zoom:.0%} · "
+        f"shift ±{strengths.translation:.0%} · contrast ±{strengths.contrast:.0%}"
+    )
+    path = visualize.plot_augmentation_preview(
+        images.numpy(),
+        versions,
+        run.results_path("augmentation_preview", "augmentation_preview.png"),
+        note=note,
+        row_labels=[run.index.class_names[labels[i]] for i in chosen],
+    )
+    add_figures(run, path)
+
+
+def training_curves_stage(run):
+    history_path, finetune_start = run.history
+    history = train_utils.read_history(history_path)
+    path = os.path.join(os.path.dirname(history_path), "training_curves.png")
+    add_figures(run, visualize.plot_training_curves(history, path, finetune_start=finetune_start))
+
+
+def split_evaluation(run):
+    """The best model's test-split predictions as an evaluate.Evaluation."""
+    paths, _ = run.index.split("test")
+    true_labels, probabilities = run.predictions
+    return evaluate.Evaluation(
+        paths=tuple(paths),
+        true_labels=true_labels,
+        probabilities=probabilities,
+        class_names=tuple(run.index.class_names),
+        image_size=run.args.image_size,
+        description="test split",
+        readers=run.index.readers,
+    )
+
+
+def confusion_matrix_stage(run):
+    folder = run.results_path("confusion_matrix")
+    add_figures(run, *evaluate.render_confusion(split_evaluation(run), folder))
+
+
+def classification_report_stage(run):
+    folder = run.results_path("classification_report")
+    add_figures(run, evaluate.render_report(split_evaluation(run), folder))
+
+
+def roc_auc_stage(run):
+    add_figures(run, evaluate.render_roc(split_evaluation(run), run.results_path("roc_auc")))
+
+
+def prediction_gallery_stage(run):
+    args = run.args
+    path, _ = evaluate.render_gallery(
+        split_evaluation(run),
+        args.rows,
+        args.cols,
+        args.gallery,
+        args.seed,
+        run.results_path("prediction_gallery"),
+    )
+    add_figures(run, path)
+
+
+def show_stage(run):
+    """Every figure is saved by now; show them in stage order."""
+    visualize.show_figures(run.figures, run.args.show)
+
+
 STAGES = [
     ("Scanning and splitting the dataset", scan_stage),
+    ("Plotting the dataset distribution", distribution_stage),
+    ("Plotting example images per class", class_grid_stage),
+    ("Previewing the augmentation", augmentation_stage),
     ("Building the model", model_stage),
     ("Preparing the input pipeline", data_stage),
     ("Training", train_stage),
+    ("Plotting the training curves", training_curves_stage),
     ("Evaluating the best model on the test split", evaluate_stage),
+    ("Plotting the confusion matrix", confusion_matrix_stage),
+    ("Plotting the classification report", classification_report_stage),
+    ("Plotting the ROC curves", roc_auc_stage),
+    ("Plotting the prediction gallery", prediction_gallery_stage),
+    ("Showing the figures", show_stage),
 ]
 
 

@@ -1,0 +1,236 @@
+"""main.py -> evaluate.py -> predict.py end to end on one tiny trained model,
+plus Grad-CAM and the command-line mistakes that exit with code 2."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import evaluate
+import main as main_script
+import predict
+import visualize
+from conftest import make_flat_dataset, write_class_folder
+
+CLASSES = ("alpha", "beta", "gamma")
+MAIN_FIGURES = [
+    ("dataset_distribution", "dataset_distribution.png"),
+    ("class_grid", "class_grid.png"),
+    ("augmentation_preview", "augmentation_preview.png"),
+    ("training_curves", "training_curves.png"),
+    ("confusion_matrix", "confusion_matrix.png"),
+    ("confusion_matrix", "confusion_matrix_normalized.png"),
+    ("classification_report", "classification_report.png"),
+    ("roc_auc", "roc_auc.png"),
+    ("prediction_gallery", "prediction_gallery.png"),
+]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def runs_of(results):
+    """{category: [stamps]} of a results folder."""
+    return {category: sorted(os.listdir(results / category)) for category in sorted(os.listdir(results))}
+
+
+def only_stamp(results):
+    """The one stamp every category of `results` shares."""
+    stamps = {stamp for runs in runs_of(results).values() for stamp in runs}
+    assert len(stamps) == 1, runs_of(results)
+    return stamps.pop()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny model trained by main.py (figures recorded as they would be
+    shown), shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("trained")
+    data = make_flat_dataset(root / "data", classes=CLASSES, per_class=12)
+    artifacts, results = root / "artifacts", root / "results"
+    shown = []
+
+    def record(path):
+        assert os.path.isfile(path), f"{path} shown before it was saved"
+        shown.append(path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(visualize, "should_show", lambda mode: (True, None))
+        patch.setattr(visualize, "show_saved_figure", record)
+        code = main_script.main([
+            "--image_dir", data, "--artifacts_dir", str(artifacts), "--results_dir", str(results),
+            "--weights", "none", "--alpha", "0.35", "--image_size", "32", "--batch_size", "8",
+            "--epochs", "2", "--augment", "1", "--grid_per_class", "3", "--rows", "2", "--cols", "3",
+            "--show", "1",
+        ])
+    assert code == 0
+    return {"data": data, "artifacts": artifacts, "results": results, "root": root, "shown": shown}
+
+
+def common(trained, results, *extra):
+    return [
+        "--artifacts_dir", str(trained["artifacts"]), "--results_dir", str(results),
+        "--rows", "2", "--cols", "3", "--show", "0", *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_main_draws_every_stage_under_one_stamp_and_shows_them_in_order(trained):
+    results = trained["results"]
+    stamp = only_stamp(results)
+
+    expected = [str(results / category / stamp / name) for category, name in MAIN_FIGURES]
+    assert trained["shown"] == expected
+    for path in expected:
+        assert os.path.getsize(path) > 5_000
+    report = results / "classification_report" / stamp
+    assert (report / "classification_report.txt").read_text().startswith(" " * 10)
+    assert read_json(report / "classification_report.json")["num_samples"] == 6
+    metrics = read_json(results / "metrics" / stamp / "metrics.json")
+    assert set(metrics["roc_auc"]["per_class"]) == set(CLASSES)
+    assert np.array(metrics["confusion_matrix"]["counts"]).sum() == metrics["num_samples"] == 6
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_mains_test_metrics(trained, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    shown = []
+    monkeypatch.setattr(visualize, "should_show", lambda mode: (True, None))
+    monkeypatch.setattr(visualize, "show_saved_figure", shown.append)
+
+    code = evaluate.main(["--image_dir", trained["data"], *common(trained, results)[:-2], "--show", "1"])
+
+    assert code == 0
+    stamp = only_stamp(results)
+    assert set(runs_of(results)) == {
+        "metrics", "confusion_matrix", "classification_report", "roc_auc", "prediction_gallery"
+    }
+    mains = read_json(trained["results"] / "metrics" / only_stamp(trained["results"]) / "metrics.json")
+    ours = read_json(results / "metrics" / stamp / "metrics.json")
+    assert ours["evaluated"] == "test split" and ours["num_samples"] == mains["num_samples"] == 6
+    assert ours["accuracy"] == mains["accuracy"]
+    assert ours["loss"] == pytest.approx(mains["loss"], rel=1e-5)
+    assert ours["confusion_matrix"] == mains["confusion_matrix"]
+    assert [os.path.relpath(path, results) for path in shown] == [
+        os.path.join(category, stamp, name) for category, name in MAIN_FIGURES[4:]
+    ]
+
+
+@pytest.mark.slow
+def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_path):
+    results = tmp_path / "results"
+
+    code = predict.main(
+        ["--image_dir", trained["data"], "--gradcam", "1", "--split", "all", *common(trained, results)]
+    )
+
+    assert code == 0
+    stamp = only_stamp(results)
+    assert runs_of(results) == {name: [stamp] for name in ("gradcam", "prediction_gallery", "predictions")}
+    assert os.path.getsize(results / "gradcam" / stamp / "gradcam.png") > 5_000
+    rows = read_csv(results / "predictions" / stamp / "predictions.csv")
+    assert rows[0] == ["path", "true_class", "predicted_class", "confidence", "top2_class",
+                       "top2_confidence", "top3_class", "top3_confidence"]
+    assert len(rows) == 1 + 36
+    assert all(row[0].split("/")[0] == row[1] for row in rows[1:])  # relative path, its class
+    for row in rows[1:]:
+        assert float(row[3]) >= float(row[5]) >= float(row[7])
+
+
+@pytest.mark.slow
+def test_predict_images_writes_a_row_per_readable_image_and_lists_the_rest(trained, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    write_class_folder(folder / "nested", 0, 3)
+    single = write_class_folder(tmp_path / "single", 1, 1, extension="jpg")[0]
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    missing = str(tmp_path / "nowhere.jpg")
+    results = tmp_path / "results"
+
+    code = predict.main(["--images", str(folder), single, missing, "--top_k", "2", *common(trained, results)])
+
+    assert code == 0
+    stamp = only_stamp(results)
+    assert sorted(runs_of(results)) == ["prediction_gallery", "predictions"]
+    rows = read_csv(results / "predictions" / stamp / "predictions.csv")
+    assert rows[0] == ["path", "predicted_class", "confidence", "top2_class", "top2_confidence"]
+    assert len(rows) == 1 + 4 and rows[-1][0] == single
+    assert all(row[1] in CLASSES and 0 < float(row[2]) <= 1 for row in rows[1:])
+    skipped = read_csv(results / "predictions" / stamp / "skipped.csv")
+    assert skipped[1:] == [
+        [missing, "no such file or folder"],
+        [str(folder / "broken.png"), "not a readable image"],
+    ]
+    output = capsys.readouterr().out
+    assert "broken.png (not a readable image)" in output and "nowhere.jpg (no such file or folder)" in output
+
+
+@pytest.mark.slow
+def test_a_new_folder_is_matched_to_the_models_classes_by_name(trained, tmp_path, capsys):
+    new = tmp_path / "new"
+    write_class_folder(new / "gamma", 2, 2, start=50)
+    write_class_folder(new / "alpha", 0, 3, start=50)
+    results = tmp_path / "results"
+
+    assert evaluate.main(["--image_dir", str(new), *common(trained, results)]) == 0
+
+    metrics = read_json(results / "metrics" / only_stamp(results) / "metrics.json")
+    assert metrics["evaluated"] == "all images" and metrics["num_samples"] == 5
+    assert metrics["per_class"]["alpha"]["support"] == 3 and metrics["per_class"]["beta"]["support"] == 0
+    assert metrics["roc_auc"]["absent_classes"] == ["beta"]
+
+    write_class_folder(new / "delta", 1, 1)
+    capsys.readouterr()
+    assert evaluate.main(["--image_dir", str(new), *common(trained, tmp_path / "r2")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "delta" in error and "class index" in error
+
+
+@pytest.mark.parametrize("script", [evaluate, predict])
+def test_no_model_is_one_line_and_exit_2(script, tmp_path, capsys):
+    data = make_flat_dataset(tmp_path / "data", per_class=2)
+
+    code = script.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "none"),
+                        "--results_dir", str(tmp_path / "results")])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no model at" in error and "main.py" in error and "--model" in error
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("script", [evaluate, predict, main_script])
+@pytest.mark.parametrize("option", ["--rows", "--cols"])
+def test_rows_or_cols_below_one_exit_2(script, option, tmp_path, capsys):
+    data = make_flat_dataset(tmp_path / "data", per_class=2)
+
+    code = script.main(["--image_dir", data, option, "0", "--results_dir", str(tmp_path / "results")])
+
+    assert code == 2
+    assert f"{option[2:]} must be between 1 and" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gradcam_heatmap_has_the_image_size_and_values_in_0_1():
+    from model_builder import BACKBONES, build_classifier
+
+    model = build_classifier(num_classes=3, image_size=64, alpha=0.35, weights="none")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    layer = BACKBONES["mobilenet_v2"]["last_conv_layer"]
+
+    heatmaps = predict.gradcam_heatmaps(model, images, [0, 1, 2], layer)
+
+    assert heatmaps.shape == (3, 64, 64) and heatmaps.dtype == np.float32
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1
+    # Each map is scaled to its own peak (or is all zeros: nothing pushed
+    # towards the class).
+    assert all(np.isclose(heatmap.max(), 1, atol=0.02) or heatmap.max() == 0 for heatmap in heatmaps)

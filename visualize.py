@@ -1,0 +1,743 @@
+"""Every figure the pipeline draws, in one blush theme, and showing them.
+
+Plot functions take data and an output path, draw on a standalone
+matplotlib Figure (never pyplot: drawing never opens a window and works on
+any backend, headless included), save the PNG atomically and return its
+path. Showing is a separate step: `show_figures` opens saved PNGs one at a
+time, in the order given, each after the previous window is closed, and only
+when a screen is present. This is the only module that imports matplotlib.
+"""
+
+import dataclasses
+import functools
+import os
+import re
+import sys
+
+import matplotlib
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib import patches
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+import train_utils
+
+# ---------------------------------------------------------------- theme
+
+# White through blush pink to deep rose; text in a dark plum, softer than
+# black on the pinks.
+WHITE = "#ffffff"
+PETAL = "#fdf1f4"
+BLUSH = "#f6c6d3"
+PINK = "#ea92ad"
+ROSE = "#cf5b84"
+DEEP_ROSE = "#9c2757"
+WINE = "#5c1636"
+INK = "#3a1d2a"
+MUTED = "#8a6472"
+GRID = "#f2dde4"
+GRID_TEXT = "#c9a9b4"  # zeros in a heatmap: present but quiet
+# Correct/wrong keep their universal meaning, in tones that sit with the pinks.
+CORRECT = "#2e8b57"
+WRONG = "#d1263b"
+VERDICT_COLOURS = {"correct": CORRECT, "wrong": WRONG, "unlabelled": ROSE}
+SPLIT_COLOURS = {"train": DEEP_ROSE, "val": ROSE, "test": BLUSH}
+# Distinct line colours for many curves, all warm, cycled with line styles.
+LINE_COLOURS = (
+    "#9c2757", "#e07a5f", "#6d3b8c", "#cf5b84", "#b5651d",
+    "#c9184a", "#8d6a9f", "#f08080", "#5c1636", "#d4869c",
+)
+LINE_STYLES = ("-", "--", "-.", ":")
+HEATMAP = mcolors.LinearSegmentedColormap.from_list(
+    "blush", [WHITE, "#fbe3ea", "#f4b3c6", "#e4799a", "#c4456f", "#8e1d4c", WINE]
+).with_extremes(bad="#eeeeee")
+DPI = 130
+FONT_SIZES = {"title": 14, "subtitle": 10.5, "label": 10.5, "tick": 9, "small": 8}
+
+THEME = {
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.facecolor": WHITE,
+    "savefig.facecolor": WHITE,
+    "axes.facecolor": WHITE,
+    "axes.edgecolor": "#c8a0af",
+    "axes.labelcolor": INK,
+    "axes.titlecolor": INK,
+    "axes.titlesize": FONT_SIZES["subtitle"],
+    "axes.labelsize": FONT_SIZES["label"],
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": matplotlib.cycler(color=LINE_COLOURS),
+    "grid.color": GRID,
+    "grid.linewidth": 0.8,
+    "text.color": INK,
+    "xtick.color": INK,
+    "ytick.color": INK,
+    "xtick.labelsize": FONT_SIZES["tick"],
+    "ytick.labelsize": FONT_SIZES["tick"],
+    "legend.fontsize": FONT_SIZES["tick"],
+    "legend.frameon": False,
+    "figure.titlesize": FONT_SIZES["title"],
+    "figure.titleweight": "bold",
+    "font.family": "DejaVu Sans",
+}
+
+
+def themed(function):
+    """Draws `function`'s figure with the blush theme's settings."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(THEME):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def save_figure(figure, output_path):
+    """Saves a Figure as PNG atomically; returns the path."""
+    train_utils.atomic_write(
+        output_path,
+        lambda temp_path: figure.savefig(temp_path, format="png", bbox_inches="tight", pad_inches=0.2),
+    )
+    return output_path
+
+
+def short_label(name, width=14, max_lines=2):
+    """A class name in at most `max_lines` lines of at most `width`
+    characters, broken after a space, _ or - where possible (class names
+    are often snake_case), shortened with an ellipsis beyond that."""
+    text = str(name)
+    if max_lines == 1 or len(text) <= width:
+        return text if len(text) <= width else text[: width - 1] + "…"
+    lines, current = [], ""
+    for piece in re.findall(r"[^\s_-]+[\s_-]*|[\s_-]+", text):
+        if current and len(current) + len(piece.rstrip()) > width:
+            lines.append(current)
+            current = ""
+        while len(piece) > width:  # one word longer than a line
+            lines.append(piece[:width])
+            piece = piece[width:]
+        current += piece
+    lines.append(current)
+    if len(lines) > max_lines:
+        rest = "".join(lines[max_lines - 1 :])
+        lines = lines[: max_lines - 1] + [rest[: width - 1] + "…"]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def text_colour(cmap, value):
+    """White text on dark cells, ink on light ones (`value` in [0, 1])."""
+    red, green, blue, _ = cmap(value)
+    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    return WHITE if luminance < 0.55 else INK
+
+
+# Width of one character of tick label text, in inches (DejaVu Sans, 9 pt).
+CHARACTER_WIDTH = 0.075
+
+
+def label_class_axis(axes, axis, class_names, room=0.0):
+    """Class names as tick labels. On x: level (wrapped on two lines) when
+    every name fits the `room` (inches) each tick has, else one line rotated
+    45 degrees (90 beyond 25 classes). On y: one line."""
+    positions = np.arange(len(class_names))
+    if axis == "y":
+        axes.set_yticks(positions, [short_label(name, 24, 1) for name in class_names])
+        return
+    wrapped = [short_label(name, 12, 2) for name in class_names]
+    longest = max(len(line) for label in wrapped for line in label.split("\n"))
+    if not any(label.endswith("…") for label in wrapped) and longest * CHARACTER_WIDTH <= 0.9 * room:
+        axes.set_xticks(positions, wrapped)
+    elif len(class_names) <= 25:
+        axes.set_xticks(positions, [short_label(name, 24, 1) for name in class_names],
+                        rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        axes.set_xticks(positions, [short_label(name, 24, 1) for name in class_names], rotation=90)
+
+
+# ---------------------------------------------------------------- 1. distribution
+
+
+# Above this many classes the bars turn horizontal, so names read level.
+HORIZONTAL_BARS_FROM = 16
+
+
+@themed
+def plot_dataset_distribution(counts, class_names, output_path, skipped=0):
+    """Grouped bars of images per class and split, counts on the bars
+    (horizontal bars, one row per class, beyond a few classes).
+
+    `counts` is {split: {class: images}} (DatasetIndex.counts()); `skipped`
+    the number of files the audit left out. Returns the PNG path.
+    """
+    splits = [split for split in ("train", "val", "test") if split in counts]
+    totals = np.array([sum(counts[split][name] for split in splits) for name in class_names])
+    ratio = totals.max() / max(totals.min(), 1)
+    num_classes = len(class_names)
+    horizontal = num_classes >= HORIZONTAL_BARS_FROM
+    if horizontal:
+        size = (10.5, min(0.45 * num_classes + 2.2, 60))
+    else:
+        size = (max(7.5, 0.9 * num_classes + 3), 5.4)
+    figure = Figure(figsize=size, layout="constrained")
+    axes = figure.add_subplot()
+    bar_width = 0.84 / len(splits)
+    positions = np.arange(num_classes)
+    draw = axes.barh if horizontal else axes.bar
+    for number, split in enumerate(splits):
+        values = [counts[split][name] for name in class_names]
+        bars = draw(
+            positions + (number - (len(splits) - 1) / 2) * bar_width,
+            values,
+            bar_width,
+            label=f"{split} ({sum(values):,})",
+            color=SPLIT_COLOURS[split],
+            edgecolor=WINE,
+            linewidth=0.6,
+        )
+        axes.bar_label(bars, padding=2, fontsize=FONT_SIZES["small"])
+    if horizontal:
+        label_class_axis(axes, "y", class_names)
+        axes.set_ylim(num_classes - 0.4, -0.6)  # first class on top
+        axes.margins(x=0.1)  # room for the counts right of the longest bar
+        axes.xaxis.grid(True)
+        axes.set_xlabel("Images")
+        axes.set_ylabel("Class")
+    else:
+        label_class_axis(axes, "x", class_names, room=(size[0] - 2.5) / num_classes)
+        axes.set_xlim(-0.6, num_classes - 0.4)
+        axes.margins(y=0.12)  # room for the counts above the tallest bar
+        axes.yaxis.grid(True)
+        axes.set_xlabel("Class")
+        axes.set_ylabel("Images")
+    axes.set_axisbelow(True)
+    axes.legend(title="split", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.suptitle(f"Images per class · imbalance ratio {ratio:.1f} : 1")
+    note = f"{int(totals.sum()):,} images in {num_classes} classes · ratio = largest / smallest class · "
+    note += f"{skipped} unreadable file{'s' if skipped != 1 else ''} skipped by the audit"
+    axes.set_title(note, color=MUTED)
+    return save_figure(figure, output_path)
+
+
+# ---------------------------------------------------------------- 2. class grid
+
+
+def hide_ticks(axes):
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def frame(axes, colour, width):
+    for spine in axes.spines.values():
+        spine.set_visible(True)
+        spine.set_color(colour)
+        spine.set_linewidth(width)
+
+
+@themed
+def plot_class_grid(examples, output_path, note=""):
+    """A row of example images per class, class names as row labels.
+
+    `examples` is [(class name, [uint8 (H, W, 3) images])]. Returns the path.
+    """
+    num_rows = len(examples)
+    num_cols = max(len(images) for _, images in examples)
+    tile = 1.35 if num_rows <= 12 else 1.0
+    figure = Figure(figsize=(num_cols * tile + 1.8, num_rows * tile + 1.0), layout="constrained")
+    grid = figure.subplots(num_rows, num_cols, squeeze=False)
+    for row, (name, images) in enumerate(examples):
+        for column in range(num_cols):
+            axes = grid[row][column]
+            hide_ticks(axes)
+            if column < len(images):
+                axes.imshow(images[column])
+                frame(axes, BLUSH, 1.0)
+            else:
+                axes.axis("off")
+        grid[row][0].set_ylabel(
+            short_label(name, width=16), rotation=0, ha="right", va="center",
+            fontsize=FONT_SIZES["label"], labelpad=8,
+        )
+    figure.suptitle("Example images per class")
+    if note:
+        figure.supxlabel(note, fontsize=FONT_SIZES["small"] + 1, color=MUTED)
+    return save_figure(figure, output_path)
+
+
+# ---------------------------------------------------------------- 3. augmentation
+
+
+@themed
+def plot_augmentation_preview(originals, augmented, output_path, note="", row_labels=None):
+    """Each row: one training image, then its augmented versions.
+
+    `originals` is uint8 (K, H, W, 3); `augmented` uint8 (V, K, H, W, 3),
+    version by version as the training pipeline produced them; `row_labels`
+    (the class of each image) go left of the rows. Returns the path.
+    """
+    num_images, num_versions = len(originals), len(augmented)
+    tile = 1.45
+    figure = Figure(figsize=((num_versions + 1) * tile + 1.6, num_images * tile + 1.2), layout="constrained")
+    grid = figure.subplots(num_images, num_versions + 1, squeeze=False)
+    for row in range(num_images):
+        for column in range(num_versions + 1):
+            axes = grid[row][column]
+            hide_ticks(axes)
+            if column == 0:
+                axes.imshow(originals[row])
+                frame(axes, DEEP_ROSE, 2.5)
+                if row_labels is not None:
+                    axes.set_ylabel(short_label(row_labels[row], 16), rotation=0, ha="right",
+                                    va="center", labelpad=8)
+            else:
+                axes.imshow(augmented[column - 1][row])
+                frame(axes, BLUSH, 1.0)
+            if row == 0:
+                axes.set_title("original" if column == 0 else f"augmented {column}",
+                               fontsize=FONT_SIZES["tick"], color=DEEP_ROSE if column == 0 else INK)
+    figure.suptitle("Augmentation preview")
+    if note:
+        figure.supxlabel(note, fontsize=FONT_SIZES["small"] + 1, color=MUTED)
+    return save_figure(figure, output_path)
+
+
+# ---------------------------------------------------------------- 4. training curves
+
+
+@themed
+def plot_training_curves(history, output_path, finetune_start=None):
+    """Loss and accuracy per epoch, train vs val, from the history CSV.
+
+    `history` is {column: array} (train_utils.read_history: 0-based `epoch`,
+    `loss`, `val_loss`, `accuracy`, `val_accuracy`); `finetune_start` the
+    first fine-tuning epoch (0-based) or None. The best epoch (lowest
+    val_loss, the one saved as best_model.keras) is starred. Returns the path.
+    """
+    epochs = np.asarray(history["epoch"], dtype=int) + 1
+    best = int(np.nanargmin(history["val_loss"]))
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    panels = figure.subplots(1, 2)
+    for axes, metric, name in zip(panels, ("loss", "accuracy"), ("Loss", "Accuracy")):
+        if finetune_start is not None and finetune_start < len(epochs):
+            axes.axvspan(finetune_start + 0.5, epochs[-1] + 0.5, color=PETAL, zorder=0,
+                         label=f"fine-tuning (from epoch {finetune_start + 1})")
+            axes.axvline(finetune_start + 0.5, color=ROSE, linestyle=":", linewidth=1.5)
+        axes.plot(epochs, history[metric], color=DEEP_ROSE, marker="o", markersize=3.5,
+                  linewidth=2, label="train")
+        axes.plot(epochs, history[f"val_{metric}"], color=PINK, marker="o", markersize=3.5,
+                  linewidth=2, linestyle="--", label="val")
+        axes.axvline(epochs[best], color=WINE, linestyle="--", linewidth=0.9, alpha=0.5)
+        axes.scatter([epochs[best]], [history[f"val_{metric}"][best]], marker="*", s=220,
+                     color=WINE, zorder=5, label=f"best epoch {epochs[best]} (lowest val loss)")
+        axes.set_title(name, fontsize=FONT_SIZES["label"] + 1, fontweight="bold")
+        axes.set_xlabel("Epoch")
+        axes.set_ylabel(name)
+        axes.set_xlim(0.5, epochs[-1] + 0.5)
+        # Plain numbers: an offset ("+2.302" above the axis) is easy to miss.
+        axes.yaxis.get_major_formatter().set_useOffset(False)
+        if len(epochs) <= 12:
+            axes.set_xticks(epochs)
+        else:
+            axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        axes.grid(True)
+        axes.set_axisbelow(True)
+    panels[1].yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
+    panels[1].set_ylim(min(0.0, np.nanmin(history["accuracy"])), 1.02)
+    handles, labels = panels[1].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper")
+    figure.suptitle("Training curves")
+    figure.supxlabel(
+        f"best epoch {epochs[best]}: val loss {history['val_loss'][best]:.4f}, "
+        f"val accuracy {history['val_accuracy'][best]:.1%} · "
+        f"{len(epochs)} epoch{'s' if len(epochs) != 1 else ''}",
+        fontsize=FONT_SIZES["subtitle"], color=MUTED,
+    )
+    return save_figure(figure, output_path)
+
+
+# ---------------------------------------------------------------- 5. confusion matrix
+
+
+def matrix_cell_font(num_classes):
+    """Annotation font size for an n x n heatmap; None: too many to annotate."""
+    if num_classes <= 10:
+        return 10
+    if num_classes <= 20:
+        return 8
+    if num_classes <= 45:
+        return 6.5
+    return None
+
+
+@themed
+def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, subtitle=""):
+    """A heatmap of the confusion matrix (rows true, columns predicted).
+
+    `normalize=True` divides each row by its total (recall on the
+    diagonal); a class with no images shows grey. Cells are annotated with
+    text that contrasts with their colour; the figure grows with the number
+    of classes so names stay legible. Returns the path.
+    """
+    matrix = np.asarray(matrix)
+    num_classes = len(class_names)
+    if normalize:
+        totals = matrix.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(totals > 0, matrix / np.maximum(totals, 1), np.nan)
+        top = 1.0
+    else:
+        values = matrix.astype(float)
+        top = max(1.0, float(matrix.max()))
+    cell = 0.6 if num_classes <= 12 else 0.4
+    side = max(5.5, num_classes * cell + 2.5)
+    figure = Figure(figsize=(side + 1.6, side + 0.6), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap=HEATMAP, vmin=0, vmax=top, interpolation="nearest")
+    font = matrix_cell_font(num_classes)
+    if font:
+        for row in range(num_classes):
+            for column in range(num_classes):
+                value = values[row, column]
+                if np.isnan(value) or (matrix[row, column] == 0 and num_classes > 10):
+                    continue  # blank zeros keep a big matrix readable
+                if matrix[row, column] == 0:
+                    axes.text(column, row, "0", ha="center", va="center", fontsize=font, color=GRID_TEXT)
+                    continue
+                text = f"{value:.2f}" if normalize else f"{int(value)}"
+                axes.text(column, row, text, ha="center", va="center", fontsize=font,
+                          color=text_colour(HEATMAP, value / top))
+    label_class_axis(axes, "x", class_names, room=(side - 2.5) / num_classes)
+    label_class_axis(axes, "y", class_names)
+    axes.spines[:].set_visible(False)
+    axes.set_xticks(np.arange(num_classes + 1) - 0.5, minor=True)
+    axes.set_yticks(np.arange(num_classes + 1) - 0.5, minor=True)
+    axes.grid(which="minor", color=WHITE, linewidth=1.0)
+    axes.tick_params(which="minor", length=0)
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("True class")
+    colorbar = figure.colorbar(image, ax=axes, shrink=0.8, pad=0.02)
+    colorbar.set_label("fraction of the true class" if normalize else "images")
+    colorbar.outline.set_visible(False)
+    figure.suptitle("Confusion matrix · " + ("normalized by true class" if normalize else "counts"))
+    details = subtitle
+    if not font:
+        details += " · cells not annotated above 45 classes: counts are in metrics.json"
+    if normalize and np.isnan(values).any():
+        details += " · grey rows: no images of that class"
+    axes.set_title(details.strip(" ·"), color=MUTED)
+    return save_figure(figure, output_path)
+
+
+# ---------------------------------------------------------------- 6. report
+
+
+def report_rows(report):
+    """(names, metric values (rows, 3) with NaN where undefined, supports)
+    from classification_metrics' dict: classes, accuracy, macro, weighted."""
+    names, values, supports = [], [], []
+    for name, row in report["per_class"].items():
+        names.append(name)
+        values.append([row["precision"], row["recall"], row["f1"]])
+        supports.append(row["support"])
+    total = int(sum(supports))
+    names.append("accuracy")
+    values.append([np.nan, np.nan, report["accuracy"]])
+    supports.append(total)
+    for key, name in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
+        row = report[key]
+        names.append(name)
+        values.append([row["precision"], row["recall"], row["f1"]])
+        supports.append(row["support"])
+    return names, np.array(values, dtype=float), supports
+
+
+@themed
+def plot_classification_report(report, output_path, subtitle=""):
+    """A heat-table of per-class precision, recall, F1 and support, with
+    accuracy and macro/weighted averages below a rule. `report` is
+    train_utils.classification_metrics' dict. Returns the path."""
+    names, values, supports = report_rows(report)
+    num_rows = len(names)
+    figure = Figure(figsize=(7.2, 0.34 * num_rows + 1.9), layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(values, cmap=HEATMAP.with_extremes(bad=WHITE), vmin=0, vmax=1, aspect="auto",
+                interpolation="nearest",
+                extent=(-0.5, 2.5, num_rows - 0.5, -0.5))
+    axes.add_patch(patches.Rectangle((2.5, -0.5), 1.0, num_rows, color=PETAL, zorder=0))
+    for row in range(num_rows):
+        for column in range(3):
+            value = values[row, column]
+            if not np.isnan(value):
+                axes.text(column, row, f"{value:.3f}", ha="center", va="center",
+                          fontsize=FONT_SIZES["tick"], color=text_colour(HEATMAP, value))
+        axes.text(3, row, f"{supports[row]:,}", ha="center", va="center", fontsize=FONT_SIZES["tick"])
+    separator = len(report["per_class"]) - 0.5
+    axes.axhline(separator, color=INK, linewidth=1.4)
+    axes.set_xlim(-0.5, 3.5)
+    axes.set_ylim(num_rows - 0.5, -0.5)
+    axes.set_xticks(range(4), ["precision", "recall", "f1-score", "support"])
+    axes.xaxis.tick_top()
+    axes.xaxis.set_label_position("top")
+    axes.set_yticks(range(num_rows), [short_label(name, width=24, max_lines=1) for name in names])
+    for label in axes.get_yticklabels()[len(report["per_class"]):]:
+        label.set_fontweight("bold")
+    axes.tick_params(length=0)
+    axes.spines[:].set_visible(False)
+    axes.set_xlabel("Metric", color=MUTED)
+    axes.set_ylabel("Class", color=MUTED)
+    figure.suptitle(f"Classification report · accuracy {report['accuracy']:.1%}")
+    if subtitle:
+        figure.supxlabel(subtitle, fontsize=FONT_SIZES["subtitle"], color=MUTED)
+    return save_figure(figure, output_path)
+
+
+# ---------------------------------------------------------------- 7. ROC
+
+
+@themed
+def plot_roc_curves(roc, class_names, output_path, subtitle=""):
+    """One-vs-rest ROC per class plus micro and macro averages, AUC in the
+    legend; for two classes one ROC of the second class. `roc` is
+    train_utils.roc_analysis' dict; absent classes are noted. Returns the
+    path."""
+    entries = 0
+    many = len(class_names) > 12
+    figure = Figure(figsize=(11.5 if many else 9.5, 6.6), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], color=MUTED, linestyle=":", linewidth=1, label="chance (AUC = 0.5)")
+    if roc["binary"]:
+        positive, negative = class_names[1], class_names[0]
+        curve = roc["per_class"][positive]
+        if curve is not None:
+            axes.plot(curve["fpr"], curve["tpr"], color=DEEP_ROSE, linewidth=2.5,
+                      label=f"{short_label(positive, 30, 1)} vs {short_label(negative, 30, 1)} "
+                      f"(AUC = {curve['auc']:.3f})")
+            axes.fill_between(curve["fpr"], curve["tpr"], color=BLUSH, alpha=0.35, step="post")
+            entries += 1
+    else:
+        for number, (name, curve) in enumerate(roc["per_class"].items()):
+            if curve is None:
+                continue
+            axes.plot(curve["fpr"], curve["tpr"], linewidth=1.3, alpha=0.9,
+                      color=LINE_COLOURS[number % len(LINE_COLOURS)],
+                      linestyle=LINE_STYLES[(number // len(LINE_COLOURS)) % len(LINE_STYLES)],
+                      label=f"{short_label(name, 22, 1)} (AUC = {curve['auc']:.3f})")
+            entries += 1
+        for key, colour, style in (("micro", WINE, "--"), ("macro", ROSE, "-.")):
+            curve = roc[key]
+            if curve is not None:
+                axes.plot(curve["fpr"], curve["tpr"], color=colour, linestyle=style, linewidth=3,
+                          label=f"{key}-average (AUC = {curve['auc']:.3f})")
+    axes.set_xlim(-0.01, 1.01)
+    axes.set_ylim(-0.01, 1.02)
+    axes.set_aspect("equal")
+    axes.grid(True)
+    axes.set_axisbelow(True)
+    axes.set_xlabel("False positive rate")
+    axes.set_ylabel("True positive rate")
+    legend_font = FONT_SIZES["small"] if entries > 12 else FONT_SIZES["tick"]
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=legend_font,
+                ncols=2 if entries > 22 else 1)
+    title = "ROC curve" if roc["binary"] else "ROC curves · one-vs-rest"
+    figure.suptitle(title)
+    details = subtitle
+    if roc["absent"]:
+        absent = ", ".join(roc["absent"][:8]) + (" …" if len(roc["absent"]) > 8 else "")
+        details += f" · no ROC for class(es) absent from these images: {absent}"
+    if details:
+        axes.set_title(details.strip(" ·"), color=MUTED, wrap=True)
+    return save_figure(figure, output_path)
+
+
+# ---------------------------------------------------------------- 8-9. galleries
+
+
+@dataclasses.dataclass(frozen=True)
+class GalleryItem:
+    """One gallery tile: the image as the user knows it (uint8 RGB), the
+    prediction, and the true class when known."""
+
+    image: np.ndarray
+    predicted: str
+    confidence: float
+    true: str | None = None
+    caption: str = ""
+
+    @property
+    def verdict(self):
+        """correct, wrong or unlabelled."""
+        if self.true is None:
+            return "unlabelled"
+        return "correct" if self.true == self.predicted else "wrong"
+
+
+def tile_title(item):
+    if item.true is None:
+        lines = [f"{short_label(item.predicted, 20, 1)} ({item.confidence:.0%})"]
+        if item.caption:
+            lines.append(short_label(item.caption, 24, 1))
+        return "\n".join(lines)
+    return (
+        f"true: {short_label(item.true, 20, 1)}\n"
+        f"pred: {short_label(item.predicted, 17, 1)} ({item.confidence:.0%})"
+    )
+
+
+def overlay_rgba(heatmap):
+    """Grad-CAM heat as an RGBA layer for a grey image: deep rose and
+    nearly opaque where the model looked, faint where it did not."""
+    rgba = HEATMAP(heatmap)
+    rgba[..., 3] = 0.15 + 0.7 * heatmap
+    return rgba
+
+
+def greyscale(image):
+    """uint8 RGB -> float luminance in [0, 1]: the heat reads clearly on it."""
+    return (np.asarray(image, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+
+
+def gallery_figure(items, rows, cols, title, subtitle=""):
+    """The Figure of a rows x cols gallery (tests inspect it). Rows left
+    empty by too few items are dropped."""
+    rows = max(1, min(rows, -(-len(items) // cols)))
+    figure = Figure(figsize=(cols * 2.0 + 0.3, rows * 2.35 + 1.0), layout="constrained")
+    grid = figure.subplots(rows, cols, squeeze=False)
+    for position, axes in enumerate(grid.flat):
+        hide_ticks(axes)
+        if position >= len(items):
+            axes.axis("off")
+            continue
+        item = items[position]
+        colour = VERDICT_COLOURS[item.verdict]
+        axes.imshow(item.image)
+        frame(axes, colour, 4.0)
+        axes.set_title(tile_title(item), color=colour, fontsize=FONT_SIZES["small"] + 0.5,
+                       fontweight="bold" if item.verdict == "wrong" else "normal")
+    if not items:
+        grid.flat[0].text(0.5, 0.5, "nothing to show", ha="center", va="center",
+                          transform=grid.flat[0].transAxes, color=MUTED)
+    figure.suptitle(title)
+    if subtitle:
+        figure.supxlabel(subtitle, fontsize=FONT_SIZES["subtitle"] - 1, color=MUTED)
+    return figure
+
+
+@themed
+def plot_prediction_gallery(items, rows, cols, output_path, title="Prediction gallery", subtitle=""):
+    """rows x cols images titled with true class, predicted class and
+    confidence, framed green when correct, red when wrong (rose when no
+    label is known). Returns the path."""
+    return save_figure(gallery_figure(items, rows, cols, title, subtitle), output_path)
+
+
+def gradcam_figure(items, heatmaps, rows, cols, subtitle=""):
+    """The Figure of a Grad-CAM gallery: per item the image in its own
+    colours, then the heat over it in grey, titled and framed like the
+    prediction gallery."""
+    rows = max(1, min(rows, -(-len(items) // cols)))
+    figure = Figure(figsize=(cols * 3.3 + 0.3, rows * 1.9 + 1.1), layout="constrained")
+    cells = figure.subfigures(rows, cols, squeeze=False, wspace=0.02, hspace=0.02)
+    for position, cell in enumerate(cells.flat):
+        if position >= len(items):
+            continue
+        item = items[position]
+        colour = VERDICT_COLOURS[item.verdict]
+        image_axes, heat_axes = cell.subplots(1, 2)
+        image_axes.imshow(item.image)
+        heat_axes.imshow(greyscale(item.image), cmap="gray", vmin=0, vmax=1)
+        heat_axes.imshow(overlay_rgba(heatmaps[position]))
+        for axes in (image_axes, heat_axes):
+            hide_ticks(axes)
+            frame(axes, colour, 3.0)
+        if np.ptp(heatmaps[position]) < 0.05:  # every spot weighed the same
+            heat_axes.set_xlabel("flat: no spot stands out", fontsize=FONT_SIZES["small"] - 1, color=MUTED)
+        cell.suptitle(tile_title(item), color=colour, fontsize=FONT_SIZES["small"] + 0.5,
+                      fontweight="bold" if item.verdict == "wrong" else "normal")
+    figure.suptitle("Grad-CAM · where the model looked")
+    if subtitle:
+        figure.supxlabel(subtitle, fontsize=FONT_SIZES["subtitle"] - 1, color=MUTED)
+    return figure
+
+
+@themed
+def plot_gradcam(items, heatmaps, rows, cols, output_path, subtitle=""):
+    """Each gallery image beside its Grad-CAM heatmap (values in [0, 1],
+    the image's size) over a grey copy. Returns the path."""
+    return save_figure(gradcam_figure(items, heatmaps, rows, cols, subtitle), output_path)
+
+
+# ---------------------------------------------------------------- showing
+
+
+def has_display(environ=None, platform=None):
+    """Whether windows can open: macOS and Windows always, elsewhere an X11
+    or Wayland display must be set (SSH without forwarding has none)."""
+    environ = os.environ if environ is None else environ
+    platform = platform or sys.platform
+    if platform in ("darwin", "win32"):
+        return True
+    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+def interactive_backend():
+    """The name of matplotlib's backend if it opens windows, else None.
+
+    Resolving the backend picks a GUI one when a display is present, Agg
+    when not (or whatever MPLBACKEND forces)."""
+    from matplotlib.backends import BackendFilter, backend_registry
+
+    name = matplotlib.get_backend().lower()
+    interactive = {backend.lower() for backend in backend_registry.list_builtin(BackendFilter.INTERACTIVE)}
+    return name if name in interactive else None
+
+
+def should_show(mode, environ=None):
+    """(show?, reason when not) for --show auto|1|0."""
+    environ = os.environ if environ is None else environ
+    if mode == "0":
+        return False, None
+    if not has_display(environ):
+        return False, "no display: figures saved, not shown"
+    if mode == "auto" and environ.get("CI"):
+        return False, "CI run: figures saved, not shown (--show 1 to show)"
+    if interactive_backend() is None:
+        return False, (
+            f"matplotlib backend '{matplotlib.get_backend()}' cannot open windows: "
+            "figures saved, not shown"
+        )
+    return True, None
+
+
+def show_saved_figure(path):
+    """Opens one saved PNG in a window and blocks until it is closed."""
+    import matplotlib.pyplot as pyplot
+
+    image = pyplot.imread(path)
+    height, width = image.shape[:2]
+    scale = min(1.0, 1500 / width, 950 / height)  # fit a laptop screen
+    figure = pyplot.figure(figsize=(width * scale / 100, height * scale / 100), dpi=100)
+    category = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    if figure.canvas.manager is not None:
+        figure.canvas.manager.set_window_title(f"{category}: {os.path.basename(path)}")
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.imshow(image)
+    axes.axis("off")
+    pyplot.show(block=True)
+    pyplot.close(figure)
+
+
+def show_figures(paths, mode):
+    """Shows saved figures one at a time, in order: the next opens when the
+    current window is closed. Never opens anything (or blocks) without a
+    display or with --show 0. Returns the paths shown."""
+    show, reason = should_show(mode)
+    if not show:
+        if reason and paths:
+            print(f"    {reason}")
+        return []
+    print(f"    showing {len(paths)} figures one at a time: close each window to see the next")
+    for path in paths:
+        show_saved_figure(path)
+    return list(paths)
