@@ -56,24 +56,18 @@ def tf_epoch(dataset):
 def ours(args):
     import data_loader
 
-    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed)
+    # The audit runs here as in main.py (cached outside the dataset), but is
+    # not timed: only the epochs are.
+    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=os.path.join(ROOT, "model_artifacts"))
     paths = [os.path.join(index.root, sample.path) for sample in index.samples]
     class_ids = {name: number for number, name in enumerate(index.class_names)}
     labels = [class_ids[sample.label] for sample in index.samples]
     augment = data_loader.AugmentConfig() if args.augment else None
     dataset = data_loader.make_dataset(
         paths, labels, args.image_size, args.batch_size, training=True, augment=augment,
-        seed=args.seed, **({"cache": args.cache} if _has_cache() else {}),
+        seed=args.seed, cache=args.cache, decoders=[sample.decoder for sample in index.samples],
     )
     return tf_epoch(dataset)
-
-
-def _has_cache():
-    import inspect
-
-    import data_loader
-
-    return "cache" in inspect.signature(data_loader.make_dataset).parameters
 
 
 def bare_tfdata(args):
@@ -227,6 +221,7 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--peers", action="store_true", help="Also time the Keras ways and print ratios")
     parser.add_argument("--repeats", type=int, default=1, help="Runs per pipeline; the median is reported")
+    parser.add_argument("--also", default="", help='More of our settings to time in the same run, as AUGMENT:CACHE pairs, e.g. "0:none,1:memory"')
     parser.add_argument("--json", help="Also write the figures to this JSON file")
     parser.add_argument("--only", choices=sorted(PIPELINES), help=argparse.SUPPRESS)
     return parser
@@ -238,22 +233,32 @@ def main(argv=None):
     if args.only:
         print(f"images/s: {run_in_process(args.only, args):.1f}", flush=True)
         return 0
-    names = (list(PEERS) if args.peers else []) + ["ours"]
+    # Our settings: the one asked for, plus --also (e.g. "0:none,1:memory")
+    # so every setting is timed in the same run as the peers.
+    settings = [(args.augment, args.cache)] + [
+        (int(item.split(":")[0]), item.split(":")[1]) for item in args.also.split(",") if item
+    ]
+    jobs = [(name, PEERS[name], None) for name in (PEERS if args.peers else [])]
+    jobs += [(f"ours augment={a} cache={c}", "ours", (a, c)) for a, c in settings]
     figures = {}
-    for name in names:
-        rates = [run_in_subprocess(name, args) for _ in range(args.repeats)]
+    for name, label, setting in jobs:
+        job_args = argparse.Namespace(**vars(args))
+        if setting:
+            job_args.augment, job_args.cache = setting
+        rates = [run_in_subprocess("ours" if setting else name, job_args) for _ in range(args.repeats)]
         figures[name] = statistics.median(rates)
-        label = "ours" if name == "ours" else PEERS[name]
-        print(f"{name:20s} {figures[name]:8.1f} images/s  (runs: {', '.join(f'{rate:.0f}' for rate in rates)})  {label}", flush=True)
-    setting = f"augment={args.augment} cache={args.cache} size={args.image_size} batch={args.batch_size}"
+        print(f"{name:32s} {figures[name]:8.1f} images/s  (runs: {', '.join(f'{rate:.0f}' for rate in rates)})  {label}", flush=True)
+    main_name = f"ours augment={args.augment} cache={args.cache}"
     if args.peers:
-        print(f"ratios, ours ({setting}) over each peer:")
-        for name in PEERS:
-            print(f"  x{figures['ours'] / figures[name]:.2f} vs {name}")
+        print(f"ratios (median images/s over median images/s), size={args.image_size} batch={args.batch_size}:")
+        for name, _, setting in jobs:
+            if setting:
+                print(f"  {name}: " + ", ".join(f"x{figures[name] / figures[peer]:.2f} vs {peer}" for peer in PEERS))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"setting": setting, "cpu_count": os.cpu_count(), "images_per_second": figures}, handle, indent=2)
-    print(f"images/s: {figures['ours']:.1f}")
+            json.dump({"image_size": args.image_size, "batch_size": args.batch_size, "cpu_count": os.cpu_count(),
+                       "repeats": args.repeats, "images_per_second": figures}, handle, indent=2)
+    print(f"images/s: {figures[main_name]:.1f}")
     return 0
 
 
