@@ -2048,15 +2048,10 @@ def build_parser():
     return parser
 
 
-def inspect_dataset(argv=None):
-    """Runs the audit and split of `--image_dir` and prints them."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    args = build_parser().parse_args(argv)
-    if not args.image_dir:
-        raise UserError("image_dir is required. Received: image_dir=None")
-    config.validate_data_args(args)
-    cache_dir = os.path.join(args.artifacts_dir, AUDIT_CACHE_FOLDER)
-    index = index_dataset(
+def index_from_args(args):
+    """`index_dataset` with the shared command-line options, the audit
+    cached in ARTIFACTS_DIR (never inside the dataset)."""
+    return index_dataset(
         args.image_dir,
         args.val_split,
         args.test_split,
@@ -2064,16 +2059,36 @@ def inspect_dataset(argv=None):
         labels_csv=args.labels_csv,
         classes=args.classes,
         readers=load_readers(args.reader),
-        cache_dir=cache_dir,
+        cache_dir=os.path.join(args.artifacts_dir, AUDIT_CACHE_FOLDER),
         progress=ProgressLine(),
     )
+
+
+def check_outside(name, path, image_dir):
+    """Raises UserError when an output folder `path` lies inside the
+    dataset: nothing is ever written there."""
+    if os.path.isdir(image_dir) and is_inside(path, image_dir):
+        raise UserError(
+            f"{name} must be outside image_dir: nothing is written inside "
+            f"the dataset. Received: {name}={path}"
+        )
+
+
+def inspect_dataset(argv=None):
+    """Runs the audit and split of `--image_dir` and prints them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    args = build_parser().parse_args(argv)
+    if not args.image_dir:
+        raise UserError("image_dir is required. Received: image_dir=None")
+    config.validate_data_args(args)
+    index = index_from_args(args)
     if args.json:
         print(json.dumps(inspection_summary(index), ensure_ascii=False))
         return index
     print(f"Dataset: {display_path(index.root)}")
     for line in summary_lines(index, max_skipped=50, where="--json"):
         print(f"    {line}")
-    print(f"    audit cache: {audit_cache_path(cache_dir, index.root)}")
+    print(f"    audit cache: {audit_cache_path(os.path.join(args.artifacts_dir, AUDIT_CACHE_FOLDER), index.root)}")
     return index
 
 

@@ -440,17 +440,6 @@ def build_parser():
     return parser
 
 
-def check_outside(results_dir, folder):
-    """Nothing is ever written inside the user's image folder."""
-    if os.path.isdir(folder):
-        results, data = os.path.realpath(results_dir), os.path.realpath(folder)
-        if os.path.commonpath([results, data]) == data:
-            raise config.UserError(
-                "results_dir must be outside the image folder: nothing is written "
-                f"inside the dataset. Received: results_dir={results_dir}"
-            )
-
-
 def parse_arguments(argv):
     args = build_parser().parse_args(argv)
     config.validate_figure_args(args)
@@ -467,7 +456,7 @@ def run_evaluation(argv=None):
     if not args.image_dir:
         raise config.UserError("no --image_dir given and the model's run_config.json names none")
     image_dir = args.image_dir
-    check_outside(args.results_dir, image_dir)
+    data_loader.check_outside("results_dir", args.results_dir, image_dir)
     stamp = train_utils.new_run_stamp(args.results_dir)
     with train_utils.stage(f"Evaluating {trained.path} on {image_dir}"):
         images = labelled_images(args, trained)

@@ -109,21 +109,10 @@ def parse_arguments(argv):
     return args
 
 
-def is_inside(path, folder):
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([path, folder]) == folder
-
-
 def check_outputs_outside_dataset(args):
     """Nothing is ever written inside the user's dataset folder."""
-    if not os.path.isdir(args.image_dir):
-        return  # reported when the dataset is scanned
     for name in ("artifacts_dir", "results_dir"):
-        if is_inside(getattr(args, name), args.image_dir):
-            raise config.UserError(
-                f"{name} must be outside image_dir: nothing is written inside "
-                f"the dataset. Received: {name}={getattr(args, name)}"
-            )
+        data_loader.check_outside(name, getattr(args, name), args.image_dir)
 
 
 # ---------------------------------------------------------------- stages
@@ -135,17 +124,7 @@ def scan_stage(run):
         write_demo_dataset(args.image_dir)
     # Every file is audited before anything trains; the audit's cache lives
     # with the artifacts, never inside the dataset.
-    run.index = data_loader.index_dataset(
-        args.image_dir,
-        args.val_split,
-        args.test_split,
-        args.seed,
-        labels_csv=args.labels_csv,
-        classes=args.classes,
-        readers=data_loader.load_readers(args.reader),
-        cache_dir=run.artifact_path(data_loader.AUDIT_CACHE_FOLDER),
-        progress=data_loader.ProgressLine(),
-    )
+    run.index = data_loader.index_from_args(args)
     run.audit = run.index.audit
     audit_path = train_utils.write_json(run.results_path("audit", "audit.json"), run.audit)
     for line in data_loader.summary_lines(run.index, where=audit_path):

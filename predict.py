@@ -326,7 +326,7 @@ def parse_arguments(argv):
         raise config.UserError(f"batch_size must be at least 1. Received: batch_size={args.batch_size}")
     for folder in [args.image_dir] + [path for path in (args.images or []) if os.path.isdir(path)]:
         if folder:
-            evaluate.check_outside(args.results_dir, folder)
+            data_loader.check_outside("results_dir", args.results_dir, folder)
     return args
 
 
