@@ -45,9 +45,13 @@ def real_loader(args):
     paths, labels = index.split("train")
     augment = data_loader.AugmentConfig() if args.augment else None
     dataset = data_loader.make_dataset(
-        paths, labels, args.image_size, args.batch_size, training=True, augment=augment, seed=args.seed
+        paths, labels, args.image_size, args.batch_size, training=True, augment=augment, seed=args.seed,
+        decoders=index.decoders("train"), cache=args.cache,
     )
-    return dataset.repeat(), len(index.class_names)
+    cached, _ = data_loader.decide_cache(args.cache, len(paths), args.image_size)
+    # Cached, the warm-up is one whole epoch, so the timed steps read from memory.
+    warm_up = -(-len(paths) // args.batch_size) if cached else max(3, args.steps // 5)
+    return dataset.repeat(), len(index.class_names), warm_up
 
 
 def in_memory(args, num_classes):
@@ -65,12 +69,12 @@ def measure(args):
     import train_utils
 
     device = train_utils.configure_device("mixed" if args.mixed else "float32", "1" if args.mixed else "0")
-    dataset, num_classes = real_loader(args)
+    dataset, num_classes, warm_up = real_loader(args)
     if args.source == "memory":
         dataset = in_memory(args, num_classes)
     with device.strategy.scope():
         model = build_model(args, num_classes, device.jit_compile)
-    model.fit(dataset, steps_per_epoch=max(3, args.steps // 5), epochs=1, verbose=0)  # warm-up, compile
+    model.fit(dataset, steps_per_epoch=warm_up if args.source == "loader" else 3, epochs=1, verbose=0)  # warm-up, compile
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
     return args.steps * args.batch_size / (time.perf_counter() - start)
@@ -81,7 +85,7 @@ def run_setting(args, source, mixed):
         sys.executable, os.path.abspath(__file__), "--image_dir", args.image_dir,
         "--image_size", str(args.image_size), "--batch_size", str(args.batch_size),
         "--steps", str(args.steps), "--phase", args.phase, "--augment", str(args.augment),
-        "--only", source, *(["--mixed"] if mixed else []),
+        "--cache", args.cache, "--only", source, *(["--mixed"] if mixed else []),
     ]
     output = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     lines = [line for line in output.stdout.splitlines() if line.startswith("images/s:")]
@@ -98,6 +102,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--phase", choices=("head", "full"), default="head")
     parser.add_argument("--augment", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--cache", choices=("auto", "memory", "none"), default="auto", help="As main.py's --cache (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", help="Also write the figures to this JSON file")
     parser.add_argument("--only", choices=("loader", "memory"), help=argparse.SUPPRESS)
@@ -124,7 +129,7 @@ def main(argv=None):
         print(f"mixed+xla / float32 (real loader): x{figures['loader mixed+xla'] / figures['loader float32']:.2f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"phase": args.phase, "gpu": has_gpu, "images_per_second": figures}, handle, indent=2)
+            json.dump({"phase": args.phase, "cache": args.cache, "gpu": has_gpu, "images_per_second": figures}, handle, indent=2)
     return 0
 
 
