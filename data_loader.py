@@ -1176,23 +1176,30 @@ def audit_files(root, paths, readers=None, cache_dir=None, workers=None, progres
 class ProgressLine:
     """A progress callback for `audit_files` that prints one line to
     `stream` (stderr by default): rewritten in place on a terminal, every
-    10% otherwise; silent below `min_total` files."""
+    10% otherwise; silent below `min_total` files and, in logs, for audits
+    that finish within `quiet_seconds` (ten lines for a one-second scan are
+    noise)."""
 
-    def __init__(self, label="auditing", stream=None, min_total=200, interval=0.25):
+    def __init__(self, label="auditing", stream=None, min_total=200, interval=0.25, quiet_seconds=2.0):
         self.label = label
         self.stream = stream
         self.min_total = min_total
         self.interval = interval
+        self.quiet_seconds = quiet_seconds
+        self.start_time = None
         self.last_time = 0.0
         self.last_tenth = 0
 
     def __call__(self, done, total):
         if total < self.min_total:
             return
+        now = time.monotonic()
+        self.start_time = now if self.start_time is None else self.start_time
         stream = self.stream or sys.stderr
+        if not stream.isatty() and now - self.start_time < self.quiet_seconds:
+            return
         line = f"    {self.label}: {done}/{total} files ({100 * done // total}%)"
         if stream.isatty():
-            now = time.monotonic()
             if done == total or now - self.last_time >= self.interval:
                 self.last_time = now
                 stream.write("\r" + line + ("\n" if done == total else ""))

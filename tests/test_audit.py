@@ -513,15 +513,20 @@ def test_inspection_text_and_errors(messy, tmp_path, capsys):
 
 def test_progress_line_on_big_folders():
     stream = io.StringIO()
-    progress = data_loader.ProgressLine(stream=stream, min_total=100)
+    progress = data_loader.ProgressLine(stream=stream, min_total=100, quiet_seconds=0)
     for done in range(1, 251):
         progress(done, 250)
     lines = stream.getvalue().splitlines()
     assert lines[-1] == "    auditing: 250/250 files (100%)" and 10 <= len(lines) <= 11
     quiet = io.StringIO()
-    small = data_loader.ProgressLine(stream=quiet, min_total=100)
+    small = data_loader.ProgressLine(stream=quiet, min_total=100, quiet_seconds=0)
     small(5, 50)
     assert quiet.getvalue() == ""
+    fast = io.StringIO()  # a big folder audited within quiet_seconds: no lines in logs
+    quick = data_loader.ProgressLine(stream=fast, min_total=100, quiet_seconds=60)
+    for done in range(1, 251):
+        quick(done, 250)
+    assert fast.getvalue() == ""
 
 
 # ---------------------------------------------------------------- a full run
