@@ -479,10 +479,11 @@ def show_stage(run):
 
 STAGES = [
     ("Scanning and splitting the dataset", scan_stage),
+    # Before the figures: weights that cannot be loaded stop the run at once.
+    ("Building the model", model_stage),
     ("Plotting the dataset distribution", distribution_stage),
     ("Plotting example images per class", class_grid_stage),
     ("Previewing the augmentation", augmentation_stage),
-    ("Building the model", model_stage),
     ("Preparing the input pipeline", data_stage),
     ("Training", train_stage),
     ("Plotting the training curves", training_curves_stage),
