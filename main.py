@@ -60,6 +60,11 @@ def write_demo_dataset(folder):
 
     if os.path.isfile(os.path.join(folder, ".complete")):
         return folder
+    if os.path.exists(folder):  # never delete a folder we did not finish writing
+        raise config.UserError(
+            f"{folder} exists but is not a complete demo dataset; move it away "
+            "to let the demo write it again, or pass --image_dir"
+        )
     print(f"Writing the demo dataset (scikit-learn digits) to {folder}", flush=True)
     digits = load_digits()
     parent = os.path.dirname(os.path.abspath(folder))
@@ -71,11 +76,7 @@ def write_demo_dataset(folder):
         os.makedirs(class_folder, exist_ok=True)
         Image.fromarray(pixels, mode="L").save(os.path.join(class_folder, f"{number:04d}.png"))
     open(os.path.join(staging, ".complete"), "w").close()
-    if os.path.isdir(folder):  # an earlier, unfinished attempt of ours
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
+    os.replace(staging, folder)  # all or nothing: an interrupted write leaves only the hidden staging folder
     return folder
 
 
