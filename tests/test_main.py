@@ -155,35 +155,66 @@ def test_imagenet_weights_unavailable_stops_before_training(workdir, tmp_path, c
     assert not (workdir / "model_artifacts" / "best_model.keras").exists()
 
 
-def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
-    import keras
-
-    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=40)
-    args = ["--image_dir", data, "--epochs", "8", "--patience", "20", *TINY]
+def kill_during(args, workdir, reached):
+    """Starts main.py as a real process and SIGKILLs it once the resume
+    state satisfies `reached` (a little into the next epoch). Returns the
+    state it was killed after."""
     environment = {**os.environ, "PYTHONPATH": ROOT}
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=workdir, env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = workdir / "model_artifacts" / "resume" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if state_path.exists() and read_json(state_path).get("epoch", -1) >= 1:
+        if state_path.exists() and reached(read_json(state_path)):
             time.sleep(0.3)  # into the next epoch
             break
         time.sleep(0.1)
     assert process.poll() is None, "training ended before it could be interrupted"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = read_json(state_path)["epoch"]
-    assert 1 <= interrupted_at < 7
-    keras.models.load_model(workdir / "model_artifacts" / "best_model.keras")  # still loadable
+    return read_json(state_path)
 
+
+def resumed_history(workdir, args):
     assert main_script.main(args + ["--resume"]) == 0
-
     with open(only_run(workdir / "results", "training_curves") / "history.csv", newline="") as handle:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
-    assert epochs == list(range(8))
-    assert read_json(state_path) == {"phase": "done"}
+        history = list(csv.DictReader(handle))
+    assert read_json(workdir / "model_artifacts" / "resume" / "state.json") == {"phase": "done"}
     assert main_script.main(args + ["--resume"]) == 2  # nothing left to resume
+    return history
+
+
+def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
+    import keras
+
+    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=40)
+    args = ["--image_dir", data, "--epochs", "8", "--patience", "20", *TINY]
+
+    state = kill_during(args, workdir, lambda state: state.get("epoch", -1) >= 1)
+
+    assert 1 <= state["epoch"] < 7
+    keras.models.load_model(workdir / "model_artifacts" / "best_model.keras")  # still loadable
+    history = resumed_history(workdir, args)
+    assert [int(row["epoch"]) for row in history] == list(range(8))
+
+
+def test_resume_in_the_fine_tuning_phase_keeps_its_lower_learning_rate(workdir, tmp_path):
+    import keras
+
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    weights = str(tmp_path / "local.weights.h5")
+    backbone.save_weights(weights)
+    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=40)
+    args = ["--image_dir", data, "--epochs", "2", "--fine_tune_epochs", "5", "--patience", "20",
+            *TINY[2:], "--weights", weights]
+
+    state = kill_during(args, workdir, lambda state: state.get("phase") == "finetune" and state["epoch"] >= 2)
+
+    assert state["phase"] == "finetune" and state["finetune_start"] == 2
+    history = resumed_history(workdir, args)
+    assert [int(row["epoch"]) for row in history] == list(range(7))
+    rates = [float(row["learning_rate"]) for row in history]
+    assert all(rate <= rates[0] / 10 * 1.001 for rate in rates[2:])  # fine-tuning rate, also after the resume
 
 
 def test_demo_dataset_is_written_once_as_png_class_folders(tmp_path, capsys):
