@@ -207,8 +207,14 @@ def save_resume_point(folder, model, state):
     name = f"epoch-{state['epoch'] + 1:04d}-{state['phase']}.keras"
     save_model(model, os.path.join(folder, name))
     write_json(os.path.join(folder, RESUME_STATE), {**state, "model_file": name})
+    drop_resume_models(folder, keep=name)
+
+
+def drop_resume_models(folder, keep=None):
+    """Removes the resume model files save_resume_point wrote in `folder`
+    (only ours: epoch-NNNN-<phase>.keras), except `keep`."""
     for entry in os.scandir(folder):
-        if entry.name.endswith(".keras") and entry.name != name:
+        if entry.name.startswith("epoch-") and entry.name.endswith(".keras") and entry.name != keep:
             os.remove(entry.path)
 
 
@@ -371,9 +377,7 @@ def finish_resume_points(folder):
     """Marks the run finished and drops its resume model files."""
     if not os.path.isdir(folder):
         return
-    for entry in os.scandir(folder):
-        if entry.name.endswith(".keras"):
-            os.remove(entry.path)
+    drop_resume_models(folder)
     write_json(os.path.join(folder, RESUME_STATE), {"phase": "done"})
 
 

@@ -70,15 +70,20 @@ def ours(args):
     return tf_epoch(dataset)
 
 
-def bare_tfdata(args):
-    import tensorflow as tf
-
-    files = sorted(
-        os.path.join(folder, name)
-        for folder, _, names in os.walk(args.image_dir)
+def jpeg_files(folder):
+    """Every JPEG under `folder`, sorted (the peers' own file lists)."""
+    return sorted(
+        os.path.join(current, name)
+        for current, _, names in os.walk(folder)
         for name in names
         if name.lower().endswith((".jpg", ".jpeg"))
     )
+
+
+def bare_tfdata(args):
+    import tensorflow as tf
+
+    files = jpeg_files(args.image_dir)
 
     def load(path):
         image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
@@ -137,12 +142,7 @@ def pydataset(args):
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
     from PIL import Image
 
-    files = sorted(
-        os.path.join(folder, name)
-        for folder, _, names in os.walk(args.image_dir)
-        for name in names
-        if name.lower().endswith((".jpg", ".jpeg"))
-    )
+    files = jpeg_files(args.image_dir)
     size, batch = args.image_size, args.batch_size
 
     class Files(keras.utils.PyDataset):
