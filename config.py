@@ -1,15 +1,20 @@
 """Defaults and command-line options shared by every script.
 
-One frozen dataclass holds the defaults; `add_shared_arguments` adds the
-options every script understands, and each script adds only its own on top
-(`add_training_arguments` for main.py). A mistake in what the user asked for
-is a `UserError`: scripts print its one line and exit with code 2.
+One frozen dataclass, `Config`, holds every default; `add_shared_arguments`
+adds the options every script understands, and each script adds only its
+own on top (`add_split_arguments`, `add_training_arguments`,
+`add_figure_arguments`). Scripts validate what they parsed, turn it into a
+Config (`config_from_args`) and pass plain values on: the parsed command
+line stops at the script that parsed it. A mistake in what the user asked
+for is a `UserError`: `run_cli` prints its one line and exits with code 2.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
+import time
 
 
 class UserError(Exception):
@@ -70,6 +75,9 @@ class Config:
     split: str = "test"
     gradcam: int = 0
     top_k: int = 3
+    images: tuple | None = None
+    # Set by main.py when no --image_dir is given: the built-in demo.
+    demo: bool = False
 
 
 DEFAULTS = Config()
@@ -124,20 +132,6 @@ def add_shared_arguments(parser):
         help="Images per batch (default: %(default)s)",
     )
     group.add_argument(
-        "--val_split",
-        type=float,
-        default=DEFAULTS.val_split,
-        help="Fraction of each class held out for validation when the folder "
-        "has no val split (default: %(default)s)",
-    )
-    group.add_argument(
-        "--test_split",
-        type=float,
-        default=DEFAULTS.test_split,
-        help="Fraction of each class held out for testing when the folder "
-        "has no test split (default: %(default)s)",
-    )
-    group.add_argument(
         "--seed",
         type=int,
         default=DEFAULTS.seed,
@@ -183,6 +177,27 @@ def add_shared_arguments(parser):
         "HxWxC numpy array from FILE.py (or an importable MODULE); "
         "repeatable, e.g. --reader npy=my_readers.py:read_npy "
         "(default: built-in decoders only)",
+    )
+    return parser
+
+
+def add_split_arguments(parser):
+    """Adds the split options of main.py and the inspection CLI (evaluate.py
+    and predict.py reuse the split saved with the model)."""
+    group = parser.add_argument_group("split")
+    group.add_argument(
+        "--val_split",
+        type=float,
+        default=DEFAULTS.val_split,
+        help="Fraction of each class held out for validation when the folder "
+        "has no val split (default: %(default)s)",
+    )
+    group.add_argument(
+        "--test_split",
+        type=float,
+        default=DEFAULTS.test_split,
+        help="Fraction of each class held out for testing when the folder "
+        "has no test split (default: %(default)s)",
     )
     return parser
 
@@ -348,7 +363,8 @@ def add_training_arguments(parser):
 
 
 def validate_data_args(args):
-    """Checks the shared data options. Raises UserError on a bad value."""
+    """Checks the data and split options (main.py, the inspection CLI).
+    Raises UserError on a bad value."""
     if args.image_size < 32:
         raise UserError(
             "image_size must be at least 32 (MobileNetV2's smallest input). "
@@ -418,18 +434,34 @@ def validate_training_args(args):
 
 def config_from_args(args):
     """A frozen Config from parsed arguments (options a script lacks keep
-    their defaults)."""
+    their defaults; lists become tuples)."""
     values = {
         field.name: getattr(args, field.name)
         for field in dataclasses.fields(Config)
         if hasattr(args, field.name)
     }
+    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     return Config(**values)
 
 
-def model_path(args):
-    """The model file a script reads or writes."""
-    return args.model or os.path.join(args.artifacts_dir, "best_model.keras")
+def load_readers(specs):
+    """The custom readers of `--reader` specs ({".ext": function}, see
+    image_io.load_readers); a spec that cannot be loaded is a UserError."""
+    import image_io
+
+    try:
+        return image_io.load_readers(specs)
+    except image_io.ReaderError as error:
+        raise UserError(str(error)) from None
+
+
+@contextlib.contextmanager
+def stage(name):
+    """Prints one line when a stage of a script starts and how long it took."""
+    print(f"==> {name}", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"    done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
 def run_cli(main_function, argv=None):

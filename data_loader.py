@@ -1,31 +1,20 @@
-"""From a folder of images to tf.data pipelines, auditing every file first.
+"""Which files are the dataset, how they are split, and how batches flow.
 
 Three steps, kept apart so each can be tested and reused:
-1. `index_dataset` finds the candidate files (class folders, pre-split
-   folders or a labels CSV), audits every one of them (`audit_files`: is it
-   really an image, is it complete, is it a decompression bomb, which decoder
-   reads it) and splits the usable ones into train/val/test. It returns plain
-   data. The only thing it writes is its cache, which lives outside the
+1. `index_dataset` finds the candidate files (`scan_dataset`: class
+   folders, pre-split folders or a labels CSV), has every one audited
+   (audit.py: is it really an image, which decoder reads it) and splits the
+   usable ones into train/val/test. It returns plain data, a DatasetIndex.
+   The only thing it writes is the audit's cache, which lives outside the
    dataset folder; the user's files are only ever opened for reading.
 2. `make_dataset` turns a list of files into a tf.data pipeline: shuffle
-   (train only), parallel read + decode + resize, batch, augment (train
-   only), prefetch. Only file paths live in memory; images are read as the
-   pipeline runs. Images stay uint8 all the way: the model normalizes them
-   itself, so the saved model takes raw 0-255 pixels.
+   (train only), parallel read + decode + resize (image_io.load_image, the
+   one decode path of training, evaluation and prediction), batch, augment
+   (train only, `augment_batch`), prefetch. Only file paths live in memory;
+   images are read as the pipeline runs. Images stay uint8 all the way: the
+   model normalizes them itself, so the saved model takes raw 0-255 pixels.
 3. `python data_loader.py --image_dir DIR [--json]` runs step 1 and prints
    what it found, without training.
-
-One decode function, `load_image`, serves training, evaluation and
-prediction, so an image looks the same to the model in all three:
-- JPEG, PNG, GIF and BMP files that TensorFlow decodes correctly take the
-  fast native path (tf.io.decode_image).
-- Everything else is read in Python by Pillow, in parallel inside tf.data:
-  TIFF, WebP and other formats; CMYK JPEGs; images with an EXIF orientation
-  (turned upright); images with transparency (composited on white,
-  ALPHA_BACKGROUND); 16-bit TIFFs (scaled by bit depth: 65535 -> 255);
-  the palette and 1-bit BMPs TensorFlow gets wrong.
-- Custom readers, {extension: function(path) -> uint8 HxWxC array}, read
-  formats nobody else does (.npy arrays, DICOM, ...); see `load_readers`.
 """
 
 import argparse
@@ -34,21 +23,18 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
-import hashlib
-import importlib
-import io
 import json
 import math
 import os
 import re
 import sys
-import time
-import types
-import warnings
 
 import numpy as np
 
+import artifacts
+import audit
 import config
+import image_io
 from config import UserError
 
 SPLITS = ("train", "val", "test")
@@ -87,54 +73,6 @@ OS_JUNK_FILES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini
 OS_JUNK_FOLDERS = frozenset(
     {"__macosx", "@eadir", "$recycle.bin", "system volume information", "lost+found"}
 )
-# Transparent pixels are composited on this colour (white): most transparent
-# images in classification data are cut-outs, logos and icons meant for a
-# light page. A documented constant, so training and prediction agree.
-ALPHA_BACKGROUND = (255, 255, 255)
-# (format, Pillow mode) pairs whose tf.io.decode_image result was checked
-# against Pillow (see tests/test_audit.py): e.g. TensorFlow turns 8-bit
-# palette BMPs black and ignores alpha, so those stay in Python.
-NATIVE_MODES = {
-    "JPEG": ("L", "RGB"),
-    "MPO": ("L", "RGB"),  # multi-picture JPEGs from cameras: TF reads the first
-    "PNG": ("1", "L", "P", "RGB", "I;16", "I;16B", "I"),
-    "GIF": ("L", "P"),
-    "BMP": ("RGB",),
-}
-# The raster formats Pillow may open. Leaves out those whose reading runs
-# other programs (EPS runs Ghostscript) or that are not images (MPEG, WMF).
-PILLOW_FORMATS = (
-    "JPEG",
-    "PNG",
-    "GIF",
-    "BMP",
-    "DIB",
-    "WEBP",
-    "TIFF",
-    "AVIF",
-    "JPEG2000",
-    "PSD",
-    "ICO",
-    "CUR",
-    "ICNS",
-    "TGA",
-    "PPM",
-    "SGI",
-    "QOI",
-    "DDS",
-    "PCX",
-)
-EXIF_ORIENTATION = 0x0112
-AUDIT_CACHE_FOLDER = "audit_cache"
-AUDIT_CACHE_VERSION = 1
-IGNORED_KINDS = {
-    "hidden": "hidden",
-    "os_junk": "OS junk",
-    "other_extension": "not an image extension",
-    "outside_class_folder": "outside any class folder",
-    "other_folder": "folder that is not train/val/test",
-    "not_in_classes": "class not in --classes",
-}
 
 
 # ---------------------------------------------------------------- the index
@@ -162,7 +100,7 @@ class DatasetIndex:
     class_names: tuple
     samples: tuple
     notes: tuple = ()
-    skipped: tuple = ()  # (relative path, reason) pairs
+    skipped: tuple = ()  # audit.SkippedFile, paths relative to root
     ignored: int = 0
     warnings: tuple = ()
     audit: dict = dataclasses.field(default=None, compare=False)
@@ -192,9 +130,9 @@ class DatasetIndex:
 
 
 def manifest_rows(index):
-    """Rows (path, class, split) of the split manifest, header first."""
-    return [("path", "class", "split")] + [
-        (sample.path, sample.label, sample.split) for sample in index.samples
+    """The split manifest of an index: one artifacts.ManifestRow per image."""
+    return [
+        artifacts.ManifestRow(sample.path, sample.label, sample.split) for sample in index.samples
     ]
 
 
@@ -205,17 +143,8 @@ def is_hidden(name):
     return name.startswith(".")
 
 
-def file_extension(name):
-    return os.path.splitext(name)[1].lower()
-
-
 def is_image_file(name, extensions=IMAGE_EXTENSIONS):
-    return file_extension(name) in extensions
-
-
-def display_path(path):
-    """`path` printable as UTF-8 even when the file name is not valid UTF-8."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return image_io.file_extension(name) in extensions
 
 
 def is_inside(path, folder):
@@ -246,7 +175,7 @@ class Scan:
     layout: str
     candidates: list = dataclasses.field(default_factory=list)
     classes: dict = dataclasses.field(default_factory=dict)  # name -> folders or "labels_csv"
-    skipped: list = dataclasses.field(default_factory=list)  # (path, reason, label)
+    skipped: list = dataclasses.field(default_factory=list)  # audit.SkippedFile
     ignored: list = dataclasses.field(default_factory=list)  # (path, kind)
     warnings: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
@@ -339,8 +268,8 @@ def _scan_class_folders(scan, folder, root, split, extensions):
         scan.ignored.extend((path, "outside_class_folder") for path in loose)
         where = _relative(folder, root) if folder != root else "the dataset folder"
         scan.warnings.append(
-            f"{len(loose)} image(s) lie directly in {display_path(where)} (e.g. "
-            f"{display_path(loose[0])}), outside any class folder: ignored; "
+            f"{len(loose)} image(s) lie directly in {image_io.display_path(where)} (e.g. "
+            f"{image_io.display_path(loose[0])}), outside any class folder: ignored; "
             "move each into its class folder to use it"
         )
 
@@ -370,9 +299,21 @@ def scan_folder(root, extensions=IMAGE_EXTENSIONS):
     if others:
         scan.notes.append(
             "pre-split layout: ignored folder(s) that are not train/val/test: "
-            + ", ".join(display_path(path) for path in others)
+            + ", ".join(image_io.display_path(path) for path in others)
         )
     return scan
+
+
+def scan_dataset(root, labels_csv=None, readers=None):
+    """The labelled candidate files of a dataset, before any is opened: from
+    `labels_csv` when given, else from the folder layout (pre-split or
+    flat), custom readers' extensions included. The one way of listing
+    labelled files, for training (index_dataset) and evaluation. Returns a
+    Scan; raises UserError for a CSV that cannot be used."""
+    if labels_csv:
+        return scan_csv(root, labels_csv)
+    extensions = tuple(set(IMAGE_EXTENSIONS) | set(image_io.normalize_readers(readers)))
+    return scan_folder(root, extensions)
 
 
 # ---------------------------------------------------------------- labels CSV
@@ -464,7 +405,7 @@ def scan_csv(root, csv_path):
     for number, filename, label, split in parsed:
         if not filename or not label:
             scan.skipped.append(
-                (
+                audit.SkippedFile(
                     filename or f"(row {number})",
                     f"labels_csv row {number} has an empty "
                     + ("filename" if not filename else "label"),
@@ -476,7 +417,7 @@ def scan_csv(root, csv_path):
         real = os.path.realpath(os.path.join(root, filename))
         if os.path.commonpath([real, real_root]) != real_root:
             scan.skipped.append(
-                (
+                audit.SkippedFile(
                     filename,
                     f"outside image_dir: labels_csv row {number} points outside the "
                     "dataset folder (rejected)",
@@ -486,7 +427,7 @@ def scan_csv(root, csv_path):
             continue
         if not os.path.isfile(real):
             scan.skipped.append(
-                (
+                audit.SkippedFile(
                     filename,
                     f"not found: labels_csv row {number} names a file that does not exist",
                     label,
@@ -520,7 +461,7 @@ def _csv_duplicates(scan, seen, duplicates):
             ).append(f"{label} (row {number})")
     for relative, labels in conflicts.items():
         scan.skipped.append(
-            (
+            audit.SkippedFile(
                 relative,
                 "conflicting labels in labels_csv: " + ", ".join(labels),
                 seen.pop(relative)[1],
@@ -529,7 +470,7 @@ def _csv_duplicates(scan, seen, duplicates):
     number, relative, _ = duplicates[0]
     scan.warnings.append(
         f"labels_csv lists {len(duplicates)} file(s) more than once (e.g. "
-        f"{display_path(relative)} again in row {number}); each file is used once"
+        f"{image_io.display_path(relative)} again in row {number}); each file is used once"
         + (f", and {len(conflicts)} with conflicting labels are skipped" if conflicts else "")
     )
 
@@ -537,677 +478,10 @@ def _csv_duplicates(scan, seen, duplicates):
 # ---------------------------------------------------------------- custom readers
 
 
-def describe_reader(function):
-    """'FILE_OR_MODULE:FUNCTION' naming a reader, for messages and the cache."""
-    module = sys.modules.get(getattr(function, "__module__", None) or "")
-    where = getattr(module, "__file__", None) or getattr(function, "__module__", "?")
-    return f"{where}:{getattr(function, '__qualname__', repr(function))}"
-
-
-def _load_module_from_file(path):
-    """Imports a Python file as a module without writing bytecode next to
-    it (it may sit inside a dataset folder, which is never written)."""
-    real = os.path.realpath(path)
-    name = "reader_" + hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    if name in sys.modules:
-        return sys.modules[name]
-    with open(real, encoding="utf-8") as handle:
-        source = handle.read()
-    module = types.ModuleType(name)
-    module.__file__ = real
-    sys.modules[name] = module  # dataclasses and pickling look modules up here
-    try:
-        exec(compile(source, real, "exec"), module.__dict__)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _load_reader(spec):
-    extension, _, target = spec.partition("=")
-    location, _, function_name = target.rpartition(":")
-    extension = "." + extension.strip().lower().lstrip(".")
-    if extension == "." or not location or not function_name:
-        raise UserError(
-            "reader must be EXT=FILE.py:FUNCTION or EXT=MODULE:FUNCTION, e.g. "
-            f"npy=my_readers.py:read_npy. Received: reader={spec}"
-        )
-    try:
-        if location.endswith(".py") or os.sep in location:
-            if not os.path.isfile(location):
-                raise UserError(f"reader file not found. Received: reader={spec}")
-            module = _load_module_from_file(location)
-        else:
-            module = importlib.import_module(location)
-    except UserError:
-        raise
-    except Exception as error:  # the user's code: report it in one line
-        raise UserError(f"cannot load reader {spec}: {type(error).__name__}: {error}")
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise UserError(f"reader {spec}: {location} has no function {function_name}")
-    return extension, function
-
-
-def load_readers(specs):
-    """Custom readers from command-line specs (`--reader`).
-
-    Each spec is `EXT=FILE.py:FUNCTION` or `EXT=MODULE:FUNCTION`; the
-    function takes a file path and returns a uint8 numpy array HxW or HxWxC
-    (C = 1, 3 or 4). Returns {".ext": function}. A registered extension
-    takes precedence over the built-in decoders. Raises UserError.
-    """
-    return dict(_load_reader(spec) for spec in specs or ())
-
-
-def _normalize_readers(readers):
-    return {
-        "." + extension.lower().lstrip("."): function
-        for extension, function in (readers or {}).items()
-    }
-
-
-def as_rgb_uint8(array, source="reader"):
-    """A reader's output as a uint8 HxWx3 array: gray is repeated, alpha is
-    composited on ALPHA_BACKGROUND. Raises ValueError for anything that is
-    not a uint8 HxW or HxWxC (C = 1, 3, 4) array."""
-    if not isinstance(array, np.ndarray):
-        raise ValueError(
-            f"{source} returned {type(array).__name__}, expected a uint8 numpy array HxWxC"
-        )
-    if array.dtype != np.uint8:
-        raise ValueError(
-            f"{source} returned dtype {array.dtype}, expected uint8 (scale to 0-255 in the reader)"
-        )
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
-        raise ValueError(
-            f"{source} returned shape {array.shape}, expected HxW or HxWxC with C = 1, 3 or 4"
-        )
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    elif array.shape[2] == 4:
-        array = composite_on_background(array)
-    return np.ascontiguousarray(array)
-
-
 # ---------------------------------------------------------------- reading images
 
 
-class TooLargeError(ValueError):
-    """An image over Pillow's decompression-bomb limit: never decoded."""
-
-
-def sniff_format(head):
-    """What the first bytes of a file say it is: ("image", Pillow format id
-    or name), ("other", what it is), or (None, None) when unrecognised."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image", "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image", "PNG"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image", "GIF"
-    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in (
-        12,
-        16,
-        40,
-        52,
-        56,
-        64,
-        108,
-        124,
-    ):
-        return "image", "BMP"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image", "WEBP"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "image", "TIFF"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
-        return "image", "AVIF"
-    if head[4:8] == b"ftyp" and head[8:12] in (
-        b"heic",
-        b"heix",
-        b"hevc",
-        b"hevx",
-        b"heim",
-        b"heis",
-        b"mif1",
-        b"msf1",
-    ):
-        return "image", "HEIF"
-    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ")):
-        return "image", "JPEG2000"
-    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
-        return "image", "JPEG XL"
-    if head[:4] == b"8BPS":
-        return "image", "PSD"
-    if head[128:132] == b"DICM":
-        return "image", "DICOM"
-    return _sniff_other(head)
-
-
-def _sniff_other(head):
-    lowered = head.lstrip().lower()
-    known = (
-        (b"%PDF", "PDF document"),
-        (b"PK\x03\x04", "ZIP archive"),
-        (b"\x1f\x8b", "gzip archive"),
-        (b"\x93NUMPY", "NumPy array (register a reader for it)"),
-    )
-    for magic, name in known:
-        if head.startswith(magic):
-            return "other", name
-    if lowered.startswith((b"<!doctype html", b"<html")) or b"<html" in lowered[:512]:
-        return "other", "HTML page (often a failed download)"
-    if b"<svg" in lowered[:512]:
-        return "other", "SVG vector drawing"
-    if head and b"\x00" not in head:
-        printable = sum(byte >= 32 or byte in b"\t\n\r" for byte in head)
-        if printable >= 0.95 * len(head):
-            return "other", "text file"
-    return None, None
-
-
-def _pillow_can_open(format_name):
-    from PIL import Image
-
-    Image.init()
-    return format_name in PILLOW_FORMATS and format_name in Image.OPEN
-
-
-def open_image(source):
-    """Opens an image with Pillow, reading only its header.
-
-    Raises TooLargeError when width x height is over Pillow's
-    decompression-bomb limit (Image.MAX_IMAGE_PIXELS), before any pixel is
-    decoded; Pillow's own errors for files it cannot identify.
-    """
-    from PIL import Image
-
-    Image.init()
-    formats = [name for name in PILLOW_FORMATS if name in Image.OPEN]
-    try:
-        image = Image.open(source, formats=formats)
-    except Image.DecompressionBombError as error:  # over twice the limit
-        match = re.search(r"\((\d+) pixels\)", str(error))
-        pixels = int(match.group(1)) if match else 0
-        raise TooLargeError(_too_large_reason(pixels, Image.MAX_IMAGE_PIXELS, None))
-    limit = Image.MAX_IMAGE_PIXELS
-    width, height = image.size
-    if limit and width * height > limit:
-        raise TooLargeError(_too_large_reason(width * height, limit, image.size))
-    return image
-
-
-def _too_large_reason(pixels, limit, size):
-    dimensions = f"{size[0]}x{size[1]} = " if size else ""
-    return (
-        f"too large: {dimensions}{pixels:,} pixels, over Pillow's decompression-bomb "
-        f"limit of {limit:,} (not decoded)"
-    )
-
-
-def header_orientation(image):
-    """The EXIF orientation (1-8) from an opened image's header, or None.
-
-    Read before decoding, identically for routing and reading: a PNG's EXIF
-    is only looked for ahead of the pixel data (finding a later one would
-    mean decoding the whole file), so both always agree.
-    """
-    if image.format == "PNG" and "exif" not in image.info:
-        return None
-    try:
-        return image.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # a damaged EXIF block: treat as no orientation
-        return None
-
-
-def has_transparency(image):
-    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-
-
-def _plain_bmp(head):
-    """Whether a BMP is uncompressed 24- or 32-bit, the kind TensorFlow reads."""
-    header_size = int.from_bytes(head[14:18], "little")
-    if header_size == 12:
-        return int.from_bytes(head[24:26], "little") == 24
-    bits = int.from_bytes(head[28:30], "little")
-    compression = int.from_bytes(head[30:34], "little")
-    return bits in (24, 32) and compression == 0
-
-
-def choose_decoder(image, head):
-    """("native" or "pillow", why) for an image opened by `open_image`,
-    from its header only. Native only where tf.io.decode_image is known to
-    give the right pixels; `why` says what sends a file to Pillow."""
-    orientation = header_orientation(image)
-    if orientation not in (None, 1):
-        return "pillow", "EXIF rotation"
-    if has_transparency(image):
-        return "pillow", "transparency"
-    if image.format not in NATIVE_MODES:
-        return "pillow", image.format
-    if image.mode not in NATIVE_MODES[image.format]:
-        return "pillow", f"{image.mode} {image.format}"
-    if image.format == "BMP" and not _plain_bmp(head):
-        return "pillow", "compressed or palette BMP"
-    return "native", ""
-
-
-def probe_decoder(path, readers=None):
-    """The decoder for one file, from its extension (custom readers) or its
-    header: what the audit would choose, without decoding anything. Raises
-    OSError, TooLargeError or Pillow's errors for files that are not images."""
-    readers = _normalize_readers(readers)
-    extension = file_extension(path)
-    if extension in readers:
-        return extension
-    with open(path, "rb") as handle:
-        head = handle.read(64)
-        handle.seek(0)
-        return choose_decoder(open_image(handle), head)[0]
-
-
-def composite_on_background(rgba, background=ALPHA_BACKGROUND):
-    """uint8 HxWx4 -> HxWx3, each pixel blended with `background` by alpha."""
-    alpha = rgba[:, :, 3:4].astype(np.uint32)
-    colour = rgba[:, :, :3].astype(np.uint32)
-    back = np.array(background, np.uint32)
-    return ((colour * alpha + back * (255 - alpha) + 127) // 255).astype(np.uint8)
-
-
-def _bits_per_sample(image):
-    if image.mode.startswith("I;16"):
-        return 16
-    bits = getattr(image, "tag_v2", {}).get(258)  # TIFF BitsPerSample
-    if isinstance(bits, tuple):
-        bits = bits[0]
-    return bits if bits in (8, 16, 32) else 16  # PNG/PPM high-bit gray is 16-bit
-
-
-def scale_to_uint8(image):
-    """A high-bit-depth gray image (I;16, I, F) as uint8, scaled by its bit
-    depth so that the brightest value is 255 (65535 -> 255, not clipped);
-    floating point images are taken as 0-1."""
-    pixels = np.asarray(image)
-    if image.mode == "F":
-        scaled = np.clip(pixels.astype(np.float64), 0.0, 1.0) * 255.0
-    else:
-        scaled = pixels.astype(np.float64) * (255.0 / (2 ** _bits_per_sample(image) - 1))
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-
-
-def to_rgb_array(image):
-    """Any decoded Pillow image as a uint8 HxWx3 array (see module doc)."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return np.repeat(scale_to_uint8(image)[:, :, None], 3, axis=2)
-    if has_transparency(image):
-        return composite_on_background(np.asarray(image.convert("RGBA")))
-    return np.asarray(image.convert("RGB"))
-
-
-def _transposition(orientation):
-    from PIL import Image
-
-    return {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_270,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_90,
-    }.get(orientation)
-
-
-def decode_with_pillow(image):
-    """Decodes an image opened by `open_image` to a uint8 HxWx3 array: the
-    first frame, turned upright by its EXIF orientation, in RGB."""
-    orientation = header_orientation(image)  # before load(), as when routing
-    image.load()
-    transposition = _transposition(orientation)
-    if transposition is not None:
-        image = image.transpose(transposition)
-    return to_rgb_array(image)
-
-
-def read_with_pillow(path):
-    """The built-in Python reader: any format Pillow reads (TIFF, WebP, CMYK
-    JPEG, 16-bit, palette, ...) as a uint8 HxWx3 array (see module doc).
-    Raises TooLargeError for decompression bombs, Pillow's errors otherwise."""
-    with open(path, "rb") as handle:
-        return decode_with_pillow(open_image(handle))
-
-
-def decode_native(data):
-    """TensorFlow's decoder: encoded JPEG/PNG/GIF/BMP bytes (a string
-    tensor) -> uint8 (height, width, 3), the first frame of a GIF."""
-    import tensorflow as tf
-
-    return tf.io.decode_image(data, channels=3, expand_animations=False)
-
-
 # ---------------------------------------------------------------- the audit
-
-
-@dataclasses.dataclass(frozen=True)
-class FileCheck:
-    """The audit of one file: usable, or skipped with a reason."""
-
-    path: str
-    usable: bool
-    reason: str = ""
-    format: str = ""
-    mode: str = ""
-    width: int = 0
-    height: int = 0
-    decoder: str = ""
-    decoder_note: str = ""  # why a file is decoded in Python
-    sha256: str = ""
-
-
-def _skip(path, reason, **details):
-    return FileCheck(path=path, usable=False, reason=reason, **details)
-
-
-def _error_text(error):
-    """An exception as one short line (TensorFlow's op names removed)."""
-    text = str(error).strip() or type(error).__name__
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
-    text = re.sub(r"\s*\[Op:\w+\]( name: )?$", "", text)
-    return text.splitlines()[-1][:200] if text else type(error).__name__
-
-
-def _native_decode_error(data):
-    """None if TensorFlow decodes the bytes, else its error message."""
-    import tensorflow as tf
-
-    try:
-        decode_native(data)
-    except (
-        tf.errors.InvalidArgumentError,
-        tf.errors.OutOfRangeError,
-        tf.errors.UnknownError,
-    ) as error:
-        return _error_text(error)
-    return None
-
-
-def _check_with_reader(relpath, path, extension, function, digest):
-    name = describe_reader(function)
-    try:
-        array = as_rgb_uint8(function(path), f"reader {name}")
-    except Exception as error:  # the user's reader on the user's file
-        return _skip(
-            relpath,
-            f"reader failed ({name}): {type(error).__name__}: {_error_text(error)}",
-            decoder=extension,
-        )
-    return FileCheck(
-        path=relpath,
-        usable=True,
-        format=extension.lstrip(".").upper(),
-        mode=f"{array.shape[2]}ch",
-        width=int(array.shape[1]),
-        height=int(array.shape[0]),
-        decoder=extension,
-        decoder_note=f"{extension} reader",
-        sha256=digest,
-    )
-
-
-def _check_image(relpath, data, digest):
-    """Audits the bytes of a file that has no custom reader."""
-    kind, name = sniff_format(data[:512])
-    if kind == "other":
-        return _skip(relpath, f"not an image: {name}")
-    try:
-        image = open_image(io.BytesIO(data))
-    except TooLargeError as error:
-        return _skip(relpath, str(error), format=name or "")
-    except Exception as error:  # Pillow on untrusted bytes raises many types
-        if kind is None:
-            return _skip(relpath, "not an image: unrecognised content")
-        if not _pillow_can_open(name):
-            return _skip(
-                relpath,
-                f"unreadable format: {name} (no decoder installed; convert the file "
-                "to JPEG or PNG, or register a reader with --reader)",
-                format=name,
-            )
-        return _skip(relpath, f"truncated or corrupt {name}: {_error_text(error)}", format=name)
-    width, height = image.size
-    if header_orientation(image) in (5, 6, 7, 8):  # stored on its side
-        width, height = height, width
-    details = dict(format=image.format, mode=image.mode, width=width, height=height, sha256=digest)
-    decoder, note = choose_decoder(image, data[:64])
-    if decoder == "native":
-        # The audit runs the decoder training will run, so a file that
-        # passes cannot fail mid-epoch (keras-team/keras#19508).
-        native_error = _native_decode_error(data)
-        if native_error is None:
-            return FileCheck(path=relpath, usable=True, decoder=decoder, **details)
-        pillow_error = _pillow_decode_error(image)
-        detail = (
-            pillow_error or f"{native_error} (TensorFlow refuses it; re-saving the file fixes it)"
-        )
-        return _skip(
-            relpath, f"truncated or corrupt {image.format}: {detail}", decoder=decoder, **details
-        )
-    pillow_error = _pillow_decode_error(image)
-    if pillow_error:
-        return _skip(
-            relpath,
-            f"truncated or corrupt {image.format}: {pillow_error}",
-            decoder=decoder,
-            **details,
-        )
-    return FileCheck(path=relpath, usable=True, decoder=decoder, decoder_note=note, **details)
-
-
-def _pillow_decode_error(image):
-    try:
-        decode_with_pillow(image)
-    except Exception as error:  # Pillow on untrusted bytes raises many types
-        return _error_text(error)
-    return None
-
-
-def check_file(root, relpath, readers=None):
-    """Audits one file (`relpath` under `root`): reads it once, detects the
-    format from its content, refuses decompression bombs from the header,
-    and decodes it fully with the decoder training will use. Returns a
-    FileCheck; problems with the file never raise."""
-    readers = _normalize_readers(readers)
-    try:
-        relpath.encode("utf-8")
-    except UnicodeEncodeError:
-        return _skip(
-            display_path(relpath), "file name is not valid UTF-8: rename the file to use it"
-        )
-    path = os.path.join(root, relpath)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        return _skip(relpath, f"cannot read the file: {error.strerror or error}")
-    if not data:
-        return _skip(relpath, "empty file (0 bytes)")
-    digest = hashlib.sha256(data).hexdigest()
-    extension = file_extension(relpath)
-    if extension in readers:
-        return _check_with_reader(relpath, path, extension, readers[extension], digest)
-    return _check_image(relpath, data, digest)
-
-
-def _package_version(name):
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cache_signature(readers):
-    """What cached results depend on besides each file: if any of it
-    changes, every file is checked again."""
-    import PIL
-    from PIL import Image
-
-    described = {}
-    for extension, function in sorted(readers.items()):
-        name = describe_reader(function)
-        source = name.rpartition(":")[0]
-        described[extension] = [
-            name,
-            os.stat(source).st_mtime_ns if os.path.isfile(source) else None,
-        ]
-    return {
-        "version": AUDIT_CACHE_VERSION,
-        "pillow": PIL.__version__,
-        "tensorflow": _package_version("tensorflow"),
-        "max_image_pixels": Image.MAX_IMAGE_PIXELS,
-        "readers": described,
-    }
-
-
-def audit_cache_path(cache_dir, root):
-    """The cache file of one dataset folder inside `cache_dir`."""
-    key = hashlib.sha256(os.path.realpath(root).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return os.path.join(cache_dir, f"{key}.json")
-
-
-def _load_cache(path, signature):
-    if not path or not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):  # a damaged cache is just rebuilt
-        return {}
-    return data.get("files", {}) if data.get("signature") == signature else {}
-
-
-def _save_cache(path, root, signature, entries):
-    import train_utils
-
-    def write(temp_path):
-        with open(temp_path, "w", encoding="utf-8") as handle:
-            json.dump({"image_dir": root, "signature": signature, "files": entries}, handle)
-
-    train_utils.atomic_write(path, write)
-
-
-def _file_key(path):
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def _check_all(root, todo, readers, workers, progress):
-    """check_file over `todo` in a thread pool (decoders release the GIL)."""
-    results = {}
-    if not todo:
-        return results
-    if any(file_extension(path) not in readers for path in todo):
-        import tensorflow  # noqa: F401  imported here, not in a worker thread
-    workers = workers or min(16, 2 * (os.cpu_count() or 1))
-    # Pillow warns about images between 1x and 2x its pixel limit before we
-    # refuse them with a reason; the warning would only repeat that reason.
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(check_file, root, path, readers): path for path in todo}
-            for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-                results[futures[future]] = future.result()
-                if progress:
-                    progress(done, len(todo))
-    return results
-
-
-def audit_files(root, paths, readers=None, cache_dir=None, workers=None, progress=None):
-    """Audits every file (paths relative to `root`) once, in parallel.
-
-    Unchanged files (same path, size and modification time) come from the
-    cache in `cache_dir`, which must be outside `root`; None disables it.
-    `progress(done, total)` is called as files are checked. Returns
-    (FileChecks in the order of `paths`, {"checked", "from_cache", "seconds"}).
-    """
-    start = time.perf_counter()
-    readers = _normalize_readers(readers)
-    signature = _cache_signature(readers)
-    cache_path = audit_cache_path(cache_dir, root) if cache_dir else None
-    cache = _load_cache(cache_path, signature)
-    keys = {path: _file_key(os.path.join(root, path)) for path in paths}
-    known = {}
-    for path in paths:
-        entry = cache.get(path)
-        if entry and keys[path] is not None and entry["key"] == keys[path]:
-            known[path] = FileCheck(path=path, **entry["check"])
-    todo = [path for path in dict.fromkeys(paths) if path not in known]
-    known.update(_check_all(root, todo, readers, workers, progress))
-    if cache_path and todo:
-        entries = {
-            path: entry
-            for path, entry in cache.items()
-            if path not in keys and _file_key(os.path.join(root, path))
-        }
-        for path, check in known.items():
-            if keys.get(path) is not None:
-                fields = dataclasses.asdict(check)
-                del fields["path"]
-                entries[path] = {"key": keys[path], "check": fields}
-        _save_cache(cache_path, root, signature, entries)
-    stats = {
-        "checked": len(todo),
-        "from_cache": len(paths) - len(todo),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    return [known[path] for path in paths], stats
-
-
-class ProgressLine:
-    """A progress callback for `audit_files` that prints one line to
-    `stream` (stderr by default): rewritten in place on a terminal, every
-    10% otherwise; silent below `min_total` files and, in logs, for audits
-    that finish within `quiet_seconds` (ten lines for a one-second scan are
-    noise)."""
-
-    def __init__(self, label="auditing", stream=None, min_total=200, interval=0.25, quiet_seconds=2.0):
-        self.label = label
-        self.stream = stream
-        self.min_total = min_total
-        self.interval = interval
-        self.quiet_seconds = quiet_seconds
-        self.start_time = None
-        self.last_time = 0.0
-        self.last_tenth = 0
-
-    def __call__(self, done, total):
-        if total < self.min_total:
-            return
-        now = time.monotonic()
-        self.start_time = now if self.start_time is None else self.start_time
-        stream = self.stream or sys.stderr
-        if not stream.isatty() and now - self.start_time < self.quiet_seconds:
-            return
-        line = f"    {self.label}: {done}/{total} files ({100 * done // total}%)"
-        if stream.isatty():
-            if done == total or now - self.last_time >= self.interval:
-                self.last_time = now
-                stream.write("\r" + line + ("\n" if done == total else ""))
-                stream.flush()
-        elif 10 * done // total > self.last_tenth:
-            self.last_tenth = 10 * done // total
-            stream.write(line + "\n")
-            stream.flush()
 
 
 # ---------------------------------------------------------------- splitting
@@ -1346,7 +620,7 @@ def _apply_classes(scan, classes):
         if name not in scan.classes:
             raise UserError(
                 f"--classes names '{name}', which is not a class here (found: "
-                f"{', '.join(display_path(found) for found in _ordered_classes(scan))}). "
+                f"{', '.join(image_io.display_path(found) for found in _ordered_classes(scan))}). "
                 f"Received: classes={','.join(classes)}"
             )
     others = [name for name in scan.classes if name not in classes]
@@ -1356,11 +630,11 @@ def _apply_classes(scan, classes):
         if candidate.label not in classes
     )
     scan.candidates = [candidate for candidate in scan.candidates if candidate.label in classes]
-    scan.skipped = [item for item in scan.skipped if item[2] in classes]
+    scan.skipped = [item for item in scan.skipped if item.label in classes]
     if others:
         scan.notes.append(
             "--classes: ignored the other class(es): "
-            + ", ".join(display_path(name) for name in sorted(others))
+            + ", ".join(image_io.display_path(name) for name in sorted(others))
         )
 
 
@@ -1377,7 +651,7 @@ def _choose_classes(scan, usable, classes, image_dir):
     with a warning (an error when --classes named them). Raises UserError
     when fewer than 2 remain."""
     counts = collections.Counter(candidate.label for candidate in usable)
-    skipped = collections.Counter(item[2] for item in scan.skipped)
+    skipped = collections.Counter(item.label for item in scan.skipped)
     order = list(classes) if classes else _ordered_classes(scan)
     if not classes and order != sorted(order):
         scan.notes.append("labels_csv: the labels are integers, so classes are in numeric order")
@@ -1390,14 +664,14 @@ def _choose_classes(scan, usable, classes, image_dir):
     kept = [name for name in order if counts[name]]
     for name in excluded:
         scan.warnings.append(
-            f"class '{display_path(name)}' has no usable images ({_emptiness(name, skipped)}): "
+            f"class '{image_io.display_path(name)}' has no usable images ({_emptiness(name, skipped)}): "
             f"excluded; training on the other {len(kept)} class(es)"
         )
     if len(kept) < 2:
-        detail = f" ({', '.join(display_path(name) for name in kept)})" if kept else ""
+        detail = f" ({', '.join(image_io.display_path(name) for name in kept)})" if kept else ""
         if excluded:
             detail += "; without usable images: " + ", ".join(
-                display_path(name) for name in excluded
+                image_io.display_path(name) for name in excluded
             )
         loose = sum(1 for _, kind in scan.ignored if kind == "outside_class_folder")
         if loose:
@@ -1435,20 +709,20 @@ def _duplicate_warnings(groups, auto_split, limit=10):
     leaks = [group for group in groups if len({sample.split for sample in group}) > 1]
     lines = [
         f"{len(groups)} group(s) of identical files ({files} files), e.g. "
-        + " = ".join(display_path(sample.path) for sample in groups[0][:3])
+        + " = ".join(image_io.display_path(sample.path) for sample in groups[0][:3])
         + ("; each group was kept in one split" if auto_split and not leaks else "")
     ]
     for group in labels[:limit]:
         lines.append(
             "the same image has different labels: "
-            + ", ".join(f"{display_path(sample.path)} ({sample.label})" for sample in group)
+            + ", ".join(f"{image_io.display_path(sample.path)} ({sample.label})" for sample in group)
         )
     for group in leaks[:limit]:
         splits = sorted({sample.split for sample in group}, key=SPLITS.index)
         lines.append(
             f"leakage: the same image is in {' and '.join(splits)}, so "
             f"{splits[-1]} results will look better than they are: "
-            + ", ".join(f"{display_path(sample.path)} ({sample.split})" for sample in group)
+            + ", ".join(f"{image_io.display_path(sample.path)} ({sample.split})" for sample in group)
         )
     hidden = max(0, len(labels) - limit) + max(0, len(leaks) - limit)
     if hidden:
@@ -1489,7 +763,7 @@ def index_dataset(
     flat (class folders, split per class), or `labels_csv` (filename,label
     and an optional split column). `classes` (names) keeps those classes in
     that order. `readers` ({".ext": function}) adds custom readers. Every
-    candidate file is audited (`audit_files`, cached in `cache_dir`); only
+    candidate file is audited (`audit.audit_files`, cached in `cache_dir`); only
     usable files are split, and identical files stay in one split. Classes
     with no usable image are excluded with a warning.
 
@@ -1498,19 +772,17 @@ def index_dataset(
     split, a bad CSV or --classes name.
     """
     root = _check_image_dir(image_dir, cache_dir)
-    readers = _normalize_readers(readers)
-    extensions = tuple(set(IMAGE_EXTENSIONS) | set(readers))
-    scan = scan_csv(root, labels_csv) if labels_csv else scan_folder(root, extensions)
+    readers = image_io.normalize_readers(readers)
+    scan = scan_dataset(root, labels_csv, readers)
     _apply_classes(scan, classes)
-    checks, stats = audit_files(
+    checks, stats = audit.audit_files(
         root, [c.path for c in scan.candidates], readers, cache_dir, workers, progress
     )
     checks = dict(zip((c.path for c in scan.candidates), checks))
     for candidate in scan.candidates:
         if not checks[candidate.path].usable:
-            scan.skipped.append(
-                (checks[candidate.path].path, checks[candidate.path].reason, candidate.label)
-            )
+            check = checks[candidate.path]
+            scan.skipped.append(audit.SkippedFile(check.path, check.reason, candidate.label))
     usable = [c for c in scan.candidates if checks[c.path].usable]
     class_names = _choose_classes(scan, usable, classes, image_dir)
     usable = [c for c in usable if c.label in class_names]
@@ -1533,264 +805,29 @@ def index_dataset(
         class_names=tuple(class_names),
         samples=samples,
         notes=tuple(scan.notes + notes),
-        skipped=tuple((display_path(path), reason) for path, reason, _ in scan.skipped),
+        skipped=tuple(
+            dataclasses.replace(item, path=image_io.display_path(item.path)) for item in scan.skipped
+        ),
         ignored=len(scan.ignored),
         warnings=tuple(scan.warnings),
         readers=readers,
     )
-    audit = audit_report(index, scan, checks, duplicates, stats)
-    return dataclasses.replace(index, audit=audit)
-
-
-# ---------------------------------------------------------------- reports
-
-
-def _statistics(values):
-    if not values:
-        return None
-    return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
-
-
-def audit_report(index, scan, checks, duplicates, stats):
-    """The audit as a JSON-ready dict (what audit.json holds): the
-    inspection fields (`inspection_summary`) plus per-class counts, why
-    files were ignored, image size/mode/format statistics, decoders,
-    duplicates, the imbalance ratio and the audit's timing."""
-    used = [checks[sample.path] for sample in index.samples]
-    counts = index.counts()
-    train = [count for count in counts["train"].values()]
-    skipped_by_class = collections.Counter(label for _, _, label in scan.skipped)
-    ignored = collections.defaultdict(list)
-    for path, kind in scan.ignored:
-        ignored[kind].append(display_path(path))
-    return {
-        **inspection_summary(index),
-        "image_dir": index.root,
-        "notes": list(index.notes),
-        "files": {
-            "usable": len(index.samples),
-            "skipped": len(index.skipped),
-            "ignored": index.ignored,
-            "checked": stats["checked"],
-            "from_cache": stats["from_cache"],
-            "seconds": stats["seconds"],
-        },
-        "per_class": {
-            name: {
-                "usable": sum(counts[split][name] for split in SPLITS),
-                "skipped": skipped_by_class[name],
-            }
-            for name in index.class_names
-        },
-        "ignored_files": {
-            IGNORED_KINDS[kind]: {"count": len(paths), "examples": paths[:20]}
-            for kind, paths in ignored.items()
-        },
-        "formats": dict(collections.Counter(check.format for check in used).most_common()),
-        "modes": dict(collections.Counter(check.mode for check in used).most_common()),
-        "decoders": dict(collections.Counter(check.decoder for check in used).most_common()),
-        "decoded_in_python_because": dict(
-            collections.Counter(
-                check.decoder_note for check in used if check.decoder != "native"
-            ).most_common()
-        ),
-        "alpha_background": list(ALPHA_BACKGROUND),
-        "width": _statistics([check.width for check in used]),
-        "height": _statistics([check.height for check in used]),
-        "imbalance_ratio": round(max(train) / min(train), 3) if train and min(train) else None,
-        "duplicates": [
-            [
-                {"path": display_path(sample.path), "class": sample.label, "split": sample.split}
-                for sample in group
-            ]
-            for group in duplicates
-        ],
-        "readers": {
-            extension: describe_reader(function) for extension, function in index.readers.items()
-        },
-    }
-
-
-def inspection_summary(index):
-    """The JSON object `python data_loader.py --json` prints, exactly:
-    layout, classes, splits ({split: {class: n}}), skipped ([{path,
-    reason}], paths relative to the dataset), ignored (a count), warnings."""
-    return {
-        "layout": index.layout,
-        "classes": list(index.class_names),
-        "splits": index.counts(),
-        "skipped": [{"path": path, "reason": reason} for path, reason in index.skipped],
-        "ignored": index.ignored,
-        "warnings": list(index.warnings),
-    }
-
-
-def _count_phrase(counter):
-    return ", ".join(f"{count} {name}" for name, count in counter.most_common())
-
-
-def summary_lines(index, max_skipped=20, where="the audit"):
-    """The audit and split as printable lines: what was checked, every
-    skipped file with its reason (up to `max_skipped`), what was ignored,
-    which files are decoded in Python and why, the split table, notes and
-    warnings."""
-    audit = index.audit
-    files = audit["files"]
-    if not files["from_cache"]:
-        how = f"{files['checked']} files checked in {files['seconds']:.1f}s"
-    elif not files["checked"]:
-        how = f"{files['from_cache']} files unchanged since the last audit: results from its cache"
-    else:
-        how = (
-            f"{files['checked']} new or changed files checked in {files['seconds']:.1f}s, "
-            f"{files['from_cache']} unchanged from the cache"
-        )
-    lines = [
-        f"audit: {files['usable']} files used, {files['skipped']} skipped, "
-        f"{files['ignored']} ignored ({how})"
-    ]
-    if index.skipped:
-        lines.append("skipped (not used for anything):")
-        lines += [f"  {path}: {reason}" for path, reason in index.skipped[:max_skipped]]
-        if len(index.skipped) > max_skipped:
-            lines.append(f"  ... and {len(index.skipped) - max_skipped} more: see {where}")
-    if audit["ignored_files"]:
-        lines.append(
-            "ignored: "
-            + "; ".join(
-                f"{entry['count']} {kind} (e.g. {entry['examples'][0]})"
-                for kind, entry in audit["ignored_files"].items()
-            )
-        )
-    python = collections.Counter(audit["decoded_in_python_because"])
-    if python:
-        how = "; transparent pixels are shown on white" if python["transparency"] else ""
-        lines.append(f"decoded in Python: {sum(python.values())} ({_count_phrase(python)}){how}")
-    lines += _split_lines(index)
-    lines += [f"note: {note}" for note in index.notes]
-    lines += [f"warning: {warning}" for warning in index.warnings]
-    return lines
-
-
-def _split_lines(index, max_classes=30):
-    counts = index.counts()
-    totals = {split: sum(counts[split].values()) for split in SPLITS}
-    lines = [
-        f"{index.layout} layout, {len(index.class_names)} classes, "
-        + ", ".join(f"{split} {totals[split]}" for split in SPLITS)
-        + " images"
-    ]
-    if len(index.class_names) > max_classes:
-        return lines
-    width = max(len("class"), *(len(name) for name in index.class_names))
-    skipped = index.audit["per_class"]
-    lines.append(f"  {'class':<{width}}  train    val   test  skipped")
-    for name in index.class_names:
-        lines.append(
-            f"  {display_path(name):<{width}}  "
-            + " ".join(f"{counts[split][name]:>6}" for split in SPLITS)
-            + f" {skipped[name]['skipped']:>8}"
-        )
-    ratio = index.audit["imbalance_ratio"]
-    if ratio and ratio > 1.5:
-        lines.append(
-            f"  imbalance: the largest class has {ratio:.1f}x the training images of the smallest"
-        )
-    return lines
+    report = audit.audit_report(index, scan, checks, duplicates, stats)
+    return dataclasses.replace(index, audit=report)
 
 
 # ---------------------------------------------------------------- tf.data
 
 
-def _text(value):
-    """A string from what tf.numpy_function passes (bytes, or a 0-d array)."""
-    value = value.item() if isinstance(value, np.ndarray) else value
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _probe_in_graph(path, readers):
-    """numpy_function body: path -> its decoder's name as bytes."""
-    return probe_decoder(_text(path), readers).encode("utf-8")
-
-
-def _decode_in_python(path, decoder, readers):
-    """numpy_function body: path + decoder name -> uint8 HxWx3."""
-    path, decoder = _text(path), _text(decoder)
-    if decoder == "pillow":
-        return read_with_pillow(path)
-    if decoder in readers:
-        return as_rgb_uint8(readers[decoder](path), f"reader {describe_reader(readers[decoder])}")
-    raise ValueError(f"no reader registered for {decoder} (file {path})")
-
-
-def decode_in_python(path, decoder, readers=None):
-    """A graph op reading one file in Python (Pillow or a custom reader):
-    string tensors in, uint8 (height, width, 3) out. tf.data runs several
-    at once (num_parallel_calls); Pillow and NumPy release the GIL while
-    decoding."""
-    import tensorflow as tf
-
-    function = functools.partial(_decode_in_python, readers=_normalize_readers(readers))
-    inputs = [tf.convert_to_tensor(path, tf.string), tf.convert_to_tensor(decoder, tf.string)]
-    image = tf.numpy_function(function, inputs, tf.uint8, stateful=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def decode_file(path, decoder=None, readers=None):
-    """Reads and decodes one image file to uint8 (height, width, 3).
-
-    `decoder`: "native", "pillow" or a custom reader's extension (from the
-    audit, see DatasetIndex.decoders), a string tensor of those, or None:
-    the file's header decides (`probe_decoder`, as the audit would), read
-    eagerly or, inside a graph, by a small Python op per file.
-    """
-    import tensorflow as tf
-
-    if decoder is None:
-        if tf.executing_eagerly():
-            text = path.numpy().decode("utf-8") if hasattr(path, "numpy") else os.fspath(path)
-            decoder = probe_decoder(text, readers)
-        else:  # the header is read in Python, then the same branches
-            probe = functools.partial(_probe_in_graph, readers=_normalize_readers(readers))
-            decoder = tf.numpy_function(
-                probe, [tf.convert_to_tensor(path, tf.string)], tf.string, stateful=False
-            )
-    if isinstance(decoder, str):
-        if decoder == "native":
-            return decode_native(tf.io.read_file(path))
-        return decode_in_python(path, tf.constant(decoder), readers)
-    return tf.cond(
-        tf.equal(decoder, "native"),
-        lambda: decode_native(tf.io.read_file(path)),
-        lambda: decode_in_python(path, decoder, readers),
-    )
-
-
-def load_image(path, image_size, decoder=None, readers=None):
-    """Reads one image file as the model sees it: uint8 (size, size, 3).
-
-    The one decode function of training, evaluation and prediction, so an
-    image looks the same in all three: the first frame, upright by its EXIF
-    orientation, RGB, transparency on white, 16-bit scaled by bit depth,
-    then resized (bilinear). `decoder` and `readers` as in `decode_file`.
-    """
-    import tensorflow as tf
-
-    image = decode_file(path, decoder, readers)
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
 def plan_decoders(paths, readers=None, workers=None):
-    """The decoder of every file from its header (`probe_decoder`), in
+    """The decoder of every file from its header (`image_io.probe_decoder`), in
     parallel. Raises UserError naming a file that is not a readable image."""
 
     def probe(path):
         try:
-            return probe_decoder(path, readers)
+            return image_io.probe_decoder(path, readers)
         except Exception as error:  # the user's file, not a bug
-            raise UserError(f"cannot read {display_path(path)}: {_error_text(error)}")
+            raise UserError(f"cannot read {image_io.display_path(path)}: {image_io.error_text(error)}")
 
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -1831,13 +868,14 @@ def decide_cache(mode, num_images, image_size, budget=None):
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Strengths of the random augmentation; see config.Config."""
+    """Strengths of the random augmentation (what they mean: config.Config,
+    which also holds their defaults)."""
 
-    flip: str = "horizontal"
-    rotation: float = 15.0
-    zoom: float = 0.1
-    translation: float = 0.1
-    contrast: float = 0.2
+    flip: str = config.DEFAULTS.flip
+    rotation: float = config.DEFAULTS.rotation
+    zoom: float = config.DEFAULTS.zoom
+    translation: float = config.DEFAULTS.translation
+    contrast: float = config.DEFAULTS.contrast
 
 
 def _flip_signs(flip, batch, seed):
@@ -1982,7 +1020,7 @@ def make_dataset(
     once per epoch, the last batch may be partial. `decoders` (one per
     path, from DatasetIndex.decoders; None: read from the files' headers)
     and `readers` (custom readers, {".ext": function}) choose how each file
-    is decoded (see `load_image`); files TensorFlow decodes stay native.
+    is decoded (see `image_io.load_image`); files TensorFlow decodes stay native.
     `cache` (True, or "memory"/"auto"/"none" resolved by `decide_cache`)
     keeps the decoded, resized uint8 images in memory after the first
     epoch: later epochs only shuffle, batch and augment.
@@ -2013,7 +1051,7 @@ def make_dataset(
     single = decoders[0] if len(set(decoders)) == 1 else None
     dataset = dataset.map(
         lambda path, label, decoder: (
-            load_image(path, image_size, single or decoder, readers),
+            image_io.load_image(path, image_size, single or decoder, readers),
             label,
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -2046,6 +1084,7 @@ def build_parser():
         "the audit of every file, and the train/val/test split."
     )
     config.add_shared_arguments(parser)
+    config.add_split_arguments(parser)
     parser.add_argument(
         "--json",
         action="store_true",
@@ -2053,22 +1092,6 @@ def build_parser():
         "splits, skipped, ignored, warnings",
     )
     return parser
-
-
-def index_from_args(args):
-    """`index_dataset` with the shared command-line options, the audit
-    cached in ARTIFACTS_DIR (never inside the dataset)."""
-    return index_dataset(
-        args.image_dir,
-        args.val_split,
-        args.test_split,
-        args.seed,
-        labels_csv=args.labels_csv,
-        classes=args.classes,
-        readers=load_readers(args.reader),
-        cache_dir=os.path.join(args.artifacts_dir, AUDIT_CACHE_FOLDER),
-        progress=ProgressLine(),
-    )
 
 
 def check_outside(name, path, image_dir):
@@ -2088,14 +1111,25 @@ def inspect_dataset(argv=None):
     if not args.image_dir:
         raise UserError("image_dir is required. Received: image_dir=None")
     config.validate_data_args(args)
-    index = index_from_args(args)
+    cache_dir = artifacts.audit_cache_dir(args.artifacts_dir)
+    index = index_dataset(
+        args.image_dir,
+        val_split=args.val_split,
+        test_split=args.test_split,
+        seed=args.seed,
+        labels_csv=args.labels_csv,
+        classes=args.classes,
+        readers=config.load_readers(args.reader),
+        cache_dir=cache_dir,
+        progress=audit.ProgressLine(),
+    )
     if args.json:
-        print(json.dumps(inspection_summary(index), ensure_ascii=False))
+        print(json.dumps(audit.inspection_summary(index), ensure_ascii=False))
         return index
-    print(f"Dataset: {display_path(index.root)}")
-    for line in summary_lines(index, max_skipped=50, where="--json"):
+    print(f"Dataset: {image_io.display_path(index.root)}")
+    for line in audit.summary_lines(index, max_skipped=50, where="--json"):
         print(f"    {line}")
-    print(f"    audit cache: {audit_cache_path(os.path.join(args.artifacts_dir, AUDIT_CACHE_FOLDER), index.root)}")
+    print(f"    audit cache: {audit.audit_cache_path(cache_dir, index.root)}")
     return index
 
 

@@ -10,19 +10,24 @@ matched by name to the model's class index. Writes
 RESULTS_DIR/metrics/<stamp>/metrics.json and the confusion matrix,
 classification report, ROC and prediction gallery figures, one timestamp
 for the whole invocation.
+
+Also the library of evaluation, as timm's validate.py is: loading a model
+with its companions (`load_trained_model`), the one prediction loop
+(`predict_batches`), and the metrics (accuracy, loss, per-class report,
+confusion matrix, ROC) that main.py's test stage and predict.py use too.
 """
 
 import argparse
-import csv
 import dataclasses
 import os
 import sys
 
 import numpy as np
 
+import artifacts
 import config
 import data_loader
-import train_utils
+import image_io
 import visualize
 
 # ---------------------------------------------------------------- the model
@@ -40,52 +45,44 @@ class TrainedModel:
     artifacts_dir: str
 
 
-def find_artifacts_dir(model_file, artifacts_dir):
-    """The folder holding class_index.json: --artifacts_dir, or the model's
-    own folder when the model was moved with its files."""
-    for folder in (artifacts_dir, os.path.dirname(os.path.abspath(model_file))):
-        if os.path.isfile(os.path.join(folder, "class_index.json")):
-            return folder
-    raise config.UserError(
-        f"no class_index.json in {artifacts_dir} or beside {model_file}: main.py "
-        "saves it next to the model; pass the --artifacts_dir it used"
-    )
-
-
-def load_trained_model(args):
-    """Loads --model (default ARTIFACTS_DIR/best_model.keras) with its class
-    index and run config. Raises UserError when something is missing."""
+def load_trained_model(model_path, artifacts_dir, image_size=None):
+    """Loads the model at `model_path` with its class index and run config
+    (from `artifacts_dir`, or the model's own folder). `image_size`, when
+    given, must be the model's. Raises UserError when something is missing
+    or does not match."""
     import keras
 
-    path = config.model_path(args)
-    if not os.path.isfile(path):
+    if not os.path.isfile(model_path):
         raise config.UserError(
-            f"no model at {path}: train one first with main.py, or pass --model PATH"
+            f"no model at {model_path}: train one first with main.py, or pass --model PATH"
         )
-    folder = find_artifacts_dir(path, args.artifacts_dir)
-    class_index = train_utils.read_json(os.path.join(folder, "class_index.json"))
-    class_names = tuple(class_index[str(number)] for number in range(len(class_index)))
-    run_config_path = os.path.join(folder, "run_config.json")
-    run_config = train_utils.read_json(run_config_path) if os.path.isfile(run_config_path) else {}
+    folder = artifacts.companions_folder(model_path, artifacts_dir)
+    if folder is None:
+        raise config.UserError(
+            f"no {artifacts.CLASS_INDEX_FILE} in {artifacts_dir} or beside {model_path}: "
+            "main.py saves it next to the model; pass the --artifacts_dir it used"
+        )
+    class_names = artifacts.read_class_names(folder)
+    run_config = artifacts.read_run_config(folder)
     try:
         # safe_mode (the default) refuses to deserialize arbitrary code.
-        model = keras.models.load_model(path)
+        model = keras.models.load_model(model_path)
     except (ValueError, OSError) as error:
         reason = " ".join(str(error).split())[:200]
-        raise config.UserError(f"could not load the model {path}: {reason}") from None
+        raise config.UserError(f"could not load the model {model_path}: {reason}") from None
     outputs = model.output_shape[-1]
     if outputs != len(class_names):
         raise config.UserError(
-            f"{folder}/class_index.json names {len(class_names)} classes but the model "
-            f"{path} predicts {outputs}: they come from different runs"
+            f"{folder}/{artifacts.CLASS_INDEX_FILE} names {len(class_names)} classes but the "
+            f"model {model_path} predicts {outputs}: they come from different runs"
         )
-    image_size = int(run_config.get("image_size") or model.input_shape[1])
-    if getattr(args, "image_size", None) not in (None, image_size):
+    model_size = int(run_config.get("image_size") or model.input_shape[1])
+    if image_size not in (None, model_size):
         raise config.UserError(
-            f"image_size is fixed by the model ({image_size}); leave it out. "
-            f"Received: image_size={args.image_size}"
+            f"image_size is fixed by the model ({model_size}); leave it out. "
+            f"Received: image_size={image_size}"
         )
-    return TrainedModel(model, path, class_names, image_size, run_config, folder)
+    return TrainedModel(model, model_path, class_names, model_size, run_config, folder)
 
 
 # ---------------------------------------------------------------- images
@@ -100,7 +97,7 @@ def is_training_folder(image_dir, trained):
 class LabelledImages:
     """Images to evaluate: absolute paths, class numbers of the model's
     class index, what they are ("test split", "all images") and the files
-    left out while listing them ("path (reason)")."""
+    left out while listing them (audit.SkippedFile)."""
 
     paths: list
     labels: np.ndarray
@@ -111,29 +108,24 @@ class LabelledImages:
 def manifest_images(image_dir, split, trained):
     """(absolute paths, labels) of one split ("all": every split) of the
     split_manifest.csv saved with the model."""
-    path = os.path.join(trained.artifacts_dir, "split_manifest.csv")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = artifacts.read_manifest(trained.artifacts_dir)
     class_ids = {name: number for number, name in enumerate(trained.class_names)}
-    chosen = [row for row in rows if split == "all" or row["split"] == split]
-    paths = [os.path.join(os.path.abspath(image_dir), row["path"]) for row in chosen]
-    labels = np.array([class_ids[row["class"]] for row in chosen], dtype=np.int32)
+    chosen = [row for row in rows if split == "all" or row.split == split]
+    paths = [os.path.join(os.path.abspath(image_dir), row.path) for row in chosen]
+    labels = np.array([class_ids[row.label] for row in chosen], dtype=np.int32)
     return paths, labels
 
 
 def folder_images(image_dir, class_names, labels_csv=None, readers=None):
     """Every image of a labelled folder (class folders, split folders of
-    class folders, or --labels_csv), found the way main.py finds them.
+    class folders, or --labels_csv), listed the way main.py lists them
+    (data_loader.scan_dataset).
 
     Returns (absolute paths, labels, skipped). Raises UserError when there
     is no image or naming classes the model does not know.
     """
     root = os.path.abspath(image_dir)
-    extensions = tuple(set(data_loader.IMAGE_EXTENSIONS) | set(readers or {}))
-    if labels_csv:
-        scan = data_loader.scan_csv(root, labels_csv)
-    else:
-        scan = data_loader.scan_folder(root, extensions)
+    scan = data_loader.scan_dataset(root, labels_csv, readers)
     for warning in scan.warnings:
         print(f"    warning: {warning}")
     if not scan.candidates:
@@ -150,40 +142,57 @@ def folder_images(image_dir, class_names, labels_csv=None, readers=None):
     class_ids = {name: number for number, name in enumerate(class_names)}
     paths = [os.path.join(root, candidate.path) for candidate in scan.candidates]
     labels = np.array([class_ids[candidate.label] for candidate in scan.candidates], dtype=np.int32)
-    skipped = tuple(f"{path} ({reason})" for path, reason, _ in scan.skipped)
-    return paths, labels, skipped
+    return paths, labels, tuple(scan.skipped)
 
 
-def labelled_images(args, trained):
+def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, readers=None):
     """The images evaluate.py and predict.py --image_dir use: the saved
-    split (--split) of the folder the model was trained on, or every image
-    of any other folder; --classes keeps only those classes. Returns
-    LabelledImages; raises UserError."""
-    image_dir = args.image_dir
+    `split` ("all": every split) of the folder the model was trained on, or
+    every image of any other folder; `classes` keeps only those classes.
+    Returns LabelledImages; raises UserError."""
     if not os.path.isdir(image_dir):
         raise config.UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
-    manifest = os.path.join(trained.artifacts_dir, "split_manifest.csv")
     skipped = ()
-    if is_training_folder(image_dir, trained) and os.path.isfile(manifest) and not args.labels_csv:
-        paths, labels = manifest_images(image_dir, args.split, trained)
-        description = "all splits" if args.split == "all" else f"{args.split} split"
+    if (
+        is_training_folder(image_dir, trained)
+        and artifacts.has_manifest(trained.artifacts_dir)
+        and not labels_csv
+    ):
+        paths, labels = manifest_images(image_dir, split, trained)
+        description = "all splits" if split == "all" else f"{split} split"
     else:
-        readers = data_loader.load_readers(args.reader)
-        paths, labels, skipped = folder_images(image_dir, trained.class_names, args.labels_csv, readers)
+        paths, labels, skipped = folder_images(image_dir, trained.class_names, labels_csv, readers)
         description = "all images"
-    if args.classes:
-        unknown = [name for name in args.classes if name not in trained.class_names]
+    if classes:
+        unknown = [name for name in classes if name not in trained.class_names]
         if unknown:
             raise config.UserError(
                 f"class(es) not in the model's class index: {', '.join(unknown)}"
             )
-        wanted = {trained.class_names.index(name) for name in args.classes}
+        wanted = {trained.class_names.index(name) for name in classes}
         keep = [number for number, label in enumerate(labels) if label in wanted]
         paths, labels = [paths[i] for i in keep], labels[keep]
-        description += f", classes {', '.join(args.classes)}"
+        description += f", classes {', '.join(classes)}"
     if not paths:
         raise config.UserError(f"no images in the {description} of {image_dir}")
     return LabelledImages(paths, labels, description, skipped)
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def predict_batches(model, dataset):
+    """The one prediction loop: class probabilities for a dataset of
+    (uint8 images, tags) batches. Tags ride along (true labels, or file
+    positions) so the caller knows what each row is. Returns
+    (probabilities (N, classes) float64, tags (N,))."""
+    probabilities, tags = [], []
+    for images, batch_tags in dataset:
+        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
+        tags.append(np.asarray(batch_tags))
+    if not tags:
+        return np.zeros((0, model.output_shape[-1])), np.zeros(0, int)
+    return np.concatenate(probabilities), np.concatenate(tags)
 
 
 def predict_files(model, paths, image_size, batch_size, readers=None):
@@ -191,20 +200,19 @@ def predict_files(model, paths, image_size, batch_size, readers=None):
 
     Returns (positions of the readable files in `paths`, probabilities
     (readable, classes) float64, list of unreadable paths). Images are read
-    in parallel by data_loader.load_image, the one decode function of
-    training (custom `readers` included).
+    in parallel by image_io.load_image, the one decode function of training
+    (custom `readers` included).
     """
     import tensorflow as tf
 
-    classes = model.output_shape[-1]
     if not paths:
-        return np.zeros(0, int), np.zeros((0, classes)), []
+        return np.zeros(0, int), np.zeros((0, model.output_shape[-1])), []
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(list(paths), tf.string), tf.range(len(paths)))
     )
     dataset = dataset.map(
         lambda path, position: (
-            data_loader.load_image(path, image_size, readers=readers),
+            image_io.load_image(path, image_size, readers=readers),
             position,
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -212,20 +220,15 @@ def predict_files(model, paths, image_size, batch_size, readers=None):
     # A file that cannot be read or decoded is dropped, not fatal: the
     # positions that come through tell which ones were.
     dataset = dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    positions, probabilities = [], []
-    for images, batch_positions in dataset:
-        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
-        positions.append(batch_positions.numpy())
-    if not positions:
-        return np.zeros(0, int), np.zeros((0, classes)), list(paths)
-    positions = np.concatenate(positions)
+    probabilities, positions = predict_batches(model, dataset)
     unreadable = sorted(set(range(len(paths))) - set(positions.tolist()))
-    return positions, np.concatenate(probabilities), [paths[i] for i in unreadable]
+    return positions, probabilities, [paths[i] for i in unreadable]
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """Predictions on labelled images (unreadable files left out)."""
+    """Predictions on labelled images (unreadable files left out), and the
+    metrics and figures' data computed from them."""
 
     paths: tuple
     true_labels: np.ndarray
@@ -233,17 +236,35 @@ class Evaluation:
     class_names: tuple
     image_size: int
     description: str
-    skipped: tuple = ()
+    skipped: tuple = ()  # audit.SkippedFile
     readers: dict | None = None
 
     @property
     def predicted(self):
         return self.probabilities.argmax(axis=1)
 
+    def metrics(self):
+        """evaluation_metrics: what metrics.json holds."""
+        return evaluation_metrics(self.true_labels, self.probabilities, self.class_names)
+
+    def report(self):
+        return classification_metrics(self.true_labels, self.probabilities, self.class_names)
+
+    def report_text(self):
+        return classification_report_text(self.true_labels, self.probabilities, self.class_names)
+
+    def confusion_matrix(self):
+        return confusion_counts(self.true_labels, self.probabilities, len(self.class_names))
+
+    def roc(self):
+        return roc_analysis(self.true_labels, self.probabilities, self.class_names)
+
 
 def evaluate_images(trained, images, batch_size, readers=None):
     """Predicts every readable image of a LabelledImages; returns an
     Evaluation. Raises UserError when none can be read."""
+    import audit
+
     positions, probabilities, unreadable = predict_files(
         trained.model, images.paths, trained.image_size, batch_size, readers
     )
@@ -257,176 +278,186 @@ def evaluate_images(trained, images, batch_size, readers=None):
         image_size=trained.image_size,
         description=images.description,
         skipped=tuple(images.skipped)
-        + tuple(f"{path} (not a readable image)" for path in unreadable),
+        + tuple(audit.SkippedFile(path, "not a readable image") for path in unreadable),
         readers=readers,
     )
 
 
 def report_skipped(skipped, limit=10):
-    """Prints the skipped files (the first `limit` of them)."""
+    """Prints the skipped files (audit.SkippedFile, the first `limit`)."""
     if not skipped:
         return
     print(f"    skipped {len(skipped)} file(s) that could not be read:")
-    for path in skipped[:limit]:
-        print(f"      {path}")
+    for item in skipped[:limit]:
+        print(f"      {item}")
     if len(skipped) > limit:
         print(f"      ... and {len(skipped) - limit} more")
 
 
-# ---------------------------------------------------------------- figures
+# ---------------------------------------------------------------- metrics
 
 
-def gallery_indices(true_labels, predicted, count, mode, seed):
-    """Which images the gallery shows, at most `count`.
+def classification_metrics(true_labels, probabilities, class_names):
+    """Accuracy, cross-entropy loss and scikit-learn's per-class report.
 
-    mixed: mistakes first, then correct ones, about half each when there
-    are enough of both; misclassified: mistakes only; random: any. Within
-    each group the order is a seeded shuffle, so the gallery is not just the
-    first class. With no labels (true_labels None) mixed keeps the given
-    order.
+    Returns a JSON-ready dict: accuracy, loss, num_samples, per_class
+    {name: precision/recall/f1/support}, macro_avg and weighted_avg.
     """
-    rng = np.random.default_rng(seed)
-    total = len(predicted)
-    if true_labels is None:
-        order = rng.permutation(total) if mode == "random" else np.arange(total)
-        return order[:count].tolist()
-    wrong = np.flatnonzero(np.asarray(true_labels) != np.asarray(predicted))
-    right = np.flatnonzero(np.asarray(true_labels) == np.asarray(predicted))
-    if mode == "random":
-        order = rng.permutation(total)
-    elif mode == "misclassified":
-        order = rng.permutation(wrong)
-    else:
-        num_wrong = min(len(wrong), max(-(-count // 2), count - len(right)))
-        num_right = min(len(right), count - num_wrong)
-        order = np.concatenate([rng.permutation(wrong)[:num_wrong], rng.permutation(right)[:num_right]])
-    return order[:count].astype(int).tolist()
+    from sklearn.metrics import classification_report
 
-
-def gallery_items(
-    paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None
-):
-    """GalleryItems for the chosen images, read the way training reads them
-    (uint8, original colours)."""
-    items = []
-    for index in indices:
-        image = data_loader.load_image(paths[index], image_size, readers=readers).numpy()
-        predicted = int(np.argmax(probabilities[index]))
-        items.append(
-            visualize.GalleryItem(
-                image=image,
-                predicted=class_names[predicted],
-                confidence=float(probabilities[index][predicted]),
-                true=None if true_labels is None else class_names[int(true_labels[index])],
-                caption="" if captions is None else captions[index],
-            )
-        )
-    return items
-
-
-GALLERY_MODES = {
-    "mixed": "mistakes first",
-    "misclassified": "mistakes only",
-    "random": "random sample",
-}
-
-
-def render_gallery(evaluation, rows, cols, mode, seed, folder):
-    """The prediction gallery of an Evaluation; returns (path, indices)."""
-    indices = gallery_indices(evaluation.true_labels, evaluation.predicted, rows * cols, mode, seed)
-    items = gallery_items(
-        evaluation.paths, evaluation.true_labels, evaluation.probabilities,
-        evaluation.class_names, evaluation.image_size, indices, readers=evaluation.readers,
-    )
-    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
-    subtitle = (
-        f"{len(items)} of {len(evaluation.paths)} images ({evaluation.description}), "
-        f"{GALLERY_MODES[mode]} · {wrong} misclassified in all · green: correct, red: wrong"
-    )
-    path = visualize.plot_prediction_gallery(
-        items, rows, cols, os.path.join(folder, "prediction_gallery.png"), subtitle=subtitle
-    )
-    return path, indices
-
-
-def summary_line(evaluation, accuracy=True):
-    """'test split, 42 images · accuracy 95.2%' for figure subtitles."""
-    line = f"{evaluation.description}, {len(evaluation.paths):,} images"
-    if accuracy:
-        line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
-    return line
-
-
-def render_confusion(evaluation, folder):
-    """Counts and row-normalized confusion matrices; returns both paths."""
-    matrix = train_utils.confusion_counts(
-        evaluation.true_labels, evaluation.probabilities, len(evaluation.class_names)
-    )
-    return [
-        visualize.plot_confusion_matrix(
-            matrix, evaluation.class_names, os.path.join(folder, name),
-            normalize=normalize, subtitle=summary_line(evaluation),
-        )
-        for name, normalize in (("confusion_matrix.png", False), ("confusion_matrix_normalized.png", True))
-    ]
-
-
-def render_report(evaluation, folder):
-    """The classification report as a heat-table PNG, plus the same report
-    as classification_report.txt (scikit-learn's) and .json; returns the
-    PNG path."""
-    metrics = train_utils.classification_metrics(
-        evaluation.true_labels, evaluation.probabilities, evaluation.class_names
-    )
-    text = train_utils.classification_report_text(
-        evaluation.true_labels, evaluation.probabilities, evaluation.class_names
+    predicted = probabilities.argmax(axis=1)
+    picked = probabilities[np.arange(len(true_labels)), true_labels]
+    report = classification_report(
+        true_labels,
+        predicted,
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
     )
 
-    def write_text(temp_path):
-        with open(temp_path, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    def rename(row):
+        return {
+            "precision": row["precision"],
+            "recall": row["recall"],
+            "f1": row["f1-score"],
+            "support": int(row["support"]),
+        }
 
-    train_utils.atomic_write(os.path.join(folder, "classification_report.txt"), write_text)
-    train_utils.write_json(os.path.join(folder, "classification_report.json"), metrics)
-    return visualize.plot_classification_report(
-        metrics, os.path.join(folder, "classification_report.png"),
-        subtitle=summary_line(evaluation, accuracy=False),
+    return {
+        "accuracy": float(np.mean(predicted == true_labels)),
+        # The same clipping as Keras' cross-entropy.
+        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+        "num_samples": int(len(true_labels)),
+        "per_class": {name: rename(report[name]) for name in class_names},
+        "macro_avg": rename(report["macro avg"]),
+        "weighted_avg": rename(report["weighted avg"]),
+    }
+
+
+def classification_report_text(true_labels, probabilities, class_names):
+    """scikit-learn's text classification report (4 digits), every class
+    listed even when absent from the labels."""
+    from sklearn.metrics import classification_report
+
+    return classification_report(
+        true_labels,
+        probabilities.argmax(axis=1),
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
     )
 
 
-def render_roc(evaluation, folder):
-    roc = train_utils.roc_analysis(
-        evaluation.true_labels, evaluation.probabilities, evaluation.class_names
+def confusion_counts(true_labels, probabilities, num_classes):
+    """(num_classes, num_classes) int array: rows true, columns predicted."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(
+        true_labels, probabilities.argmax(axis=1), labels=np.arange(num_classes)
     )
-    return visualize.plot_roc_curves(
-        roc, evaluation.class_names, os.path.join(folder, "roc_auc.png"), subtitle=summary_line(evaluation)
-    )
 
 
-def print_figures(paths):
-    for path in paths:
-        print(f"    figure: {path}")
+def roc_analysis(true_labels, probabilities, class_names):
+    """One-vs-rest ROC curves and their AUCs.
+
+    Returns {"per_class": {name: {"fpr", "tpr", "auc"} or None}, "micro",
+    "macro" (the same form, or None), "absent": [names], "binary": bool}.
+    A class with no image in `true_labels` (or with every image) has no ROC:
+    its entry is None and it is listed in "absent", never an error. Macro AUC
+    is the mean of the per-class AUCs (scikit-learn's definition); its curve
+    is the mean TPR on the union of the per-class FPR points.
+    """
+    from sklearn.metrics import auc, roc_curve
+
+    true_labels = np.asarray(true_labels)
+    num_classes = len(class_names)
+    per_class, absent = {}, []
+    for number, name in enumerate(class_names):
+        positives = true_labels == number
+        if positives.all() or not positives.any():
+            per_class[name] = None
+            absent.append(name)
+            continue
+        fpr, tpr, _ = roc_curve(positives, probabilities[:, number])
+        per_class[name] = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    curves = [curve for curve in per_class.values() if curve is not None]
+    micro = macro = None
+    if num_classes > 2 and len(true_labels):
+        one_hot = np.eye(num_classes, dtype=bool)[true_labels]
+        fpr, tpr, _ = roc_curve(one_hot.ravel(), probabilities.ravel())
+        micro = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    if num_classes > 2 and curves:
+        grid = np.unique(np.concatenate([curve["fpr"] for curve in curves]))
+        mean_tpr = np.mean([np.interp(grid, curve["fpr"], curve["tpr"]) for curve in curves], axis=0)
+        macro = {
+            "fpr": grid,
+            "tpr": mean_tpr,
+            "auc": float(np.mean([curve["auc"] for curve in curves])),
+        }
+    return {
+        "per_class": per_class,
+        "micro": micro,
+        "macro": macro,
+        "absent": absent,
+        "binary": num_classes == 2,
+    }
 
 
-def render_evaluation(evaluation, args, stamp):
-    """Figures 5-8 under RESULTS_DIR/<category>/<stamp>/; returns their
-    paths in stage order."""
+def evaluation_metrics(true_labels, probabilities, class_names):
+    """`classification_metrics` plus ROC AUC (per class, micro, macro) and
+    the confusion matrix, JSON-ready (null for an AUC that is undefined)."""
+    metrics = classification_metrics(true_labels, probabilities, class_names)
+    roc = roc_analysis(true_labels, probabilities, class_names)
 
-    def folder(category):
-        return os.path.join(args.results_dir, category, stamp)
+    def area(curve):
+        return None if curve is None else curve["auc"]
 
-    figures = render_confusion(evaluation, folder("confusion_matrix"))
-    figures.append(render_report(evaluation, folder("classification_report")))
-    figures.append(render_roc(evaluation, folder("roc_auc")))
-    gallery, _ = render_gallery(
-        evaluation, args.rows, args.cols, args.gallery, args.seed, folder("prediction_gallery")
-    )
-    figures.append(gallery)
-    print_figures(figures)
-    return figures
+    metrics["roc_auc"] = {
+        "per_class": {name: area(curve) for name, curve in roc["per_class"].items()},
+        "micro": area(roc["micro"]),
+        "macro": area(roc["macro"]),
+        "absent_classes": roc["absent"],
+    }
+    metrics["confusion_matrix"] = {
+        "rows": "true class",
+        "columns": "predicted class",
+        "labels": list(class_names),
+        "counts": confusion_counts(true_labels, probabilities, len(class_names)).tolist(),
+    }
+    return metrics
+
+
+def format_auc(roc_auc):
+    """The macro AUC, or the binary one, as text."""
+    value = roc_auc["macro"]
+    if value is None:
+        values = [auc for auc in roc_auc["per_class"].values() if auc is not None]
+        value = values[0] if values else None
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 # ---------------------------------------------------------------- command line
+
+
+def render_evaluation(evaluation, results_dir, stamp, rows, cols, gallery, seed):
+    """The confusion matrices, report, ROC and gallery under
+    RESULTS_DIR/<category>/<stamp>/; returns their paths in stage order."""
+
+    def folder(category):
+        return os.path.join(results_dir, category, stamp)
+
+    figures = visualize.render_confusion(evaluation, folder("confusion_matrix"))
+    figures.append(visualize.render_report(evaluation, folder("classification_report")))
+    figures.append(visualize.render_roc(evaluation, folder("roc_auc")))
+    path, _ = visualize.render_gallery(
+        evaluation, rows, cols, gallery, seed, folder("prediction_gallery")
+    )
+    figures.append(path)
+    for path in figures:
+        print(f"    figure: {path}")
+    return figures
 
 
 def build_parser():
@@ -441,37 +472,42 @@ def build_parser():
 
 
 def parse_arguments(argv):
+    """The options as a Config. Raises UserError on a bad value."""
     args = build_parser().parse_args(argv)
     config.validate_figure_args(args)
     if args.batch_size < 1:
         raise config.UserError(f"batch_size must be at least 1. Received: batch_size={args.batch_size}")
-    return args
+    return config.config_from_args(args)
 
 
 def run_evaluation(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = parse_arguments(argv)
-    trained = load_trained_model(args)
-    args.image_dir = args.image_dir or trained.run_config.get("image_dir")
-    if not args.image_dir:
+    options = parse_arguments(argv)
+    readers = config.load_readers(options.reader)
+    trained = load_trained_model(
+        artifacts.model_path(options.artifacts_dir, options.model),
+        options.artifacts_dir,
+        image_size=options.image_size,
+    )
+    image_dir = options.image_dir or trained.run_config.get("image_dir")
+    if not image_dir:
         raise config.UserError("no --image_dir given and the model's run_config.json names none")
-    image_dir = args.image_dir
-    data_loader.check_outside("results_dir", args.results_dir, image_dir)
-    stamp = train_utils.new_run_stamp(args.results_dir)
-    with train_utils.stage(f"Evaluating {trained.path} on {image_dir}"):
-        images = labelled_images(args, trained)
-        evaluation = evaluate_images(trained, images, args.batch_size, data_loader.load_readers(args.reader))
-        report_skipped(evaluation.skipped)
-        metrics = train_utils.evaluation_metrics(
-            evaluation.true_labels, evaluation.probabilities, evaluation.class_names
+    data_loader.check_outside("results_dir", options.results_dir, image_dir)
+    stamp = artifacts.new_run_stamp(options.results_dir)
+    with config.stage(f"Evaluating {trained.path} on {image_dir}"):
+        images = labelled_images(
+            image_dir, trained, options.split, options.labels_csv, options.classes, readers
         )
-        metrics_path = train_utils.write_json(
-            os.path.join(args.results_dir, "metrics", stamp, "metrics.json"),
+        evaluation = evaluate_images(trained, images, options.batch_size, readers)
+        report_skipped(evaluation.skipped)
+        metrics = evaluation.metrics()
+        metrics_path = artifacts.write_json(
+            os.path.join(options.results_dir, "metrics", stamp, "metrics.json"),
             {
                 "model": trained.path,
                 "image_dir": os.path.abspath(image_dir),
                 "evaluated": evaluation.description,
-                "skipped": list(evaluation.skipped),
+                "skipped": [str(item) for item in evaluation.skipped],
                 **metrics,
             },
         )
@@ -481,20 +517,14 @@ def run_evaluation(argv=None):
             f"images ({evaluation.description})"
         )
         print(f"    metrics: {metrics_path}")
-    with train_utils.stage("Drawing the figures"):
-        figures = render_evaluation(evaluation, args, stamp)
-    with train_utils.stage("Showing the figures"):
-        visualize.show_figures(figures, args.show)
+    with config.stage("Drawing the figures"):
+        figures = render_evaluation(
+            evaluation, options.results_dir, stamp,
+            options.rows, options.cols, options.gallery, options.seed,
+        )
+    with config.stage("Showing the figures"):
+        visualize.show_figures(figures, options.show)
     return figures
-
-
-def format_auc(roc_auc):
-    """The macro AUC, or the binary one, as text."""
-    value = roc_auc["macro"]
-    if value is None:
-        values = [auc for auc in roc_auc["per_class"].values() if auc is not None]
-        value = values[0] if values else None
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def main(argv=None):

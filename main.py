@@ -12,9 +12,12 @@ import dataclasses
 import os
 import sys
 
+import artifacts
+import audit
 import config
 import data_loader
 import evaluate
+import image_io
 import train_utils
 import visualize
 
@@ -23,27 +26,31 @@ import visualize
 class Run:
     """Everything one invocation of main.py works out, stage by stage."""
 
-    args: argparse.Namespace
+    options: config.Config
     stamp: str
+    resume: dict | None = None  # the saved state of the run --resume continues
     index: data_loader.DatasetIndex | None = None
     device: train_utils.DeviceSetup | None = None
     model: object = None
-    resume: dict | None = None
     datasets: dict = dataclasses.field(default_factory=dict)
-    audit: dict | None = None
+    history_path: str | None = None
+    finetune_start: int | None = None  # first fine-tuning epoch (0-based), if any
+    # The best model's predictions on the test split, built once by
+    # evaluate_stage and handed to every figure stage after it.
+    evaluation: evaluate.Evaluation | None = None
     metrics: dict | None = None
     figures: list = dataclasses.field(default_factory=list)
-    # (history CSV path, first fine-tuning epoch or None), set by training.
-    history: tuple | None = None
-    # (true labels, probabilities) of the best model on the test split.
-    predictions: tuple | None = None
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
-        return os.path.join(self.args.results_dir, category, self.stamp, *names)
+        return os.path.join(self.options.results_dir, category, self.stamp, *names)
 
     def artifact_path(self, *names):
-        return os.path.join(self.args.artifacts_dir, *names)
+        return os.path.join(self.options.artifacts_dir, *names)
+
+    @property
+    def model_path(self):
+        return artifacts.model_path(self.options.artifacts_dir, self.options.model)
 
 
 # ---------------------------------------------------------------- demo
@@ -88,102 +95,65 @@ def build_parser():
         description="Train a MobileNetV2 image classifier on a folder of images."
     )
     config.add_shared_arguments(parser)
+    config.add_split_arguments(parser)
     config.add_training_arguments(parser)
     config.add_figure_arguments(parser, training=True)
     return parser
 
 
 def parse_arguments(argv):
-    """Parses main.py's options; without --image_dir, sets up the demo with
-    the demo's defaults (any option given on the command line still wins)."""
+    """Parses and checks main.py's options into a Config; without
+    --image_dir, sets up the demo with the demo's defaults (any option given
+    on the command line still wins). Raises UserError."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.image_dir is None:
-        parser.set_defaults(image_dir=config.DEMO_DIR, **config.DEMO_OVERRIDES)
+        parser.set_defaults(image_dir=config.DEMO_DIR, demo=True, **config.DEMO_OVERRIDES)
         args = parser.parse_args(argv)
-        args.demo = True
-    else:
-        args.demo = False
     config.validate_training_args(args)
     config.validate_figure_args(args)
-    check_outputs_outside_dataset(args)
-    return args
-
-
-def check_outputs_outside_dataset(args):
-    """Nothing is ever written inside the user's dataset folder."""
+    # Nothing is ever written inside the user's dataset folder.
     for name in ("artifacts_dir", "results_dir"):
         data_loader.check_outside(name, getattr(args, name), args.image_dir)
+    return config.config_from_args(args)
 
 
 # ---------------------------------------------------------------- stages
 
 
 def scan_stage(run):
-    args = run.args
-    if run.args.demo:
-        write_demo_dataset(args.image_dir)
+    options = run.options
+    if options.demo:
+        write_demo_dataset(options.image_dir)
     # Every file is audited before anything trains; the audit's cache lives
     # with the artifacts, never inside the dataset.
-    run.index = data_loader.index_from_args(args)
-    run.audit = run.index.audit
-    audit_path = train_utils.write_json(run.results_path("audit", "audit.json"), run.audit)
-    for line in data_loader.summary_lines(run.index, where=audit_path):
+    run.index = data_loader.index_dataset(
+        options.image_dir,
+        val_split=options.val_split,
+        test_split=options.test_split,
+        seed=options.seed,
+        labels_csv=options.labels_csv,
+        classes=options.classes,
+        readers=config.load_readers(options.reader),
+        cache_dir=artifacts.audit_cache_dir(options.artifacts_dir),
+        progress=audit.ProgressLine(),
+    )
+    audit_path = artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)
+    for line in audit.summary_lines(run.index, where=audit_path):
         print(f"    {line}")
     print(f"    audit: {audit_path}")
-    if run.args.resume:
+    if run.resume:
         check_same_split(run)
 
 
 def check_same_split(run):
     """A resumed run must train on exactly the split it started with."""
-    manifest = run.artifact_path("split_manifest.csv")
-    import csv
-
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        saved = [tuple(row) for row in csv.reader(handle)]
-    if saved != data_loader.manifest_rows(run.index):
+    if artifacts.read_manifest(run.options.artifacts_dir) != data_loader.manifest_rows(run.index):
         raise config.UserError(
-            f"--resume: the dataset or split differs from the interrupted run's "
-            f"{manifest}; use the same --image_dir, --seed and split options"
+            "--resume: the dataset or split differs from the interrupted run's "
+            f"{run.artifact_path(artifacts.SPLIT_MANIFEST_FILE)}; use the same "
+            "--image_dir, --seed and split options"
         )
-
-
-def save_dataset_artifacts(run):
-    """class_index.json, split_manifest.csv and run_config.json, next to the
-    model, so evaluate.py and predict.py rebuild exactly what was trained."""
-    import keras
-    import tensorflow as tf
-
-    args, index = run.args, run.index
-    counts = index.counts()
-    train_utils.write_csv(run.artifact_path("split_manifest.csv"), data_loader.manifest_rows(index))
-    train_utils.write_json(
-        run.artifact_path("class_index.json"),
-        {str(number): name for number, name in enumerate(index.class_names)},
-    )
-    train_utils.write_json(
-        run.artifact_path("run_config.json"),
-        {
-            "image_size": args.image_size,
-            "input": "uint8 RGB, 0-255, resized to image_size x image_size; "
-            "normalization is inside the model",
-            "backbone": args.backbone,
-            "alpha": args.alpha,
-            "weights": args.weights,
-            "seed": args.seed,
-            "image_dir": index.root,
-            "layout": index.layout,
-            "class_names": list(index.class_names),
-            "split_sizes": {split: sum(counts[split].values()) for split in data_loader.SPLITS},
-            "split_counts": counts,
-            "val_split": args.val_split,
-            "test_split": args.test_split,
-            "run": run.stamp,
-            "options": {key: value for key, value in vars(args).items()},
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        },
-    )
 
 
 def model_stage(run):
@@ -191,61 +161,106 @@ def model_stage(run):
 
     from model_builder import build_classifier
 
-    args = run.args
-    run.device = train_utils.configure_device(args.precision, args.jit)
+    options = run.options
+    run.device = train_utils.configure_device(options.precision, options.jit)
     print(f"    device: {run.device.describe()}")
     with run.device.strategy.scope():
         if run.resume:
-            path = os.path.join(args.artifacts_dir, train_utils.RESUME_FOLDER, run.resume["model_file"])
+            path = run.artifact_path(artifacts.RESUME_FOLDER, run.resume["model_file"])
             run.model = keras.models.load_model(path)
             print(f"    resuming after epoch {run.resume['epoch'] + 1} ({run.resume['phase']}) from {path}")
         else:
             run.model = build_classifier(
                 num_classes=len(run.index.class_names),
-                image_size=args.image_size,
-                backbone=args.backbone,
-                alpha=args.alpha,
-                weights=args.weights,
-                dropout=args.dropout,
+                image_size=options.image_size,
+                backbone=options.backbone,
+                alpha=options.alpha,
+                weights=options.weights,
+                dropout=options.dropout,
             )
     trainable = sum(int(weight.numpy().size) for weight in run.model.trainable_weights)
     print(f"    {run.model.name}: {run.model.count_params():,} parameters, {trainable:,} trainable")
-    save_dataset_artifacts(run)
 
 
-def augment_config(args):
+def run_config(run):
+    """run_config.json: everything needed to use the model again."""
+    import keras
+    import tensorflow as tf
+
+    options, index = run.options, run.index
+    counts = index.counts()
+    return {
+        "image_size": options.image_size,
+        "input": "uint8 RGB, 0-255, resized to image_size x image_size; "
+        "normalization is inside the model",
+        "backbone": options.backbone,
+        "alpha": options.alpha,
+        "weights": options.weights,
+        "seed": options.seed,
+        "image_dir": index.root,
+        "layout": index.layout,
+        "class_names": list(index.class_names),
+        "split_sizes": {split: sum(counts[split].values()) for split in data_loader.SPLITS},
+        "split_counts": counts,
+        "val_split": options.val_split,
+        "test_split": options.test_split,
+        "run": run.stamp,
+        "options": main_options(options),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def main_options(options):
+    """The options main.py takes, with the values this run used."""
+    names = set(vars(build_parser().parse_args([]))) | {"demo"}
+    return {name: value for name, value in dataclasses.asdict(options).items() if name in names}
+
+
+def companions_stage(run):
+    """class_index.json, split_manifest.csv and run_config.json, next to the
+    model, so evaluate.py and predict.py rebuild exactly what was trained."""
+    folder = artifacts.write_companions(
+        run.options.artifacts_dir,
+        run.index.class_names,
+        data_loader.manifest_rows(run.index),
+        run_config(run),
+    )
+    print(f"    class index, split manifest and run config: {folder}")
+
+
+def augment_config(options):
     """The AugmentConfig training uses, or None with --augment 0 (the
     augmentation preview uses the same one)."""
-    if not args.augment:
+    if not options.augment:
         return None
     return data_loader.AugmentConfig(
-        flip=args.flip,
-        rotation=args.rotation,
-        zoom=args.zoom,
-        translation=args.translation,
-        contrast=args.contrast,
+        flip=options.flip,
+        rotation=options.rotation,
+        zoom=options.zoom,
+        translation=options.translation,
+        contrast=options.contrast,
     )
 
 
 def data_stage(run):
-    args = run.args
+    options = run.options
     replicas = run.device.strategy.num_replicas_in_sync
-    batch_size = args.batch_size * replicas  # global batch over all GPUs
-    augment = augment_config(args)
+    batch_size = options.batch_size * replicas  # global batch over all GPUs
+    augment = augment_config(options)
     # Train and val are read every epoch: cache both or neither. Test is
     # read once, so it always streams.
     reread = sum(len(run.index.split(split)[0]) for split in ("train", "val"))
-    cache, cache_note = data_loader.decide_cache(args.cache, reread, args.image_size)
+    cache, cache_note = data_loader.decide_cache(options.cache, reread, options.image_size)
     for split in data_loader.SPLITS:
         paths, labels = run.index.split(split)
         run.datasets[split] = data_loader.make_dataset(
             paths,
             labels,
-            image_size=args.image_size,
+            image_size=options.image_size,
             batch_size=batch_size,
             training=split == "train",
             augment=augment,
-            seed=args.seed,
+            seed=options.seed,
             decoders=run.index.decoders(split),  # chosen by the audit
             readers=run.index.readers,
             cache=cache and split != "test",
@@ -253,17 +268,20 @@ def data_stage(run):
     print(f"    batch size {batch_size}, augmentation {'on' if augment else 'off'}, {cache_note}")
 
 
-def train_stage(run):
-    args = run.args
-    _, train_labels = run.index.split("train")
-    weights = train_utils.class_weights(train_labels, len(run.index.class_names), args.class_weights)
+def print_class_weights(weights, class_names, mode):
     if weights:
-        print(
-            "    class weights: "
-            + ", ".join(f"{run.index.class_names[i]}={w:.3f}" for i, w in weights.items())
-        )
+        print("    class weights: " + ", ".join(f"{class_names[i]}={w:.3f}" for i, w in weights.items()))
+    elif mode == "auto":
+        print("    class weights: none (classes are balanced enough)")
     else:
-        print("    class weights: none (classes are balanced enough)" if args.class_weights == "auto" else "    class weights: none")
+        print("    class weights: none")
+
+
+def train_stage(run):
+    options = run.options
+    _, train_labels = run.index.split("train")
+    weights = train_utils.class_weights(train_labels, len(run.index.class_names), options.class_weights)
+    print_class_weights(weights, run.index.class_names, options.class_weights)
     history_path = (
         run.resume["history_path"] if run.resume else run.results_path("training_curves", "history.csv")
     )
@@ -271,17 +289,17 @@ def train_stage(run):
     if run.resume:
         train_utils.trim_history(history_path, run.resume["epoch"])
     plan = train_utils.TrainPlan(
-        epochs=args.epochs,
-        fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_layers=args.fine_tune_layers,
-        learning_rate=args.learning_rate,
-        patience=args.patience,
-        pretrained=args.weights != "none",
+        epochs=options.epochs,
+        fine_tune_epochs=options.fine_tune_epochs,
+        fine_tune_layers=options.fine_tune_layers,
+        learning_rate=options.learning_rate,
+        patience=options.patience,
+        pretrained=options.weights != "none",
         jit_compile=run.device.jit_compile,
-        best_model_path=config.model_path(args),
+        best_model_path=run.model_path,
         history_path=history_path,
-        resume_folder=run.artifact_path(train_utils.RESUME_FOLDER),
-        tensorboard_dir=run.results_path("tensorboard") if args.tensorboard else None,
+        resume_folder=run.artifact_path(artifacts.RESUME_FOLDER),
+        tensorboard_dir=run.results_path("tensorboard") if options.tensorboard else None,
         class_weight=weights,
     )
     state = {"stamp": run.stamp, "history_path": history_path}
@@ -290,7 +308,8 @@ def train_stage(run):
     train_utils.train(
         run.model, run.datasets["train"], run.datasets["val"], plan, state, resume=run.resume
     )
-    run.history = (history_path, train_utils.finetune_start(plan.resume_folder))
+    run.history_path = history_path
+    run.finetune_start = train_utils.finetune_start(plan.resume_folder)
     train_utils.finish_resume_points(plan.resume_folder)
     print(f"    history: {history_path}")
 
@@ -298,14 +317,22 @@ def train_stage(run):
 def evaluate_stage(run):
     import keras
 
-    path = config.model_path(run.args)
-    best = keras.models.load_model(path)
-    true_labels, probabilities = train_utils.predict_probabilities(best, run.datasets["test"])
-    run.predictions = (true_labels, probabilities)
-    run.metrics = train_utils.evaluation_metrics(true_labels, probabilities, run.index.class_names)
-    metrics_path = train_utils.write_json(
+    best = keras.models.load_model(run.model_path)
+    probabilities, true_labels = evaluate.predict_batches(best, run.datasets["test"])
+    paths, _ = run.index.split("test")
+    run.evaluation = evaluate.Evaluation(
+        paths=tuple(paths),
+        true_labels=true_labels,
+        probabilities=probabilities,
+        class_names=tuple(run.index.class_names),
+        image_size=run.options.image_size,
+        description="test split",
+        readers=run.index.readers,
+    )
+    run.metrics = run.evaluation.metrics()
+    metrics_path = artifacts.write_json(
         run.results_path("metrics", "metrics.json"),
-        {"model": path, "split": "test", **run.metrics},
+        {"model": run.model_path, "split": "test", **run.metrics},
     )
     print(
         f"    test accuracy {run.metrics['accuracy']:.4f}, loss {run.metrics['loss']:.4f} "
@@ -329,14 +356,13 @@ def add_figures(run, *paths):
 
 
 def distribution_stage(run):
-    skipped = len(run.audit["skipped"]) if run.audit else 0
     add_figures(
         run,
         visualize.plot_dataset_distribution(
             run.index.counts(),
             run.index.class_names,
             run.results_path("dataset_distribution", "dataset_distribution.png"),
-            skipped=skipped,
+            skipped=len(run.index.skipped),
         ),
     )
 
@@ -360,24 +386,24 @@ def training_images(run, positions):
     paths, _ = run.index.split("train")
     decoders = run.index.decoders("train")
     return [
-        data_loader.load_image(
-            paths[i], run.args.image_size, decoder=decoders[i], readers=run.index.readers
+        image_io.load_image(
+            paths[i], run.options.image_size, decoder=decoders[i], readers=run.index.readers
         )
         for i in positions
     ]
 
 
 def class_grid_stage(run):
-    args = run.args
+    options = run.options
     _, labels = run.index.split("train")
-    picks = pick_training_images(labels, len(run.index.class_names), args.grid_per_class, args.seed)
+    picks = pick_training_images(labels, len(run.index.class_names), options.grid_per_class, options.seed)
     examples = [
         (name, [image.numpy() for image in training_images(run, chosen)])
         for name, chosen in zip(run.index.class_names, picks)
     ]
     note = (
-        f"{args.grid_per_class} random training images per class, as the model gets "
-        f"them ({args.image_size} x {args.image_size} px)"
+        f"{options.grid_per_class} random training images per class, as the model gets "
+        f"them ({options.image_size} x {options.image_size} px)"
     )
     add_figures(
         run,
@@ -391,22 +417,22 @@ def augmentation_stage(run):
     import numpy as np
     import tensorflow as tf
 
-    args = run.args
-    strengths = augment_config(args)
+    options = run.options
+    strengths = augment_config(options)
     if strengths is None:
         print("    augmentation is off (--augment 0): nothing to preview")
         return
     paths, labels = run.index.split("train")
     # Images of different classes (random ones), then any, if too few classes.
-    rng = np.random.default_rng(args.seed)
-    picks = pick_training_images(labels, len(run.index.class_names), 1, args.seed)
+    rng = np.random.default_rng(options.seed)
+    picks = pick_training_images(labels, len(run.index.class_names), 1, options.seed)
     firsts = [int(chosen[0]) for chosen in picks if len(chosen)]
     firsts = [firsts[i] for i in rng.permutation(len(firsts))]
     rest = [int(i) for i in rng.permutation(len(paths)) if i not in firsts]
     chosen = (firsts + rest)[:PREVIEW_IMAGES]
     images = tf.stack(training_images(run, chosen))
     versions = [
-        data_loader.augment_batch(images, tf.constant([args.seed, version], tf.int64), strengths).numpy()
+        data_loader.augment_batch(images, tf.constant([options.seed, version], tf.int64), strengths).numpy()
         for version in range(1, PREVIEW_VERSIONS + 1)
     ]
     note = (
@@ -425,49 +451,32 @@ def augmentation_stage(run):
 
 
 def training_curves_stage(run):
-    history_path, finetune_start = run.history
-    history = train_utils.read_history(history_path)
-    path = os.path.join(os.path.dirname(history_path), "training_curves.png")
-    add_figures(run, visualize.plot_training_curves(history, path, finetune_start=finetune_start))
-
-
-def split_evaluation(run):
-    """The best model's test-split predictions as an evaluate.Evaluation."""
-    paths, _ = run.index.split("test")
-    true_labels, probabilities = run.predictions
-    return evaluate.Evaluation(
-        paths=tuple(paths),
-        true_labels=true_labels,
-        probabilities=probabilities,
-        class_names=tuple(run.index.class_names),
-        image_size=run.args.image_size,
-        description="test split",
-        readers=run.index.readers,
-    )
+    history = train_utils.read_history(run.history_path)
+    path = os.path.join(os.path.dirname(run.history_path), "training_curves.png")
+    add_figures(run, visualize.plot_training_curves(history, path, finetune_start=run.finetune_start))
 
 
 def confusion_matrix_stage(run):
-    folder = run.results_path("confusion_matrix")
-    add_figures(run, *evaluate.render_confusion(split_evaluation(run), folder))
+    add_figures(run, *visualize.render_confusion(run.evaluation, run.results_path("confusion_matrix")))
 
 
 def classification_report_stage(run):
     folder = run.results_path("classification_report")
-    add_figures(run, evaluate.render_report(split_evaluation(run), folder))
+    add_figures(run, visualize.render_report(run.evaluation, folder))
 
 
 def roc_auc_stage(run):
-    add_figures(run, evaluate.render_roc(split_evaluation(run), run.results_path("roc_auc")))
+    add_figures(run, visualize.render_roc(run.evaluation, run.results_path("roc_auc")))
 
 
 def prediction_gallery_stage(run):
-    args = run.args
-    path, _ = evaluate.render_gallery(
-        split_evaluation(run),
-        args.rows,
-        args.cols,
-        args.gallery,
-        args.seed,
+    options = run.options
+    path, _ = visualize.render_gallery(
+        run.evaluation,
+        options.rows,
+        options.cols,
+        options.gallery,
+        options.seed,
         run.results_path("prediction_gallery"),
     )
     add_figures(run, path)
@@ -475,13 +484,14 @@ def prediction_gallery_stage(run):
 
 def show_stage(run):
     """Every figure is saved by now; show them in stage order."""
-    visualize.show_figures(run.figures, run.args.show)
+    visualize.show_figures(run.figures, run.options.show)
 
 
 STAGES = [
     ("Scanning and splitting the dataset", scan_stage),
     # Before the figures: weights that cannot be loaded stop the run at once.
     ("Building the model", model_stage),
+    ("Saving the class index, split manifest and run config", companions_stage),
     ("Plotting the dataset distribution", distribution_stage),
     ("Plotting example images per class", class_grid_stage),
     ("Previewing the augmentation", augmentation_stage),
@@ -501,15 +511,15 @@ def run_training(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     import keras
 
-    args = parse_arguments(argv)
-    resume = train_utils.load_resume_state(args.artifacts_dir) if args.resume else None
-    stamp = resume["stamp"] if resume else train_utils.new_run_stamp(args.results_dir)
-    if args.demo:
-        print(f"No --image_dir given: training on the built-in demo ({args.image_dir}).")
-    keras.utils.set_random_seed(args.seed)
-    run = Run(args=args, stamp=stamp, resume=resume)
+    options = parse_arguments(argv)
+    resume = train_utils.load_resume_state(options.artifacts_dir) if options.resume else None
+    stamp = resume["stamp"] if resume else artifacts.new_run_stamp(options.results_dir)
+    if options.demo:
+        print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
+    keras.utils.set_random_seed(options.seed)
+    run = Run(options=options, stamp=stamp, resume=resume)
     for name, stage_function in STAGES:
-        with train_utils.stage(name):
+        with config.stage(name):
             stage_function(run)
     return run
 

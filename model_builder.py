@@ -7,7 +7,7 @@ the saved model is all a user needs besides the class names.
 
 import os
 
-from config import UserError
+from config import DEFAULTS, UserError
 
 # Per backbone: the keras.applications constructor name, how to map 0-255
 # pixels to the range its weights expect (scale, offset), and its last
@@ -74,11 +74,11 @@ def build_backbone(backbone, image_size, alpha, weights):
 
 def build_classifier(
     num_classes,
-    image_size=224,
-    backbone="mobilenet_v2",
-    alpha=1.0,
-    weights="imagenet",
-    dropout=0.2,
+    image_size=DEFAULTS.image_size,
+    backbone=DEFAULTS.backbone,
+    alpha=DEFAULTS.alpha,
+    weights=DEFAULTS.weights,
+    dropout=DEFAULTS.dropout,
     batchnorm_momentum=None,
 ):
     """Builds the uint8-in, softmax-out classifier.

@@ -12,15 +12,17 @@ figure of the gallery's images.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
 import numpy as np
 
+import artifacts
+import audit
 import config
 import data_loader
 import evaluate
-import train_utils
 import visualize
 
 # ---------------------------------------------------------------- Grad-CAM
@@ -119,8 +121,9 @@ def render_gradcam(trained, items, rows, cols, folder):
 
 def collect_images(arguments, readers=None):
     """Files from --images: files as given, folders searched (subfolders
-    too) for image files (custom readers' extensions included). Returns
-    (paths, missing): missing are arguments that name nothing."""
+    too, data_loader.list_images) for image files (custom readers'
+    extensions included). Returns (paths, missing): missing are arguments
+    that name nothing."""
     extensions = tuple(set(data_loader.IMAGE_EXTENSIONS) | set(readers or {}))
     paths, missing = [], []
     for argument in arguments:
@@ -183,62 +186,77 @@ def print_table(rows, limit=15):
 # ---------------------------------------------------------------- the two modes
 
 
-def predict_labelled(args, trained, stamp):
-    """--image_dir: predictions.csv, the gallery and (with --gradcam 1)
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """What one invocation writes where, and how it draws: values taken
+    from the command line at its edge (run_prediction)."""
+
+    results_dir: str
+    stamp: str
+    image_dir: str | None
+    batch_size: int
+    top_k: int
+    rows: int
+    cols: int
+    gallery: str
+    seed: int
+    gradcam: int
+
+    def path(self, category, *names):
+        """RESULTS_DIR/<category>/<stamp>/<names...>."""
+        return os.path.join(self.results_dir, category, self.stamp, *names)
+
+
+def predict_labelled(trained, images, output, readers=None):
+    """--image_dir: predictions of LabelledImages `images` (relative to
+    `output.image_dir`), predictions.csv, the gallery and (with gradcam)
     Grad-CAM. Returns the figure paths."""
-    readers = data_loader.load_readers(args.reader)
-    images = evaluate.labelled_images(args, trained)
-    evaluation = evaluate.evaluate_images(trained, images, args.batch_size, readers)
+    evaluation = evaluate.evaluate_images(trained, images, output.batch_size, readers)
     evaluate.report_skipped(evaluation.skipped)
-    root = os.path.abspath(args.image_dir)
+    root = os.path.abspath(output.image_dir)
     rows = prediction_rows(
         [os.path.relpath(path, root) for path in evaluation.paths],
         evaluation.probabilities,
         trained.class_names,
-        args.top_k,
+        output.top_k,
         evaluation.true_labels,
     )
-    folder = os.path.join(args.results_dir, "predictions", stamp)
-    csv_path = train_utils.write_csv(os.path.join(folder, "predictions.csv"), rows)
+    csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
     accuracy = float(np.mean(evaluation.true_labels == evaluation.predicted))
     print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {accuracy:.1%}")
-    print(f"    predictions: {csv_path} (paths relative to {args.image_dir})")
-    gallery, indices = evaluate.render_gallery(
-        evaluation, args.rows, args.cols, args.gallery, args.seed,
-        os.path.join(args.results_dir, "prediction_gallery", stamp),
+    print(f"    predictions: {csv_path} (paths relative to {output.image_dir})")
+    gallery, indices = visualize.render_gallery(
+        evaluation, output.rows, output.cols, output.gallery, output.seed,
+        output.path("prediction_gallery"),
     )
     figures = [gallery]
-    if args.gradcam:
-        items = evaluate.gallery_items(
+    if output.gradcam:
+        items = visualize.gallery_items(
             evaluation.paths, evaluation.true_labels, evaluation.probabilities,
             trained.class_names, trained.image_size, indices, readers=readers,
         )
-        folder = os.path.join(args.results_dir, "gradcam", stamp)
-        figures.append(render_gradcam(trained, items, args.rows, args.cols, folder))
+        figures.append(render_gradcam(trained, items, output.rows, output.cols, output.path("gradcam")))
     return figures
 
 
-def write_skipped(folder, missing, unreadable):
+def write_skipped(folder, skipped):
     """skipped.csv (path, reason) beside predictions.csv; returns its path."""
-    return train_utils.write_csv(
+    return artifacts.write_csv(
         os.path.join(folder, "skipped.csv"),
-        [["path", "reason"]]
-        + [[path, "no such file or folder"] for path in missing]
-        + [[path, "not a readable image"] for path in unreadable],
+        [["path", "reason"]] + [[item.path, item.reason] for item in skipped],
     )
 
 
-def predict_unlabelled(args, trained, stamp):
-    """--images: predictions.csv, a table, the gallery and (with --gradcam
-    1) Grad-CAM. Unreadable files are skipped and listed. Returns the
-    figure paths."""
-    readers = data_loader.load_readers(args.reader)
-    paths, missing = collect_images(args.images, readers)
+def predict_unlabelled(trained, arguments, output, readers=None):
+    """--images: predictions.csv, a table, the gallery and (with gradcam)
+    Grad-CAM for the files and folders in `arguments`. Unreadable files are
+    skipped and listed. Returns the figure paths."""
+    paths, missing = collect_images(arguments, readers)
     positions, probabilities, unreadable = evaluate.predict_files(
-        trained.model, paths, trained.image_size, args.batch_size, readers
+        trained.model, paths, trained.image_size, output.batch_size, readers
     )
-    skipped = [f"{path} (no such file or folder)" for path in missing]
-    skipped += [f"{path} (not a readable image)" for path in unreadable]
+    skipped = [audit.SkippedFile(path, "no such file or folder") for path in missing]
+    skipped += [audit.SkippedFile(path, "not a readable image") for path in unreadable]
     evaluate.report_skipped(skipped)
     if not len(positions):
         raise config.UserError(
@@ -246,32 +264,30 @@ def predict_unlabelled(args, trained, stamp):
             f"{len(skipped)} skipped)"
         )
     kept = [paths[i] for i in positions]
-    folder = os.path.join(args.results_dir, "predictions", stamp)
-    rows = prediction_rows(kept, probabilities, trained.class_names, args.top_k)
-    csv_path = train_utils.write_csv(os.path.join(folder, "predictions.csv"), rows)
+    rows = prediction_rows(kept, probabilities, trained.class_names, output.top_k)
+    csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
     print_table(rows)
     print(f"    predictions: {csv_path}")
     if skipped:
-        print(f"    skipped: {write_skipped(folder, missing, unreadable)}")
-    indices = evaluate.gallery_indices(
-        None, probabilities.argmax(axis=1), args.rows * args.cols, args.gallery, args.seed
+        print(f"    skipped: {write_skipped(output.path('predictions'), skipped)}")
+    indices = visualize.gallery_indices(
+        None, probabilities.argmax(axis=1), output.rows * output.cols, output.gallery, output.seed
     )
-    items = evaluate.gallery_items(
+    items = visualize.gallery_items(
         kept, None, probabilities, trained.class_names, trained.image_size, indices,
         captions=[os.path.basename(path) for path in kept], readers=readers,
     )
     subtitle = f"{len(items)} of {len(kept)} images"
     if skipped:
         subtitle += f" · {len(skipped)} skipped (see skipped.csv)"
-    gallery_path = os.path.join(args.results_dir, "prediction_gallery", stamp, "prediction_gallery.png")
+    gallery_path = output.path("prediction_gallery", "prediction_gallery.png")
     figures = [
         visualize.plot_prediction_gallery(
-            items, args.rows, args.cols, gallery_path, title="Predictions", subtitle=subtitle
+            items, output.rows, output.cols, gallery_path, title="Predictions", subtitle=subtitle
         )
     ]
-    if args.gradcam:
-        folder = os.path.join(args.results_dir, "gradcam", stamp)
-        figures.append(render_gradcam(trained, items, args.rows, args.cols, folder))
+    if output.gradcam:
+        figures.append(render_gradcam(trained, items, output.rows, output.cols, output.path("gradcam")))
     return figures
 
 
@@ -327,22 +343,43 @@ def parse_arguments(argv):
     for folder in [args.image_dir] + [path for path in (args.images or []) if os.path.isdir(path)]:
         if folder:
             data_loader.check_outside("results_dir", args.results_dir, folder)
-    return args
+    return config.config_from_args(args)
 
 
 def run_prediction(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = parse_arguments(argv)
-    trained = evaluate.load_trained_model(args)
-    stamp = train_utils.new_run_stamp(args.results_dir)
-    with train_utils.stage(f"Predicting with {trained.path}"):
-        if args.images:
-            figures = predict_unlabelled(args, trained, stamp)
+    options = parse_arguments(argv)
+    readers = config.load_readers(options.reader)
+    trained = evaluate.load_trained_model(
+        artifacts.model_path(options.artifacts_dir, options.model),
+        options.artifacts_dir,
+        image_size=options.image_size,
+    )
+    output = Output(
+        results_dir=options.results_dir,
+        stamp=artifacts.new_run_stamp(options.results_dir),
+        image_dir=options.image_dir,
+        batch_size=options.batch_size,
+        top_k=options.top_k,
+        rows=options.rows,
+        cols=options.cols,
+        gallery=options.gallery,
+        seed=options.seed,
+        gradcam=options.gradcam,
+    )
+    with config.stage(f"Predicting with {trained.path}"):
+        if options.images:
+            figures = predict_unlabelled(trained, options.images, output, readers)
         else:
-            figures = predict_labelled(args, trained, stamp)
-        evaluate.print_figures(figures)
-    with train_utils.stage("Showing the figures"):
-        visualize.show_figures(figures, args.show)
+            images = evaluate.labelled_images(
+                options.image_dir, trained, options.split, options.labels_csv,
+                options.classes, readers,
+            )
+            figures = predict_labelled(trained, images, output, readers)
+        for path in figures:
+            print(f"    figure: {path}")
+    with config.stage("Showing the figures"):
+        visualize.show_figures(figures, options.show)
     return figures
 
 

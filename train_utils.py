@@ -1,97 +1,22 @@
-"""Training: device set-up, class weights, callbacks, the two phases,
-resuming, evaluation metrics and safe (atomic) file writes.
+"""Training, and only training: the device, class weights, callbacks, the
+two phases and resuming an interrupted run.
 
-Compute functions return data; main.py decides what is written where.
+main.py is its one user. Evaluation metrics and prediction live in
+evaluate.py; file names and safe writes in artifacts.py.
 """
 
 import contextlib
 import csv
 import dataclasses
-import json
 import os
 import sys
-import tempfile
-import time
 
 import numpy as np
 
+import artifacts
 from config import UserError
 
-RESUME_FOLDER = "resume"
 RESUME_STATE = "state.json"
-
-
-# ---------------------------------------------------------------- files
-
-
-def atomic_write(path, write):
-    """Writes a file via a temporary sibling and os.replace, so a crash
-    never leaves a truncated file. `write(temp_path)` does the writing."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base, extension = os.path.splitext(os.path.basename(path))
-    handle, temp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{extension}", dir=folder)
-    os.close(handle)
-    try:
-        write(temp_path)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-    return path
-
-
-def write_json(path, data):
-    def write(temp_path):
-        with open(temp_path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-
-    return atomic_write(path, write)
-
-
-def write_csv(path, rows):
-    def write(temp_path):
-        with open(temp_path, "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(rows)
-
-    return atomic_write(path, write)
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def save_model(model, path):
-    """Saves a .keras file atomically."""
-    return atomic_write(path, lambda temp_path: model.save(temp_path))
-
-
-def new_run_stamp(results_dir, now=None):
-    """A timestamp (20261121-142530) for one command invocation, with a
-    suffix (-2, -3, ...) if any results category already has that name, so
-    an earlier run is never overwritten."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    categories = (
-        [entry.path for entry in os.scandir(results_dir) if entry.is_dir()]
-        if os.path.isdir(results_dir)
-        else []
-    )
-    candidate, number = stamp, 1
-    while any(os.path.exists(os.path.join(folder, candidate)) for folder in categories):
-        number += 1
-        candidate = f"{stamp}-{number}"
-    return candidate
-
-
-@contextlib.contextmanager
-def stage(name):
-    """Prints one line when a stage starts and how long it took."""
-    print(f"==> {name}", flush=True)
-    start = time.perf_counter()
-    yield
-    print(f"    done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
 # ---------------------------------------------------------------- device
@@ -175,7 +100,7 @@ class BestModelCheckpoint:
                     f"to {value:.4f}, saving {self.path}"
                 )
                 self.best = float(value)
-                save_model(self.model, self.path)
+                artifacts.save_model(self.model, self.path)
 
         return _Checkpoint()
 
@@ -205,8 +130,8 @@ def save_resume_point(folder, model, state):
     then older model files are removed (they are ours, never user data)."""
     os.makedirs(folder, exist_ok=True)
     name = f"epoch-{state['epoch'] + 1:04d}-{state['phase']}.keras"
-    save_model(model, os.path.join(folder, name))
-    write_json(os.path.join(folder, RESUME_STATE), {**state, "model_file": name})
+    artifacts.save_model(model, os.path.join(folder, name))
+    artifacts.write_json(os.path.join(folder, RESUME_STATE), {**state, "model_file": name})
     drop_resume_models(folder, keep=name)
 
 
@@ -220,13 +145,13 @@ def drop_resume_models(folder, keep=None):
 
 def load_resume_state(artifacts_dir):
     """The state of an interrupted run, or raises UserError if none."""
-    path = os.path.join(artifacts_dir, RESUME_FOLDER, RESUME_STATE)
+    path = os.path.join(artifacts_dir, artifacts.RESUME_FOLDER, RESUME_STATE)
     if not os.path.isfile(path):
         raise UserError(
             f"--resume: no interrupted run in {artifacts_dir} (no {path}); "
             "start a run without --resume"
         )
-    state = read_json(path)
+    state = artifacts.read_json(path)
     if state.get("phase") == "done":
         raise UserError(
             f"--resume: the last run in {artifacts_dir} finished; nothing to resume"
@@ -245,7 +170,7 @@ def trim_history(path, last_epoch):
     if not rows:
         return
     kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= last_epoch]
-    write_csv(path, kept)
+    artifacts.write_csv(path, kept)
 
 
 # ---------------------------------------------------------------- training
@@ -378,151 +303,10 @@ def finish_resume_points(folder):
     if not os.path.isdir(folder):
         return
     drop_resume_models(folder)
-    write_json(os.path.join(folder, RESUME_STATE), {"phase": "done"})
+    artifacts.write_json(os.path.join(folder, RESUME_STATE), {"phase": "done"})
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-def predict_probabilities(model, dataset):
-    """(true labels, class probabilities) over a labelled dataset."""
-    true_labels, probabilities = [], []
-    for images, labels in dataset:
-        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
-        true_labels.append(np.asarray(labels))
-    return np.concatenate(true_labels), np.concatenate(probabilities)
-
-
-def classification_metrics(true_labels, probabilities, class_names):
-    """Accuracy, cross-entropy loss and scikit-learn's per-class report.
-
-    Returns a JSON-ready dict: accuracy, loss, num_samples, per_class
-    {name: precision/recall/f1/support}, macro_avg and weighted_avg.
-    """
-    from sklearn.metrics import classification_report
-
-    predicted = probabilities.argmax(axis=1)
-    picked = probabilities[np.arange(len(true_labels)), true_labels]
-    report = classification_report(
-        true_labels,
-        predicted,
-        labels=np.arange(len(class_names)),
-        target_names=list(class_names),
-        output_dict=True,
-        zero_division=0,
-    )
-
-    def rename(row):
-        return {
-            "precision": row["precision"],
-            "recall": row["recall"],
-            "f1": row["f1-score"],
-            "support": int(row["support"]),
-        }
-
-    return {
-        "accuracy": float(np.mean(predicted == true_labels)),
-        # The same clipping as Keras' cross-entropy.
-        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
-        "num_samples": int(len(true_labels)),
-        "per_class": {name: rename(report[name]) for name in class_names},
-        "macro_avg": rename(report["macro avg"]),
-        "weighted_avg": rename(report["weighted avg"]),
-    }
-
-
-def classification_report_text(true_labels, probabilities, class_names):
-    """scikit-learn's text classification report (4 digits), every class
-    listed even when absent from the labels."""
-    from sklearn.metrics import classification_report
-
-    return classification_report(
-        true_labels,
-        probabilities.argmax(axis=1),
-        labels=np.arange(len(class_names)),
-        target_names=list(class_names),
-        digits=4,
-        zero_division=0,
-    )
-
-
-def confusion_counts(true_labels, probabilities, num_classes):
-    """(num_classes, num_classes) int array: rows true, columns predicted."""
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(
-        true_labels, probabilities.argmax(axis=1), labels=np.arange(num_classes)
-    )
-
-
-def roc_analysis(true_labels, probabilities, class_names):
-    """One-vs-rest ROC curves and their AUCs.
-
-    Returns {"per_class": {name: {"fpr", "tpr", "auc"} or None}, "micro",
-    "macro" (the same form, or None), "absent": [names], "binary": bool}.
-    A class with no image in `true_labels` (or with every image) has no ROC:
-    its entry is None and it is listed in "absent", never an error. Macro AUC
-    is the mean of the per-class AUCs (scikit-learn's definition); its curve
-    is the mean TPR on the union of the per-class FPR points.
-    """
-    from sklearn.metrics import auc, roc_curve
-
-    true_labels = np.asarray(true_labels)
-    num_classes = len(class_names)
-    per_class, absent = {}, []
-    for number, name in enumerate(class_names):
-        positives = true_labels == number
-        if positives.all() or not positives.any():
-            per_class[name] = None
-            absent.append(name)
-            continue
-        fpr, tpr, _ = roc_curve(positives, probabilities[:, number])
-        per_class[name] = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
-    curves = [curve for curve in per_class.values() if curve is not None]
-    micro = macro = None
-    if num_classes > 2 and len(true_labels):
-        one_hot = np.eye(num_classes, dtype=bool)[true_labels]
-        fpr, tpr, _ = roc_curve(one_hot.ravel(), probabilities.ravel())
-        micro = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
-    if num_classes > 2 and curves:
-        grid = np.unique(np.concatenate([curve["fpr"] for curve in curves]))
-        mean_tpr = np.mean([np.interp(grid, curve["fpr"], curve["tpr"]) for curve in curves], axis=0)
-        macro = {
-            "fpr": grid,
-            "tpr": mean_tpr,
-            "auc": float(np.mean([curve["auc"] for curve in curves])),
-        }
-    return {
-        "per_class": per_class,
-        "micro": micro,
-        "macro": macro,
-        "absent": absent,
-        "binary": num_classes == 2,
-    }
-
-
-def evaluation_metrics(true_labels, probabilities, class_names):
-    """`classification_metrics` plus ROC AUC (per class, micro, macro) and
-    the confusion matrix, JSON-ready (null for an AUC that is undefined)."""
-    metrics = classification_metrics(true_labels, probabilities, class_names)
-    roc = roc_analysis(true_labels, probabilities, class_names)
-
-    def area(curve):
-        return None if curve is None else curve["auc"]
-
-    metrics["roc_auc"] = {
-        "per_class": {name: area(curve) for name, curve in roc["per_class"].items()},
-        "micro": area(roc["micro"]),
-        "macro": area(roc["macro"]),
-        "absent_classes": roc["absent"],
-    }
-    metrics["confusion_matrix"] = {
-        "rows": "true class",
-        "columns": "predicted class",
-        "labels": list(class_names),
-        "counts": confusion_counts(true_labels, probabilities, len(class_names)).tolist(),
-    }
-    return metrics
+# ---------------------------------------------------------------- history
 
 
 def read_history(path):
@@ -545,5 +329,5 @@ def finetune_start(resume_folder):
     path = os.path.join(resume_folder, RESUME_STATE)
     if not os.path.isfile(path):
         return None
-    value = read_json(path).get("finetune_start")
+    value = artifacts.read_json(path).get("finetune_start")
     return None if value is None else int(value)

@@ -21,7 +21,8 @@ from matplotlib import patches
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-import train_utils
+import artifacts
+import image_io
 
 # ---------------------------------------------------------------- theme
 
@@ -97,7 +98,7 @@ def themed(function):
 
 def save_figure(figure, output_path):
     """Saves a Figure as PNG atomically; returns the path."""
-    train_utils.atomic_write(
+    artifacts.atomic_write(
         output_path,
         lambda temp_path: figure.savefig(temp_path, format="png", bbox_inches="tight", pad_inches=0.2),
     )
@@ -457,7 +458,7 @@ def report_rows(report):
 def plot_classification_report(report, output_path, subtitle=""):
     """A heat-table of per-class precision, recall, F1 and support, with
     accuracy and macro/weighted averages below a rule. `report` is
-    train_utils.classification_metrics' dict. Returns the path."""
+    evaluate.classification_metrics' dict. Returns the path."""
     names, values, supports = report_rows(report)
     num_rows = len(names)
     figure = Figure(figsize=(7.2, 0.34 * num_rows + 1.9), layout="constrained")
@@ -500,7 +501,7 @@ def plot_classification_report(report, output_path, subtitle=""):
 def plot_roc_curves(roc, class_names, output_path, subtitle=""):
     """One-vs-rest ROC per class plus micro and macro averages, AUC in the
     legend; for two classes one ROC of the second class. `roc` is
-    train_utils.roc_analysis' dict; absent classes are noted. Returns the
+    evaluate.roc_analysis' dict; absent classes are noted. Returns the
     path."""
     entries = 0
     many = len(class_names) > 12
@@ -666,6 +667,125 @@ def plot_gradcam(items, heatmaps, rows, cols, output_path, subtitle=""):
     """Each gallery image beside its Grad-CAM heatmap (values in [0, 1],
     the image's size) over a grey copy. Returns the path."""
     return save_figure(gradcam_figure(items, heatmaps, rows, cols, subtitle), output_path)
+
+
+# ---------------------------------------------------------------- figures of an evaluation
+# main.py's test stage, evaluate.py and predict.py draw these from an
+# evaluate.Evaluation (true labels, probabilities, class names and the
+# metrics computed from them).
+
+
+def gallery_indices(true_labels, predicted, count, mode, seed):
+    """Which images the gallery shows, at most `count`.
+
+    mixed: mistakes first, then correct ones, about half each when there
+    are enough of both; misclassified: mistakes only; random: any. Within
+    each group the order is a seeded shuffle, so the gallery is not just the
+    first class. With no labels (true_labels None) mixed keeps the given
+    order.
+    """
+    rng = np.random.default_rng(seed)
+    total = len(predicted)
+    if true_labels is None:
+        order = rng.permutation(total) if mode == "random" else np.arange(total)
+        return order[:count].tolist()
+    wrong = np.flatnonzero(np.asarray(true_labels) != np.asarray(predicted))
+    right = np.flatnonzero(np.asarray(true_labels) == np.asarray(predicted))
+    if mode == "random":
+        order = rng.permutation(total)
+    elif mode == "misclassified":
+        order = rng.permutation(wrong)
+    else:
+        num_wrong = min(len(wrong), max(-(-count // 2), count - len(right)))
+        num_right = min(len(right), count - num_wrong)
+        order = np.concatenate([rng.permutation(wrong)[:num_wrong], rng.permutation(right)[:num_right]])
+    return order[:count].astype(int).tolist()
+
+
+def gallery_items(
+    paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None
+):
+    """GalleryItems for the chosen images, read the way training reads them
+    (uint8, original colours)."""
+    items = []
+    for index in indices:
+        image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
+        predicted = int(np.argmax(probabilities[index]))
+        items.append(
+            GalleryItem(
+                image=image,
+                predicted=class_names[predicted],
+                confidence=float(probabilities[index][predicted]),
+                true=None if true_labels is None else class_names[int(true_labels[index])],
+                caption="" if captions is None else captions[index],
+            )
+        )
+    return items
+
+
+GALLERY_MODES = {
+    "mixed": "mistakes first",
+    "misclassified": "mistakes only",
+    "random": "random sample",
+}
+
+
+def render_gallery(evaluation, rows, cols, mode, seed, folder):
+    """The prediction gallery of an Evaluation; returns (path, indices)."""
+    indices = gallery_indices(evaluation.true_labels, evaluation.predicted, rows * cols, mode, seed)
+    items = gallery_items(
+        evaluation.paths, evaluation.true_labels, evaluation.probabilities,
+        evaluation.class_names, evaluation.image_size, indices, readers=evaluation.readers,
+    )
+    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
+    subtitle = (
+        f"{len(items)} of {len(evaluation.paths)} images ({evaluation.description}), "
+        f"{GALLERY_MODES[mode]} · {wrong} misclassified in all · green: correct, red: wrong"
+    )
+    path = plot_prediction_gallery(
+        items, rows, cols, os.path.join(folder, "prediction_gallery.png"), subtitle=subtitle
+    )
+    return path, indices
+
+
+def summary_line(evaluation, accuracy=True):
+    """'test split, 42 images · accuracy 95.2%' for figure subtitles."""
+    line = f"{evaluation.description}, {len(evaluation.paths):,} images"
+    if accuracy:
+        line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
+    return line
+
+
+def render_confusion(evaluation, folder):
+    """Counts and row-normalized confusion matrices; returns both paths."""
+    matrix = evaluation.confusion_matrix()
+    return [
+        plot_confusion_matrix(
+            matrix, evaluation.class_names, os.path.join(folder, name),
+            normalize=normalize, subtitle=summary_line(evaluation),
+        )
+        for name, normalize in (("confusion_matrix.png", False), ("confusion_matrix_normalized.png", True))
+    ]
+
+
+def render_report(evaluation, folder):
+    """The classification report as a heat-table PNG, plus the same report
+    as classification_report.txt (scikit-learn's) and .json; returns the
+    PNG path."""
+    metrics = evaluation.report()
+    artifacts.write_text(os.path.join(folder, "classification_report.txt"), evaluation.report_text())
+    artifacts.write_json(os.path.join(folder, "classification_report.json"), metrics)
+    return plot_classification_report(
+        metrics, os.path.join(folder, "classification_report.png"),
+        subtitle=summary_line(evaluation, accuracy=False),
+    )
+
+
+def render_roc(evaluation, folder):
+    roc = evaluation.roc()
+    return plot_roc_curves(
+        roc, evaluation.class_names, os.path.join(folder, "roc_auc.png"), subtitle=summary_line(evaluation)
+    )
 
 
 # ---------------------------------------------------------------- showing

@@ -54,11 +54,12 @@ def tf_epoch(dataset):
 
 
 def ours(args):
+    import artifacts
     import data_loader
 
     # The audit runs here as in main.py (cached outside the dataset), but is
     # not timed: only the epochs are.
-    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=os.path.join(ROOT, "model_artifacts"))
+    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts")))
     paths = [os.path.join(index.root, sample.path) for sample in index.samples]
     class_ids = {name: number for number, name in enumerate(index.class_names)}
     labels = [class_ids[sample.label] for sample in index.samples]

@@ -39,9 +39,10 @@ def build_model(args, num_classes, jit_compile):
 
 
 def real_loader(args):
+    import artifacts
     import data_loader
 
-    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=os.path.join(ROOT, "model_artifacts"))
+    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts")))
     paths, labels = index.split("train")
     augment = data_loader.AugmentConfig() if args.augment else None
     dataset = data_loader.make_dataset(

@@ -1,5 +1,6 @@
 """Shared test helpers: tiny synthetic image folders made in tmp_path."""
 
+import json
 import os
 import sys
 
@@ -12,6 +13,18 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# The smallest real model main.py trains: MobileNetV2 at width 0.35 on
+# 32 px images, figures never shown. TINY also trains from scratch (no
+# ImageNet download in tests).
+TINY_MODEL = ["--alpha", "0.35", "--image_size", "32", "--batch_size", "8", "--show", "0"]
+TINY = ["--weights", "none", *TINY_MODEL]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
 
 # Distinct, learnable classes: each class is a colour with a pattern.
 CLASS_COLOURS = [

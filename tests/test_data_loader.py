@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import data_loader
+import image_io
 from config import UserError
 from conftest import make_flat_dataset, make_presplit_dataset, write_class_folder
 
@@ -205,7 +206,7 @@ def test_decodes_grayscale_rgba_bmp_and_gif_to_rgb(tmp_path):
     for name, image in files.items():
         image.save(tmp_path / name)
     for name in files:
-        decoded = data_loader.load_image(str(tmp_path / name), 32).numpy()
+        decoded = image_io.load_image(str(tmp_path / name), 32).numpy()
         assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8, name
         assert abs(int(decoded.mean()) - 77) <= 2, name
 

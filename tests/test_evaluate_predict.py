@@ -2,7 +2,6 @@
 plus Grad-CAM and the command-line mistakes that exit with code 2."""
 
 import csv
-import json
 import os
 
 import numpy as np
@@ -12,7 +11,7 @@ import evaluate
 import main as main_script
 import predict
 import visualize
-from conftest import make_flat_dataset, write_class_folder
+from conftest import make_flat_dataset, read_json, write_class_folder
 
 CLASSES = ("alpha", "beta", "gamma")
 MAIN_FIGURES = [
@@ -26,11 +25,6 @@ MAIN_FIGURES = [
     ("roc_auc", "roc_auc.png"),
     ("prediction_gallery", "prediction_gallery.png"),
 ]
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def read_csv(path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import data_loader
+import evaluate
 import model_builder
 import train_utils
 from config import UserError
@@ -68,6 +69,7 @@ def test_pretrained_phases_freeze_then_unfreeze_top_without_batchnorm(local_weig
     assert len(model.trainable_weights) > len(head_weights)
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_runs_batchnorm_in_inference_mode(local_weights):
     """Even unfrozen for fine-tuning, the pretrained backbone's BatchNorm
     statistics must not move during training."""
@@ -124,21 +126,24 @@ def _train_from_scratch(index, tmp_path, momentum):
     train = data_loader.make_dataset(*index.split("train"), 32, 16, training=True, seed=0)
     val = data_loader.make_dataset(*index.split("val"), 32, 16)
     plan = train_utils.TrainPlan(
-        epochs=14, fine_tune_epochs=0, fine_tune_layers=1, learning_rate=2e-3, patience=100,
+        epochs=20, fine_tune_epochs=0, fine_tune_layers=1, learning_rate=2e-3, patience=100,
         pretrained=False, jit_compile=False,
         best_model_path=str(tmp_path / f"best-{momentum}.keras"),
         history_path=str(tmp_path / f"history-{momentum}.csv"),
         resume_folder=str(tmp_path / f"resume-{momentum}"),
     )
     train_utils.train(model, train, val, plan, {"stamp": "test", "history_path": plan.history_path})
-    true_labels, probabilities = train_utils.predict_probabilities(model, val)
+    probabilities, true_labels = evaluate.predict_batches(model, val)
     return float(np.mean(probabilities.argmax(axis=1) == true_labels))
 
 
+@pytest.mark.slow
 def test_from_scratch_really_learns_where_keras_default_batchnorm_stays_at_chance(tmp_path):
-    """300 real digit scans, 5 classes, ~170 training steps. With the
+    """300 real digit scans, 5 classes, 240 training steps. With the
     backbone's own BatchNorm momentum (0.999) inference statistics lag and
-    validation stays at chance (0.2); ours must learn."""
+    validation stays at chance (0.2); ours must learn. The same seed gives
+    different numbers on different machines: 14 epochs reached 0.87 on one
+    and 0.73 on another, where 20 epochs reach 0.85 (Keras' default: 0.2)."""
     index = data_loader.index_dataset(_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
 
     ours = _train_from_scratch(index, tmp_path, momentum=None)

@@ -8,22 +8,18 @@ import re
 import numpy as np
 import pytest
 
+import audit
+import config
 import data_loader
-from conftest import ROOT, class_image
-from test_audit import TINY
+from conftest import ROOT, TINY, class_image
 
 
 def readme_reader_source():
     """The `read_npy` example exactly as the README shows it."""
-    for name in ("README.md", "docs_readers_snippet.md"):
-        path = os.path.join(ROOT, name)
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as handle:
-            for block in re.findall(r"```python\n(.*?)```", handle.read(), re.S):
-                if "def read_npy" in block:
-                    return block
-    pytest.fail("no read_npy example in README.md or docs_readers_snippet.md")
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
+    (block,) = [block for block in blocks if "def read_npy" in block]
+    return block
 
 
 @pytest.fixture
@@ -67,7 +63,7 @@ def test_readme_npy_reader_is_used_by_the_audit(npy_dataset, tmp_path, capsys):
 
 
 def test_readers_run_inside_the_pipeline(npy_dataset):
-    ((extension, read_npy),) = data_loader.load_readers([npy_dataset["spec"]]).items()
+    ((extension, read_npy),) = config.load_readers([npy_dataset["spec"]]).items()
     assert extension == ".npy"
     index = data_loader.index_dataset(npy_dataset["root"], 0.2, 0.2, 1, readers={"npy": read_npy})
     assert index.audit["decoders"] == {".npy": 16, "native": 1}
@@ -104,9 +100,9 @@ def test_a_reader_must_return_uint8_images(tmp_path):
     def index_with(reader):
         return data_loader.index_dataset(str(root), 0.2, 0.2, 1, readers={".npy": reader})
 
-    with pytest.raises(data_loader.UserError, match="need at least 2 classes"):
+    with pytest.raises(config.UserError, match="need at least 2 classes"):
         index_with(np.load)  # float64: every file skipped, no class left
-    (check,), _ = data_loader.audit_files(str(root), ["a/0.npy"], {".npy": np.load})
+    (check,), _ = audit.audit_files(str(root), ["a/0.npy"], {".npy": np.load})
     assert not check.usable and "returned dtype float64, expected uint8" in check.reason
     index = index_with(lambda path: np.load(path).astype(np.uint8))
     assert len(index.samples) == 10
@@ -123,8 +119,8 @@ def test_a_reader_must_return_uint8_images(tmp_path):
 def test_bad_reader_specs_exit_2(npy_dataset, spec, message, capsys):
     assert data_loader.main(["--image_dir", npy_dataset["root"], "--reader", spec]) == 2
     assert message in capsys.readouterr().err
-    with pytest.raises(data_loader.UserError, match="has no function nope"):
-        data_loader.load_readers([f"npy={npy_dataset['module']}:nope"])
+    with pytest.raises(config.UserError, match="has no function nope"):
+        config.load_readers([f"npy={npy_dataset['module']}:nope"])
 
 
 @pytest.mark.slow
@@ -132,7 +128,7 @@ def test_main_trains_with_a_custom_reader(npy_dataset, tmp_path, monkeypatch):
     import main
 
     monkeypatch.chdir(tmp_path)
-    code = main.main(["--image_dir", npy_dataset["root"], "--reader", npy_dataset["spec"], *TINY])
+    code = main.main(["--image_dir", npy_dataset["root"], "--reader", npy_dataset["spec"], *TINY, "--epochs", "1"])
     assert code == 0
     with open(tmp_path / "model_artifacts" / "run_config.json", encoding="utf-8") as handle:
         assert json.load(handle)["options"]["reader"] == [npy_dataset["spec"]]

@@ -52,7 +52,7 @@ def draw_every_figure(folder):
         visualize.GalleryItem(tiny_image(40 * i), NAMES[i % 3], 0.7, NAMES[(i + i // 2) % 3])
         for i in range(5)
     ]
-    matrix = train_utils.confusion_counts(labels, probabilities, len(NAMES))
+    matrix = evaluate.confusion_counts(labels, probabilities, len(NAMES))
     return {
         "dataset_distribution": visualize.plot_dataset_distribution(
             counts, NAMES, folder / "d.png", skipped=2
@@ -72,10 +72,10 @@ def draw_every_figure(folder):
             matrix, NAMES, folder / "cn.png", normalize=True
         ),
         "classification_report": visualize.plot_classification_report(
-            train_utils.classification_metrics(labels, probabilities, NAMES), folder / "r.png"
+            evaluate.classification_metrics(labels, probabilities, NAMES), folder / "r.png"
         ),
         "roc_auc": visualize.plot_roc_curves(
-            train_utils.roc_analysis(labels, probabilities, NAMES), NAMES, folder / "roc.png"
+            evaluate.roc_analysis(labels, probabilities, NAMES), NAMES, folder / "roc.png"
         ),
         "prediction_gallery": visualize.plot_prediction_gallery(items, 2, 3, folder / "p.png"),
         "gradcam": visualize.plot_gradcam(
@@ -94,14 +94,18 @@ def test_every_plot_function_writes_a_sensible_png(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(path) for path in figures.values())
 
 
-def test_theme_is_one_blush_palette_at_print_resolution(tmp_path):
-    assert visualize.DPI >= 120
-    white, rose = visualize.HEATMAP(0.0), visualize.HEATMAP(1.0)
-    assert min(white[:3]) > 0.98  # starts at white
-    assert rose[0] > 2 * rose[1] and rose[0] > rose[2]  # ends in a deep red-pink
+def test_saved_heatmap_is_drawn_in_blush_at_print_resolution(tmp_path):
     path = visualize.plot_confusion_matrix(np.eye(2, dtype=int) * 3, ("a", "b"), tmp_path / "m.png")
+
     with Image.open(path) as image:
-        assert round(image.info["dpi"][0]) == visualize.DPI
+        assert image.info["dpi"][0] >= 120
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    # The full cells are a deep red-pink (red well above green and blue),
+    # the empty ones white: the blush colour map, not matplotlib's default.
+    rose = np.round(np.array(visualize.HEATMAP(1.0)[:3]) * 255).astype(int)
+    assert rose[0] > 2 * rose[1] and rose[0] > rose[2]
+    assert (np.abs(pixels - rose).max(axis=1) <= 3).mean() > 0.05
+    assert (pixels.min(axis=1) >= 250).mean() > 0.3
 
 
 def test_gallery_frames_correct_green_wrong_red_unlabelled_rose():
@@ -132,16 +136,16 @@ def test_gallery_selection_modes():
     true = np.array([0, 0, 0, 1, 1, 1, 2, 2])
     predicted = np.array([0, 1, 0, 1, 0, 1, 2, 2])  # positions 1 and 4 are wrong
 
-    mixed = evaluate.gallery_indices(true, predicted, 6, "mixed", seed=0)
+    mixed = visualize.gallery_indices(true, predicted, 6, "mixed", seed=0)
     assert sorted(mixed[:2]) == [1, 4] and len(mixed) == 6
     assert all(true[i] == predicted[i] for i in mixed[2:])
     # Mistakes first, but not only mistakes when correct ones exist.
-    many_wrong = evaluate.gallery_indices(np.zeros(10, int), np.r_[np.ones(8, int), 0, 0], 4, "mixed", 0)
+    many_wrong = visualize.gallery_indices(np.zeros(10, int), np.r_[np.ones(8, int), 0, 0], 4, "mixed", 0)
     assert [int(i >= 8) for i in many_wrong] == [0, 0, 1, 1]
-    assert sorted(evaluate.gallery_indices(true, predicted, 6, "misclassified", 0)) == [1, 4]
-    random = evaluate.gallery_indices(true, predicted, 5, "random", 0)
-    assert len(set(random)) == 5 and random == evaluate.gallery_indices(true, predicted, 5, "random", 0)
-    assert evaluate.gallery_indices(None, predicted, 3, "mixed", 0) == [0, 1, 2]
+    assert sorted(visualize.gallery_indices(true, predicted, 6, "misclassified", 0)) == [1, 4]
+    random = visualize.gallery_indices(true, predicted, 5, "random", 0)
+    assert len(set(random)) == 5 and random == visualize.gallery_indices(true, predicted, 5, "random", 0)
+    assert visualize.gallery_indices(None, predicted, 3, "mixed", 0) == [0, 1, 2]
 
 
 def test_roc_binary_is_one_curve_matching_scikit_learn(tmp_path):
@@ -150,7 +154,7 @@ def test_roc_binary_is_one_curve_matching_scikit_learn(tmp_path):
     positive = np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.25, 40), 0, 1)
     probabilities = np.stack([1 - positive, positive], axis=1)
 
-    roc = train_utils.roc_analysis(labels, probabilities, ("healthy", "sick"))
+    roc = evaluate.roc_analysis(labels, probabilities, ("healthy", "sick"))
 
     assert roc["binary"] and roc["micro"] is None and roc["macro"] is None
     assert roc["per_class"]["sick"]["auc"] == pytest.approx(roc_auc_score(labels, positive))
@@ -162,7 +166,7 @@ def test_roc_multiclass_matches_scikit_learn():
     labels, probabilities = random_predictions(4, per_class=10, strength=1.0)
     names = ("a", "b", "c", "d")
 
-    roc = train_utils.roc_analysis(labels, probabilities, names)
+    roc = evaluate.roc_analysis(labels, probabilities, names)
 
     assert roc["macro"]["auc"] == pytest.approx(
         roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
@@ -181,15 +185,15 @@ def test_a_class_absent_from_the_split_is_noted_not_a_crash(tmp_path):
     names = ("a", "b", "c", "never_seen")
     probabilities = np.hstack([probabilities * 0.9, np.full((len(labels), 1), 0.1)])
 
-    metrics = train_utils.evaluation_metrics(labels, probabilities, names)
+    metrics = evaluate.evaluation_metrics(labels, probabilities, names)
 
     assert metrics["roc_auc"]["per_class"]["never_seen"] is None
     assert metrics["roc_auc"]["absent_classes"] == ["never_seen"]
     assert metrics["roc_auc"]["macro"] is not None
     assert np.array(metrics["confusion_matrix"]["counts"]).sum() == len(labels)
-    roc = train_utils.roc_analysis(labels, probabilities, names)
+    roc = evaluate.roc_analysis(labels, probabilities, names)
     png_size(visualize.plot_roc_curves(roc, names, tmp_path / "roc.png"))
-    matrix = train_utils.confusion_counts(labels, probabilities, 4)
+    matrix = evaluate.confusion_counts(labels, probabilities, 4)
     png_size(visualize.plot_confusion_matrix(matrix, names, tmp_path / "cm.png", normalize=True))
 
 
@@ -198,7 +202,7 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
     predicted = probabilities.argmax(axis=1)
     expected = classification_report(labels, predicted, target_names=NAMES, output_dict=True, zero_division=0)
 
-    metrics = train_utils.classification_metrics(labels, probabilities, NAMES)
+    metrics = evaluate.classification_metrics(labels, probabilities, NAMES)
     names, values, supports = visualize.report_rows(metrics)
 
     assert names == [*NAMES, "accuracy", "macro avg", "weighted avg"]
@@ -211,7 +215,7 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
         wanted = [reference["precision"], reference["recall"], reference["f1-score"]]
         assert values[row] == pytest.approx(wanted)
         assert supports[row] == reference["support"]
-    text = train_utils.classification_report_text(labels, probabilities, NAMES)
+    text = evaluate.classification_report_text(labels, probabilities, NAMES)
     assert text == classification_report(labels, predicted, target_names=NAMES, digits=4, zero_division=0)
 
 
@@ -221,10 +225,10 @@ def test_confusion_matrix_grows_with_many_classes_and_names_every_class(tmp_path
     labels, probabilities = random_predictions(34, per_class=3)
 
     small = png_size(visualize.plot_confusion_matrix(
-        train_utils.confusion_counts(small_labels, small_probabilities, 5), names[:5], tmp_path / "s.png"
+        evaluate.confusion_counts(small_labels, small_probabilities, 5), names[:5], tmp_path / "s.png"
     ))
     large = png_size(visualize.plot_confusion_matrix(
-        train_utils.confusion_counts(labels, probabilities, 34), names, tmp_path / "l.png"
+        evaluate.confusion_counts(labels, probabilities, 34), names, tmp_path / "l.png"
     ))
 
     assert large[0] > 2 * small[0] and large[1] > 2 * small[1]
@@ -275,15 +279,15 @@ def test_show_figures_opens_saved_files_in_order_one_at_a_time(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize(
-    "mode, environ, expected",
+    "mode, environ",
     [
-        ("0", {"DISPLAY": ":0"}, False),
-        ("auto", {}, False),
-        ("1", {}, False),
-        ("auto", {"DISPLAY": ":0", "CI": "true"}, False),
+        ("0", {"DISPLAY": ":0"}),
+        ("auto", {}),
+        ("1", {}),
+        ("auto", {"DISPLAY": ":0", "CI": "true"}),
     ],
 )
-def test_headless_or_off_never_shows(mode, environ, expected, monkeypatch, capsys):
+def test_headless_or_off_never_shows(mode, environ, monkeypatch, capsys):
     monkeypatch.setattr(visualize.sys, "platform", "linux")
     monkeypatch.setattr(visualize, "show_saved_figure", lambda path: pytest.fail("a window opened"))
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "CI"):
@@ -291,7 +295,7 @@ def test_headless_or_off_never_shows(mode, environ, expected, monkeypatch, capsy
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
 
-    assert visualize.should_show(mode)[0] is expected
+    assert visualize.should_show(mode)[0] is False
     assert visualize.show_figures(["figure.png"], mode) == []
 
 

@@ -1,0 +1,525 @@
+"""The audit: is every candidate file really a usable image?
+
+Before anything trains, every file is checked once, in parallel
+(`audit_files`): its format is read from its content, not its extension;
+decompression bombs are refused from the header; and the file is decoded
+fully with the decoder training will use, so a file that passes cannot stop
+training mid-epoch. Results are cached per dataset (keyed by each file's
+path, size and modification time) in a folder outside the dataset.
+
+Also here: what a skipped file looks like (`SkippedFile`), the progress
+line of a long audit, and the audit's report (`audit.json`) and printed
+summary.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+import artifacts
+import image_io
+
+AUDIT_CACHE_VERSION = 1
+IGNORED_KINDS = {
+    "hidden": "hidden",
+    "os_junk": "OS junk",
+    "other_extension": "not an image extension",
+    "outside_class_folder": "outside any class folder",
+    "other_folder": "folder that is not train/val/test",
+    "not_in_classes": "class not in --classes",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    """A file left out, and why: the one form of a skipped file, from the
+    scan (a labels CSV row pointing nowhere), the audit (not an image,
+    truncated, too large) or prediction (unreadable). `label` is its class
+    when one is known."""
+
+    path: str
+    reason: str
+    label: str | None = None
+
+    def __str__(self):
+        return f"{self.path} ({self.reason})"
+
+
+# ---------------------------------------------------------------- one file
+
+
+@dataclasses.dataclass(frozen=True)
+class FileCheck:
+    """The audit of one file: usable, or skipped with a reason."""
+
+    path: str
+    usable: bool
+    reason: str = ""
+    format: str = ""
+    mode: str = ""
+    width: int = 0
+    height: int = 0
+    decoder: str = ""
+    decoder_note: str = ""  # why a file is decoded in Python
+    sha256: str = ""
+
+
+def _skip(path, reason, **details):
+    return FileCheck(path=path, usable=False, reason=reason, **details)
+
+
+def _native_decode_error(data):
+    """None if TensorFlow decodes the bytes, else its error message."""
+    import tensorflow as tf
+
+    try:
+        image_io.decode_native(data)
+    except (
+        tf.errors.InvalidArgumentError,
+        tf.errors.OutOfRangeError,
+        tf.errors.UnknownError,
+    ) as error:
+        return image_io.error_text(error)
+    return None
+
+
+def _check_with_reader(relpath, path, extension, function, digest):
+    name = image_io.describe_reader(function)
+    try:
+        array = image_io.as_rgb_uint8(function(path), f"reader {name}")
+    except Exception as error:  # the user's reader on the user's file
+        return _skip(
+            relpath,
+            f"reader failed ({name}): {type(error).__name__}: {image_io.error_text(error)}",
+            decoder=extension,
+        )
+    return FileCheck(
+        path=relpath,
+        usable=True,
+        format=extension.lstrip(".").upper(),
+        mode=f"{array.shape[2]}ch",
+        width=int(array.shape[1]),
+        height=int(array.shape[0]),
+        decoder=extension,
+        decoder_note=f"{extension} reader",
+        sha256=digest,
+    )
+
+
+def _check_image(relpath, data, digest):
+    """Audits the bytes of a file that has no custom reader."""
+    kind, name = image_io.sniff_format(data[:512])
+    if kind == "other":
+        return _skip(relpath, f"not an image: {name}")
+    try:
+        image = image_io.open_image(io.BytesIO(data))
+    except image_io.TooLargeError as error:
+        return _skip(relpath, str(error), format=name or "")
+    except Exception as error:  # Pillow on untrusted bytes raises many types
+        if kind is None:
+            return _skip(relpath, "not an image: unrecognised content")
+        if not image_io.pillow_can_open(name):
+            return _skip(
+                relpath,
+                f"unreadable format: {name} (no decoder installed; convert the file "
+                "to JPEG or PNG, or register a reader with --reader)",
+                format=name,
+            )
+        return _skip(relpath, f"truncated or corrupt {name}: {image_io.error_text(error)}", format=name)
+    width, height = image.size
+    if image_io.header_orientation(image) in (5, 6, 7, 8):  # stored on its side
+        width, height = height, width
+    details = dict(format=image.format, mode=image.mode, width=width, height=height, sha256=digest)
+    decoder, note = image_io.choose_decoder(image, data[:64])
+    if decoder == "native":
+        # The audit runs the decoder training will run, so a file that
+        # passes cannot fail mid-epoch (keras-team/keras#19508).
+        native_error = _native_decode_error(data)
+        if native_error is None:
+            return FileCheck(path=relpath, usable=True, decoder=decoder, **details)
+        pillow_error = _pillow_decode_error(image)
+        detail = (
+            pillow_error or f"{native_error} (TensorFlow refuses it; re-saving the file fixes it)"
+        )
+        return _skip(
+            relpath, f"truncated or corrupt {image.format}: {detail}", decoder=decoder, **details
+        )
+    pillow_error = _pillow_decode_error(image)
+    if pillow_error:
+        return _skip(
+            relpath,
+            f"truncated or corrupt {image.format}: {pillow_error}",
+            decoder=decoder,
+            **details,
+        )
+    return FileCheck(path=relpath, usable=True, decoder=decoder, decoder_note=note, **details)
+
+
+def _pillow_decode_error(image):
+    try:
+        image_io.decode_with_pillow(image)
+    except Exception as error:  # Pillow on untrusted bytes raises many types
+        return image_io.error_text(error)
+    return None
+
+
+def check_file(root, relpath, readers=None):
+    """Audits one file (`relpath` under `root`): reads it once, detects the
+    format from its content, refuses decompression bombs from the header,
+    and decodes it fully with the decoder training will use. Returns a
+    FileCheck; problems with the file never raise."""
+    readers = image_io.normalize_readers(readers)
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        return _skip(
+            image_io.display_path(relpath), "file name is not valid UTF-8: rename the file to use it"
+        )
+    path = os.path.join(root, relpath)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        return _skip(relpath, f"cannot read the file: {error.strerror or error}")
+    if not data:
+        return _skip(relpath, "empty file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    extension = image_io.file_extension(relpath)
+    if extension in readers:
+        return _check_with_reader(relpath, path, extension, readers[extension], digest)
+    return _check_image(relpath, data, digest)
+
+
+# ---------------------------------------------------------------- every file, cached
+
+
+def _package_version(name):
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cache_signature(readers):
+    """What cached results depend on besides each file: if any of it
+    changes, every file is checked again."""
+    import PIL
+    from PIL import Image
+
+    described = {}
+    for extension, function in sorted(readers.items()):
+        name = image_io.describe_reader(function)
+        source = name.rpartition(":")[0]
+        described[extension] = [
+            name,
+            os.stat(source).st_mtime_ns if os.path.isfile(source) else None,
+        ]
+    return {
+        "version": AUDIT_CACHE_VERSION,
+        "pillow": PIL.__version__,
+        "tensorflow": _package_version("tensorflow"),
+        "max_image_pixels": Image.MAX_IMAGE_PIXELS,
+        "readers": described,
+    }
+
+
+def audit_cache_path(cache_dir, root):
+    """The cache file of one dataset folder inside `cache_dir`."""
+    key = hashlib.sha256(os.path.realpath(root).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(cache_dir, f"{key}.json")
+
+
+def _load_cache(path, signature):
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):  # a damaged cache is just rebuilt
+        return {}
+    return data.get("files", {}) if data.get("signature") == signature else {}
+
+
+def _save_cache(path, root, signature, entries):
+    def write(temp_path):
+        with open(temp_path, "w", encoding="utf-8") as handle:
+            json.dump({"image_dir": root, "signature": signature, "files": entries}, handle)
+
+    artifacts.atomic_write(path, write)
+
+
+def _file_key(path):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _check_all(root, todo, readers, workers, progress):
+    """check_file over `todo` in a thread pool (decoders release the GIL)."""
+    results = {}
+    if not todo:
+        return results
+    if any(image_io.file_extension(path) not in readers for path in todo):
+        import tensorflow  # noqa: F401  imported here, not in a worker thread
+    workers = workers or min(16, 2 * (os.cpu_count() or 1))
+    # Pillow warns about images between 1x and 2x its pixel limit before we
+    # refuse them with a reason; the warning would only repeat that reason.
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(check_file, root, path, readers): path for path in todo}
+            for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+                results[futures[future]] = future.result()
+                if progress:
+                    progress(done, len(todo))
+    return results
+
+
+def audit_files(root, paths, readers=None, cache_dir=None, workers=None, progress=None):
+    """Audits every file (paths relative to `root`) once, in parallel.
+
+    Unchanged files (same path, size and modification time) come from the
+    cache in `cache_dir`, which must be outside `root`; None disables it.
+    `progress(done, total)` is called as files are checked. Returns
+    (FileChecks in the order of `paths`, {"checked", "from_cache", "seconds"}).
+    """
+    start = time.perf_counter()
+    readers = image_io.normalize_readers(readers)
+    signature = _cache_signature(readers)
+    cache_path = audit_cache_path(cache_dir, root) if cache_dir else None
+    cache = _load_cache(cache_path, signature)
+    keys = {path: _file_key(os.path.join(root, path)) for path in paths}
+    known = {}
+    for path in paths:
+        entry = cache.get(path)
+        if entry and keys[path] is not None and entry["key"] == keys[path]:
+            known[path] = FileCheck(path=path, **entry["check"])
+    todo = [path for path in dict.fromkeys(paths) if path not in known]
+    known.update(_check_all(root, todo, readers, workers, progress))
+    if cache_path and todo:
+        entries = {
+            path: entry
+            for path, entry in cache.items()
+            if path not in keys and _file_key(os.path.join(root, path))
+        }
+        for path, check in known.items():
+            if keys.get(path) is not None:
+                fields = dataclasses.asdict(check)
+                del fields["path"]
+                entries[path] = {"key": keys[path], "check": fields}
+        _save_cache(cache_path, root, signature, entries)
+    stats = {
+        "checked": len(todo),
+        "from_cache": len(paths) - len(todo),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return [known[path] for path in paths], stats
+
+
+class ProgressLine:
+    """A progress callback for `audit_files` that prints one line to
+    `stream` (stderr by default): rewritten in place on a terminal, every
+    10% otherwise; silent below `min_total` files and, in logs, for audits
+    that finish within `quiet_seconds` (ten lines for a one-second scan are
+    noise)."""
+
+    def __init__(self, label="auditing", stream=None, min_total=200, interval=0.25, quiet_seconds=2.0):
+        self.label = label
+        self.stream = stream
+        self.min_total = min_total
+        self.interval = interval
+        self.quiet_seconds = quiet_seconds
+        self.start_time = None
+        self.last_time = 0.0
+        self.last_tenth = 0
+
+    def __call__(self, done, total):
+        if total < self.min_total:
+            return
+        now = time.monotonic()
+        self.start_time = now if self.start_time is None else self.start_time
+        stream = self.stream or sys.stderr
+        if not stream.isatty() and now - self.start_time < self.quiet_seconds:
+            return
+        line = f"    {self.label}: {done}/{total} files ({100 * done // total}%)"
+        if stream.isatty():
+            if done == total or now - self.last_time >= self.interval:
+                self.last_time = now
+                stream.write("\r" + line + ("\n" if done == total else ""))
+                stream.flush()
+        elif 10 * done // total > self.last_tenth:
+            self.last_tenth = 10 * done // total
+            stream.write(line + "\n")
+            stream.flush()
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _statistics(values):
+    if not values:
+        return None
+    return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
+
+
+def audit_report(index, scan, checks, duplicates, stats):
+    """The audit as a JSON-ready dict (what audit.json holds): the
+    inspection fields (`inspection_summary`) plus per-class counts, why
+    files were ignored, image size/mode/format statistics, decoders,
+    duplicates, the imbalance ratio and the audit's timing."""
+    used = [checks[sample.path] for sample in index.samples]
+    counts = index.counts()
+    train = [count for count in counts["train"].values()]
+    skipped_by_class = collections.Counter(item.label for item in scan.skipped)
+    ignored = collections.defaultdict(list)
+    for path, kind in scan.ignored:
+        ignored[kind].append(image_io.display_path(path))
+    return {
+        **inspection_summary(index),
+        "image_dir": index.root,
+        "notes": list(index.notes),
+        "files": {
+            "usable": len(index.samples),
+            "skipped": len(index.skipped),
+            "ignored": index.ignored,
+            "checked": stats["checked"],
+            "from_cache": stats["from_cache"],
+            "seconds": stats["seconds"],
+        },
+        "per_class": {
+            name: {
+                "usable": sum(counts[split][name] for split in counts),
+                "skipped": skipped_by_class[name],
+            }
+            for name in index.class_names
+        },
+        "ignored_files": {
+            IGNORED_KINDS[kind]: {"count": len(paths), "examples": paths[:20]}
+            for kind, paths in ignored.items()
+        },
+        "formats": dict(collections.Counter(check.format for check in used).most_common()),
+        "modes": dict(collections.Counter(check.mode for check in used).most_common()),
+        "decoders": dict(collections.Counter(check.decoder for check in used).most_common()),
+        "decoded_in_python_because": dict(
+            collections.Counter(
+                check.decoder_note for check in used if check.decoder != "native"
+            ).most_common()
+        ),
+        "alpha_background": list(image_io.ALPHA_BACKGROUND),
+        "width": _statistics([check.width for check in used]),
+        "height": _statistics([check.height for check in used]),
+        "imbalance_ratio": round(max(train) / min(train), 3) if train and min(train) else None,
+        "duplicates": [
+            [
+                {"path": image_io.display_path(sample.path), "class": sample.label, "split": sample.split}
+                for sample in group
+            ]
+            for group in duplicates
+        ],
+        "readers": {
+            extension: image_io.describe_reader(function) for extension, function in index.readers.items()
+        },
+    }
+
+
+def inspection_summary(index):
+    """The JSON object `python data_loader.py --json` prints, exactly:
+    layout, classes, splits ({split: {class: n}}), skipped ([{path,
+    reason}], paths relative to the dataset), ignored (a count), warnings."""
+    return {
+        "layout": index.layout,
+        "classes": list(index.class_names),
+        "splits": index.counts(),
+        "skipped": [{"path": item.path, "reason": item.reason} for item in index.skipped],
+        "ignored": index.ignored,
+        "warnings": list(index.warnings),
+    }
+
+
+def _count_phrase(counter):
+    return ", ".join(f"{count} {name}" for name, count in counter.most_common())
+
+
+def summary_lines(index, max_skipped=20, where="the audit"):
+    """The audit and split as printable lines: what was checked, every
+    skipped file with its reason (up to `max_skipped`), what was ignored,
+    which files are decoded in Python and why, the split table, notes and
+    warnings."""
+    audit = index.audit
+    files = audit["files"]
+    if not files["from_cache"]:
+        how = f"{files['checked']} files checked in {files['seconds']:.1f}s"
+    elif not files["checked"]:
+        how = f"{files['from_cache']} files unchanged since the last audit: results from its cache"
+    else:
+        how = (
+            f"{files['checked']} new or changed files checked in {files['seconds']:.1f}s, "
+            f"{files['from_cache']} unchanged from the cache"
+        )
+    lines = [
+        f"audit: {files['usable']} files used, {files['skipped']} skipped, "
+        f"{files['ignored']} ignored ({how})"
+    ]
+    if index.skipped:
+        lines.append("skipped (not used for anything):")
+        lines += [f"  {item.path}: {item.reason}" for item in index.skipped[:max_skipped]]
+        if len(index.skipped) > max_skipped:
+            lines.append(f"  ... and {len(index.skipped) - max_skipped} more: see {where}")
+    if audit["ignored_files"]:
+        lines.append(
+            "ignored: "
+            + "; ".join(
+                f"{entry['count']} {kind} (e.g. {entry['examples'][0]})"
+                for kind, entry in audit["ignored_files"].items()
+            )
+        )
+    python = collections.Counter(audit["decoded_in_python_because"])
+    if python:
+        how = "; transparent pixels are shown on white" if python["transparency"] else ""
+        lines.append(f"decoded in Python: {sum(python.values())} ({_count_phrase(python)}){how}")
+    lines += _split_lines(index)
+    lines += [f"note: {note}" for note in index.notes]
+    lines += [f"warning: {warning}" for warning in index.warnings]
+    return lines
+
+
+def _split_lines(index, max_classes=30):
+    counts = index.counts()
+    totals = {split: sum(classes.values()) for split, classes in counts.items()}
+    lines = [
+        f"{index.layout} layout, {len(index.class_names)} classes, "
+        + ", ".join(f"{split} {total}" for split, total in totals.items())
+        + " images"
+    ]
+    if len(index.class_names) > max_classes:
+        return lines
+    width = max(len("class"), *(len(name) for name in index.class_names))
+    skipped = index.audit["per_class"]
+    lines.append(f"  {'class':<{width}}  train    val   test  skipped")
+    for name in index.class_names:
+        lines.append(
+            f"  {image_io.display_path(name):<{width}}  "
+            + " ".join(f"{counts[split][name]:>6}" for split in counts)
+            + f" {skipped[name]['skipped']:>8}"
+        )
+    ratio = index.audit["imbalance_ratio"]
+    if ratio and ratio > 1.5:
+        lines.append(
+            f"  imbalance: the largest class has {ratio:.1f}x the training images of the smallest"
+        )
+    return lines
