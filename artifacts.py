@@ -1,22 +1,32 @@
-"""The model folder: what is saved beside a model, and safe file writes.
+"""The model folder: what is saved beside a model, runs, and safe writes.
 
 A trained model is one `.keras` file plus its companions, which together
 are everything evaluate.py and predict.py need to use it again:
 
     best_model.keras      the model; takes uint8 RGB 0-255 images
     class_index.json      output index -> class name
-    run_config.json       image size, backbone, options, versions, ...
+    run_config.json       image size, backbone, options, versions, the run
+                          id and the model file's sha256
     split_manifest.csv    path (relative to the dataset), class, split
 
-The names live here and nowhere else; `write_companions` writes them and
-`read_class_names`, `read_run_config` and `read_manifest` (the one reader
-of the manifest) read them back. Every file the project writes goes
-through `atomic_write` (a temporary sibling, then os.replace), so a crash
-never leaves a truncated file.
+Every training run writes into its own folder, ARTIFACTS_DIR/runs/<run>/,
+created atomically so two runs never share one (`new_run`). Only a run
+that finished training is published (`publish`): ARTIFACTS_DIR/latest is a
+link to its folder, replaced in one atomic step, and ARTIFACTS_DIR/
+best_model.keras and its companions are fixed links through `latest`. So
+the path users know always shows one finished run's model with that same
+run's companions, and a run that fails or is killed changes nothing there.
+
+The names live here and nowhere else; `write_companions` writes the
+companions and `read_class_names`, `read_run_config` and `read_manifest`
+(the one reader of the manifest) read them back. Every file the project
+writes goes through `atomic_write` (a temporary sibling, then os.replace),
+so a crash never leaves a truncated file.
 """
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -26,10 +36,16 @@ MODEL_FILE = "best_model.keras"
 CLASS_INDEX_FILE = "class_index.json"
 RUN_CONFIG_FILE = "run_config.json"
 SPLIT_MANIFEST_FILE = "split_manifest.csv"
-# Resume points of an interrupted run (see train_utils) and the audit's
-# cache (see audit.py) live in these subfolders of the artifacts folder.
-RESUME_FOLDER = "resume"
+COMPANION_FILES = (CLASS_INDEX_FILE, RUN_CONFIG_FILE, SPLIT_MANIFEST_FILE)
+# In ARTIFACTS_DIR: one folder per training run, the link to the last
+# finished one, and the audit's cache (see audit.py). In a run folder: the
+# resume points of an interrupted run (see train_utils).
+RUNS_FOLDER = "runs"
+LATEST_LINK = "latest"
 AUDIT_CACHE_FOLDER = "audit_cache"
+RESUME_FOLDER = "resume"
+# Reserved result stamps, so that two invocations never share one.
+STAMPS_FOLDER = ".stamps"
 MANIFEST_HEADER = ("path", "class", "split")
 
 
@@ -94,21 +110,38 @@ def save_model(model, path):
     return atomic_write(path, lambda temp_path: model.save(temp_path))
 
 
-def new_run_stamp(results_dir, now=None):
-    """A timestamp (20261121-142530) for one command invocation, with a
-    suffix (-2, -3, ...) if any results category already has that name, so
-    an earlier run is never overwritten."""
+def new_run_stamp(results_dir, now=None, also_in=()):
+    """A timestamp (20261121-142530) for one command invocation, unique: a
+    suffix (-2, -3, ...) is added while any results category already has
+    that name, and the stamp is reserved atomically (os.mkdir of
+    RESULTS_DIR/.stamps/<stamp>), so two invocations started in the same
+    second never share one. `also_in`: folders in which <stamp> must be
+    created too, atomically (a training run's folder); the first stamp free
+    everywhere wins. Returns the stamp."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    categories = (
-        [entry.path for entry in os.scandir(results_dir) if entry.is_dir()]
-        if os.path.isdir(results_dir)
-        else []
-    )
-    candidate, number = stamp, 1
-    while any(os.path.exists(os.path.join(folder, candidate)) for folder in categories):
+    reservations = os.path.join(results_dir, STAMPS_FOLDER)
+    os.makedirs(reservations, exist_ok=True)
+    for parent in also_in:
+        os.makedirs(parent, exist_ok=True)
+    categories = [entry.path for entry in os.scandir(results_dir) if entry.is_dir()]
+    number = 1
+    while True:
+        candidate = stamp if number == 1 else f"{stamp}-{number}"
         number += 1
-        candidate = f"{stamp}-{number}"
-    return candidate
+        if any(os.path.exists(os.path.join(folder, candidate)) for folder in categories):
+            continue
+        try:
+            os.mkdir(os.path.join(reservations, candidate))
+        except FileExistsError:
+            continue
+        try:
+            for position, parent in enumerate(also_in):
+                os.mkdir(os.path.join(parent, candidate))
+        except FileExistsError:
+            for parent in also_in[:position]:
+                os.rmdir(os.path.join(parent, candidate))  # empty: made just above
+            continue
+        return candidate
 
 
 # ---------------------------------------------------------------- the model folder
@@ -150,26 +183,49 @@ def write_companions(folder, class_names, manifest, run_config):
     return folder
 
 
-def companions_folder(model_file, artifacts_dir):
-    """The folder holding the model's class_index.json: ARTIFACTS_DIR, or
-    the model's own folder when the model was moved with its files. Returns
-    None when neither has one."""
-    for folder in (artifacts_dir, os.path.dirname(os.path.abspath(model_file))):
-        if os.path.isfile(os.path.join(folder, CLASS_INDEX_FILE)):
-            return folder
-    return None
+def companions_folder(model_file):
+    """The folder of a model's companions: the model's own folder, links
+    resolved (ARTIFACTS_DIR/best_model.keras leads to the run folder it
+    was published from), never any other folder."""
+    return os.path.dirname(os.path.realpath(model_file))
+
+
+class CompanionError(ValueError):
+    """A companion file that cannot be used (missing, not JSON, wrong
+    shape): the caller reports it as one line."""
+
+
+def _read_companion_json(folder, name, kind):
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise CompanionError(f"no {name} beside the model in {folder}")
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as error:
+        raise CompanionError(f"{path} is not readable JSON ({error})") from None
+    if not isinstance(data, kind):
+        raise CompanionError(f"{path} must hold a JSON {kind.__name__}, not a {type(data).__name__}")
+    return data
 
 
 def read_class_names(folder):
-    """The class names of class_index.json in `folder`, in output order."""
-    class_index = read_json(os.path.join(folder, CLASS_INDEX_FILE))
-    return tuple(class_index[str(number)] for number in range(len(class_index)))
+    """The class names of class_index.json in `folder`, in output order.
+    Raises CompanionError unless it maps "0".."N-1" to names."""
+    class_index = _read_companion_json(folder, CLASS_INDEX_FILE, dict)
+    numbers = [str(number) for number in range(len(class_index))]
+    if sorted(class_index) != sorted(numbers) or not all(
+        isinstance(class_index[number], str) and class_index[number] for number in numbers
+    ):
+        raise CompanionError(
+            f"{os.path.join(folder, CLASS_INDEX_FILE)} must map 0..{len(class_index) - 1} "
+            "to class names, with no gap"
+        )
+    return tuple(class_index[number] for number in numbers)
 
 
 def read_run_config(folder):
-    """run_config.json in `folder` as a dict ({} when there is none)."""
-    path = os.path.join(folder, RUN_CONFIG_FILE)
-    return read_json(path) if os.path.isfile(path) else {}
+    """run_config.json in `folder` as a dict. Raises CompanionError."""
+    return _read_companion_json(folder, RUN_CONFIG_FILE, dict)
 
 
 def has_manifest(folder):
@@ -177,7 +233,106 @@ def has_manifest(folder):
 
 
 def read_manifest(folder):
-    """split_manifest.csv in `folder` as a list of ManifestRows."""
-    with open(os.path.join(folder, SPLIT_MANIFEST_FILE), newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    """split_manifest.csv in `folder` as a list of ManifestRows. Raises
+    CompanionError when it is missing or not a manifest."""
+    path = os.path.join(folder, SPLIT_MANIFEST_FILE)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError) as error:
+        raise CompanionError(f"cannot read {path} ({error})") from None
+    if not rows or tuple(rows[0]) != MANIFEST_HEADER or any(len(row) != 3 for row in rows[1:] if row):
+        raise CompanionError(f"{path} is not a split manifest (path,class,split rows)")
     return [ManifestRow(*row) for row in rows[1:] if row]
+
+
+def file_sha256(path):
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- runs
+
+
+def runs_folder(artifacts_dir):
+    return os.path.join(artifacts_dir, RUNS_FOLDER)
+
+
+def new_run(artifacts_dir, results_dir, now=None):
+    """Creates a new run's folder, ARTIFACTS_DIR/runs/<run>/, atomically:
+    the run id is also the results stamp (RESULTS_DIR/<category>/<run>/).
+    Returns (run id, run folder)."""
+    parent = runs_folder(artifacts_dir)
+    run_id = new_run_stamp(results_dir, now=now, also_in=(parent,))
+    return run_id, os.path.join(parent, run_id)
+
+
+def run_ids(artifacts_dir):
+    """The ids of the runs in ARTIFACTS_DIR, oldest first."""
+    parent = runs_folder(artifacts_dir)
+    if not os.path.isdir(parent):
+        return []
+    return sorted(entry.name for entry in os.scandir(parent) if entry.is_dir())
+
+
+def published_run(artifacts_dir):
+    """The id of the run ARTIFACTS_DIR/latest points at, or None."""
+    link = os.path.join(artifacts_dir, LATEST_LINK)
+    if not os.path.islink(link):
+        return None
+    return os.path.basename(os.path.normpath(os.readlink(link)))
+
+
+def _replace_link(target, path):
+    """Points the link `path` at `target` in one atomic step (a new link
+    beside it, then os.replace, which renames the link itself)."""
+    temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    if os.path.lexists(temp):
+        os.remove(temp)
+    os.symlink(target, temp)
+    os.replace(temp, path)
+
+
+def _keep_legacy_files(artifacts_dir):
+    """Moves a model and companions saved directly in ARTIFACTS_DIR by an
+    earlier version (plain files where the links go) into a run folder of
+    their own, runs/legacy-<time>, so publishing never overwrites them."""
+    names = [MODEL_FILE, *COMPANION_FILES]
+    plain = [
+        name
+        for name in names
+        if os.path.lexists(os.path.join(artifacts_dir, name))
+        and not os.path.islink(os.path.join(artifacts_dir, name))
+    ]
+    if not plain:
+        return None
+    when = os.path.getmtime(os.path.join(artifacts_dir, plain[0]))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    folder = os.path.join(runs_folder(artifacts_dir), f"legacy-{stamp}")
+    os.makedirs(folder, exist_ok=True)
+    for name in plain:
+        os.replace(os.path.join(artifacts_dir, name), os.path.join(folder, name))
+    return folder
+
+
+def publish(artifacts_dir, run_folder):
+    """Makes a finished run's model what evaluate.py and predict.py use by
+    default: ARTIFACTS_DIR/latest -> runs/<run>, switched atomically, and
+    ARTIFACTS_DIR/<model and companions> -> latest/<same name>. Returns the
+    published model path."""
+    legacy = _keep_legacy_files(artifacts_dir)
+    if legacy:
+        print(f"    kept the model saved here by an earlier version in {legacy}")
+    relative = os.path.relpath(os.path.abspath(run_folder), os.path.abspath(artifacts_dir))
+    _replace_link(relative, os.path.join(artifacts_dir, LATEST_LINK))
+    for name in (MODEL_FILE, *COMPANION_FILES):
+        path = os.path.join(artifacts_dir, name)
+        if os.path.islink(path) and os.readlink(path) == os.path.join(LATEST_LINK, name):
+            continue
+        _replace_link(os.path.join(LATEST_LINK, name), path)
+    return os.path.join(artifacts_dir, MODEL_FILE)
+

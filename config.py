@@ -21,6 +21,33 @@ class UserError(Exception):
     """A mistake in the user's input: reported as one line, exit code 2."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors (unknown option, bad choice, bad number)
+    raised as a UserError: one line and exit code 2 through run_cli, like
+    every other mistake, instead of the usage block."""
+
+    def __init__(self, *args, **kwargs):
+        # Options are spelled in full: `--lr` never silently means
+        # --learning_rate, and main.py --resume can tell which were given.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def add_model_argument(parser):
+    """--model, for the scripts that load a trained model."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULTS.model,
+        help="The model file; its class_index.json, run_config.json and "
+        "split_manifest.csv are read from beside it (default: "
+        "ARTIFACTS_DIR/best_model.keras, the last run that finished training)",
+    )
+    return parser
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Defaults for every option. The command line overrides them."""
@@ -55,7 +82,7 @@ class Config:
     patience: int = 5
     class_weights: str = "auto"
     tensorboard: int = 0
-    resume: bool = False
+    resume: str | None = None  # "last" or a run id
     precision: str = "auto"
     jit: str = "auto"
     # Where things go.
@@ -142,11 +169,6 @@ def add_shared_arguments(parser):
         "--artifacts_dir",
         default=DEFAULTS.artifacts_dir,
         help="Where the model and what it needs are saved (default: %(default)s)",
-    )
-    group.add_argument(
-        "--model",
-        default=DEFAULTS.model,
-        help="Path of the model file (default: ARTIFACTS_DIR/best_model.keras)",
     )
     group.add_argument(
         "--results_dir",
@@ -342,8 +364,13 @@ def add_training_arguments(parser):
     )
     train.add_argument(
         "--resume",
-        action="store_true",
-        help="Continue an interrupted run from its last completed epoch",
+        nargs="?",
+        const="last",
+        default=DEFAULTS.resume,
+        metavar="RUN",
+        help="Continue an interrupted run (the most recent one, or the run "
+        "id RUN under ARTIFACTS_DIR/runs) from its last completed epoch, "
+        "with its own saved options",
     )
     train.add_argument(
         "--precision",
@@ -434,14 +461,21 @@ def validate_training_args(args):
 
 def config_from_args(args):
     """A frozen Config from parsed arguments (options a script lacks keep
-    their defaults; lists become tuples)."""
-    values = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(Config)
-        if hasattr(args, field.name)
-    }
-    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
-    return Config(**values)
+    their defaults)."""
+    return config_from_dict(vars(args))
+
+
+def config_from_dict(values):
+    """A frozen Config from a dict of option values (as parsed, or as saved
+    in run_config.json): unknown names are left out, lists become tuples."""
+    names = {field.name for field in dataclasses.fields(Config)}
+    return Config(
+        **{
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in values.items()
+            if name in names
+        }
+    )
 
 
 def load_readers(specs):

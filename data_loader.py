@@ -17,7 +17,6 @@ Three steps, kept apart so each can be tested and reused:
    what it found, without training.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import csv
@@ -1079,7 +1078,7 @@ def make_dataset(
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = config.ArgumentParser(
         description="Inspect a dataset without training: layout detection, "
         "the audit of every file, and the train/val/test split."
     )

@@ -17,7 +17,6 @@ with its companions (`load_trained_model`), the one prediction loop
 confusion matrix, ROC) that main.py's test stage and predict.py use too.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -42,28 +41,58 @@ class TrainedModel:
     class_names: tuple
     image_size: int
     run_config: dict
-    artifacts_dir: str
+    folder: str  # where the model and its companions are (its run folder)
 
 
-def load_trained_model(model_path, artifacts_dir, image_size=None):
-    """Loads the model at `model_path` with its class index and run config
-    (from `artifacts_dir`, or the model's own folder). `image_size`, when
-    given, must be the model's. Raises UserError when something is missing
-    or does not match."""
+def read_companions(model_path):
+    """(folder, class names, run config) of the model at `model_path`, read
+    from beside it (links resolved: ARTIFACTS_DIR/best_model.keras leads to
+    its run's folder), never from another folder. Refuses a model and
+    companions of different runs: the run config records the model file's
+    sha256 and the class names. Raises UserError."""
+    folder = artifacts.companions_folder(model_path)
+    try:
+        class_names = artifacts.read_class_names(folder)
+        run_config = artifacts.read_run_config(folder)
+    except artifacts.CompanionError as error:
+        raise config.UserError(
+            f"cannot use the model {model_path}: {error} (main.py saves the companions next "
+            "to the model; keep them together)"
+        ) from None
+    index_file = os.path.join(folder, artifacts.CLASS_INDEX_FILE)
+    config_file = os.path.join(folder, artifacts.RUN_CONFIG_FILE)
+    saved_names = run_config.get("class_names")
+    if saved_names is not None and tuple(saved_names) != class_names:
+        raise config.UserError(
+            f"{index_file} and {config_file} name different classes: they come from "
+            "different runs"
+        )
+    expected = run_config.get("model_sha256")
+    if expected and artifacts.file_sha256(model_path) != expected:
+        raise config.UserError(
+            f"the model {model_path} is not the one its companions were saved with "
+            f"({config_file}, run {run_config.get('run', '?')}, records another file hash): "
+            "a model and companions of different runs"
+        )
+    return folder, class_names, run_config
+
+
+def load_trained_model(model_path, image_size=None):
+    """Loads the `.keras` model at `model_path` with its class index and run
+    config from beside it (`read_companions`). `image_size`, when given,
+    must be the model's. Raises UserError when something is missing or does
+    not match."""
     import keras
 
     if not os.path.isfile(model_path):
         raise config.UserError(
             f"no model at {model_path}: train one first with main.py, or pass --model PATH"
         )
-    folder = artifacts.companions_folder(model_path, artifacts_dir)
-    if folder is None:
+    if not model_path.endswith(".keras"):
         raise config.UserError(
-            f"no {artifacts.CLASS_INDEX_FILE} in {artifacts_dir} or beside {model_path}: "
-            "main.py saves it next to the model; pass the --artifacts_dir it used"
+            f"model must be a .keras file saved by main.py. Received: model={model_path}"
         )
-    class_names = artifacts.read_class_names(folder)
-    run_config = artifacts.read_run_config(folder)
+    folder, class_names, run_config = read_companions(model_path)
     try:
         # safe_mode (the default) refuses to deserialize arbitrary code.
         model = keras.models.load_model(model_path)
@@ -73,8 +102,8 @@ def load_trained_model(model_path, artifacts_dir, image_size=None):
     outputs = model.output_shape[-1]
     if outputs != len(class_names):
         raise config.UserError(
-            f"{folder}/{artifacts.CLASS_INDEX_FILE} names {len(class_names)} classes but the "
-            f"model {model_path} predicts {outputs}: they come from different runs"
+            f"{os.path.join(folder, artifacts.CLASS_INDEX_FILE)} names {len(class_names)} "
+            f"classes but the model {model_path} predicts {outputs}: they come from different runs"
         )
     model_size = int(run_config.get("image_size") or model.input_shape[1])
     if image_size not in (None, model_size):
@@ -108,7 +137,10 @@ class LabelledImages:
 def manifest_images(image_dir, split, trained):
     """(absolute paths, labels) of one split ("all": every split) of the
     split_manifest.csv saved with the model."""
-    rows = artifacts.read_manifest(trained.artifacts_dir)
+    try:
+        rows = artifacts.read_manifest(trained.folder)
+    except artifacts.CompanionError as error:
+        raise config.UserError(f"cannot use the saved split: {error}") from None
     class_ids = {name: number for number, name in enumerate(trained.class_names)}
     chosen = [row for row in rows if split == "all" or row.split == split]
     paths = [os.path.join(os.path.abspath(image_dir), row.path) for row in chosen]
@@ -153,11 +185,13 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
     if not os.path.isdir(image_dir):
         raise config.UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
     skipped = ()
-    if (
-        is_training_folder(image_dir, trained)
-        and artifacts.has_manifest(trained.artifacts_dir)
-        and not labels_csv
-    ):
+    if is_training_folder(image_dir, trained) and artifacts.has_manifest(trained.folder):
+        # The folder the model was trained on: its saved split, always, so
+        # training images are never scored as test images (also when a
+        # labels CSV is given: the manifest already holds the CSV's labels).
+        if labels_csv:
+            print(f"    note: {image_dir} is the training folder: its saved {split} split is "
+                  "used, and --labels_csv only for folders the model never saw")
         paths, labels = manifest_images(image_dir, split, trained)
         description = "all splits" if split == "all" else f"{split} split"
     else:
@@ -461,10 +495,11 @@ def render_evaluation(evaluation, results_dir, stamp, rows, cols, gallery, seed)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = config.ArgumentParser(
         description="Evaluate a trained classifier on a labelled folder of images."
     )
     config.add_shared_arguments(parser)
+    config.add_model_argument(parser)
     config.add_figure_arguments(parser)
     # The model fixes the image size; an explicit different one is a mistake.
     parser.set_defaults(image_size=None)
@@ -485,9 +520,7 @@ def run_evaluation(argv=None):
     options = parse_arguments(argv)
     readers = config.load_readers(options.reader)
     trained = load_trained_model(
-        artifacts.model_path(options.artifacts_dir, options.model),
-        options.artifacts_dir,
-        image_size=options.image_size,
+        artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size
     )
     image_dir = options.image_dir or trained.run_config.get("image_dir")
     if not image_dir:

@@ -7,7 +7,6 @@ Stages run in order (see STAGES); each takes the Run and adds to it, so a
 new stage is one function and one line in the list.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -27,7 +26,8 @@ class Run:
     """Everything one invocation of main.py works out, stage by stage."""
 
     options: config.Config
-    stamp: str
+    stamp: str  # the run id: its folder ARTIFACTS_DIR/runs/<stamp>, its results' stamp
+    folder: str  # the run folder: model, companions, resume points
     resume: dict | None = None  # the saved state of the run --resume continues
     index: data_loader.DatasetIndex | None = None
     device: train_utils.DeviceSetup | None = None
@@ -46,11 +46,13 @@ class Run:
         return os.path.join(self.options.results_dir, category, self.stamp, *names)
 
     def artifact_path(self, *names):
-        return os.path.join(self.options.artifacts_dir, *names)
+        """A path inside this run's own folder."""
+        return os.path.join(self.folder, *names)
 
     @property
     def model_path(self):
-        return artifacts.model_path(self.options.artifacts_dir, self.options.model)
+        """This run's best model (published only once training finished)."""
+        return self.artifact_path(artifacts.MODEL_FILE)
 
 
 # ---------------------------------------------------------------- demo
@@ -91,7 +93,7 @@ def write_demo_dataset(folder):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = config.ArgumentParser(
         description="Train a MobileNetV2 image classifier on a folder of images."
     )
     config.add_shared_arguments(parser)
@@ -103,19 +105,70 @@ def build_parser():
 
 def parse_arguments(argv):
     """Parses and checks main.py's options into a Config; without
-    --image_dir, sets up the demo with the demo's defaults (any option given
-    on the command line still wins). Raises UserError."""
+    --image_dir (and without --resume), sets up the demo with the demo's
+    defaults (any option given on the command line still wins). Raises
+    UserError."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.image_dir is None:
+    if args.image_dir is None and args.resume is None:
         parser.set_defaults(image_dir=config.DEMO_DIR, demo=True, **config.DEMO_OVERRIDES)
         args = parser.parse_args(argv)
     config.validate_training_args(args)
     config.validate_figure_args(args)
-    # Nothing is ever written inside the user's dataset folder.
+    options = config.config_from_args(args)
+    if options.image_dir is not None:
+        check_outputs_outside(options)
+    return options
+
+
+def check_outputs_outside(options):
+    """Nothing is ever written inside the user's dataset folder."""
     for name in ("artifacts_dir", "results_dir"):
-        data_loader.check_outside(name, getattr(args, name), args.image_dir)
-    return config.config_from_args(args)
+        data_loader.check_outside(name, getattr(options, name), options.image_dir)
+
+
+def given_options(argv):
+    """The options given on the command line, with their parsed values
+    (defaults left out). Options are spelled in full (config.ArgumentParser
+    allows no abbreviations), so the names come from the tokens."""
+    values = vars(build_parser().parse_args(argv))
+    tokens = sys.argv[1:] if argv is None else argv
+    names = {token[2:].partition("=")[0] for token in tokens if token.startswith("--")}
+    return {name: values[name] for name in names if name in values}
+
+
+# Options that change what is shown, not what is trained: a resumed run
+# takes them from its command line. Every other option is the run's own.
+DISPLAY_OPTIONS = ("show", "rows", "cols", "gallery", "grid_per_class")
+
+
+def same_option(name, given, saved):
+    if name in ("image_dir", "results_dir", "labels_csv", "weights") and given and saved:
+        return os.path.realpath(str(given)) == os.path.realpath(str(saved))
+    return given == saved
+
+
+def resumed_options(options, given, saved):
+    """The options of a resumed run: the ones saved with it, plus the
+    display options given now. An option given now that differs from the
+    saved one is refused, naming it: a run trains with one set of options.
+    Raises UserError."""
+    saved_config = config.config_from_dict(saved)
+    given_config = config.config_from_dict(given)
+    for name in given:
+        if name in (*DISPLAY_OPTIONS, "resume", "artifacts_dir") or name not in saved:
+            continue
+        ours, theirs = getattr(given_config, name), getattr(saved_config, name)
+        if not same_option(name, ours, theirs):
+            raise config.UserError(
+                f"--resume continues a run with its own options, and this run used "
+                f"{name}={theirs}; leave --{name} out (or start a new run). "
+                f"Received: {name}={ours}"
+            )
+    display = {name: getattr(options, name) for name in DISPLAY_OPTIONS}
+    return dataclasses.replace(
+        saved_config, resume=options.resume, artifacts_dir=options.artifacts_dir, **display
+    )
 
 
 # ---------------------------------------------------------------- stages
@@ -148,7 +201,11 @@ def scan_stage(run):
 
 def check_same_split(run):
     """A resumed run must train on exactly the split it started with."""
-    if artifacts.read_manifest(run.options.artifacts_dir) != data_loader.manifest_rows(run.index):
+    try:
+        saved = artifacts.read_manifest(run.folder)
+    except artifacts.CompanionError as error:
+        raise config.UserError(f"--resume: {error}; start a new run") from None
+    if saved != data_loader.manifest_rows(run.index):
         raise config.UserError(
             "--resume: the dataset or split differs from the interrupted run's "
             f"{run.artifact_path(artifacts.SPLIT_MANIFEST_FILE)}; use the same "
@@ -205,6 +262,7 @@ def run_config(run):
         "val_split": options.val_split,
         "test_split": options.test_split,
         "run": run.stamp,
+        "status": "training",
         "options": main_options(options),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
@@ -217,15 +275,16 @@ def main_options(options):
 
 
 def companions_stage(run):
-    """class_index.json, split_manifest.csv and run_config.json, next to the
-    model, so evaluate.py and predict.py rebuild exactly what was trained."""
-    folder = artifacts.write_companions(
-        run.options.artifacts_dir,
-        run.index.class_names,
-        data_loader.manifest_rows(run.index),
-        run_config(run),
+    """class_index.json, split_manifest.csv and run_config.json, in the run
+    folder next to where the model will be, so evaluate.py and predict.py
+    rebuild exactly what was trained."""
+    if run.resume:
+        print(f"    kept from the interrupted run: {run.folder}")
+        return
+    artifacts.write_companions(
+        run.folder, run.index.class_names, data_loader.manifest_rows(run.index), run_config(run)
     )
-    print(f"    class index, split manifest and run config: {folder}")
+    print(f"    class index, split manifest and run config: {run.folder}")
 
 
 def augment_config(options):
@@ -312,6 +371,25 @@ def train_stage(run):
     run.finetune_start = train_utils.finetune_start(plan.resume_folder)
     train_utils.finish_resume_points(plan.resume_folder)
     print(f"    history: {history_path}")
+
+
+def publish_stage(run):
+    """Only now, with training finished, does this run's model become what
+    evaluate.py and predict.py use by default; the run config records the
+    model file's hash so a model and companions of different runs are
+    never used together."""
+    if not os.path.isfile(run.model_path):
+        raise config.UserError(
+            "training produced no usable model: val_loss was never finite (the "
+            f"loss diverged); nothing was published. Lower --learning_rate. Run folder: {run.folder}"
+        )
+    saved = artifacts.read_run_config(run.folder)
+    artifacts.write_json(
+        run.artifact_path(artifacts.RUN_CONFIG_FILE),
+        {**saved, "status": "finished", "model_sha256": artifacts.file_sha256(run.model_path)},
+    )
+    published = artifacts.publish(run.options.artifacts_dir, run.folder)
+    print(f"    published: {published} -> run {run.stamp} ({run.folder})")
 
 
 def evaluate_stage(run):
@@ -497,6 +575,7 @@ STAGES = [
     ("Previewing the augmentation", augmentation_stage),
     ("Preparing the input pipeline", data_stage),
     ("Training", train_stage),
+    ("Publishing the model", publish_stage),
     ("Plotting the training curves", training_curves_stage),
     ("Evaluating the best model on the test split", evaluate_stage),
     ("Plotting the confusion matrix", confusion_matrix_stage),
@@ -512,16 +591,42 @@ def run_training(argv=None):
     import keras
 
     options = parse_arguments(argv)
-    resume = train_utils.load_resume_state(options.artifacts_dir) if options.resume else None
-    stamp = resume["stamp"] if resume else artifacts.new_run_stamp(options.results_dir)
+    check_artifacts_dir(options.artifacts_dir)
+    if options.resume:
+        stamp, folder, resume = train_utils.find_interrupted_run(options.artifacts_dir, options.resume)
+        try:
+            saved = artifacts.read_run_config(folder).get("options")
+        except artifacts.CompanionError as error:
+            raise config.UserError(f"--resume: {error}; start a new run") from None
+        if not isinstance(saved, dict):
+            raise config.UserError(f"--resume: the run config in {folder} has no options; start a new run")
+        options = resumed_options(options, given_options(argv), saved)
+        check_outputs_outside(options)
+        try:  # checked before anything is written; compared after the scan
+            artifacts.read_manifest(folder)
+        except artifacts.CompanionError as error:
+            raise config.UserError(f"--resume: {error}; start a new run") from None
+        print(f"Resuming run {stamp} ({folder}) with its own options.")
+    else:
+        resume = None
+        stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
+        print(f"Run {stamp}: {folder}")
     if options.demo:
         print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
     keras.utils.set_random_seed(options.seed)
-    run = Run(options=options, stamp=stamp, resume=resume)
+    run = Run(options=options, stamp=stamp, folder=folder, resume=resume)
     for name, stage_function in STAGES:
         with config.stage(name):
             stage_function(run)
     return run
+
+
+def check_artifacts_dir(artifacts_dir):
+    """ARTIFACTS_DIR must be a folder (or not exist yet)."""
+    if os.path.exists(artifacts_dir) and not os.path.isdir(artifacts_dir):
+        raise config.UserError(
+            f"artifacts_dir must be a folder; this is a file. Received: artifacts_dir={artifacts_dir}"
+        )
 
 
 def main(argv=None):

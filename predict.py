@@ -11,7 +11,6 @@ classes, the same images evaluate.py would use. --gradcam 1 adds a Grad-CAM
 figure of the gallery's images.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -295,8 +294,9 @@ def predict_unlabelled(trained, arguments, output, readers=None):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Predict classes with a trained image classifier.")
+    parser = config.ArgumentParser(description="Predict classes with a trained image classifier.")
     config.add_shared_arguments(parser)
+    config.add_model_argument(parser)
     config.add_figure_arguments(parser)
     parser.set_defaults(image_size=None)  # fixed by the model
     group = parser.add_argument_group("prediction")
@@ -351,9 +351,7 @@ def run_prediction(argv=None):
     options = parse_arguments(argv)
     readers = config.load_readers(options.reader)
     trained = evaluate.load_trained_model(
-        artifacts.model_path(options.artifacts_dir, options.model),
-        options.artifacts_dir,
-        image_size=options.image_size,
+        artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size
     )
     output = Output(
         results_dir=options.results_dir,

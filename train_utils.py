@@ -143,20 +143,53 @@ def drop_resume_models(folder, keep=None):
             os.remove(entry.path)
 
 
-def load_resume_state(artifacts_dir):
-    """The state of an interrupted run, or raises UserError if none."""
-    path = os.path.join(artifacts_dir, artifacts.RESUME_FOLDER, RESUME_STATE)
+def _resume_state(run_folder):
+    """The saved state of the run in `run_folder`: a dict, "done" for a
+    finished run, None when no epoch completed. Raises UserError for a
+    state file that cannot be read."""
+    path = os.path.join(run_folder, artifacts.RESUME_FOLDER, RESUME_STATE)
     if not os.path.isfile(path):
+        return None
+    try:
+        state = artifacts.read_json(path)
+    except (OSError, ValueError):
+        raise UserError(f"--resume: {path} is damaged (not JSON); start a new run") from None
+    if not isinstance(state, dict):
+        raise UserError(f"--resume: {path} is damaged (not a state); start a new run")
+    return "done" if state.get("phase") == "done" else state
+
+
+def find_interrupted_run(artifacts_dir, run_id="last"):
+    """(run id, run folder, state) of the run `--resume` continues: `run_id`,
+    or with "last" the most recent run in ARTIFACTS_DIR/runs that completed
+    at least one epoch and did not finish. Raises UserError when there is
+    none, or its state or resume model is missing or damaged."""
+    runs = artifacts.run_ids(artifacts_dir)
+    if run_id != "last" and run_id not in runs:
         raise UserError(
-            f"--resume: no interrupted run in {artifacts_dir} (no {path}); "
-            "start a run without --resume"
+            f"--resume: no run {run_id} in {artifacts.runs_folder(artifacts_dir)} "
+            f"(runs: {', '.join(runs[-5:]) or 'none'}). Received: resume={run_id}"
         )
-    state = artifacts.read_json(path)
-    if state.get("phase") == "done":
-        raise UserError(
-            f"--resume: the last run in {artifacts_dir} finished; nothing to resume"
-        )
-    return state
+    for candidate in [run_id] if run_id != "last" else reversed(runs):
+        folder = os.path.join(artifacts.runs_folder(artifacts_dir), candidate)
+        state = _resume_state(folder)
+        if state == "done" or state is None:
+            if run_id == "last":
+                continue
+            raise UserError(
+                f"--resume: run {candidate} "
+                + ("finished; nothing to resume" if state == "done" else "never completed an epoch; start a new run")
+            )
+        model = os.path.join(folder, artifacts.RESUME_FOLDER, str(state.get("model_file")))
+        if "epoch" not in state or not os.path.isfile(model):
+            raise UserError(
+                f"--resume: run {candidate} has no resume model ({model} is missing); start a new run"
+            )
+        return candidate, folder, state
+    raise UserError(
+        f"--resume: no interrupted run in {artifacts.runs_folder(artifacts_dir)}; "
+        "start a run without --resume"
+    )
 
 
 def trim_history(path, last_epoch):
@@ -219,6 +252,9 @@ def phase_callbacks(plan, phase, best_checkpoint, state):
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1
         ),
+        # A diverged run (NaN loss) stops at once; it never becomes the
+        # published model (main.py checks that a best model was saved).
+        keras.callbacks.TerminateOnNaN(),
         ResumePoint(plan.resume_folder, phase, state, best_checkpoint),
     ]
     if plan.tensorboard_dir:
