@@ -34,7 +34,11 @@ def read_csv(path):
 
 def runs_of(results):
     """{category: [stamps]} of a results folder."""
-    return {category: sorted(os.listdir(results / category)) for category in sorted(os.listdir(results))}
+    return {
+        category: sorted(os.listdir(results / category))
+        for category in sorted(os.listdir(results))
+        if not category.startswith(".")  # .stamps: the reserved stamps
+    }
 
 
 def only_stamp(results):

@@ -15,6 +15,12 @@ import main as main_script
 from conftest import ROOT, TINY, TINY_MODEL, make_flat_dataset, make_presplit_dataset, read_json
 
 
+def the_run(artifacts):
+    """The one run folder under ARTIFACTS_DIR/runs."""
+    (folder,) = (artifacts / "runs").iterdir()
+    return folder
+
+
 def only_run(results, category):
     runs = os.listdir(results / category)
     assert len(runs) == 1, runs
@@ -61,8 +67,13 @@ def test_training_writes_every_artifact_and_the_model_reloads(workdir, tmp_path)
     assert [row["epoch"] for row in history] == ["0", "1"]
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history[0])
     # The finished run left no resume point behind, only its "done" marker.
-    assert read_json(artifacts / "resume" / "state.json") == {"phase": "done"}
-    assert os.listdir(artifacts / "resume") == ["state.json"]
+    run = the_run(artifacts)
+    assert read_json(run / "resume" / "state.json") == {"phase": "done"}
+    assert os.listdir(run / "resume") == ["state.json"]
+    # The published paths lead to this run's files, and the results share its id.
+    assert os.path.realpath(artifacts / "best_model.keras") == str(run / "best_model.keras")
+    assert config["run"] == run.name and config["status"] == "finished"
+    assert only_run(results, "metrics").name == run.name
     # Nothing was written inside the dataset.
     assert sorted(os.listdir(data)) == ["blue", "green", "red"]
 
@@ -111,6 +122,10 @@ def test_pretrained_weights_file_trains_head_then_fine_tunes(workdir, tmp_path):
         (["--image_size", "16"], "image_size must be at least 32"),
         (["--val_split", "0.5", "--test_split", "0.5"], "val_split + test_split must be below 1"),
         (["--weights", "/no/such/file.h5"], "no such file"),
+        # The run folder decides where the model goes; --model is for evaluate/predict.
+        (["--model", "elsewhere/model.h5"], "unrecognized arguments: --model"),
+        (["--epochs", "ten"], "epochs must be an integer"),
+        (["--learning"], "unrecognized arguments: --learning"),  # no abbreviations
     ],
 )
 def test_bad_options_exit_2_with_one_line(workdir, tmp_path, capsys, extra, message):
@@ -164,10 +179,13 @@ def kill_during(args, workdir, reached):
     environment = {**os.environ, "PYTHONPATH": ROOT}
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=workdir, env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state_path = workdir / "model_artifacts" / "resume" / "state.json"
+    runs = workdir / "model_artifacts" / "runs"
     deadline = time.time() + 240
+    state_path = None
     while time.time() < deadline and process.poll() is None:
-        if state_path.exists() and reached(read_json(state_path)):
+        if state_path is None and runs.is_dir() and any(runs.iterdir()):
+            state_path = the_run(workdir / "model_artifacts") / "resume" / "state.json"
+        if state_path and state_path.exists() and reached(read_json(state_path)):
             time.sleep(0.3)  # into the next epoch
             break
         time.sleep(0.1)
@@ -181,7 +199,7 @@ def resumed_history(workdir, args):
     assert main_script.main(args + ["--resume"]) == 0
     with open(only_run(workdir / "results", "training_curves") / "history.csv", newline="") as handle:
         history = list(csv.DictReader(handle))
-    assert read_json(workdir / "model_artifacts" / "resume" / "state.json") == {"phase": "done"}
+    assert read_json(the_run(workdir / "model_artifacts") / "resume" / "state.json") == {"phase": "done"}
     assert main_script.main(args + ["--resume"]) == 2  # nothing left to resume
     return history
 
@@ -196,7 +214,9 @@ def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
     state = kill_during(args, workdir, lambda state: state.get("epoch", -1) >= 1)
 
     assert 1 <= state["epoch"] < 7
-    keras.models.load_model(workdir / "model_artifacts" / "best_model.keras")  # still loadable
+    # Killed: its own best model is loadable, and nothing was published.
+    keras.models.load_model(the_run(workdir / "model_artifacts") / "best_model.keras")
+    assert not os.path.lexists(workdir / "model_artifacts" / "best_model.keras")
     history = resumed_history(workdir, args)
     assert [int(row["epoch"]) for row in history] == list(range(8))
 
