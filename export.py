@@ -169,8 +169,9 @@ class OnnxRunner:
                 f"input(s) and {len(outputs)} output(s), expected one of each"
             )
         self.input_name = inputs[0].name
-        # onnxruntime names types "tensor(uint8)".
+        # onnxruntime names types "tensor(uint8)", "tensor(float)".
         input_type = inputs[0].type.removeprefix("tensor(").removesuffix(")")
+        input_type = {"float": "float32", "double": "float64"}.get(input_type, input_type)
         self.input_shape, self.output_shape = check_signature(
             path, input_type, inputs[0].shape, outputs[0].shape
         )
