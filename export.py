@@ -416,13 +416,14 @@ def run_side_by_side(runners, dataset):
     they see the same images and share the machine's ups and downs.
 
     Returns (probabilities {name: (N, classes) float64}, labels (N,),
-    milliseconds per image {name}, the batch size). Timing leaves out a warm-up call on
-    the first batch (tracing, allocation) and batches smaller than the
-    first (Keras retraces for a new shape).
+    milliseconds per image {name}: the median over full batches, the batch
+    size). Timing leaves out a warm-up call on the first batch (tracing,
+    allocation) and batches smaller than the first (Keras retraces for a
+    new shape).
     """
     outputs = {name: [] for name in runners}
-    seconds = dict.fromkeys(runners, 0.0)
-    labels, timed, full = [], 0, None
+    timings = {name: [] for name in runners}  # ms per image, one per full batch
+    labels, full = [], None
     for images, batch_labels in dataset:
         images = np.asarray(images)
         if full is None:
@@ -433,13 +434,14 @@ def run_side_by_side(runners, dataset):
             start = time.perf_counter()
             outputs[name].append(np.asarray(runner.predict_on_batch(images), np.float64))
             if len(images) == full:
-                seconds[name] += time.perf_counter() - start
-        timed += len(images) if len(images) == full else 0
+                timings[name].append(1000 * (time.perf_counter() - start) / full)
         labels.append(np.asarray(batch_labels))
     if not labels:
         raise config.UserError("no readable image to check the exports on")
     probabilities = {name: np.concatenate(parts) for name, parts in outputs.items()}
-    milliseconds = {name: 1000 * seconds[name] / timed for name in runners}
+    # The median batch: one slow batch (another process, a page fault)
+    # does not move it.
+    milliseconds = {name: float(np.median(values)) for name, values in timings.items()}
     return probabilities, np.concatenate(labels), milliseconds, full
 
 
@@ -585,8 +587,8 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
             "judged": "float exports; quantized ones report their accuracy change instead",
             "on_failure": f"the file is renamed to NAME{FAILED_SUFFIX}",
         },
-        "ms_per_image": "wall-clock milliseconds per image on this machine's CPU, "
-        "every format in the same process on the same batches",
+        "ms_per_image": "wall-clock milliseconds per image on this machine's CPU: the median "
+        "over full batches, every format in the same process on the same batches in turn",
         "quantize": quantize,
         "calibration_images": 0 if calibration is None else int(len(calibration)),
         "formats": rows,
