@@ -530,6 +530,29 @@ def report_row(name, path, comparison, keras_accuracy, milliseconds, verdict, qu
     }
 
 
+def judge(probabilities, labels, milliseconds, model_path, written, quantize, reference_name):
+    """The report's rows: each runner's predictions (`probabilities`, by
+    name: "keras", maybe "keras_float32", then the formats `written`)
+    compared with `reference_name`'s, judged, and failed files renamed."""
+    reference = probabilities[reference_name]
+    keras_accuracy = float(np.mean(probabilities["keras"].argmax(axis=1) == labels))
+    rows = []
+    for name, predicted in probabilities.items():
+        comparison = compare(predicted, reference, labels)
+        quantized = name == "litert" and quantize is not None
+        if name.startswith("keras"):
+            path, verdict = model_path, "reference" if name == reference_name else "not judged"
+        else:
+            path, verdict = written[name], parity(comparison, quantized)
+            if verdict == "failed":
+                path = mark_failed(path)
+        rows.append(
+            report_row(name, path, comparison, keras_accuracy, milliseconds[name], verdict,
+                       quantize if quantized else None)
+        )
+    return rows
+
+
 def export_and_check(model, model_path, formats, dataset, quantize=None, calibration=None, description=""):
     """Exports the Keras `model` saved at `model_path` as `formats` into its
     folder, runs every export beside it on `dataset` ((uint8 images,
@@ -551,23 +574,8 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
         runners["keras_float32"] = reference_model
     runners.update({name: load_runner(path) for name, path in written.items()})
     probabilities, labels, milliseconds, batch_size = run_side_by_side(runners, dataset)
-    reference = probabilities["keras_float32" if rebuilt else "keras"]
-    keras_accuracy = float(np.mean(probabilities["keras"].argmax(axis=1) == labels))
-    rows = []
-    for name in runners:
-        comparison = compare(probabilities[name], reference, labels)
-        quantized = name == "litert" and quantize is not None
-        if name.startswith("keras"):
-            path = model_path
-            verdict = "reference" if name == ("keras_float32" if rebuilt else "keras") else "not judged"
-        else:
-            path, verdict = written[name], parity(comparison, quantized)
-            if verdict == "failed":
-                path = mark_failed(path)
-        rows.append(
-            report_row(name, path, comparison, keras_accuracy, milliseconds[name], verdict,
-                       quantize if quantized else None)
-        )
+    rows = judge(probabilities, labels, milliseconds, model_path, written, quantize,
+                 reference_name="keras_float32" if rebuilt else "keras")
     for name, (path, error) in errors.items():
         rows.append({"format": name, "file": os.path.basename(path), "parity": "failed", "error": error})
     order = ["keras", "keras_float32", *formats]
