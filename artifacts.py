@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -108,6 +109,29 @@ def read_json(path):
 def save_model(model, path):
     """Saves a .keras file atomically."""
     return atomic_write(path, lambda temp_path: model.save(temp_path))
+
+
+def atomic_write_folder(path, write):
+    """Writes a folder (a SavedModel) via a temporary sibling folder, then
+    swaps it in, so `path` is never a half-written folder. `write(temp_path)`
+    fills the empty folder temp_path. An earlier folder at `path` is
+    replaced."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    name = os.path.basename(os.path.abspath(path))
+    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    old = None
+    try:
+        write(staging)
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
+            os.replace(path, os.path.join(old, name))
+        os.replace(staging, path)
+    finally:
+        for leftover in (staging, old):
+            if leftover and os.path.exists(leftover):
+                shutil.rmtree(leftover)
+    return path
 
 
 def new_run_stamp(results_dir, now=None, also_in=()):

@@ -48,6 +48,11 @@ def add_model_argument(parser):
     return parser
 
 
+class CheckFailed(Exception):
+    """A check of the program's own output failed (an export that does not
+    match its model): not the user's mistake, so one line and exit code 1."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Defaults for every option. The command line overrides them."""
@@ -103,11 +108,17 @@ class Config:
     gradcam: int = 0
     top_k: int = 3
     images: tuple | None = None
+    # Exports (see export.py): formats and LiteRT quantization.
+    export: tuple | None = None
+    quantize: str | None = None
     # Set by main.py when no --image_dir is given: the built-in demo.
     demo: bool = False
 
 
 DEFAULTS = Config()
+
+# What --export accepts (export.py writes and checks them).
+EXPORT_FORMATS = ("onnx", "litert", "saved_model")
 
 # The built-in demo: scikit-learn's 8x8 digit scans, trained from scratch.
 # These settings were measured to finish in under 5 minutes on 2 CPU cores
@@ -233,6 +244,49 @@ def _name_list(text):
             f"Received: classes={text}"
         )
     return names
+
+
+def _export_list(text):
+    """`onnx,litert` -> ("onnx", "litert"), for --export."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
+    if not names or not set(names) <= set(EXPORT_FORMATS):
+        raise argparse.ArgumentTypeError(
+            f"export takes one or more of {','.join(EXPORT_FORMATS)}, separated by "
+            f"commas. Received: export={text}"
+        )
+    return names
+
+
+def add_export_arguments(parser):
+    """Adds --export and --quantize (main.py after training, evaluate.py)."""
+    group = parser.add_argument_group("export")
+    group.add_argument(
+        "--export",
+        type=_export_list,
+        default=DEFAULTS.export,
+        metavar="FORMATS",
+        help="Also export the model into its folder and check each export "
+        "against it on the evaluated images (export_report.json): any of "
+        f"{','.join(EXPORT_FORMATS)} (default: none)",
+    )
+    group.add_argument(
+        "--quantize",
+        choices=("float16", "int8"),
+        default=DEFAULTS.quantize,
+        help="Quantize the LiteRT export (int8: calibrated on training "
+        "images); reports the accuracy change instead of judging parity "
+        "(default: none, float32)",
+    )
+    return parser
+
+
+def validate_export_args(args):
+    """Checks --export and --quantize. Raises UserError."""
+    if args.quantize and "litert" not in (args.export or ()):
+        raise UserError(
+            "quantize applies to the LiteRT export: add litert to --export. "
+            f"Received: quantize={args.quantize}, export={','.join(args.export or ()) or 'none'}"
+        )
 
 
 def add_training_arguments(parser):
@@ -509,6 +563,9 @@ def run_cli(main_function, argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except CheckFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import artifacts
 import config
 import data_loader
+import export
 import image_io
 import visualize
 
@@ -67,8 +68,11 @@ def read_companions(model_path):
             f"{index_file} and {config_file} name different classes: they come from "
             "different runs"
         )
+    # The hash is of the .keras file; exports are checked by their parity
+    # report instead (export.py).
     expected = run_config.get("model_sha256")
-    if expected and artifacts.file_sha256(model_path) != expected:
+    if expected and os.path.isfile(model_path) and model_path.endswith(".keras") \
+            and artifacts.file_sha256(model_path) != expected:
         raise config.UserError(
             f"the model {model_path} is not the one its companions were saved with "
             f"({config_file}, run {run_config.get('run', '?')}, records another file hash): "
@@ -78,27 +82,22 @@ def read_companions(model_path):
 
 
 def load_trained_model(model_path, image_size=None):
-    """Loads the `.keras` model at `model_path` with its class index and run
-    config from beside it (`read_companions`). `image_size`, when given,
-    must be the model's. Raises UserError when something is missing or does
-    not match."""
-    import keras
-
-    if not os.path.isfile(model_path):
+    """Loads the model at `model_path` with its class index and run config
+    from beside it (`read_companions`). A .keras file loads into Keras; an
+    export (.onnx, .tflite, a SavedModel folder) into an export runner,
+    used the same way. `image_size`, when given, must be the model's.
+    Raises UserError when something is missing or does not match."""
+    if not os.path.exists(model_path):
         raise config.UserError(
             f"no model at {model_path}: train one first with main.py, or pass --model PATH"
         )
-    if not model_path.endswith(".keras"):
+    if export.model_format(model_path) == "keras" and not model_path.endswith(".keras"):
         raise config.UserError(
-            f"model must be a .keras file saved by main.py. Received: model={model_path}"
+            "model must be a .keras file saved by main.py or an export of one (.onnx, "
+            f".tflite, a SavedModel folder). Received: model={model_path}"
         )
     folder, class_names, run_config = read_companions(model_path)
-    try:
-        # safe_mode (the default) refuses to deserialize arbitrary code.
-        model = keras.models.load_model(model_path)
-    except (ValueError, OSError) as error:
-        reason = " ".join(str(error).split())[:200]
-        raise config.UserError(f"could not load the model {model_path}: {reason}") from None
+    model = load_model_file(model_path)
     outputs = model.output_shape[-1]
     if outputs != len(class_names):
         raise config.UserError(
@@ -106,12 +105,32 @@ def load_trained_model(model_path, image_size=None):
             f"classes but the model {model_path} predicts {outputs}: they come from different runs"
         )
     model_size = int(run_config.get("image_size") or model.input_shape[1])
+    if model.input_shape[1] != model_size:
+        raise config.UserError(
+            f"the model {model_path} takes {model.input_shape[1]} px images but its "
+            f"{artifacts.RUN_CONFIG_FILE} says {model_size}: they come from different runs"
+        )
     if image_size not in (None, model_size):
         raise config.UserError(
             f"image_size is fixed by the model ({model_size}); leave it out. "
             f"Received: image_size={image_size}"
         )
     return TrainedModel(model, model_path, class_names, model_size, run_config, folder)
+
+
+def load_model_file(model_path):
+    """A Keras model, or an export runner (export.load_runner) for .onnx,
+    .tflite and SavedModel folders. Raises UserError when it cannot load."""
+    if export.model_format(model_path) != "keras":
+        return export.load_runner(model_path)
+    import keras
+
+    try:
+        # safe_mode (the default) refuses to deserialize arbitrary code.
+        return keras.models.load_model(model_path)
+    except (ValueError, OSError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise config.UserError(f"could not load the model {model_path}: {reason}") from None
 
 
 # ---------------------------------------------------------------- images
@@ -229,31 +248,33 @@ def predict_batches(model, dataset):
     return np.concatenate(probabilities), np.concatenate(tags)
 
 
+def file_batches(paths, image_size, batch_size, readers=None, tags=None):
+    """A dataset of (uint8 images, tags) batches of image files, read in
+    parallel by image_io.load_image, the one decode function of training
+    (custom `readers` included). `tags` ride along (default: each file's
+    position in `paths`); files that cannot be read are dropped."""
+    import tensorflow as tf
+
+    tags = tf.range(len(paths)) if tags is None else tf.constant(np.asarray(tags))
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(paths), tf.string), tags))
+    dataset = dataset.map(
+        lambda path, tag: (image_io.load_image(path, image_size, readers=readers), tag),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    # A file that cannot be read or decoded is dropped, not fatal: the
+    # tags that come through tell which ones were.
+    return dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def predict_files(model, paths, image_size, batch_size, readers=None):
     """Class probabilities for image files, skipping unreadable ones.
 
     Returns (positions of the readable files in `paths`, probabilities
-    (readable, classes) float64, list of unreadable paths). Images are read
-    in parallel by image_io.load_image, the one decode function of training
-    (custom `readers` included).
+    (readable, classes) float64, list of unreadable paths).
     """
-    import tensorflow as tf
-
     if not paths:
         return np.zeros(0, int), np.zeros((0, model.output_shape[-1])), []
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(list(paths), tf.string), tf.range(len(paths)))
-    )
-    dataset = dataset.map(
-        lambda path, position: (
-            image_io.load_image(path, image_size, readers=readers),
-            position,
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    # A file that cannot be read or decoded is dropped, not fatal: the
-    # positions that come through tell which ones were.
-    dataset = dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = file_batches(paths, image_size, batch_size, readers)
     probabilities, positions = predict_batches(model, dataset)
     unreadable = sorted(set(range(len(paths))) - set(positions.tolist()))
     return positions, probabilities, [paths[i] for i in unreadable]
@@ -501,6 +522,7 @@ def build_parser():
     config.add_shared_arguments(parser)
     config.add_model_argument(parser)
     config.add_figure_arguments(parser)
+    config.add_export_arguments(parser)
     # The model fixes the image size; an explicit different one is a mistake.
     parser.set_defaults(image_size=None)
     return parser
@@ -510,9 +532,38 @@ def parse_arguments(argv):
     """The options as a Config. Raises UserError on a bad value."""
     args = build_parser().parse_args(argv)
     config.validate_figure_args(args)
+    config.validate_export_args(args)
     if args.batch_size < 1:
         raise config.UserError(f"batch_size must be at least 1. Received: batch_size={args.batch_size}")
+    if args.export and args.model and export.model_format(args.model) != "keras":
+        raise config.UserError(
+            f"--export exports a Keras model: pass its .keras file. Received: model={args.model}"
+        )
     return config.config_from_args(args)
+
+
+def export_evaluated(trained, evaluation, options, readers=None):
+    """--export: exports the evaluated Keras model into its folder and checks
+    each export on the same images (export.export_and_check). Returns the
+    report and its path."""
+    calibration = None
+    if options.quantize == "int8":
+        paths = export.manifest_training_paths(trained.folder, trained.run_config.get("image_dir"))
+        chosen = export.calibration_paths(paths, seed=options.seed)
+        calibration = export.load_images(chosen, trained.image_size, readers)
+        print(f"    int8 calibration on {len(calibration)} training images")
+    dataset = file_batches(
+        evaluation.paths, trained.image_size, options.batch_size, readers, tags=evaluation.true_labels
+    )
+    report = export.export_and_check(
+        trained.model, trained.path, options.export, dataset, options.quantize, calibration,
+        description=evaluation.description,
+    )
+    report_path = export.report_path(trained.path)
+    for line in export.report_lines(report):
+        print(f"    {line}")
+    print(f"    export report: {report_path}")
+    return report, report_path
 
 
 def run_evaluation(argv=None):
@@ -555,8 +606,14 @@ def run_evaluation(argv=None):
             evaluation, options.results_dir, stamp,
             options.rows, options.cols, options.gallery, options.seed,
         )
+    report = None
+    if options.export:
+        with config.stage("Exporting the model and checking each export"):
+            report, report_path = export_evaluated(trained, evaluation, options, readers)
     with config.stage("Showing the figures"):
         visualize.show_figures(figures, options.show)
+    if report and not report["passed"]:
+        raise config.CheckFailed(export.failure_message(report, report_path))
     return figures
 
 

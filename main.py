@@ -16,6 +16,7 @@ import audit
 import config
 import data_loader
 import evaluate
+import export
 import image_io
 import train_utils
 import visualize
@@ -39,6 +40,7 @@ class Run:
     # evaluate_stage and handed to every figure stage after it.
     evaluation: evaluate.Evaluation | None = None
     metrics: dict | None = None
+    export_report: dict | None = None  # with --export, see export_stage
     figures: list = dataclasses.field(default_factory=list)
 
     def results_path(self, category, *names):
@@ -100,6 +102,7 @@ def build_parser():
     config.add_split_arguments(parser)
     config.add_training_arguments(parser)
     config.add_figure_arguments(parser, training=True)
+    config.add_export_arguments(parser)
     return parser
 
 
@@ -115,6 +118,7 @@ def parse_arguments(argv):
         args = parser.parse_args(argv)
     config.validate_training_args(args)
     config.validate_figure_args(args)
+    config.validate_export_args(args)
     options = config.config_from_args(args)
     if options.image_dir is not None:
         check_outputs_outside(options)
@@ -419,6 +423,31 @@ def evaluate_stage(run):
     print(f"    metrics: {metrics_path}")
 
 
+def export_stage(run):
+    """--export: the best model exported into its folder, each export
+    checked against it on the test split (export.export_and_check)."""
+    import keras
+
+    options = run.options
+    if not options.export:
+        print("    not asked for (--export onnx,litert,saved_model)")
+        return
+    calibration = None
+    if options.quantize == "int8":
+        paths, _ = run.index.split("train")
+        chosen = export.calibration_paths(paths, seed=options.seed)
+        calibration = export.load_images(chosen, options.image_size, run.index.readers)
+        print(f"    int8 calibration on {len(calibration)} training images")
+    best = keras.models.load_model(run.model_path)
+    run.export_report = export.export_and_check(
+        best, run.model_path, options.export, run.datasets["test"], options.quantize, calibration,
+        description="test split",
+    )
+    for line in export.report_lines(run.export_report):
+        print(f"    {line}")
+    print(f"    export report: {export.report_path(run.model_path)}")
+
+
 # ---------------------------------------------------------------- figures
 
 # The augmentation preview: this many training images, each this many times.
@@ -578,6 +607,7 @@ STAGES = [
     ("Publishing the model", publish_stage),
     ("Plotting the training curves", training_curves_stage),
     ("Evaluating the best model on the test split", evaluate_stage),
+    ("Exporting the model and checking each export", export_stage),
     ("Plotting the confusion matrix", confusion_matrix_stage),
     ("Plotting the classification report", classification_report_stage),
     ("Plotting the ROC curves", roc_auc_stage),
@@ -618,6 +648,10 @@ def run_training(argv=None):
     for name, stage_function in STAGES:
         with config.stage(name):
             stage_function(run)
+    if run.export_report and not run.export_report["passed"]:
+        raise config.CheckFailed(
+            export.failure_message(run.export_report, export.report_path(run.model_path))
+        )
     return run
 
 

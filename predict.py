@@ -22,6 +22,7 @@ import audit
 import config
 import data_loader
 import evaluate
+import export
 import visualize
 
 # ---------------------------------------------------------------- Grad-CAM
@@ -335,6 +336,13 @@ def parse_arguments(argv):
     if args.images and args.gallery == "misclassified":
         raise config.UserError(
             "--gallery misclassified needs labels: use --image_dir DIR with class folders"
+        )
+    if args.gradcam and args.model and export.model_format(args.model) != "keras":
+        # Grad-CAM differentiates through the backbone's layers, which only
+        # the Keras model has; exported graphs are run, not differentiated.
+        raise config.UserError(
+            "--gradcam 1 needs the Keras model (.keras): pass it with --model, or leave "
+            f"--gradcam out to predict with the export. Received: model={args.model}"
         )
     if args.top_k < 1:
         raise config.UserError(f"top_k must be at least 1. Received: top_k={args.top_k}")
