@@ -29,6 +29,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -53,14 +55,65 @@ MANIFEST_HEADER = ("path", "class", "split")
 # ---------------------------------------------------------------- writing files
 
 
+# Temporary siblings are named .<base>.<8 characters>.tmp<ext>, as
+# tempfile.mkstemp named them before; one left by a killed process is
+# removed by a later write to the same folder once it is this old (a save
+# in progress rewrites its file far more often than that).
+TEMP_NAME = re.compile(r"\A\..*\.[a-z0-9_]{8}\.tmp(\.[^.]*)?\Z")
+TEMP_NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+STALE_TEMP_SECONDS = 30 * 60
+
+
+def _new_temp_file(folder, base, extension):
+    """Creates an empty temporary sibling and returns its path. Created by
+    os.open with mode 0666, so the umask applies as for open(): mkstemp's
+    0600 would hide results from the other users of a shared machine."""
+    for _ in range(100):
+        token = "".join(secrets.choice(TEMP_NAME_CHARACTERS) for _ in range(8))
+        path = os.path.join(folder, f".{base}.{token}.tmp{extension}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary file name in {folder}")
+
+
+def remove_stale_temp_files(folder, max_age=STALE_TEMP_SECONDS, now=None):
+    """Removes the temporary files atomic_write left in `folder` when a
+    process was killed mid-save: regular files named as ours (TEMP_NAME),
+    unchanged for `max_age` seconds. Nothing else is touched. Returns the
+    names removed."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if (
+                TEMP_NAME.match(entry.name)
+                and entry.is_file(follow_symlinks=False)
+                and now - entry.stat(follow_symlinks=False).st_mtime > max_age
+            ):
+                os.remove(entry.path)
+                removed.append(entry.name)
+        except OSError:  # removed meanwhile by another process, or not ours to remove
+            continue
+    return removed
+
+
 def atomic_write(path, write):
     """Writes a file via a temporary sibling and os.replace, so a crash
-    never leaves a truncated file. `write(temp_path)` does the writing."""
+    never leaves a truncated file. `write(temp_path)` does the writing. The
+    file gets the mode open() would give it (0666 less the umask), and
+    temporary files that killed processes left in the folder are removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    remove_stale_temp_files(folder)
     base, extension = os.path.splitext(os.path.basename(path))
-    handle, temp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{extension}", dir=folder)
-    os.close(handle)
+    temp_path = _new_temp_file(folder, base, extension)
     try:
         write(temp_path)
         os.replace(temp_path, path)
@@ -166,6 +219,13 @@ def new_run_stamp(results_dir, now=None, also_in=()):
                 os.rmdir(os.path.join(parent, candidate))  # empty: made just above
             continue
         return candidate
+
+
+def is_inside(path, folder):
+    """Whether `path` is `folder` or inside it, links resolved (realpath +
+    commonpath, never string prefixes: /data2 is not inside /data)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 # ---------------------------------------------------------------- the model folder

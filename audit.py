@@ -29,6 +29,9 @@ import artifacts
 import image_io
 
 AUDIT_CACHE_VERSION = 1
+# How much of a file decides what it is: format signatures (DICOM's sits
+# at byte 128) and the text/HTML test.
+HEADER_BYTES = 512
 IGNORED_KINDS = {
     "hidden": "hidden",
     "os_junk": "OS junk",
@@ -36,6 +39,7 @@ IGNORED_KINDS = {
     "outside_class_folder": "outside any class folder",
     "other_folder": "folder that is not train/val/test",
     "not_in_classes": "class not in --classes",
+    "not_regular_file": "not a regular file (FIFO, socket, device)",
 }
 
 
@@ -71,6 +75,19 @@ class FileCheck:
     decoder: str = ""
     decoder_note: str = ""  # why a file is decoded in Python
     sha256: str = ""
+
+
+NOT_UTF8 = "file name is not valid UTF-8: rename the file to use it"
+
+
+def is_utf8(path):
+    """Whether a path can be passed to TensorFlow, which takes UTF-8 file
+    names (os.listdir gives other bytes as surrogate characters)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _skip(path, reason, **details):
@@ -115,26 +132,41 @@ def _check_with_reader(relpath, path, extension, function, digest):
     )
 
 
+def _open_failure(relpath, kind, name, error):
+    """The skip of a file Pillow cannot open, from what its first bytes said."""
+    if kind is None:
+        return _skip(relpath, "not an image: unrecognised content")
+    if not image_io.pillow_can_open(name):
+        return _skip(
+            relpath,
+            f"unreadable format: {name} (no decoder installed; convert the file "
+            "to JPEG or PNG, or register a reader with --reader)",
+            format=name,
+        )
+    return _skip(relpath, f"truncated or corrupt {name}: {image_io.error_text(error)}", format=name)
+
+
+def _open_checked(relpath, head, source):
+    """Opens an image's header with Pillow once its first bytes `head`
+    allow it: (image, None), or (None, the FileCheck of a file ruled out
+    before its pixels are read: not an image, unknown content, a format
+    nothing decodes, a decompression bomb)."""
+    kind, name = image_io.sniff_format(head)
+    if kind == "other":
+        return None, _skip(relpath, f"not an image: {name}")
+    try:
+        return image_io.open_image(source), None
+    except image_io.TooLargeError as error:
+        return None, _skip(relpath, str(error), format=name or "")
+    except Exception as error:  # Pillow on untrusted bytes raises many types
+        return None, _open_failure(relpath, kind, name, error)
+
+
 def _check_image(relpath, data, digest):
     """Audits the bytes of a file that has no custom reader."""
-    kind, name = image_io.sniff_format(data[:512])
-    if kind == "other":
-        return _skip(relpath, f"not an image: {name}")
-    try:
-        image = image_io.open_image(io.BytesIO(data))
-    except image_io.TooLargeError as error:
-        return _skip(relpath, str(error), format=name or "")
-    except Exception as error:  # Pillow on untrusted bytes raises many types
-        if kind is None:
-            return _skip(relpath, "not an image: unrecognised content")
-        if not image_io.pillow_can_open(name):
-            return _skip(
-                relpath,
-                f"unreadable format: {name} (no decoder installed; convert the file "
-                "to JPEG or PNG, or register a reader with --reader)",
-                format=name,
-            )
-        return _skip(relpath, f"truncated or corrupt {name}: {image_io.error_text(error)}", format=name)
+    image, refused = _open_checked(relpath, data[:HEADER_BYTES], io.BytesIO(data))
+    if refused:
+        return refused
     width, height = image.size
     if image_io.header_orientation(image) in (5, 6, 7, 8):  # stored on its side
         width, height = height, width
@@ -172,31 +204,46 @@ def _pillow_decode_error(image):
     return None
 
 
+def _sha256(handle):
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def check_file(root, relpath, readers=None):
-    """Audits one file (`relpath` under `root`): reads it once, detects the
-    format from its content, refuses decompression bombs from the header,
-    and decodes it fully with the decoder training will use. Returns a
-    FileCheck; problems with the file never raise."""
+    """Audits one file (`relpath` under `root`): only a regular file is
+    opened (a FIFO would block forever); its format is detected from its
+    first bytes and decompression bombs are refused from its header before
+    the rest is read (a 3 GB file that is no image is never loaded); then
+    it is read once and decoded fully with the decoder training will use.
+    Returns a FileCheck; problems with the file never raise."""
     readers = image_io.normalize_readers(readers)
-    try:
-        relpath.encode("utf-8")
-    except UnicodeEncodeError:
-        return _skip(
-            image_io.display_path(relpath), "file name is not valid UTF-8: rename the file to use it"
-        )
+    if not is_utf8(relpath):
+        return _skip(image_io.display_path(relpath), NOT_UTF8)
     path = os.path.join(root, relpath)
+    extension = image_io.file_extension(relpath)
     try:
-        with open(path, "rb") as handle:
+        with image_io.open_regular_file(path) as handle:
+            if not os.fstat(handle.fileno()).st_size:
+                return _skip(relpath, "empty file (0 bytes)")
+            if extension in readers:
+                digest = _sha256(handle)
+                return _check_with_reader(relpath, path, extension, readers[extension], digest)
+            # The header first, from the open file: what it rules out is
+            # never read whole.
+            head = handle.read(HEADER_BYTES)
+            handle.seek(0)
+            _, refused = _open_checked(relpath, head, handle)
+            if refused:
+                return refused
+            handle.seek(0)
             data = handle.read()
+    except image_io.NotRegularFileError as error:
+        return _skip(relpath, f"{error}: only regular files are read")
     except OSError as error:
         return _skip(relpath, f"cannot read the file: {error.strerror or error}")
-    if not data:
-        return _skip(relpath, "empty file (0 bytes)")
-    digest = hashlib.sha256(data).hexdigest()
-    extension = image_io.file_extension(relpath)
-    if extension in readers:
-        return _check_with_reader(relpath, path, extension, readers[extension], digest)
-    return _check_image(relpath, data, digest)
+    return _check_image(relpath, data, hashlib.sha256(data).hexdigest())
 
 
 # ---------------------------------------------------------------- every file, cached
@@ -366,6 +413,48 @@ class ProgressLine:
             self.last_tenth = 10 * done // total
             stream.write(line + "\n")
             stream.flush()
+
+
+# ---------------------------------------------------------------- duplicates
+
+
+def duplicate_groups(samples, checks):
+    """Groups (lists of Samples) of usable files with identical content."""
+    by_hash = collections.defaultdict(list)
+    for sample in samples:
+        by_hash[checks[sample.path].sha256].append(sample)
+    return [group for group in by_hash.values() if len(group) > 1]
+
+
+def duplicate_warnings(groups, auto_split, limit=10):
+    """Warnings about identical files: one summary line, then one line per
+    group that crosses classes (conflicting labels) or splits (leakage)."""
+    if not groups:
+        return []
+    files = sum(len(group) for group in groups)
+    labels = [group for group in groups if len({sample.label for sample in group}) > 1]
+    leaks = [group for group in groups if len({sample.split for sample in group}) > 1]
+    lines = [
+        f"{len(groups)} group(s) of identical files ({files} files), e.g. "
+        + " = ".join(image_io.display_path(sample.path) for sample in groups[0][:3])
+        + ("; each group was kept in one split" if auto_split and not leaks else "")
+    ]
+    for group in labels[:limit]:
+        lines.append(
+            "the same image has different labels: "
+            + ", ".join(f"{image_io.display_path(sample.path)} ({sample.label})" for sample in group)
+        )
+    for group in leaks[:limit]:
+        splits = sorted({sample.split for sample in group}, key=("train", "val", "test").index)
+        lines.append(
+            f"leakage: the same image is in {' and '.join(splits)}, so "
+            f"{splits[-1]} results will look better than they are: "
+            + ", ".join(f"{image_io.display_path(sample.path)} ({sample.split})" for sample in group)
+        )
+    hidden = max(0, len(labels) - limit) + max(0, len(leaks) - limit)
+    if hidden:
+        lines.append(f"... and {hidden} more group(s) like these: see the audit's duplicates")
+    return lines
 
 
 # ---------------------------------------------------------------- reports

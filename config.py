@@ -12,9 +12,12 @@ for is a `UserError`: `run_cli` prints its one line and exits with code 2.
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
+
+import artifacts
 
 
 class UserError(Exception):
@@ -99,7 +102,7 @@ class Config:
     classes: tuple | None = None
     reader: tuple | None = None
     # Figures (see add_figure_arguments) and predict.py.
-    rows: int = 3
+    rows: int = 2
     cols: int = 5
     gallery: str = "mixed"
     show: str = "auto"
@@ -135,17 +138,47 @@ DEMO_OVERRIDES = {
 }
 
 
+# The type functions below raise UserError, not argparse.ArgumentTypeError:
+# argparse turns the latter into its usage text plus an error line, while a
+# UserError passes through parse_args to run_cli, which prints one line.
+
+
 def _integer(name):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be an integer. Received: {name}={text}"
-            )
+            raise UserError(f"{name} must be an integer. Received: {name}={text}") from None
         return value
 
     return parse
+
+
+def _number(name):
+    """A float option; NaN and infinity are refused (a NaN rotation turns
+    every augmented image black, a NaN learning rate fails mid-training)."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{name} must be a number. Received: {name}={text}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number. Received: {name}={text}")
+        return value
+
+    return parse
+
+
+# NumPy and TensorFlow seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32
+
+
+def _seed(text):
+    value = _integer("seed")(text)
+    if not 0 <= value < MAX_SEED:
+        raise UserError(f"seed must be between 0 and {MAX_SEED - 1}. Received: seed={text}")
+    return value
 
 
 def add_shared_arguments(parser):
@@ -171,7 +204,7 @@ def add_shared_arguments(parser):
     )
     group.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=DEFAULTS.seed,
         help="Seeds the split, the shuffle, augmentation and weight init "
         "(default: %(default)s)",
@@ -220,14 +253,14 @@ def add_split_arguments(parser):
     group = parser.add_argument_group("split")
     group.add_argument(
         "--val_split",
-        type=float,
+        type=_number("val_split"),
         default=DEFAULTS.val_split,
         help="Fraction of each class held out for validation when the folder "
         "has no val split (default: %(default)s)",
     )
     group.add_argument(
         "--test_split",
-        type=float,
+        type=_number("test_split"),
         default=DEFAULTS.test_split,
         help="Fraction of each class held out for testing when the folder "
         "has no test split (default: %(default)s)",
@@ -239,7 +272,7 @@ def _name_list(text):
     """`a,b,c` -> ("a", "b", "c"), for --classes."""
     names = tuple(name.strip() for name in text.split(","))
     if not all(names) or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
+        raise UserError(
             "classes must be distinct, non-empty names separated by commas. "
             f"Received: classes={text}"
         )
@@ -317,25 +350,25 @@ def add_training_arguments(parser):
     )
     aug.add_argument(
         "--rotation",
-        type=float,
+        type=_number("rotation"),
         default=DEFAULTS.rotation,
         help="Maximum rotation in degrees, either way (default: %(default)s)",
     )
     aug.add_argument(
         "--zoom",
-        type=float,
+        type=_number("zoom"),
         default=DEFAULTS.zoom,
         help="Zoom range: scale in [1-Z, 1+Z] (default: %(default)s)",
     )
     aug.add_argument(
         "--translation",
-        type=float,
+        type=_number("translation"),
         default=DEFAULTS.translation,
         help="Maximum shift as a fraction of the side (default: %(default)s)",
     )
     aug.add_argument(
         "--contrast",
-        type=float,
+        type=_number("contrast"),
         default=DEFAULTS.contrast,
         help="Contrast factor in [1-C, 1+C] (default: %(default)s)",
     )
@@ -349,7 +382,7 @@ def add_training_arguments(parser):
     )
     model.add_argument(
         "--alpha",
-        type=float,
+        type=_number("alpha"),
         default=DEFAULTS.alpha,
         help="Width multiplier of the backbone (default: %(default)s)",
     )
@@ -361,7 +394,7 @@ def add_training_arguments(parser):
     )
     model.add_argument(
         "--dropout",
-        type=float,
+        type=_number("dropout"),
         default=DEFAULTS.dropout,
         help="Dropout before the classifier (default: %(default)s)",
     )
@@ -376,27 +409,27 @@ def add_training_arguments(parser):
     )
     train.add_argument(
         "--learning_rate",
-        type=float,
+        type=_number("learning_rate"),
         default=DEFAULTS.learning_rate,
         help="Adam learning rate (default: %(default)s)",
     )
     train.add_argument(
         "--fine_tune_epochs",
-        type=int,
+        type=_integer("fine_tune_epochs"),
         default=DEFAULTS.fine_tune_epochs,
         help="Epochs with the last layers unfrozen at a 10x lower learning "
         "rate; pretrained weights only, 0 skips (default: %(default)s)",
     )
     train.add_argument(
         "--fine_tune_layers",
-        type=int,
+        type=_integer("fine_tune_layers"),
         default=DEFAULTS.fine_tune_layers,
         help="How many of the backbone's last layers to unfreeze "
         "(default: %(default)s)",
     )
     train.add_argument(
         "--patience",
-        type=int,
+        type=_integer("patience"),
         default=DEFAULTS.patience,
         help="Early stopping patience in epochs, on val_loss "
         "(default: %(default)s)",
@@ -530,6 +563,37 @@ def config_from_dict(values):
             if name in names
         }
     )
+
+
+def _check_folder_path(name, path):
+    """Raises UserError when the output folder `path`, or the nearest part
+    of it that exists, is a file: no folder can be made there."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(path) else f"lies under a file ({existing})"
+        raise UserError(f"{name} must be a folder, but it {what}. Received: {name}={path}")
+
+
+def check_outside(name, path, image_dir):
+    """Raises UserError when an output folder `path` cannot be used: a file,
+    inside the dataset, or the dataset itself or a folder above it (results
+    go to RESULTS_DIR/<category>/, so a dataset named like a category would
+    get new folders). Nothing is ever written inside the dataset."""
+    _check_folder_path(name, path)
+    if not os.path.isdir(image_dir):
+        return
+    if artifacts.is_inside(path, image_dir):
+        raise UserError(
+            f"{name} must be outside image_dir: nothing is written inside "
+            f"the dataset. Received: {name}={path}"
+        )
+    if artifacts.is_inside(image_dir, path):
+        raise UserError(
+            f"{name} must not hold image_dir: files written under it could land "
+            f"inside the dataset. Received: {name}={path}, image_dir={image_dir}"
+        )
 
 
 def load_readers(specs):

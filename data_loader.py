@@ -21,9 +21,7 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
-import functools
 import json
-import math
 import os
 import re
 import sys
@@ -32,15 +30,18 @@ import numpy as np
 
 import artifacts
 import audit
+import augment as augmentation  # make_dataset has an `augment` parameter
 import config
 import image_io
 from config import UserError
 
 SPLITS = ("train", "val", "test")
+# Split folder names (and a labels CSV's split values), matched in any
+# case: Kaggle's sets ship Training/ and Testing/, others dev/ or valid/.
 SPLIT_FOLDER_NAMES = {
-    "train": ("train",),
-    "val": ("val", "validation", "valid"),
-    "test": ("test",),
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation", "dev"),
+    "test": ("test", "testing"),
 }
 # Files with these extensions (any case) are audited. The content, not the
 # extension, decides the format; formats nothing here can decode (HEIC, JPEG
@@ -146,13 +147,6 @@ def is_image_file(name, extensions=IMAGE_EXTENSIONS):
     return image_io.file_extension(name) in extensions
 
 
-def is_inside(path, folder):
-    """Whether `path` is `folder` or inside it, links resolved (realpath +
-    commonpath, never string prefixes: /data2 is not inside /data)."""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([path, folder]) == folder
-
-
 def _relative(path, root):
     return os.path.relpath(path, root).replace(os.sep, "/")
 
@@ -179,6 +173,18 @@ class Scan:
     warnings: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
     fixed_splits: bool = False
+    problems: list = dataclasses.field(default_factory=list)  # WalkProblem
+
+
+@dataclasses.dataclass(frozen=True)
+class WalkProblem:
+    """A folder that could not be listed ("unreadable") or a link that was
+    not followed because it leads back up the tree ("link_up"), with the
+    reason or the link's target."""
+
+    kind: str
+    path: str
+    detail: str
 
 
 def _classify_name(name, is_folder, extensions):
@@ -192,77 +198,196 @@ def _classify_name(name, is_folder, extensions):
     return None
 
 
-def walk_images(folder, root, extensions=IMAGE_EXTENSIONS, ignored=None):
-    """Yields the image files under `folder` (nested subfolders included,
-    links followed, each real folder once) as sorted paths relative to
-    `root`; appends (path, kind) for everything ignored to `ignored`."""
+def _entry_type(entry):
+    """"folder" or "file" (a regular file), links followed; "broken" for a
+    link to nothing or a loop of links (the audit reports it as unreadable);
+    "special" for a FIFO, socket or device, which is never opened: reading a
+    FIFO waits for a writer forever."""
+    try:
+        if entry.is_dir():
+            return "folder"
+        if entry.is_file():
+            return "file"
+    except OSError:  # a loop of links: ELOOP
+        return "broken"
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        return "broken"
+    return "special"
+
+
+def _leads_up(path, real_folder, real_root):
+    """Whether the link `path` resolves to `real_root`, `real_folder` or a
+    folder above either: following it would walk folders (other classes)
+    again under this one."""
+    target = os.path.realpath(path)
+    return any(os.path.commonpath([target, real]) == target for real in (real_folder, real_root))
+
+
+def _sorted_entries(folder):
+    """The entries of `folder` sorted by name. Raises OSError."""
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def walk_images(folder, root, extensions=IMAGE_EXTENSIONS, ignored=None, problems=None):
+    """Yields the image files under `folder` (nested subfolders included)
+    as paths relative to `root`, sorted within each folder.
+
+    Only regular files are yielded, and links that resolve to nothing (the
+    audit reports them). Links are followed, each real folder once, except
+    links back up the tree (to `root`, or to the folder being walked or one
+    above it), which would pull other folders' images in. Appends (path,
+    kind) for everything ignored to `ignored`, and a WalkProblem for each
+    folder that cannot be read or link not followed to `problems`.
+    """
     ignored = [] if ignored is None else ignored
+    problems = [] if problems is None else problems
+    real_root = os.path.realpath(root)
     seen = set()
-    for current, subfolders, files in os.walk(folder, followlinks=True):
+
+    def walk(current):
         real = os.path.realpath(current)
-        if real in seen:  # a link back up the tree
-            subfolders[:] = []
-            continue
+        if real in seen:  # reached again through another link
+            return
         seen.add(real)
-        kept = []
-        for name in sorted(subfolders):
-            kind = _classify_name(name, True, extensions)
+        try:
+            entries = _sorted_entries(current)
+        except OSError as error:
+            problems.append(
+                WalkProblem("unreadable", _relative(current, root) + "/", error.strerror or str(error))
+            )
+            return
+        subfolders = []
+        for entry in entries:
+            relative = _relative(entry.path, root)
+            entry_type = _entry_type(entry)
+            kind = _classify_name(entry.name, entry_type == "folder", extensions)
             if kind:
-                ignored.append((_relative(os.path.join(current, name), root) + "/", kind))
-            else:
-                kept.append(name)
-        subfolders[:] = kept
-        for name in sorted(files):
-            relative = _relative(os.path.join(current, name), root)
-            kind = _classify_name(name, False, extensions)
-            if kind:
-                ignored.append((relative, kind))
-            else:
+                ignored.append((relative + ("/" if entry_type == "folder" else ""), kind))
+            elif entry_type == "special":
+                ignored.append((relative, "not_regular_file"))
+            elif entry_type != "folder":
                 yield relative
+            elif entry.is_symlink() and _leads_up(entry.path, real, real_root):
+                problems.append(WalkProblem("link_up", relative, os.readlink(entry.path)))
+            else:
+                subfolders.append(entry.path)
+        for subfolder in subfolders:
+            yield from walk(subfolder)
+
+    yield from walk(folder)
 
 
-def list_images(folder, root, extensions=IMAGE_EXTENSIONS):
+def list_images(folder, root, extensions=IMAGE_EXTENSIONS, ignored=None, problems=None):
     """Image files under `folder` (nested subfolders included, hidden ones
-    skipped), as sorted paths relative to `root` with forward slashes."""
-    return sorted(walk_images(folder, root, extensions))
+    skipped), as sorted paths relative to `root` with forward slashes;
+    `ignored` and `problems` as in walk_images."""
+    return sorted(walk_images(folder, root, extensions, ignored, problems))
 
 
 def class_folders(folder):
-    """Sorted names of the visible, non-junk subfolders of `folder`."""
-    return sorted(
+    """Sorted names of the visible, non-junk subfolders of `folder` (links
+    back up the tree left out). Raises OSError when it cannot be read."""
+    real = os.path.realpath(folder)
+    return [
         entry.name
-        for entry in os.scandir(folder)
-        if entry.is_dir() and _classify_name(entry.name, True, ()) is None
+        for entry in _sorted_entries(folder)
+        if _entry_type(entry) == "folder"
+        and _classify_name(entry.name, True, ()) is None
+        and not (entry.is_symlink() and _leads_up(entry.path, real, real))
+    ]
+
+
+def _split_of(name):
+    """"train", "val" or "test" for a split folder name (any case), else None."""
+    return next(
+        (split for split, aliases in SPLIT_FOLDER_NAMES.items() if name.lower() in aliases), None
     )
 
 
 def find_split_folders(image_dir):
-    """{split: folder name} for the split folders present in `image_dir`."""
-    present = {name.lower(): name for name in class_folders(image_dir)}
-    found = {}
-    for split, aliases in SPLIT_FOLDER_NAMES.items():
-        for alias in aliases:
-            if alias in present:
-                found[split] = present[alias]
-                break
-    return found
+    """{split: folder name} for the split folders present in `image_dir`,
+    names matched case-insensitively to SPLIT_FOLDER_NAMES' aliases
+    (`Training/` is train). Raises UserError when there is a train folder
+    and two folders are the same split (`val/` and `validation/`): which to
+    use cannot be guessed. Raises OSError when `image_dir` cannot be read."""
+    matches = collections.defaultdict(list)
+    for name in class_folders(image_dir):
+        if _split_of(name):
+            matches[_split_of(name)].append(name)
+    twice = [names for names in matches.values() if len(names) > 1]
+    if "train" in matches and twice:
+        raise UserError(
+            f"two folders are the {_split_of(twice[0][0])} split: "
+            + " and ".join(f"{image_io.display_path(name)}/" for name in twice[0])
+            + "; merge them or rename one. "
+            f"Received: image_dir={image_io.display_path(image_dir)}"
+        )
+    return {split: names[0] for split, names in matches.items()}
+
+
+def _looks_like_dataset(folder):
+    """Whether `folder` holds a train folder or at least 2 class folders."""
+    return "train" in find_split_folders(folder) or len(class_folders(folder)) >= 2
+
+
+def find_dataset_folder(root, extensions=IMAGE_EXTENSIONS, max_depth=3):
+    """The folder the dataset starts in: `root` itself, or, when `root`
+    holds nothing but one folder (an archive unpacked as-is:
+    DIR/flowers/<class>/..., perhaps beside __MACOSX/ and .DS_Store), that
+    folder if it holds split folders or 2+ class folders, looked for up to
+    `max_depth` levels down. Returns (folder, [(path, kind)] of what was
+    passed over, relative to `root`). Raises OSError."""
+    current, passed = root, []
+    real_root = os.path.realpath(root)
+    for _ in range(max_depth):
+        if "train" in find_split_folders(current):
+            break
+        entries = _sorted_entries(current)
+        types = {entry.name: _entry_type(entry) for entry in entries}
+        kinds = {
+            entry.name: _classify_name(entry.name, types[entry.name] == "folder", extensions)
+            for entry in entries
+        }
+        visible = [entry for entry in entries if kinds[entry.name] is None]
+        if len(visible) != 1 or types[visible[0].name] != "folder":
+            break
+        inner = visible[0]
+        if inner.is_symlink() and _leads_up(inner.path, os.path.realpath(current), real_root):
+            break
+        passed += [
+            (_relative(entry.path, root) + ("/" if types[entry.name] == "folder" else ""),
+             kinds[entry.name])
+            for entry in entries
+            if entry is not inner
+        ]
+        current = inner.path
+        if _looks_like_dataset(current):
+            return current, passed
+    return root, []
 
 
 def _scan_class_folders(scan, folder, root, split, extensions):
     """Adds the classes of `folder` (one subfolder per class) to `scan`;
     files lying in `folder` itself belong to no class and are ignored."""
     loose = []
-    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+    real = os.path.realpath(folder)
+    for entry in _sorted_entries(folder):
         relative = _relative(entry.path, root)
-        kind = _classify_name(entry.name, entry.is_dir(), extensions)
+        entry_type = _entry_type(entry)
+        kind = _classify_name(entry.name, entry_type == "folder", extensions)
         if kind:
-            scan.ignored.append((relative + ("/" if entry.is_dir() else ""), kind))
-        elif entry.is_dir():
-            scan.classes.setdefault(entry.name, []).append(relative)
-            for path in walk_images(entry.path, root, extensions, scan.ignored):
-                scan.candidates.append(Candidate(path, entry.name, split))
-        else:
+            scan.ignored.append((relative + ("/" if entry_type == "folder" else ""), kind))
+        elif entry_type == "special":
+            scan.ignored.append((relative, "not_regular_file"))
+        elif entry_type != "folder":
             loose.append(relative)
+        elif entry.is_symlink() and _leads_up(entry.path, real, os.path.realpath(root)):
+            scan.problems.append(WalkProblem("link_up", relative, os.readlink(entry.path)))
+        else:
+            scan.classes.setdefault(entry.name, []).append(relative)
+            for path in walk_images(entry.path, root, extensions, scan.ignored, scan.problems):
+                scan.candidates.append(Candidate(path, entry.name, split))
     if loose:
         scan.ignored.extend((path, "outside_class_folder") for path in loose)
         where = _relative(folder, root) if folder != root else "the dataset folder"
@@ -273,33 +398,109 @@ def _scan_class_folders(scan, folder, root, split, extensions):
         )
 
 
+def _same_subfolders_warning(scan, root):
+    """A warning when every class folder of a flat layout holds the same
+    subfolders (DIR/a/{x,y}, DIR/b/{x,y}): most likely splits, under names
+    that are not recognised or below the classes instead of above them;
+    their images are read as nested images of each class."""
+    if len(scan.classes) < 2:
+        return
+    try:
+        subfolders = {
+            tuple(class_folders(os.path.join(root, folders[0])))
+            for folders in scan.classes.values()
+        }
+    except OSError:  # reported by the walk
+        return
+    names = next(iter(subfolders))
+    splits = [name for name in names if _split_of(name)]
+    if len(subfolders) != 1 or not (len(names) > 1 or splits):
+        return
+    listed = ", ".join(image_io.display_path(name) for name in names)
+    if splits:
+        advice = (
+            "split folders belong above the class folders, DIR/<split>/<class>/..., "
+            "to be used as splits"
+        )
+    else:
+        advice = (
+            "if they are splits, name them train/val/test (or training, validation, "
+            "testing, dev; any case) with the classes inside, DIR/train/<class>/..."
+        )
+    scan.warnings.append(
+        f"every class folder holds the same subfolders ({listed}): {advice}; "
+        "for now their images count as nested images of each class, split automatically"
+    )
+
+
+def _problem_warnings(problems, limit=5):
+    """One warning per kind of WalkProblem, naming the first few."""
+    lines = []
+    unreadable = [problem for problem in problems if problem.kind == "unreadable"]
+    if unreadable:
+        lines.append(
+            f"{len(unreadable)} folder(s) could not be read, their images are left out: "
+            + ", ".join(
+                f"{image_io.display_path(problem.path)} ({problem.detail})"
+                for problem in unreadable[:limit]
+            )
+            + (" ..." if len(unreadable) > limit else "")
+        )
+    links = [problem for problem in problems if problem.kind == "link_up"]
+    if links:
+        lines.append(
+            f"{len(links)} link(s) back up the tree not followed (they would add "
+            "other folders' images again): "
+            + ", ".join(
+                f"{image_io.display_path(problem.path)} -> {image_io.display_path(problem.detail)}"
+                for problem in links[:limit]
+            )
+            + (" ..." if len(links) > limit else "")
+        )
+    return lines
+
+
 def scan_folder(root, extensions=IMAGE_EXTENSIONS):
-    """Scans a pre-split (train/val/test folders) or flat (class folders)
-    dataset. Returns a Scan; opens no file."""
-    split_folders = find_split_folders(root)
+    """Scans a pre-split (train/val/test folders, or their aliases) or flat
+    (class folders) dataset, in `root` or in the one folder an unpacked
+    archive left in it (find_dataset_folder). Returns a Scan; opens no
+    file. Raises OSError when `root` or a split folder cannot be read."""
+    top, passed = find_dataset_folder(root, extensions)
+    split_folders = find_split_folders(top)
     if "train" not in split_folders:
         scan = Scan(layout="flat")
-        _scan_class_folders(scan, root, root, None, extensions)
-        return scan
-    scan = Scan(layout="presplit", fixed_splits=True)
-    used = set(split_folders.values())
-    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
-        kind = _classify_name(entry.name, entry.is_dir(), extensions)
-        if entry.name in used:
-            continue
-        if kind is None and entry.is_dir():
-            kind = "other_folder"
-        elif kind is None:
-            kind = "outside_class_folder"
-        scan.ignored.append((entry.name + ("/" if entry.is_dir() else ""), kind))
-    for split, folder in split_folders.items():
-        _scan_class_folders(scan, os.path.join(root, folder), root, split, extensions)
-    others = [path for path, kind in scan.ignored if kind == "other_folder"]
-    if others:
-        scan.notes.append(
-            "pre-split layout: ignored folder(s) that are not train/val/test: "
-            + ", ".join(image_io.display_path(path) for path in others)
+        _scan_class_folders(scan, top, root, None, extensions)
+        _same_subfolders_warning(scan, root)
+    else:
+        scan = Scan(layout="presplit", fixed_splits=True)
+        used = set(split_folders.values())
+        for entry in _sorted_entries(top):
+            if entry.name in used:
+                continue
+            entry_type = _entry_type(entry)
+            kind = _classify_name(entry.name, entry_type == "folder", extensions)
+            if kind is None and entry_type == "folder":
+                kind = "other_folder"
+            elif kind is None:
+                kind = "outside_class_folder"
+            relative = _relative(entry.path, root)
+            scan.ignored.append((relative + ("/" if entry_type == "folder" else ""), kind))
+        for split, folder in split_folders.items():
+            _scan_class_folders(scan, os.path.join(top, folder), root, split, extensions)
+        others = [path for path, kind in scan.ignored if kind == "other_folder"]
+        if others:
+            scan.notes.append(
+                "pre-split layout: ignored folder(s) that are not train/val/test: "
+                + ", ".join(image_io.display_path(path) for path in others)
+            )
+    if top != root:
+        scan.ignored[:0] = passed
+        scan.notes.insert(
+            0,
+            f"the dataset folder holds only {image_io.display_path(_relative(top, root))}/ "
+            "(besides OS junk or hidden files, as an archive unpacks): using it as the dataset",
         )
+    scan.warnings.extend(_problem_warnings(scan.problems))
     return scan
 
 
@@ -308,11 +509,19 @@ def scan_dataset(root, labels_csv=None, readers=None):
     `labels_csv` when given, else from the folder layout (pre-split or
     flat), custom readers' extensions included. The one way of listing
     labelled files, for training (index_dataset) and evaluation. Returns a
-    Scan; raises UserError for a CSV that cannot be used."""
+    Scan; raises UserError for a CSV that cannot be used or a folder that
+    cannot be read."""
     if labels_csv:
         return scan_csv(root, labels_csv)
     extensions = tuple(set(IMAGE_EXTENSIONS) | set(image_io.normalize_readers(readers)))
-    return scan_folder(root, extensions)
+    try:
+        return scan_folder(root, extensions)
+    except OSError as error:
+        where = image_io.display_path(str(error.filename or root))
+        raise UserError(
+            f"cannot read {where}: {error.strerror or error}. "
+            f"Received: image_dir={image_io.display_path(root)}"
+        ) from None
 
 
 # ---------------------------------------------------------------- labels CSV
@@ -356,7 +565,8 @@ def _csv_split(value, row_number, csv_path):
             return split
     raise UserError(
         f"labels_csv row {row_number}: split must be train, val or test (or "
-        f"empty). Received: split={value} in {csv_path}"
+        "training, valid, validation, dev, testing; any case), or empty. "
+        f"Received: split={value} in {csv_path}"
     )
 
 
@@ -365,9 +575,15 @@ def _read_csv_rows(csv_path):
         raise UserError(f"labels_csv is not a file. Received: labels_csv={csv_path}")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = [row for row in csv.reader(handle)]
+            reader = csv.reader(handle)
+            rows = [row for row in reader]
     except UnicodeDecodeError:
         raise UserError(f"labels_csv must be UTF-8 text. Received: labels_csv={csv_path}")
+    except csv.Error as error:  # most often a quote never closed, swallowing the rest
+        raise UserError(
+            f"labels_csv line {reader.line_num} cannot be read: {error} (an unclosed "
+            f'quote " makes one cell of the rest of the file). Received: labels_csv={csv_path}'
+        ) from None
     if not rows:
         raise UserError(f"labels_csv is empty. Received: labels_csv={csv_path}")
     return rows
@@ -425,10 +641,16 @@ def scan_csv(root, csv_path):
             )
             continue
         if not os.path.isfile(real):
+            reason = (
+                "not a regular file (a folder, FIFO, socket or device)"
+                if os.path.exists(real)
+                else "not found"
+            )
             scan.skipped.append(
                 audit.SkippedFile(
                     filename,
-                    f"not found: labels_csv row {number} names a file that does not exist",
+                    f"{reason}: labels_csv row {number} names "
+                    + ("it" if os.path.exists(real) else "a file that does not exist"),
                     label,
                 )
             )
@@ -472,15 +694,6 @@ def _csv_duplicates(scan, seen, duplicates):
         f"{image_io.display_path(relative)} again in row {number}); each file is used once"
         + (f", and {len(conflicts)} with conflicting labels are skipped" if conflicts else "")
     )
-
-
-# ---------------------------------------------------------------- custom readers
-
-
-# ---------------------------------------------------------------- reading images
-
-
-# ---------------------------------------------------------------- the audit
 
 
 # ---------------------------------------------------------------- splitting
@@ -687,55 +900,13 @@ def _emptiness(name, skipped):
     )
 
 
-# ---------------------------------------------------------------- duplicates
-
-
-def _duplicate_groups(samples, checks):
-    """Groups (lists of Samples) of usable files with identical content."""
-    by_hash = collections.defaultdict(list)
-    for sample in samples:
-        by_hash[checks[sample.path].sha256].append(sample)
-    return [group for group in by_hash.values() if len(group) > 1]
-
-
-def _duplicate_warnings(groups, auto_split, limit=10):
-    """Warnings about identical files: one summary line, then one line per
-    group that crosses classes (conflicting labels) or splits (leakage)."""
-    if not groups:
-        return []
-    files = sum(len(group) for group in groups)
-    labels = [group for group in groups if len({sample.label for sample in group}) > 1]
-    leaks = [group for group in groups if len({sample.split for sample in group}) > 1]
-    lines = [
-        f"{len(groups)} group(s) of identical files ({files} files), e.g. "
-        + " = ".join(image_io.display_path(sample.path) for sample in groups[0][:3])
-        + ("; each group was kept in one split" if auto_split and not leaks else "")
-    ]
-    for group in labels[:limit]:
-        lines.append(
-            "the same image has different labels: "
-            + ", ".join(f"{image_io.display_path(sample.path)} ({sample.label})" for sample in group)
-        )
-    for group in leaks[:limit]:
-        splits = sorted({sample.split for sample in group}, key=SPLITS.index)
-        lines.append(
-            f"leakage: the same image is in {' and '.join(splits)}, so "
-            f"{splits[-1]} results will look better than they are: "
-            + ", ".join(f"{image_io.display_path(sample.path)} ({sample.split})" for sample in group)
-        )
-    hidden = max(0, len(labels) - limit) + max(0, len(leaks) - limit)
-    if hidden:
-        lines.append(f"... and {hidden} more group(s) like these: see the audit's duplicates")
-    return lines
-
-
 # ---------------------------------------------------------------- index_dataset
 
 
 def _check_image_dir(image_dir, cache_dir):
     if not image_dir or not os.path.isdir(image_dir):
         raise UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
-    if cache_dir and is_inside(cache_dir, image_dir):
+    if cache_dir and artifacts.is_inside(cache_dir, image_dir):
         raise UserError(
             "the audit cache must be outside image_dir: nothing is written "
             f"inside the dataset. Received: cache_dir={cache_dir}"
@@ -794,9 +965,9 @@ def index_dataset(
         for name in class_names
         for path in table[split][name]
     )
-    duplicates = _duplicate_groups(samples, checks)
+    duplicates = audit.duplicate_groups(samples, checks)
     scan.warnings.extend(
-        _duplicate_warnings(duplicates, auto_split=not scan.fixed_splits or bool(notes))
+        audit.duplicate_warnings(duplicates, auto_split=not scan.fixed_splits or bool(notes))
     )
     index = DatasetIndex(
         root=root,
@@ -863,140 +1034,6 @@ def decide_cache(mode, num_images, image_size, budget=None):
     if needed <= budget:
         return True, f"decoded images cached in memory: {needed / gib:.2f} GiB within the {budget / gib:.2f} GiB budget (--cache auto)"
     return False, f"streaming from disk: decoded images would take {needed / gib:.2f} GiB, over the {budget / gib:.2f} GiB budget (--cache auto)"
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Strengths of the random augmentation (what they mean: config.Config,
-    which also holds their defaults)."""
-
-    flip: str = config.DEFAULTS.flip
-    rotation: float = config.DEFAULTS.rotation
-    zoom: float = config.DEFAULTS.zoom
-    translation: float = config.DEFAULTS.translation
-    contrast: float = config.DEFAULTS.contrast
-
-
-def _flip_signs(flip, batch, seed):
-    """Per-image -1 (flip) or +1 for the horizontal and vertical axes."""
-    import tensorflow as tf
-
-    draws = tf.random.stateless_uniform([batch, 2], seed=seed) < 0.5
-    signs = tf.where(draws, -1.0, 1.0)
-    horizontal = signs[:, 0] if flip in ("horizontal", "both") else tf.ones([batch])
-    vertical = signs[:, 1] if flip in ("vertical", "both") else tf.ones([batch])
-    return horizontal, vertical
-
-
-def augmentation_transforms(batch, height, width, strengths, seed):
-    """Random flip + rotation + zoom + translation as one projective
-    transform per image, in the 8-number form ImageProjectiveTransformV3
-    takes (it maps output pixel coordinates to input coordinates).
-
-    Composing them into one matrix means one interpolation pass per image
-    instead of one per augmentation, which is both faster and sharper.
-    """
-    import tensorflow as tf
-
-    seeds = tf.random.experimental.stateless_split(seed, num=5)
-    angle = tf.random.stateless_uniform(
-        [batch], seed=seeds[0], minval=-1.0, maxval=1.0
-    ) * (strengths.rotation * math.pi / 180.0)
-    scale = tf.random.stateless_uniform(
-        [batch], seed=seeds[1], minval=1.0 - strengths.zoom, maxval=1.0 + strengths.zoom
-    )
-    shift = tf.random.stateless_uniform(
-        [batch, 2], seed=seeds[2], minval=-strengths.translation, maxval=strengths.translation
-    ) * tf.constant([width, height], tf.float32)
-    flip_x, flip_y = _flip_signs(strengths.flip, batch, seeds[3])
-
-    # Output point p maps to input point c + R(angle) S(1/scale) F (p - c) - shift,
-    # with c the image centre and F the flips.
-    center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    a0, a1 = cos * flip_x, -sin * flip_y
-    b0, b1 = sin * flip_x, cos * flip_y
-    a2 = center_x - a0 * center_x - a1 * center_y - shift[:, 0]
-    b2 = center_y - b0 * center_x - b1 * center_y - shift[:, 1]
-    zeros = tf.zeros([batch])
-    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1), seeds[4]
-
-
-def _reflect(coordinates, size):
-    """Mirrors coordinates that fall outside [0, size - 1] back inside."""
-    import tensorflow as tf
-
-    period = 2.0 * (size - 1)
-    coordinates = tf.math.floormod(tf.abs(coordinates), period)
-    return tf.where(coordinates > size - 1, period - coordinates, coordinates)
-
-
-def _resample(images, transforms, contrast_factors):
-    """Bilinear resampling of a uint8 batch through per-image affine
-    transforms, then contrast, in one pass: four gathers and a blend in
-    float32, rounded back to uint8. Compiled with XLA (see augment_batch)."""
-    import tensorflow as tf
-
-    batch = tf.shape(images)[0]
-    height, width = images.shape[1], images.shape[2]
-    rows, columns = tf.meshgrid(
-        tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij"
-    )
-    rows, columns = tf.reshape(rows, [1, -1]), tf.reshape(columns, [1, -1])
-    a0, a1, a2, b0, b1, b2 = (transforms[:, i : i + 1] for i in range(6))
-    source_x = _reflect(a0 * columns + a1 * rows + a2, width)
-    source_y = _reflect(b0 * columns + b1 * rows + b2, height)
-    left, top = tf.floor(source_x), tf.floor(source_y)
-    weight_x, weight_y = (source_x - left)[..., None], (source_y - top)[..., None]
-    left, top = tf.cast(left, tf.int32), tf.cast(top, tf.int32)
-    right, bottom = tf.minimum(left + 1, width - 1), tf.minimum(top + 1, height - 1)
-    pixels = tf.reshape(images, [-1, images.shape[3]])
-    offsets = tf.reshape(tf.range(batch) * height * width, [-1, 1])
-
-    def at(y, x):
-        return tf.cast(tf.gather(pixels, offsets + y * width + x), tf.float32)
-
-    upper = at(top, left) * (1 - weight_x) + at(top, right) * weight_x
-    lower = at(bottom, left) * (1 - weight_x) + at(bottom, right) * weight_x
-    blended = upper * (1 - weight_y) + lower * weight_y
-    mean = tf.reduce_mean(blended, axis=[1, 2], keepdims=True)
-    blended = (blended - mean) * contrast_factors[:, None, None] + mean
-    blended = tf.clip_by_value(tf.floor(blended + 0.5), 0, 255)
-    return tf.reshape(tf.cast(blended, tf.uint8), tf.shape(images))
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_resample():
-    import tensorflow as tf
-
-    return tf.function(_resample, jit_compile=True)
-
-
-def augment_batch(images, seed, strengths):
-    """Randomly augments a uint8 batch (B, H, W, 3); returns uint8.
-
-    Flip, rotation, zoom and translation are one affine transform per
-    image, and contrast is applied in the same pass, so each pixel is
-    interpolated once. The pass is XLA-compiled: measured on 2 CPU cores it
-    is about 3x faster than tf.raw_ops.ImageProjectiveTransformV3 (which
-    Keras' RandomRotation/RandomZoom use) at 224 px. `seed` is a shape-[2]
-    integer tensor: the same seed gives the same augmentation, so runs are
-    reproducible, and each batch gets its own.
-    """
-    import tensorflow as tf
-
-    batch = tf.shape(images)[0]
-    height, width = images.shape[1], images.shape[2]
-    transforms, contrast_seed = augmentation_transforms(
-        batch, height, width, strengths, seed
-    )
-    factors = tf.random.stateless_uniform(
-        [batch],
-        seed=contrast_seed,
-        minval=1.0 - strengths.contrast,
-        maxval=1.0 + strengths.contrast,
-    )
-    return _compiled_resample()(images, transforms, factors)
 
 
 def make_dataset(
@@ -1066,7 +1103,7 @@ def make_dataset(
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
             lambda batch, batch_seed: (
-                augment_batch(batch[0], batch_seed, augment),
+                augmentation.augment_batch(batch[0], batch_seed, augment),
                 batch[1],
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -1093,16 +1130,6 @@ def build_parser():
     return parser
 
 
-def check_outside(name, path, image_dir):
-    """Raises UserError when an output folder `path` lies inside the
-    dataset: nothing is ever written there."""
-    if os.path.isdir(image_dir) and is_inside(path, image_dir):
-        raise UserError(
-            f"{name} must be outside image_dir: nothing is written inside "
-            f"the dataset. Received: {name}={path}"
-        )
-
-
 def inspect_dataset(argv=None):
     """Runs the audit and split of `--image_dir` and prints them."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
@@ -1110,6 +1137,7 @@ def inspect_dataset(argv=None):
     if not args.image_dir:
         raise UserError("image_dir is required. Received: image_dir=None")
     config.validate_data_args(args)
+    config.check_outside("artifacts_dir", args.artifacts_dir, args.image_dir)
     cache_dir = artifacts.audit_cache_dir(args.artifacts_dir)
     index = index_dataset(
         args.image_dir,

@@ -175,10 +175,22 @@ def folder_images(image_dir, class_names, labels_csv=None, readers=None):
     Returns (absolute paths, labels, skipped). Raises UserError when there
     is no image or naming classes the model does not know.
     """
+    import audit
+
     root = os.path.abspath(image_dir)
     scan = data_loader.scan_dataset(root, labels_csv, readers)
+    for note in scan.notes:
+        print(f"    note: {note}")
     for warning in scan.warnings:
         print(f"    warning: {warning}")
+    # TensorFlow takes file names as UTF-8 strings: others are skipped.
+    named = [candidate for candidate in scan.candidates if audit.is_utf8(candidate.path)]
+    scan.skipped += [
+        audit.SkippedFile(image_io.display_path(candidate.path), audit.NOT_UTF8, candidate.label)
+        for candidate in scan.candidates
+        if not audit.is_utf8(candidate.path)
+    ]
+    scan.candidates = named
     if not scan.candidates:
         raise config.UserError(
             f"no labelled images in {image_dir}: expected class folders or --labels_csv"
@@ -576,7 +588,7 @@ def run_evaluation(argv=None):
     image_dir = options.image_dir or trained.run_config.get("image_dir")
     if not image_dir:
         raise config.UserError("no --image_dir given and the model's run_config.json names none")
-    data_loader.check_outside("results_dir", options.results_dir, image_dir)
+    config.check_outside("results_dir", options.results_dir, image_dir)
     stamp = artifacts.new_run_stamp(options.results_dir)
     with config.stage(f"Evaluating {trained.path} on {image_dir}"):
         images = labelled_images(

@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import os
 import re
+import stat
 import sys
 import types
 
@@ -190,6 +191,43 @@ def as_rgb_uint8(array, source="reader"):
     elif array.shape[2] == 4:
         array = composite_on_background(array)
     return np.ascontiguousarray(array)
+
+
+class NotRegularFileError(OSError):
+    """A path that is not a regular file (a FIFO, socket, device or folder):
+    never read."""
+
+
+def _file_kind(mode):
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a plain file"
+
+
+def open_regular_file(path):
+    """Opens a regular file (links followed) for binary reading.
+
+    Anything else raises NotRegularFileError before it is read: opening a
+    FIFO waits for a writer forever, and a device may never end. The file
+    is opened non-blocking and checked again, in case it was swapped for a
+    FIFO in between. Raises OSError when it cannot be opened.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"not a regular file ({_file_kind(mode)})")
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"not a regular file ({_file_kind(mode)})")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 class TooLargeError(ValueError):
@@ -360,7 +398,7 @@ def probe_decoder(path, readers=None):
     extension = file_extension(path)
     if extension in readers:
         return extension
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         head = handle.read(64)
         handle.seek(0)
         return choose_decoder(open_image(handle), head)[0]
@@ -433,7 +471,7 @@ def read_with_pillow(path):
     """The built-in Python reader: any format Pillow reads (TIFF, WebP, CMYK
     JPEG, 16-bit, palette, ...) as a uint8 HxWx3 array (see module doc).
     Raises TooLargeError for decompression bombs, Pillow's errors otherwise."""
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         return decode_with_pillow(open_image(handle))
 
 

@@ -13,6 +13,7 @@ import sys
 
 import artifacts
 import audit
+import augment
 import config
 import data_loader
 import evaluate
@@ -128,7 +129,7 @@ def parse_arguments(argv):
 def check_outputs_outside(options):
     """Nothing is ever written inside the user's dataset folder."""
     for name in ("artifacts_dir", "results_dir"):
-        data_loader.check_outside(name, getattr(options, name), options.image_dir)
+        config.check_outside(name, getattr(options, name), options.image_dir)
 
 
 def given_options(argv):
@@ -296,7 +297,7 @@ def augment_config(options):
     augmentation preview uses the same one)."""
     if not options.augment:
         return None
-    return data_loader.AugmentConfig(
+    return augment.AugmentConfig(
         flip=options.flip,
         rotation=options.rotation,
         zoom=options.zoom,
@@ -519,7 +520,7 @@ def class_grid_stage(run):
 
 
 def augmentation_stage(run):
-    """The same training images, then augmented by data_loader.augment_batch
+    """The same training images, then augmented by augment.augment_batch
     with the training run's settings: the training pipeline's own code."""
     import numpy as np
     import tensorflow as tf
@@ -539,7 +540,7 @@ def augmentation_stage(run):
     chosen = (firsts + rest)[:PREVIEW_IMAGES]
     images = tf.stack(training_images(run, chosen))
     versions = [
-        data_loader.augment_batch(images, tf.constant([options.seed, version], tf.int64), strengths).numpy()
+        augment.augment_batch(images, tf.constant([options.seed, version], tf.int64), strengths).numpy()
         for version in range(1, PREVIEW_VERSIONS + 1)
     ]
     note = (

@@ -23,6 +23,7 @@ import config
 import data_loader
 import evaluate
 import export
+import image_io
 import visualize
 
 # ---------------------------------------------------------------- Grad-CAM
@@ -122,19 +123,38 @@ def render_gradcam(trained, items, rows, cols, folder):
 def collect_images(arguments, readers=None):
     """Files from --images: files as given, folders searched (subfolders
     too, data_loader.list_images) for image files (custom readers'
-    extensions included). Returns (paths, missing): missing are arguments
-    that name nothing."""
+    extensions included). Returns (paths, skipped): skipped
+    (audit.SkippedFile) are arguments that name nothing, files that are not
+    regular files (a FIFO would block the reader forever), file names that
+    are not UTF-8 and folders that cannot be read."""
     extensions = tuple(set(data_loader.IMAGE_EXTENSIONS) | set(readers or {}))
-    paths, missing = [], []
+    found, skipped = [], []
     for argument in arguments:
         if os.path.isdir(argument):
-            found = data_loader.list_images(argument, argument, extensions)
-            paths.extend(os.path.join(argument, relative) for relative in found)
+            ignored, problems = [], []
+            names = data_loader.list_images(argument, argument, extensions, ignored, problems)
+            found.extend(os.path.join(argument, name) for name in names)
+            skipped += [
+                audit.SkippedFile(os.path.join(argument, path), "not a regular file")
+                for path, kind in ignored
+                if kind == "not_regular_file"
+            ]
+            skipped += [
+                audit.SkippedFile(os.path.join(argument, problem.path), f"cannot read the folder: {problem.detail}")
+                for problem in problems
+                if problem.kind == "unreadable"
+            ]
         elif os.path.isfile(argument):
-            paths.append(argument)
+            found.append(argument)
+        elif os.path.exists(argument):
+            skipped.append(audit.SkippedFile(argument, "not a regular file"))
         else:
-            missing.append(argument)
-    return paths, missing
+            skipped.append(audit.SkippedFile(argument, "no such file or folder"))
+    paths = [path for path in found if audit.is_utf8(path)]
+    skipped += [
+        audit.SkippedFile(path, audit.NOT_UTF8) for path in found if not audit.is_utf8(path)
+    ]
+    return paths, [dataclasses.replace(item, path=image_io.display_path(item.path)) for item in skipped]
 
 
 def top_classes(probabilities, class_names, top_k):
@@ -251,11 +271,10 @@ def predict_unlabelled(trained, arguments, output, readers=None):
     """--images: predictions.csv, a table, the gallery and (with gradcam)
     Grad-CAM for the files and folders in `arguments`. Unreadable files are
     skipped and listed. Returns the figure paths."""
-    paths, missing = collect_images(arguments, readers)
+    paths, skipped = collect_images(arguments, readers)
     positions, probabilities, unreadable = evaluate.predict_files(
         trained.model, paths, trained.image_size, output.batch_size, readers
     )
-    skipped = [audit.SkippedFile(path, "no such file or folder") for path in missing]
     skipped += [audit.SkippedFile(path, "not a readable image") for path in unreadable]
     evaluate.report_skipped(skipped)
     if not len(positions):
@@ -350,7 +369,7 @@ def parse_arguments(argv):
         raise config.UserError(f"batch_size must be at least 1. Received: batch_size={args.batch_size}")
     for folder in [args.image_dir] + [path for path in (args.images or []) if os.path.isdir(path)]:
         if folder:
-            data_loader.check_outside("results_dir", args.results_dir, folder)
+            config.check_outside("results_dir", args.results_dir, folder)
     return config.config_from_args(args)
 
 

@@ -55,6 +55,7 @@ def tf_epoch(dataset):
 
 def ours(args):
     import artifacts
+    import augment
     import data_loader
 
     # The audit runs here as in main.py (cached outside the dataset), but is
@@ -63,9 +64,9 @@ def ours(args):
     paths = [os.path.join(index.root, sample.path) for sample in index.samples]
     class_ids = {name: number for number, name in enumerate(index.class_names)}
     labels = [class_ids[sample.label] for sample in index.samples]
-    augment = data_loader.AugmentConfig() if args.augment else None
+    strengths = augment.AugmentConfig() if args.augment else None
     dataset = data_loader.make_dataset(
-        paths, labels, args.image_size, args.batch_size, training=True, augment=augment,
+        paths, labels, args.image_size, args.batch_size, training=True, augment=strengths,
         seed=args.seed, cache=args.cache, decoders=[sample.decoder for sample in index.samples],
     )
     return tf_epoch(dataset)

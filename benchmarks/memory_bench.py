@@ -33,13 +33,14 @@ def list_files(folder):
 
 def one_epoch(folder, image_size, batch_size, cache):
     """Peak RSS in MiB after one epoch over every image under `folder`."""
+    import augment
     import data_loader
 
     files = list_files(folder)
     kwargs = {"cache": cache} if cache != "none" else {}
     dataset = data_loader.make_dataset(
         files, [0] * len(files), image_size, batch_size, training=True,
-        augment=data_loader.AugmentConfig(), seed=0, **kwargs,
+        augment=augment.AugmentConfig(), seed=0, **kwargs,
     )
     count = sum(int(images.shape[0]) for images, _ in dataset)
     assert count == len(files)

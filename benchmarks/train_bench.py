@@ -40,13 +40,14 @@ def build_model(args, num_classes, jit_compile):
 
 def real_loader(args):
     import artifacts
+    import augment
     import data_loader
 
     index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts")))
     paths, labels = index.split("train")
-    augment = data_loader.AugmentConfig() if args.augment else None
+    strengths = augment.AugmentConfig() if args.augment else None
     dataset = data_loader.make_dataset(
-        paths, labels, args.image_size, args.batch_size, training=True, augment=augment, seed=args.seed,
+        paths, labels, args.image_size, args.batch_size, training=True, augment=strengths, seed=args.seed,
         decoders=index.decoders("train"), cache=args.cache,
     )
     cached, _ = data_loader.decide_cache(args.cache, len(paths), args.image_size)

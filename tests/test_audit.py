@@ -465,7 +465,7 @@ def test_labels_csv_split_column_overrides_the_split(tmp_path):
     test = {sample.path for sample in index.samples if sample.split == "test"}
     assert test == {"img_000.png", "img_001.png", "sub/img_000.png", "sub/img_001.png"}
     assert index.counts()["val"] == {"cat": 1, "dog": 1}  # carved out of train
-    bad = write_csv(tmp_path / "bad.csv", "filename,label,split\nimg_000.png,cat,training\n")
+    bad = write_csv(tmp_path / "bad.csv", "filename,label,split\nimg_000.png,cat,holdout\n")
     with pytest.raises(config.UserError, match="row 2: split must be train, val or test"):
         index_of(str(root), labels_csv=bad)
     with pytest.raises(config.UserError, match="columns filename,label"):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import augment
 import data_loader
 import image_io
 from config import UserError
@@ -155,7 +156,7 @@ def test_training_shuffles_each_epoch_reproducibly_and_eval_keeps_order(tmp_path
 def test_augmentation_only_on_training_batches(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=10)
     paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
-    strengths = data_loader.AugmentConfig(flip="both", rotation=30, zoom=0.2, translation=0.1, contrast=0.3)
+    strengths = augment.AugmentConfig(flip="both", rotation=30, zoom=0.2, translation=0.1, contrast=0.3)
 
     plain, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=False))
     evaluated, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=False, augment=strengths))
@@ -176,15 +177,15 @@ def test_augment_batch_identity_and_flip_geometry():
     image[0, :, :2] = 200  # a bright band on the left
     seed = tf.constant([1, 2], tf.int64)
 
-    same = data_loader.augment_batch(
-        tf.constant(image), seed, data_loader.AugmentConfig(flip="none", rotation=0, zoom=0, translation=0, contrast=0)
+    same = augment.augment_batch(
+        tf.constant(image), seed, augment.AugmentConfig(flip="none", rotation=0, zoom=0, translation=0, contrast=0)
     ).numpy()
     assert np.array_equal(same, image)
 
     flipped = [
-        data_loader.augment_batch(
+        augment.augment_batch(
             tf.constant(image), tf.constant([k, 0], tf.int64),
-            data_loader.AugmentConfig(flip="horizontal", rotation=0, zoom=0, translation=0, contrast=0),
+            augment.AugmentConfig(flip="horizontal", rotation=0, zoom=0, translation=0, contrast=0),
         ).numpy()
         for k in range(8)
     ]
@@ -214,7 +215,7 @@ def test_decodes_grayscale_rgba_bmp_and_gif_to_rgb(tmp_path):
 def test_cached_pipeline_matches_streaming_every_epoch(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=12)
     paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
-    strengths = data_loader.AugmentConfig()
+    strengths = augment.AugmentConfig()
 
     def epochs(cache):
         dataset = data_loader.make_dataset(paths, labels, 32, 5, training=True, augment=strengths, seed=4, cache=cache)
