@@ -116,6 +116,11 @@ class Config:
     quantize: str | None = None
     # Set by main.py when no --image_dir is given: the built-in demo.
     demo: bool = False
+    # Calibration, test-time augmentation and tracking (see
+    # add_calibration_arguments, add_tta_argument).
+    calibrate: int = 1
+    tta: int = 1
+    mlflow: str | None = None
 
 
 DEFAULTS = Config()
@@ -701,3 +706,49 @@ def validate_figure_args(args):
                 f"{name} must be between 1 and {MAX_GALLERY_SIDE}. "
                 f"Received: {name}={value}"
             )
+
+
+# --tta beyond this is slow for what it adds.
+MAX_TTA = 32
+
+
+def add_calibration_arguments(parser):
+    """main.py's --calibrate and --mlflow."""
+    group = parser.add_argument_group("calibration and tracking")
+    group.add_argument(
+        "--calibrate",
+        type=int,
+        choices=(0, 1),
+        default=DEFAULTS.calibrate,
+        help="1: after training, fit a temperature on the validation split so the "
+        "model's confidences match its accuracy; it is saved inside the model "
+        "and never changes the predicted class (default: %(default)s)",
+    )
+    group.add_argument(
+        "--mlflow",
+        default=DEFAULTS.mlflow,
+        metavar="URI",
+        help="Log the run (options, per-epoch and final metrics, figures, model) "
+        "to MLflow: a local folder such as ./mlruns, or a tracking server "
+        "http://HOST:PORT (default: not logged)",
+    )
+    return parser
+
+
+def add_tta_argument(parser):
+    """--tta, for evaluate.py and predict.py."""
+    parser.add_argument(
+        "--tta",
+        type=_integer("tta"),
+        default=DEFAULTS.tta,
+        help="Test-time augmentation: average the probabilities of each image and "
+        "N-1 flipped/shifted versions made by the training augmentation "
+        f"(1 = off, at most {MAX_TTA}) (default: %(default)s)",
+    )
+    return parser
+
+
+def validate_tta_args(args):
+    """Checks --tta. Raises UserError on a bad value."""
+    if not 1 <= args.tta <= MAX_TTA:
+        raise UserError(f"tta must be between 1 and {MAX_TTA}. Received: tta={args.tta}")

@@ -24,6 +24,8 @@ import sys
 import numpy as np
 
 import artifacts
+import augment
+import calibration
 import config
 import data_loader
 import export
@@ -43,6 +45,12 @@ class TrainedModel:
     image_size: int
     run_config: dict
     folder: str  # where the model and its companions are (its run folder)
+
+    @property
+    def temperature(self):
+        """The temperature inside the model (calibration.model_temperature):
+        None for a model saved before temperature scaling existed."""
+        return calibration.model_temperature(self.model)
 
 
 def read_companions(model_path):
@@ -246,14 +254,22 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
 # ---------------------------------------------------------------- prediction
 
 
-def predict_batches(model, dataset):
+def predict_batches(model, dataset, versions=1):
     """The one prediction loop: class probabilities for a dataset of
     (uint8 images, tags) batches. Tags ride along (true labels, or file
-    positions) so the caller knows what each row is. Returns
+    positions) so the caller knows what each row is. With `versions` > 1
+    each image comes as a stack of versions, (batch, versions, H, W, 3),
+    and its probabilities are their mean (test-time augmentation). Returns
     (probabilities (N, classes) float64, tags (N,))."""
     probabilities, tags = [], []
     for images, batch_tags in dataset:
-        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
+        if versions > 1:
+            flat = np.reshape(images, (-1, *images.shape[2:]))
+            outputs = np.asarray(model.predict_on_batch(flat), dtype=np.float64)
+            outputs = outputs.reshape(len(images), versions, -1).mean(axis=1)
+        else:
+            outputs = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        probabilities.append(outputs)
         tags.append(np.asarray(batch_tags))
     if not tags:
         return np.zeros((0, model.output_shape[-1])), np.zeros(0, int)
@@ -278,16 +294,95 @@ def file_batches(paths, image_size, batch_size, readers=None, tags=None):
     return dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def predict_files(model, paths, image_size, batch_size, readers=None):
+@dataclasses.dataclass(frozen=True)
+class TestTimeAugmentation:
+    """--tta N: each image is predicted as itself and N - 1 versions made by
+    the training pipeline's augmentation (augment.augment_batch) with
+    `augment`, and the probabilities are averaged. Version seeds come from
+    `seed` and the image's position, so the same call gives the same
+    versions at any batch size."""
+
+    versions: int
+    augment: object  # augment.AugmentConfig
+    seed: int
+
+    def describe(self):
+        return (
+            f"test-time augmentation: the image and {self.versions - 1} version(s) with flip "
+            f"{self.augment.flip}, shift up to {self.augment.translation:.0%}, probabilities averaged"
+        )
+
+
+def test_time_augmentation(trained, versions, seed):
+    """The TestTimeAugmentation of `versions` for a trained model, or None
+    for 1 (plain prediction). The versions are flipped and shifted as the
+    model's own training run augmented its images (its --flip and
+    --translation; no rotation, zoom or contrast change), so they are
+    transformations it learned to ignore. Raises UserError for a model
+    trained without augmentation."""
+    if versions == 1:
+        return None
+    options = trained.run_config.get("options") or {}
+    flip = options.get("flip", config.DEFAULTS.flip)
+    translation = float(options.get("translation", config.DEFAULTS.translation))
+    if not options.get("augment", config.DEFAULTS.augment) or (flip == "none" and translation == 0):
+        raise config.UserError(
+            "--tta needs a model trained with flips or shifts (--augment 1): the model "
+            f"{trained.path} never saw augmented images, so their predictions would not "
+            f"average to a better one. Received: tta={versions}"
+        )
+    strengths = augment.AugmentConfig(flip=flip, rotation=0.0, zoom=0.0, translation=translation, contrast=0.0)
+    return TestTimeAugmentation(versions=versions, augment=strengths, seed=seed)
+
+
+def _tta_versions(image, position, tta):
+    """(versions, H, W, 3) uint8: the image, then tta.versions - 1 augmented
+    copies, seeded by tta.seed and the image's position."""
+    import tensorflow as tf
+
+    copies = tf.repeat(image[None], tta.versions - 1, axis=0)
+    seed = tf.stack([tf.constant(tta.seed, tf.int64), tf.cast(position, tf.int64)])
+    augmented = augment.augment_batch(copies, seed, tta.augment)
+    return tf.concat([image[None], augmented], axis=0)
+
+
+def predict_files(model, paths, image_size, batch_size, readers=None, tta=None):
     """Class probabilities for image files, skipping unreadable ones.
 
     Returns (positions of the readable files in `paths`, probabilities
-    (readable, classes) float64, list of unreadable paths).
+    (readable, classes) float64, list of unreadable paths). Images are read
+    in parallel by image_io.load_image, the one decode function of training
+    (custom `readers` included). `tta` (a TestTimeAugmentation, or None)
+    averages each image's probabilities over augmented versions; the model
+    then sees about `batch_size` images per step.
     """
     if not paths:
         return np.zeros(0, int), np.zeros((0, model.output_shape[-1])), []
-    dataset = file_batches(paths, image_size, batch_size, readers)
-    probabilities, positions = predict_batches(model, dataset)
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(paths), tf.string), tf.range(len(paths)))
+    )
+    dataset = dataset.map(
+        lambda path, position: (
+            image_io.load_image(path, image_size, readers=readers),
+            position,
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    # A file that cannot be read or decoded is dropped, not fatal: the
+    # positions that come through tell which ones were.
+    dataset = dataset.ignore_errors()
+    versions = 1
+    if tta is not None:
+        versions = tta.versions
+        dataset = dataset.map(
+            lambda image, position: (_tta_versions(image, position, tta), position),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        batch_size = max(1, batch_size // versions)
+    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    probabilities, positions = predict_batches(model, dataset, versions)
     unreadable = sorted(set(range(len(paths))) - set(positions.tolist()))
     return positions, probabilities, [paths[i] for i in unreadable]
 
@@ -305,14 +400,36 @@ class Evaluation:
     description: str
     skipped: tuple = ()  # audit.SkippedFile
     readers: dict | None = None
+    temperature: float | None = None  # the model's (None: it has no temperature layer)
+    tta: int = 1  # versions averaged per image (1: no test-time augmentation)
 
     @property
     def predicted(self):
         return self.probabilities.argmax(axis=1)
 
     def metrics(self):
-        """evaluation_metrics: what metrics.json holds."""
-        return evaluation_metrics(self.true_labels, self.probabilities, self.class_names)
+        """evaluation_metrics, the calibration summary and the number of
+        test-time versions: what metrics.json holds."""
+        return {
+            **evaluation_metrics(self.true_labels, self.probabilities, self.class_names),
+            "calibration": self.calibration(),
+            "tta": self.tta,
+        }
+
+    def calibration(self):
+        return calibration.calibration_summary(
+            self.true_labels, self.probabilities, self.temperature, averaged=self.tta > 1
+        )
+
+    def reliability(self):
+        return calibration.reliability_bins(self.true_labels, self.probabilities)
+
+    def top_losses(self, count=None):
+        """Positions of the most confidently wrong images, worst first."""
+        return calibration.top_losses(self.true_labels, self.probabilities, count)
+
+    def most_confused(self, limit=10):
+        return calibration.most_confused(self.confusion_matrix(), self.class_names, limit)
 
     def report(self):
         return classification_metrics(self.true_labels, self.probabilities, self.class_names)
@@ -327,13 +444,14 @@ class Evaluation:
         return roc_analysis(self.true_labels, self.probabilities, self.class_names)
 
 
-def evaluate_images(trained, images, batch_size, readers=None):
-    """Predicts every readable image of a LabelledImages; returns an
+def evaluate_images(trained, images, batch_size, readers=None, tta=None):
+    """Predicts every readable image of a LabelledImages (averaged over
+    test-time versions with a TestTimeAugmentation `tta`); returns an
     Evaluation. Raises UserError when none can be read."""
     import audit
 
     positions, probabilities, unreadable = predict_files(
-        trained.model, images.paths, trained.image_size, batch_size, readers
+        trained.model, images.paths, trained.image_size, batch_size, readers, tta
     )
     if not len(positions):
         raise config.UserError(f"none of the {len(images.paths)} images could be read")
@@ -347,6 +465,8 @@ def evaluate_images(trained, images, batch_size, readers=None):
         skipped=tuple(images.skipped)
         + tuple(audit.SkippedFile(path, "not a readable image") for path in unreadable),
         readers=readers,
+        temperature=trained.temperature,
+        tta=1 if tta is None else tta.versions,
     )
 
 
@@ -496,6 +616,28 @@ def evaluation_metrics(true_labels, probabilities, class_names):
     return metrics
 
 
+def calibration_line(summary):
+    """'ECE 3.1% (12.4% before temperature scaling, T = 1.84), Brier 0.211,
+    NLL 0.402' for the printed summary."""
+    temperature = summary["temperature"]
+    if temperature is None:
+        scaling = "no temperature layer: a model saved before calibration existed"
+    elif temperature == 1.0:
+        scaling = "not calibrated, T = 1"
+    elif summary["ece_uncalibrated"] is None:
+        scaling = f"T = {temperature:.3g}"
+    else:
+        scaling = f"{summary['ece_uncalibrated']:.1%} before temperature scaling, T = {temperature:.3g}"
+    return f"ECE {summary['ece']:.1%} ({scaling}), Brier {summary['brier']:.3f}, NLL {summary['nll']:.3f}"
+
+
+def print_most_confused(pairs):
+    """The most confused class pairs, as main.py and evaluate.py print them."""
+    print("    most confused (true -> predicted, images):")
+    for line in calibration.confused_lines(pairs):
+        print(f"      {line}")
+
+
 def format_auc(roc_auc):
     """The macro AUC, or the binary one, as text."""
     value = roc_auc["macro"]
@@ -509,8 +651,9 @@ def format_auc(roc_auc):
 
 
 def render_evaluation(evaluation, results_dir, stamp, rows, cols, gallery, seed):
-    """The confusion matrices, report, ROC and gallery under
-    RESULTS_DIR/<category>/<stamp>/; returns their paths in stage order."""
+    """The confusion matrices, report, ROC, reliability diagram, gallery and
+    top losses under RESULTS_DIR/<category>/<stamp>/; returns their paths
+    in stage order."""
 
     def folder(category):
         return os.path.join(results_dir, category, stamp)
@@ -518,10 +661,12 @@ def render_evaluation(evaluation, results_dir, stamp, rows, cols, gallery, seed)
     figures = visualize.render_confusion(evaluation, folder("confusion_matrix"))
     figures.append(visualize.render_report(evaluation, folder("classification_report")))
     figures.append(visualize.render_roc(evaluation, folder("roc_auc")))
+    figures.append(visualize.render_reliability(evaluation, folder("calibration")))
     path, _ = visualize.render_gallery(
         evaluation, rows, cols, gallery, seed, folder("prediction_gallery")
     )
     figures.append(path)
+    figures.append(visualize.render_top_losses(evaluation, rows, cols, folder("top_losses")))
     for path in figures:
         print(f"    figure: {path}")
     return figures
@@ -535,6 +680,7 @@ def build_parser():
     config.add_model_argument(parser)
     config.add_figure_arguments(parser)
     config.add_export_arguments(parser)
+    config.add_tta_argument(parser)
     # The model fixes the image size; an explicit different one is a mistake.
     parser.set_defaults(image_size=None)
     return parser
@@ -545,6 +691,7 @@ def parse_arguments(argv):
     args = build_parser().parse_args(argv)
     config.validate_figure_args(args)
     config.validate_export_args(args)
+    config.validate_tta_args(args)
     if args.batch_size < 1:
         raise config.UserError(f"batch_size must be at least 1. Received: batch_size={args.batch_size}")
     if args.export and args.model and export.model_format(args.model) != "keras":
@@ -589,12 +736,15 @@ def run_evaluation(argv=None):
     if not image_dir:
         raise config.UserError("no --image_dir given and the model's run_config.json names none")
     config.check_outside("results_dir", options.results_dir, image_dir)
+    tta = test_time_augmentation(trained, options.tta, options.seed)
     stamp = artifacts.new_run_stamp(options.results_dir)
     with config.stage(f"Evaluating {trained.path} on {image_dir}"):
         images = labelled_images(
             image_dir, trained, options.split, options.labels_csv, options.classes, readers
         )
-        evaluation = evaluate_images(trained, images, options.batch_size, readers)
+        if tta:
+            print(f"    {tta.describe()}")
+        evaluation = evaluate_images(trained, images, options.batch_size, readers, tta)
         report_skipped(evaluation.skipped)
         metrics = evaluation.metrics()
         metrics_path = artifacts.write_json(
@@ -605,6 +755,7 @@ def run_evaluation(argv=None):
                 "evaluated": evaluation.description,
                 "skipped": [str(item) for item in evaluation.skipped],
                 **metrics,
+                "tta_augmentation": dataclasses.asdict(tta.augment) if tta else None,
             },
         )
         print(
@@ -612,6 +763,8 @@ def run_evaluation(argv=None):
             f"macro ROC AUC {format_auc(metrics['roc_auc'])} on {metrics['num_samples']} "
             f"images ({evaluation.description})"
         )
+        print(f"    {calibration_line(metrics['calibration'])}")
+        print_most_confused(evaluation.most_confused(limit=5))
         print(f"    metrics: {metrics_path}")
     with config.stage("Drawing the figures"):
         figures = render_evaluation(

@@ -14,6 +14,7 @@ import sys
 import artifacts
 import audit
 import augment
+import calibration
 import config
 import data_loader
 import evaluate
@@ -43,6 +44,7 @@ class Run:
     metrics: dict | None = None
     export_report: dict | None = None  # with --export, see export_stage
     figures: list = dataclasses.field(default_factory=list)
+    tracked: object = None  # the MLflow run (tracking.TrackedRun) with --mlflow
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -104,6 +106,7 @@ def build_parser():
     config.add_training_arguments(parser)
     config.add_figure_arguments(parser, training=True)
     config.add_export_arguments(parser)
+    config.add_calibration_arguments(parser)
     return parser
 
 
@@ -378,6 +381,45 @@ def train_stage(run):
     print(f"    history: {history_path}")
 
 
+def calibrate_stage(run):
+    """Temperature scaling (calibration.py): one T fitted on the validation
+    split's logits to minimize NLL, saved inside the run's model before it
+    is published, so every consumer gets calibrated probabilities. The
+    predicted class never changes."""
+    import keras
+
+    if not run.options.calibrate:
+        print("    skipped (--calibrate 0): confidences are the raw softmax")
+        return
+    if not os.path.isfile(run.model_path):
+        return  # training diverged: publish_stage says so
+    best = keras.models.load_model(run.model_path)
+    if calibration.logits_layer(best) is None:
+        print("    not applicable: this model was begun before calibration existed (no temperature layer)")
+        return
+    logits, labels = evaluate.predict_batches(calibration.logits_model(best), run.datasets["val"])
+    temperature = calibration.fit_temperature(logits, labels)
+    fitted = {"temperature": temperature, "fitted_on": "val", "images": int(len(labels))}
+    for name, value in (("before", 1.0), ("after", temperature)):
+        probabilities = calibration.softmax(logits, value)
+        fitted[f"val_nll_{name}"] = calibration.temperature_nll(logits, labels, value)
+        fitted[f"val_ece_{name}"] = calibration.expected_calibration_error(labels, probabilities)
+    artifacts.save_model(calibration.with_temperature(best, temperature), run.model_path)
+    saved = artifacts.read_run_config(run.folder)
+    artifacts.write_json(run.artifact_path(artifacts.RUN_CONFIG_FILE), {**saved, "calibration": fitted})
+    print(
+        f"    temperature {temperature:.3f} fitted on {len(labels)} validation images: "
+        f"NLL {fitted['val_nll_before']:.3f} -> {fitted['val_nll_after']:.3f}, "
+        f"ECE {fitted['val_ece_before']:.1%} -> {fitted['val_ece_after']:.1%}"
+    )
+    if temperature > 0.99 * calibration.MAX_TEMPERATURE:
+        print("    note: T is at its upper bound: on the validation split the model does about as well as "
+              "chance, so its calibrated probabilities are nearly uniform")
+    elif temperature < 1.01 * calibration.MIN_TEMPERATURE:
+        print("    note: T is at its lower bound: the model gets (nearly) every validation image right, "
+              "so the validation split cannot say how confident it should be")
+
+
 def publish_stage(run):
     """Only now, with training finished, does this run's model become what
     evaluate.py and predict.py use by default; the run config records the
@@ -411,6 +453,7 @@ def evaluate_stage(run):
         image_size=run.options.image_size,
         description="test split",
         readers=run.index.readers,
+        temperature=calibration.model_temperature(best),
     )
     run.metrics = run.evaluation.metrics()
     metrics_path = artifacts.write_json(
@@ -421,6 +464,7 @@ def evaluate_stage(run):
         f"    test accuracy {run.metrics['accuracy']:.4f}, loss {run.metrics['loss']:.4f} "
         f"on {run.metrics['num_samples']} images"
     )
+    print(f"    {evaluate.calibration_line(run.metrics['calibration'])}")
     print(f"    metrics: {metrics_path}")
 
 
@@ -571,10 +615,15 @@ def confusion_matrix_stage(run):
 def classification_report_stage(run):
     folder = run.results_path("classification_report")
     add_figures(run, visualize.render_report(run.evaluation, folder))
+    evaluate.print_most_confused(run.evaluation.most_confused(limit=5))
 
 
 def roc_auc_stage(run):
     add_figures(run, visualize.render_roc(run.evaluation, run.results_path("roc_auc")))
+
+
+def reliability_stage(run):
+    add_figures(run, visualize.render_reliability(run.evaluation, run.results_path("calibration")))
 
 
 def prediction_gallery_stage(run):
@@ -590,6 +639,77 @@ def prediction_gallery_stage(run):
     add_figures(run, path)
 
 
+def top_losses_stage(run):
+    options = run.options
+    folder = run.results_path("top_losses")
+    add_figures(run, visualize.render_top_losses(run.evaluation, options.rows, options.cols, folder))
+
+
+# ---------------------------------------------------------------- tracking
+
+
+def start_tracking_stage(run):
+    """With --mlflow: an MLflow run (a resumed run continues its own) with
+    every option, started before training so a wrong URI stops the run at
+    once. tracking.py is imported only then."""
+    if not run.options.mlflow:
+        print("    not tracked (no --mlflow)")
+        return
+    import tracking
+
+    saved = artifacts.read_run_config(run.folder)
+    previous = saved.get("mlflow") or {}
+    resumed = previous.get("run_id") if run.resume and previous.get("uri") == run.options.mlflow else None
+    counts = run.index.counts()
+    run.tracked = tracking.start_run(
+        run.options.mlflow,
+        experiment=os.path.basename(os.path.normpath(run.index.root)),
+        run_name=run.stamp,
+        params={
+            **main_options(run.options),
+            "num_classes": len(run.index.class_names),
+            **{f"{split}_images": sum(counts[split].values()) for split in data_loader.SPLITS},
+        },
+        tags={"run": run.stamp, "run_folder": os.path.abspath(run.folder), "image_dir": run.index.root},
+        resume_run_id=resumed,
+    )
+    artifacts.write_json(
+        run.artifact_path(artifacts.RUN_CONFIG_FILE),
+        {**saved, "mlflow": {"uri": run.options.mlflow, "run_id": run.tracked.run_id}},
+    )
+    print(f"    {'continuing' if resumed else 'started'} {run.tracked.describe()}")
+
+
+def finish_tracking_stage(run):
+    """With --mlflow: the per-epoch history, the test metrics, the figures,
+    reports and the published model go to the MLflow run, which ends."""
+    if run.tracked is None:
+        print("    not tracked (no --mlflow)")
+        return
+    import tracking
+
+    reports = [
+        run.history_path,
+        run.results_path("metrics", "metrics.json"),
+        run.results_path("classification_report", "classification_report.txt"),
+        run.results_path("classification_report", "classification_report.json"),
+        run.results_path("audit", "audit.json"),
+    ]
+    tracking.log_finished_run(
+        run.tracked,
+        history=train_utils.read_history(run.history_path),
+        metrics=run.metrics,
+        figures=run.figures,
+        reports=[path for path in reports if os.path.isfile(path)],
+        model_files=[run.artifact_path(name) for name in (artifacts.MODEL_FILE, *artifacts.COMPANION_FILES)],
+    )
+    print(f"    logged to {run.tracked.describe()}")
+    hint = tracking.viewing_hint(run.options.mlflow)
+    if hint:
+        print(f"    {hint}")
+    run.tracked = None  # ended: nothing left to mark failed
+
+
 def show_stage(run):
     """Every figure is saved by now; show them in stage order."""
     visualize.show_figures(run.figures, run.options.show)
@@ -600,11 +720,15 @@ STAGES = [
     # Before the figures: weights that cannot be loaded stop the run at once.
     ("Building the model", model_stage),
     ("Saving the class index, split manifest and run config", companions_stage),
+    ("Starting the MLflow run", start_tracking_stage),
     ("Plotting the dataset distribution", distribution_stage),
     ("Plotting example images per class", class_grid_stage),
     ("Previewing the augmentation", augmentation_stage),
     ("Preparing the input pipeline", data_stage),
     ("Training", train_stage),
+    # Before publishing: the published file is the calibrated one, and its
+    # hash in run_config.json is that file's.
+    ("Calibrating the confidences", calibrate_stage),
     ("Publishing the model", publish_stage),
     ("Plotting the training curves", training_curves_stage),
     ("Evaluating the best model on the test split", evaluate_stage),
@@ -612,7 +736,10 @@ STAGES = [
     ("Plotting the confusion matrix", confusion_matrix_stage),
     ("Plotting the classification report", classification_report_stage),
     ("Plotting the ROC curves", roc_auc_stage),
+    ("Plotting the reliability diagram", reliability_stage),
     ("Plotting the prediction gallery", prediction_gallery_stage),
+    ("Plotting the top losses", top_losses_stage),
+    ("Logging the run to MLflow", finish_tracking_stage),
     ("Showing the figures", show_stage),
 ]
 
@@ -646,9 +773,16 @@ def run_training(argv=None):
         print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
     keras.utils.set_random_seed(options.seed)
     run = Run(options=options, stamp=stamp, folder=folder, resume=resume)
-    for name, stage_function in STAGES:
-        with config.stage(name):
-            stage_function(run)
+    try:
+        for name, stage_function in STAGES:
+            with config.stage(name):
+                stage_function(run)
+    except BaseException as error:
+        if run.tracked is not None:  # an MLflow run never stays "running" after a failure
+            import tracking
+
+            tracking.end_failed_run(run.tracked, killed=isinstance(error, KeyboardInterrupt))
+        raise
     if run.export_report and not run.export_report["passed"]:
         raise config.CheckFailed(
             export.failure_message(run.export_report, export.report_path(run.model_path))

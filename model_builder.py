@@ -110,10 +110,27 @@ def build_classifier(
     x = features(x, training=False) if pretrained else features(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=LOGITS_LAYER)(x)
+    outputs = temperature_and_softmax(logits)
     return keras.Model(inputs, outputs, name=f"{backbone}_classifier")
+
+
+# The head ends Dense "logits" -> Rescaling(1/T) "temperature" -> softmax
+# "predictions", T = 1 until calibration.with_temperature sets the fitted
+# one: built-in layers only, so the .keras file reloads in safe mode and
+# exports as it is, and every consumer gets calibrated probabilities.
+LOGITS_LAYER = "logits"
+TEMPERATURE_LAYER = "temperature"
+PREDICTIONS_LAYER = "predictions"
+
+
+def temperature_and_softmax(logits, temperature=1.0):
+    """softmax(logits / temperature) as two float32 layers (even under
+    mixed precision); returns the probabilities tensor."""
+    import keras
+
+    scaled = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name=TEMPERATURE_LAYER)(logits)
+    return keras.layers.Activation("softmax", dtype="float32", name=PREDICTIONS_LAYER)(scaled)
 
 
 def set_batchnorm_momentum(model, momentum):

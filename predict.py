@@ -42,11 +42,27 @@ def split_at_backbone(model):
     return before, backbone, model.layers[position + 1 :]
 
 
+def split_at_classifier(after):
+    """(layers between the backbone and the classifier, the classifier
+    Dense layer) of the layers after the backbone: the classifier is the
+    "logits" Dense (models with a temperature), or the last Dense (older
+    models, whose Dense has the softmax built in)."""
+    import keras
+
+    from model_builder import LOGITS_LAYER
+
+    dense = [position for position, layer in enumerate(after) if isinstance(layer, keras.layers.Dense)]
+    named = [position for position, layer in enumerate(after) if layer.name == LOGITS_LAYER]
+    position = (named or dense)[-1]
+    return after[:position], after[position]
+
+
 def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16):
     """Grad-CAM (Selvaraju et al., 2017) of `class_ids` for uint8 images.
 
-    The class score is the logit of the final softmax Dense layer (the
-    softmax saturates near 100% and would flatten the gradients); the
+    The class score is the classifier Dense layer's logit, before the
+    temperature and softmax (the softmax saturates near 100% and would
+    flatten the gradients; the temperature only scales them); the
     heatmap is the ReLU of the feature maps of the backbone's
     `last_conv_layer` weighted by their mean gradients, scaled to [0, 1]
     per image and resized to the image (bicubic, clipped to [0, 1]).
@@ -57,7 +73,7 @@ def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16):
     import tensorflow as tf
 
     before, backbone, after = split_at_backbone(model)
-    head, classifier = after[:-1], after[-1]
+    head, classifier = split_at_classifier(after)
     conv_model = keras.Model(
         backbone.inputs, [backbone.get_layer(last_conv_layer).output, backbone.output]
     )
@@ -221,6 +237,7 @@ class Output:
     gallery: str
     seed: int
     gradcam: int
+    tta: object = None  # evaluate.TestTimeAugmentation, or None
 
     def path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -231,7 +248,7 @@ def predict_labelled(trained, images, output, readers=None):
     """--image_dir: predictions of LabelledImages `images` (relative to
     `output.image_dir`), predictions.csv, the gallery and (with gradcam)
     Grad-CAM. Returns the figure paths."""
-    evaluation = evaluate.evaluate_images(trained, images, output.batch_size, readers)
+    evaluation = evaluate.evaluate_images(trained, images, output.batch_size, readers, output.tta)
     evaluate.report_skipped(evaluation.skipped)
     root = os.path.abspath(output.image_dir)
     rows = prediction_rows(
@@ -273,7 +290,7 @@ def predict_unlabelled(trained, arguments, output, readers=None):
     skipped and listed. Returns the figure paths."""
     paths, skipped = collect_images(arguments, readers)
     positions, probabilities, unreadable = evaluate.predict_files(
-        trained.model, paths, trained.image_size, output.batch_size, readers
+        trained.model, paths, trained.image_size, output.batch_size, readers, output.tta
     )
     skipped += [audit.SkippedFile(path, "not a readable image") for path in unreadable]
     evaluate.report_skipped(skipped)
@@ -318,6 +335,7 @@ def build_parser():
     config.add_shared_arguments(parser)
     config.add_model_argument(parser)
     config.add_figure_arguments(parser)
+    config.add_tta_argument(parser)
     parser.set_defaults(image_size=None)  # fixed by the model
     group = parser.add_argument_group("prediction")
     group.add_argument(
@@ -345,6 +363,7 @@ def build_parser():
 def parse_arguments(argv):
     args = build_parser().parse_args(argv)
     config.validate_figure_args(args)
+    config.validate_tta_args(args)
     if (args.images is None) == (args.image_dir is None):
         raise config.UserError(
             "give either --images PATH [PATH ...] (files or folders) or --image_dir DIR "
@@ -380,6 +399,7 @@ def run_prediction(argv=None):
     trained = evaluate.load_trained_model(
         artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size
     )
+    tta = evaluate.test_time_augmentation(trained, options.tta, options.seed)
     output = Output(
         results_dir=options.results_dir,
         stamp=artifacts.new_run_stamp(options.results_dir),
@@ -391,8 +411,11 @@ def run_prediction(argv=None):
         gallery=options.gallery,
         seed=options.seed,
         gradcam=options.gradcam,
+        tta=tta,
     )
     with config.stage(f"Predicting with {trained.path}"):
+        if tta:
+            print(f"    {tta.describe()}")
         if options.images:
             figures = predict_unlabelled(trained, options.images, output, readers)
         else:

@@ -22,6 +22,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 import artifacts
+import calibration
 import image_io
 
 # ---------------------------------------------------------------- theme
@@ -552,6 +553,56 @@ def plot_roc_curves(roc, class_names, output_path, subtitle=""):
     return save_figure(figure, output_path)
 
 
+# ---------------------------------------------------------------- 7b. reliability
+
+
+@themed
+def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
+    """A reliability diagram (Guo et al., 2017): per confidence bin, the
+    accuracy as a bar beside the diagonal of perfect calibration, the gap
+    to the bin's mean confidence hatched, and below, the images per bin
+    with their counts.
+
+    `bins` is calibration.reliability_bins' dict; `ece` the expected
+    calibration error for the title. Returns the path.
+    """
+    lower, upper, count = bins["lower"], bins["upper"], np.asarray(bins["count"])
+    centres, widths = (lower + upper) / 2, upper - lower
+    filled = count > 0
+    accuracy, confidence = bins["accuracy"][filled], bins["confidence"][filled]
+    figure = Figure(figsize=(7.8, 7.6), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color=MUTED, linestyle=":", linewidth=1.3, label="perfect calibration")
+    top.bar(centres[filled], accuracy, widths[filled], color=ROSE, edgecolor=WINE, linewidth=0.8,
+            label="accuracy of the bin")
+    top.bar(centres[filled], np.abs(confidence - accuracy), widths[filled],
+            bottom=np.minimum(confidence, accuracy), color=BLUSH, alpha=0.6, edgecolor=DEEP_ROSE,
+            linewidth=0.6, hatch="///", label="gap to its mean confidence")
+    top.scatter(centres[filled], confidence, marker="_", s=160, color=WINE, linewidths=2, zorder=4,
+                label="mean confidence of the bin")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("Accuracy")
+    top.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
+    top.grid(True)
+    top.set_axisbelow(True)
+    top.legend(loc="upper left")
+    bars = bottom.bar(centres, count, widths, color=BLUSH, edgecolor=WINE, linewidth=0.6)
+    bottom.bar_label(bars, labels=[str(n) if n else "" for n in count], padding=2,
+                     fontsize=FONT_SIZES["small"])
+    bottom.set_ylim(0, max(1, count.max()) * 1.3)
+    bottom.set_ylabel("Images")
+    bottom.set_xlabel("Confidence (probability of the predicted class)")
+    bottom.xaxis.set_major_formatter(ticker.PercentFormatter(1.0))
+    bottom.set_xticks(np.linspace(0, 1, 6))
+    bottom.yaxis.grid(True)
+    bottom.set_axisbelow(True)
+    figure.suptitle(f"Reliability diagram · ECE {ece:.1%}")
+    if subtitle:
+        top.set_title(subtitle, color=MUTED, wrap=True)
+    return save_figure(figure, output_path)
+
+
 # ---------------------------------------------------------------- 8-9. galleries
 
 
@@ -580,10 +631,13 @@ def tile_title(item):
         if item.caption:
             lines.append(short_label(item.caption, 24, 1))
         return "\n".join(lines)
-    return (
-        f"true: {short_label(item.true, 20, 1)}\n"
-        f"pred: {short_label(item.predicted, 17, 1)} ({item.confidence:.0%})"
-    )
+    lines = [
+        f"true: {short_label(item.true, 20, 1)}",
+        f"pred: {short_label(item.predicted, 17, 1)} ({item.confidence:.0%})",
+    ]
+    if item.caption:
+        lines.append(short_label(item.caption, 24, 1))
+    return "\n".join(lines)
 
 
 def overlay_rgba(heatmap):
@@ -631,6 +685,15 @@ def plot_prediction_gallery(items, rows, cols, output_path, title="Prediction ga
     confidence, framed green when correct, red when wrong (rose when no
     label is known). Returns the path."""
     return save_figure(gallery_figure(items, rows, cols, title, subtitle), output_path)
+
+
+@themed
+def plot_top_losses(items, rows, cols, output_path, subtitle=""):
+    """The most confidently wrong images, worst first, titled like the
+    prediction gallery (true class, predicted class, confidence, and the
+    probability of the true class as a caption). Returns the path."""
+    figure = gallery_figure(items, rows, cols, "Top losses · the most confidently wrong", subtitle)
+    return save_figure(figure, output_path)
 
 
 def gradcam_figure(items, heatmaps, rows, cols, subtitle=""):
@@ -773,8 +836,11 @@ def render_report(evaluation, folder):
     as classification_report.txt (scikit-learn's) and .json; returns the
     PNG path."""
     metrics = evaluation.report()
-    artifacts.write_text(os.path.join(folder, "classification_report.txt"), evaluation.report_text())
-    artifacts.write_json(os.path.join(folder, "classification_report.json"), metrics)
+    confused = evaluation.most_confused()
+    text = evaluation.report_text() + "\nMost confused (true -> predicted, images):\n"
+    text += "".join(f"  {line}\n" for line in calibration.confused_lines(confused))
+    artifacts.write_text(os.path.join(folder, "classification_report.txt"), text)
+    artifacts.write_json(os.path.join(folder, "classification_report.json"), {**metrics, "most_confused": confused})
     return plot_classification_report(
         metrics, os.path.join(folder, "classification_report.png"),
         subtitle=summary_line(evaluation, accuracy=False),
@@ -786,6 +852,54 @@ def render_roc(evaluation, folder):
     return plot_roc_curves(
         roc, evaluation.class_names, os.path.join(folder, "roc_auc.png"), subtitle=summary_line(evaluation)
     )
+
+
+def calibration_note(summary):
+    """What the reliability diagram's subtitle says about temperature."""
+    temperature = summary["temperature"]
+    if temperature is None:
+        return "no temperature scaling (a model saved before it existed)"
+    if temperature == 1.0:
+        return "not calibrated (T = 1)"
+    note = f"temperature T = {temperature:.3g} fitted on the validation split"
+    if summary["ece_uncalibrated"] is not None:
+        note += f" · ECE before it: {summary['ece_uncalibrated']:.1%}"
+    return note
+
+
+def render_reliability(evaluation, folder):
+    """The reliability diagram of an Evaluation; returns the path."""
+    summary = evaluation.calibration()
+    subtitle = (
+        f"{summary_line(evaluation)}\n{calibration_note(summary)}\n"
+        f"Brier {summary['brier']:.3f} · NLL {summary['nll']:.3f} · {summary['bins']} equal-width bins"
+    )
+    if evaluation.tta > 1:
+        subtitle += f" · test-time augmentation: {evaluation.tta} versions averaged"
+    return plot_reliability_diagram(
+        evaluation.reliability(), summary["ece"], os.path.join(folder, "reliability.png"), subtitle=subtitle
+    )
+
+
+def render_top_losses(evaluation, rows, cols, folder):
+    """The top-losses gallery of an Evaluation (at most rows x cols of its
+    misclassified images); returns the path."""
+    indices = evaluation.top_losses(rows * cols)
+    true_probability = evaluation.probabilities[np.arange(len(evaluation.paths)), evaluation.true_labels]
+    captions = {index: f"p(true) {true_probability[index]:.0%}" for index in indices}
+    items = gallery_items(
+        evaluation.paths, evaluation.true_labels, evaluation.probabilities, evaluation.class_names,
+        evaluation.image_size, indices, captions=captions, readers=evaluation.readers,
+    )
+    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
+    if wrong:
+        subtitle = (
+            f"{len(items)} of {wrong} misclassified images ({evaluation.description}), "
+            "most confident first · p(true): the probability the model gave the true class"
+        )
+    else:
+        subtitle = f"no misclassified images among the {len(evaluation.paths)} ({evaluation.description})"
+    return plot_top_losses(items, rows, cols, os.path.join(folder, "top_losses.png"), subtitle=subtitle)
 
 
 # ---------------------------------------------------------------- showing

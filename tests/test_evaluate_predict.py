@@ -23,7 +23,9 @@ MAIN_FIGURES = [
     ("confusion_matrix", "confusion_matrix_normalized.png"),
     ("classification_report", "classification_report.png"),
     ("roc_auc", "roc_auc.png"),
+    ("calibration", "reliability.png"),
     ("prediction_gallery", "prediction_gallery.png"),
+    ("top_losses", "top_losses.png"),
 ]
 
 
@@ -68,10 +70,13 @@ def trained(tmp_path_factory):
             "--image_dir", data, "--artifacts_dir", str(artifacts), "--results_dir", str(results),
             "--weights", "none", "--alpha", "0.35", "--image_size", "32", "--batch_size", "8",
             "--epochs", "2", "--augment", "1", "--grid_per_class", "3", "--rows", "2", "--cols", "3",
-            "--show", "1",
+            "--show", "1", "--mlflow", (root / "mlruns").as_uri(),
         ])
     assert code == 0
-    return {"data": data, "artifacts": artifacts, "results": results, "root": root, "shown": shown}
+    return {
+        "data": data, "artifacts": artifacts, "results": results, "root": root, "shown": shown,
+        "mlruns": root / "mlruns",
+    }
 
 
 def common(trained, results, *extra):
@@ -110,7 +115,8 @@ def test_evaluate_reproduces_mains_test_metrics(trained, tmp_path, monkeypatch):
     assert code == 0
     stamp = only_stamp(results)
     assert set(runs_of(results)) == {
-        "metrics", "confusion_matrix", "classification_report", "roc_auc", "prediction_gallery"
+        "metrics", "confusion_matrix", "classification_report", "roc_auc", "calibration",
+        "prediction_gallery", "top_losses",
     }
     mains = read_json(trained["results"] / "metrics" / only_stamp(trained["results"]) / "metrics.json")
     ours = read_json(results / "metrics" / stamp / "metrics.json")
@@ -118,6 +124,8 @@ def test_evaluate_reproduces_mains_test_metrics(trained, tmp_path, monkeypatch):
     assert ours["accuracy"] == mains["accuracy"]
     assert ours["loss"] == pytest.approx(mains["loss"], rel=1e-5)
     assert ours["confusion_matrix"] == mains["confusion_matrix"]
+    assert ours["calibration"] == pytest.approx(mains["calibration"], rel=1e-5)
+    assert ours["tta"] == mains["tta"] == 1 and ours["tta_augmentation"] is None
     assert [os.path.relpath(path, results) for path in shown] == [
         os.path.join(category, stamp, name) for category, name in MAIN_FIGURES[4:]
     ]
@@ -232,3 +240,88 @@ def test_gradcam_heatmap_has_the_image_size_and_values_in_0_1():
     # Each map is scaled to its own peak (or is all zeros: nothing pushed
     # towards the class).
     assert all(np.isclose(heatmap.max(), 1, atol=0.02) or heatmap.max() == 0 for heatmap in heatmaps)
+
+
+@pytest.mark.slow
+def test_main_calibrates_the_model_it_publishes_and_tracks_the_run(trained):
+    import keras
+
+    import artifacts
+    import calibration
+    import tracking
+
+    stamp = only_stamp(trained["results"])
+    folder = trained["artifacts"] / "runs" / stamp
+    run_config = read_json(folder / "run_config.json")
+    published = trained["artifacts"] / "best_model.keras"
+    # The published file is the calibrated one, and its hash is recorded.
+    assert run_config["model_sha256"] == artifacts.file_sha256(published)
+    fitted = run_config["calibration"]
+    assert fitted["fitted_on"] == "val" and fitted["images"] == 6
+    assert fitted["val_nll_after"] <= fitted["val_nll_before"] + 1e-9
+    model = keras.models.load_model(published)
+    assert calibration.model_temperature(model) == pytest.approx(fitted["temperature"])
+    metrics = read_json(trained["results"] / "metrics" / stamp / "metrics.json")
+    assert metrics["calibration"]["temperature"] == pytest.approx(fitted["temperature"])
+    assert set(metrics["calibration"]) >= {"temperature", "ece", "ece_uncalibrated", "brier", "nll"}
+    assert metrics["calibration"]["nll"] == pytest.approx(metrics["loss"])
+    report = read_json(trained["results"] / "classification_report" / stamp / "classification_report.json")
+    mistakes = metrics["num_samples"] - np.trace(np.array(metrics["confusion_matrix"]["counts"]))
+    assert sum(pair["count"] for pair in report["most_confused"]) == mistakes
+
+    client, _ = tracking.client(str(trained["mlruns"]))
+    (run,) = client.search_runs([client.get_experiment_by_name("data").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_id == run_config["mlflow"]["run_id"]
+    assert run.data.params["epochs"] == "2" and run.data.params["image_size"] == "32"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 1]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert run.data.metrics["test_ece"] == pytest.approx(metrics["calibration"]["ece"])
+    figures = {item.path for item in client.list_artifacts(run.info.run_id, "figures")}
+    assert figures == {f"figures/{category}" for category, _ in MAIN_FIGURES}
+    model_files = {item.path for item in client.list_artifacts(run.info.run_id, "model")}
+    assert model_files == {"model/best_model.keras", "model/class_index.json", "model/run_config.json",
+                           "model/split_manifest.csv"}
+
+
+@pytest.mark.slow
+def test_evaluate_with_tta_records_it_and_draws_the_same_figures(trained, tmp_path):
+    results = tmp_path / "results"
+
+    code = evaluate.main(["--image_dir", trained["data"], "--tta", "3", *common(trained, results)])
+
+    assert code == 0
+    metrics = read_json(results / "metrics" / only_stamp(results) / "metrics.json")
+    assert metrics["tta"] == 3 and metrics["num_samples"] == 6
+    assert metrics["tta_augmentation"] == {"flip": "horizontal", "rotation": 0.0, "zoom": 0.0,
+                                           "translation": 0.1, "contrast": 0.0}
+    assert metrics["calibration"]["ece_uncalibrated"] is None  # not recoverable from averages
+    assert os.path.getsize(results / "calibration" / only_stamp(results) / "reliability.png") > 5_000
+
+
+@pytest.mark.slow
+def test_a_model_saved_before_calibration_still_evaluates_and_predicts(trained, tmp_path):
+    """Models saved before temperature scaling existed have the softmax in
+    their last Dense and no temperature: they load and work everywhere."""
+    import shutil
+
+    import artifacts
+    from test_calibration import old_head_model
+
+    folder = tmp_path / "old_run"
+    shutil.copytree(trained["artifacts"] / "runs" / only_stamp(trained["results"]), folder,
+                    ignore=shutil.ignore_patterns("resume", "*.keras"))
+    artifacts.save_model(old_head_model(num_classes=len(CLASSES)), str(folder / "best_model.keras"))
+    run_config = read_json(folder / "run_config.json")
+    run_config.pop("model_sha256")
+    artifacts.write_json(str(folder / "run_config.json"), run_config)
+    model = str(folder / "best_model.keras")
+    results = tmp_path / "results"
+
+    assert evaluate.main(["--image_dir", trained["data"], "--model", model, *common(trained, results)]) == 0
+    assert predict.main(["--image_dir", trained["data"], "--model", model, "--gradcam", "1",
+                         *common(trained, tmp_path / "predicted")]) == 0
+
+    metrics = read_json(results / "metrics" / only_stamp(results) / "metrics.json")
+    assert metrics["calibration"]["temperature"] is None
+    assert metrics["calibration"]["ece"] == metrics["calibration"]["ece_uncalibrated"]
+    assert os.path.getsize(tmp_path / "predicted" / "gradcam" / only_stamp(tmp_path / "predicted") / "gradcam.png") > 5_000
