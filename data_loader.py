@@ -13,6 +13,8 @@ Three steps, kept apart so each can be tested and reused:
    (train only, `augment_batch`), prefetch. Only file paths live in memory;
    images are read as the pipeline runs. Images stay uint8 all the way: the
    model normalizes them itself, so the saved model takes raw 0-255 pixels.
+   With several workers, `worker_dataset_fn` gives each its share of the
+   files.
 3. `python data_loader.py --image_dir DIR [--json]` runs step 1 and prints
    what it found, without training.
 """
@@ -1010,13 +1012,19 @@ def make_dataset(
     decoders=None,
     readers=None,
     cache=False,
+    repeat=False,
+    pad_to=None,
 ):
     """A tf.data pipeline of (uint8 images, int32 labels) batches.
 
     `training` shuffles (reshuffled every epoch, seeded); `augment` (an
     AugmentConfig or None) augments, and only when training: validation and
     test data are never shuffled or augmented. Every file appears exactly
-    once per epoch, the last batch may be partial. `decoders` (one per
+    once per epoch, the last batch may be partial; with `repeat` the files
+    come round again endlessly, reshuffled each pass, so every batch is full
+    (the caller counts the steps of an epoch). `pad_to` adds blank images
+    labelled -1 after the files until there are `pad_to` examples (see
+    `worker_dataset_fn`). `decoders` (one per
     path, from DatasetIndex.decoders; None: read from the files' headers)
     and `readers` (custom readers, {".ext": function}) choose how each file
     is decoded (see `image_io.load_image`); files TensorFlow decodes stay native.
@@ -1045,6 +1053,8 @@ def make_dataset(
     # Both orders are the same permutation for the same seed.
     if training and not cache:
         dataset = dataset.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+    if repeat and not cache:
+        dataset = dataset.repeat()
     # With one decoder for every file, no per-file branch: an all-native
     # dataset is a pure TensorFlow graph, as fast as it gets.
     single = decoders[0] if len(set(decoders)) == 1 else None
@@ -1059,6 +1069,11 @@ def make_dataset(
         dataset = dataset.cache()
         if training:
             dataset = dataset.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+    if pad_to is not None and pad_to > len(paths):
+        blank = (tf.zeros([image_size, image_size, 3], tf.uint8), tf.constant(-1, tf.int32))
+        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad_to - len(paths)))
     dataset = dataset.batch(batch_size)
     if training and augment is not None:
         # One seed pair per batch, drawn afresh every epoch from a seeded
@@ -1072,6 +1087,66 @@ def make_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------- several workers
+
+
+def worker_steps(num_files, num_workers, global_batch_size):
+    """Steps per epoch when `num_workers` workers share `num_files` files
+    (`worker_dataset_fn`): enough for the largest share to be read once.
+    Every worker runs exactly this many, since each step is a collective."""
+    per_worker_batch = global_batch_size // num_workers
+    return max(1, math.ceil(math.ceil(num_files / num_workers) / per_worker_batch))
+
+
+def worker_dataset_fn(
+    paths,
+    labels,
+    image_size,
+    global_batch_size,
+    training=False,
+    augment=None,
+    seed=42,
+    decoders=None,
+    readers=None,
+    cache=False,
+):
+    """A dataset function for `strategy.distribute_datasets_from_function`:
+    each input pipeline (one per worker) reads only its share of the files,
+    paths[i::n], through `make_dataset` at the per-replica batch size.
+
+    The files are split before anything is read; tf.data's auto-sharding of
+    a file-list dataset would read every file on every worker and drop most.
+    Every worker must run `worker_steps` steps per epoch with full batches:
+    a training share repeats (reshuffled each pass, seeded per worker); a
+    validation share is padded with blank images labelled -1, which the
+    training loop leaves out of its metrics. Arguments as `make_dataset`.
+    """
+    paths, labels = list(paths), list(labels)
+    decoders = list(decoders) if decoders is not None else plan_decoders(paths, readers)
+
+    def dataset_fn(input_context):
+        worker, workers = input_context.input_pipeline_id, input_context.num_input_pipelines
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        replicas_here = input_context.num_replicas_in_sync // workers
+        steps = worker_steps(len(paths), workers, global_batch_size)
+        return make_dataset(
+            paths[worker::workers],
+            labels[worker::workers],
+            image_size,
+            batch_size,
+            training=training,
+            augment=augment,
+            seed=seed + worker,  # different shuffles and augmentations per worker
+            decoders=decoders[worker::workers],
+            readers=readers,
+            cache=cache,
+            repeat=training,
+            pad_to=None if training else steps * replicas_here * batch_size,
+        )
+
+    return dataset_fn
 
 
 # ---------------------------------------------------------------- command line
