@@ -6,7 +6,9 @@ own on top (`add_split_arguments`, `add_training_arguments`,
 `add_figure_arguments`). Scripts validate what they parsed, turn it into a
 Config (`config_from_args`) and pass plain values on: the parsed command
 line stops at the script that parsed it. A mistake in what the user asked
-for is a `UserError`: `run_cli` prints its one line and exits with code 2.
+for is a `UserError`: `run_cli` prints its one line and exits with code 2
+(a run that cannot go on for another reason, such as a lost worker, raises
+a `Stop` with exit code 1 the same way).
 """
 
 import argparse
@@ -20,8 +22,17 @@ import time
 import artifacts
 
 
-class UserError(Exception):
+class Stop(Exception):
+    """Ends a script with one line on stderr and `exit_code`, no traceback:
+    for a run that cannot go on though nothing was the user's mistake."""
+
+    exit_code = 1
+
+
+class UserError(Stop):
     """A mistake in the user's input: reported as one line, exit code 2."""
+
+    exit_code = 2
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -51,7 +62,7 @@ def add_model_argument(parser):
     return parser
 
 
-class CheckFailed(Exception):
+class CheckFailed(Stop):
     """A check of the program's own output failed (an export that does not
     match its model): not the user's mistake, so one line and exit code 1."""
 
@@ -205,7 +216,9 @@ def add_shared_arguments(parser):
         "--batch_size",
         type=_integer("batch_size"),
         default=DEFAULTS.batch_size,
-        help="Images per batch (default: %(default)s)",
+        help="Images per batch; in training, per replica: with several GPUs "
+        "or workers each step takes batch_size x replicas images "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--seed",
@@ -622,19 +635,17 @@ def stage(name):
 
 
 def run_cli(main_function, argv=None):
-    """Runs `main_function(argv)`; a UserError becomes one line and exit 2.
+    """Runs `main_function(argv)`; a UserError becomes one line and exit 2
+    (any other Stop: one line and its own exit code).
 
     Returns the function's exit code (0 on success) so tests can call
     `main([...])` in-process. Bugs still raise with their traceback.
     """
     try:
         main_function(argv)
-    except UserError as error:
+    except Stop as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except CheckFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
     return 0
 
 

@@ -13,6 +13,8 @@ Three steps, kept apart so each can be tested and reused:
    (train only, `augment_batch`), prefetch. Only file paths live in memory;
    images are read as the pipeline runs. Images stay uint8 all the way: the
    model normalizes them itself, so the saved model takes raw 0-255 pixels.
+   With several workers, train_utils.worker_dataset_fn gives each its
+   share of the files.
 3. `python data_loader.py --image_dir DIR [--json]` runs step 1 and prints
    what it found, without training.
 """
@@ -1047,13 +1049,19 @@ def make_dataset(
     decoders=None,
     readers=None,
     cache=False,
+    repeat=False,
+    pad_to=None,
 ):
     """A tf.data pipeline of (uint8 images, int32 labels) batches.
 
     `training` shuffles (reshuffled every epoch, seeded); `augment` (an
     AugmentConfig or None) augments, and only when training: validation and
     test data are never shuffled or augmented. Every file appears exactly
-    once per epoch, the last batch may be partial. `decoders` (one per
+    once per epoch, the last batch may be partial; with `repeat` the files
+    come round again endlessly, reshuffled each pass, so every batch is full
+    (the caller counts the steps of an epoch). `pad_to` adds blank images
+    labelled -1 after the files until there are `pad_to` examples (see
+    train_utils.worker_dataset_fn). `decoders` (one per
     path, from DatasetIndex.decoders; None: read from the files' headers)
     and `readers` (custom readers, {".ext": function}) choose how each file
     is decoded (see `image_io.load_image`); files TensorFlow decodes stay native.
@@ -1082,6 +1090,8 @@ def make_dataset(
     # Both orders are the same permutation for the same seed.
     if training and not cache:
         dataset = dataset.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+    if repeat and not cache:
+        dataset = dataset.repeat()
     # With one decoder for every file, no per-file branch: an all-native
     # dataset is a pure TensorFlow graph, as fast as it gets.
     single = decoders[0] if len(set(decoders)) == 1 else None
@@ -1096,6 +1106,11 @@ def make_dataset(
         dataset = dataset.cache()
         if training:
             dataset = dataset.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+    if pad_to is not None and pad_to > len(paths):
+        blank = (tf.zeros([image_size, image_size, 3], tf.uint8), tf.constant(-1, tf.int32))
+        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad_to - len(paths)))
     dataset = dataset.batch(batch_size)
     if training and augment is not None:
         # One seed pair per batch, drawn afresh every epoch from a seeded

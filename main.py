@@ -8,8 +8,12 @@ new stage is one function and one line in the list.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
+import shutil
 import sys
+import tempfile
 
 import artifacts
 import audit
@@ -90,7 +94,12 @@ def write_demo_dataset(folder):
         os.makedirs(class_folder, exist_ok=True)
         Image.fromarray(pixels, mode="L").save(os.path.join(class_folder, f"{number:04d}.png"))
     open(os.path.join(staging, ".complete"), "w").close()
-    os.replace(staging, folder)  # all or nothing: an interrupted write leaves only the hidden staging folder
+    try:
+        os.replace(staging, folder)  # all or nothing: an interrupted write leaves only the hidden staging folder
+    except OSError:
+        if not os.path.isfile(os.path.join(folder, ".complete")):
+            raise
+        shutil.rmtree(staging)  # another process (a second worker on this machine) wrote it first
     return folder
 
 
@@ -199,12 +208,17 @@ def scan_stage(run):
         cache_dir=artifacts.audit_cache_dir(options.artifacts_dir),
         progress=audit.ProgressLine(),
     )
-    audit_path = artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)
-    for line in audit.summary_lines(run.index, where=audit_path):
+    audit_path = None
+    if run.device.is_chief:
+        audit_path = artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)
+    for line in audit.summary_lines(run.index, where=audit_path or "the chief's audit.json"):
         print(f"    {line}")
-    print(f"    audit: {audit_path}")
-    if run.resume:
+    if audit_path:
+        print(f"    audit: {audit_path}")
+    if run.resume and run.device.is_chief:
         check_same_split(run)
+    if run.device.cluster is not None:
+        check_workers_agree(run)
 
 
 def check_same_split(run):
@@ -221,16 +235,32 @@ def check_same_split(run):
         )
 
 
+def check_workers_agree(run):
+    """Every worker must have found the same split (the chief's is the one
+    saved); all of them stop, naming the ones that differ, otherwise."""
+    rows = [dataclasses.astuple(row) for row in data_loader.manifest_rows(run.index)]
+    digest = hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+    digests = run.device.workers.exchange(digest)
+    differ = [str(number) for number, theirs in enumerate(digests) if theirs != digests[0]]
+    if differ:
+        raise config.UserError(
+            f"the workers found different datasets: worker(s) {', '.join(differ)} (in TF_CONFIG order, "
+            "chief first) split their files differently from the chief; every worker needs the same "
+            "files under --image_dir and the same --seed, split, --classes and --labels_csv options"
+        )
+
+
 def model_stage(run):
     import keras
 
     from model_builder import build_classifier
 
     options = run.options
-    run.device = train_utils.configure_device(options.precision, options.jit)
-    print(f"    device: {run.device.describe()}")
+    print(f"    device: {run.device.describe(options.batch_size)}")
     with run.device.strategy.scope():
-        if run.resume:
+        # Several workers all build the model afresh (creating variables is
+        # a collective step); resuming, training gives them the chief's state.
+        if run.resume and run.device.cluster is None:
             path = run.artifact_path(artifacts.RESUME_FOLDER, run.resume["model_file"])
             run.model = keras.models.load_model(path)
             print(f"    resuming after epoch {run.resume['epoch'] + 1} ({run.resume['phase']}) from {path}")
@@ -271,6 +301,11 @@ def run_config(run):
         "test_split": options.test_split,
         "run": run.stamp,
         "status": "training",
+        "distribution": {
+            "workers": run.device.num_workers,
+            "replicas": run.device.strategy.num_replicas_in_sync,
+            "global_batch_size": options.batch_size * run.device.strategy.num_replicas_in_sync,
+        },
         "options": main_options(options),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
@@ -310,21 +345,23 @@ def augment_config(options):
 
 
 def data_stage(run):
-    options = run.options
+    options, workers = run.options, run.device.num_workers
     replicas = run.device.strategy.num_replicas_in_sync
-    batch_size = options.batch_size * replicas  # global batch over all GPUs
+    batch_size = options.batch_size * replicas  # global batch over all GPUs and workers
     augment = augment_config(options)
-    # Train and val are read every epoch: cache both or neither. Test is
-    # read once, so it always streams.
-    reread = sum(len(run.index.split(split)[0]) for split in ("train", "val"))
+    # Train and val are read every epoch: cache both or neither (each worker
+    # its share). Test is read once, so it always streams.
+    reread = sum(len(run.index.split(split)[0]) for split in ("train", "val")) // workers
     cache, cache_note = data_loader.decide_cache(options.cache, reread, options.image_size)
+    if len(run.index.split("train")[0]) < workers:
+        raise config.UserError(
+            f"{workers} workers need at least one training image each; the training split has "
+            f"{len(run.index.split('train')[0])}"
+        )
     for split in data_loader.SPLITS:
         paths, labels = run.index.split(split)
-        run.datasets[split] = data_loader.make_dataset(
-            paths,
-            labels,
+        settings = dict(
             image_size=options.image_size,
-            batch_size=batch_size,
             training=split == "train",
             augment=augment,
             seed=options.seed,
@@ -332,7 +369,19 @@ def data_stage(run):
             readers=run.index.readers,
             cache=cache and split != "test",
         )
-    print(f"    batch size {batch_size}, augmentation {'on' if augment else 'off'}, {cache_note}")
+        if workers > 1 and split != "test":  # the chief evaluates the test split alone
+            steps = train_utils.worker_steps(len(paths), workers, batch_size)
+            dataset_fn = train_utils.worker_dataset_fn(paths, labels, global_batch_size=batch_size, **settings)
+            run.datasets[split] = train_utils.distribute(run.device, dataset_fn, steps, batch_size)
+        else:
+            run.datasets[split] = data_loader.make_dataset(paths, labels, batch_size=batch_size, **settings)
+    per_replica = f" ({options.batch_size} per replica x {replicas})" if replicas > 1 else ""
+    print(f"    batch size {batch_size}{per_replica}, augmentation {'on' if augment else 'off'}, {cache_note}")
+    if workers > 1:
+        print(
+            f"    each worker reads its share of the files: about {-(-len(run.index.split('train')[0]) // workers)} "
+            f"training images, {run.datasets['train'].steps} steps per epoch"
+        )
 
 
 def print_class_weights(weights, class_names, mode):
@@ -373,12 +422,13 @@ def train_stage(run):
     if run.resume and "finetune_start" in run.resume:
         state["finetune_start"] = run.resume["finetune_start"]
     train_utils.train(
-        run.model, run.datasets["train"], run.datasets["val"], plan, state, resume=run.resume
+        run.model, run.datasets["train"], run.datasets["val"], plan, state, resume=run.resume, device=run.device
     )
     run.history_path = history_path
     run.finetune_start = train_utils.finetune_start(plan.resume_folder)
     train_utils.finish_resume_points(plan.resume_folder)
-    print(f"    history: {history_path}")
+    if run.device.is_chief:
+        print(f"    history: {history_path}")
 
 
 def calibrate_stage(run):
@@ -744,39 +794,152 @@ STAGES = [
 ]
 
 
+def open_run(options, argv):
+    """This invocation's run: a new one, or the interrupted run --resume
+    continues, with its own saved options. Returns (options, run id, run
+    folder, resume state or None). Raises UserError."""
+    if not options.resume:
+        stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
+        print(f"Run {stamp}: {folder}")
+        return options, stamp, folder, None
+    stamp, folder, resume = train_utils.find_interrupted_run(options.artifacts_dir, options.resume)
+    try:
+        saved = artifacts.read_run_config(folder).get("options")
+    except artifacts.CompanionError as error:
+        raise config.UserError(f"--resume: {error}; start a new run") from None
+    if not isinstance(saved, dict):
+        raise config.UserError(f"--resume: the run config in {folder} has no options; start a new run")
+    options = resumed_options(options, given_options(argv), saved)
+    check_outputs_outside(options)
+    try:  # checked before anything is written; compared after the scan
+        artifacts.read_manifest(folder)
+    except artifacts.CompanionError as error:
+        raise config.UserError(f"--resume: {error}; start a new run") from None
+    print(f"Resuming run {stamp} ({folder}) with its own options.")
+    return options, stamp, folder, resume
+
+
+# A worker's own machine may keep the dataset (and a weights file)
+# elsewhere: these options are the worker's; every other one is the chief's.
+WORKER_LOCAL_OPTIONS = ("image_dir", "labels_csv", "reader", "weights")
+
+
+def worker_options(options, given, chief):
+    """The options a worker other than the chief trains with: the chief's
+    (`chief`, as saved in run_config.json), with the paths of
+    WORKER_LOCAL_OPTIONS given on this worker's command line. Any other
+    option given with another value than the chief's is refused, naming it.
+    Raises UserError."""
+    chief_config = config.config_from_dict(chief)
+    given_config = config.config_from_dict(given)
+    ignored = (*DISPLAY_OPTIONS, *WORKER_LOCAL_OPTIONS, "resume", "artifacts_dir", "results_dir")
+    for name in given:
+        if name in ignored or name not in chief:
+            continue
+        ours, theirs = getattr(given_config, name), getattr(chief_config, name)
+        if not same_option(name, ours, theirs):
+            raise config.UserError(
+                f"every worker trains with the chief's options, and the chief has {name}={theirs}; "
+                f"give --{name} the same value here or leave it out. Received: {name}={ours}"
+            )
+    mine = {name: getattr(options, name) for name in WORKER_LOCAL_OPTIONS if name in given}
+    return dataclasses.replace(chief_config, resume=options.resume, **mine)
+
+
+def open_worker_run(options, argv, workers):
+    """Several workers: the chief opens the run (`open_run`) and every
+    worker learns its id, options and resume point from it. The others
+    write nothing in ARTIFACTS_DIR or RESULTS_DIR: their files (the saves
+    every worker makes, see train_utils) go to a scratch folder of their
+    own, deleted at the end. Returns open_run's tuple and the scratch
+    folder (None on the chief). Raises UserError on every worker when the
+    chief cannot open the run."""
+    cluster = workers.cluster
+    if cluster.is_chief:
+        try:
+            opened = open_run(options, argv)
+        except config.UserError as error:
+            workers.exchange({"error": str(error)})
+            raise
+        options, stamp, folder, resume = opened
+        workers.exchange({"stamp": stamp, "options": main_options(options), "resume": resume})
+        return (*opened, None)
+    chief = workers.exchange(None)[0]
+    if "error" in chief:
+        raise config.UserError(f"the chief stopped: {chief['error']}")
+    options = worker_options(options, given_options(argv), chief["options"])
+    scratch = tempfile.mkdtemp(prefix=f"image-classifier-{cluster.task_type}{cluster.task_index}-")
+    for name in ("artifacts_dir", "results_dir", "image_dir"):
+        if data_loader.is_inside(scratch, getattr(options, name)):
+            shutil.rmtree(scratch)
+            raise config.UserError(
+                f"this worker's scratch folder would be inside --{name}; set TMPDIR to a folder "
+                f"outside it. Received: {name}={getattr(options, name)}"
+            )
+    stamp = chief["stamp"]
+    options = dataclasses.replace(
+        options, artifacts_dir=os.path.join(scratch, "model_artifacts"), results_dir=os.path.join(scratch, "results")
+    )
+    folder = os.path.join(artifacts.runs_folder(options.artifacts_dir), stamp)
+    os.makedirs(folder)
+    resume = chief["resume"]
+    if resume:  # the chief's history stays the chief's
+        resume = {**resume, "history_path": os.path.join(options.results_dir, "training_curves", stamp, "history.csv")}
+    print(
+        f"Run {stamp}, {cluster.name} of {cluster.num_workers} workers: the chief writes the model "
+        f"and results; this worker writes nothing there (scratch: {scratch})."
+    )
+    return options, stamp, folder, resume, scratch
+
+
+# What every worker of a multi-worker run does; the other stages (figures,
+# publishing, evaluation, anything that writes) are the chief's alone.
+WORKER_STAGES = ("scan_stage", "model_stage", "data_stage", "train_stage")
+
+
 def run_training(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     import keras
 
     options = parse_arguments(argv)
     check_artifacts_dir(options.artifacts_dir)
-    if options.resume:
-        stamp, folder, resume = train_utils.find_interrupted_run(options.artifacts_dir, options.resume)
-        try:
-            saved = artifacts.read_run_config(folder).get("options")
-        except artifacts.CompanionError as error:
-            raise config.UserError(f"--resume: {error}; start a new run") from None
-        if not isinstance(saved, dict):
-            raise config.UserError(f"--resume: the run config in {folder} has no options; start a new run")
-        options = resumed_options(options, given_options(argv), saved)
-        check_outputs_outside(options)
-        try:  # checked before anything is written; compared after the scan
-            artifacts.read_manifest(folder)
-        except artifacts.CompanionError as error:
-            raise config.UserError(f"--resume: {error}; start a new run") from None
-        print(f"Resuming run {stamp} ({folder}) with its own options.")
-    else:
-        resume = None
-        stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
-        print(f"Run {stamp}: {folder}")
-    if options.demo:
-        print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
-    keras.utils.set_random_seed(options.seed)
-    run = Run(options=options, stamp=stamp, folder=folder, resume=resume)
+    cluster = train_utils.cluster_from_environment()
+    if cluster is not None:
+        print(
+            f"Waiting for all {cluster.num_workers} workers of TF_CONFIG to start "
+            f"(this is {cluster.name}, {cluster.addresses[cluster.worker_index]})...",
+            flush=True,
+        )
+    # Before anything else starts TensorFlow (see make_strategy).
+    strategy = train_utils.make_strategy(cluster)
+    workers = None if cluster is None else train_utils.Workers(strategy, cluster)
+    scratch = None
+    try:
+        with train_utils.worker_errors(cluster):
+            if cluster is None:
+                options, stamp, folder, resume = open_run(options, argv)
+            else:
+                options, stamp, folder, resume, scratch = open_worker_run(options, argv, workers)
+            device = train_utils.configure_device(options.precision, options.jit, strategy, workers)
+            if options.demo:
+                print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
+            keras.utils.set_random_seed(options.seed)
+            run = Run(options=options, stamp=stamp, folder=folder, resume=resume, device=device)
+            run_stages(run)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return run
+
+
+def run_stages(run):
+    """Runs STAGES in order (on a worker other than the chief, only
+    WORKER_STAGES); with several workers, they all end together."""
     try:
         for name, stage_function in STAGES:
-            with config.stage(name):
-                stage_function(run)
+            if run.device.is_chief or stage_function.__name__ in WORKER_STAGES:
+                with config.stage(name):
+                    stage_function(run)
     except BaseException as error:
         if run.tracked is not None:  # an MLflow run never stays "running" after a failure
             import tracking
@@ -787,7 +950,14 @@ def run_training(argv=None):
         raise config.CheckFailed(
             export.failure_message(run.export_report, export.report_path(run.model_path))
         )
-    return run
+    if run.device.cluster is not None:
+        # Every worker waits for the chief's evaluation and figures, so that
+        # none leaves while the others still count on it.
+        what = "Waiting for every worker to finish" if run.device.is_chief else (
+            "Waiting for the chief to evaluate the model and write the results"
+        )
+        with config.stage(what):
+            run.device.workers.exchange(None)
 
 
 def check_artifacts_dir(artifacts_dir):
