@@ -162,7 +162,7 @@ def test_an_unpacked_archive_folder_is_used_and_said(tmp_path, inner):
     assert index.layout == "presplit" and index.class_names == ("glioma", "pituitary")
     assert len(index.samples) == 2 * (8 + 3 + 3)
     assert all(sample.path.startswith(inner + "/") for sample in index.samples)  # relative to DIR
-    assert index.notes[0].startswith(f"the dataset folder holds only {inner}/")
+    assert index.notes[0].startswith(f"the dataset folder holds only {inner}/ (besides junk")
     assert index.ignored == 3  # __MACOSX/, .DS_Store, README.txt
 
 
