@@ -246,11 +246,12 @@ def walk_images(folder, root, extensions=IMAGE_EXTENSIONS, ignored=None, problem
     problems = [] if problems is None else problems
     real_root = os.path.realpath(root)
     seen = set()
-
-    def walk(current):
+    pending = [folder]  # depth first, each folder's files before its subfolders
+    while pending:
+        current = pending.pop()
         real = os.path.realpath(current)
         if real in seen:  # reached again through another link
-            return
+            continue
         seen.add(real)
         try:
             entries = _sorted_entries(current)
@@ -258,7 +259,7 @@ def walk_images(folder, root, extensions=IMAGE_EXTENSIONS, ignored=None, problem
             problems.append(
                 WalkProblem("unreadable", _relative(current, root) + "/", error.strerror or str(error))
             )
-            return
+            continue
         subfolders = []
         for entry in entries:
             relative = _relative(entry.path, root)
@@ -274,10 +275,7 @@ def walk_images(folder, root, extensions=IMAGE_EXTENSIONS, ignored=None, problem
                 problems.append(WalkProblem("link_up", relative, os.readlink(entry.path)))
             else:
                 subfolders.append(entry.path)
-        for subfolder in subfolders:
-            yield from walk(subfolder)
-
-    yield from walk(folder)
+        pending.extend(reversed(subfolders))
 
 
 def list_images(folder, root, extensions=IMAGE_EXTENSIONS, ignored=None, problems=None):
@@ -462,6 +460,31 @@ def _problem_warnings(problems, limit=5):
     return lines
 
 
+def _scan_split_folders(scan, top, root, split_folders, extensions):
+    """Adds the classes of each split folder of `top` to `scan`; whatever
+    else `top` holds is ignored (other folders with a note)."""
+    used = set(split_folders.values())
+    for entry in _sorted_entries(top):
+        if entry.name in used:
+            continue
+        entry_type = _entry_type(entry)
+        kind = _classify_name(entry.name, entry_type == "folder", extensions)
+        if kind is None and entry_type == "folder":
+            kind = "other_folder"
+        elif kind is None:
+            kind = "outside_class_folder"
+        relative = _relative(entry.path, root)
+        scan.ignored.append((relative + ("/" if entry_type == "folder" else ""), kind))
+    for split, folder in split_folders.items():
+        _scan_class_folders(scan, os.path.join(top, folder), root, split, extensions)
+    others = [path for path, kind in scan.ignored if kind == "other_folder"]
+    if others:
+        scan.notes.append(
+            "pre-split layout: ignored folder(s) that are not train/val/test: "
+            + ", ".join(image_io.display_path(path) for path in others)
+        )
+
+
 def scan_folder(root, extensions=IMAGE_EXTENSIONS):
     """Scans a pre-split (train/val/test folders, or their aliases) or flat
     (class folders) dataset, in `root` or in the one folder an unpacked
@@ -475,32 +498,13 @@ def scan_folder(root, extensions=IMAGE_EXTENSIONS):
         _same_subfolders_warning(scan, root)
     else:
         scan = Scan(layout="presplit", fixed_splits=True)
-        used = set(split_folders.values())
-        for entry in _sorted_entries(top):
-            if entry.name in used:
-                continue
-            entry_type = _entry_type(entry)
-            kind = _classify_name(entry.name, entry_type == "folder", extensions)
-            if kind is None and entry_type == "folder":
-                kind = "other_folder"
-            elif kind is None:
-                kind = "outside_class_folder"
-            relative = _relative(entry.path, root)
-            scan.ignored.append((relative + ("/" if entry_type == "folder" else ""), kind))
-        for split, folder in split_folders.items():
-            _scan_class_folders(scan, os.path.join(top, folder), root, split, extensions)
-        others = [path for path, kind in scan.ignored if kind == "other_folder"]
-        if others:
-            scan.notes.append(
-                "pre-split layout: ignored folder(s) that are not train/val/test: "
-                + ", ".join(image_io.display_path(path) for path in others)
-            )
+        _scan_split_folders(scan, top, root, split_folders, extensions)
     if top != root:
         scan.ignored[:0] = passed
         scan.notes.insert(
             0,
             f"the dataset folder holds only {image_io.display_path(_relative(top, root))}/ "
-            "(besides OS junk or hidden files, as an archive unpacks): using it as the dataset",
+            "(besides junk, hidden and non-image files, as an archive unpacks): using it as the dataset",
         )
     scan.warnings.extend(_problem_warnings(scan.problems))
     return scan
@@ -930,10 +934,12 @@ def index_dataset(
 ):
     """Finds, audits and splits the images of `image_dir`.
 
-    Layouts: pre-split (`train/`, `val|validation|valid/`, `test/`, each with
-    class folders; a missing val or test split is carved out of train),
-    flat (class folders, split per class), or `labels_csv` (filename,label
-    and an optional split column). `classes` (names) keeps those classes in
+    Layouts: pre-split (`train/`, `val/`, `test/` or their aliases in any
+    case, SPLIT_FOLDER_NAMES, each with class folders; a missing val or
+    test split is carved out of train), flat (class folders, split per
+    class), either one possibly inside the one folder an unpacked archive
+    left (find_dataset_folder), or `labels_csv` (filename,label and an
+    optional split column). `classes` (names) keeps those classes in
     that order. `readers` ({".ext": function}) adds custom readers. Every
     candidate file is audited (`audit.audit_files`, cached in `cache_dir`); only
     usable files are split, and identical files stay in one split. Classes

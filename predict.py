@@ -149,14 +149,15 @@ def collect_images(arguments, readers=None):
         if os.path.isdir(argument):
             ignored, problems = [], []
             names = data_loader.list_images(argument, argument, extensions, ignored, problems)
-            found.extend(os.path.join(argument, name) for name in names)
+            found += [os.path.join(argument, name) for name in names]
             skipped += [
                 audit.SkippedFile(os.path.join(argument, path), "not a regular file")
                 for path, kind in ignored
                 if kind == "not_regular_file"
-            ]
-            skipped += [
-                audit.SkippedFile(os.path.join(argument, problem.path), f"cannot read the folder: {problem.detail}")
+            ] + [
+                audit.SkippedFile(
+                    os.path.join(argument, problem.path), f"cannot read the folder: {problem.detail}"
+                )
                 for problem in problems
                 if problem.kind == "unreadable"
             ]

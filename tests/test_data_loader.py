@@ -105,6 +105,130 @@ def test_class_too_small_for_every_split_is_named(tmp_path):
         data_loader.index_dataset(root, 0.15, 0.15, seed=0)
 
 
+# ---------------------------------------------------------------- layouts real downloads have
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        {"train": "Training", "test": "Testing"},  # the Kaggle brain-tumour MRI set
+        {"train": "TRAIN", "val": "Valid", "test": "TEST"},
+        {"train": "training", "val": "dev", "test": "testing"},
+        {"train": "Train", "val": "Validation"},
+    ],
+)
+def test_split_folders_match_in_any_case_with_aliases(tmp_path, names):
+    root = tmp_path / "data"
+    counts = {"train": 10, "val": 3, "test": 3}
+    for split, folder in names.items():
+        for number, name in enumerate(("glioma", "meningioma")):
+            write_class_folder(root / folder / name, number, counts[split], start=100 * len(split))
+
+    index = data_loader.index_dataset(str(root), 0.2, 0.2, seed=0)
+
+    assert index.layout == "presplit" and index.class_names == ("glioma", "meningioma")
+    table = index.counts()
+    carved = [split for split in ("val", "test") if split not in names]
+    for split, folder in names.items():
+        # A missing val or test split is carved out of train's images.
+        expected = counts[split] - sum(table[other]["glioma"] for other in carved if split == "train")
+        assert table[split] == {"glioma": expected, "meningioma": expected}
+        assert all(
+            sample.path.startswith(folder + "/") for sample in index.samples if sample.split == split
+        )
+    assert all(table[split]["glioma"] == 2 for split in carved)  # 20% of 10
+    assert ("carved" in " ".join(index.notes)) == bool(carved)
+
+
+def test_two_folders_for_one_split_are_refused(tmp_path):
+    root = make_presplit_dataset(tmp_path / "data")
+    make_presplit_dataset(tmp_path / "data", splits=("val",), counts={"val": 2})
+    os.rename(os.path.join(root, "val"), os.path.join(root, "Validation"))
+    make_presplit_dataset(tmp_path / "data", splits=("val",), counts={"val": 2})
+
+    with pytest.raises(UserError, match=r"two folders are the val split: Validation/ and val/"):
+        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+
+
+@pytest.mark.parametrize("inner", ["brain_tumor", "archive/brain_tumor"])
+def test_an_unpacked_archive_folder_is_used_and_said(tmp_path, inner):
+    root = tmp_path / "download"
+    make_presplit_dataset(root / inner, classes=("glioma", "pituitary"))
+    write_class_folder(root / "__MACOSX" / "brain_tumor" / "train" / "glioma", 0, 2)
+    (root / ".DS_Store").write_bytes(b"junk")
+    (root / "README.txt").write_text("from kaggle")
+
+    index = data_loader.index_dataset(str(root), 0.15, 0.15, seed=0)
+
+    assert index.layout == "presplit" and index.class_names == ("glioma", "pituitary")
+    assert len(index.samples) == 2 * (8 + 3 + 3)
+    assert all(sample.path.startswith(inner + "/") for sample in index.samples)  # relative to DIR
+    assert index.notes[0].startswith(f"the dataset folder holds only {inner}/ (besides junk")
+    assert index.ignored == 3  # __MACOSX/, .DS_Store, README.txt
+
+
+def test_an_unpacked_flat_archive_and_a_single_class_folder(tmp_path):
+    flat = tmp_path / "flowers_zip"
+    make_flat_dataset(flat / "flowers", classes=("daisy", "rose"), per_class=6)
+    index = data_loader.index_dataset(str(flat), 0.2, 0.2, seed=0)
+    assert index.layout == "flat" and index.class_names == ("daisy", "rose")
+    assert "flowers/" in index.notes[0]
+
+    # One folder of images only is no archive of a dataset: one class, said so.
+    single = tmp_path / "single"
+    make_flat_dataset(single, classes=("cats",), per_class=6)
+    with pytest.raises(UserError, match=r"at least 2 classes .* found 1 \(cats\)"):
+        data_loader.index_dataset(str(single), 0.2, 0.2, seed=0)
+
+
+@pytest.mark.parametrize(
+    "subfolders, advice",
+    [(("part1", "part2"), "if they are splits, name them"), (("test", "train"), "belong above the class")],
+)
+def test_class_folders_holding_the_same_subfolders_are_warned_about(tmp_path, subfolders, advice):
+    root = tmp_path / "data"
+    for number, name in enumerate(("a", "b")):
+        for offset, subfolder in enumerate(subfolders):
+            write_class_folder(root / name / subfolder, number, 5, start=10 * offset)
+
+    index = data_loader.index_dataset(str(root), 0.2, 0.2, seed=0)
+
+    assert index.layout == "flat" and index.class_names == ("a", "b")
+    (warning,) = [warning for warning in index.warnings if "same subfolders" in warning]
+    assert f"({', '.join(subfolders)})" in warning and advice in warning
+
+
+def test_classes_with_different_or_single_subfolders_are_not_warned_about(tmp_path):
+    root = tmp_path / "data"
+    write_class_folder(root / "a" / "x", 0, 5)
+    write_class_folder(root / "a" / "y", 0, 5, start=10)
+    write_class_folder(root / "b" / "x", 1, 5)
+    write_class_folder(root / "b" / "z", 1, 5, start=10)
+    write_class_folder(root / "c" / "images", 0, 5)
+    write_class_folder(root / "d" / "images", 1, 5)
+    index = data_loader.index_dataset(str(root), 0.2, 0.2, seed=0)
+    assert not [warning for warning in index.warnings if "same subfolders" in warning]
+
+
+def test_a_link_back_up_the_tree_pulls_no_other_class_in(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=6)
+    os.symlink("..", os.path.join(root, "b", "up"))  # b/up/a/... would be a's images as b
+    os.symlink(".", os.path.join(root, "c"))  # a class folder that is the dataset itself
+    os.makedirs(os.path.join(tmp_path, "elsewhere"))
+    write_class_folder(os.path.join(tmp_path, "elsewhere", "more"), 1, 2, start=50)
+    os.symlink(os.path.join(tmp_path, "elsewhere"), os.path.join(root, "b", "linked"))
+
+    index = data_loader.index_dataset(root, 0.2, 0.2, seed=0)
+
+    assert index.class_names == ("a", "b")
+    labels = {sample.path: sample.label for sample in index.samples}
+    assert sorted(path for path, label in labels.items() if label == "b") == sorted(
+        [f"b/img_{i:03d}.png" for i in range(6)] + ["b/linked/more/img_050.png", "b/linked/more/img_051.png"]
+    )  # links elsewhere are still followed
+    (warning,) = [warning for warning in index.warnings if "link" in warning]
+    assert "b/up -> .." in warning and "c -> ." in warning
+
+
 def _collect(dataset):
     images, labels = [], []
     for batch_images, batch_labels in dataset:
