@@ -8,13 +8,15 @@ split_manifest.csv is evaluated (--split, default test), so the numbers
 match main.py's. On any other folder every image is, its class folders
 matched by name to the model's class index. Writes
 RESULTS_DIR/metrics/<stamp>/metrics.json and the confusion matrix,
-classification report, ROC and prediction gallery figures, one timestamp
-for the whole invocation.
+classification report, ROC, reliability diagram, prediction gallery and
+top-losses figures, one timestamp for the whole invocation. --tta N
+averages each image's probabilities over N test-time versions.
 
 Also the library of evaluation, as timm's validate.py is: loading a model
 with its companions (`load_trained_model`), the one prediction loop
-(`predict_batches`), and the metrics (accuracy, loss, per-class report,
-confusion matrix, ROC) that main.py's test stage and predict.py use too.
+(`predict_batches`, test-time augmentation included), and the metrics
+(accuracy, loss, per-class report, confusion matrix, ROC, calibration)
+that main.py's test stage and predict.py use too.
 """
 
 import dataclasses
