@@ -391,18 +391,26 @@ def add_training_arguments(parser):
         help="Contrast factor in [1-C, 1+C] (default: %(default)s)",
     )
 
+    # model_builder.BACKBONES is the one table of backbone families; it
+    # imports only this module, so importing it here (not at the top, which
+    # would be circular) is cheap.
+    import model_builder
+
     model = parser.add_argument_group("model")
     model.add_argument(
         "--backbone",
-        choices=("mobilenet_v2",),
+        choices=tuple(model_builder.BACKBONES),
         default=DEFAULTS.backbone,
-        help="Feature extractor from keras.applications (default: %(default)s)",
+        help="Feature extractor from keras.applications; each takes raw "
+        "0-255 images, its own preprocessing is inside the saved model "
+        "(default: %(default)s)",
     )
     model.add_argument(
         "--alpha",
         type=_number("alpha"),
         default=DEFAULTS.alpha,
-        help="Width multiplier of the backbone (default: %(default)s)",
+        help="Width multiplier of the backbone, for "
+        f"{', '.join(model_builder.ALPHA_BACKBONES)} only (default: %(default)s)",
     )
     model.add_argument(
         "--weights",
@@ -499,7 +507,7 @@ def validate_data_args(args):
     Raises UserError on a bad value."""
     if args.image_size < 32:
         raise UserError(
-            "image_size must be at least 32 (MobileNetV2's smallest input). "
+            "image_size must be at least 32 (the smallest input of any backbone). "
             f"Received: image_size={args.image_size}"
         )
     if args.batch_size < 1:
@@ -546,6 +554,9 @@ def validate_training_args(args):
         raise UserError(f"dropout must be in [0, 1). Received: dropout={args.dropout}")
     if args.alpha <= 0:
         raise UserError(f"alpha must be positive. Received: alpha={args.alpha}")
+    import model_builder  # see add_training_arguments
+
+    model_builder.validate_backbone_options(args.backbone, args.image_size, args.alpha)
     for name in ("rotation", "zoom", "translation", "contrast"):
         if getattr(args, name) < 0:
             raise UserError(

@@ -1,75 +1,313 @@
 """The classifier: a keras.applications backbone and a small head.
 
 The model takes raw uint8 0-255 images; the normalization the backbone
-expects is the first layer, so nothing has to be repeated at inference and
-the saved model is all a user needs besides the class names.
+expects is inside the model (our `normalize` layer, and for some families
+the backbone's own first layers), so nothing has to be repeated at
+inference and the saved model is all a user needs besides the class names.
+Every family is described in one place, `BACKBONES`.
 """
 
 import os
 
 from config import DEFAULTS, UserError
 
-# Per backbone: the keras.applications constructor name, how to map 0-255
-# pixels to the range its weights expect (scale, offset), and its last
-# convolutional layer (for Grad-CAM).
+# How each family wants its 0-255 RGB pixels (keras.applications'
+# preprocess_input modes, read in Keras' source):
+#   "tf":     x / 127.5 - 1, in [-1, 1]
+#   "caffe":  RGB -> BGR, minus the ImageNet channel means, no scaling
+#   "torch":  x / 255, minus the ImageNet mean, divided by the ImageNet std
+#   "inside": the backbone's own first layers normalize 0-255 pixels
+#             (include_preprocessing, or always for EfficientNet B0); our
+#             layer only casts uint8 to float.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+# Per backbone:
+#   constructor      keras.applications function
+#   module           keras.applications.<module> (its preprocess_input)
+#   preprocessing    one of the modes above
+#   options          extra constructor arguments
+#   min_size         smallest image_size its constructor accepts
+#   alpha            whether --alpha (width multiplier) exists for it
+#   last_conv_layer  Grad-CAM's layer; None: the backbone's output layer,
+#                    whose name Keras numbers per process ("activation_17")
+#   weights_file     the ImageNet file Keras downloads (include_top=False),
+#                    with {alpha} and {size} filled in by keras_cache_hint
 BACKBONES = {
     "mobilenet_v2": {
         "constructor": "MobileNetV2",
-        "rescale": (1.0 / 127.5, -1.0),
+        "module": "mobilenet_v2",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 32,
+        "alpha": True,
         "last_conv_layer": "out_relu",
         "weights_file": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
+    },
+    "mobilenet_v3_small": {
+        "constructor": "MobileNetV3Small",
+        "module": "mobilenet_v3",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": True,
+        "last_conv_layer": None,
+        "weights_file": "weights_mobilenet_v3_small_224_{alpha}_float_no_top_v2.h5",
+    },
+    "mobilenet_v3_large": {
+        "constructor": "MobileNetV3Large",
+        "module": "mobilenet_v3",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": True,
+        "last_conv_layer": None,
+        "weights_file": "weights_mobilenet_v3_large_224_{alpha}_float_no_top_v2.h5",
+    },
+    "efficientnet_b0": {
+        "constructor": "EfficientNetB0",
+        "module": "efficientnet",
+        "preprocessing": "inside",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "top_activation",
+        "weights_file": "efficientnetb0_notop.h5",
+    },
+    "efficientnetv2_b0": {
+        "constructor": "EfficientNetV2B0",
+        "module": "efficientnet_v2",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "top_activation",
+        "weights_file": "efficientnetv2-b0_notop.h5",
+    },
+    "efficientnetv2_s": {
+        "constructor": "EfficientNetV2S",
+        "module": "efficientnet_v2",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "top_activation",
+        "weights_file": "efficientnetv2-s_notop.h5",
+    },
+    "resnet50": {
+        "constructor": "ResNet50",
+        "module": "resnet50",
+        "preprocessing": "caffe",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "conv5_block3_out",
+        "weights_file": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "resnet50_v2": {
+        "constructor": "ResNet50V2",
+        "module": "resnet_v2",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "post_relu",
+        "weights_file": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "densenet121": {
+        "constructor": "DenseNet121",
+        "module": "densenet",
+        "preprocessing": "torch",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "relu",
+        "weights_file": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "inception_v3": {
+        "constructor": "InceptionV3",
+        "module": "inception_v3",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 75,
+        "alpha": False,
+        "last_conv_layer": "mixed10",
+        "weights_file": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "xception": {
+        "constructor": "Xception",
+        "module": "xception",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 71,
+        "alpha": False,
+        "last_conv_layer": "block14_sepconv2_act",
+        "weights_file": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "convnext_tiny": {
+        "constructor": "ConvNeXtTiny",
+        "module": "convnext",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": False,
+        # The output layer: the LayerNormalization after the last block.
+        "last_conv_layer": None,
+        "weights_file": "convnext_tiny_notop.h5",
+    },
+    "vgg19": {
+        "constructor": "VGG19",
+        "module": "vgg19",
+        "preprocessing": "caffe",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        # The last convolution, before block5_pool: twice the resolution.
+        "last_conv_layer": "block5_conv4",
+        "weights_file": "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
     },
 }
 
 BACKBONE_LAYER_NAME = "backbone"
+ALPHA_BACKBONES = tuple(name for name, family in BACKBONES.items() if family["alpha"])
 
-# The BatchNormalization momentum keras.applications' MobileNetV2 uses
-# (0.999) makes the moving averages used at
-# inference lag far behind the batch statistics for the few hundred steps a
-# small dataset gives: a network trained from scratch then scores at chance
-# in evaluation while training accuracy looks fine. 0.9 catches up in tens
-# of steps.
+# keras.applications' BatchNormalization momentum (0.999 in MobileNetV2 and
+# V3, 0.99 in most others) makes the moving averages used at inference lag
+# far behind the batch statistics for the few hundred steps a small dataset
+# gives: a network trained from scratch then scores at chance in evaluation
+# while training accuracy looks fine. 0.9 catches up in tens of steps.
 SCRATCH_BATCHNORM_MOMENTUM = 0.9
+
+# EfficientNet B0's ImageNet file stores the ImageNet standard deviations
+# where its Normalization layer expects variances (tensorflow#49930). Keras
+# corrects that with an extra Rescaling layer only when it downloads the
+# file itself (weights="imagenet"); see build_backbone for a local file.
+EFFICIENTNET_STORED_VARIANCE = TORCH_STD_RGB
+
+
+def validate_backbone_options(backbone, image_size, alpha):
+    """Checks the backbone, its smallest input and --alpha.
+
+    Raises UserError (one line) when the backbone is unknown, when
+    `image_size` is below what the backbone accepts, or when `alpha` is not
+    1.0 for a backbone without a width multiplier.
+    """
+    if backbone not in BACKBONES:
+        raise UserError(
+            f"backbone must be one of {', '.join(BACKBONES)}. Received: backbone={backbone}"
+        )
+    family = BACKBONES[backbone]
+    if image_size < family["min_size"]:
+        raise UserError(
+            f"image_size must be at least {family['min_size']} for {backbone} "
+            f"(its smallest input). Received: image_size={image_size}"
+        )
+    if alpha != 1.0 and not family["alpha"]:
+        raise UserError(
+            f"alpha (a width multiplier) exists only for {', '.join(ALPHA_BACKBONES)}; "
+            f"leave it at 1.0 for {backbone}. Received: alpha={alpha}"
+        )
 
 
 def keras_cache_hint(backbone, alpha, image_size):
-    """Where Keras looks for cached ImageNet weights, for error messages."""
+    """Where Keras looks for the cached ImageNet weights of `backbone`
+    (include_top=False), for error messages."""
     cache = os.path.join(os.path.expanduser("~"), ".keras", "models")
+    # MobileNetV2 has files for these sizes and falls back to 224.
     size = image_size if image_size in (96, 128, 160, 192, 224) else 224
     name = BACKBONES[backbone]["weights_file"].format(alpha=float(alpha), size=size)
     return os.path.join(cache, name)
 
 
 def build_backbone(backbone, image_size, alpha, weights):
-    """The feature extractor without its top, weights loaded.
+    """The feature extractor without its top, weights loaded, named
+    BACKBONE_LAYER_NAME.
 
     `weights` is "imagenet", "none" or a file path. Raises UserError when
     the weights cannot be loaded: never falls back to random weights.
     """
     import keras
 
-    constructor = getattr(keras.applications, BACKBONES[backbone]["constructor"])
+    validate_backbone_options(backbone, image_size, alpha)
+    family = BACKBONES[backbone]
+    constructor = getattr(keras.applications, family["constructor"])
+    options = dict(family["options"])
+    if family["alpha"]:
+        options["alpha"] = alpha
     source = None if weights == "none" else weights
     try:
+        # The default name matters: EfficientNet and ConvNeXt derive the
+        # ImageNet file name from it, EfficientNetV2 its preprocessing.
         model = constructor(
             input_shape=(image_size, image_size, 3),
-            alpha=alpha,
             include_top=False,
             weights=source,
-            name=BACKBONE_LAYER_NAME,
+            **options,
         )
     except Exception as error:  # noqa: BLE001 - any failure here is the user's to fix
         if weights == "none":
             raise
         reason = " ".join(str(error).split())[:300]
+        alpha_note = f"alpha={alpha}, " if family["alpha"] else ""
         raise UserError(
             f"could not load --weights {weights} for {backbone} "
-            f"(alpha={alpha}, image_size={image_size}): {reason}. Ways out: "
+            f"({alpha_note}image_size={image_size}): {reason}. Ways out: "
             "--weights none trains from scratch; --weights PATH loads a local "
             "weights file; or put the ImageNet file where Keras looks for it: "
             f"{keras_cache_hint(backbone, alpha, image_size)}"
         ) from None
+    if backbone == "efficientnet_b0" and weights not in ("imagenet", "none"):
+        fix_efficientnet_stored_variance(model)
+    model.name = BACKBONE_LAYER_NAME
     return model
+
+
+def fix_efficientnet_stored_variance(model):
+    """After loading EfficientNet B0's ImageNet file from a path: squares
+    the variances it stores as standard deviations, so the network sees
+    (x/255 - mean) / std as it does with weights="imagenet". Files that do
+    not carry that signature are left alone. Returns whether it changed."""
+    import keras
+    import numpy as np
+
+    layer = next(l for l in model.layers if isinstance(l, keras.layers.Normalization))
+    stored = np.asarray(layer.adapt_variance)
+    if not np.allclose(stored, EFFICIENTNET_STORED_VARIANCE, atol=1e-6):
+        return False
+    layer.adapt_variance.assign(np.square(stored))
+    layer.finalize_state()
+    return True
+
+
+def normalize_layer(backbone):
+    """The model's first layer: uint8 0-255 pixels to what `backbone`'s
+    ImageNet weights expect, as a plain Keras layer (no Lambda, so the
+    saved model reloads with safe_mode on)."""
+    import keras
+
+    import numpy as np
+
+    mode = BACKBONES[backbone]["preprocessing"]
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")
+    if mode == "torch":
+        # (x/255 - mean) / std == x * 1/(255 std) - mean/std, per channel.
+        return keras.layers.Rescaling(
+            [1.0 / (255.0 * std) for std in TORCH_STD_RGB],
+            offset=[-mean / std for mean, std in zip(TORCH_MEAN_RGB, TORCH_STD_RGB)],
+            name="normalize",
+        )
+    if mode == "caffe":
+        # A fixed 3x3 matrix on the channel axis swaps R and B (exactly:
+        # its entries are 0 and 1) and the bias subtracts the BGR means.
+        layer = keras.layers.Dense(3, trainable=False, name="normalize")
+        layer.build((None, None, None, 3))
+        swap = np.eye(3, dtype=np.float32)[::-1]
+        layer.set_weights([swap, -np.asarray(CAFFE_MEAN_BGR, np.float32)])
+        return layer
+    # "inside": the cast to float the backbone's own layers need.
+    return keras.layers.Rescaling(1.0, name="normalize")
 
 
 def build_classifier(
@@ -90,7 +328,8 @@ def build_classifier(
     whole network trains, with BatchNorm momentum `batchnorm_momentum`
     (default SCRATCH_BATCHNORM_MOMENTUM; None keeps Keras' value only when
     pretrained). The output layer is float32 even under mixed precision.
-    Returns the keras.Model.
+    Returns the keras.Model; raises UserError for options the backbone
+    does not take (validate_backbone_options) or weights it cannot load.
     """
     import keras
 
@@ -104,9 +343,8 @@ def build_classifier(
         momentum = SCRATCH_BATCHNORM_MOMENTUM if batchnorm_momentum is None else batchnorm_momentum
         set_batchnorm_momentum(features, momentum)
 
-    scale, offset = BACKBONES[backbone]["rescale"]
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
-    x = keras.layers.Rescaling(scale, offset=offset, name="normalize")(inputs)
+    x = normalize_layer(backbone)(inputs)
     x = features(x, training=False) if pretrained else features(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
@@ -133,11 +371,22 @@ def temperature_and_softmax(logits, temperature=1.0):
     return keras.layers.Activation("softmax", dtype="float32", name=PREDICTIONS_LAYER)(scaled)
 
 
+def all_layers(model):
+    """Every layer of `model`, nested models' layers included (ConvNeXt
+    keeps its stem and downsampling blocks in Sequential models)."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if hasattr(layer, "layers"):
+            layers.extend(all_layers(layer))
+    return layers
+
+
 def set_batchnorm_momentum(model, momentum):
     """Sets the moving-average momentum of every BatchNormalization layer."""
     import keras
 
-    for layer in model.layers:
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
 
@@ -147,21 +396,30 @@ def backbone_of(model):
     return model.get_layer(BACKBONE_LAYER_NAME)
 
 
+def gradcam_layer(model, backbone):
+    """The name of the backbone layer Grad-CAM reads in a classifier built
+    here: BACKBONES[backbone]["last_conv_layer"], or the backbone's output
+    layer where Keras numbers that layer's name."""
+    return BACKBONES[backbone]["last_conv_layer"] or backbone_of(model).layers[-1].name
+
+
 def unfreeze_top_layers(model, num_layers):
     """Makes the backbone's last `num_layers` layers trainable for
-    fine-tuning, BatchNormalization layers excepted (they stay frozen, in
-    inference mode, so their statistics are kept). Returns how many layers
-    became trainable."""
+    fine-tuning, BatchNormalization layers excepted: they stay frozen, and
+    in inference mode, so their moving statistics are kept. The same rule
+    holds for every family. LayerNormalization (ConvNeXt's only
+    normalization) has no moving statistics and computes the same in
+    training and inference, so it trains with its block like any other
+    weights. Returns how many layers became trainable (those with weights
+    that train)."""
     import keras
 
     features = backbone_of(model)
     features.trainable = True
     cutoff = max(0, len(features.layers) - num_layers)
-    unfrozen = 0
     for position, layer in enumerate(features.layers):
-        trainable = position >= cutoff and not isinstance(
-            layer, keras.layers.BatchNormalization
-        )
-        layer.trainable = trainable
-        unfrozen += int(trainable and bool(layer.weights))
-    return unfrozen
+        layer.trainable = position >= cutoff
+    for layer in all_layers(features):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return sum(1 for layer in features.layers if layer.trainable and layer.trainable_weights)

@@ -115,10 +115,10 @@ def feature_map_size(model, last_conv_layer):
 def render_gradcam(trained, items, rows, cols, folder):
     """Grad-CAM of the gallery's items for their predicted classes; returns
     the PNG path."""
-    from model_builder import BACKBONES
+    from model_builder import gradcam_layer
 
     backbone = trained.run_config.get("backbone", "mobilenet_v2")
-    layer = BACKBONES[backbone]["last_conv_layer"]
+    layer = gradcam_layer(trained.model, backbone)
     images = np.stack([item.image for item in items]) if items else np.zeros((0, 1, 1, 3), np.uint8)
     class_ids = [trained.class_names.index(item.predicted) for item in items]
     heatmaps = gradcam_heatmaps(trained.model, images, class_ids, layer) if items else []

@@ -81,6 +81,20 @@ def make_presplit_dataset(root, classes=("cat", "dog"), counts=None, size=32, sp
     return str(root)
 
 
+def make_digit_folder(root, classes=5, per_class=60):
+    """root/<digit>/<n>.png: scikit-learn's real 8x8 digit scans (dark
+    ink on white), for tests that must show a network really learns."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(classes):
+        folder = os.path.join(root, str(label))
+        os.makedirs(folder)
+        for number, image in enumerate(digits.images[digits.target == label][:per_class]):
+            Image.fromarray((255 - image * 255 / 16).astype(np.uint8)).save(os.path.join(folder, f"{number}.png"))
+    return root
+
+
 @pytest.fixture
 def flat_dataset(tmp_path):
     return make_flat_dataset(tmp_path / "data", classes=("alpha", "beta", "gamma"), per_class=10)

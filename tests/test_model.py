@@ -1,6 +1,5 @@
 """The classifier: shapes, raw uint8 input, phases, BatchNorm, weights."""
 
-import os
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import evaluate
 import model_builder
 import train_utils
 from config import UserError
+from conftest import make_digit_folder
 
 
 @pytest.fixture(scope="module")
@@ -105,19 +105,6 @@ def test_unloadable_weights_stop_with_ways_out(tmp_path):
     assert "--weights none" in message and "--weights PATH" in message and ".keras" in message
 
 
-def _digit_folder(root, classes=5, per_class=60):
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for label in range(classes):
-        folder = os.path.join(root, str(label))
-        os.makedirs(folder)
-        for number, image in enumerate(digits.images[digits.target == label][:per_class]):
-            Image.fromarray((255 - image * 255 / 16).astype(np.uint8)).save(os.path.join(folder, f"{number}.png"))
-    return root
-
-
 def _train_from_scratch(index, tmp_path, momentum):
     import keras
 
@@ -144,7 +131,7 @@ def test_from_scratch_really_learns_where_keras_default_batchnorm_stays_at_chanc
     validation stays at chance (0.2); ours must learn. The same seed gives
     different numbers on different machines: 14 epochs reached 0.87 on one
     and 0.73 on another, where 20 epochs reach 0.85 (Keras' default: 0.2)."""
-    index = data_loader.index_dataset(_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
+    index = data_loader.index_dataset(make_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
 
     ours = _train_from_scratch(index, tmp_path, momentum=None)
     keras_default = _train_from_scratch(index, tmp_path, momentum=0.999)
