@@ -453,7 +453,9 @@ def test_the_inspection_cli_on_a_3_gib_non_image_stays_small(tmp_path):
 
     assert "cat/clip.jpg: not an image: unrecognised content" in result.stdout
     rss = int(re.search(r"maxrss_kib (\d+) code 0", result.stderr).group(1)) * 1024
-    assert rss < 2**30, f"peak memory {rss / 2**30:.2f} GiB"  # the file alone is 3 GiB
+    # Reading the file whole takes over 3 GiB (3.64 GiB measured before the
+    # header came first); TensorFlow alone takes 0.6-1.2 GiB.
+    assert rss < 2 * 2**30, f"peak memory {rss / 2**30:.2f} GiB"
 
 
 def test_predict_and_evaluate_list_fifos_and_non_utf8_names_as_skipped(tmp_path):
