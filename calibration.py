@@ -216,7 +216,7 @@ def logits_layer(model):
     has the softmax built in)."""
     from model_builder import LOGITS_LAYER
 
-    names = {layer.name for layer in model.layers}
+    names = {layer.name for layer in getattr(model, "layers", ())}
     return model.get_layer(LOGITS_LAYER) if LOGITS_LAYER in names else None
 
 
@@ -226,7 +226,9 @@ def model_temperature(model):
     before temperature scaling existed)."""
     from model_builder import TEMPERATURE_LAYER
 
-    if TEMPERATURE_LAYER not in {layer.name for layer in model.layers}:
+    # An export runner (export.py) has no Keras layers: its temperature is
+    # baked into the graph; the run config records it.
+    if not hasattr(model, "layers") or TEMPERATURE_LAYER not in {layer.name for layer in model.layers}:
         return None
     return float(1.0 / model.get_layer(TEMPERATURE_LAYER).scale)
 
