@@ -237,8 +237,10 @@ def build_backbone(backbone, image_size, alpha, weights):
         options["alpha"] = alpha
     source = None if weights == "none" else weights
     try:
-        # The default name matters: EfficientNet and ConvNeXt derive the
-        # ImageNet file name from it, EfficientNetV2 its preprocessing.
+        # Keras' default name matters: EfficientNet(V2) and ConvNeXt derive
+        # the ImageNet file name from it, and EfficientNetV2 its
+        # preprocessing (B0: ImageNet mean/std; S: x / 128 - 1). Renamed
+        # below, once built.
         model = constructor(
             input_shape=(image_size, image_size, 3),
             include_top=False,
@@ -285,7 +287,6 @@ def normalize_layer(backbone):
     ImageNet weights expect, as a plain Keras layer (no Lambda, so the
     saved model reloads with safe_mode on)."""
     import keras
-
     import numpy as np
 
     mode = BACKBONES[backbone]["preprocessing"]

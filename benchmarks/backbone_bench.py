@@ -54,8 +54,9 @@ def timed_rate(step, batch_size, seconds, repeats):
     return statistics.median(rates), total
 
 
-def measure(backbone, image_size, batch_size, seconds, repeats):
-    """The figures of one backbone (run in a process of its own)."""
+def measure(backbone, image_size, batch_size, seconds, repeats, size_only=False):
+    """The figures of one backbone (run in a process of its own);
+    `size_only`: parameters and file size, no timings."""
     import numpy as np
 
     import model_builder
@@ -70,6 +71,9 @@ def measure(backbone, image_size, batch_size, seconds, repeats):
         model.save(path)
         size_mb = os.path.getsize(path) / 1e6
     figures = {"backbone": backbone, "parameters": model.count_params(), "model_mb": size_mb}
+    figures["load_average"] = os.getloadavg()[0]
+    if size_only:
+        return figures
 
     figures["inference"], figures["inference_steps"] = timed_rate(
         lambda: model.predict_on_batch(images), batch_size, seconds, repeats
@@ -87,7 +91,7 @@ def measure(backbone, image_size, batch_size, seconds, repeats):
         lambda: model.train_on_batch(images, labels), batch_size, seconds, repeats
     )
     # Other processes on the machine slow every figure: keep the evidence.
-    figures["load_average"] = os.getloadavg()[0]
+    figures["load_average"] = max(figures["load_average"], os.getloadavg()[0])
     return figures
 
 
@@ -96,6 +100,7 @@ def run_backbone(args, backbone):
         sys.executable, os.path.abspath(__file__), "--only", backbone,
         "--image_size", str(args.image_size), "--batch_size", str(args.batch_size),
         "--seconds", str(args.seconds), "--repeats", str(args.repeats),
+        *(["--size_only"] if args.size_only else []),
     ]
     start = time.perf_counter()
     output = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -113,9 +118,9 @@ def markdown_table(rows, image_size, batch_size):
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        rates = [f"{row[name]:.1f}" if name in row else "-" for name in ("train_frozen", "train_full", "inference")]
         lines.append(
-            f"| `{row['backbone']}` | {row['parameters'] / 1e6:.1f} M | {row['model_mb']:.1f} | "
-            f"{row['train_frozen']:.1f} | {row['train_full']:.1f} | {row['inference']:.1f} |"
+            f"| `{row['backbone']}` | {row['parameters'] / 1e6:.1f} M | {row['model_mb']:.1f} | {' | '.join(rates)} |"
         )
     return "\n".join(lines)
 
@@ -129,12 +134,14 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=4.0, help="Minimum length of one timing (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="Timings per figure; the median is kept (default: %(default)s)")
+    parser.add_argument("--size_only", action="store_true", help="Parameters and file size only, no timings")
     parser.add_argument("--json", help="Also write the figures to this JSON file")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.only:
-        print(json.dumps(measure(args.only, args.image_size, args.batch_size, args.seconds, args.repeats)), flush=True)
+        figures = measure(args.only, args.image_size, args.batch_size, args.seconds, args.repeats, args.size_only)
+        print(json.dumps(figures), flush=True)
         return 0
 
     backbones = [name.strip() for name in args.backbones.split(",")]
@@ -145,11 +152,13 @@ def main(argv=None):
     for backbone in backbones:
         row = run_backbone(args, backbone)
         rows.append(row)
-        print(
-            f"{backbone:20s} {row['parameters']:>12,d} params {row['model_mb']:7.1f} MB  "
+        rates = "" if args.size_only else (
             f"train frozen {row['train_frozen']:7.1f}  full {row['train_full']:6.1f}  "
-            f"inference {row['inference']:7.1f} images/s  ({row['wall_seconds']:.0f} s, "
-            f"load average {row['load_average']:.1f})",
+            f"inference {row['inference']:7.1f} images/s  "
+        )
+        print(
+            f"{backbone:20s} {row['parameters']:>12,d} params {row['model_mb']:7.1f} MB  {rates}"
+            f"({row['wall_seconds']:.0f} s, load average {row['load_average']:.1f})",
             flush=True,
         )
     print()
