@@ -128,7 +128,7 @@ class Config:
     # Set by main.py when no --image_dir is given: the built-in demo.
     demo: bool = False
     # Calibration, test-time augmentation and tracking (see
-    # add_calibration_arguments, add_tta_argument).
+    # add_calibration_arguments, add_tta_argument, add_tracking_arguments).
     calibrate: int = 1
     tta: int = 1
     mlflow: str | None = None
@@ -735,9 +735,8 @@ MAX_TTA = 32
 
 
 def add_calibration_arguments(parser):
-    """main.py's --calibrate and --mlflow."""
-    group = parser.add_argument_group("calibration and tracking")
-    group.add_argument(
+    """main.py's --calibrate."""
+    parser.add_argument(
         "--calibrate",
         type=int,
         choices=(0, 1),
@@ -746,7 +745,12 @@ def add_calibration_arguments(parser):
         "model's confidences match its accuracy; it is saved inside the model "
         "and never changes the predicted class (default: %(default)s)",
     )
-    group.add_argument(
+    return parser
+
+
+def add_tracking_arguments(parser):
+    """main.py's --mlflow (--tensorboard is a training option)."""
+    parser.add_argument(
         "--mlflow",
         default=DEFAULTS.mlflow,
         metavar="URI",

@@ -116,6 +116,7 @@ def build_parser():
     config.add_figure_arguments(parser, training=True)
     config.add_export_arguments(parser)
     config.add_calibration_arguments(parser)
+    config.add_tracking_arguments(parser)
     return parser
 
 
@@ -709,7 +710,8 @@ def start_tracking_stage(run):
 
     saved = artifacts.read_run_config(run.folder)
     previous = saved.get("mlflow") or {}
-    resumed = previous.get("run_id") if run.resume and previous.get("uri") == run.options.mlflow else None
+    same_store = previous.get("uri") == tracking.resolved_uri(run.options.mlflow)
+    resumed = previous.get("run_id") if run.resume and same_store else None
     counts = run.index.counts()
     run.tracked = tracking.start_run(
         run.options.mlflow,
@@ -725,7 +727,7 @@ def start_tracking_stage(run):
     )
     artifacts.write_json(
         run.artifact_path(artifacts.RUN_CONFIG_FILE),
-        {**saved, "mlflow": {"uri": run.options.mlflow, "run_id": run.tracked.run_id}},
+        {**saved, "mlflow": {"uri": run.tracked.uri, "run_id": run.tracked.run_id}},
     )
     print(f"    {'continuing' if resumed else 'started'} {run.tracked.describe()}")
 

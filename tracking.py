@@ -60,6 +60,14 @@ def local_folder(uri):
     return None
 
 
+def resolved_uri(uri):
+    """The tracking URI MLflow is given for `uri`: a local folder as an
+    absolute file: URI (so a relative ./mlruns means one folder), anything
+    else unchanged."""
+    folder = local_folder(uri)
+    return uri if folder is None else pathlib.Path(folder).as_uri()
+
+
 @contextlib.contextmanager
 def _file_store_allowed():
     """MLFLOW_ALLOW_FILE_STORE=true while MLflow makes a file store (it
@@ -100,7 +108,7 @@ def client(uri):
     if folder is not None:
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise UserError(f"mlflow must be a folder or a tracking URI; this is a file. Received: mlflow={uri}")
-        tracking_uri = pathlib.Path(folder).as_uri()
+        tracking_uri = resolved_uri(uri)
         with _file_store_allowed():
             return mlflow.MlflowClient(tracking_uri=tracking_uri), tracking_uri
     if urllib.parse.urlparse(uri).scheme in ("http", "https"):

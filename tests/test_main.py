@@ -209,7 +209,8 @@ def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
     import keras
 
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=40)
-    args = ["--image_dir", data, "--epochs", "8", "--patience", "20", *TINY, "--augment", "0"]
+    store = str(tmp_path / "mlruns")
+    args = ["--image_dir", data, "--epochs", "8", "--patience", "20", *TINY, "--augment", "0", "--mlflow", store]
 
     state = kill_during(args, workdir, lambda state: state.get("epoch", -1) >= 1)
 
@@ -219,6 +220,13 @@ def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
     assert not os.path.lexists(workdir / "model_artifacts" / "best_model.keras")
     history = resumed_history(workdir, args)
     assert [int(row["epoch"]) for row in history] == list(range(8))
+    # The resumed run continued its own MLflow run, which holds every epoch.
+    import tracking
+
+    client, _ = tracking.client(store)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("data").experiment_id])
+    assert tracked.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(tracked.info.run_id, "val_loss")) == list(range(8))
 
 
 @pytest.mark.slow
