@@ -419,12 +419,15 @@ class TrainPlan:
 def compile_model(model, learning_rate, jit_compile):
     import keras
 
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
+    # The optimizer belongs to the strategy it is created under, and
+    # MirroredStrategy refuses a model and optimizer of different ones.
+    with model.distribute_strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=jit_compile,
+        )
 
 
 def phase_callbacks(plan, phase, best_checkpoint, state):
