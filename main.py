@@ -385,6 +385,26 @@ def data_stage(run):
         )
 
 
+def whole_split(run, split):
+    """All of a split as one tf.data dataset in this process. With several
+    workers run.datasets holds only this worker's share of train and val,
+    while the chief calibrates on the whole validation split."""
+    dataset = run.datasets[split]
+    if not isinstance(dataset, train_utils.WorkerData):
+        return dataset
+    paths, labels = run.index.split(split)
+    return data_loader.make_dataset(
+        paths,
+        labels,
+        image_size=run.options.image_size,
+        batch_size=dataset.global_batch_size,
+        training=False,
+        seed=run.options.seed,
+        decoders=run.index.decoders(split),
+        readers=run.index.readers,
+    )
+
+
 def print_class_weights(weights, class_names, mode):
     if weights:
         print("    class weights: " + ", ".join(f"{class_names[i]}={w:.3f}" for i, w in weights.items()))
@@ -448,7 +468,7 @@ def calibrate_stage(run):
     if calibration.logits_layer(best) is None:
         print("    not applicable: this model was begun before calibration existed (no temperature layer)")
         return
-    logits, labels = evaluate.predict_batches(calibration.logits_model(best), run.datasets["val"])
+    logits, labels = evaluate.predict_batches(calibration.logits_model(best), whole_split(run, "val"))
     temperature = calibration.fit_temperature(logits, labels)
     fitted = {"temperature": temperature, "fitted_on": "val", "images": int(len(labels))}
     for name, value in (("before", 1.0), ("after", temperature)):
@@ -872,7 +892,7 @@ def open_worker_run(options, argv, workers):
     options = worker_options(options, given_options(argv), chief["options"])
     scratch = tempfile.mkdtemp(prefix=f"image-classifier-{cluster.task_type}{cluster.task_index}-")
     for name in ("artifacts_dir", "results_dir", "image_dir"):
-        if data_loader.is_inside(scratch, getattr(options, name)):
+        if artifacts.is_inside(scratch, getattr(options, name)):
             shutil.rmtree(scratch)
             raise config.UserError(
                 f"this worker's scratch folder would be inside --{name}; set TMPDIR to a folder "

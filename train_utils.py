@@ -581,8 +581,8 @@ def worker_errors(cluster):
         reason = found.group(1) if found else " ".join(text.split())
         raise WorkerLost(
             f"{cluster.name} lost contact with another worker; the one that stopped "
-            "says why in its own output. Once that is fixed, start every worker again with "
-            f"--resume. TensorFlow: {reason[:240]}"
+            "says why in its own output. Once that is fixed, start every worker again (with "
+            f"--resume once the run has completed an epoch). TensorFlow: {reason[:240]}"
         ) from None
 
 
@@ -699,9 +699,10 @@ def restore_on_workers(model, device, path):
 
 @dataclasses.dataclass(frozen=True)
 class WorkerData:
-    """A split spread over the workers: a distributed dataset, the steps
-    every worker runs per epoch (worker_steps) and the global
-    batch size (images per step over all replicas)."""
+    """A split spread over the workers: this worker's share (a tf.data
+    dataset of per-replica batches), the steps every worker runs per epoch
+    (worker_steps) and the global batch size (images per step
+    over all replicas)."""
 
     dataset: object
     steps: int
@@ -709,9 +710,21 @@ class WorkerData:
 
 
 def distribute(device, dataset_fn, steps, global_batch_size):
-    """WorkerData from a worker_dataset_fn function."""
-    dataset = device.strategy.distribute_datasets_from_function(dataset_fn)
-    return WorkerData(dataset, steps, global_batch_size)
+    """WorkerData from a worker_dataset_fn function, called with
+    this worker's InputContext as distribute_datasets_from_function would.
+
+    The step functions feed its batches to the replicas themselves: on the
+    CPU, the iterator of a distributed dataset under
+    MultiWorkerMirroredStrategy halved training speed (measured here: 88 vs
+    177 images/s, the same step fed by a plain tf.data iterator)."""
+    import tensorflow as tf
+
+    context = tf.distribute.InputContext(
+        num_input_pipelines=device.num_workers,
+        input_pipeline_id=device.cluster.worker_index,
+        num_replicas_in_sync=device.strategy.num_replicas_in_sync,
+    )
+    return WorkerData(dataset_fn(context), steps, global_batch_size)
 
 
 def _improves(value, best, min_delta):
@@ -778,7 +791,7 @@ def _correct(labels, probabilities, mask=None):
     return tf.reduce_sum(hits if mask is None else hits * mask)
 
 
-def _step_functions(model, device, global_batch_size, class_weight, jit_compile):
+def step_functions(model, device, global_batch_size, class_weight, jit_compile):
     """(train_step, val_step): tf.functions that take a distributed iterator,
     run one step on every replica and return [loss sum, correct, examples]
     summed over all replicas of all workers. Losses as model.fit's: class
@@ -827,13 +840,24 @@ def _step_functions(model, device, global_batch_size, class_weight, jit_compile)
         per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities) * mask
         return tf.stack([tf.reduce_sum(per_example), _correct(labels, probabilities, mask), tf.reduce_sum(mask)])
 
+    here = strategy.num_replicas_in_sync // device.num_workers
+
+    def next_batches(iterator):
+        """One batch from this worker's share for each of its replicas."""
+        batches = [next(iterator) for _ in range(here)]
+        if here == 1:
+            return batches[0]
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: batches[context.replica_id_in_sync_group % here]
+        )
+
     @tf.function
     def train_step(iterator):
-        return strategy.reduce("sum", strategy.run(train_replica, args=next(iterator)), axis=None)
+        return strategy.reduce("sum", strategy.run(train_replica, args=next_batches(iterator)), axis=None)
 
     @tf.function
     def val_step(iterator):
-        return strategy.reduce("sum", strategy.run(val_replica, args=next(iterator)), axis=None)
+        return strategy.reduce("sum", strategy.run(val_replica, args=next_batches(iterator)), axis=None)
 
     return train_step, val_step
 
@@ -853,7 +877,7 @@ class WorkerTraining:
         epochs run (early stopping or a non-finite loss may end it sooner)."""
         if first_epoch >= last_epoch:
             return 0
-        steps = _step_functions(
+        steps = step_functions(
             self.model, self.device, self.train_data.global_batch_size, self.plan.class_weight, self.plan.jit_compile
         )
         iterator = iter(self.train_data.dataset)  # endless: each epoch takes its steps

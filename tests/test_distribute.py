@@ -173,9 +173,9 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
 
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=5)
     paths, labels = data_loader.index_dataset(data, 0.2, 0.2, seed=1).split("train")  # 9 files
-    steps = data_loader.worker_steps(len(paths), 2, global_batch_size=4)
+    steps = train_utils.worker_steps(len(paths), 2, global_batch_size=4)
 
-    validation = data_loader.worker_dataset_fn(paths, labels, 32, global_batch_size=4)
+    validation = train_utils.worker_dataset_fn(paths, labels, 32, global_batch_size=4)
     shares = [worker_batches(validation, worker, 2) for worker in range(2)]
 
     # Validation: worker i gets files i, i+2, ... (5 and 4 files), each read
@@ -192,7 +192,7 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
 
     # Training: each worker repeats its own share endlessly, in full
     # batches, every pass a new permutation of it.
-    training = data_loader.worker_dataset_fn(paths, labels, 32, global_batch_size=4, training=True)
+    training = train_utils.worker_dataset_fn(paths, labels, 32, global_batch_size=4, training=True)
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
     seen = np.concatenate([batch.numpy() for _, batch in training(context).take(4 * steps)])
     share = sorted(labels[1::2].tolist())
