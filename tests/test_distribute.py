@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import data_loader
+import export
 import main as main_script
 import train_utils
 from config import UserError
@@ -387,11 +388,21 @@ def test_the_gpu_defaults_mixed_precision_and_xla_run_end_to_end_on_the_cpu(work
 
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=6)
 
-    code = main_script.main(["--image_dir", data, *TINY, "--epochs", "1", "--augment", "0", "--precision", "mixed", "--jit", "1"])
+    code = main_script.main([
+        "--image_dir", data, *TINY, "--epochs", "1", "--augment", "0", "--precision", "mixed", "--jit", "1",
+        "--export", "onnx",
+    ])
 
     assert code == 0
     out = capsys.readouterr().out
     assert "CPU, mixed_bfloat16, XLA on" in out and "test accuracy" in out
+    # The export is rebuilt in float32 and checked against that rebuild.
+    report = read_json(workdir / "model_artifacts" / "latest" / export.EXPORT_REPORT_FILE)
+    rows = {row["format"]: row for row in report["formats"]}
+    assert "rebuilt in float32" in report["reference"] and "rebuilt in float32" in out
+    assert rows["keras_float32"]["parity"] == "reference" and rows["onnx"]["parity"] == "passed" and report["passed"]
+    session = export.load_runner(str(workdir / "model_artifacts" / "latest" / "best_model.onnx")).session
+    assert session.get_inputs()[0].type == "tensor(uint8)"
     model = keras.models.load_model(workdir / "model_artifacts" / "best_model.keras")
     assert model.get_layer("backbone").dtype_policy.name == "mixed_bfloat16"
     probabilities = model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0)

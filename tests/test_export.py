@@ -185,27 +185,6 @@ def test_quantized_litert_reports_the_accuracy_change_instead_of_judging(trained
 
 
 @pytest.mark.slow
-def test_a_model_trained_in_mixed_precision_exports_rebuilt_in_float32(tmp_path):
-    import keras
-
-    try:
-        code, printed, paths = train(tmp_path, "--precision", "mixed", "--epochs", "1")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # main.py set mixed_bfloat16 for the process
-
-    assert code == 0, printed[-3000:]
-    model = keras.models.load_model(paths["artifacts"] / "best_model.keras")
-    assert export.is_mixed(model)  # trained and saved in mixed_bfloat16 on the CPU
-    report = read_json(paths["artifacts"] / export.EXPORT_REPORT_FILE)
-    rows = {row["format"]: row for row in report["formats"]}
-    assert "rebuilt in float32" in report["reference"] and rows["keras_float32"]["parity"] == "reference"
-    assert all(rows[name]["parity"] == "passed" for name in EXPORTED) and report["passed"]
-    assert "rebuilt in float32" in printed
-    session = export.load_runner(str(paths["artifacts"] / "best_model.onnx")).session
-    assert session.get_inputs()[0].type == "tensor(uint8)"
-
-
-@pytest.mark.slow
 def test_float32_model_keeps_the_weights_and_computes_in_float32():
     import keras
 
