@@ -7,6 +7,7 @@ Stages run in order (see STAGES); each takes the Run and adds to it, so a
 new stage is one function and one line in the list.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -921,11 +922,13 @@ WORKER_STAGES = ("scan_stage", "model_stage", "data_stage", "train_stage")
 
 def run_training(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    import keras
-
+    # Options first: a mistake there is one line, before TensorFlow starts
+    # (and prints its own start-up lines).
     options = parse_arguments(argv)
     check_artifacts_dir(options.artifacts_dir)
     cluster = train_utils.cluster_from_environment()
+    import keras
+
     if cluster is not None:
         print(
             f"Waiting for all {cluster.num_workers} workers of TF_CONFIG to start "
@@ -935,7 +938,7 @@ def run_training(argv=None):
     # Before anything else starts TensorFlow (see make_strategy).
     strategy = train_utils.make_strategy(cluster)
     workers = None if cluster is None else train_utils.Workers(strategy, cluster)
-    scratch = None
+    scratch = folder = None
     try:
         with train_utils.worker_errors(cluster):
             if cluster is None:
@@ -948,6 +951,14 @@ def run_training(argv=None):
             keras.utils.set_random_seed(options.seed)
             run = Run(options=options, stamp=stamp, folder=folder, resume=resume, device=device)
             run_stages(run)
+    except BaseException:
+        if folder and not options.resume:
+            # A run that stopped before writing anything (a missing folder,
+            # no images) leaves no empty run folder behind; rmdir removes
+            # nothing else.
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
