@@ -2,6 +2,7 @@
 
     python main.py --image_dir DIR --epochs 10 --batch_size 32 --augment 1
     python main.py            # the built-in demo (handwritten digits)
+    python main.py --image_dir DIR --backbone mobilenet_v2,resnet50   # one run each, compared
 
 Stages run in order (see STAGES); each takes the Run and adds to it, so a
 new stage is one function and one line in the list.
