@@ -762,6 +762,8 @@ def run_comparison(options):
         except artifacts.CompanionError:
             image_dir = None
     folders = compare.finished_runs(options.artifacts_dir, image_dir, options.compare)
+    if not image_dir:
+        raise config.UserError(f"run {options.compare[0]}'s run_config.json names no image folder: pass --image_dir")
     if not os.path.isdir(image_dir):
         raise config.UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
     config.check_outside("results_dir", options.results_dir, image_dir)
