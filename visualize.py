@@ -935,7 +935,8 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     bars.xaxis.grid(True)
     bars.set_axisbelow(True)
     bars.set_title("Test accuracy and macro F1 (best first)")
-    bars.legend(loc="lower right", fontsize=FONT_SIZES["small"])
+    # Below the axes: inside, it would cover the values of the last bars.
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=FONT_SIZES["small"])
 
     times = [row["inference_ms_per_image"] for row in rows]
     for number, row in enumerate(rows):
