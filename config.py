@@ -299,6 +299,13 @@ def _name_list(text):
     return names
 
 
+def _backbone_text(text):
+    """`mobilenet_v2, resnet50` -> "mobilenet_v2,resnet50": one or several
+    backbone names, spaces around the commas dropped (the names are
+    checked in validate_training_args)."""
+    return ",".join(name.strip() for name in text.split(","))
+
+
 def _export_list(text):
     """`onnx,litert` -> ("onnx", "litert"), for --export."""
     names = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
@@ -401,6 +408,7 @@ def add_training_arguments(parser):
     model = parser.add_argument_group("model")
     model.add_argument(
         "--backbone",
+        type=_backbone_text,
         default=DEFAULTS.backbone,
         metavar="NAME[,NAME...]",
         help="Feature extractor from keras.applications, one of "

@@ -46,7 +46,8 @@ def several(tmp_path_factory):
     data = make_flat_dataset(root / "data", classes=("alpha", "beta", "gamma"), per_class=8)
     artifacts_dir, results = root / "artifacts", root / "results"
     outputs = ["--artifacts_dir", str(artifacts_dir), "--results_dir", str(results)]
-    code = main_script.main(["--image_dir", data, "--backbone", ",".join(BACKBONES), *QUICK, *outputs])
+    # A space after the comma, as people type lists.
+    code = main_script.main(["--image_dir", data, "--backbone", ", ".join(BACKBONES), *QUICK, *outputs])
     assert code == 0
     runs = [artifacts_dir / "runs" / run for run in artifacts.run_ids(str(artifacts_dir))]
     return {"root": root, "data": data, "artifacts": artifacts_dir, "results": results, "runs": runs}
