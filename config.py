@@ -132,6 +132,8 @@ class Config:
     calibrate: int = 1
     tta: int = 1
     mlflow: str | None = None
+    # evaluate.py --compare [RUN ...]: () compares every finished run on --image_dir.
+    compare: tuple | None = None
 
 
 DEFAULTS = Config()
@@ -297,6 +299,13 @@ def _name_list(text):
     return names
 
 
+def _backbone_text(text):
+    """`mobilenet_v2, resnet50` -> "mobilenet_v2,resnet50": one or several
+    backbone names, spaces around the commas dropped (the names are
+    checked in validate_training_args)."""
+    return ",".join(name.strip() for name in text.split(","))
+
+
 def _export_list(text):
     """`onnx,litert` -> ("onnx", "litert"), for --export."""
     names = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
@@ -399,10 +408,13 @@ def add_training_arguments(parser):
     model = parser.add_argument_group("model")
     model.add_argument(
         "--backbone",
-        choices=tuple(model_builder.BACKBONES),
+        type=_backbone_text,
         default=DEFAULTS.backbone,
-        help="Feature extractor from keras.applications; each takes raw "
-        "0-255 images, its own preprocessing is inside the saved model "
+        metavar="NAME[,NAME...]",
+        help="Feature extractor from keras.applications, one of "
+        f"{', '.join(model_builder.BACKBONES)}; each takes raw 0-255 images, "
+        "its own preprocessing is inside the saved model. Several, separated "
+        "by commas: one run each on the same split, then a model comparison "
         "(default: %(default)s)",
     )
     model.add_argument(
@@ -556,7 +568,7 @@ def validate_training_args(args):
         raise UserError(f"alpha must be positive. Received: alpha={args.alpha}")
     import model_builder  # see add_training_arguments
 
-    model_builder.validate_backbone_options(args.backbone, args.image_size, args.alpha)
+    model_builder.validate_backbone_list(args.backbone, args.image_size, args.alpha)
     for name in ("rotation", "zoom", "translation", "contrast"):
         if getattr(args, name) < 0:
             raise UserError(

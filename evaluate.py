@@ -12,6 +12,10 @@ classification report, ROC, reliability diagram, prediction gallery and
 top-losses figures, one timestamp for the whole invocation. --tta N
 averages each image's probabilities over N test-time versions.
 
+    python evaluate.py --image_dir DIR --compare [RUN ...]
+
+compares trained runs on the same test images instead (compare.py).
+
 Also the library of evaluation, as timm's validate.py is: loading a model
 with its companions (`load_trained_model`), the one prediction loop
 (`predict_batches`, test-time augmentation included), and the metrics
@@ -683,6 +687,15 @@ def build_parser():
     config.add_figure_arguments(parser)
     config.add_export_arguments(parser)
     config.add_tta_argument(parser)
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        metavar="RUN",
+        default=config.DEFAULTS.compare,
+        help="Compare trained runs on the same test images (those in every run's test split) "
+        "instead of evaluating one model: every finished run trained on --image_dir, or the "
+        "RUN ids given; writes RESULTS_DIR/model_comparison/<stamp>/",
+    )
     # The model fixes the image size; an explicit different one is a mistake.
     parser.set_defaults(image_size=None)
     return parser
@@ -727,9 +740,53 @@ def export_evaluated(trained, evaluation, options, readers=None):
     return report, report_path
 
 
+def run_comparison(options):
+    """--compare: the finished runs on --image_dir (or the chosen ones)
+    scored on their common test images (compare.py). Returns the paths of
+    the CSV, markdown table and chart."""
+    import compare
+
+    for name, given in (("model", options.model), ("export", options.export), ("tta", options.tta != 1)):
+        if given:
+            raise config.UserError(
+                f"--compare scores each run's own best_model.keras as trained; leave --{name} out. "
+                f"Received: {name}={getattr(options, name)}"
+            )
+    image_dir = options.image_dir
+    if image_dir is None:
+        if not options.compare:
+            raise config.UserError("--compare needs --image_dir (the folder the runs were trained on) or run ids")
+        first = os.path.join(artifacts.runs_folder(options.artifacts_dir), options.compare[0])
+        try:
+            image_dir = artifacts.read_run_config(first).get("image_dir")
+        except artifacts.CompanionError:
+            image_dir = None
+    folders = compare.finished_runs(options.artifacts_dir, image_dir, options.compare)
+    if not image_dir:
+        raise config.UserError(f"run {options.compare[0]}'s run_config.json names no image folder: pass --image_dir")
+    if not os.path.isdir(image_dir):
+        raise config.UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
+    config.check_outside("results_dir", options.results_dir, image_dir)
+    stamp = artifacts.new_run_stamp(options.results_dir)
+    runs = ", ".join(os.path.basename(folder) for folder in folders)
+    with config.stage(f"Comparing {len(folders)} runs on the same test images of {image_dir} ({runs})"):
+        _, _, paths = compare.compare_runs(
+            folders, image_dir, options.results_dir, stamp, options.batch_size,
+            readers=config.load_readers(options.reader),
+            published=artifacts.published_run(options.artifacts_dir),
+        )
+        for path in paths:
+            print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
+    with config.stage("Showing the comparison"):
+        visualize.show_figures(paths[-1:], options.show)
+    return paths
+
+
 def run_evaluation(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options = parse_arguments(argv)
+    if options.compare is not None:
+        return run_comparison(options)
     readers = config.load_readers(options.reader)
     trained = load_trained_model(
         artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size

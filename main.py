@@ -2,6 +2,7 @@
 
     python main.py --image_dir DIR --epochs 10 --batch_size 32 --augment 1
     python main.py            # the built-in demo (handwritten digits)
+    python main.py --image_dir DIR --backbone mobilenet_v2,resnet50   # one run each, compared
 
 Stages run in order (see STAGES); each takes the Run and adds to it, so a
 new stage is one function and one line in the list.
@@ -15,16 +16,19 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import artifacts
 import audit
 import augment
 import calibration
+import compare
 import config
 import data_loader
 import evaluate
 import export
 import image_io
+import model_builder
 import train_utils
 import visualize
 
@@ -50,6 +54,9 @@ class Run:
     export_report: dict | None = None  # with --export, see export_stage
     figures: list = dataclasses.field(default_factory=list)
     tracked: object = None  # the MLflow run (tracking.TrackedRun) with --mlflow
+    # With several backbones: the first run, whose scan, split and dataset
+    # figures this one shares (None: this run made its own).
+    shared_from: str | None = None
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -195,6 +202,12 @@ def resumed_options(options, given, saved):
 
 def scan_stage(run):
     options = run.options
+    if run.shared_from:
+        # Several backbones: one scan and split for all, so every run trains
+        # and tests on the same images.
+        artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)
+        print(f"    the same files and split as run {run.shared_from} (scanned and audited once)")
+        return
     if options.demo:
         write_demo_dataset(options.image_dir)
     # Every file is audited before anything trains; the audit's cache lives
@@ -443,14 +456,38 @@ def train_stage(run):
     state = {"stamp": run.stamp, "history_path": history_path}
     if run.resume and "finetune_start" in run.resume:
         state["finetune_start"] = run.resume["finetune_start"]
+    start = time.perf_counter()
     train_utils.train(
         run.model, run.datasets["train"], run.datasets["val"], plan, state, resume=run.resume, device=run.device
     )
+    seconds = time.perf_counter() - start
     run.history_path = history_path
     run.finetune_start = train_utils.finetune_start(plan.resume_folder)
     train_utils.finish_resume_points(plan.resume_folder)
     if run.device.is_chief:
+        record_training(run, seconds)
         print(f"    history: {history_path}")
+
+
+def record_training(run, seconds):
+    """run_config.json's "training": seconds of this invocation's training
+    (a resumed run: since it resumed), epochs, the best epoch (1-based,
+    lowest val_loss, the saved model's) and its val_loss, for the model
+    comparison."""
+    import numpy as np
+
+    history = train_utils.read_history(run.history_path)
+    losses = history["val_loss"]
+    best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
+    training = {
+        "seconds": round(seconds, 1),
+        "epochs": int(len(losses)),
+        "best_epoch": None if best is None else best + 1,
+        "best_val_loss": None if best is None else float(losses[best]),
+        "resumed": bool(run.resume),
+    }
+    saved = artifacts.read_run_config(run.folder)
+    artifacts.write_json(run.artifact_path(artifacts.RUN_CONFIG_FILE), {**saved, "training": training})
 
 
 def calibrate_stage(run):
@@ -579,7 +616,17 @@ def add_figures(run, *paths):
         print(f"    figure: {path}")
 
 
+def drawn_by_first_run(run):
+    """With several backbones, the dataset figures are the first run's:
+    says so and returns True for the others."""
+    if run.shared_from:
+        print(f"    the same images as run {run.shared_from}: see its figure")
+    return bool(run.shared_from)
+
+
 def distribution_stage(run):
+    if drawn_by_first_run(run):
+        return
     add_figures(
         run,
         visualize.plot_dataset_distribution(
@@ -618,6 +665,8 @@ def training_images(run, positions):
 
 
 def class_grid_stage(run):
+    if drawn_by_first_run(run):
+        return
     options = run.options
     _, labels = run.index.split("train")
     picks = pick_training_images(labels, len(run.index.class_names), options.grid_per_class, options.seed)
@@ -645,6 +694,8 @@ def augmentation_stage(run):
     strengths = augment_config(options)
     if strengths is None:
         print("    augmentation is off (--augment 0): nothing to preview")
+        return
+    if drawn_by_first_run(run):
         return
     paths, labels = run.index.split("train")
     # Images of different classes (random ones), then any, if too few classes.
@@ -927,6 +978,9 @@ def run_training(argv=None):
     options = parse_arguments(argv)
     check_artifacts_dir(options.artifacts_dir)
     cluster = train_utils.cluster_from_environment()
+    backbones = model_builder.backbone_names(options.backbone)
+    if len(backbones) > 1:
+        return train_several(options, backbones, cluster)
     import keras
 
     if cluster is not None:
@@ -963,6 +1017,80 @@ def run_training(argv=None):
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     return run
+
+
+def train_several(options, backbones, cluster):
+    """--backbone A,B,...: one run per backbone, one after another, each in
+    its own run folder with its own results stamp, all on the same split
+    (scanned once, one --seed); then the one with the lowest validation
+    loss is published and the runs are compared on their test images
+    (compare.py). Returns the runs."""
+    import keras
+
+    if options.resume:
+        raise config.UserError(
+            "--resume continues one run: leave --backbone out (the run keeps its own). "
+            f"Received: backbone={options.backbone}"
+        )
+    if cluster is not None:
+        raise config.UserError(
+            "several backbones train on one machine, not with TF_CONFIG workers: give one "
+            f"--backbone per multi-worker run. Received: backbone={options.backbone}"
+        )
+    device = train_utils.configure_device(options.precision, options.jit, train_utils.make_strategy(None))
+    if options.demo:
+        print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
+    widths = [name for name in backbones if model_builder.BACKBONES[name]["alpha"]]
+    if options.alpha != 1.0 and len(widths) < len(backbones):
+        print(f"--alpha {options.alpha:g} applies to {', '.join(widths)}; the others have no width multiplier.")
+    runs = []
+    for number, backbone in enumerate(backbones, start=1):
+        run_options = dataclasses.replace(
+            options, backbone=backbone, alpha=model_builder.backbone_alpha(backbone, options.alpha)
+        )
+        stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
+        print(f"\n#### {backbone} ({number} of {len(backbones)}) · run {stamp}: {folder}")
+        first = runs[0] if runs else None
+        run = Run(
+            options=run_options, stamp=stamp, folder=folder, device=device,
+            index=first.index if first else None, shared_from=first.stamp if first else None,
+        )
+        keras.utils.set_random_seed(options.seed)  # each run as if trained alone
+        run_stages(run)
+        # Only what the comparison needs stays; the model and pipelines go.
+        run.model, run.datasets, run.evaluation = None, {}, None
+        keras.backend.clear_session()
+        runs.append(run)
+    with config.stage("Publishing the run with the lowest validation loss"):
+        publish_best(options.artifacts_dir, runs)
+    with config.stage(f"Comparing the {len(runs)} models on the same test images"):
+        stamp = artifacts.new_run_stamp(options.results_dir)
+        _, _, paths = compare.compare_runs(
+            [run.folder for run in runs], options.image_dir, options.results_dir, stamp,
+            options.batch_size, readers=runs[0].index.readers,
+            published=artifacts.published_run(options.artifacts_dir),
+        )
+        for path in paths:
+            print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
+    with config.stage("Showing the comparison"):
+        visualize.show_figures(paths[-1:], options.show)
+    return runs
+
+
+def publish_best(artifacts_dir, runs):
+    """Publishes the run whose best epoch had the lowest val_loss (each run
+    was published as it finished, so an interrupted series leaves the last
+    finished one): the choice uses the validation split only, never the
+    test images the comparison reports. Returns its run id."""
+    def best_val_loss(run):
+        value = (artifacts.read_run_config(run.folder).get("training") or {}).get("best_val_loss")
+        return float("inf") if value is None else value
+
+    best = min(runs, key=best_val_loss)
+    published = artifacts.publish(artifacts_dir, best.folder)
+    print(f"    published: {published} -> run {best.stamp} ({best.options.backbone}, "
+          f"val_loss {best_val_loss(best):.4f}; the others stay in their run folders)")
+    return best.stamp
 
 
 def run_stages(run):

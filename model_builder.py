@@ -210,6 +210,48 @@ def validate_backbone_options(backbone, image_size, alpha):
         )
 
 
+def backbone_names(text):
+    """`mobilenet_v2,resnet50` -> ("mobilenet_v2", "resnet50"): the
+    backbones of --backbone, one run each. Raises UserError for an unknown,
+    empty or repeated name."""
+    names = tuple(name.strip() for name in str(text).split(","))
+    for name in names:
+        if name not in BACKBONES:
+            raise UserError(
+                f"backbone must be one of {', '.join(BACKBONES)}, or several of them separated by "
+                f"commas. Received: backbone={text}"
+            )
+    if len(set(names)) != len(names):
+        raise UserError(f"backbone names a backbone twice. Received: backbone={text}")
+    return names
+
+
+def backbone_alpha(backbone, alpha):
+    """The width multiplier `backbone` is built with: `alpha` where it has
+    one, else 1.0 (with several backbones, --alpha applies where it means
+    something)."""
+    return alpha if BACKBONES[backbone]["alpha"] else 1.0
+
+
+def validate_backbone_list(text, image_size, alpha):
+    """Checks --backbone (one name or several) with --image_size and
+    --alpha: each backbone as validate_backbone_options does; with several,
+    an --alpha other than 1.0 must fit at least one of them. Returns the
+    names. Raises UserError."""
+    names = backbone_names(text)
+    if len(names) == 1:
+        validate_backbone_options(names[0], image_size, alpha)
+        return names
+    if alpha != 1.0 and not any(BACKBONES[name]["alpha"] for name in names):
+        raise UserError(
+            f"alpha (a width multiplier) exists only for {', '.join(ALPHA_BACKBONES)}, and none of "
+            f"{', '.join(names)} has one; leave it at 1.0. Received: alpha={alpha}"
+        )
+    for name in names:
+        validate_backbone_options(name, image_size, backbone_alpha(name, alpha))
+    return names
+
+
 def keras_cache_hint(backbone, alpha, image_size):
     """Where Keras looks for the cached ImageNet weights of `backbone`
     (include_top=False), for error messages."""

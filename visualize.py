@@ -902,6 +902,65 @@ def render_top_losses(evaluation, rows, cols, folder):
     return plot_top_losses(items, rows, cols, os.path.join(folder, "top_losses.png"), subtitle=subtitle)
 
 
+# ---------------------------------------------------------------- model comparison
+
+
+@themed
+def plot_model_comparison(rows, output_path, subtitle=""):
+    """The model comparison at a glance: test accuracy and macro F1 per
+    model (best on top), and test accuracy against inference time per
+    image, so the trade-off shows. `rows` are compare.ranked rows (keys
+    backbone, run, test_accuracy, macro_f1, inference_ms_per_image).
+    Returns the path."""
+    count = len(rows)
+    figure = Figure(figsize=(13, max(4.2, 0.55 * count + 2.4)), layout="constrained")
+    bars, scatter = figure.subplots(1, 2, width_ratios=(1, 1.1))
+    labels = [f"{row['backbone']}\n{row['run']}" for row in rows]
+    positions = np.arange(count)
+    height = 0.38
+    accuracy = [row["test_accuracy"] for row in rows]
+    macro_f1 = [row["macro_f1"] for row in rows]
+    drawn = bars.barh(positions - height / 2, accuracy, height, color=DEEP_ROSE, edgecolor=WINE,
+                      linewidth=0.6, label="test accuracy")
+    bars.bar_label(drawn, labels=[f"{value:.1%}" for value in accuracy], padding=2,
+                   fontsize=FONT_SIZES["small"])
+    drawn = bars.barh(positions + height / 2, macro_f1, height, color=BLUSH, edgecolor=WINE,
+                      linewidth=0.6, label="macro F1")
+    bars.bar_label(drawn, labels=[f"{value:.3f}" for value in macro_f1], padding=2,
+                   fontsize=FONT_SIZES["small"])
+    bars.set_yticks(positions, labels, fontsize=FONT_SIZES["tick"])
+    bars.set_ylim(count - 0.4, -0.6)  # best on top
+    bars.set_xlim(0, 1.15)  # room for the values right of a full bar
+    bars.xaxis.set_major_formatter(ticker.PercentFormatter(1.0))
+    bars.xaxis.grid(True)
+    bars.set_axisbelow(True)
+    bars.set_title("Test accuracy and macro F1 (best first)")
+    # Below the axes: inside, it would cover the values of the last bars.
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=FONT_SIZES["small"])
+
+    times = [row["inference_ms_per_image"] for row in rows]
+    for number, row in enumerate(rows):
+        colour = LINE_COLOURS[number % len(LINE_COLOURS)]
+        scatter.scatter(times[number], accuracy[number], s=90, color=colour, edgecolor=WINE, zorder=3,
+                        label=f"{row['rank']}. {row['backbone']} ({row['run']})")
+        # The rank, not the name: names of close points overlap; the legend names them.
+        scatter.annotate(str(row["rank"]), (times[number], accuracy[number]), textcoords="offset points",
+                         xytext=(7, 5), fontsize=FONT_SIZES["tick"], fontweight="bold", color=INK)
+    scatter.set_xlabel("Inference ms per image (batch 32, this machine)")
+    scatter.set_ylabel("Test accuracy")
+    scatter.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
+    low, high = min(accuracy), max(accuracy)
+    spread = max(high - low, 0.05)
+    scatter.set_ylim(max(0.0, low - 0.25 * spread), min(1.0, high + 0.25 * spread) + 0.02)
+    scatter.set_xlim(0, max(times) * 1.25)
+    scatter.grid(True)
+    scatter.set_axisbelow(True)
+    scatter.set_title("Accuracy against inference time (up and left is better)")
+    scatter.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=FONT_SIZES["small"])
+    figure.suptitle("Model comparison" + (f" · {subtitle}" if subtitle else ""))
+    return save_figure(figure, output_path)
+
+
 # ---------------------------------------------------------------- showing
 
 

@@ -1,0 +1,420 @@
+"""The model comparison: finished runs scored on the same test images.
+
+    python main.py --image_dir DIR --backbone mobilenet_v2,efficientnet_b0,resnet50
+    python evaluate.py --image_dir DIR --compare            # every finished run on DIR
+    python evaluate.py --image_dir DIR --compare RUN RUN    # chosen runs
+
+Each run is scored on the images in every compared run's test split, so
+no model is ever scored on an image it trained or validated on, even when
+the runs were split differently (another --seed or split fractions): an
+image in any compared run's train or val split is left out for all. Writes
+RESULTS_DIR/model_comparison/<stamp>/model_comparison.csv, .md (the table
+to paste into a report, best first) and .png (visualize.py).
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+
+import numpy as np
+
+import artifacts
+import config
+import evaluate
+import image_io
+import visualize
+
+COMPARISON_FOLDER = "model_comparison"
+# Inference is timed on batches of this many images, after warm-up calls.
+TIMING_BATCH = 32
+TIMING_WARMUP = 2
+TIMING_REPEATS = 5
+
+# (CSV column, markdown header) in table order.
+COLUMNS = (
+    ("rank", "#"),
+    ("backbone", "backbone"),
+    ("run", "run"),
+    ("weights", "weights"),
+    ("image_size", "image size"),
+    ("parameters", "parameters"),
+    ("model_mb", "model MB"),
+    ("training_seconds", "training s"),
+    ("epochs", "epochs"),
+    ("best_epoch", "best epoch"),
+    ("test_accuracy", "test accuracy"),
+    ("test_loss", "loss"),
+    ("macro_f1", "macro F1"),
+    ("macro_roc_auc", "macro ROC AUC"),
+    ("inference_ms_per_image", f"inference ms/image (batch {TIMING_BATCH})"),
+    ("published", "published"),
+)
+
+
+# ---------------------------------------------------------------- which runs
+
+
+def finished_runs(artifacts_dir, image_dir, chosen=None):
+    """The run folders to compare: the `chosen` run ids (each must have
+    finished training), or every finished run of ARTIFACTS_DIR trained on
+    `image_dir`, oldest first. Raises UserError when fewer than two are
+    left, or a chosen run is unknown, unfinished or of another folder."""
+    known = artifacts.run_ids(artifacts_dir)
+    wanted = list(dict.fromkeys(chosen)) if chosen else known
+    folders = []
+    for run_id in wanted:
+        if run_id not in known:
+            raise config.UserError(
+                f"no run {run_id} in {artifacts.runs_folder(artifacts_dir)} "
+                f"(runs there: {', '.join(known[-8:]) or 'none'}). Received: compare={run_id}"
+            )
+        folder = os.path.join(artifacts.runs_folder(artifacts_dir), run_id)
+        try:
+            saved = artifacts.read_run_config(folder)
+        except artifacts.CompanionError:
+            saved = {}
+        same_folder = image_dir is None or (
+            bool(saved.get("image_dir"))
+            and os.path.realpath(saved["image_dir"]) == os.path.realpath(image_dir)
+        )
+        finished = saved.get("status") == "finished" and os.path.isfile(
+            os.path.join(folder, artifacts.MODEL_FILE)
+        )
+        if chosen and not finished:
+            raise config.UserError(
+                f"run {run_id} did not finish training (status {saved.get('status', 'unknown')}): "
+                f"only finished runs can be compared. Received: compare={run_id}"
+            )
+        if chosen and not same_folder:
+            raise config.UserError(
+                f"run {run_id} was trained on {saved.get('image_dir')}, not on {image_dir}: runs are "
+                f"compared on the test images of one folder. Received: compare={run_id}"
+            )
+        if finished and same_folder:
+            folders.append(folder)
+    if len(folders) < 2:
+        where = f" trained on {image_dir}" if image_dir else ""
+        raise config.UserError(
+            f"--compare needs at least two finished runs{where}; found {len(folders)} in "
+            f"{artifacts.runs_folder(artifacts_dir)} (train several with main.py --backbone A,B)"
+        )
+    return folders
+
+
+# ---------------------------------------------------------------- which images
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonImages:
+    """The test images every compared run may be scored on.
+
+    paths: relative to the dataset, sorted; labels: their class names;
+    same_split: whether every run saved the same split manifest;
+    left_out: {relative path: why} for images in some run's test split
+    that are not scored."""
+
+    paths: tuple
+    labels: tuple
+    same_split: bool
+    left_out: dict
+
+    def describe(self):
+        """One or two lines for the printout and the markdown notes."""
+        if self.same_split:
+            return [f"{len(self.paths)} test images: every run has the same split"]
+        lines = [
+            f"{len(self.paths)} test images in every run's test split: the runs were split "
+            f"differently (another --seed, split fractions or files), so {len(self.left_out)} "
+            "test image(s) of some run are left out for all"
+        ]
+        trained = sum(1 for why in self.left_out.values() if why.startswith("in the train"))
+        if trained:
+            lines.append(
+                f"{trained} of them because another compared run trained or validated on them"
+            )
+        return lines
+
+
+def common_test_images(manifests):
+    """The images to score every run on, from `manifests` ({run id: list of
+    artifacts.ManifestRow}): those in every run's test split, with the same
+    class in every manifest. An image in any run's train or val split is
+    never among them. Returns CommonImages; raises UserError when none is
+    left."""
+    splits = {}  # path -> {run: (split, class)}
+    for run_id, rows in manifests.items():
+        for row in rows:
+            splits.setdefault(row.path, {})[run_id] = (row.split, row.label)
+    chosen, left_out = [], {}
+    for path in sorted(splits):
+        seen = splits[path]
+        if not any(split == "test" for split, _ in seen.values()):
+            continue
+        trained_on = sorted(run for run, (split, _) in seen.items() if split != "test")
+        missing = sorted(set(manifests) - set(seen))
+        if trained_on:
+            left_out[path] = f"in the train/val split of run(s) {', '.join(trained_on)}"
+        elif missing:
+            left_out[path] = f"not in the split of run(s) {', '.join(missing)}"
+        elif len({label for _, label in seen.values()}) > 1:
+            left_out[path] = "a different class in different runs' manifests"
+        else:
+            chosen.append((path, next(iter(seen.values()))[1]))
+    first = next(iter(manifests.values()))
+    same = all(rows == first for rows in manifests.values())
+    if not chosen:
+        raise config.UserError(
+            f"no test image is in every compared run's test split ({len(left_out)} test images "
+            "were in another run's train/val split or missing from it): compare runs trained "
+            "with the same --seed and split options"
+        )
+    return CommonImages(
+        paths=tuple(path for path, _ in chosen),
+        labels=tuple(label for _, label in chosen),
+        same_split=same,
+        left_out=left_out,
+    )
+
+
+# ---------------------------------------------------------------- scoring one run
+
+
+def inference_ms_per_image(model, images, batch_size=TIMING_BATCH, warmup=TIMING_WARMUP, repeats=TIMING_REPEATS):
+    """Milliseconds per image of model.predict_on_batch (the call the
+    prediction loop makes) on one batch of `batch_size` uint8 images made
+    from `images` (repeated to fill it): the median of `repeats` timed
+    calls after `warmup` untimed ones, which trace and warm the caches."""
+    batch = np.stack([images[i % len(images)] for i in range(batch_size)])
+    for _ in range(warmup):
+        model.predict_on_batch(batch)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict_on_batch(batch)
+        timings.append(time.perf_counter() - start)
+    return float(np.median(timings)) * 1000 / batch_size
+
+
+def training_summary(run_config):
+    """(seconds, epochs, best epoch) of a run, from the "training" entry
+    main.py records in run_config.json; None for what an older run did not
+    record."""
+    training = run_config.get("training") or {}
+    return training.get("seconds"), training.get("epochs"), training.get("best_epoch")
+
+
+def macro_auc(roc_auc):
+    """The macro ROC AUC (for two classes the one AUC), or None."""
+    if roc_auc["macro"] is not None:
+        return roc_auc["macro"]
+    values = [value for value in roc_auc["per_class"].values() if value is not None]
+    return values[0] if values else None
+
+
+def backbone_label(run_config):
+    backbone = run_config.get("backbone", "?")
+    alpha = run_config.get("alpha", 1.0)
+    return backbone if alpha in (None, 1.0) else f"{backbone} (alpha {alpha:g})"
+
+
+def weights_label(weights):
+    if weights in (None, "imagenet", "none"):
+        return weights or "?"
+    return os.path.basename(str(weights))  # a local weights file
+
+
+def score_run(folder, image_dir, common, batch_size, readers=None, timing_images=None):
+    """Scores the run in `folder` on `common` (CommonImages of `image_dir`)
+    and times its inference. Returns (the comparison row as a dict, the
+    Evaluation)."""
+    model_path = os.path.join(folder, artifacts.MODEL_FILE)
+    trained = evaluate.load_trained_model(model_path)
+    own = artifacts.read_manifest(folder)
+    seen = {row.path for row in own if row.split != "test"}
+    if seen & set(common.paths):  # common_test_images never allows it: a bug if so
+        raise AssertionError(f"run {folder} would be scored on images it trained on")
+    class_ids = {name: number for number, name in enumerate(trained.class_names)}
+    images = evaluate.LabelledImages(
+        paths=[os.path.join(os.path.abspath(image_dir), path) for path in common.paths],
+        labels=np.array([class_ids[label] for label in common.labels], dtype=np.int32),
+        description="test images common to the compared runs",
+    )
+    evaluation = evaluate.evaluate_images(trained, images, batch_size, readers)
+    metrics = evaluation.metrics()
+    if timing_images is None:
+        timing_images = load_timing_images(images.paths, trained.image_size, readers)
+    seconds, epochs, best_epoch = training_summary(trained.run_config)
+    row = {
+        "backbone": backbone_label(trained.run_config),
+        "run": os.path.basename(folder),
+        "weights": weights_label(trained.run_config.get("weights")),
+        "image_size": trained.image_size,
+        "parameters": int(trained.model.count_params()),
+        "model_mb": os.path.getsize(model_path) / 1e6,
+        "training_seconds": seconds,
+        "epochs": epochs,
+        "best_epoch": best_epoch,
+        "test_accuracy": metrics["accuracy"],
+        "test_loss": metrics["loss"],
+        "macro_f1": metrics["macro_avg"]["f1"],
+        "macro_roc_auc": macro_auc(metrics["roc_auc"]),
+        "inference_ms_per_image": inference_ms_per_image(trained.model, timing_images),
+        "test_images": metrics["num_samples"],
+    }
+    return row, evaluation
+
+
+def load_timing_images(paths, image_size, readers=None):
+    """Up to TIMING_BATCH of `paths` as uint8 arrays of `image_size`."""
+    return [
+        image_io.load_image(path, image_size, readers=readers).numpy()
+        for path in paths[:TIMING_BATCH]
+    ]
+
+
+# ---------------------------------------------------------------- the table
+
+
+def ranked(rows):
+    """Rows best first (test accuracy, then macro F1, then lower loss),
+    each given its rank."""
+    order = sorted(rows, key=lambda row: (-row["test_accuracy"], -row["macro_f1"], row["test_loss"]))
+    return [{**row, "rank": rank} for rank, row in enumerate(order, start=1)]
+
+
+def csv_value(value):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def markdown_value(name, value):
+    if value is None:
+        return "n/a"
+    if name in ("test_accuracy", "macro_f1", "macro_roc_auc", "test_loss"):
+        return f"{value:.4f}"
+    if name == "parameters":
+        return f"{value:,}"
+    if name == "model_mb":
+        return f"{value:.1f}"
+    if name == "training_seconds":
+        return f"{value:.0f}"
+    if name == "inference_ms_per_image":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(rows):
+    """The comparison as a GitHub markdown table, numbers right-aligned."""
+    text_columns = ("backbone", "run", "weights", "published")
+    lines = [
+        "| " + " | ".join(header for _, header in COLUMNS) + " |",
+        "|" + "|".join("---" if name in text_columns else "---:" for name, _ in COLUMNS) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(markdown_value(name, row.get(name)) for name, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(rows, folder, notes, subtitle=""):
+    """model_comparison.csv, .md and .png in `folder` for ranked `rows`;
+    `notes`: lines said under the markdown table. Returns the three paths."""
+    names = [name for name, _ in COLUMNS] + ["test_images"]
+    csv_path = artifacts.write_csv(
+        os.path.join(folder, "model_comparison.csv"),
+        [names] + [[csv_value(row.get(name)) for name in names] for row in rows],
+    )
+    text = "\n".join(
+        ["# Model comparison", "", markdown_table(rows), ""]
+        + [f"- {line}" for line in notes]
+        + [""]
+    )
+    markdown_path = artifacts.write_text(os.path.join(folder, "model_comparison.md"), text)
+    chart_path = visualize.plot_model_comparison(
+        rows, os.path.join(folder, "model_comparison.png"), subtitle=subtitle
+    )
+    return csv_path, markdown_path, chart_path
+
+
+# ---------------------------------------------------------------- the whole comparison
+
+
+@contextlib.contextmanager
+def quiet_retracing():
+    """TensorFlow's "N out of the last N calls triggered tf.function
+    retracing" warning: every loaded model traces its own predict function
+    (one per batch shape), which that warning counts across models; here it
+    is expected, not a problem, so it is silenced while scoring."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def score_compared_run(folder, image_dir, common, batch_size, readers, timing_images):
+    """score_run, with the timing images of the run's image size loaded once
+    for all runs of that size (`timing_images`, filled in here)."""
+    size = int(artifacts.read_run_config(folder).get("image_size") or 0)
+    if size and size not in timing_images:
+        paths = [os.path.join(os.path.abspath(image_dir), path) for path in common.paths]
+        timing_images[size] = load_timing_images(paths, size, readers)
+    row, _ = score_run(folder, image_dir, common, batch_size, readers, timing_images.get(size))
+    return row
+
+
+def compare_runs(folders, image_dir, results_dir, stamp, batch_size, readers=None, published=None):
+    """Scores the runs in `folders` (all trained on `image_dir`) on their
+    common test images and writes RESULTS_DIR/model_comparison/<stamp>/.
+    `published`: the run id ARTIFACTS_DIR/latest points at, marked in the
+    table. Returns (ranked rows, CommonImages, [csv, md, png paths]).
+    Raises UserError when the runs cannot be compared."""
+    manifests, class_names = {}, {}
+    for folder in folders:
+        run_id = os.path.basename(folder)
+        try:
+            manifests[run_id] = artifacts.read_manifest(folder)
+            class_names[run_id] = artifacts.read_class_names(folder)
+        except artifacts.CompanionError as error:
+            raise config.UserError(f"cannot compare run {run_id}: {error}") from None
+    if len(set(class_names.values())) > 1:
+        described = "; ".join(f"{run}: {', '.join(names)}" for run, names in class_names.items())
+        raise config.UserError(f"the runs predict different classes, so they cannot be compared ({described})")
+    common = common_test_images(manifests)
+    for line in common.describe():
+        print(f"    {line}")
+    rows, timing_images = [], {}
+    for folder in folders:
+        with quiet_retracing():
+            row = score_compared_run(folder, image_dir, common, batch_size, readers, timing_images)
+        row["published"] = "yes" if row["run"] == published else ""
+        print(
+            f"    {row['backbone']} (run {row['run']}): accuracy {row['test_accuracy']:.4f}, "
+            f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
+            f"{row['inference_ms_per_image']:.2f} ms/image"
+        )
+        rows.append(row)
+    rows = ranked(rows)
+    notes = [
+        *common.describe(),
+        f"image folder: {os.path.abspath(image_dir)}",
+        "best first: test accuracy, then macro F1, then lower loss; loss is the cross-entropy of the "
+        "(temperature-calibrated) probabilities",
+        f"inference: median of {TIMING_REPEATS} timed predict_on_batch calls on {TIMING_BATCH} images after "
+        f"{TIMING_WARMUP} warm-up calls, one after another in one process on this machine "
+        "(CPU unless a GPU was found)",
+        "training s: the training stage of the invocation that finished the run (n/a: not recorded by the "
+        "version that trained it); best epoch: the epoch of the lowest val_loss, whose model is saved",
+    ]
+    if published:
+        notes.append(f"published (ARTIFACTS_DIR/best_model.keras): run {published}")
+    folder = os.path.join(results_dir, COMPARISON_FOLDER, stamp)
+    subtitle = f"{len(common.paths)} common test images · {os.path.basename(os.path.normpath(image_dir))}"
+    paths = write_comparison(rows, folder, notes, subtitle=subtitle)
+    return rows, common, list(paths)
