@@ -369,12 +369,14 @@ def score_compared_run(folder, image_dir, common, batch_size, readers, timing_im
     return row
 
 
-def compare_runs(folders, image_dir, results_dir, stamp, batch_size, readers=None, published=None):
+def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, published=None):
     """Scores the runs in `folders` (all trained on `image_dir`) on their
-    common test images and writes RESULTS_DIR/model_comparison/<stamp>/.
+    common test images and writes RESULTS_DIR/model_comparison/<stamp>/
+    under a newly reserved stamp, printing where each file went.
     `published`: the run id ARTIFACTS_DIR/latest points at, marked in the
     table. Returns (ranked rows, CommonImages, [csv, md, png paths]).
     Raises UserError when the runs cannot be compared."""
+    stamp = artifacts.new_run_stamp(results_dir)
     manifests, class_names = {}, {}
     for folder in folders:
         run_id = os.path.basename(folder)
@@ -416,5 +418,7 @@ def compare_runs(folders, image_dir, results_dir, stamp, batch_size, readers=Non
         notes.append(f"published (ARTIFACTS_DIR/best_model.keras): run {published}")
     folder = os.path.join(results_dir, COMPARISON_FOLDER, stamp)
     subtitle = f"{len(common.paths)} common test images · {os.path.basename(os.path.normpath(image_dir))}"
-    paths = write_comparison(rows, folder, notes, subtitle=subtitle)
-    return rows, common, list(paths)
+    paths = list(write_comparison(rows, folder, notes, subtitle=subtitle))
+    for path in paths:
+        print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
+    return rows, common, paths

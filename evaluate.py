@@ -767,16 +767,13 @@ def run_comparison(options):
     if not os.path.isdir(image_dir):
         raise config.UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
     config.check_outside("results_dir", options.results_dir, image_dir)
-    stamp = artifacts.new_run_stamp(options.results_dir)
     runs = ", ".join(os.path.basename(folder) for folder in folders)
     with config.stage(f"Comparing {len(folders)} runs on the same test images of {image_dir} ({runs})"):
         _, _, paths = compare.compare_runs(
-            folders, image_dir, options.results_dir, stamp, options.batch_size,
+            folders, image_dir, options.results_dir, options.batch_size,
             readers=config.load_readers(options.reader),
             published=artifacts.published_run(options.artifacts_dir),
         )
-        for path in paths:
-            print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
     with config.stage("Showing the comparison"):
         visualize.show_figures(paths[-1:], options.show)
     return paths

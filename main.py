@@ -174,26 +174,37 @@ def same_option(name, given, saved):
     return given == saved
 
 
+def first_different_option(given, saved, ignored):
+    """(name, given value, saved value) of the first option given on the
+    command line with another value than the saved one, leaving out
+    `ignored` names and names not saved; None when they all agree."""
+    saved_config = config.config_from_dict(saved)
+    given_config = config.config_from_dict(given)
+    for name in given:
+        if name in ignored or name not in saved:
+            continue
+        ours, theirs = getattr(given_config, name), getattr(saved_config, name)
+        if not same_option(name, ours, theirs):
+            return name, ours, theirs
+    return None
+
+
 def resumed_options(options, given, saved):
     """The options of a resumed run: the ones saved with it, plus the
     display options given now. An option given now that differs from the
     saved one is refused, naming it: a run trains with one set of options.
     Raises UserError."""
-    saved_config = config.config_from_dict(saved)
-    given_config = config.config_from_dict(given)
-    for name in given:
-        if name in (*DISPLAY_OPTIONS, "resume", "artifacts_dir") or name not in saved:
-            continue
-        ours, theirs = getattr(given_config, name), getattr(saved_config, name)
-        if not same_option(name, ours, theirs):
-            raise config.UserError(
-                f"--resume continues a run with its own options, and this run used "
-                f"{name}={theirs}; leave --{name} out (or start a new run). "
-                f"Received: {name}={ours}"
-            )
+    different = first_different_option(given, saved, (*DISPLAY_OPTIONS, "resume", "artifacts_dir"))
+    if different:
+        name, ours, theirs = different
+        raise config.UserError(
+            f"--resume continues a run with its own options, and this run used "
+            f"{name}={theirs}; leave --{name} out (or start a new run). "
+            f"Received: {name}={ours}"
+        )
     display = {name: getattr(options, name) for name in DISPLAY_OPTIONS}
     return dataclasses.replace(
-        saved_config, resume=options.resume, artifacts_dir=options.artifacts_dir, **display
+        config.config_from_dict(saved), resume=options.resume, artifacts_dir=options.artifacts_dir, **display
     )
 
 
@@ -905,17 +916,14 @@ def worker_options(options, given, chief):
     option given with another value than the chief's is refused, naming it.
     Raises UserError."""
     chief_config = config.config_from_dict(chief)
-    given_config = config.config_from_dict(given)
     ignored = (*DISPLAY_OPTIONS, *WORKER_LOCAL_OPTIONS, "resume", "artifacts_dir", "results_dir")
-    for name in given:
-        if name in ignored or name not in chief:
-            continue
-        ours, theirs = getattr(given_config, name), getattr(chief_config, name)
-        if not same_option(name, ours, theirs):
-            raise config.UserError(
-                f"every worker trains with the chief's options, and the chief has {name}={theirs}; "
-                f"give --{name} the same value here or leave it out. Received: {name}={ours}"
-            )
+    different = first_different_option(given, chief, ignored)
+    if different:
+        name, ours, theirs = different
+        raise config.UserError(
+            f"every worker trains with the chief's options, and the chief has {name}={theirs}; "
+            f"give --{name} the same value here or leave it out. Received: {name}={ours}"
+        )
     mine = {name: getattr(options, name) for name in WORKER_LOCAL_OPTIONS if name in given}
     return dataclasses.replace(chief_config, resume=options.resume, **mine)
 
@@ -1064,14 +1072,11 @@ def train_several(options, backbones, cluster):
     with config.stage("Publishing the run with the lowest validation loss"):
         publish_best(options.artifacts_dir, runs)
     with config.stage(f"Comparing the {len(runs)} models on the same test images"):
-        stamp = artifacts.new_run_stamp(options.results_dir)
         _, _, paths = compare.compare_runs(
-            [run.folder for run in runs], options.image_dir, options.results_dir, stamp,
+            [run.folder for run in runs], options.image_dir, options.results_dir,
             options.batch_size, readers=runs[0].index.readers,
             published=artifacts.published_run(options.artifacts_dir),
         )
-        for path in paths:
-            print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
     with config.stage("Showing the comparison"):
         visualize.show_figures(paths[-1:], options.show)
     return runs
