@@ -527,7 +527,7 @@ def audit_report(index, scan, checks, duplicates, stats):
 
 
 def inspection_summary(index):
-    """The JSON object `python data_loader.py --json` prints, exactly:
+    """The JSON object `python inspect_dataset.py --json` prints, exactly:
     layout, classes, splits ({split: {class: n}}), skipped ([{path,
     reason}], paths relative to the dataset), ignored (a count), warnings."""
     return {

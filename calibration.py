@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+import model_builder
+
 # Guo et al.'s number of equal-width confidence bins for ECE.
 NUM_BINS = 15
 # The fitted temperature stays within these bounds: a validation split the
@@ -207,6 +209,35 @@ def fit_temperature(logits, true_labels, low=MIN_TEMPERATURE, high=MAX_TEMPERATU
     return float(math.exp((left + right) / 2))
 
 
+def fit_on(logits, labels):
+    """Fits the temperature on a split's logits and true labels: {"temperature",
+    "fitted_on", "images", and the split's NLL and ECE before (T = 1) and
+    after}, what run_config.json records as "calibration"."""
+    temperature = fit_temperature(logits, labels)
+    fitted = {"temperature": temperature, "fitted_on": "val", "images": int(len(labels))}
+    for name, value in (("before", 1.0), ("after", temperature)):
+        fitted[f"val_nll_{name}"] = temperature_nll(logits, labels, value)
+        fitted[f"val_ece_{name}"] = expected_calibration_error(labels, softmax(logits, value))
+    return fitted
+
+
+def fitted_lines(fitted):
+    """What a run prints about its fitted temperature (fit_on's dict)."""
+    temperature = fitted["temperature"]
+    lines = [
+        f"temperature {temperature:.3f} fitted on {fitted['images']} validation images: "
+        f"NLL {fitted['val_nll_before']:.3f} -> {fitted['val_nll_after']:.3f}, "
+        f"ECE {fitted['val_ece_before']:.1%} -> {fitted['val_ece_after']:.1%}"
+    ]
+    if temperature > 0.99 * MAX_TEMPERATURE:
+        lines.append("note: T is at its upper bound: on the validation split the model does about as well "
+                     "as chance, so its calibrated probabilities are nearly uniform")
+    elif temperature < 1.01 * MIN_TEMPERATURE:
+        lines.append("note: T is at its lower bound: the model gets (nearly) every validation image right, "
+                     "so the validation split cannot say how confident it should be")
+    return lines
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -214,23 +245,19 @@ def logits_layer(model):
     """The Dense layer whose output are the logits: "logits" in models built
     since temperature scaling exists, None in older ones (their last Dense
     has the softmax built in)."""
-    from model_builder import LOGITS_LAYER
-
     names = {layer.name for layer in getattr(model, "layers", ())}
-    return model.get_layer(LOGITS_LAYER) if LOGITS_LAYER in names else None
+    return model.get_layer(model_builder.LOGITS_LAYER) if model_builder.LOGITS_LAYER in names else None
 
 
 def model_temperature(model):
     """The temperature inside a model built by model_builder (1.0 until
     calibrated), or None for a model without a temperature layer (saved
     before temperature scaling existed)."""
-    from model_builder import TEMPERATURE_LAYER
-
     # An export runner (export.py) has no Keras layers: its temperature is
     # baked into the graph; the run config records it.
-    if not hasattr(model, "layers") or TEMPERATURE_LAYER not in {layer.name for layer in model.layers}:
+    if not hasattr(model, "layers") or model_builder.TEMPERATURE_LAYER not in {layer.name for layer in model.layers}:
         return None
-    return float(1.0 / model.get_layer(TEMPERATURE_LAYER).scale)
+    return float(1.0 / model.get_layer(model_builder.TEMPERATURE_LAYER).scale)
 
 
 def logits_model(model):
@@ -252,14 +279,12 @@ def with_temperature(model, temperature):
     temperature that is not positive."""
     import keras
 
-    from model_builder import temperature_and_softmax
-
     if not temperature > 0:
         raise ValueError(f"temperature must be positive. Received: temperature={temperature}")
     layer = logits_layer(model)
     if layer is None:
         raise ValueError(f"the model {model.name} has no 'logits' layer")
-    outputs = temperature_and_softmax(layer.output, temperature)
+    outputs = model_builder.temperature_and_softmax(layer.output, temperature)
     return keras.Model(model.inputs, outputs, name=model.name)
 
 

@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 import artifacts
-import config
-import evaluate
 import image_io
+import inference
 import visualize
+from errors import UserError
 
 COMPARISON_FOLDER = "model_comparison"
 # Inference is timed on batches of this many images, after warm-up calls.
@@ -66,7 +66,7 @@ def finished_runs(artifacts_dir, image_dir, chosen=None):
     folders = []
     for run_id in wanted:
         if run_id not in known:
-            raise config.UserError(
+            raise UserError(
                 f"no run {run_id} in {artifacts.runs_folder(artifacts_dir)} "
                 f"(runs there: {', '.join(known[-8:]) or 'none'}). Received: compare={run_id}"
             )
@@ -83,12 +83,12 @@ def finished_runs(artifacts_dir, image_dir, chosen=None):
             os.path.join(folder, artifacts.MODEL_FILE)
         )
         if chosen and not finished:
-            raise config.UserError(
+            raise UserError(
                 f"run {run_id} did not finish training (status {saved.get('status', 'unknown')}): "
                 f"only finished runs can be compared. Received: compare={run_id}"
             )
         if chosen and not same_folder:
-            raise config.UserError(
+            raise UserError(
                 f"run {run_id} was trained on {saved.get('image_dir')}, not on {image_dir}: runs are "
                 f"compared on the test images of one folder. Received: compare={run_id}"
             )
@@ -96,7 +96,7 @@ def finished_runs(artifacts_dir, image_dir, chosen=None):
             folders.append(folder)
     if len(folders) < 2:
         where = f" trained on {image_dir}" if image_dir else ""
-        raise config.UserError(
+        raise UserError(
             f"--compare needs at least two finished runs{where}; found {len(folders)} in "
             f"{artifacts.runs_folder(artifacts_dir)} (train several with main.py --backbone A,B)"
         )
@@ -165,7 +165,7 @@ def common_test_images(manifests):
     first = next(iter(manifests.values()))
     same = all(rows == first for rows in manifests.values())
     if not chosen:
-        raise config.UserError(
+        raise UserError(
             f"no test image is in every compared run's test split ({len(left_out)} test images "
             "were in another run's train/val split or missing from it): compare runs trained "
             "with the same --seed and split options"
@@ -230,18 +230,18 @@ def score_run(folder, image_dir, common, batch_size, readers=None, timing_images
     and times its inference. Returns (the comparison row as a dict, the
     Evaluation)."""
     model_path = os.path.join(folder, artifacts.MODEL_FILE)
-    trained = evaluate.load_trained_model(model_path)
+    trained = inference.load_trained_model(model_path)
     own = artifacts.read_manifest(folder)
     seen = {row.path for row in own if row.split != "test"}
     if seen & set(common.paths):  # common_test_images never allows it: a bug if so
         raise AssertionError(f"run {folder} would be scored on images it trained on")
     class_ids = {name: number for number, name in enumerate(trained.class_names)}
-    images = evaluate.LabelledImages(
+    images = inference.LabelledImages(
         paths=[os.path.join(os.path.abspath(image_dir), path) for path in common.paths],
         labels=np.array([class_ids[label] for label in common.labels], dtype=np.int32),
         description="test images common to the compared runs",
     )
-    evaluation = evaluate.evaluate_images(trained, images, batch_size, readers)
+    evaluation = inference.evaluate_images(trained, images, batch_size, readers)
     metrics = evaluation.metrics()
     if timing_images is None:
         timing_images = load_timing_images(images.paths, trained.image_size, readers)
@@ -384,10 +384,10 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
             manifests[run_id] = artifacts.read_manifest(folder)
             class_names[run_id] = artifacts.read_class_names(folder)
         except artifacts.CompanionError as error:
-            raise config.UserError(f"cannot compare run {run_id}: {error}") from None
+            raise UserError(f"cannot compare run {run_id}: {error}") from None
     if len(set(class_names.values())) > 1:
         described = "; ".join(f"{run}: {', '.join(names)}" for run, names in class_names.items())
-        raise config.UserError(f"the runs predict different classes, so they cannot be compared ({described})")
+        raise UserError(f"the runs predict different classes, so they cannot be compared ({described})")
     common = common_test_images(manifests)
     for line in common.describe():
         print(f"    {line}")
@@ -422,3 +422,21 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     for path in paths:
         print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
     return rows, common, paths
+
+
+def publish_best(artifacts_dir, runs):
+    """Publishes the run whose best epoch had the lowest val_loss, of
+    `runs` ((run id, folder, label) each; each run was published as it
+    finished, so an interrupted series leaves the last finished one): the
+    choice uses the validation split only, never the test images the
+    comparison reports. Returns its run id."""
+
+    def best_val_loss(run):
+        value = (artifacts.read_run_config(run[1]).get("training") or {}).get("best_val_loss")
+        return float("inf") if value is None else value
+
+    best = min(runs, key=best_val_loss)
+    published = artifacts.publish(artifacts_dir, best[1])
+    print(f"    published: {published} -> run {best[0]} ({best[2]}, "
+          f"val_loss {best_val_loss(best):.4f}; the others stay in their run folders)")
+    return best[0]

@@ -1,38 +1,528 @@
-"""Defaults and command-line options shared by every script.
+"""What are the options: each one declared once, and everything built from it.
 
-One frozen dataclass, `Config`, holds every default; `add_shared_arguments`
-adds the options every script understands, and each script adds only its
-own on top (`add_split_arguments`, `add_training_arguments`,
-`add_figure_arguments`). Scripts validate what they parsed, turn it into a
-Config (`config_from_args`) and pass plain values on: the parsed command
-line stops at the script that parsed it. A mistake in what the user asked
-for is a `UserError`: `run_cli` prints its one line and exits with code 2
-(a run that cannot go on for another reason, such as a lost worker, raises
-a `Stop` with exit code 1 the same way).
+Every option is one field of the frozen dataclass `Config`: its default and
+an `option(...)` entry with its help, how its text is parsed, its check,
+which scripts take it, its group in --help and its tags. From that one table
+come every script's parser (`build_parser`), the checks of what was parsed
+(`validate`), the options a run saves (`saved_options`), which options a
+resumed run or another worker may set for itself (`first_different`, by
+tag) and the options tables of README.md and docs/options.md
+(`options_markdown`, kept in step by tests/test_config.py).
+
+Scripts turn what they parsed into a Config at their edge and pass plain
+values on: the parsed command line stops at the script that parsed it. A
+mistake is an errors.UserError (one line, exit code 2).
+
+Tags:
+    display       what is shown, not what is trained: a resumed run and every
+                  worker take it from their own command line
+    path          compared as real paths (links resolved) when runs compare options
+    worker_local  a worker of several may give its own (its own mount of the
+                  dataset, its own weights file)
+    run_locator   where this process finds or puts runs, not part of a run:
+                  never compared
+    output        where the chief writes; another worker writes into a
+                  scratch folder instead
+    common        listed in README.md's short options table
 """
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import os
-import sys
-import time
 
 import artifacts
+import backbones
+from errors import UserError
+
+SCRIPTS = ("main", "evaluate", "predict", "inspect")
+TRAINING = ("main",)
+ALL = SCRIPTS
+# The scripts that use a trained model (and the figures of its predictions).
+USING_A_MODEL = ("evaluate", "predict")
+FIGURES = ("main", "evaluate", "predict")
+# What --export accepts (export.py writes and checks them).
+EXPORT_FORMATS = ("onnx", "litert", "saved_model")
+# NumPy and TensorFlow seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32
+# A gallery bigger than this is unreadable and slow to draw.
+MAX_GALLERY_SIDE = 20
+# --tta beyond this is slow for what it adds.
+MAX_TTA = 32
+# The order of the groups in --help.
+GROUPS = (
+    "data and outputs",
+    "split",
+    "augmentation (training batches only)",
+    "model",
+    "training",
+    "calibration and tracking",
+    "evaluation",
+    "prediction",
+    "figures",
+    "export",
+    "inspection",
+)
 
 
-class Stop(Exception):
-    """Ends a script with one line on stderr and `exit_code`, no traceback:
-    for a run that cannot go on though nothing was the user's mistake."""
+# ---------------------------------------------------------------- parsing option text
+# These raise UserError, not argparse.ArgumentTypeError: argparse turns the
+# latter into its usage text plus an error line, while a UserError passes
+# through parse_args to errors.run_cli, which prints one line.
 
-    exit_code = 1
+
+def integer(name):
+    def parse(text):
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"{name} must be an integer. Received: {name}={text}") from None
+
+    return parse
 
 
-class UserError(Stop):
-    """A mistake in the user's input: reported as one line, exit code 2."""
+def number(name):
+    """A float option; NaN and infinity are refused (a NaN rotation turns
+    every augmented image black, a NaN learning rate fails mid-training)."""
 
-    exit_code = 2
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{name} must be a number. Received: {name}={text}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number. Received: {name}={text}")
+        return value
+
+    return parse
+
+
+def seed_number(name):
+    def parse(text):
+        value = integer(name)(text)
+        if not 0 <= value < MAX_SEED:
+            raise UserError(f"{name} must be between 0 and {MAX_SEED - 1}. Received: {name}={text}")
+        return value
+
+    return parse
+
+
+def name_list(name):
+    """`a,b,c` -> ("a", "b", "c"): distinct, non-empty names."""
+
+    def parse(text):
+        names = tuple(part.strip() for part in text.split(","))
+        if not all(names) or len(set(names)) != len(names):
+            raise UserError(
+                f"{name} must be distinct, non-empty names separated by commas. Received: {name}={text}"
+            )
+        return names
+
+    return parse
+
+
+def backbone_text(name):
+    """`mobilenet_v2, resnet50` -> "mobilenet_v2,resnet50": one or several
+    backbone names, spaces around the commas dropped (checked by
+    `check_backbones`)."""
+    return lambda text: ",".join(part.strip() for part in text.split(","))
+
+
+def export_list(name):
+    """`onnx,litert` -> ("onnx", "litert")."""
+
+    def parse(text):
+        names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+        if not names or not set(names) <= set(EXPORT_FORMATS):
+            raise UserError(
+                f"{name} takes one or more of {','.join(EXPORT_FORMATS)}, separated by "
+                f"commas. Received: {name}={text}"
+            )
+        return names
+
+    return parse
+
+
+# ---------------------------------------------------------------- checking one value
+# check(name, value) raises UserError; None (an option not given whose
+# default is None) is never checked.
+
+
+def at_least(low, why=""):
+    def check(name, value):
+        if value < low:
+            because = f" ({why})" if why else ""
+            raise UserError(f"{name} must be at least {low}{because}. Received: {name}={value}")
+
+    return check
+
+
+def between(low, high):
+    def check(name, value):
+        if not low <= value <= high:
+            raise UserError(f"{name} must be between {low} and {high}. Received: {name}={value}")
+
+    return check
+
+
+def fraction(name, value):
+    if not 0 < value < 1:
+        raise UserError(f"{name} must be between 0 and 1 (exclusive). Received: {name}={value}")
+
+
+def positive(name, value):
+    if value <= 0:
+        raise UserError(f"{name} must be positive. Received: {name}={value}")
+
+
+def below_one(name, value):
+    """0 <= value < 1, for zoom, translation and contrast."""
+    if value < 0:
+        raise UserError(f"{name} must be 0 or more. Received: {name}={value}")
+    if value >= 1:
+        raise UserError(f"{name} must be below 1. Received: {name}={value}")
+
+
+def non_negative(name, value):
+    if value < 0:
+        raise UserError(f"{name} must be 0 or more. Received: {name}={value}")
+
+
+def dropout_rate(name, value):
+    if not 0 <= value < 1:
+        raise UserError(f"{name} must be in [0, 1). Received: {name}={value}")
+
+
+def weights_source(name, value):
+    if value not in ("imagenet", "none") and not os.path.isfile(value):
+        raise UserError(
+            f"{name} must be imagenet, none or the path of a weights file; no such file. Received: {name}={value}"
+        )
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How one Config field appears on the command line (see `option`)."""
+
+    help: str
+    scripts: tuple
+    group: str
+    parse: object = None  # a function of the option's name -> text parser (integer, number, ...)
+    check: object = None  # check(name, value), raises UserError
+    choices: tuple | None = None
+    nargs: str | None = None
+    const: object = None
+    action: str | None = None
+    metavar: str | None = None
+    tags: frozenset = frozenset()
+    # Other defaults in some scripts ({"evaluate": None}), and other help.
+    defaults: dict = dataclasses.field(default_factory=dict)
+    helps: dict = dataclasses.field(default_factory=dict)
+    # How --help and the tables name the default: a text, or {script: text}.
+    shown_default: object = None
+
+    def help_for(self, script):
+        return self.helps.get(script, self.help)
+
+
+def option(default, help, scripts, group, tags=(), **details):
+    """A Config field that is also a command-line option: `default`, and the
+    rest as Option's fields."""
+    details["tags"] = frozenset(tags)
+    return dataclasses.field(
+        default=default,
+        metadata={"option": Option(help=help, scripts=tuple(scripts), group=group, **details)},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every option, with its default. The command line overrides them."""
+
+    # Data and outputs.
+    image_dir: str | None = option(
+        None, "Dataset folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...", ALL,
+        "data and outputs", tags=("path", "worker_local", "common"),
+        shown_default={"main": "the built-in demo", "evaluate": "the folder the model was trained on",
+                       "predict": "none", "inspect": "none (required)"},
+        helps={
+            "evaluate": "A labelled folder: the one the model was trained on (its saved split is used) "
+            "or any other with the same class folders",
+            "predict": "A labelled folder to predict and compare with its labels (use --images for new, "
+            "unlabelled images)",
+            "inspect": "Dataset folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...",
+        },
+    )
+    image_size: int | None = option(
+        224, "Images are resized to SIZE x SIZE", ALL, "data and outputs", tags=("common",),
+        parse=integer, check=at_least(32, "the smallest input of any backbone"),
+        defaults={"evaluate": None, "predict": None},
+        helps={script: "Fixed by the model; give it only to check that it is this size"
+               for script in USING_A_MODEL},
+    )
+    batch_size: int = option(
+        32, "Images per batch; in training, per replica: with several GPUs or workers each step "
+        "takes batch_size x replicas images", ALL, "data and outputs", tags=("common",),
+        parse=integer, check=at_least(1),
+        helps={script: "Images per batch" for script in ("evaluate", "predict", "inspect")},
+    )
+    val_split: float = option(
+        0.15, "Fraction of each class held out for validation when the folder has no val split",
+        ("main", "inspect"), "split", tags=("common",), parse=number, check=fraction,
+    )
+    test_split: float = option(
+        0.15, "Fraction of each class held out for testing when the folder has no test split",
+        ("main", "inspect"), "split", tags=("common",), parse=number, check=fraction,
+    )
+    seed: int = option(
+        42, "Seeds the split, the shuffle, augmentation and weight init", ALL, "data and outputs",
+        tags=("common",), parse=seed_number,
+        helps={script: "Seeds the gallery's choice of images and test-time augmentation"
+               for script in USING_A_MODEL},
+    )
+    labels_csv: str | None = option(
+        None, "CSV with the columns filename,label[,split] (file names relative to IMAGE_DIR; a split "
+        "column overrides the automatic split) instead of class folders", ALL, "data and outputs",
+        tags=("path", "worker_local"), shown_default="class folders",
+    )
+    classes: tuple | None = option(
+        None, "Comma-separated class names: only these classes, in this order (class index 0, 1, ...)",
+        ALL, "data and outputs", parse=name_list, shown_default="every class, sorted",
+    )
+    reader: tuple | None = option(
+        None, "Read files with extension EXT with FUNCTION(path) -> uint8 HxWxC numpy array from "
+        "FILE.py (or an importable MODULE); repeatable, e.g. --reader npy=my_readers.py:read_npy",
+        ALL, "data and outputs", action="append", metavar="EXT=FILE.py:FUNCTION",
+        tags=("worker_local",), shown_default="built-in decoders only",
+    )
+    artifacts_dir: str = option(
+        "model_artifacts", "Where run folders go (runs/<run>/) and the last finished run is published",
+        ALL, "data and outputs", tags=("run_locator", "output", "common"),
+    )
+    results_dir: str = option(
+        "results", "Figures and reports go to RESULTS_DIR/<category>/<timestamp>/", ALL,
+        "data and outputs", tags=("path", "output", "common"),
+    )
+    model: str | None = option(
+        None, "The model file; its class_index.json, run_config.json and split_manifest.csv are read "
+        "from beside it", USING_A_MODEL, "data and outputs", tags=("common",),
+        shown_default="ARTIFACTS_DIR/best_model.keras, the last run that finished training",
+    )
+    # Augmentation (training batches only). Rotation in degrees, the others
+    # as fractions: zoom 0.1 = scale in [0.9, 1.1], translation 0.1 = up to
+    # 10% of the image side, contrast 0.2 = factor in [0.8, 1.2].
+    cache: str = option(
+        "auto", "memory: decode and resize every training/validation image once and keep the uint8 "
+        "result in RAM (augmentation still runs every epoch); none: stream from disk every epoch; "
+        "auto: memory when it fits the RAM budget printed at start", TRAINING,
+        "augmentation (training batches only)", choices=("auto", "memory", "none"),
+    )
+    augment: int = option(
+        1, "1: random flip, rotation, zoom, translation and contrast on training batches", TRAINING,
+        "augmentation (training batches only)", parse=lambda name: int, choices=(0, 1), tags=("common",),
+    )
+    flip: str = option(
+        "horizontal", "Random flips", TRAINING, "augmentation (training batches only)",
+        choices=("horizontal", "vertical", "both", "none"),
+    )
+    rotation: float = option(
+        15.0, "Maximum rotation in degrees, either way", TRAINING, "augmentation (training batches only)",
+        parse=number, check=non_negative,
+    )
+    zoom: float = option(
+        0.1, "Zoom range: scale in [1-Z, 1+Z]", TRAINING, "augmentation (training batches only)",
+        parse=number, check=below_one,
+    )
+    translation: float = option(
+        0.1, "Maximum shift as a fraction of the side", TRAINING, "augmentation (training batches only)",
+        parse=number, check=below_one,
+    )
+    contrast: float = option(
+        0.2, "Contrast factor in [1-C, 1+C]", TRAINING, "augmentation (training batches only)",
+        parse=number, check=below_one,
+    )
+    # Model.
+    backbone: str = option(
+        "mobilenet_v2", "Feature extractor from keras.applications, one of "
+        f"{', '.join(backbones.BACKBONES)}; each takes raw 0-255 images, its own preprocessing is "
+        "inside the saved model. Several, separated by commas: one run each on the same split, then "
+        "a model comparison", TRAINING, "model", parse=backbone_text, metavar="NAME[,NAME...]",
+        tags=("common",),
+    )
+    alpha: float = option(
+        1.0, f"Width multiplier of the backbone, for {', '.join(backbones.ALPHA_BACKBONES)} only",
+        TRAINING, "model", parse=number, check=positive,
+    )
+    weights: str = option(
+        "imagenet", "imagenet, none (train from scratch) or PATH to a local weights file for the "
+        "backbone", TRAINING, "model", check=weights_source, tags=("path", "worker_local", "common"),
+    )
+    dropout: float = option(
+        0.2, "Dropout before the classifier", TRAINING, "model", parse=number, check=dropout_rate,
+    )
+    # Training.
+    epochs: int = option(
+        10, "Epochs with the backbone frozen (or all epochs from scratch)", TRAINING, "training",
+        parse=integer, check=at_least(1), tags=("common",),
+    )
+    learning_rate: float = option(
+        1e-3, "Adam learning rate", TRAINING, "training", parse=number, check=positive, tags=("common",),
+    )
+    fine_tune_epochs: int = option(
+        10, "Epochs with the last layers unfrozen at a 10x lower learning rate; pretrained weights "
+        "only, 0 skips", TRAINING, "training", parse=integer, check=non_negative, tags=("common",),
+    )
+    fine_tune_layers: int = option(
+        30, "How many of the backbone's last layers to unfreeze", TRAINING, "training",
+        parse=integer, check=at_least(1),
+    )
+    patience: int = option(
+        5, "Early stopping patience in epochs, on val_loss", TRAINING, "training",
+        parse=integer, check=at_least(1),
+    )
+    class_weights: str = option(
+        "auto", "auto: balanced class weights when the largest class has over 1.5x the images of the "
+        "smallest", TRAINING, "training", choices=("auto", "none"),
+    )
+    tensorboard: int = option(
+        0, "1: write TensorBoard logs to RESULTS_DIR/tensorboard/<run>/", TRAINING,
+        "calibration and tracking", parse=lambda name: int, choices=(0, 1),
+    )
+    resume: str | None = option(
+        None, "Continue an interrupted run (the most recent one, or the run id RUN under "
+        "ARTIFACTS_DIR/runs) from its last completed epoch, with its own saved options", TRAINING,
+        "training", nargs="?", const="last", metavar="RUN", tags=("run_locator", "common"),
+        shown_default="off",
+    )
+    precision: str = option(
+        "auto", "auto: mixed_float16 on a GPU, float32 on the CPU", TRAINING, "training",
+        choices=("auto", "float32", "mixed"),
+    )
+    jit: str = option(
+        "auto", "XLA compilation; auto: on with a GPU, off on the CPU", TRAINING, "training",
+        choices=("auto", "0", "1"),
+    )
+    # Calibration and tracking.
+    calibrate: int = option(
+        1, "1: after training, fit a temperature on the validation split so the model's confidences "
+        "match its accuracy; it is saved inside the model and never changes the predicted class",
+        TRAINING, "calibration and tracking", parse=lambda name: int, choices=(0, 1),
+    )
+    mlflow: str | None = option(
+        None, "Log the run (options, per-epoch and final metrics, figures, model) to MLflow: a local "
+        "folder such as ./mlruns, or a tracking server http://HOST:PORT", TRAINING,
+        "calibration and tracking", metavar="URI", shown_default="not logged",
+    )
+    # Evaluation and prediction.
+    split: str = option(
+        "test", "On the folder the model was trained on: which split of its split_manifest.csv to use. "
+        "Any other folder: all its images", USING_A_MODEL, "evaluation",
+        choices=("train", "val", "test", "all"),
+    )
+    tta: int = option(
+        1, "Test-time augmentation: average the probabilities of each image and N-1 flipped/shifted "
+        f"versions made by the training augmentation (1 = off, at most {MAX_TTA})", USING_A_MODEL,
+        "evaluation", parse=integer, check=between(1, MAX_TTA),
+    )
+    compare: tuple | None = option(
+        None, "Compare trained runs on the same test images (those in every run's test split) instead "
+        "of evaluating one model: every finished run trained on --image_dir, or the RUN ids given; "
+        "writes RESULTS_DIR/model_comparison/<stamp>/", ("evaluate",), "evaluation", nargs="*",
+        metavar="RUN", shown_default="off",
+    )
+    images: tuple | None = option(
+        None, "Image files and/or folders (searched with their subfolders) to classify; no labels needed",
+        ("predict",), "prediction", nargs="+", metavar="PATH", tags=("common",), shown_default="none",
+    )
+    top_k: int = option(
+        3, "How many best classes predictions.csv lists per image", ("predict",), "prediction",
+        parse=integer, check=at_least(1),
+    )
+    gradcam: int = option(
+        0, "1: also draw Grad-CAM heatmaps of the gallery's images", ("predict",), "prediction",
+        parse=lambda name: int, choices=(0, 1),
+    )
+    # Figures.
+    rows: int = option(
+        2, "Rows of the prediction gallery", FIGURES, "figures", parse=integer,
+        check=between(1, MAX_GALLERY_SIDE), tags=("display", "common"),
+    )
+    cols: int = option(
+        5, "Columns of the prediction gallery", FIGURES, "figures", parse=integer,
+        check=between(1, MAX_GALLERY_SIDE), tags=("display", "common"),
+    )
+    gallery: str = option(
+        "mixed", "Which images the gallery shows: mixed (mistakes first, then correct ones), "
+        "misclassified only, or random", FIGURES, "figures", choices=("mixed", "misclassified", "random"),
+        tags=("display",),
+    )
+    show: str = option(
+        "auto", "Open the saved figures one after another (close one to see the next). auto: only when "
+        "a screen is present; headless runs never block", FIGURES, "figures", choices=("auto", "1", "0"),
+        tags=("display", "common"),
+    )
+    grid_per_class: int = option(
+        5, "Images per class in the class grid", TRAINING, "figures", parse=integer,
+        check=between(1, MAX_GALLERY_SIDE), tags=("display",),
+    )
+    # Exports (see export.py): formats and LiteRT quantization.
+    export: tuple | None = option(
+        None, "Also export the model into its folder and check each export against it on the evaluated "
+        f"images (export_report.json): any of {','.join(EXPORT_FORMATS)}", ("main", "evaluate"), "export",
+        parse=export_list, metavar="FORMATS", shown_default="none",
+    )
+    quantize: str | None = option(
+        None, "Quantize the LiteRT export (int8: calibrated on training images); reports the accuracy "
+        "change instead of judging parity", ("main", "evaluate"), "export", choices=("float16", "int8"),
+        shown_default="none, float32",
+    )
+    # The inspection command.
+    json: bool = option(
+        False, "Print exactly one JSON object to stdout: layout, classes, splits, skipped, ignored, "
+        "warnings", ("inspect",), "inspection", action="store_true", shown_default="off",
+    )
+    # Not an option: set by main.py when no --image_dir is given.
+    demo: bool = False
+
+
+DEFAULTS = Config()
+
+
+def options_of(script):
+    """{name: Option} of the options `script` takes, in Config's order."""
+    return {
+        field.name: field.metadata["option"]
+        for field in dataclasses.fields(Config)
+        if "option" in field.metadata and script in field.metadata["option"].scripts
+    }
+
+
+def names_tagged(tag, script="main"):
+    """The names of `script`'s options with `tag`."""
+    return tuple(name for name, spec in options_of(script).items() if tag in spec.tags)
+
+
+def default_of(name, script):
+    spec = options_of(script)[name]
+    return spec.defaults.get(script, getattr(DEFAULTS, name))
+
+
+def shown_default(name, script):
+    """The default as --help and the tables say it."""
+    spec = options_of(script)[name]
+    text = spec.shown_default.get(script) if isinstance(spec.shown_default, dict) else spec.shown_default
+    if text is not None and script not in spec.defaults:
+        return text
+    value = default_of(name, script)
+    if value is None:
+        return "fixed by the model" if name == "image_size" else "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------- parsers
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -50,541 +540,83 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
-def add_model_argument(parser):
-    """--model, for the scripts that load a trained model."""
-    parser.add_argument(
-        "--model",
-        default=DEFAULTS.model,
-        help="The model file; its class_index.json, run_config.json and "
-        "split_manifest.csv are read from beside it (default: "
-        "ARTIFACTS_DIR/best_model.keras, the last run that finished training)",
-    )
+def build_parser(script, description):
+    """The argparse parser of `script` ("main", "evaluate", "predict" or
+    "inspect"): every option of the table it takes, grouped, with its
+    script's default and help."""
+    parser = ArgumentParser(description=description)
+    specs = options_of(script)
+    groups = {}
+    for group in GROUPS:
+        if any(spec.group == group for spec in specs.values()):
+            groups[group] = parser.add_argument_group(group)
+    for name, spec in specs.items():
+        arguments = {"default": default_of(name, script), "dest": name}
+        arguments["help"] = f"{spec.help_for(script)} (default: {shown_default(name, script)})".replace("%", "%%")
+        if spec.action:
+            arguments["action"] = spec.action
+        if spec.parse:
+            arguments["type"] = spec.parse(name)
+        for key in ("choices", "nargs", "const", "metavar"):
+            if getattr(spec, key) is not None:
+                arguments[key] = getattr(spec, key)
+        groups[spec.group].add_argument(f"--{name}", **arguments)
     return parser
 
 
-class CheckFailed(Stop):
-    """A check of the program's own output failed (an export that does not
-    match its model): not the user's mistake, so one line and exit code 1."""
+def given_options(parser, argv):
+    """The options given on the command line `argv` (parsed by a script's
+    `parser`), with their parsed values (defaults left out). Options are
+    spelled in full (ArgumentParser allows no abbreviations), so the names
+    come from the tokens."""
+    values = vars(parser.parse_args(argv))
+    names = {token[2:].partition("=")[0] for token in argv if token.startswith("--")}
+    return {name: values[name] for name in names if name in values}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Defaults for every option. The command line overrides them."""
-
-    # Data.
-    image_dir: str | None = None
-    image_size: int = 224
-    batch_size: int = 32
-    val_split: float = 0.15
-    test_split: float = 0.15
-    seed: int = 42
-    # Augmentation (training batches only). Rotation in degrees, the others
-    # as fractions: zoom 0.1 = scale in [0.9, 1.1], translation 0.1 = up to
-    # 10% of the image side, contrast 0.2 = factor in [0.8, 1.2].
-    augment: int = 1
-    cache: str = "auto"
-    flip: str = "horizontal"
-    rotation: float = 15.0
-    zoom: float = 0.1
-    translation: float = 0.1
-    contrast: float = 0.2
-    # Model.
-    backbone: str = "mobilenet_v2"
-    alpha: float = 1.0
-    weights: str = "imagenet"
-    dropout: float = 0.2
-    # Training.
-    epochs: int = 10
-    learning_rate: float = 1e-3
-    fine_tune_epochs: int = 10
-    fine_tune_layers: int = 30
-    patience: int = 5
-    class_weights: str = "auto"
-    tensorboard: int = 0
-    resume: str | None = None  # "last" or a run id
-    precision: str = "auto"
-    jit: str = "auto"
-    # Where things go.
-    artifacts_dir: str = "model_artifacts"
-    results_dir: str = "results"
-    model: str | None = None
-    # Which files are the dataset (see data_loader.index_dataset).
-    labels_csv: str | None = None
-    classes: tuple | None = None
-    reader: tuple | None = None
-    # Figures (see add_figure_arguments) and predict.py.
-    rows: int = 2
-    cols: int = 5
-    gallery: str = "mixed"
-    show: str = "auto"
-    grid_per_class: int = 5
-    split: str = "test"
-    gradcam: int = 0
-    top_k: int = 3
-    images: tuple | None = None
-    # Exports (see export.py): formats and LiteRT quantization.
-    export: tuple | None = None
-    quantize: str | None = None
-    # Set by main.py when no --image_dir is given: the built-in demo.
-    demo: bool = False
-    # Calibration, test-time augmentation and tracking (see
-    # add_calibration_arguments, add_tta_argument, add_tracking_arguments).
-    calibrate: int = 1
-    tta: int = 1
-    mlflow: str | None = None
-    # evaluate.py --compare [RUN ...]: () compares every finished run on --image_dir.
-    compare: tuple | None = None
+# ---------------------------------------------------------------- checks
 
 
-DEFAULTS = Config()
-
-# What --export accepts (export.py writes and checks them).
-EXPORT_FORMATS = ("onnx", "litert", "saved_model")
-
-# The built-in demo: scikit-learn's 8x8 digit scans, trained from scratch.
-# These settings were measured to finish in under 5 minutes on 2 CPU cores
-# with test accuracy >= 0.95 (see README).
-DEMO_DIR = os.path.join("data", "demo_digits")
-DEMO_OVERRIDES = {
-    "weights": "none",
-    "image_size": 32,
-    "epochs": 30,
-    "batch_size": 32,
-    "augment": 0,
-    "patience": 8,
-    "learning_rate": 2e-3,
-}
+def check_backbones(options):
+    """--backbone (one name or several) with --image_size and --alpha."""
+    backbones.validate_backbone_list(options.backbone, options.image_size, options.alpha)
 
 
-# The type functions below raise UserError, not argparse.ArgumentTypeError:
-# argparse turns the latter into its usage text plus an error line, while a
-# UserError passes through parse_args to run_cli, which prints one line.
-
-
-def _integer(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise UserError(f"{name} must be an integer. Received: {name}={text}") from None
-        return value
-
-    return parse
-
-
-def _number(name):
-    """A float option; NaN and infinity are refused (a NaN rotation turns
-    every augmented image black, a NaN learning rate fails mid-training)."""
-
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise UserError(f"{name} must be a number. Received: {name}={text}") from None
-        if not math.isfinite(value):
-            raise UserError(f"{name} must be a finite number. Received: {name}={text}")
-        return value
-
-    return parse
-
-
-# NumPy and TensorFlow seeds are unsigned 32-bit integers.
-MAX_SEED = 2**32
-
-
-def _seed(text):
-    value = _integer("seed")(text)
-    if not 0 <= value < MAX_SEED:
-        raise UserError(f"seed must be between 0 and {MAX_SEED - 1}. Received: seed={text}")
-    return value
-
-
-def add_shared_arguments(parser):
-    """Adds the options every script understands (data, model location)."""
-    group = parser.add_argument_group("data and outputs")
-    group.add_argument(
-        "--image_dir",
-        default=DEFAULTS.image_dir,
-        help="Dataset folder: DIR/<class>/... or DIR/{train,val,test}/<class>/... "
-        "(default: the built-in demo for main.py)",
-    )
-    group.add_argument(
-        "--image_size",
-        type=_integer("image_size"),
-        default=DEFAULTS.image_size,
-        help="Images are resized to SIZE x SIZE (default: %(default)s)",
-    )
-    group.add_argument(
-        "--batch_size",
-        type=_integer("batch_size"),
-        default=DEFAULTS.batch_size,
-        help="Images per batch; in training, per replica: with several GPUs "
-        "or workers each step takes batch_size x replicas images "
-        "(default: %(default)s)",
-    )
-    group.add_argument(
-        "--seed",
-        type=_seed,
-        default=DEFAULTS.seed,
-        help="Seeds the split, the shuffle, augmentation and weight init "
-        "(default: %(default)s)",
-    )
-    group.add_argument(
-        "--artifacts_dir",
-        default=DEFAULTS.artifacts_dir,
-        help="Where the model and what it needs are saved (default: %(default)s)",
-    )
-    group.add_argument(
-        "--results_dir",
-        default=DEFAULTS.results_dir,
-        help="Figures and reports go to RESULTS_DIR/<category>/<timestamp>/ "
-        "(default: %(default)s)",
-    )
-    group.add_argument(
-        "--labels_csv",
-        default=DEFAULTS.labels_csv,
-        help="CSV with the columns filename,label[,split] (file names relative "
-        "to IMAGE_DIR; a split column overrides the automatic split) instead "
-        "of class folders (default: class folders)",
-    )
-    group.add_argument(
-        "--classes",
-        type=_name_list,
-        default=DEFAULTS.classes,
-        help="Comma-separated class names: only these classes, in this order "
-        "(class index 0, 1, ...) (default: every class, sorted)",
-    )
-    group.add_argument(
-        "--reader",
-        action="append",
-        default=DEFAULTS.reader,
-        metavar="EXT=FILE.py:FUNCTION",
-        help="Read files with extension EXT with FUNCTION(path) -> uint8 "
-        "HxWxC numpy array from FILE.py (or an importable MODULE); "
-        "repeatable, e.g. --reader npy=my_readers.py:read_npy "
-        "(default: built-in decoders only)",
-    )
-    return parser
-
-
-def add_split_arguments(parser):
-    """Adds the split options of main.py and the inspection CLI (evaluate.py
-    and predict.py reuse the split saved with the model)."""
-    group = parser.add_argument_group("split")
-    group.add_argument(
-        "--val_split",
-        type=_number("val_split"),
-        default=DEFAULTS.val_split,
-        help="Fraction of each class held out for validation when the folder "
-        "has no val split (default: %(default)s)",
-    )
-    group.add_argument(
-        "--test_split",
-        type=_number("test_split"),
-        default=DEFAULTS.test_split,
-        help="Fraction of each class held out for testing when the folder "
-        "has no test split (default: %(default)s)",
-    )
-    return parser
-
-
-def _name_list(text):
-    """`a,b,c` -> ("a", "b", "c"), for --classes."""
-    names = tuple(name.strip() for name in text.split(","))
-    if not all(names) or len(set(names)) != len(names):
-        raise UserError(
-            "classes must be distinct, non-empty names separated by commas. "
-            f"Received: classes={text}"
-        )
-    return names
-
-
-def _backbone_text(text):
-    """`mobilenet_v2, resnet50` -> "mobilenet_v2,resnet50": one or several
-    backbone names, spaces around the commas dropped (the names are
-    checked in validate_training_args)."""
-    return ",".join(name.strip() for name in text.split(","))
-
-
-def _export_list(text):
-    """`onnx,litert` -> ("onnx", "litert"), for --export."""
-    names = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
-    if not names or not set(names) <= set(EXPORT_FORMATS):
-        raise argparse.ArgumentTypeError(
-            f"export takes one or more of {','.join(EXPORT_FORMATS)}, separated by "
-            f"commas. Received: export={text}"
-        )
-    return names
-
-
-def add_export_arguments(parser):
-    """Adds --export and --quantize (main.py after training, evaluate.py)."""
-    group = parser.add_argument_group("export")
-    group.add_argument(
-        "--export",
-        type=_export_list,
-        default=DEFAULTS.export,
-        metavar="FORMATS",
-        help="Also export the model into its folder and check each export "
-        "against it on the evaluated images (export_report.json): any of "
-        f"{','.join(EXPORT_FORMATS)} (default: none)",
-    )
-    group.add_argument(
-        "--quantize",
-        choices=("float16", "int8"),
-        default=DEFAULTS.quantize,
-        help="Quantize the LiteRT export (int8: calibrated on training "
-        "images); reports the accuracy change instead of judging parity "
-        "(default: none, float32)",
-    )
-    return parser
-
-
-def validate_export_args(args):
-    """Checks --export and --quantize. Raises UserError."""
-    if args.quantize and "litert" not in (args.export or ()):
+def check_quantize(options):
+    if options.quantize and "litert" not in (options.export or ()):
         raise UserError(
             "quantize applies to the LiteRT export: add litert to --export. "
-            f"Received: quantize={args.quantize}, export={','.join(args.export or ()) or 'none'}"
+            f"Received: quantize={options.quantize}, export={','.join(options.export or ()) or 'none'}"
         )
 
 
-def add_training_arguments(parser):
-    """Adds main.py's options: augmentation, model and training."""
-    aug = parser.add_argument_group("augmentation (training batches only)")
-    aug.add_argument(
-        "--cache",
-        choices=("auto", "memory", "none"),
-        default=DEFAULTS.cache,
-        help="memory: decode and resize every training/validation image once "
-        "and keep the uint8 result in RAM (augmentation still runs every "
-        "epoch); none: stream from disk every epoch; auto: memory when it "
-        "fits the RAM budget printed at start (default: %(default)s)",
-    )
-    aug.add_argument(
-        "--augment",
-        type=int,
-        choices=(0, 1),
-        default=DEFAULTS.augment,
-        help="1: random flip, rotation, zoom, translation and contrast on "
-        "training batches (default: %(default)s)",
-    )
-    aug.add_argument(
-        "--flip",
-        choices=("horizontal", "vertical", "both", "none"),
-        default=DEFAULTS.flip,
-        help="Random flips (default: %(default)s)",
-    )
-    aug.add_argument(
-        "--rotation",
-        type=_number("rotation"),
-        default=DEFAULTS.rotation,
-        help="Maximum rotation in degrees, either way (default: %(default)s)",
-    )
-    aug.add_argument(
-        "--zoom",
-        type=_number("zoom"),
-        default=DEFAULTS.zoom,
-        help="Zoom range: scale in [1-Z, 1+Z] (default: %(default)s)",
-    )
-    aug.add_argument(
-        "--translation",
-        type=_number("translation"),
-        default=DEFAULTS.translation,
-        help="Maximum shift as a fraction of the side (default: %(default)s)",
-    )
-    aug.add_argument(
-        "--contrast",
-        type=_number("contrast"),
-        default=DEFAULTS.contrast,
-        help="Contrast factor in [1-C, 1+C] (default: %(default)s)",
-    )
-
-    # model_builder.BACKBONES is the one table of backbone families; it
-    # imports only this module, so importing it here (not at the top, which
-    # would be circular) is cheap.
-    import model_builder
-
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--backbone",
-        type=_backbone_text,
-        default=DEFAULTS.backbone,
-        metavar="NAME[,NAME...]",
-        help="Feature extractor from keras.applications, one of "
-        f"{', '.join(model_builder.BACKBONES)}; each takes raw 0-255 images, "
-        "its own preprocessing is inside the saved model. Several, separated "
-        "by commas: one run each on the same split, then a model comparison "
-        "(default: %(default)s)",
-    )
-    model.add_argument(
-        "--alpha",
-        type=_number("alpha"),
-        default=DEFAULTS.alpha,
-        help="Width multiplier of the backbone, for "
-        f"{', '.join(model_builder.ALPHA_BACKBONES)} only (default: %(default)s)",
-    )
-    model.add_argument(
-        "--weights",
-        default=DEFAULTS.weights,
-        help="imagenet, none (train from scratch) or PATH to a local weights "
-        "file for the backbone (default: %(default)s)",
-    )
-    model.add_argument(
-        "--dropout",
-        type=_number("dropout"),
-        default=DEFAULTS.dropout,
-        help="Dropout before the classifier (default: %(default)s)",
-    )
-
-    train = parser.add_argument_group("training")
-    train.add_argument(
-        "--epochs",
-        type=_integer("epochs"),
-        default=DEFAULTS.epochs,
-        help="Epochs with the backbone frozen (or all epochs from scratch) "
-        "(default: %(default)s)",
-    )
-    train.add_argument(
-        "--learning_rate",
-        type=_number("learning_rate"),
-        default=DEFAULTS.learning_rate,
-        help="Adam learning rate (default: %(default)s)",
-    )
-    train.add_argument(
-        "--fine_tune_epochs",
-        type=_integer("fine_tune_epochs"),
-        default=DEFAULTS.fine_tune_epochs,
-        help="Epochs with the last layers unfrozen at a 10x lower learning "
-        "rate; pretrained weights only, 0 skips (default: %(default)s)",
-    )
-    train.add_argument(
-        "--fine_tune_layers",
-        type=_integer("fine_tune_layers"),
-        default=DEFAULTS.fine_tune_layers,
-        help="How many of the backbone's last layers to unfreeze "
-        "(default: %(default)s)",
-    )
-    train.add_argument(
-        "--patience",
-        type=_integer("patience"),
-        default=DEFAULTS.patience,
-        help="Early stopping patience in epochs, on val_loss "
-        "(default: %(default)s)",
-    )
-    train.add_argument(
-        "--class_weights",
-        choices=("auto", "none"),
-        default=DEFAULTS.class_weights,
-        help="auto: balanced class weights when the largest class has over "
-        "1.5x the images of the smallest (default: %(default)s)",
-    )
-    train.add_argument(
-        "--tensorboard",
-        type=int,
-        choices=(0, 1),
-        default=DEFAULTS.tensorboard,
-        help="1: write TensorBoard logs to RESULTS_DIR/tensorboard/<timestamp> "
-        "(default: %(default)s)",
-    )
-    train.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=DEFAULTS.resume,
-        metavar="RUN",
-        help="Continue an interrupted run (the most recent one, or the run "
-        "id RUN under ARTIFACTS_DIR/runs) from its last completed epoch, "
-        "with its own saved options",
-    )
-    train.add_argument(
-        "--precision",
-        choices=("auto", "float32", "mixed"),
-        default=DEFAULTS.precision,
-        help="auto: mixed_float16 on a GPU, float32 on the CPU "
-        "(default: %(default)s)",
-    )
-    train.add_argument(
-        "--jit",
-        choices=("auto", "0", "1"),
-        default=DEFAULTS.jit,
-        help="XLA compilation; auto: on with a GPU, off on the CPU "
-        "(default: %(default)s)",
-    )
-    return parser
-
-
-def validate_data_args(args):
-    """Checks the data and split options (main.py, the inspection CLI).
-    Raises UserError on a bad value."""
-    if args.image_size < 32:
+def check_splits_leave_training(options):
+    if options.val_split + options.test_split >= 1:
         raise UserError(
-            "image_size must be at least 32 (the smallest input of any backbone). "
-            f"Received: image_size={args.image_size}"
-        )
-    if args.batch_size < 1:
-        raise UserError(
-            f"batch_size must be at least 1. Received: batch_size={args.batch_size}"
-        )
-    for name in ("val_split", "test_split"):
-        value = getattr(args, name)
-        if not 0 < value < 1:
-            raise UserError(
-                f"{name} must be between 0 and 1 (exclusive). "
-                f"Received: {name}={value}"
-            )
-    if args.val_split + args.test_split >= 1:
-        raise UserError(
-            "val_split + test_split must be below 1 to leave images for "
-            f"training. Received: val_split={args.val_split}, "
-            f"test_split={args.test_split}"
+            "val_split + test_split must be below 1 to leave images for training. "
+            f"Received: val_split={options.val_split}, test_split={options.test_split}"
         )
 
 
-def validate_training_args(args):
-    """Checks main.py's options. Raises UserError on a bad value."""
-    validate_data_args(args)
-    if args.epochs < 1:
-        raise UserError(f"epochs must be at least 1. Received: epochs={args.epochs}")
-    if args.fine_tune_epochs < 0:
-        raise UserError(
-            "fine_tune_epochs must be 0 or more. "
-            f"Received: fine_tune_epochs={args.fine_tune_epochs}"
-        )
-    if args.fine_tune_layers < 1:
-        raise UserError(
-            "fine_tune_layers must be at least 1. "
-            f"Received: fine_tune_layers={args.fine_tune_layers}"
-        )
-    if args.patience < 1:
-        raise UserError(f"patience must be at least 1. Received: patience={args.patience}")
-    if args.learning_rate <= 0:
-        raise UserError(
-            f"learning_rate must be positive. Received: learning_rate={args.learning_rate}"
-        )
-    if not 0 <= args.dropout < 1:
-        raise UserError(f"dropout must be in [0, 1). Received: dropout={args.dropout}")
-    if args.alpha <= 0:
-        raise UserError(f"alpha must be positive. Received: alpha={args.alpha}")
-    import model_builder  # see add_training_arguments
+# Checks of several options together: (the scripts, the check).
+RULES = (
+    (("main", "inspect"), check_splits_leave_training),
+    (("main",), check_backbones),
+    (("main", "evaluate"), check_quantize),
+)
 
-    model_builder.validate_backbone_list(args.backbone, args.image_size, args.alpha)
-    for name in ("rotation", "zoom", "translation", "contrast"):
-        if getattr(args, name) < 0:
-            raise UserError(
-                f"{name} must be 0 or more. Received: {name}={getattr(args, name)}"
-            )
-    if args.zoom >= 1 or args.contrast >= 1 or args.translation >= 1:
-        raise UserError(
-            "zoom, translation and contrast must be below 1. Received: "
-            f"zoom={args.zoom}, translation={args.translation}, "
-            f"contrast={args.contrast}"
-        )
-    if args.weights not in ("imagenet", "none") and not os.path.isfile(args.weights):
-        raise UserError(
-            "weights must be imagenet, none or the path of a weights file; "
-            f"no such file. Received: weights={args.weights}"
-        )
+
+def validate(options, script):
+    """Checks `script`'s options in a Config, each by its own check, then
+    the RULES of several together. Raises UserError on the first bad one."""
+    for name, spec in options_of(script).items():
+        value = getattr(options, name)
+        if spec.check is not None and value is not None:
+            spec.check(name, value)
+    for scripts, rule in RULES:
+        if script in scripts:
+            rule(options)
+    return options
 
 
 def config_from_args(args):
@@ -604,6 +636,46 @@ def config_from_dict(values):
             if name in names
         }
     )
+
+
+def saved_options(options):
+    """The options a training run saves (main.py's, and `demo`), with the
+    values this run used."""
+    names = set(options_of("main")) | {"demo"}
+    return {name: value for name, value in dataclasses.asdict(options).items() if name in names}
+
+
+def same_value(name, given, saved):
+    """Whether two values of option `name` are the same (paths as real paths)."""
+    if name in names_tagged("path") and given and saved:
+        return os.path.realpath(str(given)) == os.path.realpath(str(saved))
+    return given == saved
+
+
+def first_different(given, saved, ignored_tags):
+    """(name, given value, saved value) of the first option given on the
+    command line (`given`, from given_options) with another value than in
+    `saved` (a run's saved options), leaving out options with one of
+    `ignored_tags` and names not saved; None when they all agree."""
+    ignored = {name for tag in ignored_tags for name in names_tagged(tag)}
+    saved_config, given_config = config_from_dict(saved), config_from_dict(given)
+    for name in given:
+        if name in ignored or name not in saved:
+            continue
+        ours, theirs = getattr(given_config, name), getattr(saved_config, name)
+        if not same_value(name, ours, theirs):
+            return name, ours, theirs
+    return None
+
+
+def shown(value):
+    """An option's value as the user would type it: a,b for lists."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(item) for item in value)
+    return value
+
+
+# ---------------------------------------------------------------- folders
 
 
 def _check_folder_path(name, path):
@@ -648,145 +720,18 @@ def load_readers(specs):
         raise UserError(str(error)) from None
 
 
-@contextlib.contextmanager
-def stage(name):
-    """Prints one line when a stage of a script starts and how long it took."""
-    print(f"==> {name}", flush=True)
-    start = time.perf_counter()
-    yield
-    print(f"    done in {time.perf_counter() - start:.1f}s", flush=True)
+# ---------------------------------------------------------------- the tables in the docs
 
 
-def run_cli(main_function, argv=None):
-    """Runs `main_function(argv)`; a UserError becomes one line and exit 2
-    (any other Stop: one line and its own exit code).
-
-    Returns the function's exit code (0 on success) so tests can call
-    `main([...])` in-process. Bugs still raise with their traceback.
-    """
-    try:
-        main_function(argv)
-    except Stop as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    return 0
-
-
-# A gallery bigger than this is unreadable and slow to draw.
-MAX_GALLERY_SIDE = 20
-
-
-def add_figure_arguments(parser, training=False):
-    """Adds the figure options of main.py, evaluate.py and predict.py.
-
-    All three draw the prediction gallery and show figures; `training=True`
-    (main.py) adds --grid_per_class for the class grid, otherwise (evaluate.py,
-    predict.py) --split picks which saved split of the training folder to use.
-    """
-    group = parser.add_argument_group("figures")
-    group.add_argument(
-        "--rows",
-        type=_integer("rows"),
-        default=DEFAULTS.rows,
-        help="Rows of the prediction gallery (default: %(default)s)",
-    )
-    group.add_argument(
-        "--cols",
-        type=_integer("cols"),
-        default=DEFAULTS.cols,
-        help="Columns of the prediction gallery (default: %(default)s)",
-    )
-    group.add_argument(
-        "--gallery",
-        choices=("mixed", "misclassified", "random"),
-        default=DEFAULTS.gallery,
-        help="Which images the gallery shows: mixed (mistakes first, then "
-        "correct ones), misclassified only, or random (default: %(default)s)",
-    )
-    group.add_argument(
-        "--show",
-        choices=("auto", "1", "0"),
-        default=DEFAULTS.show,
-        help="Open the saved figures one after another (close one to see the "
-        "next). auto: only when a screen is present; headless runs never "
-        "block (default: %(default)s)",
-    )
-    if training:
-        group.add_argument(
-            "--grid_per_class",
-            type=_integer("grid_per_class"),
-            default=DEFAULTS.grid_per_class,
-            help="Images per class in the class grid (default: %(default)s)",
-        )
-    else:
-        group.add_argument(
-            "--split",
-            choices=("train", "val", "test", "all"),
-            default=DEFAULTS.split,
-            help="On the folder the model was trained on: which split of its "
-            "split_manifest.csv to use. Any other folder: all its images "
-            "(default: %(default)s)",
-        )
-    return parser
-
-
-def validate_figure_args(args):
-    """Checks the figure options. Raises UserError on a bad value."""
-    names = ["rows", "cols"] + (["grid_per_class"] if hasattr(args, "grid_per_class") else [])
-    for name in names:
-        value = getattr(args, name)
-        if not 1 <= value <= MAX_GALLERY_SIDE:
-            raise UserError(
-                f"{name} must be between 1 and {MAX_GALLERY_SIDE}. "
-                f"Received: {name}={value}"
-            )
-
-
-# --tta beyond this is slow for what it adds.
-MAX_TTA = 32
-
-
-def add_calibration_arguments(parser):
-    """main.py's --calibrate."""
-    parser.add_argument(
-        "--calibrate",
-        type=int,
-        choices=(0, 1),
-        default=DEFAULTS.calibrate,
-        help="1: after training, fit a temperature on the validation split so the "
-        "model's confidences match its accuracy; it is saved inside the model "
-        "and never changes the predicted class (default: %(default)s)",
-    )
-    return parser
-
-
-def add_tracking_arguments(parser):
-    """main.py's --mlflow (--tensorboard is a training option)."""
-    parser.add_argument(
-        "--mlflow",
-        default=DEFAULTS.mlflow,
-        metavar="URI",
-        help="Log the run (options, per-epoch and final metrics, figures, model) "
-        "to MLflow: a local folder such as ./mlruns, or a tracking server "
-        "http://HOST:PORT (default: not logged)",
-    )
-    return parser
-
-
-def add_tta_argument(parser):
-    """--tta, for evaluate.py and predict.py."""
-    parser.add_argument(
-        "--tta",
-        type=_integer("tta"),
-        default=DEFAULTS.tta,
-        help="Test-time augmentation: average the probabilities of each image and "
-        "N-1 flipped/shifted versions made by the training augmentation "
-        f"(1 = off, at most {MAX_TTA}) (default: %(default)s)",
-    )
-    return parser
-
-
-def validate_tta_args(args):
-    """Checks --tta. Raises UserError on a bad value."""
-    if not 1 <= args.tta <= MAX_TTA:
-        raise UserError(f"tta must be between 1 and {MAX_TTA}. Received: tta={args.tta}")
+def options_markdown(script, tag=None):
+    """The markdown table of `script`'s options (only those with `tag`,
+    when given): option, default, what. README.md and docs/options.md hold
+    these tables between markers; tests/test_config.py checks they match."""
+    lines = ["| option | default | what |", "|---|---|---|"]
+    for name, spec in options_of(script).items():
+        if tag and tag not in spec.tags:
+            continue
+        choices = f" ({'/'.join(str(choice) for choice in spec.choices)})" if spec.choices else ""
+        what = spec.help_for(script).replace("|", "\\|")
+        lines.append(f"| `--{name}`{choices} | {shown_default(name, script)} | {what} |")
+    return "\n".join(lines)

@@ -26,7 +26,7 @@ exports are not judged: the report gives their accuracy change.
 
 Exported models run through a "runner" (`load_runner`): an object with
 `predict_on_batch(uint8 images) -> probabilities`, `input_shape` and
-`output_shape`, which is all evaluate.predict_batches needs from a Keras
+`output_shape`, which is all inference.predict_batches needs from a Keras
 model, so evaluation, prediction, the CSV and the figures are the same code
 for every format. A file that is not a model exported here (random bytes,
 another input shape or type) is a UserError.
@@ -43,6 +43,8 @@ import numpy as np
 
 import artifacts
 import config
+import image_io
+from errors import UserError
 
 FORMATS = config.EXPORT_FORMATS  # ("onnx", "litert", "saved_model")
 SAVED_MODEL_FOLDER = "saved_model"
@@ -134,12 +136,12 @@ def check_signature(path, input_type, input_shape, output_shape):
         or not all(isinstance(size, (int, np.integer)) and size > 0 for size in spatial)
         or spatial[0] != spatial[1]
     ):
-        raise config.UserError(
+        raise UserError(
             f"{path} is not a model exported by this project: its input is {input_type} "
             f"{_shape_text(input_shape)}, expected uint8 [N, S, S, 3] (raw RGB images)"
         )
     if len(output_shape) != 2 or not isinstance(output_shape[1], (int, np.integer)):
-        raise config.UserError(
+        raise UserError(
             f"{path} is not a model exported by this project: its output is "
             f"{_shape_text(output_shape)}, expected [N, classes]"
         )
@@ -148,7 +150,7 @@ def check_signature(path, input_type, input_shape, output_shape):
 
 def _load_failure(path, kind, error):
     reason = " ".join(str(error).split())[:200]
-    return config.UserError(f"could not load {path} as {kind}: {reason}")
+    return UserError(f"could not load {path} as {kind}: {reason}")
 
 
 class OnnxRunner:
@@ -165,7 +167,7 @@ class OnnxRunner:
             raise _load_failure(path, "an ONNX model", error) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise config.UserError(
+            raise UserError(
                 f"{path} is not a model exported by this project: it has {len(inputs)} "
                 f"input(s) and {len(outputs)} output(s), expected one of each"
             )
@@ -197,7 +199,7 @@ class LiteRTRunner:
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise config.UserError(
+            raise UserError(
                 f"{path} is not a model exported by this project: it has {len(inputs)} "
                 f"input(s) and {len(outputs)} output(s), expected one of each"
             )
@@ -237,7 +239,7 @@ class SavedModelRunner:
         import tensorflow as tf
 
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise config.UserError(
+            raise UserError(
                 f"{path} is not a SavedModel folder: it has no saved_model.pb "
                 "(export one with evaluate.py --export saved_model)"
             )
@@ -247,11 +249,11 @@ class SavedModelRunner:
             raise _load_failure(path, "a SavedModel", error) from None
         signature = self.loaded.signatures.get("serving_default")
         if signature is None:
-            raise config.UserError(f"{path} has no serving_default signature to run")
+            raise UserError(f"{path} has no serving_default signature to run")
         _, inputs = signature.structured_input_signature
         outputs = signature.structured_outputs
         if len(inputs) != 1 or len(outputs) != 1:
-            raise config.UserError(
+            raise UserError(
                 f"{path} is not a model exported by this project: its signature has "
                 f"{len(inputs)} input(s) and {len(outputs)} output(s), expected one of each"
             )
@@ -365,7 +367,7 @@ def check_replaceable(path):
         not os.listdir(path) or os.path.isfile(os.path.join(path, "saved_model.pb"))
     )
     if not ours:
-        raise config.UserError(
+        raise UserError(
             f"{path} exists and is not a SavedModel: move it away to export saved_model there"
         )
 
@@ -383,7 +385,7 @@ def manifest_training_paths(folder, image_dir):
     relative to `image_dir` (the folder the model was trained on). Raises
     UserError when there is none to calibrate on."""
     if not artifacts.has_manifest(folder) or not image_dir or not os.path.isdir(image_dir):
-        raise config.UserError(
+        raise UserError(
             "--quantize int8 calibrates on the training images: it needs the model's "
             f"{artifacts.SPLIT_MANIFEST_FILE} and the folder it was trained on "
             f"(run_config.json names {image_dir or 'none'})"
@@ -395,8 +397,6 @@ def manifest_training_paths(folder, image_dir):
 def load_images(paths, image_size, readers=None):
     """uint8 (N, S, S, 3) of the readable files among `paths`, decoded as
     for training (image_io.load_image). Raises UserError when none is."""
-    import image_io
-
     images = []
     for path in paths:
         try:
@@ -404,7 +404,7 @@ def load_images(paths, image_size, readers=None):
         except Exception:  # noqa: BLE001 - an unreadable image is left out, as in prediction
             continue
     if not images:
-        raise config.UserError(f"none of the {len(paths)} calibration images could be read")
+        raise UserError(f"none of the {len(paths)} calibration images could be read")
     return np.stack(images)
 
 
@@ -438,7 +438,7 @@ def run_side_by_side(runners, dataset):
                 timings[name].append(1000 * (time.perf_counter() - start) / full)
         labels.append(np.asarray(batch_labels))
     if not labels:
-        raise config.UserError("no readable image to check the exports on")
+        raise UserError("no readable image to check the exports on")
     probabilities = {name: np.concatenate(parts) for name, parts in outputs.items()}
     # The median batch: one slow batch (another process, a page fault)
     # does not move it.
@@ -447,31 +447,31 @@ def run_side_by_side(runners, dataset):
 
 
 @dataclasses.dataclass(frozen=True)
-class Comparison:
-    """How one model's predictions compare with the reference's."""
+class Agreement:
+    """How far one model's predictions agree with the reference's."""
 
     accuracy: float
     top1_agreement: float
     max_abs_difference: float
 
 
-def compare(probabilities, reference, labels):
+def agreement(probabilities, reference, labels):
     """Accuracy on `labels`, top-1 agreement with and largest absolute
     probability difference from `reference` (both (N, classes))."""
     predicted = probabilities.argmax(axis=1)
-    return Comparison(
+    return Agreement(
         accuracy=float(np.mean(predicted == labels)),
         top1_agreement=float(np.mean(predicted == reference.argmax(axis=1))),
         max_abs_difference=float(np.max(np.abs(probabilities - reference))),
     )
 
 
-def parity(comparison, quantized):
+def parity(measured, quantized):
     """"passed" or "failed" by the parity rule; quantized exports are
     "not judged" (they are meant to differ)."""
     if quantized:
         return "not judged"
-    ok = comparison.top1_agreement >= MIN_AGREEMENT and comparison.max_abs_difference <= MAX_DIFFERENCE
+    ok = measured.top1_agreement >= MIN_AGREEMENT and measured.max_abs_difference <= MAX_DIFFERENCE
     return "passed" if ok else "failed"
 
 
@@ -515,17 +515,17 @@ def write_exports(model, model_path, formats, quantize=None, calibration=None):
     return written, errors
 
 
-def report_row(name, path, comparison, keras_accuracy, milliseconds, verdict, quantize=None):
+def report_row(name, path, measured, keras_accuracy, milliseconds, verdict, quantize=None):
     """One format's entry of export_report.json."""
     return {
         "format": name,
         "quantization": quantize,
         "file": os.path.basename(path.rstrip(os.sep)) + (os.sep if os.path.isdir(path) else ""),
         "size_bytes": size_bytes(path),
-        "accuracy": comparison.accuracy,
-        "accuracy_change": comparison.accuracy - keras_accuracy,
-        "top1_agreement": comparison.top1_agreement,
-        "max_abs_probability_difference": comparison.max_abs_difference,
+        "accuracy": measured.accuracy,
+        "accuracy_change": measured.accuracy - keras_accuracy,
+        "top1_agreement": measured.top1_agreement,
+        "max_abs_probability_difference": measured.max_abs_difference,
         "ms_per_image": milliseconds,
         "parity": verdict,
     }
@@ -539,16 +539,16 @@ def judge(probabilities, labels, milliseconds, model_path, written, quantize, re
     keras_accuracy = float(np.mean(probabilities["keras"].argmax(axis=1) == labels))
     rows = []
     for name, predicted in probabilities.items():
-        comparison = compare(predicted, reference, labels)
+        measured = agreement(predicted, reference, labels)
         quantized = name == "litert" and quantize is not None
         if name.startswith("keras"):
             path, verdict = model_path, "reference" if name == reference_name else "not judged"
         else:
-            path, verdict = written[name], parity(comparison, quantized)
+            path, verdict = written[name], parity(measured, quantized)
             if verdict == "failed":
                 path = mark_failed(path)
         rows.append(
-            report_row(name, path, comparison, keras_accuracy, milliseconds[name], verdict,
+            report_row(name, path, measured, keras_accuracy, milliseconds[name], verdict,
                        quantize if quantized else None)
         )
     return rows

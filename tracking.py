@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from config import UserError
+from errors import UserError
 
 # MLflow refuses longer parameter values.
 MAX_PARAM_LENGTH = 6000

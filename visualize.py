@@ -22,8 +22,6 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 import artifacts
-import calibration
-import image_io
 
 # ---------------------------------------------------------------- theme
 
@@ -459,7 +457,7 @@ def report_rows(report):
 def plot_classification_report(report, output_path, subtitle=""):
     """A heat-table of per-class precision, recall, F1 and support, with
     accuracy and macro/weighted averages below a rule. `report` is
-    evaluate.classification_metrics' dict. Returns the path."""
+    metrics.classification_metrics' dict. Returns the path."""
     names, values, supports = report_rows(report)
     num_rows = len(names)
     figure = Figure(figsize=(7.2, 0.34 * num_rows + 1.9), layout="constrained")
@@ -502,7 +500,7 @@ def plot_classification_report(report, output_path, subtitle=""):
 def plot_roc_curves(roc, class_names, output_path, subtitle=""):
     """One-vs-rest ROC per class plus micro and macro averages, AUC in the
     legend; for two classes one ROC of the second class. `roc` is
-    evaluate.roc_analysis' dict; absent classes are noted. Returns the
+    metrics.roc_analysis' dict; absent classes are noted. Returns the
     path."""
     entries = 0
     many = len(class_names) > 12
@@ -730,176 +728,6 @@ def plot_gradcam(items, heatmaps, rows, cols, output_path, subtitle=""):
     """Each gallery image beside its Grad-CAM heatmap (values in [0, 1],
     the image's size) over a grey copy. Returns the path."""
     return save_figure(gradcam_figure(items, heatmaps, rows, cols, subtitle), output_path)
-
-
-# ---------------------------------------------------------------- figures of an evaluation
-# main.py's test stage, evaluate.py and predict.py draw these from an
-# evaluate.Evaluation (true labels, probabilities, class names and the
-# metrics computed from them).
-
-
-def gallery_indices(true_labels, predicted, count, mode, seed):
-    """Which images the gallery shows, at most `count`.
-
-    mixed: mistakes first, then correct ones, about half each when there
-    are enough of both; misclassified: mistakes only; random: any. Within
-    each group the order is a seeded shuffle, so the gallery is not just the
-    first class. With no labels (true_labels None) mixed keeps the given
-    order.
-    """
-    rng = np.random.default_rng(seed)
-    total = len(predicted)
-    if true_labels is None:
-        order = rng.permutation(total) if mode == "random" else np.arange(total)
-        return order[:count].tolist()
-    wrong = np.flatnonzero(np.asarray(true_labels) != np.asarray(predicted))
-    right = np.flatnonzero(np.asarray(true_labels) == np.asarray(predicted))
-    if mode == "random":
-        order = rng.permutation(total)
-    elif mode == "misclassified":
-        order = rng.permutation(wrong)
-    else:
-        num_wrong = min(len(wrong), max(-(-count // 2), count - len(right)))
-        num_right = min(len(right), count - num_wrong)
-        order = np.concatenate([rng.permutation(wrong)[:num_wrong], rng.permutation(right)[:num_right]])
-    return order[:count].astype(int).tolist()
-
-
-def gallery_items(
-    paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None
-):
-    """GalleryItems for the chosen images, read the way training reads them
-    (uint8, original colours)."""
-    items = []
-    for index in indices:
-        image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
-        predicted = int(np.argmax(probabilities[index]))
-        items.append(
-            GalleryItem(
-                image=image,
-                predicted=class_names[predicted],
-                confidence=float(probabilities[index][predicted]),
-                true=None if true_labels is None else class_names[int(true_labels[index])],
-                caption="" if captions is None else captions[index],
-            )
-        )
-    return items
-
-
-GALLERY_MODES = {
-    "mixed": "mistakes first",
-    "misclassified": "mistakes only",
-    "random": "random sample",
-}
-
-
-def render_gallery(evaluation, rows, cols, mode, seed, folder):
-    """The prediction gallery of an Evaluation; returns (path, indices)."""
-    indices = gallery_indices(evaluation.true_labels, evaluation.predicted, rows * cols, mode, seed)
-    items = gallery_items(
-        evaluation.paths, evaluation.true_labels, evaluation.probabilities,
-        evaluation.class_names, evaluation.image_size, indices, readers=evaluation.readers,
-    )
-    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
-    subtitle = (
-        f"{len(items)} of {len(evaluation.paths)} images ({evaluation.description}), "
-        f"{GALLERY_MODES[mode]} · {wrong} misclassified in all · green: correct, red: wrong"
-    )
-    path = plot_prediction_gallery(
-        items, rows, cols, os.path.join(folder, "prediction_gallery.png"), subtitle=subtitle
-    )
-    return path, indices
-
-
-def summary_line(evaluation, accuracy=True):
-    """'test split, 42 images · accuracy 95.2%' for figure subtitles."""
-    line = f"{evaluation.description}, {len(evaluation.paths):,} images"
-    if accuracy:
-        line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
-    return line
-
-
-def render_confusion(evaluation, folder):
-    """Counts and row-normalized confusion matrices; returns both paths."""
-    matrix = evaluation.confusion_matrix()
-    return [
-        plot_confusion_matrix(
-            matrix, evaluation.class_names, os.path.join(folder, name),
-            normalize=normalize, subtitle=summary_line(evaluation),
-        )
-        for name, normalize in (("confusion_matrix.png", False), ("confusion_matrix_normalized.png", True))
-    ]
-
-
-def render_report(evaluation, folder):
-    """The classification report as a heat-table PNG, plus the same report
-    as classification_report.txt (scikit-learn's) and .json; returns the
-    PNG path."""
-    metrics = evaluation.report()
-    confused = evaluation.most_confused()
-    text = evaluation.report_text() + "\nMost confused (true -> predicted, images):\n"
-    text += "".join(f"  {line}\n" for line in calibration.confused_lines(confused))
-    artifacts.write_text(os.path.join(folder, "classification_report.txt"), text)
-    artifacts.write_json(os.path.join(folder, "classification_report.json"), {**metrics, "most_confused": confused})
-    return plot_classification_report(
-        metrics, os.path.join(folder, "classification_report.png"),
-        subtitle=summary_line(evaluation, accuracy=False),
-    )
-
-
-def render_roc(evaluation, folder):
-    roc = evaluation.roc()
-    return plot_roc_curves(
-        roc, evaluation.class_names, os.path.join(folder, "roc_auc.png"), subtitle=summary_line(evaluation)
-    )
-
-
-def calibration_note(summary):
-    """What the reliability diagram's subtitle says about temperature."""
-    temperature = summary["temperature"]
-    if temperature is None:
-        return "no temperature scaling (a model saved before it existed)"
-    if temperature == 1.0:
-        return "not calibrated (T = 1)"
-    note = f"temperature T = {temperature:.3g} fitted on the validation split"
-    if summary["ece_uncalibrated"] is not None:
-        note += f" · ECE before it: {summary['ece_uncalibrated']:.1%}"
-    return note
-
-
-def render_reliability(evaluation, folder):
-    """The reliability diagram of an Evaluation; returns the path."""
-    summary = evaluation.calibration()
-    subtitle = (
-        f"{summary_line(evaluation)}\n{calibration_note(summary)}\n"
-        f"Brier {summary['brier']:.3f} · NLL {summary['nll']:.3f} · {summary['bins']} equal-width bins"
-    )
-    if evaluation.tta > 1:
-        subtitle += f" · test-time augmentation: {evaluation.tta} versions averaged"
-    return plot_reliability_diagram(
-        evaluation.reliability(), summary["ece"], os.path.join(folder, "reliability.png"), subtitle=subtitle
-    )
-
-
-def render_top_losses(evaluation, rows, cols, folder):
-    """The top-losses gallery of an Evaluation (at most rows x cols of its
-    misclassified images); returns the path."""
-    indices = evaluation.top_losses(rows * cols)
-    true_probability = evaluation.probabilities[np.arange(len(evaluation.paths)), evaluation.true_labels]
-    captions = {index: f"p(true) {true_probability[index]:.0%}" for index in indices}
-    items = gallery_items(
-        evaluation.paths, evaluation.true_labels, evaluation.probabilities, evaluation.class_names,
-        evaluation.image_size, indices, captions=captions, readers=evaluation.readers,
-    )
-    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
-    if wrong:
-        subtitle = (
-            f"{len(items)} of {wrong} misclassified images ({evaluation.description}), "
-            "most confident first · p(true): the probability the model gave the true class"
-        )
-    else:
-        subtitle = f"no misclassified images among the {len(evaluation.paths)} ({evaluation.description})"
-    return plot_top_losses(items, rows, cols, os.path.join(folder, "top_losses.png"), subtitle=subtitle)
 
 
 # ---------------------------------------------------------------- model comparison

@@ -57,16 +57,17 @@ def ours(args):
     import artifacts
     import augment
     import data_loader
+    import splits
 
     # The audit runs here as in main.py (cached outside the dataset), but is
     # not timed: only the epochs are.
-    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts")))
+    index = splits.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts")))
     paths = [os.path.join(index.root, sample.path) for sample in index.samples]
     class_ids = {name: number for number, name in enumerate(index.class_names)}
     labels = [class_ids[sample.label] for sample in index.samples]
     strengths = augment.AugmentConfig() if args.augment else None
     dataset = data_loader.make_dataset(
-        paths, labels, args.image_size, args.batch_size, training=True, augment=strengths,
+        paths, labels, args.image_size, args.batch_size, training=True, augmentation=strengths,
         seed=args.seed, cache=args.cache, decoders=[sample.decoder for sample in index.samples],
     )
     return tf_epoch(dataset)

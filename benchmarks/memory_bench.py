@@ -40,7 +40,7 @@ def one_epoch(folder, image_size, batch_size, cache):
     kwargs = {"cache": cache} if cache != "none" else {}
     dataset = data_loader.make_dataset(
         files, [0] * len(files), image_size, batch_size, training=True,
-        augment=augment.AugmentConfig(), seed=0, **kwargs,
+        augmentation=augment.AugmentConfig(), seed=0, **kwargs,
     )
     count = sum(int(images.shape[0]) for images, _ in dataset)
     assert count == len(files)

@@ -39,10 +39,10 @@ SETTINGS = ("fit", "loop x1", "loop x2")
 
 def training_files(args):
     import artifacts
-    import data_loader
+    import splits
 
     cache_dir = artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts"))
-    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=cache_dir)
+    index = splits.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=cache_dir)
     paths, labels = index.split("train")
     return index, paths, labels
 
@@ -66,8 +66,8 @@ def measure_fit(args):
     index, paths, labels = training_files(args)
     dataset = data_loader.make_dataset(
         paths, labels, args.image_size, args.batch_size, training=True, seed=args.seed,
-        decoders=index.decoders("train"), cache=args.cache, repeat=True,
-    )
+        decoders=index.decoders("train"), cache=args.cache,
+    ).repeat()
     model = build_model(args, len(index.class_names), tf.distribute.get_strategy())
     model.fit(dataset, steps_per_epoch=args.warmup, epochs=1, verbose=0)  # traces the step
     start = time.perf_counter()
@@ -78,23 +78,23 @@ def measure_fit(args):
 def measure_loop(args):
     """images/s of main.py's multi-worker step under MultiWorkerMirroredStrategy
     (a cluster from TF_CONFIG, or this process alone)."""
-    import data_loader
+    import multiworker
+    import devices
     import tensorflow as tf
-    import train_utils
 
     # Without TF_CONFIG: this process alone, as worker 0 of 1.
-    cluster = train_utils.cluster_from_environment() or train_utils.Cluster("worker", 0, 0, ("localhost",))
+    cluster = multiworker.cluster_from_environment() or multiworker.Cluster("worker", 0, 0, ("localhost",))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    device = train_utils.DeviceSetup(strategy, 0, False, False, train_utils.Workers(strategy, cluster))
+    setup = devices.DeviceSetup(strategy, 0, False, False, multiworker.Workers(strategy, cluster))
     index, paths, labels = training_files(args)
     global_batch_size = args.batch_size * strategy.num_replicas_in_sync
-    dataset_fn = train_utils.worker_dataset_fn(
+    dataset_fn = multiworker.worker_dataset_fn(
         paths, labels, args.image_size, global_batch_size, training=True, seed=args.seed,
         decoders=index.decoders("train"), cache=args.cache,
     )
-    data = train_utils.distribute(device, dataset_fn, 1, global_batch_size)
+    data = multiworker.distribute(setup, dataset_fn, 1, global_batch_size)
     model = build_model(args, len(index.class_names), strategy)
-    train_step, _ = train_utils.step_functions(model, device, global_batch_size, None, False)
+    train_step, _ = multiworker.step_functions(model, setup, global_batch_size, None, False)
     iterator = iter(data.dataset)
     for _ in range(args.warmup):
         train_step(iterator).numpy()

@@ -42,12 +42,13 @@ def real_loader(args):
     import artifacts
     import augment
     import data_loader
+    import splits
 
-    index = data_loader.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts")))
+    index = splits.index_dataset(args.image_dir, 0.15, 0.15, args.seed, cache_dir=artifacts.audit_cache_dir(os.path.join(ROOT, "model_artifacts")))
     paths, labels = index.split("train")
     strengths = augment.AugmentConfig() if args.augment else None
     dataset = data_loader.make_dataset(
-        paths, labels, args.image_size, args.batch_size, training=True, augment=strengths, seed=args.seed,
+        paths, labels, args.image_size, args.batch_size, training=True, augmentation=strengths, seed=args.seed,
         decoders=index.decoders("train"), cache=args.cache,
     )
     cached, _ = data_loader.decide_cache(args.cache, len(paths), args.image_size)
@@ -68,9 +69,9 @@ def in_memory(args, num_classes):
 
 def measure(args):
     """images/s of model.fit over `args.steps` steps after a warm-up."""
-    import train_utils
+    import devices
 
-    device = train_utils.configure_device("mixed" if args.mixed else "float32", "1" if args.mixed else "0")
+    device = devices.configure_device("mixed" if args.mixed else "float32", "1" if args.mixed else "0")
     dataset, num_classes, warm_up = real_loader(args)
     if args.source == "memory":
         dataset = in_memory(args, num_classes)

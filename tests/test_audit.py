@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 import audit
-import config
 import data_loader
 import image_io
+import errors
+import inspect_dataset
+import splits
 from conftest import TINY, class_image, write_class_folder
 
 # ---------------------------------------------------------------- the messy folder
@@ -216,7 +218,7 @@ def messy(tmp_path_factory):
 
 
 def index_of(root, **options):
-    return data_loader.index_dataset(root, 0.15, 0.15, 42, **options)
+    return splits.index_dataset(root, 0.15, 0.15, 42, **options)
 
 
 # ---------------------------------------------------------------- the audit
@@ -312,7 +314,7 @@ def test_the_audit_is_cached_outside_the_dataset(messy, tmp_path):
     assert os.listdir(cache_dir) == [
         os.path.basename(audit.audit_cache_path(cache_dir, messy["root"]))
     ]
-    with pytest.raises(config.UserError, match="outside image_dir"):
+    with pytest.raises(errors.UserError, match="outside image_dir"):
         index_of(messy["root"], cache_dir=os.path.join(messy["root"], "cache"))
 
 
@@ -341,7 +343,7 @@ def test_an_empty_class_is_left_out_and_one_class_left_exits_2(tmp_path, capsys)
     )
     for path in (root / "b").iterdir():
         path.write_bytes(b"not an image")
-    code = data_loader.main(["--image_dir", str(root), "--artifacts_dir", str(tmp_path / "art")])
+    code = inspect_dataset.main(["--image_dir", str(root), "--artifacts_dir", str(tmp_path / "art")])
     assert code == 2
     error = capsys.readouterr().err
     assert "need at least 2 classes with usable images" in error and "b, c" in error
@@ -357,7 +359,7 @@ def test_classes_option_keeps_the_users_order_and_subset(tmp_path):
     assert index.ignored == 6 and any("bee" in note for note in index.notes)
     paths, labels = index.split("train")
     assert all(("cow/" in path) == (label == 0) for path, label in zip(paths, labels))
-    with pytest.raises(config.UserError, match="'cat', which is not a class"):
+    with pytest.raises(errors.UserError, match="'cat', which is not a class"):
         index_of(str(root), classes=("cat", "ant"))
 
 
@@ -373,7 +375,7 @@ def test_duplicates_stay_in_one_split_when_splitting_automatically(tmp_path):
         for copy in range(2):
             (root / "a" / f"copy_{number}_{copy}.png").write_bytes(original.read_bytes())
     for seed in range(5):
-        index = data_loader.index_dataset(str(root), 0.2, 0.2, seed)
+        index = splits.index_dataset(str(root), 0.2, 0.2, seed)
         split_of = {sample.path: sample.split for sample in index.samples}
         for number in range(4):
             group = [f"a/img_{number:03d}.png", f"a/copy_{number}_0.png", f"a/copy_{number}_1.png"]
@@ -466,9 +468,9 @@ def test_labels_csv_split_column_overrides_the_split(tmp_path):
     assert test == {"img_000.png", "img_001.png", "sub/img_000.png", "sub/img_001.png"}
     assert index.counts()["val"] == {"cat": 1, "dog": 1}  # carved out of train
     bad = write_csv(tmp_path / "bad.csv", "filename,label,split\nimg_000.png,cat,holdout\n")
-    with pytest.raises(config.UserError, match="row 2: split must be train, val or test"):
+    with pytest.raises(errors.UserError, match="row 2: split must be train, val or test"):
         index_of(str(root), labels_csv=bad)
-    with pytest.raises(config.UserError, match="columns filename,label"):
+    with pytest.raises(errors.UserError, match="columns filename,label"):
         index_of(str(root), labels_csv=write_csv(tmp_path / "nohead.csv", "img_000.png,cat\n"))
 
 
@@ -476,7 +478,7 @@ def test_labels_csv_split_column_overrides_the_split(tmp_path):
 
 
 def test_inspection_json_contract(messy, tmp_path, capsys):
-    code = data_loader.main(
+    code = inspect_dataset.main(
         ["--image_dir", messy["root"], "--json", "--artifacts_dir", str(tmp_path / "art")]
     )
     out = capsys.readouterr().out
@@ -493,18 +495,18 @@ def test_inspection_json_contract(messy, tmp_path, capsys):
 
 
 def test_inspection_text_and_errors(messy, tmp_path, capsys):
-    code = data_loader.main(
+    code = inspect_dataset.main(
         ["--image_dir", messy["root"], "--artifacts_dir", str(tmp_path / "art")]
     )
     out = capsys.readouterr().out
     assert code == 0
     assert "cat/truncated.jpg: truncated or corrupt JPEG" in out
     assert "flat layout, 2 classes" in out and "warning: class 'empty_class'" in out
-    assert data_loader.main(["--image_dir", str(tmp_path / "nowhere"), "--json"]) == 2
+    assert inspect_dataset.main(["--image_dir", str(tmp_path / "nowhere"), "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "image_dir is not a folder" in captured.err
     assert (
-        data_loader.main(
+        inspect_dataset.main(
             ["--image_dir", messy["root"], "--artifacts_dir", os.path.join(messy["root"], "art")]
         )
         == 2

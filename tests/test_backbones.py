@@ -1,4 +1,4 @@
-"""Every backbone of model_builder.BACKBONES: preprocessing against Keras'
+"""Every backbone of backbones.BACKBONES: preprocessing against Keras'
 own, smallest sizes, --alpha, one training step, reloading, Grad-CAM,
 fine-tuning and BatchNorm from scratch."""
 
@@ -11,12 +11,14 @@ import config
 import data_loader
 import main as main_script
 import model_builder
-import predict
 import train_utils
-from config import UserError
+import backbones
+import gradcam
+import splits
+from errors import UserError
 from conftest import make_digit_folder, make_flat_dataset
 
-BACKBONES = list(model_builder.BACKBONES)
+BACKBONES = list(backbones.BACKBONES)
 
 
 def random_pixels(size, count=4, seed=0):
@@ -27,7 +29,7 @@ def keras_preprocess(backbone, pixels):
     """keras.applications.<family>.preprocess_input on the same pixels."""
     import keras
 
-    module = getattr(keras.applications, model_builder.BACKBONES[backbone]["module"])
+    module = getattr(keras.applications, backbones.BACKBONES[backbone]["module"])
     return np.asarray(module.preprocess_input(pixels.astype(np.float32)))
 
 
@@ -88,7 +90,7 @@ INSIDE = {
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", sorted(INSIDE))
 def test_inside_families_normalize_raw_pixels_themselves(backbone):
-    assert model_builder.BACKBONES[backbone]["preprocessing"] == "inside"
+    assert backbones.BACKBONES[backbone]["preprocessing"] == "inside"
     features = model_builder.build_backbone(backbone, 32, 1.0, "none")
     pixels = random_pixels(32, count=2)
 
@@ -128,7 +130,7 @@ def test_every_backbone_builds_reloads_trains_a_step_and_explains(backbone, tmp_
     its layer."""
     import keras
 
-    size = model_builder.BACKBONES[backbone]["min_size"]
+    size = backbones.BACKBONES[backbone]["min_size"]
     model = model_builder.build_classifier(3, image_size=size, backbone=backbone, weights="none")
     pixels = random_pixels(size)
 
@@ -158,10 +160,10 @@ def test_every_backbone_builds_reloads_trains_a_step_and_explains(backbone, tmp_
     assert before and all(changed), f"{changed.count(False)} of {len(changed)} weights did not train"
 
     layer = model_builder.gradcam_layer(reloaded, backbone)
-    heatmaps = predict.gradcam_heatmaps(reloaded, pixels, [0, 1, 2, 0], layer)
+    heatmaps = gradcam.gradcam_heatmaps(reloaded, pixels, [0, 1, 2, 0], layer)
     assert heatmaps.shape == (4, size, size) and np.isfinite(heatmaps).all()
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
-    assert len(predict.feature_map_size(reloaded, layer)) == 2
+    assert len(gradcam.feature_map_size(reloaded, layer)) == 2
 
 
 @pytest.mark.slow
@@ -178,19 +180,19 @@ def test_offline_message_names_the_file_keras_asks_for(backbone, monkeypatch):
         raise OSError("no internet")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    size = max(model_builder.BACKBONES[backbone]["min_size"], 96 if backbone == "mobilenet_v2" else 0)
+    size = max(backbones.BACKBONES[backbone]["min_size"], 96 if backbone == "mobilenet_v2" else 0)
     alpha = {"mobilenet_v2": 0.35, "mobilenet_v3_small": 0.75}.get(backbone, 1.0)
 
     with pytest.raises(UserError) as error:
         model_builder.build_backbone(backbone, size, alpha, "imagenet")
 
-    hint = model_builder.keras_cache_hint(backbone, alpha, size)
+    hint = backbones.keras_cache_hint(backbone, alpha, size)
     assert requested and os.path.basename(hint) == requested[0]
     assert hint in str(error.value) and "--weights none" in str(error.value)
 
 
 def test_smallest_sizes_and_alpha_are_checked():
-    check = model_builder.validate_backbone_options
+    check = backbones.validate_backbone_options
     check("inception_v3", 75, 1.0)
     check("xception", 71, 1.0)
     check("convnext_tiny", 32, 1.0)
@@ -291,7 +293,7 @@ def test_from_scratch_learns_with_other_families(backbone, epochs, tmp_path):
     """Two more BatchNorm families (test_model.py has MobileNetV2), 300
     real digit scans, 5 classes (chance 0.2): with the fast BatchNorm
     momentum they must learn within a few epochs."""
-    index = data_loader.index_dataset(make_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
+    index = splits.index_dataset(make_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
 
     accuracy = accuracy_from_scratch(index, backbone, epochs)
 

@@ -18,13 +18,14 @@ import pytest
 import artifacts
 import audit
 import config
-import data_loader
 import evaluate
 import main as main_script
 import predict
+import inference
+import inspect_dataset
 from conftest import ROOT, TINY, make_flat_dataset, read_json, write_class_folder
 
-SCRIPTS = {"main": main_script, "data_loader": data_loader, "evaluate": evaluate, "predict": predict}
+SCRIPTS = {"main": main_script, "inspect_dataset": inspect_dataset, "evaluate": evaluate, "predict": predict}
 
 
 def snapshot(root):
@@ -104,7 +105,7 @@ def test_non_finite_numbers_are_one_line_and_exit_2(data, capsys, option, value)
 
 @pytest.mark.parametrize("option", ["--val_split", "--test_split"])
 def test_non_finite_splits_in_the_inspection_cli(data, capsys, option):
-    assert data_loader.main(["--image_dir", data, option, "nan"]) == 2
+    assert inspect_dataset.main(["--image_dir", data, option, "nan"]) == 2
     assert "must be a finite number" in one_line_error(capsys)
 
 
@@ -118,7 +119,7 @@ def test_seed_outside_32_bits_is_one_line_and_exit_2(data, capsys, script, seed)
 
 def test_seed_limits_that_are_fine(data, capsys):
     for seed in ("0", str(2**32 - 1)):
-        assert data_loader.main(["--image_dir", data, "--seed", seed, "--json"]) == 0
+        assert inspect_dataset.main(["--image_dir", data, "--seed", seed, "--json"]) == 0
     capsys.readouterr()
 
 
@@ -163,12 +164,12 @@ def test_predict_and_the_inspection_cli_refuse_a_parent_output_too(tmp_path, wor
     assert "results_dir must not hold image_dir" in one_line_error(capsys)
     assert predict.main(["--images", data, "--results_dir", "."]) == 2
     assert "results_dir must not hold image_dir" in one_line_error(capsys)
-    assert data_loader.main(["--image_dir", data, "--artifacts_dir", "."]) == 2
+    assert inspect_dataset.main(["--image_dir", data, "--artifacts_dir", "."]) == 2
     assert "artifacts_dir must not hold image_dir" in one_line_error(capsys)
     assert snapshot(data) == before
 
 
-@pytest.mark.parametrize("script", ["main", "data_loader"])
+@pytest.mark.parametrize("script", ["main", "inspect_dataset"])
 @pytest.mark.parametrize("under", [False, True])
 def test_artifacts_dir_that_is_a_file_is_one_line(data, tmp_path, capsys, script, under):
     existing = tmp_path / "notes.txt"
@@ -190,7 +191,7 @@ def test_artifacts_dir_that_is_a_file_is_one_line(data, tmp_path, capsys, script
 def test_written_files_get_the_umask_mode_not_0600(data, tmp_path, capsys, umask, mode):
     previous = os.umask(umask)
     try:
-        assert data_loader.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "art")]) == 0
+        assert inspect_dataset.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "art")]) == 0
         (cache,) = (tmp_path / "art" / "audit_cache").iterdir()
         written = artifacts.write_json(str(tmp_path / "out" / "x.json"), {"a": 1})
     finally:
@@ -222,7 +223,7 @@ def test_stale_temp_files_of_ours_are_removed_and_nothing_else(data, tmp_path, c
     os.symlink(target, folder / ".link.a1b2c3d4.tmp.json")  # a link, even named as ours
     os.utime(folder / ".link.a1b2c3d4.tmp.json", (hour_ago, hour_ago), follow_symlinks=False)
 
-    assert data_loader.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "art")]) == 0
+    assert inspect_dataset.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "art")]) == 0
 
     left = set(os.listdir(folder))
     assert {name for name, removed in names.items() if removed}.isdisjoint(left)
@@ -279,7 +280,7 @@ def test_a_loop_of_links_in_the_dataset_root_is_no_traceback(data, tmp_path, cap
     os.symlink("../loop_a", os.path.join(data, "cat", "photo.jpg"))
     before = snapshot(data)
 
-    assert data_loader.main(["--image_dir", data, "--json", "--artifacts_dir", str(tmp_path / "a")]) == 0
+    assert inspect_dataset.main(["--image_dir", data, "--json", "--artifacts_dir", str(tmp_path / "a")]) == 0
 
     summary = read_json_text(capsys.readouterr().out)
     assert summary["classes"] == ["cat", "dog"]
@@ -304,7 +305,7 @@ def test_an_unreadable_dataset_root_is_one_line(data, capsys, monkeypatch):
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    for script in (main_script, data_loader):
+    for script in (main_script, inspect_dataset):
         assert script.main(["--image_dir", data, *(TINY if script is main_script else [])]) == 2
         error = one_line_error(capsys)
         assert f"cannot read {data}: Permission denied. Received: image_dir={data}" in error
@@ -314,7 +315,7 @@ def test_an_unreadable_dataset_root_is_one_line(data, capsys, monkeypatch):
 def test_an_unreadable_dataset_root_really_chmod_000(data, capsys):
     os.chmod(data, 0)
     try:
-        assert data_loader.main(["--image_dir", data]) == 2
+        assert inspect_dataset.main(["--image_dir", data]) == 2
     finally:
         os.chmod(data, 0o755)
     assert "Permission denied" in one_line_error(capsys)
@@ -332,7 +333,7 @@ def test_an_unreadable_class_subfolder_is_reported_not_silently_skipped(tmp_path
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    assert data_loader.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "a")]) == 0
+    assert inspect_dataset.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "a")]) == 0
 
     out = capsys.readouterr().out
     assert (
@@ -347,7 +348,7 @@ def test_a_labels_csv_cell_over_128_kib_is_one_line(data, tmp_path, capsys):
     # An unclosed quote: the rest of the file becomes one cell.
     labels.write_text('filename,label\ncat/img_000.png,"cat\n' + "dog/img_000.png,dog\n" * 8000)
 
-    for script in (data_loader, main_script):
+    for script in (inspect_dataset, main_script):
         assert script.main(["--image_dir", data, "--labels_csv", str(labels),
                             *(TINY if script is main_script else [])]) == 2
         error = one_line_error(capsys)
@@ -369,9 +370,9 @@ def test_a_fifo_with_an_image_name_never_hangs_the_audit(data, tmp_path, capsys)
     before = snapshot(data)
 
     with no_hang([fifo]):
-        assert data_loader.main(["--image_dir", data, "--json", "--artifacts_dir", str(tmp_path / "a")]) == 0
+        assert inspect_dataset.main(["--image_dir", data, "--json", "--artifacts_dir", str(tmp_path / "a")]) == 0
         summary = read_json_text(capsys.readouterr().out)
-        assert data_loader.main(["--image_dir", data, "--labels_csv", str(labels), "--json",
+        assert inspect_dataset.main(["--image_dir", data, "--labels_csv", str(labels), "--json",
                                  "--artifacts_dir", str(tmp_path / "a")]) == 0
         from_csv = read_json_text(capsys.readouterr().out)
         check = audit.check_file(data, "cat/pipe.jpg")
@@ -431,10 +432,10 @@ def test_a_decompression_bomb_with_a_huge_body_is_refused_from_its_header(tmp_pa
 
 MEASURE_RSS = """
 import re, runpy, sys
-sys.argv = ["data_loader.py", *sys.argv[1:]]
+sys.argv = ["inspect_dataset.py", *sys.argv[1:]]
 sys.path.insert(0, ".")
 try:
-    runpy.run_path("data_loader.py", run_name="__main__")
+    runpy.run_path("inspect_dataset.py", run_name="__main__")
 except SystemExit as exit:
     code = exit.code
 # VmHWM is the peak of this program's own memory: ru_maxrss would also
@@ -472,7 +473,7 @@ def test_predict_and_evaluate_list_fifos_and_non_utf8_names_as_skipped(tmp_path)
 
     with no_hang([folder / "cat" / "pipe.jpg"]):
         paths, skipped = predict.collect_images([str(folder), str(folder / "cat" / "pipe.jpg"), "nowhere.png"])
-        evaluated, labels, evaluate_skipped = evaluate.folder_images(str(folder), ("cat", "dog"))
+        evaluated, labels, evaluate_skipped = inference.folder_images(str(folder), ("cat", "dog"))
 
     assert sorted(os.path.relpath(path, folder) for path in paths) == ["cat/img_000.png", "cat/img_001.png"]
     reasons = {item.path: item.reason for item in skipped}

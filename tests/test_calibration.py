@@ -9,8 +9,9 @@ import pytest
 
 import augment
 import calibration
-import config
-import evaluate
+import errors
+import gradcam
+import inference
 
 # Five two-class predictions, true classes, and what they give by hand:
 # top-1 confidences 0.9 (right), 0.75 (wrong), 0.7 (right), 0.72 (wrong),
@@ -149,7 +150,6 @@ def test_most_confused_pairs_come_largest_first_without_the_diagonal():
 def test_grad_cam_finds_the_logits_layer_in_new_and_old_heads():
     import keras
 
-    import predict
 
     pool, dropout = keras.layers.GlobalAveragePooling2D(), keras.layers.Dropout(0.2)
     logits = keras.layers.Dense(3, name="logits")
@@ -157,8 +157,8 @@ def test_grad_cam_finds_the_logits_layer_in_new_and_old_heads():
                 keras.layers.Activation("softmax", name="predictions")]
     old_dense = keras.layers.Dense(3, activation="softmax", name="predictions")
 
-    assert predict.split_at_classifier(new_head) == ([pool, dropout], logits)
-    assert predict.split_at_classifier([pool, dropout, old_dense]) == ([pool, dropout], old_dense)
+    assert gradcam.split_at_classifier(new_head) == ([pool, dropout], logits)
+    assert gradcam.split_at_classifier([pool, dropout, old_dense]) == ([pool, dropout], old_dense)
 
 
 # ---------------------------------------------------------------- the model
@@ -231,7 +231,7 @@ def tiny_model(num_classes=3, image_size=32):
 
 
 def fake_trained(run_options, model=None, path="model.keras"):
-    return evaluate.TrainedModel(model, path, ("a", "b", "c"), 32, {"options": run_options}, ".")
+    return inference.TrainedModel(model, path, ("a", "b", "c"), 32, {"options": run_options}, ".")
 
 
 @pytest.mark.slow
@@ -246,12 +246,12 @@ def test_tta_averages_the_image_and_its_training_augmented_versions(tmp_path):
     paths = write_class_folder(str(tmp_path / "images"), 0, 5) + write_class_folder(str(tmp_path / "more"), 1, 2)
     trained = fake_trained({"augment": 1, "flip": "horizontal", "translation": 0.2}, model)
 
-    positions, plain, _ = evaluate.predict_files(model, paths, 32, batch_size=4)
-    one = evaluate.test_time_augmentation(trained, 1, seed=7)
-    _, with_one, _ = evaluate.predict_files(model, paths, 32, batch_size=4, tta=one)
-    tta = evaluate.test_time_augmentation(trained, 3, seed=7)
-    _, averaged, _ = evaluate.predict_files(model, paths, 32, batch_size=4, tta=tta)
-    _, averaged_again, _ = evaluate.predict_files(model, paths, 32, batch_size=1, tta=tta)
+    positions, plain, _ = inference.predict_files(model, paths, 32, batch_size=4)
+    one = inference.test_time_augmentation(trained, 1, seed=7)
+    _, with_one, _ = inference.predict_files(model, paths, 32, batch_size=4, tta=one)
+    tta = inference.test_time_augmentation(trained, 3, seed=7)
+    _, averaged, _ = inference.predict_files(model, paths, 32, batch_size=4, tta=tta)
+    _, averaged_again, _ = inference.predict_files(model, paths, 32, batch_size=1, tta=tta)
 
     assert one is None
     np.testing.assert_array_equal(with_one, plain)  # N = 1 is exactly no TTA
@@ -274,10 +274,10 @@ def test_tta_averages_the_image_and_its_training_augmented_versions(tmp_path):
 
 
 def test_tta_refuses_a_model_trained_without_augmentation():
-    with pytest.raises(config.UserError, match="--tta needs a model trained with flips or shifts"):
-        evaluate.test_time_augmentation(fake_trained({"augment": 0}), 4, seed=1)
-    with pytest.raises(config.UserError, match="Received: tta=2"):
-        evaluate.test_time_augmentation(fake_trained({"augment": 1, "flip": "none", "translation": 0}), 2, seed=1)
+    with pytest.raises(errors.UserError, match="--tta needs a model trained with flips or shifts"):
+        inference.test_time_augmentation(fake_trained({"augment": 0}), 4, seed=1)
+    with pytest.raises(errors.UserError, match="Received: tta=2"):
+        inference.test_time_augmentation(fake_trained({"augment": 1, "flip": "none", "translation": 0}), 2, seed=1)
 
 
 @pytest.mark.parametrize("script", ["evaluate", "predict"])

@@ -16,9 +16,11 @@ import pytest
 
 import artifacts
 import compare
-import data_loader
 import evaluate
 import main as main_script
+import errors
+import inference
+import splits
 from conftest import TINY, make_flat_dataset, read_json
 
 BACKBONES = ("mobilenet_v2", "mobilenet_v3_small")
@@ -117,8 +119,8 @@ def test_evaluate_compare_reproduces_the_numbers(several, capsys):
 
 def split_of(data, seed, cache):
     """The split manifest a run with this --seed would save (test 40%)."""
-    index = data_loader.index_dataset(data, val_split=0.2, test_split=0.4, seed=seed, cache_dir=cache)
-    return data_loader.manifest_rows(index)
+    index = splits.index_dataset(data, val_split=0.2, test_split=0.4, seed=seed, cache_dir=cache)
+    return splits.manifest_rows(index)
 
 
 def copy_as_run(folder, artifacts_dir, run_id, manifest, seed):
@@ -146,7 +148,7 @@ def test_runs_split_differently_are_scored_only_on_images_none_of_them_trained_o
     assert expected == (tests[0] | tests[1]) - seen
 
     scored = {}
-    real = evaluate.evaluate_images
+    real = inference.evaluate_images
 
     def spy(trained, images, *args, **kwargs):
         scored[os.path.basename(trained.folder)] = {os.path.relpath(path, data) for path in images.paths}
@@ -189,7 +191,7 @@ def test_runs_with_no_common_test_image_are_refused():
         "a": [row("x/1.png", "x", "test"), row("x/2.png", "x", "train")],
         "b": [row("x/1.png", "x", "train"), row("x/2.png", "x", "test")],
     }
-    with pytest.raises(compare.config.UserError, match="no test image is in every compared run's test split"):
+    with pytest.raises(errors.UserError, match="no test image is in every compared run's test split"):
         compare.common_test_images(manifests)
 
 

@@ -8,7 +8,9 @@ import pytest
 import augment
 import data_loader
 import image_io
-from config import UserError
+import dataset_files
+import splits
+from errors import UserError
 from conftest import make_flat_dataset, make_presplit_dataset, write_class_folder
 
 
@@ -21,7 +23,7 @@ def test_flat_layout_finds_classes_nested_and_uppercase_and_ignores_junk(tmp_pat
     (tmp_path / "data" / "a_class" / "notes.txt").write_text("not an image")
     (tmp_path / "data" / "a_class" / ".secret.png").write_bytes(b"hidden")
 
-    index = data_loader.index_dataset(root, 0.2, 0.2, seed=1)
+    index = splits.index_dataset(root, 0.2, 0.2, seed=1)
 
     assert index.layout == "flat"
     assert index.class_names == ("a_class", "b_class")
@@ -35,29 +37,29 @@ def test_flat_layout_finds_classes_nested_and_uppercase_and_ignores_junk(tmp_pat
 def test_split_is_stratified_disjoint_and_deterministic(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("x", "y", "z"), per_class=20)
 
-    first = data_loader.index_dataset(root, 0.15, 0.25, seed=7)
-    again = data_loader.index_dataset(root, 0.15, 0.25, seed=7)
-    other = data_loader.index_dataset(root, 0.15, 0.25, seed=8)
+    first = splits.index_dataset(root, 0.15, 0.25, seed=7)
+    again = splits.index_dataset(root, 0.15, 0.25, seed=7)
+    other = splits.index_dataset(root, 0.15, 0.25, seed=8)
 
     counts = first.counts()
     for name in ("x", "y", "z"):
         assert counts["val"][name] == 3  # round(20 * 0.15)
         assert counts["test"][name] == 5
         assert counts["train"][name] == 12
-    by_split = {split: {s.path for s in first.samples if s.split == split} for split in data_loader.SPLITS}
+    by_split = {split: {s.path for s in first.samples if s.split == split} for split in dataset_files.SPLITS}
     assert not by_split["train"] & by_split["val"]
     assert not by_split["train"] & by_split["test"]
     assert not by_split["val"] & by_split["test"]
     assert sum(len(paths) for paths in by_split.values()) == 60
-    assert data_loader.manifest_rows(first) == data_loader.manifest_rows(again)
-    assert data_loader.manifest_rows(first) != data_loader.manifest_rows(other)
+    assert splits.manifest_rows(first) == splits.manifest_rows(again)
+    assert splits.manifest_rows(first) != splits.manifest_rows(other)
 
 
 def test_presplit_layout_with_validation_alias(tmp_path):
     root = make_presplit_dataset(tmp_path / "data", classes=("cat", "dog"))
     os.rename(os.path.join(root, "val"), os.path.join(root, "validation"))
 
-    index = data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+    index = splits.index_dataset(root, 0.15, 0.15, seed=0)
 
     assert index.layout == "presplit"
     assert index.notes == ()
@@ -70,7 +72,7 @@ def test_presplit_layout_with_validation_alias(tmp_path):
 def test_presplit_without_val_and_test_carves_them_from_train_and_says_so(tmp_path):
     root = make_presplit_dataset(tmp_path / "data", counts={"train": 20}, splits=("train",))
 
-    index = data_loader.index_dataset(root, 0.2, 0.1, seed=0)
+    index = splits.index_dataset(root, 0.2, 0.1, seed=0)
 
     counts = index.counts()
     assert counts["val"] == {"cat": 4, "dog": 4}
@@ -86,15 +88,15 @@ def test_class_missing_from_a_split_names_class_and_split(tmp_path):
     os.rmdir(os.path.join(root, "test", "owl"))
 
     with pytest.raises(UserError, match=r"class 'owl' has no images in the test split \(2 vs 3 classes\)"):
-        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+        splits.index_dataset(root, 0.15, 0.15, seed=0)
 
 
 def test_too_few_classes_and_missing_folder(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("only",), per_class=5)
     with pytest.raises(UserError, match="at least 2"):
-        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+        splits.index_dataset(root, 0.15, 0.15, seed=0)
     with pytest.raises(UserError, match="not a folder"):
-        data_loader.index_dataset(str(tmp_path / "nope"), 0.15, 0.15, seed=0)
+        splits.index_dataset(str(tmp_path / "nope"), 0.15, 0.15, seed=0)
 
 
 def test_class_too_small_for_every_split_is_named(tmp_path):
@@ -102,7 +104,7 @@ def test_class_too_small_for_every_split_is_named(tmp_path):
     for name in sorted(os.listdir(os.path.join(root, "tiny")))[2:]:
         os.remove(os.path.join(root, "tiny", name))
     with pytest.raises(UserError, match="class 'tiny' has 2 image"):
-        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+        splits.index_dataset(root, 0.15, 0.15, seed=0)
 
 
 # ---------------------------------------------------------------- layouts real downloads have
@@ -124,7 +126,7 @@ def test_split_folders_match_in_any_case_with_aliases(tmp_path, names):
         for number, name in enumerate(("glioma", "meningioma")):
             write_class_folder(root / folder / name, number, counts[split], start=100 * len(split))
 
-    index = data_loader.index_dataset(str(root), 0.2, 0.2, seed=0)
+    index = splits.index_dataset(str(root), 0.2, 0.2, seed=0)
 
     assert index.layout == "presplit" and index.class_names == ("glioma", "meningioma")
     table = index.counts()
@@ -147,7 +149,7 @@ def test_two_folders_for_one_split_are_refused(tmp_path):
     make_presplit_dataset(tmp_path / "data", splits=("val",), counts={"val": 2})
 
     with pytest.raises(UserError, match=r"two folders are the val split: Validation/ and val/"):
-        data_loader.index_dataset(root, 0.15, 0.15, seed=0)
+        splits.index_dataset(root, 0.15, 0.15, seed=0)
 
 
 @pytest.mark.parametrize("inner", ["brain_tumor", "archive/brain_tumor"])
@@ -158,7 +160,7 @@ def test_an_unpacked_archive_folder_is_used_and_said(tmp_path, inner):
     (root / ".DS_Store").write_bytes(b"junk")
     (root / "README.txt").write_text("from kaggle")
 
-    index = data_loader.index_dataset(str(root), 0.15, 0.15, seed=0)
+    index = splits.index_dataset(str(root), 0.15, 0.15, seed=0)
 
     assert index.layout == "presplit" and index.class_names == ("glioma", "pituitary")
     assert len(index.samples) == 2 * (8 + 3 + 3)
@@ -170,7 +172,7 @@ def test_an_unpacked_archive_folder_is_used_and_said(tmp_path, inner):
 def test_an_unpacked_flat_archive_and_a_single_class_folder(tmp_path):
     flat = tmp_path / "flowers_zip"
     make_flat_dataset(flat / "flowers", classes=("daisy", "rose"), per_class=6)
-    index = data_loader.index_dataset(str(flat), 0.2, 0.2, seed=0)
+    index = splits.index_dataset(str(flat), 0.2, 0.2, seed=0)
     assert index.layout == "flat" and index.class_names == ("daisy", "rose")
     assert "flowers/" in index.notes[0]
 
@@ -178,7 +180,7 @@ def test_an_unpacked_flat_archive_and_a_single_class_folder(tmp_path):
     single = tmp_path / "single"
     make_flat_dataset(single, classes=("cats",), per_class=6)
     with pytest.raises(UserError, match=r"at least 2 classes .* found 1 \(cats\)"):
-        data_loader.index_dataset(str(single), 0.2, 0.2, seed=0)
+        splits.index_dataset(str(single), 0.2, 0.2, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +193,7 @@ def test_class_folders_holding_the_same_subfolders_are_warned_about(tmp_path, su
         for offset, subfolder in enumerate(subfolders):
             write_class_folder(root / name / subfolder, number, 5, start=10 * offset)
 
-    index = data_loader.index_dataset(str(root), 0.2, 0.2, seed=0)
+    index = splits.index_dataset(str(root), 0.2, 0.2, seed=0)
 
     assert index.layout == "flat" and index.class_names == ("a", "b")
     (warning,) = [warning for warning in index.warnings if "same subfolders" in warning]
@@ -206,7 +208,7 @@ def test_classes_with_different_or_single_subfolders_are_not_warned_about(tmp_pa
     write_class_folder(root / "b" / "z", 1, 5, start=10)
     write_class_folder(root / "c" / "images", 0, 5)
     write_class_folder(root / "d" / "images", 1, 5)
-    index = data_loader.index_dataset(str(root), 0.2, 0.2, seed=0)
+    index = splits.index_dataset(str(root), 0.2, 0.2, seed=0)
     assert not [warning for warning in index.warnings if "same subfolders" in warning]
 
 
@@ -218,7 +220,7 @@ def test_a_link_back_up_the_tree_pulls_no_other_class_in(tmp_path):
     write_class_folder(os.path.join(tmp_path, "elsewhere", "more"), 1, 2, start=50)
     os.symlink(os.path.join(tmp_path, "elsewhere"), os.path.join(root, "b", "linked"))
 
-    index = data_loader.index_dataset(root, 0.2, 0.2, seed=0)
+    index = splits.index_dataset(root, 0.2, 0.2, seed=0)
 
     assert index.class_names == ("a", "b")
     labels = {sample.path: sample.label for sample in index.samples}
@@ -239,7 +241,7 @@ def _collect(dataset):
 
 def test_dataset_shapes_dtype_labels_and_every_image_once(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=10)
-    index = data_loader.index_dataset(root, 0.2, 0.2, seed=0)
+    index = splits.index_dataset(root, 0.2, 0.2, seed=0)
     paths, labels = index.split("train")
     assert len(paths) == 18
 
@@ -260,7 +262,7 @@ def test_dataset_shapes_dtype_labels_and_every_image_once(tmp_path):
 
 def test_training_shuffles_each_epoch_reproducibly_and_eval_keeps_order(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=20)
-    paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
+    paths, labels = splits.index_dataset(root, 0.2, 0.2, seed=0).split("train")
 
     def epoch_orders(dataset, epochs=2):
         return [np.concatenate([batch_labels.numpy() for _, batch_labels in dataset]).tolist() for _ in range(epochs)]
@@ -279,12 +281,12 @@ def test_training_shuffles_each_epoch_reproducibly_and_eval_keeps_order(tmp_path
 
 def test_augmentation_only_on_training_batches(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=10)
-    paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
+    paths, labels = splits.index_dataset(root, 0.2, 0.2, seed=0).split("train")
     strengths = augment.AugmentConfig(flip="both", rotation=30, zoom=0.2, translation=0.1, contrast=0.3)
 
     plain, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=False))
-    evaluated, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=False, augment=strengths))
-    augmented, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=True, augment=strengths, seed=5))
+    evaluated, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=False, augmentation=strengths))
+    augmented, _ = _collect(data_loader.make_dataset(paths, labels, 32, 4, training=True, augmentation=strengths, seed=5))
 
     assert all(np.array_equal(a, b) for a, b in zip(plain, evaluated))
     plain_set = {image.tobytes() for batch in plain for image in batch}
@@ -338,11 +340,11 @@ def test_decodes_grayscale_rgba_bmp_and_gif_to_rgb(tmp_path):
 
 def test_cached_pipeline_matches_streaming_every_epoch(tmp_path):
     root = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=12)
-    paths, labels = data_loader.index_dataset(root, 0.2, 0.2, seed=0).split("train")
+    paths, labels = splits.index_dataset(root, 0.2, 0.2, seed=0).split("train")
     strengths = augment.AugmentConfig()
 
     def epochs(cache):
-        dataset = data_loader.make_dataset(paths, labels, 32, 5, training=True, augment=strengths, seed=4, cache=cache)
+        dataset = data_loader.make_dataset(paths, labels, 32, 5, training=True, augmentation=strengths, seed=4, cache=cache)
         return [[(images.numpy(), batch_labels.numpy()) for images, batch_labels in dataset] for _ in range(3)]
 
     streamed, cached = epochs(False), epochs(True)

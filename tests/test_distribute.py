@@ -14,11 +14,14 @@ import time
 import numpy as np
 import pytest
 
-import data_loader
 import export
 import main as main_script
 import train_utils
-from config import UserError
+import config
+import devices
+import multiworker
+import splits
+from errors import UserError
 from conftest import ROOT, TINY, make_flat_dataset, read_json
 
 # ---------------------------------------------------------------- TF_CONFIG
@@ -30,11 +33,11 @@ def tf_config(cluster, task_type="worker", index=0):
 
 def test_tf_config_places_this_process_among_the_workers():
     workers = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
-    first = train_utils.cluster_from_environment(tf_config(workers, "worker", 0))
-    second = train_utils.cluster_from_environment(tf_config(workers, "worker", 1))
+    first = multiworker.cluster_from_environment(tf_config(workers, "worker", 0))
+    second = multiworker.cluster_from_environment(tf_config(workers, "worker", 1))
     with_chief = {"chief": ["10.0.0.9:2222"], **workers}
-    chief = train_utils.cluster_from_environment(tf_config(with_chief, "chief", 0))
-    last = train_utils.cluster_from_environment(tf_config(with_chief, "worker", 1))
+    chief = multiworker.cluster_from_environment(tf_config(with_chief, "chief", 0))
+    last = multiworker.cluster_from_environment(tf_config(with_chief, "worker", 1))
 
     assert (first.num_workers, first.worker_index, first.is_chief) == (2, 0, True)
     assert (second.worker_index, second.is_chief, second.name) == (1, False, "worker 1")
@@ -42,8 +45,8 @@ def test_tf_config_places_this_process_among_the_workers():
     assert chief.is_chief and chief.addresses == ("10.0.0.9:2222", "10.0.0.1:2222", "10.0.0.2:2222")
     assert (last.worker_index, last.is_chief) == (2, False)
     # No TF_CONFIG, or one worker: one machine, model.fit's path.
-    assert train_utils.cluster_from_environment({}) is None
-    assert train_utils.cluster_from_environment(tf_config({"worker": ["localhost:1"]})) is None
+    assert multiworker.cluster_from_environment({}) is None
+    assert multiworker.cluster_from_environment(tf_config({"worker": ["localhost:1"]})) is None
 
 
 @pytest.mark.parametrize(
@@ -58,7 +61,7 @@ def test_tf_config_places_this_process_among_the_workers():
 )
 def test_a_tf_config_we_cannot_train_with_is_one_clear_error(environment, message):
     with pytest.raises(UserError, match=message):
-        train_utils.cluster_from_environment(environment)
+        multiworker.cluster_from_environment(environment)
 
 
 def test_the_device_line_names_strategy_workers_replicas_and_global_batch():
@@ -66,10 +69,10 @@ def test_the_device_line_names_strategy_workers_replicas_and_global_batch():
         num_replicas_in_sync = 4
 
     class Workers:
-        cluster = train_utils.Cluster("worker", 1, 1, ("a:1", "b:1"))
+        cluster = multiworker.Cluster("worker", 1, 1, ("a:1", "b:1"))
 
-    several = train_utils.DeviceSetup(Strategy(), 2, True, True, Workers())
-    one = train_utils.DeviceSetup(type("Default", (), {"num_replicas_in_sync": 1})(), 0, False, False)
+    several = devices.DeviceSetup(Strategy(), 2, True, True, Workers())
+    one = devices.DeviceSetup(type("Default", (), {"num_replicas_in_sync": 1})(), 0, False, False)
 
     assert several.describe(16) == (
         "MultiWorkerMirroredStrategy, 2 workers x 2 replica(s) = 4 replicas, this is worker 1 "
@@ -79,81 +82,75 @@ def test_the_device_line_names_strategy_workers_replicas_and_global_batch():
     assert not several.is_chief and one.is_chief and one.num_workers == 1
 
 
-# ---------------------------------------------------------------- the loop's rules
+# ---------------------------------------------------------------- the loop drives Keras' callbacks
 
 
-def keras_rules(values, patience):
-    """What Keras' ReduceLROnPlateau and EarlyStopping (as phase_callbacks
-    sets them up) do with a sequence of val_loss values: per epoch, the
-    learning rate afterwards and whether training stops."""
+class OneWorker:
+    """Workers of a one-process "cluster": the collectives are the identity."""
+
+    cluster = multiworker.Cluster("worker", 0, 0, ("localhost:1",))
+
+    def exchange(self, value):
+        return [value]
+
+    def average(self, variables):
+        pass
+
+
+def constant_loss_run(tmp_path, name, fit_with):
+    """Trains a tiny model whose loss cannot change (its trainable weights
+    reach the output multiplied by 0) through train_utils.train, with
+    model.fit or the worker loop; returns the history rows."""
     import keras
+    import tensorflow as tf
 
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    reduce = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, patience // 2), min_lr=1e-7)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    seen = []
-    for callback in (reduce, stop):
-        callback.set_model(model)
-        callback.on_train_begin()
-    for epoch, value in enumerate(values):
-        reduce.on_epoch_end(epoch, {"val_loss": value})
-        stop.on_epoch_end(epoch, {"val_loss": value})
-        seen.append((float(model.optimizer.learning_rate), bool(model.stop_training)))
-        if model.stop_training:
-            break
-    return seen, stop.best_epoch
-
-
-def our_rules(values, patience):
-    plateau = train_utils.Plateau(patience, max(1, patience // 2))
-    rate, seen = 1e-3, []
-    for epoch, value in enumerate(values):
-        _, new_rate, stop = plateau.update(epoch, value, rate)
-        rate = rate if new_rate is None else new_rate
-        seen.append((rate, stop))
-        if stop:
-            break
-    return seen, plateau.best_epoch
-
-
-@pytest.mark.parametrize(
-    "values, patience",
-    [
-        ([1.0, 0.9, 0.8, 0.85, 0.86, 0.87, 0.88, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75], 4),
-        ([1.0, 0.99995, 0.9999, 0.99985, 1.1, 0.5, 0.50005, 0.6, 0.7, 0.8], 2),  # below min_delta
-        ([float("nan"), 1.0, 0.9, 0.95, 0.97], 3),  # a NaN first epoch is "best"
-        ([2.0, 1.0] + [1.5] * 30, 40),  # the learning rate bottoms out at min_lr
-    ],
-)
-def test_plateau_follows_keras_reduce_lr_and_early_stopping(values, patience):
-    theirs, their_best = keras_rules(values, patience)
-    ours, our_best = our_rules(values, patience)
-
-    assert len(ours) == len(theirs)
-    assert [stop for _, stop in ours] == [stop for _, stop in theirs]
-    np.testing.assert_allclose([rate for rate, _ in ours], [rate for rate, _ in theirs], rtol=1e-6)
-    assert our_best == their_best
+    keras.utils.set_random_seed(3)
+    images = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(12, dtype=np.int32) % 2
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    features = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    frozen = keras.layers.Dense(2, trainable=False)(features)
+    learning = keras.layers.Rescaling(0.0)(keras.layers.Dense(2)(features))
+    outputs = keras.layers.Softmax()(keras.layers.Add()([frozen, learning]))
+    model = keras.Model(inputs, outputs)
+    folder = tmp_path / name
+    plan = train_utils.TrainPlan(
+        epochs=12, fine_tune_epochs=0, fine_tune_layers=1, learning_rate=1e-3, patience=4, pretrained=False,
+        jit_compile=False, best_model_path=str(folder / "best.keras"), history_path=str(folder / "history.csv"),
+        resume_folder=str(folder / "resume"), stamp=name,
+    )
+    folder.mkdir()
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    if fit_with == "model.fit":
+        train_utils.train(model, dataset, dataset, plan)
+    else:
+        setup = devices.DeviceSetup(tf.distribute.get_strategy(), 0, False, False, OneWorker())
+        data = multiworker.WorkerData(dataset.repeat(), 3, 4)
+        once = multiworker.WorkerData(dataset, 3, 4)
+        train_utils.train(model, data, once, plan, machine=multiworker.WorkerMachine(setup))
+    with open(folder / "history.csv", newline="") as handle:
+        return list(csv.reader(handle))
 
 
-def test_history_rows_have_csvloggers_columns(tmp_path):
-    import keras
+def test_the_worker_loop_drives_keras_callbacks_as_model_fit_does(tmp_path):
+    fit = constant_loss_run(tmp_path, "fit", "model.fit")
+    loop = constant_loss_run(tmp_path, "loop", "worker loop")
 
-    logs = {"val_loss": 0.5, "loss": 0.7, "learning_rate": 0.001, "accuracy": 0.6, "val_accuracy": 0.8}
-    logger = keras.callbacks.CSVLogger(str(tmp_path / "keras.csv"))
-    logger.on_train_begin()
-    logger.on_epoch_end(0, dict(logs))
-    logger.on_train_end()
-
-    train_utils.append_history(str(tmp_path / "ours.csv"), 0, logs)
-    train_utils.append_history(str(tmp_path / "ours.csv"), 1, {**logs, "loss": 0.6})
-
-    with open(tmp_path / "keras.csv", newline="") as theirs, open(tmp_path / "ours.csv", newline="") as ours:
-        keras_rows, our_rows = list(csv.reader(theirs)), list(csv.reader(ours))
-    assert our_rows[0] == keras_rows[0] == list(train_utils.HISTORY_COLUMNS)
-    assert [float(value) for value in our_rows[1]] == [float(value) for value in keras_rows[1]]
-    assert our_rows[2][0] == "1" and float(our_rows[2][3]) == 0.6
-    assert train_utils.read_history(str(tmp_path / "ours.csv"))["epoch"].tolist() == [0, 1]
+    # The same columns (CSVLogger's), the same epochs before EarlyStopping
+    # (patience 4 from the first epoch), the learning rate cut by
+    # ReduceLROnPlateau at the same epochs, and the same losses.
+    assert loop[0] == fit[0] == ["epoch", "accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
+    assert len(loop) == len(fit) == 1 + 5
+    column = fit[0].index
+    for ours, theirs in zip(loop[1:], fit[1:]):
+        assert ours[0] == theirs[0]
+        assert float(ours[column("learning_rate")]) == pytest.approx(float(theirs[column("learning_rate")]))
+        for name in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            assert float(ours[column(name)]) == pytest.approx(float(theirs[column(name)]), rel=1e-5)
+    rates = [float(row[column("learning_rate")]) for row in fit[1:]]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(2e-4)
+    # ModelCheckpoint kept the first epoch's model, moved into place.
+    assert (tmp_path / "loop" / "best.keras").is_file() and not (tmp_path / "loop" / ".best.saving.keras").exists()
 
 
 # ---------------------------------------------------------------- each worker's share
@@ -173,10 +170,10 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
     import tensorflow as tf
 
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=5)
-    paths, labels = data_loader.index_dataset(data, 0.2, 0.2, seed=1).split("train")  # 9 files
-    steps = train_utils.worker_steps(len(paths), 2, global_batch_size=4)
+    paths, labels = splits.index_dataset(data, 0.2, 0.2, seed=1).split("train")  # 9 files
+    steps = multiworker.worker_steps(len(paths), 2, global_batch_size=4)
 
-    validation = train_utils.worker_dataset_fn(paths, labels, 32, global_batch_size=4)
+    validation = multiworker.worker_dataset_fn(paths, labels, 32, global_batch_size=4)
     shares = [worker_batches(validation, worker, 2) for worker in range(2)]
 
     # Validation: worker i gets files i, i+2, ... (5 and 4 files), each read
@@ -193,7 +190,7 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
 
     # Training: each worker repeats its own share endlessly, in full
     # batches, every pass a new permutation of it.
-    training = train_utils.worker_dataset_fn(paths, labels, 32, global_batch_size=4, training=True)
+    training = multiworker.worker_dataset_fn(paths, labels, 32, global_batch_size=4, training=True)
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
     seen = np.concatenate([batch.numpy() for _, batch in training(context).take(4 * steps)])
     share = sorted(labels[1::2].tolist())
@@ -202,14 +199,14 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
 
 
 def test_workers_take_the_chiefs_options_and_keep_their_own_paths():
-    chief = main_script.main_options(main_script.parse_arguments(["--image_dir", "/chief/data", "--epochs", "7", "--seed", "3"]))
+    chief = config.saved_options(main_script.parse_arguments(["--image_dir", "/chief/data", "--epochs", "7", "--seed", "3"]))
     mine = main_script.parse_arguments(["--image_dir", "/here/data", "--rows", "1"])
 
-    options = main_script.worker_options(mine, {"image_dir": "/here/data", "rows": 1}, chief)
+    options = multiworker.worker_options(mine, {"image_dir": "/here/data", "rows": 1}, chief)
 
     assert options.image_dir == "/here/data" and options.epochs == 7 and options.seed == 3
     with pytest.raises(UserError, match="the chief has epochs=7.*Received: epochs=5"):
-        main_script.worker_options(mine, {"epochs": 5}, chief)
+        multiworker.worker_options(mine, {"epochs": 5}, chief)
 
 
 # ---------------------------------------------------------------- worker processes

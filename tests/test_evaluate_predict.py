@@ -11,6 +11,7 @@ import evaluate
 import main as main_script
 import predict
 import visualize
+import gradcam
 from conftest import make_flat_dataset, read_json, write_class_folder
 
 CLASSES = ("alpha", "beta", "gamma")
@@ -226,14 +227,15 @@ def test_rows_or_cols_below_one_exit_2(script, option, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_gradcam_heatmap_has_the_image_size_and_values_in_0_1():
-    from model_builder import BACKBONES, build_classifier
+    from backbones import BACKBONES
+    from model_builder import build_classifier
 
     model = build_classifier(num_classes=3, image_size=64, alpha=0.35, weights="none")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     layer = BACKBONES["mobilenet_v2"]["last_conv_layer"]
 
-    heatmaps = predict.gradcam_heatmaps(model, images, [0, 1, 2], layer)
+    heatmaps = gradcam.gradcam_heatmaps(model, images, [0, 1, 2], layer)
 
     assert heatmaps.shape == (3, 64, 64) and heatmaps.dtype == np.float32
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1

@@ -16,6 +16,7 @@ import evaluate
 import export
 import main as main_script
 import predict
+import errors
 from conftest import TINY, make_flat_dataset, read_json
 
 CLASSES = ("alpha", "beta", "gamma")
@@ -370,14 +371,14 @@ def test_parity_rule_at_its_thresholds():
     reference = np.array([[0.7, 0.2, 0.1]] * 1000)
     labels = np.zeros(1000, int)
 
-    close = export.compare(reference + [[-1e-4, 1e-4, 0]], reference, labels)
+    close = export.agreement(reference + [[-1e-4, 1e-4, 0]], reference, labels)
     assert close.top1_agreement == 1 and export.parity(close, quantized=False) == "passed"
-    off = export.compare(reference + [[-2e-4, 2e-4, 0]], reference, labels)
+    off = export.agreement(reference + [[-2e-4, 2e-4, 0]], reference, labels)
     assert export.parity(off, quantized=False) == "failed"
     assert export.parity(off, quantized=True) == "not judged"
     flipped = reference.copy()
     flipped[:2] = [0.2, 0.7, 0.1]  # 2 of 1000 top-1 classes differ: 99.8% < 99.9%
-    comparison = export.compare(flipped, reference, labels)
+    comparison = export.agreement(flipped, reference, labels)
     assert comparison.top1_agreement == 0.998 and comparison.accuracy == 0.998
     assert export.parity(comparison, quantized=False) == "failed"
 
@@ -439,7 +440,7 @@ def test_a_folder_that_is_not_ours_is_never_replaced(tmp_path):
     (tmp_path / "saved_model").mkdir()
     (tmp_path / "saved_model" / "notes.txt").write_text("mine")
 
-    with pytest.raises(export.config.UserError, match="is not a SavedModel"):
+    with pytest.raises(errors.UserError, match="is not a SavedModel"):
         export.check_replaceable(str(tmp_path / "saved_model"))
     export.check_replaceable(str(tmp_path / "elsewhere"))  # nothing there: fine
 

@@ -12,6 +12,8 @@ import pytest
 
 import image_io
 import main as main_script
+import demo
+import errors
 from conftest import ROOT, TINY, TINY_MODEL, make_flat_dataset, make_presplit_dataset, read_json
 
 
@@ -252,19 +254,19 @@ def test_resume_in_the_fine_tuning_phase_keeps_its_lower_learning_rate(workdir, 
 def test_demo_dataset_is_written_once_as_png_class_folders(tmp_path, capsys):
     folder = str(tmp_path / "data" / "demo_digits")
 
-    assert main_script.write_demo_dataset(folder) == folder
+    assert demo.write_demo_dataset(folder) == folder
 
     classes = sorted(name for name in os.listdir(folder) if not name.startswith("."))
     assert classes == [str(digit) for digit in range(10)]
     assert sum(len(os.listdir(os.path.join(folder, name))) for name in classes) == 1797
     assert not [name for name in os.listdir(tmp_path / "data") if name.startswith(".demo-")]
     stamp = os.path.getmtime(os.path.join(folder, "0", "0000.png"))
-    main_script.write_demo_dataset(folder)  # complete: left as it is
+    demo.write_demo_dataset(folder)  # complete: left as it is
     assert os.path.getmtime(os.path.join(folder, "0", "0000.png")) == stamp
 
     unfinished = tmp_path / "other" / "demo_digits"
     unfinished.mkdir(parents=True)
     (unfinished / "mine.txt").write_text("not ours")
-    with pytest.raises(main_script.config.UserError, match="not a complete demo dataset"):
-        main_script.write_demo_dataset(str(unfinished))
+    with pytest.raises(errors.UserError, match="not a complete demo dataset"):
+        demo.write_demo_dataset(str(unfinished))
     assert (unfinished / "mine.txt").read_text() == "not ours"

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 import data_loader
-import evaluate
 import model_builder
 import train_utils
-from config import UserError
+import inference
+import splits
+from errors import UserError
 from conftest import make_digit_folder
 
 
@@ -120,7 +121,7 @@ def _train_from_scratch(index, tmp_path, momentum):
         resume_folder=str(tmp_path / f"resume-{momentum}"),
     )
     train_utils.train(model, train, val, plan, {"stamp": "test", "history_path": plan.history_path})
-    probabilities, true_labels = evaluate.predict_batches(model, val)
+    probabilities, true_labels = inference.predict_batches(model, val)
     return float(np.mean(probabilities.argmax(axis=1) == true_labels))
 
 
@@ -131,7 +132,7 @@ def test_from_scratch_really_learns_where_keras_default_batchnorm_stays_at_chanc
     validation stays at chance (0.2); ours must learn. The same seed gives
     different numbers on different machines: 14 epochs reached 0.87 on one
     and 0.73 on another, where 20 epochs reach 0.85 (Keras' default: 0.2)."""
-    index = data_loader.index_dataset(make_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
+    index = splits.index_dataset(make_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
 
     ours = _train_from_scratch(index, tmp_path, momentum=None)
     keras_default = _train_from_scratch(index, tmp_path, momentum=0.999)

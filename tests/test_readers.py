@@ -11,6 +11,9 @@ import pytest
 import audit
 import config
 import data_loader
+import errors
+import inspect_dataset
+import splits
 from conftest import ROOT, TINY, class_image
 
 
@@ -50,7 +53,7 @@ def test_readme_npy_reader_is_used_by_the_audit(npy_dataset, tmp_path, capsys):
         str(tmp_path / "art"),
         "--json",
     ]
-    assert data_loader.main(arguments + ["--reader", npy_dataset["spec"]]) == 0
+    assert inspect_dataset.main(arguments + ["--reader", npy_dataset["spec"]]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["classes"] == ["a", "b"]
     assert sum(sum(counts.values()) for counts in summary["splits"].values()) == 17
@@ -58,14 +61,14 @@ def test_readme_npy_reader_is_used_by_the_audit(npy_dataset, tmp_path, capsys):
     assert summary["skipped"][0]["reason"].startswith("reader failed (")
     assert "read_npy" in summary["skipped"][0]["reason"]
     # Without the reader, .npy files are not images: ignored, and counted.
-    assert data_loader.main(arguments) == 2
+    assert inspect_dataset.main(arguments) == 2
     assert "need at least 2 classes" in capsys.readouterr().err
 
 
 def test_readers_run_inside_the_pipeline(npy_dataset):
     ((extension, read_npy),) = config.load_readers([npy_dataset["spec"]]).items()
     assert extension == ".npy"
-    index = data_loader.index_dataset(npy_dataset["root"], 0.2, 0.2, 1, readers={"npy": read_npy})
+    index = splits.index_dataset(npy_dataset["root"], 0.2, 0.2, 1, readers={"npy": read_npy})
     assert index.audit["decoders"] == {".npy": 16, "native": 1}
     paths = [os.path.join(index.root, sample.path) for sample in index.samples]
     labels = np.arange(len(paths))
@@ -98,9 +101,9 @@ def test_a_reader_must_return_uint8_images(tmp_path):
             np.save(root / name / f"{number}.npy", np.full((4, 4), offset + number, np.float64))
 
     def index_with(reader):
-        return data_loader.index_dataset(str(root), 0.2, 0.2, 1, readers={".npy": reader})
+        return splits.index_dataset(str(root), 0.2, 0.2, 1, readers={".npy": reader})
 
-    with pytest.raises(config.UserError, match="need at least 2 classes"):
+    with pytest.raises(errors.UserError, match="need at least 2 classes"):
         index_with(np.load)  # float64: every file skipped, no class left
     (check,), _ = audit.audit_files(str(root), ["a/0.npy"], {".npy": np.load})
     assert not check.usable and "returned dtype float64, expected uint8" in check.reason
@@ -117,9 +120,9 @@ def test_a_reader_must_return_uint8_images(tmp_path):
     ],
 )
 def test_bad_reader_specs_exit_2(npy_dataset, spec, message, capsys):
-    assert data_loader.main(["--image_dir", npy_dataset["root"], "--reader", spec]) == 2
+    assert inspect_dataset.main(["--image_dir", npy_dataset["root"], "--reader", spec]) == 2
     assert message in capsys.readouterr().err
-    with pytest.raises(config.UserError, match="has no function nope"):
+    with pytest.raises(errors.UserError, match="has no function nope"):
         config.load_readers([f"npy={npy_dataset['module']}:nope"])
 
 

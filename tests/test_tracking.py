@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tracking
-from config import UserError
+from errors import UserError
 
 
 def results_file(results, category, name, content=b"data"):

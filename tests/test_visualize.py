@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import classification_report, roc_auc_score
 
-import evaluate
 import train_utils
 import visualize
+import figures
+import metrics
 
 
 def png_size(path):
@@ -52,7 +53,7 @@ def draw_every_figure(folder):
         visualize.GalleryItem(tiny_image(40 * i), NAMES[i % 3], 0.7, NAMES[(i + i // 2) % 3])
         for i in range(5)
     ]
-    matrix = evaluate.confusion_counts(labels, probabilities, len(NAMES))
+    matrix = metrics.confusion_counts(labels, probabilities, len(NAMES))
     return {
         "dataset_distribution": visualize.plot_dataset_distribution(
             counts, NAMES, folder / "d.png", skipped=2
@@ -72,10 +73,10 @@ def draw_every_figure(folder):
             matrix, NAMES, folder / "cn.png", normalize=True
         ),
         "classification_report": visualize.plot_classification_report(
-            evaluate.classification_metrics(labels, probabilities, NAMES), folder / "r.png"
+            metrics.classification_metrics(labels, probabilities, NAMES), folder / "r.png"
         ),
         "roc_auc": visualize.plot_roc_curves(
-            evaluate.roc_analysis(labels, probabilities, NAMES), NAMES, folder / "roc.png"
+            metrics.roc_analysis(labels, probabilities, NAMES), NAMES, folder / "roc.png"
         ),
         "prediction_gallery": visualize.plot_prediction_gallery(items, 2, 3, folder / "p.png"),
         "gradcam": visualize.plot_gradcam(
@@ -136,16 +137,16 @@ def test_gallery_selection_modes():
     true = np.array([0, 0, 0, 1, 1, 1, 2, 2])
     predicted = np.array([0, 1, 0, 1, 0, 1, 2, 2])  # positions 1 and 4 are wrong
 
-    mixed = visualize.gallery_indices(true, predicted, 6, "mixed", seed=0)
+    mixed = figures.gallery_indices(true, predicted, 6, "mixed", seed=0)
     assert sorted(mixed[:2]) == [1, 4] and len(mixed) == 6
     assert all(true[i] == predicted[i] for i in mixed[2:])
     # Mistakes first, but not only mistakes when correct ones exist.
-    many_wrong = visualize.gallery_indices(np.zeros(10, int), np.r_[np.ones(8, int), 0, 0], 4, "mixed", 0)
+    many_wrong = figures.gallery_indices(np.zeros(10, int), np.r_[np.ones(8, int), 0, 0], 4, "mixed", 0)
     assert [int(i >= 8) for i in many_wrong] == [0, 0, 1, 1]
-    assert sorted(visualize.gallery_indices(true, predicted, 6, "misclassified", 0)) == [1, 4]
-    random = visualize.gallery_indices(true, predicted, 5, "random", 0)
-    assert len(set(random)) == 5 and random == visualize.gallery_indices(true, predicted, 5, "random", 0)
-    assert visualize.gallery_indices(None, predicted, 3, "mixed", 0) == [0, 1, 2]
+    assert sorted(figures.gallery_indices(true, predicted, 6, "misclassified", 0)) == [1, 4]
+    random = figures.gallery_indices(true, predicted, 5, "random", 0)
+    assert len(set(random)) == 5 and random == figures.gallery_indices(true, predicted, 5, "random", 0)
+    assert figures.gallery_indices(None, predicted, 3, "mixed", 0) == [0, 1, 2]
 
 
 def test_roc_binary_is_one_curve_matching_scikit_learn(tmp_path):
@@ -154,7 +155,7 @@ def test_roc_binary_is_one_curve_matching_scikit_learn(tmp_path):
     positive = np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.25, 40), 0, 1)
     probabilities = np.stack([1 - positive, positive], axis=1)
 
-    roc = evaluate.roc_analysis(labels, probabilities, ("healthy", "sick"))
+    roc = metrics.roc_analysis(labels, probabilities, ("healthy", "sick"))
 
     assert roc["binary"] and roc["micro"] is None and roc["macro"] is None
     assert roc["per_class"]["sick"]["auc"] == pytest.approx(roc_auc_score(labels, positive))
@@ -166,7 +167,7 @@ def test_roc_multiclass_matches_scikit_learn():
     labels, probabilities = random_predictions(4, per_class=10, strength=1.0)
     names = ("a", "b", "c", "d")
 
-    roc = evaluate.roc_analysis(labels, probabilities, names)
+    roc = metrics.roc_analysis(labels, probabilities, names)
 
     assert roc["macro"]["auc"] == pytest.approx(
         roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
@@ -185,15 +186,15 @@ def test_a_class_absent_from_the_split_is_noted_not_a_crash(tmp_path):
     names = ("a", "b", "c", "never_seen")
     probabilities = np.hstack([probabilities * 0.9, np.full((len(labels), 1), 0.1)])
 
-    metrics = evaluate.evaluation_metrics(labels, probabilities, names)
+    scores = metrics.evaluation_metrics(labels, probabilities, names)
 
-    assert metrics["roc_auc"]["per_class"]["never_seen"] is None
-    assert metrics["roc_auc"]["absent_classes"] == ["never_seen"]
-    assert metrics["roc_auc"]["macro"] is not None
-    assert np.array(metrics["confusion_matrix"]["counts"]).sum() == len(labels)
-    roc = evaluate.roc_analysis(labels, probabilities, names)
+    assert scores["roc_auc"]["per_class"]["never_seen"] is None
+    assert scores["roc_auc"]["absent_classes"] == ["never_seen"]
+    assert scores["roc_auc"]["macro"] is not None
+    assert np.array(scores["confusion_matrix"]["counts"]).sum() == len(labels)
+    roc = metrics.roc_analysis(labels, probabilities, names)
     png_size(visualize.plot_roc_curves(roc, names, tmp_path / "roc.png"))
-    matrix = evaluate.confusion_counts(labels, probabilities, 4)
+    matrix = metrics.confusion_counts(labels, probabilities, 4)
     png_size(visualize.plot_confusion_matrix(matrix, names, tmp_path / "cm.png", normalize=True))
 
 
@@ -202,8 +203,8 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
     predicted = probabilities.argmax(axis=1)
     expected = classification_report(labels, predicted, target_names=NAMES, output_dict=True, zero_division=0)
 
-    metrics = evaluate.classification_metrics(labels, probabilities, NAMES)
-    names, values, supports = visualize.report_rows(metrics)
+    scores = metrics.classification_metrics(labels, probabilities, NAMES)
+    names, values, supports = visualize.report_rows(scores)
 
     assert names == [*NAMES, "accuracy", "macro avg", "weighted avg"]
     for row, name in enumerate(names):
@@ -215,7 +216,7 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
         wanted = [reference["precision"], reference["recall"], reference["f1-score"]]
         assert values[row] == pytest.approx(wanted)
         assert supports[row] == reference["support"]
-    text = evaluate.classification_report_text(labels, probabilities, NAMES)
+    text = metrics.classification_report_text(labels, probabilities, NAMES)
     assert text == classification_report(labels, predicted, target_names=NAMES, digits=4, zero_division=0)
 
 
@@ -225,10 +226,10 @@ def test_confusion_matrix_grows_with_many_classes_and_names_every_class(tmp_path
     labels, probabilities = random_predictions(34, per_class=3)
 
     small = png_size(visualize.plot_confusion_matrix(
-        evaluate.confusion_counts(small_labels, small_probabilities, 5), names[:5], tmp_path / "s.png"
+        metrics.confusion_counts(small_labels, small_probabilities, 5), names[:5], tmp_path / "s.png"
     ))
     large = png_size(visualize.plot_confusion_matrix(
-        evaluate.confusion_counts(labels, probabilities, 34), names, tmp_path / "l.png"
+        metrics.confusion_counts(labels, probabilities, 34), names, tmp_path / "l.png"
     ))
 
     assert large[0] > 2 * small[0] and large[1] > 2 * small[1]

@@ -1,0 +1,248 @@
+"""Which backbones exist and what each expects: the one table of the
+keras.applications families (`BACKBONES`: constructor, preprocessing,
+smallest input, width multiplier, Grad-CAM layer, ImageNet file name) and
+the checks of --backbone, --image_size and --alpha against it.
+
+Imports only errors.py and no TensorFlow, so config.py can check options
+with it before anything heavy starts; model_builder.py builds from it.
+"""
+
+import os
+
+from errors import UserError
+
+# How each family wants its 0-255 RGB pixels (keras.applications'
+# preprocess_input modes, read in Keras' source):
+#   "tf":     x / 127.5 - 1, in [-1, 1]
+#   "caffe":  RGB -> BGR, minus the ImageNet channel means, no scaling
+#   "torch":  x / 255, minus the ImageNet mean, divided by the ImageNet std
+#   "inside": the backbone's own first layers normalize 0-255 pixels
+#             (include_preprocessing, or always for EfficientNet B0); our
+#             layer only casts uint8 to float.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+# Per backbone:
+#   constructor      keras.applications function
+#   module           keras.applications.<module> (its preprocess_input)
+#   preprocessing    one of the modes above
+#   options          extra constructor arguments
+#   min_size         smallest image_size its constructor accepts
+#   alpha            whether --alpha (width multiplier) exists for it
+#   last_conv_layer  Grad-CAM's layer; None: the backbone's output layer,
+#                    whose name Keras numbers per process ("activation_17")
+#   weights_file     the ImageNet file Keras downloads (include_top=False),
+#                    with {alpha} and {size} filled in by keras_cache_hint
+BACKBONES = {
+    "mobilenet_v2": {
+        "constructor": "MobileNetV2",
+        "module": "mobilenet_v2",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 32,
+        "alpha": True,
+        "last_conv_layer": "out_relu",
+        "weights_file": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
+    },
+    "mobilenet_v3_small": {
+        "constructor": "MobileNetV3Small",
+        "module": "mobilenet_v3",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": True,
+        "last_conv_layer": None,
+        "weights_file": "weights_mobilenet_v3_small_224_{alpha}_float_no_top_v2.h5",
+    },
+    "mobilenet_v3_large": {
+        "constructor": "MobileNetV3Large",
+        "module": "mobilenet_v3",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": True,
+        "last_conv_layer": None,
+        "weights_file": "weights_mobilenet_v3_large_224_{alpha}_float_no_top_v2.h5",
+    },
+    "efficientnet_b0": {
+        "constructor": "EfficientNetB0",
+        "module": "efficientnet",
+        "preprocessing": "inside",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "top_activation",
+        "weights_file": "efficientnetb0_notop.h5",
+    },
+    "efficientnetv2_b0": {
+        "constructor": "EfficientNetV2B0",
+        "module": "efficientnet_v2",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "top_activation",
+        "weights_file": "efficientnetv2-b0_notop.h5",
+    },
+    "efficientnetv2_s": {
+        "constructor": "EfficientNetV2S",
+        "module": "efficientnet_v2",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "top_activation",
+        "weights_file": "efficientnetv2-s_notop.h5",
+    },
+    "resnet50": {
+        "constructor": "ResNet50",
+        "module": "resnet50",
+        "preprocessing": "caffe",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "conv5_block3_out",
+        "weights_file": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "resnet50_v2": {
+        "constructor": "ResNet50V2",
+        "module": "resnet_v2",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "post_relu",
+        "weights_file": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "densenet121": {
+        "constructor": "DenseNet121",
+        "module": "densenet",
+        "preprocessing": "torch",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        "last_conv_layer": "relu",
+        "weights_file": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "inception_v3": {
+        "constructor": "InceptionV3",
+        "module": "inception_v3",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 75,
+        "alpha": False,
+        "last_conv_layer": "mixed10",
+        "weights_file": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "xception": {
+        "constructor": "Xception",
+        "module": "xception",
+        "preprocessing": "tf",
+        "options": {},
+        "min_size": 71,
+        "alpha": False,
+        "last_conv_layer": "block14_sepconv2_act",
+        "weights_file": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+    "convnext_tiny": {
+        "constructor": "ConvNeXtTiny",
+        "module": "convnext",
+        "preprocessing": "inside",
+        "options": {"include_preprocessing": True},
+        "min_size": 32,
+        "alpha": False,
+        # The output layer: the LayerNormalization after the last block.
+        "last_conv_layer": None,
+        "weights_file": "convnext_tiny_notop.h5",
+    },
+    "vgg19": {
+        "constructor": "VGG19",
+        "module": "vgg19",
+        "preprocessing": "caffe",
+        "options": {},
+        "min_size": 32,
+        "alpha": False,
+        # The last convolution, before block5_pool: twice the resolution.
+        "last_conv_layer": "block5_conv4",
+        "weights_file": "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    },
+}
+
+ALPHA_BACKBONES = tuple(name for name, family in BACKBONES.items() if family["alpha"])
+
+
+def validate_backbone_options(backbone, image_size, alpha):
+    """Checks the backbone, its smallest input and --alpha.
+
+    Raises UserError (one line) when the backbone is unknown, when
+    `image_size` is below what the backbone accepts, or when `alpha` is not
+    1.0 for a backbone without a width multiplier.
+    """
+    if backbone not in BACKBONES:
+        raise UserError(
+            f"backbone must be one of {', '.join(BACKBONES)}. Received: backbone={backbone}"
+        )
+    family = BACKBONES[backbone]
+    if image_size < family["min_size"]:
+        raise UserError(
+            f"image_size must be at least {family['min_size']} for {backbone} "
+            f"(its smallest input). Received: image_size={image_size}"
+        )
+    if alpha != 1.0 and not family["alpha"]:
+        raise UserError(
+            f"alpha (a width multiplier) exists only for {', '.join(ALPHA_BACKBONES)}; "
+            f"leave it at 1.0 for {backbone}. Received: alpha={alpha}"
+        )
+
+
+def backbone_names(text):
+    """`mobilenet_v2,resnet50` -> ("mobilenet_v2", "resnet50"): the
+    backbones of --backbone, one run each. Raises UserError for an unknown,
+    empty or repeated name."""
+    names = tuple(name.strip() for name in str(text).split(","))
+    for name in names:
+        if name not in BACKBONES:
+            raise UserError(
+                f"backbone must be one of {', '.join(BACKBONES)}, or several of them separated by "
+                f"commas. Received: backbone={text}"
+            )
+    if len(set(names)) != len(names):
+        raise UserError(f"backbone names a backbone twice. Received: backbone={text}")
+    return names
+
+
+def backbone_alpha(backbone, alpha):
+    """The width multiplier `backbone` is built with: `alpha` where it has
+    one, else 1.0 (with several backbones, --alpha applies where it means
+    something)."""
+    return alpha if BACKBONES[backbone]["alpha"] else 1.0
+
+
+def validate_backbone_list(text, image_size, alpha):
+    """Checks --backbone (one name or several) with --image_size and
+    --alpha: each backbone as validate_backbone_options does; with several,
+    an --alpha other than 1.0 must fit at least one of them. Returns the
+    names. Raises UserError."""
+    names = backbone_names(text)
+    if len(names) == 1:
+        validate_backbone_options(names[0], image_size, alpha)
+        return names
+    if alpha != 1.0 and not any(BACKBONES[name]["alpha"] for name in names):
+        raise UserError(
+            f"alpha (a width multiplier) exists only for {', '.join(ALPHA_BACKBONES)}, and none of "
+            f"{', '.join(names)} has one; leave it at 1.0. Received: alpha={alpha}"
+        )
+    for name in names:
+        validate_backbone_options(name, image_size, backbone_alpha(name, alpha))
+    return names
+
+
+def keras_cache_hint(backbone, alpha, image_size):
+    """Where Keras looks for the cached ImageNet weights of `backbone`
+    (include_top=False), for error messages."""
+    cache = os.path.join(os.path.expanduser("~"), ".keras", "models")
+    # MobileNetV2 has files for these sizes and falls back to 224.
+    size = image_size if image_size in (96, 128, 160, 192, 224) else 224
+    name = BACKBONES[backbone]["weights_file"].format(alpha=float(alpha), size=size)
+    return os.path.join(cache, name)

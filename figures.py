@@ -1,0 +1,306 @@
+"""What each figure shows: which images and numbers go into it and what its
+titles say, written under RESULTS_DIR/<category>/<stamp>/.
+
+The dataset's figures take a splits.DatasetIndex; an evaluation's (main.py's
+test stage, evaluate.py, predict.py) take a metrics.Evaluation (true labels,
+probabilities, class names). Each picks its images and subtitles, draws with
+visualize.py (how a figure looks) and returns the PNG's path. Grad-CAM's heat
+comes from gradcam.py.
+"""
+
+import os
+
+import numpy as np
+
+import artifacts
+import augment
+import calibration
+import gradcam
+import image_io
+import model_builder
+import visualize
+
+# The augmentation preview: this many training images, each this many times.
+PREVIEW_IMAGES = 4
+PREVIEW_VERSIONS = 5
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+def render_distribution(index, folder):
+    """Images per class and split, and how many files the audit skipped."""
+    return visualize.plot_dataset_distribution(
+        index.counts(), index.class_names, os.path.join(folder, "dataset_distribution.png"),
+        skipped=len(index.skipped),
+    )
+
+
+def pick_training_images(labels, num_classes, per_class, seed):
+    """Up to `per_class` random training images of each class: a list of
+    index arrays, one per class number."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for number in range(num_classes):
+        members = np.flatnonzero(labels == number)
+        picks.append(np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False)))
+    return picks
+
+
+def training_images(index, image_size, positions):
+    """Training images (by position in the train split) as the model gets
+    them: uint8 tensors, decoded the way the audit chose for each."""
+    paths, _ = index.split("train")
+    decoders = index.decoders("train")
+    return [
+        image_io.load_image(paths[i], image_size, decoder=decoders[i], readers=index.readers)
+        for i in positions
+    ]
+
+
+def render_class_grid(index, image_size, per_class, seed, folder):
+    """`per_class` random training images of each class, as the model gets them."""
+    _, labels = index.split("train")
+    picks = pick_training_images(labels, len(index.class_names), per_class, seed)
+    examples = [
+        (name, [image.numpy() for image in training_images(index, image_size, chosen)])
+        for name, chosen in zip(index.class_names, picks)
+    ]
+    note = f"{per_class} random training images per class, as the model gets them ({image_size} x {image_size} px)"
+    return visualize.plot_class_grid(examples, os.path.join(folder, "class_grid.png"), note=note)
+
+
+def render_augmentation_preview(index, image_size, strengths, seed, folder):
+    """PREVIEW_IMAGES training images (of different classes where there are
+    enough), each then augmented PREVIEW_VERSIONS times by
+    augment.augment_batch with `strengths`: the training pipeline's own code."""
+    import tensorflow as tf
+
+    paths, labels = index.split("train")
+    # Images of different classes (random ones), then any, if too few classes.
+    rng = np.random.default_rng(seed)
+    picks = pick_training_images(labels, len(index.class_names), 1, seed)
+    firsts = [int(chosen[0]) for chosen in picks if len(chosen)]
+    firsts = [firsts[i] for i in rng.permutation(len(firsts))]
+    rest = [int(i) for i in rng.permutation(len(paths)) if i not in firsts]
+    chosen = (firsts + rest)[:PREVIEW_IMAGES]
+    images = tf.stack(training_images(index, image_size, chosen))
+    versions = [
+        augment.augment_batch(images, tf.constant([seed, version], tf.int64), strengths).numpy()
+        for version in range(1, PREVIEW_VERSIONS + 1)
+    ]
+    note = (
+        f"{PREVIEW_VERSIONS} random draws of the training augmentation per image · flip "
+        f"{strengths.flip} · rotation ±{strengths.rotation:g}° · zoom ±{strengths.zoom:.0%} · "
+        f"shift ±{strengths.translation:.0%} · contrast ±{strengths.contrast:.0%}"
+    )
+    return visualize.plot_augmentation_preview(
+        images.numpy(), versions, os.path.join(folder, "augmentation_preview.png"),
+        note=note, row_labels=[index.class_names[labels[i]] for i in chosen],
+    )
+
+
+# ---------------------------------------------------------------- an evaluation
+
+
+def gallery_indices(true_labels, predicted, count, mode, seed):
+    """Which images the gallery shows, at most `count`.
+
+    mixed: mistakes first, then correct ones, about half each when there
+    are enough of both; misclassified: mistakes only; random: any. Within
+    each group the order is a seeded shuffle, so the gallery is not just the
+    first class. With no labels (true_labels None) mixed keeps the given
+    order.
+    """
+    rng = np.random.default_rng(seed)
+    total = len(predicted)
+    if true_labels is None:
+        order = rng.permutation(total) if mode == "random" else np.arange(total)
+        return order[:count].tolist()
+    wrong = np.flatnonzero(np.asarray(true_labels) != np.asarray(predicted))
+    right = np.flatnonzero(np.asarray(true_labels) == np.asarray(predicted))
+    if mode == "random":
+        order = rng.permutation(total)
+    elif mode == "misclassified":
+        order = rng.permutation(wrong)
+    else:
+        num_wrong = min(len(wrong), max(-(-count // 2), count - len(right)))
+        num_right = min(len(right), count - num_wrong)
+        order = np.concatenate([rng.permutation(wrong)[:num_wrong], rng.permutation(right)[:num_right]])
+    return order[:count].astype(int).tolist()
+
+
+def gallery_items(
+    paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None
+):
+    """GalleryItems for the chosen images, read the way training reads them
+    (uint8, original colours)."""
+    items = []
+    for index in indices:
+        image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
+        predicted = int(np.argmax(probabilities[index]))
+        items.append(
+            visualize.GalleryItem(
+                image=image,
+                predicted=class_names[predicted],
+                confidence=float(probabilities[index][predicted]),
+                true=None if true_labels is None else class_names[int(true_labels[index])],
+                caption="" if captions is None else captions[index],
+            )
+        )
+    return items
+
+
+GALLERY_MODES = {
+    "mixed": "mistakes first",
+    "misclassified": "mistakes only",
+    "random": "random sample",
+}
+
+
+def render_gallery(evaluation, rows, cols, mode, seed, folder):
+    """The prediction gallery of an Evaluation; returns (path, indices)."""
+    indices = gallery_indices(evaluation.true_labels, evaluation.predicted, rows * cols, mode, seed)
+    items = gallery_items(
+        evaluation.paths, evaluation.true_labels, evaluation.probabilities,
+        evaluation.class_names, evaluation.image_size, indices, readers=evaluation.readers,
+    )
+    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
+    subtitle = (
+        f"{len(items)} of {len(evaluation.paths)} images ({evaluation.description}), "
+        f"{GALLERY_MODES[mode]} · {wrong} misclassified in all · green: correct, red: wrong"
+    )
+    path = visualize.plot_prediction_gallery(
+        items, rows, cols, os.path.join(folder, "prediction_gallery.png"), subtitle=subtitle
+    )
+    return path, indices
+
+
+def summary_line(evaluation, accuracy=True):
+    """'test split, 42 images · accuracy 95.2%' for figure subtitles."""
+    line = f"{evaluation.description}, {len(evaluation.paths):,} images"
+    if accuracy:
+        line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
+    return line
+
+
+def render_confusion(evaluation, folder):
+    """Counts and row-normalized confusion matrices; returns both paths."""
+    matrix = evaluation.confusion_matrix()
+    return [
+        visualize.plot_confusion_matrix(
+            matrix, evaluation.class_names, os.path.join(folder, name),
+            normalize=normalize, subtitle=summary_line(evaluation),
+        )
+        for name, normalize in (("confusion_matrix.png", False), ("confusion_matrix_normalized.png", True))
+    ]
+
+
+def render_report(evaluation, folder):
+    """The classification report as a heat-table PNG, plus the same report
+    as classification_report.txt (scikit-learn's) and .json; returns the
+    PNG path."""
+    metrics = evaluation.report()
+    confused = evaluation.most_confused()
+    text = evaluation.report_text() + "\nMost confused (true -> predicted, images):\n"
+    text += "".join(f"  {line}\n" for line in calibration.confused_lines(confused))
+    artifacts.write_text(os.path.join(folder, "classification_report.txt"), text)
+    artifacts.write_json(os.path.join(folder, "classification_report.json"), {**metrics, "most_confused": confused})
+    return visualize.plot_classification_report(
+        metrics, os.path.join(folder, "classification_report.png"),
+        subtitle=summary_line(evaluation, accuracy=False),
+    )
+
+
+def render_roc(evaluation, folder):
+    roc = evaluation.roc()
+    return visualize.plot_roc_curves(
+        roc, evaluation.class_names, os.path.join(folder, "roc_auc.png"), subtitle=summary_line(evaluation)
+    )
+
+
+def calibration_note(summary):
+    """What the reliability diagram's subtitle says about temperature."""
+    temperature = summary["temperature"]
+    if temperature is None:
+        return "no temperature scaling (a model saved before it existed)"
+    if temperature == 1.0:
+        return "not calibrated (T = 1)"
+    note = f"temperature T = {temperature:.3g} fitted on the validation split"
+    if summary["ece_uncalibrated"] is not None:
+        note += f" · ECE before it: {summary['ece_uncalibrated']:.1%}"
+    return note
+
+
+def render_reliability(evaluation, folder):
+    """The reliability diagram of an Evaluation; returns the path."""
+    summary = evaluation.calibration()
+    subtitle = (
+        f"{summary_line(evaluation)}\n{calibration_note(summary)}\n"
+        f"Brier {summary['brier']:.3f} · NLL {summary['nll']:.3f} · {summary['bins']} equal-width bins"
+    )
+    if evaluation.tta > 1:
+        subtitle += f" · test-time augmentation: {evaluation.tta} versions averaged"
+    return visualize.plot_reliability_diagram(
+        evaluation.reliability(), summary["ece"], os.path.join(folder, "reliability.png"), subtitle=subtitle
+    )
+
+
+def render_top_losses(evaluation, rows, cols, folder):
+    """The top-losses gallery of an Evaluation (at most rows x cols of its
+    misclassified images); returns the path."""
+    indices = evaluation.top_losses(rows * cols)
+    true_probability = evaluation.probabilities[np.arange(len(evaluation.paths)), evaluation.true_labels]
+    captions = {index: f"p(true) {true_probability[index]:.0%}" for index in indices}
+    items = gallery_items(
+        evaluation.paths, evaluation.true_labels, evaluation.probabilities, evaluation.class_names,
+        evaluation.image_size, indices, captions=captions, readers=evaluation.readers,
+    )
+    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
+    if wrong:
+        subtitle = (
+            f"{len(items)} of {wrong} misclassified images ({evaluation.description}), "
+            "most confident first · p(true): the probability the model gave the true class"
+        )
+    else:
+        subtitle = f"no misclassified images among the {len(evaluation.paths)} ({evaluation.description})"
+    return visualize.plot_top_losses(items, rows, cols, os.path.join(folder, "top_losses.png"), subtitle=subtitle)
+
+
+def render_gradcam(trained, items, rows, cols, folder):
+    """Grad-CAM of the gallery's items for their predicted classes; returns
+    the PNG path."""
+    backbone = trained.run_config.get("backbone", "mobilenet_v2")
+    layer = model_builder.gradcam_layer(trained.model, backbone)
+    images = np.stack([item.image for item in items]) if items else np.zeros((0, 1, 1, 3), np.uint8)
+    class_ids = [trained.class_names.index(item.predicted) for item in items]
+    heatmaps = gradcam.gradcam_heatmaps(trained.model, images, class_ids, layer) if items else []
+    map_height, map_width = gradcam.feature_map_size(trained.model, layer)
+    subtitle = (
+        f"left: the image · right: Grad-CAM for the predicted class on {backbone}'s "
+        f"'{layer}' layer ({map_height}x{map_width} feature map), faint = ignored, deep rose = decisive"
+    )
+    if min(map_height, map_width) < 4:
+        subtitle += f" · coarse at image_size {trained.image_size}: a larger image size localizes better"
+    path = os.path.join(folder, "gradcam.png")
+    return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=subtitle)
+
+
+def render_evaluation(evaluation, results_dir, stamp, rows, cols, gallery, seed):
+    """The confusion matrices, report, ROC, reliability diagram, gallery and
+    top losses of an Evaluation under RESULTS_DIR/<category>/<stamp>/;
+    prints and returns their paths in stage order."""
+
+    def folder(category):
+        return os.path.join(results_dir, category, stamp)
+
+    drawn = render_confusion(evaluation, folder("confusion_matrix"))
+    drawn.append(render_report(evaluation, folder("classification_report")))
+    drawn.append(render_roc(evaluation, folder("roc_auc")))
+    drawn.append(render_reliability(evaluation, folder("calibration")))
+    path, _ = render_gallery(evaluation, rows, cols, gallery, seed, folder("prediction_gallery"))
+    drawn.append(path)
+    drawn.append(render_top_losses(evaluation, rows, cols, folder("top_losses")))
+    for path in drawn:
+        print(f"    figure: {path}")
+    return drawn

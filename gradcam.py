@@ -1,0 +1,88 @@
+"""Where did the model look: Grad-CAM (Selvaraju et al., 2017) heatmaps of
+a classifier built by model_builder.py, for the classes given.
+
+The same function serves predict.py --gradcam 1 and anything else that
+shows one (figures.render_gradcam). It differentiates through the Keras
+model's layers, so it needs the .keras model, not an export.
+"""
+
+import numpy as np
+
+import model_builder
+
+
+def split_at_backbone(model):
+    """(layers before the backbone, the backbone, layers after it) of a
+    classifier built by model_builder (a straight chain of layers)."""
+    import keras
+
+    backbone = model_builder.backbone_of(model)
+    position = model.layers.index(backbone)
+    before = [layer for layer in model.layers[:position] if not isinstance(layer, keras.layers.InputLayer)]
+    return before, backbone, model.layers[position + 1 :]
+
+
+def split_at_classifier(after):
+    """(layers between the backbone and the classifier, the classifier
+    Dense layer) of the layers after the backbone: the classifier is the
+    "logits" Dense (models with a temperature), or the last Dense (older
+    models, whose Dense has the softmax built in)."""
+    import keras
+
+    dense = [position for position, layer in enumerate(after) if isinstance(layer, keras.layers.Dense)]
+    named = [position for position, layer in enumerate(after) if layer.name == model_builder.LOGITS_LAYER]
+    position = (named or dense)[-1]
+    return after[:position], after[position]
+
+
+def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16):
+    """Grad-CAM (Selvaraju et al., 2017) of `class_ids` for uint8 images.
+
+    The class score is the classifier Dense layer's logit, before the
+    temperature and softmax (the softmax saturates near 100% and would
+    flatten the gradients; the temperature only scales them); the
+    heatmap is the ReLU of the feature maps of the backbone's
+    `last_conv_layer` weighted by their mean gradients, scaled to [0, 1]
+    per image and resized to the image (bicubic, clipped to [0, 1]).
+    Returns float32 (N, H, W); all zeros where no feature map pushes
+    towards the class.
+    """
+    import keras
+    import tensorflow as tf
+
+    before, backbone, after = split_at_backbone(model)
+    head, classifier = split_at_classifier(after)
+    conv_model = keras.Model(
+        backbone.inputs, [backbone.get_layer(last_conv_layer).output, backbone.output]
+    )
+    height, width = images.shape[1:3]
+    heatmaps = []
+    for start in range(0, len(images), batch_size):
+        inputs = tf.convert_to_tensor(images[start : start + batch_size])
+        targets = tf.constant(np.asarray(class_ids[start : start + batch_size]), tf.int32)
+        for layer in before:
+            inputs = layer(inputs)
+        with tf.GradientTape() as tape:
+            # Watching the backbone's input records every operation after
+            # it, frozen layers included, so the intermediate feature maps
+            # get gradients.
+            tape.watch(inputs)
+            features, outputs = conv_model(inputs, training=False)
+            for layer in head:
+                outputs = layer(outputs, training=False)
+            logits = tf.matmul(tf.cast(outputs, tf.float32), classifier.kernel) + classifier.bias
+            scores = tf.gather(logits, targets, batch_dims=1)
+        gradients = tf.cast(tape.gradient(scores, features), tf.float32)
+        features = tf.cast(features, tf.float32)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        maps = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
+        peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+        maps = tf.math.divide_no_nan(maps, peak)
+        # Bicubic: bilinear leaves a visible cross at each feature-map cell.
+        maps = tf.image.resize(maps[..., None], [height, width], method="bicubic")[..., 0]
+        heatmaps.append(tf.clip_by_value(maps, 0.0, 1.0).numpy())
+    return np.concatenate(heatmaps).astype(np.float32)
+
+
+def feature_map_size(model, last_conv_layer):
+    return tuple(model_builder.backbone_of(model).get_layer(last_conv_layer).output.shape[1:3])

@@ -1,0 +1,374 @@
+"""How a trained model predicts: loading it with its companions, the images
+it is scored on, the one prediction loop and test-time augmentation.
+
+`load_trained_model` reads a model (.keras, or an export: .onnx, .tflite, a
+SavedModel folder) with the class index, run config and split manifest
+saved beside it, refusing a model and companions of different runs.
+`labelled_images` picks the images to score: the saved split of the folder
+the model was trained on, or every image of any other labelled folder.
+`predict_batches` is the one prediction loop (test-time augmentation
+included) that evaluate.py, predict.py, main.py's test stage, the model
+comparison and calibration all use; `evaluate_images` turns its output
+into a metrics.Evaluation.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+import artifacts
+import audit
+import augment
+import calibration
+import config
+import data_loader
+import dataset_files
+import export
+import image_io
+import metrics
+from errors import UserError
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A saved model and what main.py saved beside it."""
+
+    model: object
+    path: str
+    class_names: tuple
+    image_size: int
+    run_config: dict
+    folder: str  # where the model and its companions are (its run folder)
+
+    @property
+    def temperature(self):
+        """The temperature inside the model (calibration.model_temperature):
+        None for a model saved before temperature scaling existed."""
+        return calibration.model_temperature(self.model)
+
+
+def read_companions(model_path):
+    """(folder, class names, run config) of the model at `model_path`, read
+    from beside it (links resolved: ARTIFACTS_DIR/best_model.keras leads to
+    its run's folder), never from another folder. Refuses a model and
+    companions of different runs: the run config records the model file's
+    sha256 and the class names. Raises UserError."""
+    folder = artifacts.companions_folder(model_path)
+    try:
+        class_names = artifacts.read_class_names(folder)
+        run_config = artifacts.read_run_config(folder)
+    except artifacts.CompanionError as error:
+        raise UserError(
+            f"cannot use the model {model_path}: {error} (main.py saves the companions next "
+            "to the model; keep them together)"
+        ) from None
+    index_file = os.path.join(folder, artifacts.CLASS_INDEX_FILE)
+    config_file = os.path.join(folder, artifacts.RUN_CONFIG_FILE)
+    saved_names = run_config.get("class_names")
+    if saved_names is not None and tuple(saved_names) != class_names:
+        raise UserError(
+            f"{index_file} and {config_file} name different classes: they come from "
+            "different runs"
+        )
+    # The hash is of the .keras file; exports are checked by their parity
+    # report instead (export.py).
+    expected = run_config.get("model_sha256")
+    if expected and os.path.isfile(model_path) and model_path.endswith(".keras") \
+            and artifacts.file_sha256(model_path) != expected:
+        raise UserError(
+            f"the model {model_path} is not the one its companions were saved with "
+            f"({config_file}, run {run_config.get('run', '?')}, records another file hash): "
+            "a model and companions of different runs"
+        )
+    return folder, class_names, run_config
+
+
+def load_trained_model(model_path, image_size=None):
+    """Loads the model at `model_path` with its class index and run config
+    from beside it (`read_companions`). A .keras file loads into Keras; an
+    export (.onnx, .tflite, a SavedModel folder) into an export runner,
+    used the same way. `image_size`, when given, must be the model's.
+    Raises UserError when something is missing or does not match."""
+    if not os.path.exists(model_path):
+        raise UserError(
+            f"no model at {model_path}: train one first with main.py, or pass --model PATH"
+        )
+    if export.model_format(model_path) == "keras" and not model_path.endswith(".keras"):
+        raise UserError(
+            "model must be a .keras file saved by main.py or an export of one (.onnx, "
+            f".tflite, a SavedModel folder). Received: model={model_path}"
+        )
+    folder, class_names, run_config = read_companions(model_path)
+    model = load_model_file(model_path)
+    outputs = model.output_shape[-1]
+    if outputs != len(class_names):
+        raise UserError(
+            f"{os.path.join(folder, artifacts.CLASS_INDEX_FILE)} names {len(class_names)} "
+            f"classes but the model {model_path} predicts {outputs}: they come from different runs"
+        )
+    model_size = int(run_config.get("image_size") or model.input_shape[1])
+    if model.input_shape[1] != model_size:
+        raise UserError(
+            f"the model {model_path} takes {model.input_shape[1]} px images but its "
+            f"{artifacts.RUN_CONFIG_FILE} says {model_size}: they come from different runs"
+        )
+    if image_size not in (None, model_size):
+        raise UserError(
+            f"image_size is fixed by the model ({model_size}); leave it out. "
+            f"Received: image_size={image_size}"
+        )
+    return TrainedModel(model, model_path, class_names, model_size, run_config, folder)
+
+
+def load_model_file(model_path):
+    """A Keras model, or an export runner (export.load_runner) for .onnx,
+    .tflite and SavedModel folders. Raises UserError when it cannot load."""
+    if export.model_format(model_path) != "keras":
+        return export.load_runner(model_path)
+    import keras
+
+    try:
+        # safe_mode (the default) refuses to deserialize arbitrary code.
+        return keras.models.load_model(model_path)
+    except (ValueError, OSError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise UserError(f"could not load the model {model_path}: {reason}") from None
+
+
+# ---------------------------------------------------------------- images
+
+
+def is_training_folder(image_dir, trained):
+    trained_dir = trained.run_config.get("image_dir")
+    return bool(trained_dir) and os.path.realpath(image_dir) == os.path.realpath(trained_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledImages:
+    """Images to evaluate: absolute paths, class numbers of the model's
+    class index, what they are ("test split", "all images") and the files
+    left out while listing them (audit.SkippedFile)."""
+
+    paths: list
+    labels: np.ndarray
+    description: str
+    skipped: tuple = ()
+
+
+def manifest_images(image_dir, split, trained):
+    """(absolute paths, labels) of one split ("all": every split) of the
+    split_manifest.csv saved with the model."""
+    try:
+        rows = artifacts.read_manifest(trained.folder)
+    except artifacts.CompanionError as error:
+        raise UserError(f"cannot use the saved split: {error}") from None
+    class_ids = {name: number for number, name in enumerate(trained.class_names)}
+    chosen = [row for row in rows if split == "all" or row.split == split]
+    paths = [os.path.join(os.path.abspath(image_dir), row.path) for row in chosen]
+    labels = np.array([class_ids[row.label] for row in chosen], dtype=np.int32)
+    return paths, labels
+
+
+def folder_images(image_dir, class_names, labels_csv=None, readers=None):
+    """Every image of a labelled folder (class folders, split folders of
+    class folders, or --labels_csv), listed the way main.py lists them
+    (dataset_files.scan_dataset).
+
+    Returns (absolute paths, labels, skipped). Raises UserError when there
+    is no image or naming classes the model does not know.
+    """
+    root = os.path.abspath(image_dir)
+    scan = dataset_files.scan_dataset(root, labels_csv, readers)
+    for note in scan.notes:
+        print(f"    note: {note}")
+    for warning in scan.warnings:
+        print(f"    warning: {warning}")
+    # TensorFlow takes file names as UTF-8 strings: others are skipped.
+    named = [candidate for candidate in scan.candidates if audit.is_utf8(candidate.path)]
+    scan.skipped += [
+        audit.SkippedFile(image_io.display_path(candidate.path), audit.NOT_UTF8, candidate.label)
+        for candidate in scan.candidates
+        if not audit.is_utf8(candidate.path)
+    ]
+    scan.candidates = named
+    if not scan.candidates:
+        raise UserError(
+            f"no labelled images in {image_dir}: expected class folders or --labels_csv"
+        )
+    unknown = sorted({candidate.label for candidate in scan.candidates} - set(class_names))
+    if unknown:
+        known = ", ".join(class_names[:20]) + (" …" if len(class_names) > 20 else "")
+        raise UserError(
+            f"class(es) not in the model's class index: {', '.join(unknown)} "
+            f"(the model knows: {known})"
+        )
+    class_ids = {name: number for number, name in enumerate(class_names)}
+    paths = [os.path.join(root, candidate.path) for candidate in scan.candidates]
+    labels = np.array([class_ids[candidate.label] for candidate in scan.candidates], dtype=np.int32)
+    return paths, labels, tuple(scan.skipped)
+
+
+def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, readers=None):
+    """The images evaluate.py and predict.py --image_dir use: the saved
+    `split` ("all": every split) of the folder the model was trained on, or
+    every image of any other folder; `classes` keeps only those classes.
+    Returns LabelledImages; raises UserError."""
+    if not os.path.isdir(image_dir):
+        raise UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
+    skipped = ()
+    if is_training_folder(image_dir, trained) and artifacts.has_manifest(trained.folder):
+        # The folder the model was trained on: its saved split, always, so
+        # training images are never scored as test images (also when a
+        # labels CSV is given: the manifest already holds the CSV's labels).
+        if labels_csv:
+            print(f"    note: {image_dir} is the training folder: its saved {split} split is "
+                  "used, and --labels_csv only for folders the model never saw")
+        paths, labels = manifest_images(image_dir, split, trained)
+        description = "all splits" if split == "all" else f"{split} split"
+    else:
+        paths, labels, skipped = folder_images(image_dir, trained.class_names, labels_csv, readers)
+        description = "all images"
+    if classes:
+        unknown = [name for name in classes if name not in trained.class_names]
+        if unknown:
+            raise UserError(
+                f"class(es) not in the model's class index: {', '.join(unknown)}"
+            )
+        wanted = {trained.class_names.index(name) for name in classes}
+        keep = [number for number, label in enumerate(labels) if label in wanted]
+        paths, labels = [paths[i] for i in keep], labels[keep]
+        description += f", classes {', '.join(classes)}"
+    if not paths:
+        raise UserError(f"no images in the {description} of {image_dir}")
+    return LabelledImages(paths, labels, description, skipped)
+
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def predict_batches(model, dataset, versions=1):
+    """The one prediction loop: class probabilities for a dataset of
+    (uint8 images, tags) batches. Tags ride along (true labels, or file
+    positions) so the caller knows what each row is. With `versions` > 1
+    each image comes as a stack of versions, (batch, versions, H, W, 3),
+    and its probabilities are their mean (test-time augmentation). Returns
+    (probabilities (N, classes) float64, tags (N,))."""
+    probabilities, tags = [], []
+    for images, batch_tags in dataset:
+        if versions > 1:
+            flat = np.reshape(images, (-1, *images.shape[2:]))
+            outputs = np.asarray(model.predict_on_batch(flat), dtype=np.float64)
+            outputs = outputs.reshape(len(images), versions, -1).mean(axis=1)
+        else:
+            outputs = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        probabilities.append(outputs)
+        tags.append(np.asarray(batch_tags))
+    if not tags:
+        return np.zeros((0, model.output_shape[-1])), np.zeros(0, int)
+    return np.concatenate(probabilities), np.concatenate(tags)
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TestTimeAugmentation:
+    """--tta N: each image is predicted as itself and N - 1 versions made by
+    the training pipeline's augmentation (augment.augment_batch) with
+    `augment`, and the probabilities are averaged. Version seeds come from
+    `seed` and the image's position, so the same call gives the same
+    versions at any batch size."""
+
+    versions: int
+    augment: object  # augment.AugmentConfig
+    seed: int
+
+    def describe(self):
+        return (
+            f"test-time augmentation: the image and {self.versions - 1} version(s) with flip "
+            f"{self.augment.flip}, shift up to {self.augment.translation:.0%}, probabilities averaged"
+        )
+
+
+def test_time_augmentation(trained, versions, seed):
+    """The TestTimeAugmentation of `versions` for a trained model, or None
+    for 1 (plain prediction). The versions are flipped and shifted as the
+    model's own training run augmented its images (its --flip and
+    --translation; no rotation, zoom or contrast change), so they are
+    transformations it learned to ignore. Raises UserError for a model
+    trained without augmentation."""
+    if versions == 1:
+        return None
+    options = trained.run_config.get("options") or {}
+    flip = options.get("flip", config.DEFAULTS.flip)
+    translation = float(options.get("translation", config.DEFAULTS.translation))
+    if not options.get("augment", config.DEFAULTS.augment) or (flip == "none" and translation == 0):
+        raise UserError(
+            "--tta needs a model trained with flips or shifts (--augment 1): the model "
+            f"{trained.path} never saw augmented images, so their predictions would not "
+            f"average to a better one. Received: tta={versions}"
+        )
+    strengths = augment.AugmentConfig(flip=flip, rotation=0.0, zoom=0.0, translation=translation, contrast=0.0)
+    return TestTimeAugmentation(versions=versions, augment=strengths, seed=seed)
+
+
+
+
+def predict_files(model, paths, image_size, batch_size, readers=None, tta=None):
+    """Class probabilities for image files, skipping unreadable ones.
+
+    Returns (positions of the readable files in `paths`, probabilities
+    (readable, classes) float64, list of unreadable paths). Images are read
+    by data_loader.prediction_dataset, the one decode function of training
+    (custom `readers` included). `tta` (a TestTimeAugmentation, or None)
+    averages each image's probabilities over augmented versions; the model
+    then sees about `batch_size` images per step.
+    """
+    if not paths:
+        return np.zeros(0, int), np.zeros((0, model.output_shape[-1])), []
+    versions = 1 if tta is None else tta.versions
+    dataset = data_loader.prediction_dataset(
+        paths, image_size, batch_size, readers, versions=versions,
+        strengths=None if tta is None else tta.augment, seed=0 if tta is None else tta.seed,
+    )
+    probabilities, positions = predict_batches(model, dataset, versions)
+    unreadable = sorted(set(range(len(paths))) - set(positions.tolist()))
+    return positions, probabilities, [paths[i] for i in unreadable]
+
+
+def evaluate_images(trained, images, batch_size, readers=None, tta=None):
+    """Predicts every readable image of a LabelledImages (averaged over
+    test-time versions with a TestTimeAugmentation `tta`); returns an
+    Evaluation. Raises UserError when none can be read."""
+    positions, probabilities, unreadable = predict_files(
+        trained.model, images.paths, trained.image_size, batch_size, readers, tta
+    )
+    if not len(positions):
+        raise UserError(f"none of the {len(images.paths)} images could be read")
+    return metrics.Evaluation(
+        paths=tuple(images.paths[i] for i in positions),
+        true_labels=np.asarray(images.labels)[positions],
+        probabilities=probabilities,
+        class_names=tuple(trained.class_names),
+        image_size=trained.image_size,
+        description=images.description,
+        skipped=tuple(images.skipped)
+        + tuple(audit.SkippedFile(path, "not a readable image") for path in unreadable),
+        readers=readers,
+        temperature=trained.temperature,
+        tta=1 if tta is None else tta.versions,
+    )
+
+
+def report_skipped(skipped, limit=10):
+    """Prints the skipped files (audit.SkippedFile, the first `limit`)."""
+    if not skipped:
+        return
+    print(f"    skipped {len(skipped)} file(s) that could not be read:")
+    for item in skipped[:limit]:
+        print(f"      {item}")
+    if len(skipped) > limit:
+        print(f"      ... and {len(skipped) - limit} more")

@@ -1,0 +1,67 @@
+"""Inspect a dataset without training: the layout found, the audit of every
+file and the train/val/test split, as main.py would make them.
+
+    python inspect_dataset.py --image_dir DIR            # summary: skipped files, split table, warnings
+    python inspect_dataset.py --image_dir DIR --json     # exactly one JSON object on stdout
+"""
+
+import json
+import os
+import sys
+
+import artifacts
+import audit
+import config
+import errors
+import image_io
+import splits
+from errors import UserError
+
+DESCRIPTION = (
+    "Inspect a dataset without training: layout detection, the audit of every file, "
+    "and the train/val/test split."
+)
+
+
+def build_parser():
+    """inspect_dataset.py's command line (config.build_parser, from the one option table)."""
+    return config.build_parser("inspect", DESCRIPTION)
+
+
+def inspect(argv=None):
+    """Runs the audit and split of `--image_dir` and prints them; returns
+    the splits.DatasetIndex."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    options = config.validate(config.config_from_args(build_parser().parse_args(argv)), "inspect")
+    if not options.image_dir:
+        raise UserError("image_dir is required. Received: image_dir=None")
+    config.check_outside("artifacts_dir", options.artifacts_dir, options.image_dir)
+    cache_dir = artifacts.audit_cache_dir(options.artifacts_dir)
+    index = splits.index_dataset(
+        options.image_dir,
+        val_split=options.val_split,
+        test_split=options.test_split,
+        seed=options.seed,
+        labels_csv=options.labels_csv,
+        classes=options.classes,
+        readers=config.load_readers(options.reader),
+        cache_dir=cache_dir,
+        progress=audit.ProgressLine(),
+    )
+    if options.json:
+        print(json.dumps(audit.inspection_summary(index), ensure_ascii=False))
+        return index
+    print(f"Dataset: {image_io.display_path(index.root)}")
+    for line in audit.summary_lines(index, max_skipped=50, where="--json"):
+        print(f"    {line}")
+    print(f"    audit cache: {audit.audit_cache_path(cache_dir, index.root)}")
+    return index
+
+
+def main(argv=None):
+    """Entry point; returns the exit code (2 for a user mistake)."""
+    return errors.run_cli(inspect, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""How good are a model's predictions: accuracy, loss, the per-class
+report, the confusion matrix, ROC curves and their AUCs, and the
+calibration summary, from true labels and probabilities.
+
+`Evaluation` holds the predictions on labelled images (what inference.py
+produces) and computes everything metrics.json and the figures report.
+Plain NumPy and scikit-learn in, plain values out: nothing here loads a
+model or reads an image.
+"""
+
+import dataclasses
+
+import numpy as np
+
+import calibration
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Predictions on labelled images (unreadable files left out), and the
+    metrics and figures' data computed from them."""
+
+    paths: tuple
+    true_labels: np.ndarray
+    probabilities: np.ndarray
+    class_names: tuple
+    image_size: int
+    description: str
+    skipped: tuple = ()  # audit.SkippedFile
+    readers: dict | None = None
+    temperature: float | None = None  # the model's (None: it has no temperature layer)
+    tta: int = 1  # versions averaged per image (1: no test-time augmentation)
+
+    @property
+    def predicted(self):
+        return self.probabilities.argmax(axis=1)
+
+    def metrics(self):
+        """evaluation_metrics, the calibration summary and the number of
+        test-time versions: what metrics.json holds."""
+        return {
+            **evaluation_metrics(self.true_labels, self.probabilities, self.class_names),
+            "calibration": self.calibration(),
+            "tta": self.tta,
+        }
+
+    def calibration(self):
+        return calibration.calibration_summary(
+            self.true_labels, self.probabilities, self.temperature, averaged=self.tta > 1
+        )
+
+    def reliability(self):
+        return calibration.reliability_bins(self.true_labels, self.probabilities)
+
+    def top_losses(self, count=None):
+        """Positions of the most confidently wrong images, worst first."""
+        return calibration.top_losses(self.true_labels, self.probabilities, count)
+
+    def most_confused(self, limit=10):
+        return calibration.most_confused(self.confusion_matrix(), self.class_names, limit)
+
+    def report(self):
+        return classification_metrics(self.true_labels, self.probabilities, self.class_names)
+
+    def report_text(self):
+        return classification_report_text(self.true_labels, self.probabilities, self.class_names)
+
+    def confusion_matrix(self):
+        return confusion_counts(self.true_labels, self.probabilities, len(self.class_names))
+
+    def roc(self):
+        return roc_analysis(self.true_labels, self.probabilities, self.class_names)
+
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def classification_metrics(true_labels, probabilities, class_names):
+    """Accuracy, cross-entropy loss and scikit-learn's per-class report.
+
+    Returns a JSON-ready dict: accuracy, loss, num_samples, per_class
+    {name: precision/recall/f1/support}, macro_avg and weighted_avg.
+    """
+    from sklearn.metrics import classification_report
+
+    predicted = probabilities.argmax(axis=1)
+    picked = probabilities[np.arange(len(true_labels)), true_labels]
+    report = classification_report(
+        true_labels,
+        predicted,
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+
+    def rename(row):
+        return {
+            "precision": row["precision"],
+            "recall": row["recall"],
+            "f1": row["f1-score"],
+            "support": int(row["support"]),
+        }
+
+    return {
+        "accuracy": float(np.mean(predicted == true_labels)),
+        # The same clipping as Keras' cross-entropy.
+        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+        "num_samples": int(len(true_labels)),
+        "per_class": {name: rename(report[name]) for name in class_names},
+        "macro_avg": rename(report["macro avg"]),
+        "weighted_avg": rename(report["weighted avg"]),
+    }
+
+
+def classification_report_text(true_labels, probabilities, class_names):
+    """scikit-learn's text classification report (4 digits), every class
+    listed even when absent from the labels."""
+    from sklearn.metrics import classification_report
+
+    return classification_report(
+        true_labels,
+        probabilities.argmax(axis=1),
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
+    )
+
+
+def confusion_counts(true_labels, probabilities, num_classes):
+    """(num_classes, num_classes) int array: rows true, columns predicted."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(
+        true_labels, probabilities.argmax(axis=1), labels=np.arange(num_classes)
+    )
+
+
+def roc_analysis(true_labels, probabilities, class_names):
+    """One-vs-rest ROC curves and their AUCs.
+
+    Returns {"per_class": {name: {"fpr", "tpr", "auc"} or None}, "micro",
+    "macro" (the same form, or None), "absent": [names], "binary": bool}.
+    A class with no image in `true_labels` (or with every image) has no ROC:
+    its entry is None and it is listed in "absent", never an error. Macro AUC
+    is the mean of the per-class AUCs (scikit-learn's definition); its curve
+    is the mean TPR on the union of the per-class FPR points.
+    """
+    from sklearn.metrics import auc, roc_curve
+
+    true_labels = np.asarray(true_labels)
+    num_classes = len(class_names)
+    per_class, absent = {}, []
+    for number, name in enumerate(class_names):
+        positives = true_labels == number
+        if positives.all() or not positives.any():
+            per_class[name] = None
+            absent.append(name)
+            continue
+        fpr, tpr, _ = roc_curve(positives, probabilities[:, number])
+        per_class[name] = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    curves = [curve for curve in per_class.values() if curve is not None]
+    micro = macro = None
+    if num_classes > 2 and len(true_labels):
+        one_hot = np.eye(num_classes, dtype=bool)[true_labels]
+        fpr, tpr, _ = roc_curve(one_hot.ravel(), probabilities.ravel())
+        micro = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    if num_classes > 2 and curves:
+        grid = np.unique(np.concatenate([curve["fpr"] for curve in curves]))
+        mean_tpr = np.mean([np.interp(grid, curve["fpr"], curve["tpr"]) for curve in curves], axis=0)
+        macro = {
+            "fpr": grid,
+            "tpr": mean_tpr,
+            "auc": float(np.mean([curve["auc"] for curve in curves])),
+        }
+    return {
+        "per_class": per_class,
+        "micro": micro,
+        "macro": macro,
+        "absent": absent,
+        "binary": num_classes == 2,
+    }
+
+
+def evaluation_metrics(true_labels, probabilities, class_names):
+    """`classification_metrics` plus ROC AUC (per class, micro, macro) and
+    the confusion matrix, JSON-ready (null for an AUC that is undefined)."""
+    metrics = classification_metrics(true_labels, probabilities, class_names)
+    roc = roc_analysis(true_labels, probabilities, class_names)
+
+    def area(curve):
+        return None if curve is None else curve["auc"]
+
+    metrics["roc_auc"] = {
+        "per_class": {name: area(curve) for name, curve in roc["per_class"].items()},
+        "micro": area(roc["micro"]),
+        "macro": area(roc["macro"]),
+        "absent_classes": roc["absent"],
+    }
+    metrics["confusion_matrix"] = {
+        "rows": "true class",
+        "columns": "predicted class",
+        "labels": list(class_names),
+        "counts": confusion_counts(true_labels, probabilities, len(class_names)).tolist(),
+    }
+    return metrics
+
+
+def calibration_line(summary):
+    """'ECE 3.1% (12.4% before temperature scaling, T = 1.84), Brier 0.211,
+    NLL 0.402' for the printed summary."""
+    temperature = summary["temperature"]
+    if temperature is None:
+        scaling = "no temperature layer: a model saved before calibration existed"
+    elif temperature == 1.0:
+        scaling = "not calibrated, T = 1"
+    elif summary["ece_uncalibrated"] is None:
+        scaling = f"T = {temperature:.3g}"
+    else:
+        scaling = f"{summary['ece_uncalibrated']:.1%} before temperature scaling, T = {temperature:.3g}"
+    return f"ECE {summary['ece']:.1%} ({scaling}), Brier {summary['brier']:.3f}, NLL {summary['nll']:.3f}"
+
+
+def print_most_confused(pairs):
+    """The most confused class pairs, as main.py and evaluate.py print them."""
+    print("    most confused (true -> predicted, images):")
+    for line in calibration.confused_lines(pairs):
+        print(f"      {line}")
+
+
+def format_auc(roc_auc):
+    """The macro AUC, or the binary one, as text."""
+    value = roc_auc["macro"]
+    if value is None:
+        values = [auc for auc in roc_auc["per_class"].values() if auc is not None]
+        value = values[0] if values else None
+    return "n/a" if value is None else f"{value:.4f}"

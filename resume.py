@@ -1,0 +1,225 @@
+"""How an interrupted run continues: the resume point saved after every
+epoch, finding the run `--resume` means, and the options it continues with.
+
+After every epoch the whole model (optimizer included) goes to the run's
+resume/ folder with a small state file, state.json, that names it
+(`ResumePoint`); a killed run continues from its last completed epoch with
+the options saved in its run_config.json (`open_resumed_run`). When the run
+finishes, its resume models are dropped and state.json says "done".
+"""
+
+import csv
+import dataclasses
+import os
+
+import artifacts
+import config
+from errors import UserError
+
+RESUME_STATE = "state.json"
+PHASES = ("head", "finetune")
+FINISHED = "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted run stands after its last completed epoch."""
+
+    stamp: str  # the run id
+    history_path: str  # its history.csv
+    phase: str  # "head" or "finetune"
+    epoch: int  # the last completed epoch, 0-based, counted across both phases
+    best_val_loss: float  # the saved best model's
+    model_file: str  # the resume model, in the run's resume/ folder
+    finetune_start: int | None = None  # the first fine-tuning epoch, once known
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values, path="state.json"):
+        """A ResumePoint from state.json's dict. Raises UserError when a
+        field is missing or of the wrong kind, or the model file is not a
+        plain name inside resume/."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        required = names - {"finetune_start"}
+        if not isinstance(values, dict) or not required <= set(values):
+            missing = sorted(required - set(values)) if isinstance(values, dict) else ["all"]
+            raise UserError(f"--resume: {path} is damaged (missing {', '.join(missing)}); start a new run")
+        point = cls(**{name: value for name, value in values.items() if name in names})
+        if (
+            point.phase not in PHASES
+            or not isinstance(point.epoch, int)
+            or not isinstance(point.model_file, str)
+            or os.path.basename(point.model_file) != point.model_file
+            or point.model_file in ("", ".", "..")
+        ):
+            raise UserError(f"--resume: {path} is damaged (phase, epoch or model file); start a new run")
+        return point
+
+
+def model_file_name(epoch, phase):
+    return f"epoch-{epoch + 1:04d}-{phase}.keras"
+
+
+def save_resume_point(folder, model, point):
+    """Saves `model` and the ResumePoint `point` (its model_file is filled
+    in here) so that the state always names a complete model file: the
+    model goes to a new file first, then the state is replaced, then older
+    model files are removed (they are ours, never user data)."""
+    os.makedirs(folder, exist_ok=True)
+    name = model_file_name(point.epoch, point.phase)
+    artifacts.save_model(model, os.path.join(folder, name))
+    artifacts.write_json(os.path.join(folder, RESUME_STATE), dataclasses.replace(point, model_file=name).to_json())
+    drop_resume_models(folder, keep=name)
+
+
+def resume_callback(folder, model, point, checkpoint):
+    """A Keras callback that saves a resume point after every epoch: the
+    fields of `point` with that epoch and the best val_loss so far of the
+    ModelCheckpoint `checkpoint`."""
+    import keras
+
+    def save(epoch, logs=None):
+        best = float(checkpoint.best) if checkpoint.best is not None else float("inf")
+        save_resume_point(folder, model, dataclasses.replace(point, epoch=epoch, best_val_loss=best))
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=save)
+
+
+def drop_resume_models(folder, keep=None):
+    """Removes the resume model files save_resume_point wrote in `folder`
+    (only ours: epoch-NNNN-<phase>.keras), except `keep`."""
+    for entry in os.scandir(folder):
+        if entry.name.startswith("epoch-") and entry.name.endswith(".keras") and entry.name != keep:
+            os.remove(entry.path)
+
+
+def finish_resume_points(folder):
+    """Marks the run finished and drops its resume model files."""
+    if not os.path.isdir(folder):
+        return
+    drop_resume_models(folder)
+    artifacts.write_json(os.path.join(folder, RESUME_STATE), {"phase": FINISHED})
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far a run got: "interrupted" (with its ResumePoint), "finished",
+    or "not started" (no epoch completed)."""
+
+    status: str
+    point: ResumePoint | None = None
+
+
+def read_progress(run_folder):
+    """The Progress of the run in `run_folder`. Raises UserError for a state
+    file that cannot be read or is damaged."""
+    path = os.path.join(run_folder, artifacts.RESUME_FOLDER, RESUME_STATE)
+    if not os.path.isfile(path):
+        return Progress("not started")
+    try:
+        values = artifacts.read_json(path)
+    except (OSError, ValueError):
+        raise UserError(f"--resume: {path} is damaged (not JSON); start a new run") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--resume: {path} is damaged (not a state); start a new run")
+    if values.get("phase") == FINISHED:
+        return Progress("finished")
+    return Progress("interrupted", ResumePoint.from_json(values, path))
+
+
+def finetune_start(resume_folder):
+    """The first fine-tuning epoch (0-based) of the run whose resume/ folder
+    this is, or None when it did not fine-tune. Read it before
+    `finish_resume_points` clears the state."""
+    progress = read_progress(os.path.dirname(resume_folder))
+    return None if progress.point is None else progress.point.finetune_start
+
+
+def find_interrupted_run(artifacts_dir, run_id="last"):
+    """(run id, run folder, ResumePoint) of the run `--resume` continues:
+    `run_id`, or with "last" the most recent run in ARTIFACTS_DIR/runs that
+    completed at least one epoch and did not finish. Raises UserError when
+    there is none, or its state or resume model is missing or damaged."""
+    runs = artifacts.run_ids(artifacts_dir)
+    if run_id != "last" and run_id not in runs:
+        raise UserError(
+            f"--resume: no run {run_id} in {artifacts.runs_folder(artifacts_dir)} "
+            f"(runs: {', '.join(runs[-5:]) or 'none'}). Received: resume={run_id}"
+        )
+    for candidate in [run_id] if run_id != "last" else reversed(runs):
+        folder = os.path.join(artifacts.runs_folder(artifacts_dir), candidate)
+        progress = read_progress(folder)
+        if progress.status != "interrupted":
+            if run_id == "last":
+                continue
+            raise UserError(
+                f"--resume: run {candidate} "
+                + ("finished; nothing to resume" if progress.status == "finished"
+                   else "never completed an epoch; start a new run")
+            )
+        model = os.path.join(folder, artifacts.RESUME_FOLDER, progress.point.model_file)
+        if not os.path.isfile(model):
+            raise UserError(
+                f"--resume: run {candidate} has no resume model ({model} is missing); start a new run"
+            )
+        return candidate, folder, progress.point
+    raise UserError(
+        f"--resume: no interrupted run in {artifacts.runs_folder(artifacts_dir)}; "
+        "start a run without --resume"
+    )
+
+
+def trim_history(path, last_epoch):
+    """Drops history rows after `last_epoch` (0-based), written by an epoch
+    whose resume point was never saved, so a resumed run does not repeat
+    them."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= last_epoch]
+    artifacts.write_csv(path, kept)
+
+
+# ---------------------------------------------------------------- the options
+
+
+def resumed_options(options, given, saved):
+    """The options of a resumed run: the ones `saved` with it, plus the
+    display options given now (`options`; `given`: those on the command
+    line). An option given now that differs from the saved one is refused,
+    naming it: a run trains with one set of options. Raises UserError."""
+    different = config.first_different(given, saved, ("display", "run_locator"))
+    if different:
+        name, ours, theirs = different
+        raise UserError(
+            f"--resume continues a run with its own options, and this run used "
+            f"{name}={config.shown(theirs)}; leave --{name} out (or start a new run). "
+            f"Received: {name}={config.shown(ours)}"
+        )
+    display = {name: getattr(options, name) for name in config.names_tagged("display")}
+    locators = {name: getattr(options, name) for name in config.names_tagged("run_locator")}
+    return dataclasses.replace(config.config_from_dict(saved), **display, **locators)
+
+
+def open_resumed_run(options, given):
+    """The interrupted run `options.resume` names: (its options, run id,
+    folder, ResumePoint). `given`: the options on the command line. Raises
+    UserError when it cannot be continued."""
+    stamp, folder, point = find_interrupted_run(options.artifacts_dir, options.resume)
+    try:
+        saved = artifacts.read_run_config(folder).get("options")
+    except artifacts.CompanionError as error:
+        raise UserError(f"--resume: {error}; start a new run") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"--resume: the run config in {folder} has no options; start a new run")
+    options = resumed_options(options, given, saved)
+    try:  # checked before anything is written; compared after the scan
+        artifacts.read_manifest(folder)
+    except artifacts.CompanionError as error:
+        raise UserError(f"--resume: {error}; start a new run") from None
+    return options, stamp, folder, point

@@ -1,0 +1,376 @@
+"""How the dataset's usable files are split: the classes, the stratified
+train/val/test split (identical files kept in one split) and what the split
+manifest records.
+
+`index_dataset` is the whole way from a folder to a split: it lists the
+candidate files (dataset_files.scan_dataset), has every one audited
+(audit.audit_files: is it really an image, which decoder reads it), chooses
+the classes and splits the usable files. It returns plain data, a
+DatasetIndex; the only thing it writes is the audit's cache, which lives
+outside the dataset folder.
+"""
+
+import collections
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+import artifacts
+import audit
+import dataset_files
+import image_io
+from errors import UserError
+
+# ---------------------------------------------------------------- the index
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image: its path relative to the dataset root, class and split,
+    and the decoder the audit chose for it ("native", "pillow" or a custom
+    reader's extension)."""
+
+    path: str
+    label: str
+    split: str
+    decoder: str = "native"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetIndex:
+    """What `index_dataset` found: the classes, every usable image's split,
+    and the audit (skipped files with reasons, warnings, statistics)."""
+
+    root: str
+    layout: str
+    class_names: tuple
+    samples: tuple
+    notes: tuple = ()
+    skipped: tuple = ()  # audit.SkippedFile, paths relative to root
+    ignored: int = 0
+    warnings: tuple = ()
+    audit: dict = dataclasses.field(default=None, compare=False)
+    readers: dict = dataclasses.field(default=None, compare=False)
+
+    def _chosen(self, name):
+        return [sample for sample in self.samples if sample.split == name]
+
+    def split(self, name):
+        """(absolute paths, integer labels) of one split, in manifest order."""
+        class_ids = {name: index for index, name in enumerate(self.class_names)}
+        chosen = self._chosen(name)
+        paths = [os.path.join(self.root, sample.path) for sample in chosen]
+        labels = np.array([class_ids[sample.label] for sample in chosen], dtype=np.int32)
+        return paths, labels
+
+    def decoders(self, name):
+        """The decoder of every file of `split(name)`, in the same order."""
+        return [sample.decoder for sample in self._chosen(name)]
+
+    def counts(self):
+        """{split: {class: number of images}}, every class in every split."""
+        table = {split: {name: 0 for name in self.class_names} for split in dataset_files.SPLITS}
+        for sample in self.samples:
+            table[sample.split][sample.label] += 1
+        return table
+
+
+def manifest_rows(index):
+    """The split manifest of an index: one artifacts.ManifestRow per image."""
+    return [
+        artifacts.ManifestRow(sample.path, sample.label, sample.split) for sample in index.samples
+    ]
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def split_counts(total, fractions):
+    """How many of `total` items go to each held-out split.
+
+    Every held-out split with a fraction above 0 gets at least one item, and
+    at least one item is left for training. Raises ValueError if impossible.
+    """
+    counts = [max(1, round(total * fraction)) if fraction > 0 else 0 for fraction in fractions]
+    if sum(counts) >= total:
+        raise ValueError
+    return counts
+
+
+def _units(files, groups):
+    """Files grouped into units that must share a split (identical content),
+    in order of their first file."""
+    units = {}
+    for path in files:
+        key = groups.get(path, path) if groups else path
+        units.setdefault(key, []).append(path)
+    return list(units.items())
+
+
+def _split_one_class(name, files, held_out, rng, groups, placed):
+    """{split: files} for one class; `placed` ({group: split}) keeps a
+    group's files in one split across classes, and is updated."""
+    try:
+        counts = split_counts(len(files), list(held_out.values()))
+    except ValueError:
+        raise UserError(
+            f"class '{name}' has {len(files)} image(s), too few to put at "
+            f"least one in train and in {' and '.join(held_out)}; add images "
+            "or lower --val_split/--test_split"
+        )
+    units = _units(files, groups)
+    quota = dict(zip(held_out, counts))
+    chosen = {split: [] for split in ("train", *held_out)}
+    pending = []
+    for number in rng.permutation(len(units)):
+        key, members = units[number]
+        if key in placed:
+            chosen[placed[key]].extend(members)
+        else:
+            pending.append((key, members))
+    for key, members in pending:
+        split = next((split for split in held_out if len(chosen[split]) < quota[split]), "train")
+        chosen[split].extend(members)
+        placed[key] = split
+    empty = [split for split, members in chosen.items() if not members]
+    if empty:
+        raise UserError(
+            f"class '{name}' has {len(files)} image(s) but only {len(units)} "
+            f"distinct one(s) (identical files stay in one split), too few to "
+            f"put one in {' and '.join(empty)}; add images or lower --val_split/--test_split"
+        )
+    return {split: sorted(members) for split, members in chosen.items()}
+
+
+def stratified_split(files_by_class, held_out, seed, groups=None):
+    """Splits each class's files at random (seeded) into train + held out.
+
+    `held_out` is {split name: fraction}. `groups` ({path: key}, optional)
+    keeps files with the same key (identical content) in one split, also
+    across classes. Returns {split: {class: [files]}}. Raises UserError
+    naming a class too small to appear in every split.
+    """
+    rng = np.random.default_rng(seed)
+    result = {"train": {}, **{split: {} for split in held_out}}
+    placed = {}
+    for name in sorted(files_by_class):
+        files = sorted(files_by_class[name])
+        for split, members in _split_one_class(name, files, held_out, rng, groups, placed).items():
+            result[split][name] = members
+    return result
+
+
+def check_same_classes(table, class_names=None):
+    """Raises UserError naming a class that is missing from some split."""
+    all_classes = class_names or sorted(set().union(*(set(classes) for classes in table.values())))
+    for split in dataset_files.SPLITS:
+        missing = [name for name in all_classes if not table[split].get(name)]
+        if missing:
+            present = len(all_classes) - len(missing)
+            raise UserError(
+                f"class '{missing[0]}' has no images in the {split} split "
+                f"({present} vs {len(all_classes)} classes); every "
+                "split needs every class"
+            )
+    return list(all_classes)
+
+
+def _split_table(usable, layout_fixed, val_split, test_split, seed, groups):
+    """{split: {class: [paths]}} from the usable candidates: fixed splits
+    kept (missing val/test carved out of train), or a stratified split."""
+    notes = []
+    if not layout_fixed:
+        pool = collections.defaultdict(list)
+        for candidate in usable:
+            pool[candidate.label].append(candidate.path)
+        return stratified_split(pool, {"val": val_split, "test": test_split}, seed, groups), notes
+    table = {split: collections.defaultdict(list) for split in dataset_files.SPLITS}
+    for candidate in usable:
+        table[candidate.split][candidate.label].append(candidate.path)
+    carve = {}
+    if not any(table["val"].values()):
+        carve["val"] = val_split
+    if not any(table["test"].values()):
+        carve["test"] = test_split
+    if carve:
+        table.update(stratified_split(table["train"], carve, seed, groups))
+        notes.append(
+            f"no {' or '.join(carve)} split given: carved "
+            + ", ".join(f"{fraction:.0%} of train as {split}" for split, fraction in carve.items())
+            + f" (stratified, seed {seed})"
+        )
+    return {
+        split: {name: sorted(paths) for name, paths in classes.items()}
+        for split, classes in table.items()
+    }, notes
+
+
+# ---------------------------------------------------------------- classes
+
+
+def _apply_classes(scan, classes):
+    """Keeps the classes named by --classes (their order is the label
+    order); the files of the others are ignored. Raises UserError for a
+    name that is not a class."""
+    if not classes:
+        return
+    for name in classes:
+        if name not in scan.classes:
+            raise UserError(
+                f"--classes names '{name}', which is not a class here (found: "
+                f"{', '.join(image_io.display_path(found) for found in _ordered_classes(scan))}). "
+                f"Received: classes={','.join(classes)}"
+            )
+    others = [name for name in scan.classes if name not in classes]
+    scan.ignored.extend(
+        (candidate.path, "not_in_classes")
+        for candidate in scan.candidates
+        if candidate.label not in classes
+    )
+    scan.candidates = [candidate for candidate in scan.candidates if candidate.label in classes]
+    scan.skipped = [item for item in scan.skipped if item.label in classes]
+    if others:
+        scan.notes.append(
+            "--classes: ignored the other class(es): "
+            + ", ".join(image_io.display_path(name) for name in sorted(others))
+        )
+
+
+def _ordered_classes(scan):
+    """Sorted class names; numerically when a CSV's labels are integers."""
+    names = list(scan.classes)
+    if scan.layout == "csv" and names and all(re.fullmatch(r"-?\d+", name) for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _choose_classes(scan, usable, classes, image_dir):
+    """The final class order: classes with no usable image are excluded
+    with a warning (an error when --classes named them). Raises UserError
+    when fewer than 2 remain."""
+    counts = collections.Counter(candidate.label for candidate in usable)
+    skipped = collections.Counter(item.label for item in scan.skipped)
+    order = list(classes) if classes else _ordered_classes(scan)
+    if not classes and order != sorted(order):
+        scan.notes.append("labels_csv: the labels are integers, so classes are in numeric order")
+    excluded = [name for name in order if not counts[name]]
+    if classes and excluded:
+        raise UserError(
+            f"--classes names '{excluded[0]}', which has no usable images "
+            f"({_emptiness(excluded[0], skipped)})"
+        )
+    kept = [name for name in order if counts[name]]
+    for name in excluded:
+        scan.warnings.append(
+            f"class '{image_io.display_path(name)}' has no usable images ({_emptiness(name, skipped)}): "
+            f"excluded; training on the other {len(kept)} class(es)"
+        )
+    if len(kept) < 2:
+        detail = f" ({', '.join(image_io.display_path(name) for name in kept)})" if kept else ""
+        if excluded:
+            detail += "; without usable images: " + ", ".join(
+                image_io.display_path(name) for name in excluded
+            )
+        loose = sum(1 for _, kind in scan.ignored if kind == "outside_class_folder")
+        if loose:
+            detail += f"; {loose} image(s) lie outside any class folder"
+        raise UserError(
+            f"need at least 2 classes with usable images in {image_dir}, found {len(kept)}{detail}"
+        )
+    return kept
+
+
+def _emptiness(name, skipped):
+    return (
+        f"all {skipped[name]} file(s) skipped, see the audit" if skipped[name] else "no image files"
+    )
+
+
+# ---------------------------------------------------------------- index_dataset
+
+
+def _check_image_dir(image_dir, cache_dir):
+    if not image_dir or not os.path.isdir(image_dir):
+        raise UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
+    if cache_dir and artifacts.is_inside(cache_dir, image_dir):
+        raise UserError(
+            "the audit cache must be outside image_dir: nothing is written "
+            f"inside the dataset. Received: cache_dir={cache_dir}"
+        )
+    return os.path.abspath(image_dir)
+
+
+def index_dataset(
+    image_dir,
+    val_split,
+    test_split,
+    seed,
+    labels_csv=None,
+    classes=None,
+    readers=None,
+    cache_dir=None,
+    workers=None,
+    progress=None,
+):
+    """Finds, audits and splits the images of `image_dir`.
+
+    Layouts: pre-split (`train/`, `val/`, `test/` or their aliases in any
+    case, SPLIT_FOLDER_NAMES, each with class folders; a missing val or
+    test split is carved out of train), flat (class folders, split per
+    class), either one possibly inside the one folder an unpacked archive
+    left (find_dataset_folder), or `labels_csv` (filename,label and an
+    optional split column). `classes` (names) keeps those classes in
+    that order. `readers` ({".ext": function}) adds custom readers. Every
+    candidate file is audited (`audit.audit_files`, cached in `cache_dir`); only
+    usable files are split, and identical files stay in one split. Classes
+    with no usable image are excluded with a warning.
+
+    Returns a DatasetIndex. Raises UserError for a missing folder, fewer
+    than 2 usable classes, a class missing from a split or too small to
+    split, a bad CSV or --classes name.
+    """
+    root = _check_image_dir(image_dir, cache_dir)
+    readers = image_io.normalize_readers(readers)
+    scan = dataset_files.scan_dataset(root, labels_csv, readers)
+    _apply_classes(scan, classes)
+    checks, stats = audit.audit_files(
+        root, [c.path for c in scan.candidates], readers, cache_dir, workers, progress
+    )
+    checks = dict(zip((c.path for c in scan.candidates), checks))
+    for candidate in scan.candidates:
+        if not checks[candidate.path].usable:
+            check = checks[candidate.path]
+            scan.skipped.append(audit.SkippedFile(check.path, check.reason, candidate.label))
+    usable = [c for c in scan.candidates if checks[c.path].usable]
+    class_names = _choose_classes(scan, usable, classes, image_dir)
+    usable = [c for c in usable if c.label in class_names]
+    groups = {c.path: checks[c.path].sha256 for c in usable}
+    table, notes = _split_table(usable, scan.fixed_splits, val_split, test_split, seed, groups)
+    check_same_classes(table, class_names)
+    samples = tuple(
+        Sample(path=path, label=name, split=split, decoder=checks[path].decoder)
+        for split in dataset_files.SPLITS
+        for name in class_names
+        for path in table[split][name]
+    )
+    duplicates = audit.duplicate_groups(samples, checks)
+    scan.warnings.extend(
+        audit.duplicate_warnings(duplicates, auto_split=not scan.fixed_splits or bool(notes))
+    )
+    index = DatasetIndex(
+        root=root,
+        layout="csv" if labels_csv else scan.layout,
+        class_names=tuple(class_names),
+        samples=samples,
+        notes=tuple(scan.notes + notes),
+        skipped=tuple(
+            dataclasses.replace(item, path=image_io.display_path(item.path)) for item in scan.skipped
+        ),
+        ignored=len(scan.ignored),
+        warnings=tuple(scan.warnings),
+        readers=readers,
+    )
+    report = audit.audit_report(index, scan, checks, duplicates, stats)
+    return dataclasses.replace(index, audit=report)
