@@ -193,6 +193,11 @@ def dropout_rate(name, value):
         raise UserError(f"{name} must be in [0, 1). Received: {name}={value}")
 
 
+def output_folder(name, value):
+    """A folder the script writes into: not a file, nor under one."""
+    _check_folder_path(name, value)
+
+
 def weights_source(name, value):
     if value not in ("imagenet", "none") and not os.path.isfile(value):
         raise UserError(
@@ -300,11 +305,11 @@ class Config:
     )
     artifacts_dir: str = option(
         "model_artifacts", "Where run folders go (runs/<run>/) and the last finished run is published",
-        ALL, "data and outputs", tags=("run_locator", "output", "common"),
+        ALL, "data and outputs", check=output_folder, tags=("run_locator", "output", "common"),
     )
     results_dir: str = option(
         "results", "Figures and reports go to RESULTS_DIR/<category>/<timestamp>/", ALL,
-        "data and outputs", tags=("path", "output", "common"),
+        "data and outputs", check=output_folder, tags=("path", "output", "common"),
     )
     model: str | None = option(
         None, "The model file; its class_index.json, run_config.json and split_manifest.csv are read "

@@ -313,20 +313,11 @@ def whole_split(run, split):
     )
 
 
-def print_class_weights(weights, class_names, mode):
-    if weights:
-        print("    class weights: " + ", ".join(f"{class_names[i]}={w:.3f}" for i, w in weights.items()))
-    elif mode == "auto":
-        print("    class weights: none (classes are balanced enough)")
-    else:
-        print("    class weights: none")
-
-
 def train_stage(run):
     options = run.options
     _, train_labels = run.index.split("train")
     weights = train_utils.class_weights(train_labels, len(run.index.class_names), options.class_weights)
-    print_class_weights(weights, run.index.class_names, options.class_weights)
+    print(f"    {train_utils.class_weights_line(weights, run.index.class_names, options.class_weights)}")
     history_path = run.point.history_path if run.point else run.results_path("training_curves", "history.csv")
     os.makedirs(os.path.dirname(history_path), exist_ok=True)
     if run.point:
@@ -707,7 +698,6 @@ def run_training(argv=None):
     # Options first: a mistake there is one line, before TensorFlow starts
     # (and prints its own start-up lines).
     options = parse_arguments(argv)
-    check_artifacts_dir(options.artifacts_dir)
     cluster = multiworker.cluster_from_environment()
     names = backbones.backbone_names(options.backbone)
     if len(names) > 1:
@@ -754,11 +744,9 @@ def run_training(argv=None):
 
 
 def train_several(options, names, cluster):
-    """--backbone A,B,...: one run per backbone, one after another, each in
-    its own run folder with its own results stamp, all on the same split
-    (scanned once, one --seed); then the one with the lowest validation
-    loss is published and the runs are compared on their test images
-    (compare.py). Returns the runs."""
+    """--backbone A,B,...: one run per backbone (compare.train_series), each
+    through this script's stages in its own run folder, all on the same
+    split (scanned once, one --seed). Returns the runs."""
     import keras
 
     if options.resume:
@@ -774,17 +762,10 @@ def train_several(options, names, cluster):
     device = devices.configure_device(options.precision, options.jit, devices.make_strategy(None))
     if options.demo:
         print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
-    widths = [name for name in names if backbones.BACKBONES[name]["alpha"]]
-    if options.alpha != 1.0 and len(widths) < len(names):
-        print(f"--alpha {options.alpha:g} applies to {', '.join(widths)}; the others have no width multiplier.")
-    runs = []
-    for number, backbone in enumerate(names, start=1):
-        run_options = dataclasses.replace(
-            options, backbone=backbone, alpha=backbones.backbone_alpha(backbone, options.alpha)
-        )
+
+    def train_one(run_options, first, title):
         stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
-        print(f"\n#### {backbone} ({number} of {len(names)}) · run {stamp}: {folder}")
-        first = runs[0] if runs else None
+        print(f"\n#### {title} · run {stamp}: {folder}")
         run = Run(
             options=run_options, stamp=stamp, folder=folder, device=device,
             index=first.index if first else None, shared_from=first.stamp if first else None,
@@ -794,26 +775,9 @@ def train_several(options, names, cluster):
         # Only what the comparison needs stays; the model and pipelines go.
         run.model, run.datasets, run.evaluation = None, {}, None
         keras.backend.clear_session()
-        runs.append(run)
-    with console.stage("Publishing the run with the lowest validation loss"):
-        compare.publish_best(options.artifacts_dir, [(run.stamp, run.folder, run.options.backbone) for run in runs])
-    with console.stage(f"Comparing the {len(runs)} models on the same test images"):
-        _, _, paths = compare.compare_runs(
-            [run.folder for run in runs], options.image_dir, options.results_dir,
-            options.batch_size, readers=runs[0].index.readers,
-            published=artifacts.published_run(options.artifacts_dir),
-        )
-    with console.stage("Showing the comparison"):
-        visualize.show_figures(paths[-1:], options.show)
-    return runs
+        return run
 
-
-def check_artifacts_dir(artifacts_dir):
-    """ARTIFACTS_DIR must be a folder (or not exist yet)."""
-    if os.path.exists(artifacts_dir) and not os.path.isdir(artifacts_dir):
-        raise UserError(
-            f"artifacts_dir must be a folder; this is a file. Received: artifacts_dir={artifacts_dir}"
-        )
+    return compare.train_series(options, names, train_one)
 
 
 def main(argv=None):

@@ -34,6 +34,13 @@ def class_weights(labels, num_classes, mode="auto"):
     return {index: float(weight) for index, weight in enumerate(weights)}
 
 
+def class_weights_line(weights, class_names, mode):
+    """What a run prints about its class weights (class_weights' result)."""
+    if weights:
+        return "class weights: " + ", ".join(f"{class_names[i]}={w:.3f}" for i, w in weights.items())
+    return "class weights: none (classes are balanced enough)" if mode == "auto" else "class weights: none"
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainPlan:
     """What `train` needs besides the model and data."""
