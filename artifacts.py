@@ -381,26 +381,17 @@ def _replace_link(target, path):
     os.replace(temp, path)
 
 
-def _keep_legacy_files(artifacts_dir):
-    """Moves a model and companions saved directly in ARTIFACTS_DIR by an
-    earlier version (plain files where the links go) into a run folder of
-    their own, runs/legacy-<time>, so publishing never overwrites them."""
-    names = [MODEL_FILE, *COMPANION_FILES]
-    plain = [
-        name
-        for name in names
-        if os.path.lexists(os.path.join(artifacts_dir, name))
-        and not os.path.islink(os.path.join(artifacts_dir, name))
-    ]
-    if not plain:
-        return None
-    when = os.path.getmtime(os.path.join(artifacts_dir, plain[0]))
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
-    folder = os.path.join(runs_folder(artifacts_dir), f"legacy-{stamp}")
-    os.makedirs(folder, exist_ok=True)
-    for name in plain:
-        os.replace(os.path.join(artifacts_dir, name), os.path.join(folder, name))
-    return folder
+def check_publishable(artifacts_dir):
+    """Raises CompanionError when publishing would replace a file that is
+    not one of publish's links (a model or companion someone put directly
+    in ARTIFACTS_DIR): it is never overwritten."""
+    for name in (LATEST_LINK, MODEL_FILE, *COMPANION_FILES):
+        path = os.path.join(artifacts_dir, name)
+        if os.path.lexists(path) and not os.path.islink(path):
+            raise CompanionError(
+                f"{path} is not a link made by publishing a run, and publishing would replace it: "
+                "move it away (or use another --artifacts_dir)"
+            )
 
 
 def publish(artifacts_dir, run_folder):
@@ -408,9 +399,7 @@ def publish(artifacts_dir, run_folder):
     default: ARTIFACTS_DIR/latest -> runs/<run>, switched atomically, and
     ARTIFACTS_DIR/<model and companions> -> latest/<same name>. Returns the
     published model path."""
-    legacy = _keep_legacy_files(artifacts_dir)
-    if legacy:
-        print(f"    kept the model saved here by an earlier version in {legacy}")
+    check_publishable(artifacts_dir)
     relative = os.path.relpath(os.path.abspath(run_folder), os.path.abspath(artifacts_dir))
     _replace_link(relative, os.path.join(artifacts_dir, LATEST_LINK))
     for name in (MODEL_FILE, *COMPANION_FILES):

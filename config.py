@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 
 import artifacts
 import backbones
@@ -740,3 +741,25 @@ def options_markdown(script, tag=None):
         what = spec.help_for(script).replace("|", "\\|")
         lines.append(f"| `--{name}`{choices} | {shown_default(name, script)} | {what} |")
     return "\n".join(lines)
+
+
+OPTION_TABLE = re.compile(r"(<!-- options:(\w+)(?::(\w+))? -->\n).*?(<!-- /options -->)", re.S)
+
+
+def fill_option_tables(text):
+    """`text` (a markdown page) with every block between
+    `<!-- options:SCRIPT[:TAG] -->` and `<!-- /options -->` replaced by
+    options_markdown(SCRIPT, TAG): the tables of README.md and
+    docs/options.md come from the one option table."""
+    return OPTION_TABLE.sub(
+        lambda found: f"{found.group(1)}{options_markdown(found.group(2), found.group(3))}\n{found.group(4)}", text
+    )
+
+
+def refresh_option_tables(paths):
+    """Rewrites the option tables of the markdown files `paths` (README.md,
+    docs/options.md) from the table (fill_option_tables)."""
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        artifacts.write_text(path, fill_option_tables(text))

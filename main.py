@@ -683,6 +683,10 @@ def open_run(options, given):
     """This invocation's run: a new one, or the interrupted run --resume
     continues, with its own saved options. Returns (options, run id, run
     folder, resume.ResumePoint or None). Raises UserError."""
+    try:  # before training, not after it
+        artifacts.check_publishable(options.artifacts_dir)
+    except artifacts.CompanionError as error:
+        raise UserError(str(error)) from None
     if not options.resume:
         stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
         print(f"Run {stamp}: {folder}")

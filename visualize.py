@@ -16,6 +16,7 @@ import sys
 
 import matplotlib
 import numpy as np
+import seaborn
 from matplotlib import colors as mcolors
 from matplotlib import patches
 from matplotlib import ticker
@@ -127,22 +128,17 @@ def short_label(name, width=14, max_lines=2):
     return "\n".join(line.rstrip() for line in lines)
 
 
-def text_colour(cmap, value):
-    """White text on dark cells, ink on light ones (`value` in [0, 1])."""
-    red, green, blue, _ = cmap(value)
-    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
-    return WHITE if luminance < 0.55 else INK
-
-
 # Width of one character of tick label text, in inches (DejaVu Sans, 9 pt).
 CHARACTER_WIDTH = 0.075
 
 
-def label_class_axis(axes, axis, class_names, room=0.0):
-    """Class names as tick labels. On x: level (wrapped on two lines) when
-    every name fits the `room` (inches) each tick has, else one line rotated
-    45 degrees (90 beyond 25 classes). On y: one line."""
-    positions = np.arange(len(class_names))
+def label_class_axis(axes, axis, class_names, room=0.0, first=0.0):
+    """Class names as tick labels, the first at `first` (0.5 on a seaborn
+    heatmap, whose cells span whole units), then one per unit. On x: level
+    (wrapped on two lines) when every name fits the `room` (inches) each
+    tick has, else one line rotated 45 degrees (90 beyond 25 classes). On
+    y: one line."""
+    positions = np.arange(len(class_names)) + first
     if axis == "y":
         axes.set_yticks(positions, [short_label(name, 24, 1) for name in class_names])
         return
@@ -376,9 +372,10 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
     """A heatmap of the confusion matrix (rows true, columns predicted).
 
     `normalize=True` divides each row by its total (recall on the
-    diagonal); a class with no images shows grey. Cells are annotated with
-    text that contrasts with their colour; the figure grows with the number
-    of classes so names stay legible. Returns the path.
+    diagonal); a class with no images shows grey. Cells are annotated in
+    seaborn's text colour that contrasts with theirs, zeros quietly; the
+    figure grows with the number of classes so names stay legible. Returns
+    the path.
     """
     matrix = np.asarray(matrix)
     num_classes = len(class_names)
@@ -388,38 +385,31 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
             values = np.where(totals > 0, matrix / np.maximum(totals, 1), np.nan)
         top = 1.0
     else:
-        values = matrix.astype(float)
+        values = matrix.astype(int)
         top = max(1.0, float(matrix.max()))
     cell = 0.6 if num_classes <= 12 else 0.4
     side = max(5.5, num_classes * cell + 2.5)
     figure = Figure(figsize=(side + 1.6, side + 0.6), layout="constrained")
     axes = figure.add_subplot()
-    image = axes.imshow(values, cmap=HEATMAP, vmin=0, vmax=top, interpolation="nearest")
     font = matrix_cell_font(num_classes)
-    if font:
-        for row in range(num_classes):
-            for column in range(num_classes):
-                value = values[row, column]
-                if np.isnan(value) or (matrix[row, column] == 0 and num_classes > 10):
-                    continue  # blank zeros keep a big matrix readable
-                if matrix[row, column] == 0:
-                    axes.text(column, row, "0", ha="center", va="center", fontsize=font, color=GRID_TEXT)
-                    continue
-                text = f"{value:.2f}" if normalize else f"{int(value)}"
-                axes.text(column, row, text, ha="center", va="center", fontsize=font,
-                          color=text_colour(HEATMAP, value / top))
-    label_class_axis(axes, "x", class_names, room=(side - 2.5) / num_classes)
-    label_class_axis(axes, "y", class_names)
-    axes.spines[:].set_visible(False)
-    axes.set_xticks(np.arange(num_classes + 1) - 0.5, minor=True)
-    axes.set_yticks(np.arange(num_classes + 1) - 0.5, minor=True)
-    axes.grid(which="minor", color=WHITE, linewidth=1.0)
-    axes.tick_params(which="minor", length=0)
+    zeros = matrix == 0
+    cells = dict(ax=axes, cmap=HEATMAP, vmin=0, vmax=top, square=True, linewidths=1.0, linecolor=WHITE,
+                 xticklabels=False, yticklabels=False, annot_kws={"fontsize": font})
+    seaborn.heatmap(values, mask=zeros, annot=font is not None, fmt=".2f" if normalize else "d",
+                    cbar_kws={"shrink": 0.8, "pad": 0.02,
+                              "label": "fraction of the true class" if normalize else "images"},
+                    **cells)
+    # The zeros over them, in a quiet colour, and blank beyond 10 classes:
+    # there they are most cells and would hide the confusions. Masked cells
+    # take the colour map's "bad" colour: grey below (the NaN rows of a class
+    # with no images), transparent here.
+    cells.update(cmap=HEATMAP.with_extremes(bad="none"), annot_kws={"fontsize": font, "color": GRID_TEXT})
+    seaborn.heatmap(values, mask=~zeros, annot=font is not None and num_classes <= 10, fmt=".0f",
+                    cbar=False, **cells)
+    label_class_axis(axes, "x", class_names, room=(side - 2.5) / num_classes, first=0.5)
+    label_class_axis(axes, "y", class_names, first=0.5)
     axes.set_xlabel("Predicted class")
     axes.set_ylabel("True class")
-    colorbar = figure.colorbar(image, ax=axes, shrink=0.8, pad=0.02)
-    colorbar.set_label("fraction of the true class" if normalize else "images")
-    colorbar.outline.set_visible(False)
     figure.suptitle("Confusion matrix · " + ("normalized by true class" if normalize else "counts"))
     details = subtitle
     if not font:
@@ -459,32 +449,28 @@ def plot_classification_report(report, output_path, subtitle=""):
     accuracy and macro/weighted averages below a rule. `report` is
     metrics.classification_metrics' dict. Returns the path."""
     names, values, supports = report_rows(report)
-    num_rows = len(names)
+    num_rows, num_classes = len(names), len(report["per_class"])
     figure = Figure(figsize=(7.2, 0.34 * num_rows + 1.9), layout="constrained")
     axes = figure.add_subplot()
-    axes.imshow(values, cmap=HEATMAP.with_extremes(bad=WHITE), vmin=0, vmax=1, aspect="auto",
-                interpolation="nearest",
-                extent=(-0.5, 2.5, num_rows - 0.5, -0.5))
-    axes.add_patch(patches.Rectangle((2.5, -0.5), 1.0, num_rows, color=PETAL, zorder=0))
-    for row in range(num_rows):
-        for column in range(3):
-            value = values[row, column]
-            if not np.isnan(value):
-                axes.text(column, row, f"{value:.3f}", ha="center", va="center",
-                          fontsize=FONT_SIZES["tick"], color=text_colour(HEATMAP, value))
-        axes.text(3, row, f"{supports[row]:,}", ha="center", va="center", fontsize=FONT_SIZES["tick"])
-    separator = len(report["per_class"]) - 0.5
-    axes.axhline(separator, color=INK, linewidth=1.4)
-    axes.set_xlim(-0.5, 3.5)
-    axes.set_ylim(num_rows - 0.5, -0.5)
-    axes.set_xticks(range(4), ["precision", "recall", "f1-score", "support"])
+    blank = np.full((num_rows, 1), np.nan)
+    # Two layers of one table: the metrics in blush, then the support column
+    # uncoloured on petal. seaborn masks each layer's NaN cells (undefined
+    # metrics, the other layer's columns) and draws them in the colour map's
+    # "bad" colour: none, so the other layer or the white background shows.
+    cells = dict(ax=axes, vmin=0, annot=True, annot_kws={"fontsize": FONT_SIZES["tick"]}, cbar=False,
+                 xticklabels=False, yticklabels=False)
+    seaborn.heatmap(np.hstack([values, blank]), cmap=HEATMAP.with_extremes(bad="none"), vmax=1,
+                    fmt=".3f", **cells)
+    seaborn.heatmap(np.hstack([np.tile(blank, 3), np.reshape(supports, (-1, 1))]),
+                    cmap=mcolors.ListedColormap([PETAL]).with_extremes(bad="none"), fmt=",.0f", **cells)
+    axes.axhline(num_classes, color=INK, linewidth=1.4)
+    axes.set_xticks(np.arange(4) + 0.5, ["precision", "recall", "f1-score", "support"])
     axes.xaxis.tick_top()
     axes.xaxis.set_label_position("top")
-    axes.set_yticks(range(num_rows), [short_label(name, width=24, max_lines=1) for name in names])
-    for label in axes.get_yticklabels()[len(report["per_class"]):]:
+    axes.set_yticks(np.arange(num_rows) + 0.5, [short_label(name, width=24, max_lines=1) for name in names])
+    for label in axes.get_yticklabels()[num_classes:]:
         label.set_fontweight("bold")
     axes.tick_params(length=0)
-    axes.spines[:].set_visible(False)
     axes.set_xlabel("Metric", color=MUTED)
     axes.set_ylabel("Class", color=MUTED)
     figure.suptitle(f"Classification report · accuracy {report['accuracy']:.1%}")

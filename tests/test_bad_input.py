@@ -17,7 +17,6 @@ import pytest
 
 import artifacts
 import audit
-import config
 import evaluate
 import main as main_script
 import predict
@@ -128,15 +127,6 @@ def test_a_number_that_is_no_number_is_one_line_too(data, capsys):
     assert "epochs must be an integer. Received: epochs=ten" in one_line_error(capsys)
     assert main_script.main(["--image_dir", data, "--zoom", "a lot"]) == 2
     assert "zoom must be a number. Received: zoom=a lot" in one_line_error(capsys)
-
-
-def test_rows_default_is_two_as_the_readme_says():
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
-        readme = handle.read()
-    (row,) = [line for line in readme.splitlines() if line.startswith("| `--rows`")]
-    assert row.split("|")[2].strip() == f"{config.DEFAULTS.rows}, {config.DEFAULTS.cols}, {config.DEFAULTS.gallery}"
-    assert config.DEFAULTS.rows == 2
-    assert main_script.build_parser().parse_args([]).rows == 2
 
 
 # ---------------------------------------------------------------- output folders

@@ -195,22 +195,22 @@ def test_run_ids_are_unique_for_runs_started_in_the_same_second(tmp_path):
     assert sorted(os.listdir(tmp_path / "res" / ".stamps")) == sorted(ids)
 
 
-def test_publishing_keeps_a_model_saved_by_an_earlier_version(tmp_path):
+def test_publishing_never_replaces_a_model_someone_put_in_artifacts_dir(tmp_path, capsys):
     artifacts_dir = tmp_path / "art"
     artifacts_dir.mkdir()
-    for name in (artifacts.MODEL_FILE, *artifacts.COMPANION_FILES):
-        (artifacts_dir / name).write_text(f"old {name}")
+    (artifacts_dir / artifacts.MODEL_FILE).write_text("someone's model")
     run_id, folder = artifacts.new_run(str(artifacts_dir), str(tmp_path / "res"))
-    for name in (artifacts.MODEL_FILE, *artifacts.COMPANION_FILES):
-        (tmp_path / "art" / "runs" / run_id / name).write_text(f"new {name}")
+    (tmp_path / "art" / "runs" / run_id / artifacts.MODEL_FILE).write_text("new model")
 
-    artifacts.publish(str(artifacts_dir), folder)
-
-    (legacy,) = [name for name in artifacts.run_ids(str(artifacts_dir)) if name.startswith("legacy-")]
-    for name in (artifacts.MODEL_FILE, *artifacts.COMPANION_FILES):
-        assert (artifacts_dir / name).read_text() == f"new {name}"
-        assert (artifacts_dir / "runs" / legacy / name).read_text() == f"old {name}"
-    assert artifacts.published_run(str(artifacts_dir)) == run_id
+    with pytest.raises(artifacts.CompanionError, match="not a link made by publishing"):
+        artifacts.publish(str(artifacts_dir), folder)
+    assert (artifacts_dir / artifacts.MODEL_FILE).read_text() == "someone's model"
+    assert artifacts.published_run(str(artifacts_dir)) is None
+    # main.py says so before training, not after: one line, exit 2.
+    data = make_flat_dataset(tmp_path / "data", per_class=5)
+    assert main_script.main(["--image_dir", data, "--artifacts_dir", str(artifacts_dir), *TINY]) == 2
+    assert "move it away" in one_line_error(capsys)
+    assert (artifacts_dir / artifacts.MODEL_FILE).read_text() == "someone's model"
 
 
 @pytest.mark.slow

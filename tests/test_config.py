@@ -1,0 +1,190 @@
+"""config.py: each option declared once, and everything built from it (the
+parsers, the checks, the resume and worker comparisons, the docs' tables)."""
+
+import dataclasses
+import os
+
+import pytest
+
+import config
+import errors
+import evaluate
+import inspect_dataset
+import main as main_script
+import predict
+from conftest import ROOT
+
+PARSERS = {
+    "main": main_script.build_parser,
+    "evaluate": evaluate.build_parser,
+    "predict": predict.build_parser,
+    "inspect": inspect_dataset.build_parser,
+}
+
+
+def parser_options(parser):
+    """{dest: action} of a parser's options, --help left out."""
+    return {action.dest: action for action in parser._actions if action.dest != "help"}
+
+
+@pytest.mark.parametrize("script", config.SCRIPTS)
+def test_each_script_parses_exactly_its_options_of_the_table_with_their_defaults(script):
+    actions = parser_options(PARSERS[script]())
+    table = config.options_of(script)
+
+    assert list(actions) == list(table)
+    for name, action in actions.items():
+        assert action.option_strings == [f"--{name}"]
+        assert action.default == config.default_of(name, script)
+        assert action.help.startswith(table[name].help_for(script))
+        assert action.help.endswith(f"(default: {config.shown_default(name, script)})")
+
+
+def test_every_option_is_declared_whole():
+    for field in dataclasses.fields(config.Config):
+        if field.name == "demo":
+            assert "option" not in field.metadata  # set by main.py, never typed
+            continue
+        spec = field.metadata["option"]
+        assert spec.help and spec.group in config.GROUPS, field.name
+        assert spec.scripts and set(spec.scripts) <= set(config.SCRIPTS), field.name
+        assert set(spec.defaults) <= set(spec.scripts) and set(spec.helps) <= set(spec.scripts), field.name
+        known = {"display", "path", "worker_local", "run_locator", "output", "common"}
+        assert spec.tags <= known, (field.name, spec.tags - known)
+
+
+def test_the_seeds_commands_parse_as_written():
+    options = main_script.parse_arguments(["--image_dir", ROOT, "--epochs", "10", "--batch_size", "32", "--augment", "1",
+                                           "--show", "0", "--artifacts_dir", "/tmp/a", "--results_dir", "/tmp/r"])
+    assert (options.epochs, options.batch_size, options.augment, options.show) == (10, 32, 1, "0")
+    args = evaluate.build_parser().parse_args(["--image_dir", "DIR", "--rows", "2", "--cols", "5"])
+    assert (args.rows, args.cols, args.image_size) == (2, 5, None)  # the model fixes the size
+    args = predict.build_parser().parse_args(["--image_dir", "DIR", "--rows", "2", "--cols", "5", "--gradcam", "1"])
+    assert (args.rows, args.cols, args.gradcam) == (2, 5, 1)
+    assert main_script.build_parser().parse_args([]).rows == config.DEFAULTS.rows == 2
+
+
+def markdown_tables(path):
+    with open(os.path.join(ROOT, path), encoding="utf-8") as handle:
+        return handle.read()
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/options.md"])
+def test_the_docs_option_tables_are_the_tables_the_option_table_makes(path):
+    text = markdown_tables(path)
+    assert config.OPTION_TABLE.search(text), f"{path} has no option table"
+    assert config.fill_option_tables(text) == text, (
+        f"{path}'s option tables differ from config.py's: run "
+        "python -c \"import config; config.refresh_option_tables(['README.md', 'docs/options.md'])\""
+    )
+
+
+def test_docs_options_lists_every_option_of_every_script():
+    text = markdown_tables("docs/options.md")
+    for script in config.SCRIPTS:
+        assert f"<!-- options:{script} -->" in text
+    listed = {line.split("`")[1][2:] for line in text.splitlines() if line.startswith("| `--")}
+    assert listed == {name for script in config.SCRIPTS for name in config.options_of(script)}
+
+
+def test_a_changed_default_shows_in_the_rendered_table(monkeypatch):
+    # The check above can fail: the table follows the declaration.
+    before = config.options_markdown("main", "common")
+    field = next(field for field in dataclasses.fields(config.Config) if field.name == "epochs")
+    monkeypatch.setattr(config, "DEFAULTS", dataclasses.replace(config.DEFAULTS, epochs=99))
+    assert "| `--epochs` | 99 |" in config.options_markdown("main", "common")
+    assert "| `--epochs` | 10 |" in before and field.default == 10
+
+
+# Per option with a check: a value the check refuses, and what the line says.
+REFUSED = {
+    "image_size": ("16", "image_size must be at least 32"),
+    "batch_size": ("0", "batch_size must be at least 1"),
+    "val_split": ("1.5", "val_split must be between 0 and 1 (exclusive)"),
+    "test_split": ("0", "test_split must be between 0 and 1 (exclusive)"),
+    "rotation": ("-1", "rotation must be 0 or more"),
+    "zoom": ("1", "zoom must be below 1"),
+    "translation": ("-0.1", "translation must be 0 or more"),
+    "contrast": ("2", "contrast must be below 1"),
+    "alpha": ("0", "alpha must be positive"),
+    "weights": ("/no/such/file.h5", "weights must be imagenet, none or the path of a weights file"),
+    "dropout": ("1", "dropout must be in [0, 1)"),
+    "epochs": ("0", "epochs must be at least 1"),
+    "learning_rate": ("0", "learning_rate must be positive"),
+    "fine_tune_epochs": ("-1", "fine_tune_epochs must be 0 or more"),
+    "fine_tune_layers": ("0", "fine_tune_layers must be at least 1"),
+    "patience": ("0", "patience must be at least 1"),
+    "rows": ("21", "rows must be between 1 and 20"),
+    "cols": ("0", "cols must be between 1 and 20"),
+    "grid_per_class": ("0", "grid_per_class must be between 1 and 20"),
+    "tta": ("33", "tta must be between 1 and 32"),
+    "top_k": ("0", "top_k must be at least 1"),
+}
+
+
+def test_every_checked_option_has_a_refused_value_here():
+    checked = {name for script in config.SCRIPTS for name, spec in config.options_of(script).items() if spec.check}
+    assert checked - {"artifacts_dir", "results_dir"} == set(REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_each_check_refuses_with_one_line_naming_the_value(name, tmp_path):
+    value, message = REFUSED[name]
+    script = next(script for script in config.SCRIPTS if name in config.options_of(script))
+    args = PARSERS[script]().parse_args([f"--{name}", value])
+    with pytest.raises(errors.UserError, match=r"^" + message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)") + r".*Received: " + name + "=") as raised:
+        config.validate(config.config_from_args(args), script)
+    assert "\n" not in str(raised.value)
+
+
+def test_rules_of_several_options_together():
+    args = main_script.build_parser().parse_args(["--val_split", "0.5", "--test_split", "0.5"])
+    with pytest.raises(errors.UserError, match="val_split \\+ test_split must be below 1"):
+        config.validate(config.config_from_args(args), "main")
+    args = evaluate.build_parser().parse_args(["--quantize", "int8"])
+    with pytest.raises(errors.UserError, match="add litert to --export"):
+        config.validate(config.config_from_args(args), "evaluate")
+    args = main_script.build_parser().parse_args(["--backbone", "inception_v3", "--image_size", "64"])
+    with pytest.raises(errors.UserError, match="at least 75 for inception_v3"):
+        config.validate(config.config_from_args(args), "main")
+
+
+def test_tags_name_the_options_the_readme_says():
+    assert set(config.names_tagged("display")) == {"show", "rows", "cols", "gallery", "grid_per_class"}
+    assert set(config.names_tagged("worker_local")) == {"image_dir", "labels_csv", "reader", "weights"}
+    assert set(config.names_tagged("run_locator")) == {"resume", "artifacts_dir"}
+    assert {"image_dir", "results_dir", "labels_csv", "weights"} == set(config.names_tagged("path"))
+
+
+def test_first_different_compares_paths_as_real_paths_and_leaves_out_tags(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "link").symlink_to(data)
+    saved = config.saved_options(dataclasses.replace(config.DEFAULTS, image_dir=str(data), epochs=5))
+
+    assert config.first_different({"image_dir": str(tmp_path / "link")}, saved, ()) is None
+    assert config.first_different({"epochs": 6}, saved, ()) == ("epochs", 6, 5)
+    assert config.first_different({"rows": 4, "epochs": 5}, saved, ("display",)) is None
+    assert config.first_different({"rows": 4}, saved, ()) == ("rows", 4, 2)
+    assert config.first_different({"artifacts_dir": "elsewhere"}, saved, ("run_locator",)) is None
+
+
+def test_given_options_are_the_ones_on_the_command_line():
+    given = config.given_options(main_script.build_parser(), ["--epochs", "3", "--show=0", "--resume"])
+    assert given == {"epochs": 3, "show": "0", "resume": "last"}
+
+
+def test_saved_options_are_main_pys_and_the_demo_flag():
+    saved = config.saved_options(config.DEFAULTS)
+    assert set(saved) == set(config.options_of("main")) | {"demo"}
+    assert "model" not in saved and "top_k" not in saved
+
+
+def test_argparse_mistakes_are_user_errors():
+    with pytest.raises(errors.UserError, match="unrecognized arguments: --lr"):
+        main_script.build_parser().parse_args(["--lr", "0.1"])
+    with pytest.raises(errors.UserError, match="invalid choice"):
+        main_script.build_parser().parse_args(["--augment", "2"])
+    with pytest.raises(errors.UserError, match="epochs must be an integer. Received: epochs=ten"):
+        main_script.build_parser().parse_args(["--epochs", "ten"])
