@@ -1,5 +1,10 @@
-"""Shared test helpers: tiny synthetic image folders made in tmp_path."""
+"""Shared test helpers: tiny synthetic image folders made in tmp_path, the
+one-line error check, and the trained run and saved model that tests
+share (built once per session)."""
 
+import contextlib
+import csv
+import fcntl
 import json
 import os
 import sys
@@ -108,3 +113,132 @@ def workdir(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.chdir(folder)
     return folder
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def one_line_error(capsys):
+    """The one stderr line of a script that stopped (exit code 2 or 1)."""
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error, error
+    assert error.startswith("error: ")
+    return error
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+# One epoch on a tiny model, nothing optional: for runs where training is not the point.
+QUICK = [*TINY, "--epochs", "1", "--augment", "0"]
+
+
+# ---------------------------------------------------------------- built once per session
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, worker_id, name):
+    """(folder, whether it still has to be built) for a fixture built once
+    per test session, also across pytest-xdist's worker processes (the
+    pattern of xdist's docs, with an OS file lock): the first process to
+    take the lock builds `folder`, the others find it done."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder, not (folder / "done.json").exists()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+TRAINED_CLASSES = ("alpha", "beta", "gamma")
+
+
+def trained_paths(folder):
+    done = read_json(folder / "done.json")
+    return {
+        "root": folder, "data": str(folder / "data"), "artifacts": folder / "artifacts",
+        "run": folder / "artifacts" / "runs" / done["run"], "results": folder / "results",
+        "mlruns": folder / "mlruns", "shown": done["shown"], "printed": done["printed"],
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, worker_id):
+    """One tiny model trained by main.py for every test that needs a real
+    training run: 3 classes of 12 images, 2 epochs with augmentation,
+    tracked in MLflow, exported to every format, its figures recorded as
+    they would be shown. Built once per session (across xdist workers too).
+    Read-only: a test that changes a file copies the run first. Keys: data,
+    artifacts (ARTIFACTS_DIR), run (its run folder), results, mlruns, shown
+    (figure paths in the order shown), printed (what main.py printed)."""
+    import io
+
+    import main
+    import visualize
+
+    with built_once(tmp_path_factory, worker_id, "trained_run") as (folder, build):
+        if build:
+            data = make_flat_dataset(folder / "data", classes=TRAINED_CLASSES, per_class=12)
+            shown, printed = [], io.StringIO()
+
+            def record(path):
+                assert os.path.isfile(path), f"{path} shown before it was saved"
+                shown.append(path)
+
+            with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+                patch.setattr(visualize, "should_show", lambda mode: (True, None))
+                patch.setattr(visualize, "show_saved_figure", record)
+                code = main.main([
+                    "--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),
+                    "--results_dir", str(folder / "results"), *TINY, "--epochs", "2", "--augment", "1",
+                    "--grid_per_class", "3", "--rows", "2", "--cols", "3", "--show", "1",
+                    "--mlflow", (folder / "mlruns").as_uri(), "--export", "onnx,litert,saved_model",
+                ])
+            assert code == 0, printed.getvalue()[-3000:]
+            run = os.path.basename(os.readlink(folder / "artifacts" / "latest"))
+            with open(folder / "done.json", "w", encoding="utf-8") as handle:
+                json.dump({"run": run, "shown": shown, "printed": printed.getvalue()}, handle)
+        return trained_paths(folder)
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, worker_id):
+    """An untrained tiny model saved with its companions and published, as
+    main.py would leave it, for tests where training is not the point (the
+    companions, unreadable files, odd folders): classes cat and dog of the
+    flat folder `data` (8 each). Keys: data, artifacts, run."""
+    with built_once(tmp_path_factory, worker_id, "saved_model") as (folder, build):
+        if build:
+            write_saved_model(folder)
+        run = os.path.basename(os.readlink(folder / "artifacts" / "latest"))
+        return {"root": folder, "data": str(folder / "data"), "artifacts": folder / "artifacts",
+                "run": folder / "artifacts" / "runs" / run}
+
+
+def write_saved_model(folder):
+    import artifacts
+    import config
+    import model_builder
+    import splits
+
+    data = make_flat_dataset(folder / "data", classes=("cat", "dog"), per_class=8)
+    index = splits.index_dataset(data, 0.15, 0.15, seed=42)
+    run_id, run_folder = artifacts.new_run(str(folder / "artifacts"), str(folder / "results"))
+    model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights="none")
+    path = artifacts.save_model(model, os.path.join(run_folder, artifacts.MODEL_FILE))
+    options = {**config.saved_options(config.DEFAULTS), "image_dir": index.root, "image_size": 32, "alpha": 0.35,
+               "weights": "none", "augment": 0}
+    run_config = {
+        "image_size": 32, "backbone": "mobilenet_v2", "alpha": 0.35, "weights": "none", "seed": 42,
+        "image_dir": index.root, "class_names": list(index.class_names), "run": run_id, "status": "finished",
+        "options": options, "model_sha256": artifacts.file_sha256(path),
+    }
+    artifacts.write_companions(run_folder, index.class_names, splits.manifest_rows(index), run_config)
+    artifacts.publish(str(folder / "artifacts"), run_folder)
+    with open(folder / "done.json", "w", encoding="utf-8") as handle:
+        json.dump({"run": run_id}, handle)

@@ -22,7 +22,7 @@ import main as main_script
 import predict
 import inference
 import inspect_dataset
-from conftest import ROOT, TINY, make_flat_dataset, read_json, write_class_folder
+from conftest import ROOT, TINY, make_flat_dataset, one_line_error, read_json, write_class_folder
 
 SCRIPTS = {"main": main_script, "inspect_dataset": inspect_dataset, "evaluate": evaluate, "predict": predict}
 
@@ -44,14 +44,6 @@ def snapshot(root):
             else:
                 state[path] = ("special", os.stat(path).st_mode)
     return state
-
-
-def one_line_error(capsys):
-    """The one stderr line of a script that exited with code 2."""
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "Traceback" not in error, error
-    assert error.startswith("error: ")
-    return error
 
 
 @contextlib.contextmanager
@@ -481,16 +473,10 @@ def test_predict_and_evaluate_list_fifos_and_non_utf8_names_as_skipped(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained by main.py on cat/dog."""
-    root = tmp_path_factory.mktemp("trained")
-    data = make_flat_dataset(root / "data", per_class=8)
-    code = main_script.main([
-        "--image_dir", data, "--artifacts_dir", str(root / "artifacts"),
-        "--results_dir", str(root / "results"), "--epochs", "1", "--augment", "0", *TINY,
-    ])
-    assert code == 0
-    return {"data": data, "artifacts": str(root / "artifacts"), "root": root}
+def trained(saved_model):
+    """A model with its companions on cat/dog (conftest.saved_model: no
+    training needed to read odd files)."""
+    return {**saved_model, "artifacts": str(saved_model["artifacts"])}
 
 
 def odd_folder(root):

@@ -21,16 +21,10 @@ import main as main_script
 import errors
 import inference
 import splits
-from conftest import TINY, make_flat_dataset, read_json
+from conftest import QUICK, make_flat_dataset, one_line_error, read_json
 
 BACKBONES = ("mobilenet_v2", "mobilenet_v3_small")
-QUICK = [*TINY, "--epochs", "1", "--augment", "0", "--calibrate", "0", "--rows", "1", "--cols", "3"]
-
-
-def one_line_error(capsys):
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "Traceback" not in error, error
-    return error
+FEW = [*QUICK, "--calibrate", "0", "--rows", "1", "--cols", "3"]
 
 
 def read_rows(path):
@@ -49,7 +43,7 @@ def several(tmp_path_factory):
     artifacts_dir, results = root / "artifacts", root / "results"
     outputs = ["--artifacts_dir", str(artifacts_dir), "--results_dir", str(results)]
     # A space after the comma, as people type lists.
-    code = main_script.main(["--image_dir", data, "--backbone", ", ".join(BACKBONES), *QUICK, *outputs])
+    code = main_script.main(["--image_dir", data, "--backbone", ", ".join(BACKBONES), *FEW, *outputs])
     assert code == 0
     runs = [artifacts_dir / "runs" / run for run in artifacts.run_ids(str(artifacts_dir))]
     return {"root": root, "data": data, "artifacts": artifacts_dir, "results": results, "runs": runs}

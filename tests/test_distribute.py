@@ -319,9 +319,12 @@ def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path):
 
 # ---------------------------------------------------------------- several devices, GPU defaults
 
-# Runs main.py with two logical CPU devices, set up before TensorFlow
-# starts (as Keras' own distribute tests do): make_strategy then mirrors
-# over them, as it would over two GPUs.
+# Two logical CPU devices, set up before TensorFlow starts (as Keras' own
+# distribute tests do): make_strategy then mirrors over them, as it would
+# over two GPUs. TWO_DEVICES runs main.py on them; ONE_STEP compares one
+# training step on the two replicas with the same step on one device
+# (weights after it, printed as JSON). Two processes: collectives of two
+# strategies in one process collide ("Restart your program to reset").
 TWO_DEVICES = """
 import sys
 import tensorflow as tf
@@ -329,6 +332,37 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import main
 sys.exit(main.main(sys.argv[1:]))
+"""
+ONE_STEP = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import devices
+
+def after_one_step(strategy, count=16):
+    # Plain SGD: the step is proportional to the gradient, so a loss not
+    # averaged over the global batch (or gradients not summed over the
+    # replicas) would move the weights by another amount.
+    keras.utils.set_random_seed(7)
+    with strategy.scope():
+        model = keras.Sequential([
+            keras.Input((8, 8, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255.0), keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3, activation="softmax"),
+        ])
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)[:count]
+    labels = (np.arange(16, dtype=np.int32) % 3)[:count]
+    model.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(16), epochs=1, verbose=0, shuffle=False)
+    return [weight.tolist() for weight in model.get_weights()]
+
+mirrored = devices.make_strategy(None)
+one = tf.distribute.OneDeviceStrategy("/cpu:0")
+steps = {"replicas": mirrored.num_replicas_in_sync, "mirrored": after_one_step(mirrored),
+         "one device": after_one_step(one), "half the batch": after_one_step(one, count=8)}
+print(json.dumps(steps))
 """
 
 
@@ -338,36 +372,41 @@ def history_of(results):
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_on_two_devices_scales_the_batch_and_trains_like_one_device(tmp_path, monkeypatch):
-    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=100)
-    common = ["--image_dir", data, *TINY, "--epochs", "4", "--augment", "0", "--learning_rate", "0.002"]
-    mirrored, single = tmp_path / "mirrored", tmp_path / "single"
-    mirrored.mkdir()
-    single.mkdir()
+def test_mirrored_strategy_on_two_devices_steps_exactly_as_one_device_and_scales_the_batch(tmp_path):
+    import json
 
-    finished = subprocess.run(
-        [sys.executable, "-c", TWO_DEVICES, *common, "--batch_size", "8"],
-        cwd=mirrored, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=400,
+    # 14 per class: validation and test hold 6 images, one even batch of 3 + 3.
+    # (Keras 3.15's model.fit under MirroredStrategy fails when a batch splits
+    # unevenly before any even one, or leaves a replica empty: keras-team/keras#19246.)
+    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=14)
+    step = subprocess.run(
+        [sys.executable, "-c", ONE_STEP], env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+        timeout=400,
     )
-    monkeypatch.chdir(single)
-    assert main_script.main([*common, "--batch_size", "16"]) == 0
-
+    finished = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICES, "--image_dir", data, *TINY, "--epochs", "1", "--augment", "0",
+         "--batch_size", "4", "--calibrate", "0"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=400,
+    )
+    assert step.returncode == 0, step.stderr[-3000:]
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+    # One step on the global batch of 16, split 8 + 8 over two replicas,
+    # gives the weights one device gives on the 16 at once: the loss is
+    # averaged over the global batch and the gradients summed over replicas.
+    steps = json.loads(step.stdout.splitlines()[-1])
+    assert steps["replicas"] == 2
+    for ours, theirs in zip(steps["mirrored"], steps["one device"], strict=True):
+        np.testing.assert_allclose(np.array(ours), np.array(theirs), rtol=1e-5, atol=1e-6)
+    # The comparison can tell steps apart: one device on half the batch moves elsewhere.
+    moved = [np.abs(np.array(ours) - np.array(half)).max() for ours, half in zip(steps["mirrored"], steps["half the batch"])]
+    assert max(moved) > 1e-3, moved
+    # And main.py on the two devices: the strategy, the global batch and the run config say so.
     assert "device: MirroredStrategy, 2 replicas; CPU, float32" in finished.stdout
-    assert "global batch 16 (8 per replica x 2)" in finished.stdout
-    (run,) = (mirrored / "model_artifacts" / "runs").iterdir()
-    assert read_json(run / "run_config.json")["distribution"] == {"workers": 1, "replicas": 2, "global_batch_size": 16}
-    # The same global batch, the same data order and initial weights: the
-    # two runs differ only by BatchNorm's per-replica batches and dropout's
-    # draws. Both learn (chance is 1/3), and alike.
-    ours, theirs = history_of(mirrored / "results"), history_of(single / "results")
-    assert len(ours["epoch"]) == len(theirs["epoch"]) == 4
-    assert ours["accuracy"][-1] >= 0.6 and theirs["accuracy"][-1] >= 0.6, (ours, theirs)
-    assert abs(ours["accuracy"][-1] - theirs["accuracy"][-1]) <= 0.2, (ours, theirs)
-    assert ours["loss"].mean() == pytest.approx(theirs["loss"].mean(), rel=0.35)
-    assert ours["loss"][0] == pytest.approx(theirs["loss"][0], rel=0.25)
-    (metrics,) = (mirrored / "results" / "metrics").iterdir()
-    assert read_json(metrics / "metrics.json")["num_samples"] == 45
+    assert "global batch 8 (4 per replica x 2)" in finished.stdout
+    (run,) = (tmp_path / "model_artifacts" / "runs").iterdir()
+    assert read_json(run / "run_config.json")["distribution"] == {"workers": 1, "replicas": 2, "global_batch_size": 8}
+    assert len(history_of(tmp_path / "results")["epoch"]) == 1
 
 
 @pytest.fixture

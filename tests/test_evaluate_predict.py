@@ -1,7 +1,6 @@
 """main.py -> evaluate.py -> predict.py end to end on one tiny trained model,
 plus Grad-CAM and the command-line mistakes that exit with code 2."""
 
-import csv
 import os
 
 import numpy as np
@@ -12,9 +11,9 @@ import main as main_script
 import predict
 import visualize
 import gradcam
-from conftest import make_flat_dataset, read_json, write_class_folder
+from conftest import TRAINED_CLASSES, make_flat_dataset, read_csv, read_json, write_class_folder
 
-CLASSES = ("alpha", "beta", "gamma")
+CLASSES = TRAINED_CLASSES
 MAIN_FIGURES = [
     ("dataset_distribution", "dataset_distribution.png"),
     ("class_grid", "class_grid.png"),
@@ -28,11 +27,6 @@ MAIN_FIGURES = [
     ("prediction_gallery", "prediction_gallery.png"),
     ("top_losses", "top_losses.png"),
 ]
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.reader(handle))
 
 
 def runs_of(results):
@@ -52,32 +46,9 @@ def only_stamp(results):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny model trained by main.py (figures recorded as they would be
-    shown), shared by the tests of this module."""
-    root = tmp_path_factory.mktemp("trained")
-    data = make_flat_dataset(root / "data", classes=CLASSES, per_class=12)
-    artifacts, results = root / "artifacts", root / "results"
-    shown = []
-
-    def record(path):
-        assert os.path.isfile(path), f"{path} shown before it was saved"
-        shown.append(path)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(visualize, "should_show", lambda mode: (True, None))
-        patch.setattr(visualize, "show_saved_figure", record)
-        code = main_script.main([
-            "--image_dir", data, "--artifacts_dir", str(artifacts), "--results_dir", str(results),
-            "--weights", "none", "--alpha", "0.35", "--image_size", "32", "--batch_size", "8",
-            "--epochs", "2", "--augment", "1", "--grid_per_class", "3", "--rows", "2", "--cols", "3",
-            "--show", "1", "--mlflow", (root / "mlruns").as_uri(),
-        ])
-    assert code == 0
-    return {
-        "data": data, "artifacts": artifacts, "results": results, "root": root, "shown": shown,
-        "mlruns": root / "mlruns",
-    }
+def trained(trained_run):
+    """The session's trained run (conftest.trained_run)."""
+    return trained_run
 
 
 def common(trained, results, *extra):

@@ -2,9 +2,6 @@
 their parity check, evaluate.py and predict.py running each export, and the
 files and options that must stop with one line."""
 
-import contextlib
-import csv
-import io
 import os
 import shutil
 
@@ -17,15 +14,10 @@ import export
 import main as main_script
 import predict
 import errors
-from conftest import TINY, make_flat_dataset, read_json
+from conftest import TRAINED_CLASSES, make_flat_dataset, read_csv, read_json
 
-CLASSES = ("alpha", "beta", "gamma")
+CLASSES = TRAINED_CLASSES
 EXPORTED = {"onnx": "best_model.onnx", "litert": "best_model.tflite", "saved_model": "saved_model"}
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.reader(handle))
 
 
 def only_file(folder, category, name):
@@ -34,35 +26,12 @@ def only_file(folder, category, name):
     return os.path.join(folder, category, stamp, name)
 
 
-def train(root, *extra):
-    """main.py on a tiny 3-class folder with --export of every format;
-    returns (exit code, printed text, paths)."""
-    data = make_flat_dataset(root / "data", classes=CLASSES, per_class=12)
-    paths = {"data": data, "artifacts": root / "artifacts", "results": root / "results"}
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main_script.main([
-            "--image_dir", data, "--artifacts_dir", str(paths["artifacts"]),
-            "--results_dir", str(paths["results"]), *TINY, "--epochs", "2", "--augment", "0",
-            "--export", "onnx,litert,saved_model", *extra,
-        ])
-    # Exports go into the run's own folder (where ARTIFACTS_DIR/latest leads).
-    latest = paths["artifacts"] / "latest"
-    if latest.exists():
-        paths["artifacts"] = latest.resolve()
-    return code, printed.getvalue(), paths
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny model trained and exported by main.py --export, shared by
-    the tests of this module; the report is read before any test rewrites
-    it."""
-    code, printed, paths = train(tmp_path_factory.mktemp("exported"))
-    assert code == 0, printed[-3000:]
-    paths["printed"] = printed
-    paths["report"] = read_json(paths["artifacts"] / export.EXPORT_REPORT_FILE)
-    return paths
+def trained(trained_run):
+    """The session's trained run (conftest.trained_run: main.py --export of
+    every format), with its export report; "artifacts" here is its run
+    folder, where the exports are."""
+    return {**trained_run, "artifacts": trained_run["run"], "report": read_json(trained_run["run"] / export.EXPORT_REPORT_FILE)}
 
 
 def options(trained, results, *extra):

@@ -79,12 +79,13 @@ def test_pretrained_backbone_runs_batchnorm_in_inference_mode(local_weights):
     model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=local_weights)
     model_builder.unfreeze_top_layers(model, 40)
     norms = [l for l in model_builder.backbone_of(model).layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert norms, "no BatchNormalization layer in the backbone: nothing to check"
     before = [np.array(layer.moving_mean) for layer in norms]
     train_utils.compile_model(model, 1e-3, jit_compile=False)
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
     model.fit(images, np.array([0, 1] * 4), epochs=1, verbose=0)
     after = [np.array(layer.moving_mean) for layer in norms]
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_local_weights_file_is_loaded(local_weights):
@@ -93,7 +94,9 @@ def test_local_weights_file_is_loaded(local_weights):
     model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=local_weights)
     reference = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
     reference.load_weights(local_weights)
-    for got, expected in zip(model_builder.backbone_of(model).weights, reference.weights):
+    loaded = model_builder.backbone_of(model).weights
+    assert len(loaded) == len(reference.weights) > 0
+    for got, expected in zip(loaded, reference.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
@@ -120,7 +123,7 @@ def _train_from_scratch(index, tmp_path, momentum):
         history_path=str(tmp_path / f"history-{momentum}.csv"),
         resume_folder=str(tmp_path / f"resume-{momentum}"),
     )
-    train_utils.train(model, train, val, plan, {"stamp": "test", "history_path": plan.history_path})
+    train_utils.train(model, train, val, plan)
     probabilities, true_labels = inference.predict_batches(model, val)
     return float(np.mean(probabilities.argmax(axis=1) == true_labels))
 

@@ -21,15 +21,8 @@ import artifacts
 import evaluate
 import main as main_script
 import predict
-from conftest import ROOT, TINY, make_flat_dataset, read_json
+from conftest import QUICK, ROOT, TINY, make_flat_dataset, one_line_error, read_json
 
-QUICK = [*TINY, "--epochs", "1", "--augment", "0"]
-
-
-def one_line_error(capsys):
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "Traceback" not in error, error
-    return error
 
 
 def predictions(results):
