@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import show
 import time
 
 import numpy as np
@@ -454,7 +455,7 @@ def train_series(options, names, train_one):
             published=artifacts.published_run(options.artifacts_dir),
         )
     with console.stage("Showing the comparison"):
-        visualize.show_figures(paths[-1:], options.show)
+        show.show_figures(paths[-1:], options.show)
     return runs
 
 

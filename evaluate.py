@@ -22,6 +22,7 @@ inference.py's and metrics.py's, the figures figures.py's.
 
 import dataclasses
 import os
+import show
 import sys
 
 import artifacts
@@ -34,7 +35,6 @@ import export
 import figures
 import inference
 import metrics
-import visualize
 from errors import UserError
 
 DESCRIPTION = "Evaluate a trained classifier on a labelled folder of images."
@@ -112,7 +112,7 @@ def run_comparison(options):
             published=artifacts.published_run(options.artifacts_dir),
         )
     with console.stage("Showing the comparison"):
-        visualize.show_figures(paths[-1:], options.show)
+        show.show_figures(paths[-1:], options.show)
     return paths
 
 
@@ -169,7 +169,7 @@ def run_evaluation(argv=None):
         with console.stage("Exporting the model and checking each export"):
             report, report_path = export_evaluated(trained, evaluation, options, readers)
     with console.stage("Showing the figures"):
-        visualize.show_figures(drawn, options.show)
+        show.show_figures(drawn, options.show)
     if report and not report["passed"]:
         raise errors.CheckFailed(export.failure_message(report, report_path))
     return drawn

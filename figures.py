@@ -8,6 +8,7 @@ visualize.py (how a figure looks) and returns the PNG's path. Grad-CAM's heat
 comes from gradcam.py.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -130,6 +131,40 @@ def gallery_indices(true_labels, predicted, count, mode, seed):
     return order[:count].astype(int).tolist()
 
 
+@dataclasses.dataclass(frozen=True)
+class GalleryItem:
+    """One gallery tile: the image as the user knows it (uint8 RGB), the
+    prediction, and the true class when known; visualize frames it in its
+    verdict's colour under its title."""
+
+    image: np.ndarray
+    predicted: str
+    confidence: float
+    true: str | None = None
+    caption: str = ""
+
+    @property
+    def verdict(self):
+        """correct, wrong or unlabelled."""
+        if self.true is None:
+            return "unlabelled"
+        return "correct" if self.true == self.predicted else "wrong"
+
+    @property
+    def title(self):
+        """The tile's title: 'true: cat' and 'pred: dog (60%)' (the
+        prediction alone when no label is known), then the caption."""
+        short = visualize.short_label
+        if self.true is None:
+            lines = [f"{short(self.predicted, 20, 1)} ({self.confidence:.0%})"]
+        else:
+            lines = [f"true: {short(self.true, 20, 1)}",
+                     f"pred: {short(self.predicted, 17, 1)} ({self.confidence:.0%})"]
+        if self.caption:
+            lines.append(short(self.caption, 24, 1))
+        return "\n".join(lines)
+
+
 def gallery_items(
     paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None
 ):
@@ -140,7 +175,7 @@ def gallery_items(
         image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
         predicted = int(np.argmax(probabilities[index]))
         items.append(
-            visualize.GalleryItem(
+            GalleryItem(
                 image=image,
                 predicted=class_names[predicted],
                 confidence=float(probabilities[index][predicted]),
@@ -196,6 +231,22 @@ def render_confusion(evaluation, folder):
     ]
 
 
+def report_rows(report):
+    """The classification report's table rows, from classification_metrics'
+    dict: (names, metric values (rows, 3) with NaN where undefined,
+    supports), the classes, then accuracy, macro and weighted averages."""
+    classes = list(report["per_class"].items())
+    rows = classes + [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]
+    names = [name for name, _ in rows]
+    values = [[row["precision"], row["recall"], row["f1"]] for _, row in rows]
+    supports = [row["support"] for _, row in rows]
+    # Accuracy between the classes and the averages: one number, over every image.
+    names.insert(len(classes), "accuracy")
+    values.insert(len(classes), [np.nan, np.nan, report["accuracy"]])
+    supports.insert(len(classes), int(sum(supports[: len(classes)])))
+    return names, np.array(values, dtype=float), supports
+
+
 def render_report(evaluation, folder):
     """The classification report as a heat-table PNG, plus the same report
     as classification_report.txt (scikit-learn's) and .json; returns the
@@ -206,8 +257,10 @@ def render_report(evaluation, folder):
     text += "".join(f"  {line}\n" for line in calibration.confused_lines(confused))
     artifacts.write_text(os.path.join(folder, "classification_report.txt"), text)
     artifacts.write_json(os.path.join(folder, "classification_report.json"), {**metrics, "most_confused": confused})
+    names, values, supports = report_rows(metrics)
     return visualize.plot_classification_report(
-        metrics, os.path.join(folder, "classification_report.png"),
+        names, values, supports, len(metrics["per_class"]), metrics["accuracy"],
+        os.path.join(folder, "classification_report.png"),
         subtitle=summary_line(evaluation, accuracy=False),
     )
 

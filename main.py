@@ -11,6 +11,7 @@ it, so a new stage is one function and one line in the list.
 import contextlib
 import dataclasses
 import os
+import show
 import shutil
 import sys
 import time
@@ -606,7 +607,7 @@ def finish_tracking_stage(run):
 
 def show_stage(run):
     """Every figure is saved by now; show them in stage order."""
-    visualize.show_figures(run.drawn, run.options.show)
+    show.show_figures(run.drawn, run.options.show)
 
 
 @dataclasses.dataclass(frozen=True)

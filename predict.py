@@ -13,6 +13,7 @@ figure of the gallery's images.
 
 import dataclasses
 import os
+import show
 import sys
 
 import numpy as np
@@ -297,7 +298,7 @@ def run_prediction(argv=None):
         for path in drawn:
             print(f"    figure: {path}")
     with console.stage("Showing the figures"):
-        visualize.show_figures(drawn, options.show)
+        show.show_figures(drawn, options.show)
     return drawn
 
 

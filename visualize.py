@@ -1,24 +1,22 @@
-"""Every figure the pipeline draws, in one blush theme, and showing them.
+"""How every figure looks: the blush theme and every plot.
 
 Plot functions take data and an output path, draw on a standalone
 matplotlib Figure (never pyplot: drawing never opens a window and works on
 any backend, headless included), save the PNG atomically and return its
-path. Showing is a separate step: `show_figures` opens saved PNGs one at a
-time, in the order given, each after the previous window is closed, and only
-when a screen is present. This is the only module that imports matplotlib.
+path. What each figure shows is figures.py's; when saved figures are shown
+is show.py's, which opens them through `show_saved_figure` here. This is
+the only module that imports matplotlib and seaborn (seaborn only when a heat table or bar chart is drawn: it
+brings pandas and SciPy, about 2 s, which a command that stops at a bad
+option should not wait for).
 """
 
-import dataclasses
 import functools
 import os
 import re
-import sys
 
 import matplotlib
 import numpy as np
-import seaborn
 from matplotlib import colors as mcolors
-from matplotlib import patches
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
@@ -168,6 +166,8 @@ def plot_dataset_distribution(counts, class_names, output_path, skipped=0):
     `counts` is {split: {class: images}} (DatasetIndex.counts()); `skipped`
     the number of files the audit left out. Returns the PNG path.
     """
+    import seaborn
+
     splits = [split for split in ("train", "val", "test") if split in counts]
     totals = np.array([sum(counts[split][name] for split in splits) for name in class_names])
     ratio = totals.max() / max(totals.min(), 1)
@@ -179,20 +179,15 @@ def plot_dataset_distribution(counts, class_names, output_path, skipped=0):
         size = (max(7.5, 0.9 * num_classes + 3), 5.4)
     figure = Figure(figsize=size, layout="constrained")
     axes = figure.add_subplot()
-    bar_width = 0.84 / len(splits)
-    positions = np.arange(num_classes)
-    draw = axes.barh if horizontal else axes.bar
-    for number, split in enumerate(splits):
-        values = [counts[split][name] for name in class_names]
-        bars = draw(
-            positions + (number - (len(splits) - 1) / 2) * bar_width,
-            values,
-            bar_width,
-            label=f"{split} ({sum(values):,})",
-            color=SPLIT_COLOURS[split],
-            edgecolor=WINE,
-            linewidth=0.6,
-        )
+    # Long form, a bar per split and class; each split's hue is its legend entry.
+    names = [name for split in splits for name in class_names]
+    images = [counts[split][name] for split in splits for name in class_names]
+    legend = [f"{split} ({sum(counts[split][name] for name in class_names):,})" for split in splits]
+    seaborn.barplot(x=images if horizontal else names, y=names if horizontal else images,
+                    hue=np.repeat(legend, num_classes), order=class_names, width=0.84, errorbar=None,
+                    palette=[SPLIT_COLOURS[split] for split in splits], saturation=1, edgecolor=WINE,
+                    linewidth=0.6, orient="h" if horizontal else "v", ax=axes)
+    for bars in axes.containers:
         axes.bar_label(bars, padding=2, fontsize=FONT_SIZES["small"])
     if horizontal:
         label_class_axis(axes, "y", class_names)
@@ -356,15 +351,31 @@ def plot_training_curves(history, output_path, finetune_start=None):
 # ---------------------------------------------------------------- 5. confusion matrix
 
 
+# seaborn writes white on cells darker than a relative luminance of 0.408:
+# on the blush map from 0.44 of the scale, on mid pinks where white has under
+# half ink's contrast (2.6:1 against 5.5:1). Ink stays up to this share.
+WHITE_TEXT_FROM = 0.52
+
+
+def heat_cells(axes, values, fmt, font, top=1.0, hidden=False, colours=(INK, WHITE), **options):
+    """Draws the cells of `values` that are not `hidden` (a mask) nor NaN on
+    `axes` with seaborn.heatmap, in the blush colours from 0 to `top`, each
+    with its value (`fmt`, `font` points) in the first of `colours` on light
+    cells, the second on dark ones (a layer each). The other cells stay
+    transparent: what is drawn below shows. `options` go to seaborn.heatmap."""
+    import seaborn
+
+    dark = values >= WHITE_TEXT_FROM * top
+    for cells, colour in ((~dark, colours[0]), (dark, colours[1])):
+        seaborn.heatmap(values, mask=hidden | ~cells, vmin=0, vmax=top, annot=True, fmt=fmt,
+                        cmap=HEATMAP.with_extremes(bad="none"), annot_kws={"fontsize": font, "color": colour},
+                        cbar=False, xticklabels=False, yticklabels=False, ax=axes, **options)
+
+
 def matrix_cell_font(num_classes):
     """Annotation font size for an n x n heatmap; None: too many to annotate."""
-    if num_classes <= 10:
-        return 10
-    if num_classes <= 20:
-        return 8
-    if num_classes <= 45:
-        return 6.5
-    return None
+    sizes = ((10, 10), (20, 8), (45, 6.5))  # (up to this many classes, points)
+    return next((points for most, points in sizes if num_classes <= most), None)
 
 
 @themed
@@ -372,11 +383,12 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
     """A heatmap of the confusion matrix (rows true, columns predicted).
 
     `normalize=True` divides each row by its total (recall on the
-    diagonal); a class with no images shows grey. Cells are annotated in
-    seaborn's text colour that contrasts with theirs, zeros quietly; the
-    figure grows with the number of classes so names stay legible. Returns
-    the path.
+    diagonal); a class with no images shows grey. Cells are annotated with
+    text that contrasts with their colour; the figure grows with the number
+    of classes so names stay legible. Returns the path.
     """
+    import seaborn
+
     matrix = np.asarray(matrix)
     num_classes = len(class_names)
     if normalize:
@@ -391,21 +403,19 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
     side = max(5.5, num_classes * cell + 2.5)
     figure = Figure(figsize=(side + 1.6, side + 0.6), layout="constrained")
     axes = figure.add_subplot()
-    font = matrix_cell_font(num_classes)
-    zeros = matrix == 0
-    cells = dict(ax=axes, cmap=HEATMAP, vmin=0, vmax=top, square=True, linewidths=1.0, linecolor=WHITE,
-                 xticklabels=False, yticklabels=False, annot_kws={"fontsize": font})
-    seaborn.heatmap(values, mask=zeros, annot=font is not None, fmt=".2f" if normalize else "d",
+    borders = {"square": True, "linewidths": 1.0, "linecolor": WHITE}
+    # Every cell and the colour bar; NaN (a class with no images) in the
+    # colour map's "bad" grey. The numbers go over them.
+    seaborn.heatmap(values, vmin=0, vmax=top, cmap=HEATMAP, xticklabels=False, yticklabels=False, ax=axes,
                     cbar_kws={"shrink": 0.8, "pad": 0.02,
                               "label": "fraction of the true class" if normalize else "images"},
-                    **cells)
-    # The zeros over them, in a quiet colour, and blank beyond 10 classes:
-    # there they are most cells and would hide the confusions. Masked cells
-    # take the colour map's "bad" colour: grey below (the NaN rows of a class
-    # with no images), transparent here.
-    cells.update(cmap=HEATMAP.with_extremes(bad="none"), annot_kws={"fontsize": font, "color": GRID_TEXT})
-    seaborn.heatmap(values, mask=~zeros, annot=font is not None and num_classes <= 10, fmt=".0f",
-                    cbar=False, **cells)
+                    **borders)
+    font = matrix_cell_font(num_classes)
+    zeros = matrix == 0
+    if font:
+        heat_cells(axes, values, ".2f" if normalize else "d", font, top, hidden=zeros, **borders)
+    if font and num_classes <= 10:  # blank zeros keep a big matrix readable
+        heat_cells(axes, values, ".0f", font, top, hidden=~zeros, colours=(GRID_TEXT, GRID_TEXT), **borders)
     label_class_axis(axes, "x", class_names, room=(side - 2.5) / num_classes, first=0.5)
     label_class_axis(axes, "y", class_names, first=0.5)
     axes.set_xlabel("Predicted class")
@@ -423,46 +433,24 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
 # ---------------------------------------------------------------- 6. report
 
 
-def report_rows(report):
-    """(names, metric values (rows, 3) with NaN where undefined, supports)
-    from classification_metrics' dict: classes, accuracy, macro, weighted."""
-    names, values, supports = [], [], []
-    for name, row in report["per_class"].items():
-        names.append(name)
-        values.append([row["precision"], row["recall"], row["f1"]])
-        supports.append(row["support"])
-    total = int(sum(supports))
-    names.append("accuracy")
-    values.append([np.nan, np.nan, report["accuracy"]])
-    supports.append(total)
-    for key, name in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
-        row = report[key]
-        names.append(name)
-        values.append([row["precision"], row["recall"], row["f1"]])
-        supports.append(row["support"])
-    return names, np.array(values, dtype=float), supports
-
-
 @themed
-def plot_classification_report(report, output_path, subtitle=""):
-    """A heat-table of per-class precision, recall, F1 and support, with
-    accuracy and macro/weighted averages below a rule. `report` is
-    metrics.classification_metrics' dict. Returns the path."""
-    names, values, supports = report_rows(report)
-    num_rows, num_classes = len(names), len(report["per_class"])
+def plot_classification_report(names, values, supports, num_classes, accuracy, output_path, subtitle=""):
+    """A heat-table: per row (`names`) precision, recall and F1 (`values`,
+    (rows, 3), NaN where undefined) and support; the first `num_classes`
+    rows are classes, the rest (accuracy, averages: figures.report_rows) go
+    in bold below a rule. `accuracy` titles it. Returns the path."""
+    import seaborn
+
+    num_rows = len(names)
     figure = Figure(figsize=(7.2, 0.34 * num_rows + 1.9), layout="constrained")
     axes = figure.add_subplot()
     blank = np.full((num_rows, 1), np.nan)
-    # Two layers of one table: the metrics in blush, then the support column
-    # uncoloured on petal. seaborn masks each layer's NaN cells (undefined
-    # metrics, the other layer's columns) and draws them in the colour map's
-    # "bad" colour: none, so the other layer or the white background shows.
-    cells = dict(ax=axes, vmin=0, annot=True, annot_kws={"fontsize": FONT_SIZES["tick"]}, cbar=False,
-                 xticklabels=False, yticklabels=False)
-    seaborn.heatmap(np.hstack([values, blank]), cmap=HEATMAP.with_extremes(bad="none"), vmax=1,
-                    fmt=".3f", **cells)
-    seaborn.heatmap(np.hstack([np.tile(blank, 3), np.reshape(supports, (-1, 1))]),
-                    cmap=mcolors.ListedColormap([PETAL]).with_extremes(bad="none"), fmt=",.0f", **cells)
+    # The metrics in blush (undefined ones, NaN, left white), then the
+    # support column uncoloured on petal: one table, a layer each.
+    heat_cells(axes, np.hstack([values, blank]), ".3f", FONT_SIZES["tick"])
+    seaborn.heatmap(np.hstack([np.tile(blank, 3), np.reshape(supports, (-1, 1))]), cmap=[PETAL],
+                    annot=True, fmt=",.0f", annot_kws={"fontsize": FONT_SIZES["tick"], "color": INK},
+                    cbar=False, xticklabels=False, yticklabels=False, ax=axes)
     axes.axhline(num_classes, color=INK, linewidth=1.4)
     axes.set_xticks(np.arange(4) + 0.5, ["precision", "recall", "f1-score", "support"])
     axes.xaxis.tick_top()
@@ -473,7 +461,7 @@ def plot_classification_report(report, output_path, subtitle=""):
     axes.tick_params(length=0)
     axes.set_xlabel("Metric", color=MUTED)
     axes.set_ylabel("Class", color=MUTED)
-    figure.suptitle(f"Classification report · accuracy {report['accuracy']:.1%}")
+    figure.suptitle(f"Classification report · accuracy {accuracy:.1%}")
     if subtitle:
         figure.supxlabel(subtitle, fontsize=FONT_SIZES["subtitle"], color=MUTED)
     return save_figure(figure, output_path)
@@ -590,40 +578,6 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
 # ---------------------------------------------------------------- 8-9. galleries
 
 
-@dataclasses.dataclass(frozen=True)
-class GalleryItem:
-    """One gallery tile: the image as the user knows it (uint8 RGB), the
-    prediction, and the true class when known."""
-
-    image: np.ndarray
-    predicted: str
-    confidence: float
-    true: str | None = None
-    caption: str = ""
-
-    @property
-    def verdict(self):
-        """correct, wrong or unlabelled."""
-        if self.true is None:
-            return "unlabelled"
-        return "correct" if self.true == self.predicted else "wrong"
-
-
-def tile_title(item):
-    if item.true is None:
-        lines = [f"{short_label(item.predicted, 20, 1)} ({item.confidence:.0%})"]
-        if item.caption:
-            lines.append(short_label(item.caption, 24, 1))
-        return "\n".join(lines)
-    lines = [
-        f"true: {short_label(item.true, 20, 1)}",
-        f"pred: {short_label(item.predicted, 17, 1)} ({item.confidence:.0%})",
-    ]
-    if item.caption:
-        lines.append(short_label(item.caption, 24, 1))
-    return "\n".join(lines)
-
-
 def overlay_rgba(heatmap):
     """Grad-CAM heat as an RGBA layer for a grey image: deep rose and
     nearly opaque where the model looked, faint where it did not."""
@@ -638,8 +592,9 @@ def greyscale(image):
 
 
 def gallery_figure(items, rows, cols, title, subtitle=""):
-    """The Figure of a rows x cols gallery (tests inspect it). Rows left
-    empty by too few items are dropped."""
+    """The Figure of a rows x cols gallery of `items` (figures.GalleryItem:
+    .image uint8 RGB, .verdict, .title); tests inspect it. Rows left empty
+    by too few items are dropped."""
     rows = max(1, min(rows, -(-len(items) // cols)))
     figure = Figure(figsize=(cols * 2.0 + 0.3, rows * 2.35 + 1.0), layout="constrained")
     grid = figure.subplots(rows, cols, squeeze=False)
@@ -652,7 +607,7 @@ def gallery_figure(items, rows, cols, title, subtitle=""):
         colour = VERDICT_COLOURS[item.verdict]
         axes.imshow(item.image)
         frame(axes, colour, 4.0)
-        axes.set_title(tile_title(item), color=colour, fontsize=FONT_SIZES["small"] + 0.5,
+        axes.set_title(item.title, color=colour, fontsize=FONT_SIZES["small"] + 0.5,
                        fontweight="bold" if item.verdict == "wrong" else "normal")
     if not items:
         grid.flat[0].text(0.5, 0.5, "nothing to show", ha="center", va="center",
@@ -701,7 +656,7 @@ def gradcam_figure(items, heatmaps, rows, cols, subtitle=""):
             frame(axes, colour, 3.0)
         if np.ptp(heatmaps[position]) < 0.05:  # every spot weighed the same
             heat_axes.set_xlabel("flat: no spot stands out", fontsize=FONT_SIZES["small"] - 1, color=MUTED)
-        cell.suptitle(tile_title(item), color=colour, fontsize=FONT_SIZES["small"] + 0.5,
+        cell.suptitle(item.title, color=colour, fontsize=FONT_SIZES["small"] + 0.5,
                       fontweight="bold" if item.verdict == "wrong" else "normal")
     figure.suptitle("Grad-CAM · where the model looked")
     if subtitle:
@@ -734,14 +689,12 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     height = 0.38
     accuracy = [row["test_accuracy"] for row in rows]
     macro_f1 = [row["macro_f1"] for row in rows]
-    drawn = bars.barh(positions - height / 2, accuracy, height, color=DEEP_ROSE, edgecolor=WINE,
-                      linewidth=0.6, label="test accuracy")
-    bars.bar_label(drawn, labels=[f"{value:.1%}" for value in accuracy], padding=2,
-                   fontsize=FONT_SIZES["small"])
-    drawn = bars.barh(positions + height / 2, macro_f1, height, color=BLUSH, edgecolor=WINE,
-                      linewidth=0.6, label="macro F1")
-    bars.bar_label(drawn, labels=[f"{value:.3f}" for value in macro_f1], padding=2,
-                   fontsize=FONT_SIZES["small"])
+    for offset, values, colour, label, form in ((-height / 2, accuracy, DEEP_ROSE, "test accuracy", "{:.1%}"),
+                                                (height / 2, macro_f1, BLUSH, "macro F1", "{:.3f}")):
+        drawn = bars.barh(positions + offset, values, height, color=colour, edgecolor=WINE, linewidth=0.6,
+                          label=label)
+        bars.bar_label(drawn, labels=[form.format(value) for value in values], padding=2,
+                       fontsize=FONT_SIZES["small"])
     bars.set_yticks(positions, labels, fontsize=FONT_SIZES["tick"])
     bars.set_ylim(count - 0.4, -0.6)  # best on top
     bars.set_xlim(0, 1.15)  # room for the values right of a full bar
@@ -775,17 +728,13 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     return save_figure(figure, output_path)
 
 
-# ---------------------------------------------------------------- showing
+# ---------------------------------------------------------------- windows
+# What showing a saved figure needs from matplotlib; when and in what order
+# figures are shown is show.py's question.
 
 
-def has_display(environ=None, platform=None):
-    """Whether windows can open: macOS and Windows always, elsewhere an X11
-    or Wayland display must be set (SSH without forwarding has none)."""
-    environ = os.environ if environ is None else environ
-    platform = platform or sys.platform
-    if platform in ("darwin", "win32"):
-        return True
-    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+def backend_name():
+    return matplotlib.get_backend()
 
 
 def interactive_backend():
@@ -798,23 +747,6 @@ def interactive_backend():
     name = matplotlib.get_backend().lower()
     interactive = {backend.lower() for backend in backend_registry.list_builtin(BackendFilter.INTERACTIVE)}
     return name if name in interactive else None
-
-
-def should_show(mode, environ=None):
-    """(show?, reason when not) for --show auto|1|0."""
-    environ = os.environ if environ is None else environ
-    if mode == "0":
-        return False, None
-    if not has_display(environ):
-        return False, "no display: figures saved, not shown"
-    if mode == "auto" and environ.get("CI"):
-        return False, "CI run: figures saved, not shown (--show 1 to show)"
-    if interactive_backend() is None:
-        return False, (
-            f"matplotlib backend '{matplotlib.get_backend()}' cannot open windows: "
-            "figures saved, not shown"
-        )
-    return True, None
 
 
 def show_saved_figure(path):
@@ -833,18 +765,3 @@ def show_saved_figure(path):
     axes.axis("off")
     pyplot.show(block=True)
     pyplot.close(figure)
-
-
-def show_figures(paths, mode):
-    """Shows saved figures one at a time, in order: the next opens when the
-    current window is closed. Never opens anything (or blocks) without a
-    display or with --show 0. Returns the paths shown."""
-    show, reason = should_show(mode)
-    if not show:
-        if reason and paths:
-            print(f"    {reason}")
-        return []
-    print(f"    showing {len(paths)} figures one at a time: close each window to see the next")
-    for path in paths:
-        show_saved_figure(path)
-    return list(paths)

@@ -179,6 +179,7 @@ def trained_run(tmp_path_factory, worker_id):
     import io
 
     import main
+    import show
     import visualize
 
     with built_once(tmp_path_factory, worker_id, "trained_run") as (folder, build):
@@ -191,7 +192,7 @@ def trained_run(tmp_path_factory, worker_id):
                 shown.append(path)
 
             with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-                patch.setattr(visualize, "should_show", lambda mode: (True, None))
+                patch.setattr(show, "should_show", lambda mode: (True, None))
                 patch.setattr(visualize, "show_saved_figure", record)
                 code = main.main([
                     "--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),

@@ -30,20 +30,15 @@ def only_run(results, category):
 
 
 @pytest.mark.slow
-def test_training_writes_every_artifact_and_the_model_reloads(workdir, tmp_path):
+def test_training_writes_every_artifact_and_the_model_reloads(trained_run):
     import keras
 
-    data = make_flat_dataset(tmp_path / "data", classes=("red", "green", "blue"), per_class=12)
-
-    code = main_script.main(["--image_dir", data, "--epochs", "2", "--augment", "1", *TINY])
-
-    assert code == 0
-    artifacts, results = workdir / "model_artifacts", workdir / "results"
-    assert read_json(artifacts / "class_index.json") == {"0": "blue", "1": "green", "2": "red"}
+    data, artifacts, results = trained_run["data"], trained_run["artifacts"], trained_run["results"]
+    assert read_json(artifacts / "class_index.json") == {"0": "alpha", "1": "beta", "2": "gamma"}
     config = read_json(artifacts / "run_config.json")
     assert config["image_size"] == 32 and config["backbone"] == "mobilenet_v2"
     assert config["alpha"] == 0.35 and config["weights"] == "none" and config["seed"] == 42
-    assert config["class_names"] == ["blue", "green", "red"]
+    assert config["class_names"] == ["alpha", "beta", "gamma"]
     assert config["split_sizes"] == {"train": 24, "val": 6, "test": 6}
     assert set(config["versions"]) == {"tensorflow", "keras"}
     with open(artifacts / "split_manifest.csv", newline="") as handle:
@@ -56,10 +51,10 @@ def test_training_writes_every_artifact_and_the_model_reloads(workdir, tmp_path)
     model = keras.models.load_model(artifacts / "best_model.keras")
     test = [(path, label) for path, label, split in rows[1:] if split == "test"]
     images = np.stack([image_io.load_image(os.path.join(data, path), 32).numpy() for path, _ in test])
-    labels = np.array([["blue", "green", "red"].index(label) for _, label in test])
+    labels = np.array([["alpha", "beta", "gamma"].index(label) for _, label in test])
     probabilities = model.predict(images, verbose=0).astype(np.float64)
     metrics = read_json(only_run(results, "metrics") / "metrics.json")
-    assert metrics["num_samples"] == 6 and set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert metrics["num_samples"] == 6 and set(metrics["per_class"]) == {"alpha", "beta", "gamma"}
     assert metrics["accuracy"] == np.mean(probabilities.argmax(axis=1) == labels)
     expected_loss = -np.mean(np.log(np.clip(probabilities[np.arange(6), labels], 1e-7, 1)))
     assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-4)
@@ -72,12 +67,14 @@ def test_training_writes_every_artifact_and_the_model_reloads(workdir, tmp_path)
     run = the_run(artifacts)
     assert read_json(run / "resume" / "state.json") == {"phase": "done"}
     assert os.listdir(run / "resume") == ["state.json"]
+    # The checkpoint was moved into place: no staging file is left.
+    assert not [name for name in os.listdir(run) if name.startswith(".")]
     # The published paths lead to this run's files, and the results share its id.
     assert os.path.realpath(artifacts / "best_model.keras") == str(run / "best_model.keras")
     assert config["run"] == run.name and config["status"] == "finished"
     assert only_run(results, "metrics").name == run.name
     # Nothing was written inside the dataset.
-    assert sorted(os.listdir(data)) == ["blue", "green", "red"]
+    assert sorted(os.listdir(data)) == ["alpha", "beta", "gamma"]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Custom readers: the README's .npy example, registered from the command
+"""Custom readers: the .npy example of docs/data.md, registered from the command
 line and from Python, audited, and run inside the tf.data pipeline."""
 
 import json
@@ -18,8 +18,8 @@ from conftest import ROOT, TINY, class_image
 
 
 def readme_reader_source():
-    """The `read_npy` example exactly as the README shows it."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+    """The `read_npy` example exactly as docs/data.md shows it."""
+    with open(os.path.join(ROOT, "docs", "data.md"), encoding="utf-8") as handle:
         blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
     (block,) = [block for block in blocks if "def read_npy" in block]
     return block
@@ -28,7 +28,7 @@ def readme_reader_source():
 @pytest.fixture
 def npy_dataset(tmp_path):
     """root/a: 8 float arrays (gradients), root/b: 8 uint16 arrays (stripes)
-    and a PNG, plus a broken .npy; and my_readers.py from the README."""
+    and a PNG, plus a broken .npy; and my_readers.py from docs/data.md."""
     root = tmp_path / "scans"
     for number in range(8):
         (root / "a").mkdir(parents=True, exist_ok=True)

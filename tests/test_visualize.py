@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import classification_report, roc_auc_score
 
+import show
 import train_utils
 import visualize
 import figures
@@ -39,6 +40,14 @@ def tiny_image(value):
 NAMES = ("cat", "dog", "a_rather_long_class_name")
 
 
+def draw_report(report, path):
+    """The classification report's PNG, drawn the way figures.render_report draws it."""
+    names, values, supports = figures.report_rows(report)
+    return visualize.plot_classification_report(
+        names, values, supports, len(report["per_class"]), report["accuracy"], path
+    )
+
+
 def draw_every_figure(folder):
     labels, probabilities = random_predictions(len(NAMES))
     counts = {split: {name: n for name, n in zip(NAMES, (30, 20, 10))} for split in ("train", "val", "test")}
@@ -50,7 +59,7 @@ def draw_every_figure(folder):
         "val_accuracy": np.array([0.45, 0.55, 0.7, 0.65]),
     }
     items = [
-        visualize.GalleryItem(tiny_image(40 * i), NAMES[i % 3], 0.7, NAMES[(i + i // 2) % 3])
+        figures.GalleryItem(tiny_image(40 * i), NAMES[i % 3], 0.7, NAMES[(i + i // 2) % 3])
         for i in range(5)
     ]
     matrix = metrics.confusion_counts(labels, probabilities, len(NAMES))
@@ -72,7 +81,7 @@ def draw_every_figure(folder):
         "confusion_matrix_normalized": visualize.plot_confusion_matrix(
             matrix, NAMES, folder / "cn.png", normalize=True
         ),
-        "classification_report": visualize.plot_classification_report(
+        "classification_report": draw_report(
             metrics.classification_metrics(labels, probabilities, NAMES), folder / "r.png"
         ),
         "roc_auc": visualize.plot_roc_curves(
@@ -86,13 +95,13 @@ def draw_every_figure(folder):
 
 
 def test_every_plot_function_writes_a_sensible_png(tmp_path):
-    figures = draw_every_figure(tmp_path)
+    drawn = draw_every_figure(tmp_path)
 
-    for name, path in figures.items():
+    for name, path in drawn.items():
         width, height = png_size(path)
         assert 400 <= width <= 6000 and 300 <= height <= 6000, (name, width, height)
     # Nothing but the PNGs: the atomic writes left no temporary file behind.
-    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(path) for path in figures.values())
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(path) for path in drawn.values())
 
 
 def test_saved_heatmap_is_drawn_in_blush_at_print_resolution(tmp_path):
@@ -112,9 +121,9 @@ def test_saved_heatmap_is_drawn_in_blush_at_print_resolution(tmp_path):
 def test_gallery_frames_correct_green_wrong_red_unlabelled_rose():
     image = tiny_image(128)
     items = [
-        visualize.GalleryItem(image, "cat", 0.9, true="cat"),
-        visualize.GalleryItem(image, "dog", 0.6, true="cat"),
-        visualize.GalleryItem(image, "dog", 0.8),
+        figures.GalleryItem(image, "cat", 0.9, true="cat"),
+        figures.GalleryItem(image, "dog", 0.6, true="cat"),
+        figures.GalleryItem(image, "dog", 0.8),
     ]
     assert [item.verdict for item in items] == ["correct", "wrong", "unlabelled"]
 
@@ -204,7 +213,7 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
     expected = classification_report(labels, predicted, target_names=NAMES, output_dict=True, zero_division=0)
 
     scores = metrics.classification_metrics(labels, probabilities, NAMES)
-    names, values, supports = visualize.report_rows(scores)
+    names, values, supports = figures.report_rows(scores)
 
     assert names == [*NAMES, "accuracy", "macro avg", "weighted avg"]
     for row, name in enumerate(names):
@@ -236,6 +245,196 @@ def test_confusion_matrix_grows_with_many_classes_and_names_every_class(tmp_path
     assert visualize.matrix_cell_font(34) >= 6  # still annotated, still readable
 
 
+SAVE_FIGURE = visualize.save_figure
+
+
+def drawn_figure(monkeypatch, plot, *args, **kwargs):
+    """The Figure that `plot` draws, caught as it is saved (it is still saved)."""
+    caught = []
+
+    def catch(figure, output_path):
+        caught.append(figure)
+        return SAVE_FIGURE(figure, output_path)
+
+    monkeypatch.setattr(visualize, "save_figure", catch)
+    plot(*args, **kwargs)
+    assert len(caught) == 1
+    return caught[0]
+
+
+def cell_texts(axes):
+    """{(row, column): Text} of a heat table's annotations, each centred on
+    its cell; fails when a cell holds two."""
+    cells = {}
+    for text in axes.texts:
+        x, y = text.get_position()
+        assert (x % 1, y % 1) == (0.5, 0.5) and text.get_ha() == "center", text
+        cell = (int(y), int(x))
+        assert cell not in cells, f"two annotations in cell {cell}"
+        cells[cell] = text
+    return cells
+
+
+def cell_colours(axes, shape):
+    """The colours of a heat table's cells, (rows, columns, 4), as drawn by
+    its first mesh."""
+    mesh = axes.collections[0]
+    mesh.update_scalarmappable()
+    return mesh.get_facecolors().reshape(*shape, 4)
+
+
+def contrast(colour, other):
+    """The WCAG contrast ratio of two colours (1 to 21)."""
+
+    def luminance(value):
+        channels = np.array(visualize.mcolors.to_rgb(value))
+        linear = np.where(channels <= 0.03928, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+        return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+    high, low = sorted((luminance(colour), luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def hex_colour(value):
+    return visualize.mcolors.to_hex(value)
+
+
+def tick_texts(labels):
+    return [label.get_text() for label in labels]
+
+
+def test_confusion_counts_are_written_in_every_cell_readable_on_its_colour(tmp_path, monkeypatch):
+    # 0 to 24: every shade of the colour map, the mid pinks included.
+    matrix = np.arange(25).reshape(5, 5)
+    names = [f"class_{number}" for number in range(5)]
+
+    figure = drawn_figure(monkeypatch, visualize.plot_confusion_matrix, matrix, names, tmp_path / "m.png")
+
+    axes = figure.axes[0]
+    texts = cell_texts(axes)
+    assert sorted(texts) == [(row, column) for row in range(5) for column in range(5)]
+    colours = cell_colours(axes, (5, 5))
+    for (row, column), text in texts.items():
+        assert text.get_text() == str(matrix[row, column])
+        assert np.allclose(colours[row, column], visualize.HEATMAP(matrix[row, column] / 24))
+        if matrix[row, column] == 0:
+            assert hex_colour(text.get_color()) == visualize.GRID_TEXT  # quiet
+        else:  # at least the 3:1 the hand-picked ink and white gave
+            assert contrast(text.get_color(), colours[row, column]) >= 3.0, text
+    # Each name under (and beside) the cells of its class.
+    assert axes.get_xticks().tolist() == axes.get_yticks().tolist() == [0.5, 1.5, 2.5, 3.5, 4.5]
+    assert tick_texts(axes.get_xticklabels()) == tick_texts(axes.get_yticklabels()) == names
+    assert figure.axes[1].get_ylabel() == "images"  # the colour bar
+    png_size(tmp_path / "m.png")
+
+
+def test_normalized_confusion_matrix_greys_a_class_without_images(tmp_path, monkeypatch):
+    matrix = np.array([[5, 1, 0, 2], [0, 0, 0, 0], [1, 0, 6, 1], [0, 3, 0, 4]])  # no images of "b"
+
+    figure = drawn_figure(
+        monkeypatch, visualize.plot_confusion_matrix, matrix, list("abcd"), tmp_path / "n.png", normalize=True
+    )
+
+    axes = figure.axes[0]
+    texts = cell_texts(axes)
+    assert sorted(texts) == [(row, column) for row in (0, 2, 3) for column in range(4)]
+    for (row, column), text in texts.items():
+        fraction = matrix[row, column] / matrix[row].sum()
+        assert text.get_text() == ("0" if fraction == 0 else f"{fraction:.2f}")
+    colours = cell_colours(axes, (4, 4))
+    assert np.allclose(colours[1], visualize.HEATMAP.get_bad())
+    assert not np.allclose(colours[[0, 2, 3]], visualize.HEATMAP.get_bad())
+    assert "grey rows: no images of that class" in axes.get_title()
+    assert figure.axes[1].get_ylabel() == "fraction of the true class"
+
+
+def test_confusion_matrix_leaves_zeros_blank_beyond_10_classes_and_numbers_beyond_45(tmp_path, monkeypatch):
+    labels, probabilities = random_predictions(12, per_class=4)
+    matrix = metrics.confusion_counts(labels, probabilities, 12)
+    names = [f"class_{number}" for number in range(12)]
+    assert (matrix == 0).any() and (matrix > 0).any()
+
+    figure = drawn_figure(monkeypatch, visualize.plot_confusion_matrix, matrix, names, tmp_path / "12.png")
+
+    texts = cell_texts(figure.axes[0])
+    assert sorted(texts) == sorted((int(row), int(column)) for row, column in zip(*np.nonzero(matrix)))
+    assert all(text.get_text() == str(matrix[cell]) for cell, text in texts.items())
+
+    labels, probabilities = random_predictions(46, per_class=2)
+    names = [f"class_{number}" for number in range(46)]
+    figure = drawn_figure(
+        monkeypatch, visualize.plot_confusion_matrix, metrics.confusion_counts(labels, probabilities, 46),
+        names, tmp_path / "46.png",
+    )
+
+    assert len(figure.axes[0].texts) == 0
+    assert "cells not annotated above 45 classes: counts are in metrics.json" in figure.axes[0].get_title()
+    assert tick_texts(figure.axes[0].get_yticklabels()) == names
+
+
+def test_report_table_writes_every_number_with_summaries_below_a_rule(tmp_path, monkeypatch):
+    labels, probabilities = random_predictions(3, per_class=9, strength=0.8)
+    report = metrics.classification_metrics(labels, probabilities, NAMES)
+    names, values, supports = figures.report_rows(report)
+
+    figure = drawn_figure(monkeypatch, draw_report, report, tmp_path / "r.png")
+
+    axes = figure.axes[0]
+    texts = cell_texts(axes)
+    wanted = {(row, 3): f"{supports[row]:,}" for row in range(len(names))}
+    wanted.update({
+        (row, column): f"{values[row, column]:.3f}"
+        for row in range(len(names)) for column in range(3) if not np.isnan(values[row, column])
+    })
+    assert {cell: text.get_text() for cell, text in texts.items()} == wanted
+    assert (NAMES.index("cat"), 0) in wanted and (len(NAMES), 0) not in wanted  # accuracy: F1 only
+    for (row, column), text in texts.items():
+        if column == 3:  # support: ink on petal, not a colour of the scale
+            assert hex_colour(text.get_color()) == visualize.INK
+        else:
+            assert contrast(text.get_color(), visualize.HEATMAP(values[row, column])) >= 3.0, text
+    assert tick_texts(axes.get_yticklabels()) == names
+    weights = [label.get_fontweight() for label in axes.get_yticklabels()]
+    assert weights == ["normal"] * len(NAMES) + ["bold"] * 3
+    assert [line.get_ydata()[0] for line in axes.lines] == [len(NAMES)]  # the rule under the classes
+    assert tick_texts(axes.get_xticklabels()) == ["precision", "recall", "f1-score", "support"]
+    assert figure.texts[0].get_text() == f"Classification report · accuracy {report['accuracy']:.1%}"
+
+
+@pytest.mark.parametrize("num_classes", [3, 20])
+def test_distribution_bars_are_the_counts_per_class_and_split(num_classes, tmp_path, monkeypatch):
+    names = [f"class_{number}" for number in range(num_classes)]
+    counts = {
+        split: {name: scale * (number + 1) for number, name in enumerate(names)}
+        for split, scale in (("train", 7), ("val", 2), ("test", 1))
+    }
+
+    figure = drawn_figure(
+        monkeypatch, visualize.plot_dataset_distribution, counts, names, tmp_path / "d.png", skipped=1
+    )
+
+    axes = figure.axes[0]
+    horizontal = num_classes >= visualize.HORIZONTAL_BARS_FROM
+    assert len(axes.containers) == 3
+    for split, bars, colour in zip(("train", "val", "test"), axes.containers, ("DEEP_ROSE", "ROSE", "BLUSH")):
+        lengths = [bar.get_width() if horizontal else bar.get_height() for bar in bars]
+        assert lengths == [counts[split][name] for name in names]
+        centres = [bar.get_y() + bar.get_height() / 2 if horizontal else bar.get_x() + bar.get_width() / 2
+                   for bar in bars]
+        offset = {"train": -0.28, "val": 0.0, "test": 0.28}[split]
+        assert np.allclose(centres, np.arange(num_classes) + offset)
+        assert {hex_colour(bar.get_facecolor()) for bar in bars} == {getattr(visualize, colour)}
+    # The counts on the bars, and each split's images in the legend.
+    written = [text.get_text() for text in axes.texts]
+    assert written == [str(counts[split][name]) for split in ("train", "val", "test") for name in names]
+    legend = axes.get_legend()
+    assert legend.get_title().get_text() == "split"
+    wanted = [f"{split} ({sum(counts[split].values()):,})" for split in counts]
+    assert tick_texts(legend.get_texts()) == wanted
+    class_labels = axes.get_yticklabels() if horizontal else axes.get_xticklabels()
+    assert [text.replace("\n", "") for text in tick_texts(class_labels)] == names
+
+
 def test_short_labels_wrap_at_separators_and_shorten():
     assert visualize.short_label("star_shaped_badge", 12, 2) == "star_shaped_\nbadge"
     assert visualize.short_label("cat", 12, 2) == "cat"
@@ -257,26 +456,51 @@ def test_history_csv_is_read_with_epochs_across_phases(tmp_path):
     png_size(visualize.plot_training_curves(history, tmp_path / "curves.png", finetune_start=1))
 
 
-def test_show_figures_opens_saved_files_in_order_one_at_a_time(tmp_path, monkeypatch):
-    paths = [str(tmp_path / f"{name}.png") for name in ("first", "second", "third")]
-    for path in paths[:2]:
-        Image.new("RGB", (8, 8)).save(path)
-    shown = []
+def test_show_figures_shows_each_saved_png_in_the_given_order_one_window_at_a_time(tmp_path, monkeypatch):
+    # Real PNGs from the plot functions, under results/<category>/<stamp>/,
+    # given in neither the order they were drawn in nor by name.
+    folders = {category: tmp_path / category / "stamp" for category in ("grid", "augment", "curves")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    history = {
+        "epoch": np.arange(3), "loss": np.array([1.0, 0.7, 0.6]), "val_loss": np.array([1.1, 0.8, 0.9]),
+        "accuracy": np.array([0.5, 0.7, 0.8]), "val_accuracy": np.array([0.4, 0.6, 0.6]),
+    }
+    drawn = [
+        visualize.plot_class_grid([("cat", [tiny_image(90)])], str(folders["grid"] / "b.png")),
+        visualize.plot_training_curves(history, str(folders["curves"] / "c.png")),
+        visualize.plot_augmentation_preview(
+            np.stack([tiny_image(20)]), np.stack([np.stack([tiny_image(200)])]),
+            str(folders["augment"] / "a.png"),
+        ),
+    ]
+    paths = [drawn[1], drawn[2], drawn[0]]
+    windows = []
 
-    def record(path):
-        assert os.path.isfile(path), f"{path} shown before it was saved"
-        shown.append(path)
+    def pyplot_show(block=None):
+        # pyplot.show while a window is open: which PNG it shows, and that
+        # it is the only window (the previous one was closed first).
+        pyplot = visualize.matplotlib.pyplot
+        assert len(pyplot.get_fignums()) == 1, "a window opened before the previous one closed"
+        assert block is True
+        window = pyplot.gcf()
+        windows.append((window.canvas.manager.get_window_title(), window.axes[0].images[0].get_array()))
 
-    monkeypatch.setattr(visualize, "should_show", lambda mode: (True, None))
-    monkeypatch.setattr(visualize, "show_saved_figure", record)
+    monkeypatch.setattr(show, "should_show", lambda mode: (True, None))
+    monkeypatch.setattr("matplotlib.pyplot.show", pyplot_show)
 
-    with pytest.raises(AssertionError, match="third.png shown before it was saved"):
-        visualize.show_figures(paths, "1")
-    Image.new("RGB", (8, 8)).save(paths[2])
-    shown.clear()
+    assert show.show_figures(paths, "1") == paths
 
-    assert visualize.show_figures(paths, "1") == paths
-    assert shown == paths
+    assert [title for title, _ in windows] == ["curves: c.png", "augment: a.png", "grid: b.png"]
+    for path, (_, pixels) in zip(paths, windows):
+        with Image.open(path) as saved:  # the window shows the file on disk, as saved
+            assert np.array_equal(np.round(np.asarray(pixels) * 255), np.asarray(saved.convert("RGBA")))
+    assert visualize.matplotlib.pyplot.get_fignums() == []  # the last window closed too
+    # A figure not saved (yet) opens no window: showing it fails before any window.
+    windows.clear()
+    with pytest.raises(FileNotFoundError):
+        show.show_figures([str(tmp_path / "not_saved.png")], "1")
+    assert windows == [] and visualize.matplotlib.pyplot.get_fignums() == []
 
 
 @pytest.mark.parametrize(
@@ -289,22 +513,22 @@ def test_show_figures_opens_saved_files_in_order_one_at_a_time(tmp_path, monkeyp
     ],
 )
 def test_headless_or_off_never_shows(mode, environ, monkeypatch, capsys):
-    monkeypatch.setattr(visualize.sys, "platform", "linux")
+    monkeypatch.setattr(show.sys, "platform", "linux")
     monkeypatch.setattr(visualize, "show_saved_figure", lambda path: pytest.fail("a window opened"))
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "CI"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
 
-    assert visualize.should_show(mode)[0] is False
-    assert visualize.show_figures(["figure.png"], mode) == []
+    assert show.should_show(mode)[0] is False
+    assert show.show_figures(["figure.png"], mode) == []
 
 
 def test_display_with_interactive_backend_shows(monkeypatch):
     monkeypatch.setattr(visualize, "interactive_backend", lambda: "tkagg")
 
-    assert visualize.should_show("auto", {"DISPLAY": ":0"}) == (True, None)
-    assert visualize.should_show("1", {"DISPLAY": ":0", "CI": "1"}) == (True, None)
+    assert show.should_show("auto", {"DISPLAY": ":0"}) == (True, None)
+    assert show.should_show("1", {"DISPLAY": ":0", "CI": "1"}) == (True, None)
     monkeypatch.setattr(visualize, "interactive_backend", lambda: None)
-    show, reason = visualize.should_show("1", {"DISPLAY": ":0"})
-    assert not show and "cannot open windows" in reason
+    shown, reason = show.should_show("1", {"DISPLAY": ":0"})
+    assert not shown and "cannot open windows" in reason
