@@ -442,28 +442,18 @@ def to_rgb_array(image):
     return np.asarray(image.convert("RGB"))
 
 
-def _transposition(orientation):
-    from PIL import Image
-
-    return {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_270,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_90,
-    }.get(orientation)
-
-
 def decode_with_pillow(image):
     """Decodes an image opened by `open_image` to a uint8 HxWx3 array: the
     first frame, turned upright by its EXIF orientation, in RGB."""
+    from PIL import ImageOps
+
     orientation = header_orientation(image)  # before load(), as when routing
     image.load()
-    transposition = _transposition(orientation)
-    if transposition is not None:
-        image = image.transpose(transposition)
+    if orientation not in (None, 1):
+        # Pillow's own table of the 8 orientations; only when the header
+        # said so, so a PNG's late EXIF never turns a file the audit routed
+        # as upright.
+        image = ImageOps.exif_transpose(image)
     return to_rgb_array(image)
 
 
