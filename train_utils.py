@@ -77,6 +77,21 @@ def compile_model(model, learning_rate, jit_compile):
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
+        build_training_state(model)
+
+
+def build_training_state(model):
+    """Creates the optimizer's and the compiled metrics' variables now, not
+    inside the first training step: a tf.function that creates variables
+    on its first call is traced twice, and tracing MobileNetV2's training
+    step takes about 15 s on 2 CPU cores (measured: the first epoch of a
+    tiny run went from 36 s to 17 s). The metrics' state from the dummy
+    batch is reset; fit resets them every epoch anyway."""
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+        classes = model.output_shape[-1]
+        model.compute_metrics(None, np.zeros((1,), np.int32), np.full((1, classes), 1 / classes, np.float32), None)
+    model.reset_metrics()
 
 
 def staging_path(path):
@@ -163,6 +178,8 @@ class OneMachine:
         resumed model was loaded compiled, optimizer state included."""
         if point is None:
             compile_model(model, plan.learning_rate, plan.jit_compile)
+        else:
+            build_training_state(model)
 
     def unfreeze(self, model, plan):
         """Unfreezes the backbone's top layers and recompiles at lr / 10;

@@ -148,7 +148,7 @@ def test_runs_split_differently_are_scored_only_on_images_none_of_them_trained_o
         scored[os.path.basename(trained.folder)] = {os.path.relpath(path, data) for path in images.paths}
         return real(trained, images, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate_images", spy)
+    monkeypatch.setattr(inference, "evaluate_images", spy)
     outputs = ["--artifacts_dir", str(artifacts_dir), "--results_dir", str(tmp_path / "results")]
     # Chosen runs (in any order); the folder is theirs.
     assert evaluate.main(["--compare", "run-b", "run-a", "--show", "0", *outputs]) == 0
