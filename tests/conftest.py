@@ -243,3 +243,17 @@ def write_saved_model(folder):
     artifacts.publish(str(folder / "artifacts"), run_folder)
     with open(folder / "done.json", "w", encoding="utf-8") as handle:
         json.dump({"run": run_id}, handle)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with the most heavy (then slow) tests first, each keeping its
+    own order: pytest-xdist's --dist loadfile hands whole files to its two
+    processes in collection order, and a long file last would leave one
+    process waiting for the other at the end."""
+    weight = {}
+    for item in items:
+        heavy, slow = weight.get(item.fspath, (0, 0))
+        weight[item.fspath] = (heavy + bool(item.get_closest_marker("heavy")), slow + bool(item.get_closest_marker("slow")))
+    order = sorted(weight, key=lambda path: (-weight[path][0], -weight[path][1], str(path)))
+    rank = {path: position for position, path in enumerate(order)}
+    items.sort(key=lambda item: rank[item.fspath])

@@ -288,6 +288,7 @@ def accuracy_from_scratch(index, backbone, epochs):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("backbone, epochs", [("mobilenet_v3_small", 8), ("efficientnet_b0", 6)])
 def test_from_scratch_learns_with_other_families(backbone, epochs, tmp_path):
     """Two more BatchNorm families (test_model.py has MobileNetV2), 300

@@ -50,6 +50,7 @@ def several(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_one_run_per_backbone_on_one_split_and_the_lowest_val_loss_published(several):
     runs, results = several["runs"], several["results"]
     assert len(runs) == 2

@@ -264,6 +264,7 @@ def log_text(logs, name):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path):
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=100)
     work, logs, scratch = tmp_path / "work", tmp_path / "logs", tmp_path / "scratch"
@@ -372,6 +373,7 @@ def history_of(results):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_mirrored_strategy_on_two_devices_steps_exactly_as_one_device_and_scales_the_batch(tmp_path):
     import json
 
@@ -419,6 +421,7 @@ def float32_afterwards():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_gpu_defaults_mixed_precision_and_xla_run_end_to_end_on_the_cpu(workdir, tmp_path, capsys, float32_afterwards):
     import keras
 

@@ -78,6 +78,7 @@ def test_training_writes_every_artifact_and_the_model_reloads(trained_run):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_same_seed_gives_same_split_and_metrics(workdir, tmp_path):
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=10)
     args = ["--image_dir", data, "--epochs", "1", *TINY, "--augment", "0"]
@@ -204,6 +205,7 @@ def resumed_history(workdir, args):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
     import keras
 
@@ -229,6 +231,7 @@ def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_resume_in_the_fine_tuning_phase_keeps_its_lower_learning_rate(workdir, tmp_path):
     import keras
 

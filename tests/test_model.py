@@ -126,6 +126,7 @@ def _train_from_scratch(index, momentum, epochs=20):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_from_scratch_really_learns_where_keras_default_batchnorm_stays_at_chance(tmp_path):
     """300 real digit scans, 5 classes, 240 training steps. With the
     backbone's own BatchNorm momentum (0.999) inference statistics lag and

@@ -58,6 +58,7 @@ def copy_run(folder, destination):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_each_run_has_its_own_folder_and_the_last_finished_one_is_published(two_runs):
     a, b, artifacts_dir = two_runs["a"], two_runs["b"], two_runs["artifacts"]
 
