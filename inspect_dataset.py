@@ -36,25 +36,14 @@ def inspect(argv=None):
     if not options.image_dir:
         raise UserError("image_dir is required. Received: image_dir=None")
     config.check_outside("artifacts_dir", options.artifacts_dir, options.image_dir)
-    cache_dir = artifacts.audit_cache_dir(options.artifacts_dir)
-    index = splits.index_dataset(
-        options.image_dir,
-        val_split=options.val_split,
-        test_split=options.test_split,
-        seed=options.seed,
-        labels_csv=options.labels_csv,
-        classes=options.classes,
-        readers=config.load_readers(options.reader),
-        cache_dir=cache_dir,
-        progress=audit.ProgressLine(),
-    )
+    index = splits.index_of_options(options, progress=audit.ProgressLine())
     if options.json:
         print(json.dumps(audit.inspection_summary(index), ensure_ascii=False))
         return index
     print(f"Dataset: {image_io.display_path(index.root)}")
     for line in audit.summary_lines(index, max_skipped=50, where="--json"):
         print(f"    {line}")
-    print(f"    audit cache: {audit.audit_cache_path(cache_dir, index.root)}")
+    print(f"    audit cache: {audit.audit_cache_path(artifacts.audit_cache_dir(options.artifacts_dir), index.root)}")
     return index
 
 

@@ -138,17 +138,7 @@ def scan_stage(run):
         demo.write_demo_dataset(options.image_dir)
     # Every file is audited before anything trains; the audit's cache lives
     # with the artifacts, never inside the dataset.
-    run.index = splits.index_dataset(
-        options.image_dir,
-        val_split=options.val_split,
-        test_split=options.test_split,
-        seed=options.seed,
-        labels_csv=options.labels_csv,
-        classes=options.classes,
-        readers=config.load_readers(options.reader),
-        cache_dir=artifacts.audit_cache_dir(options.artifacts_dir),
-        progress=audit.ProgressLine(),
-    )
+    run.index = splits.index_of_options(options, progress=audit.ProgressLine())
     audit_path = None
     if run.device.is_chief:
         audit_path = artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)

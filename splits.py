@@ -19,6 +19,7 @@ import numpy as np
 
 import artifacts
 import audit
+import config
 import dataset_files
 import image_io
 from errors import UserError
@@ -374,3 +375,20 @@ def index_dataset(
     )
     report = audit.audit_report(index, scan, checks, duplicates, stats)
     return dataclasses.replace(index, audit=report)
+
+
+def index_of_options(options, progress=None):
+    """index_dataset for a command's options (a config.Config): its folder,
+    split, labels and class options, its custom readers, and the audit's
+    cache beside ARTIFACTS_DIR, never inside the dataset."""
+    return index_dataset(
+        options.image_dir,
+        val_split=options.val_split,
+        test_split=options.test_split,
+        seed=options.seed,
+        labels_csv=options.labels_csv,
+        classes=options.classes,
+        readers=config.load_readers(options.reader),
+        cache_dir=artifacts.audit_cache_dir(options.artifacts_dir),
+        progress=progress,
+    )
