@@ -28,9 +28,11 @@ Tags:
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 import re
+import sys
 
 import artifacts
 import backbones
@@ -50,16 +52,16 @@ MAX_SEED = 2**32
 MAX_GALLERY_SIDE = 20
 # --tta beyond this is slow for what it adds.
 MAX_TTA = 32
-# The order of the groups in --help.
+# The order of the groups in --help: what a user needs first, first.
 GROUPS = (
     "data and outputs",
+    "prediction",
+    "evaluation",
+    "training",
+    "model",
     "split",
     "augmentation (training batches only)",
-    "model",
-    "training",
     "calibration and tracking",
-    "evaluation",
-    "prediction",
     "figures",
     "export",
     "inspection",
@@ -293,10 +295,13 @@ class Config:
         None, "CSV with the columns filename,label[,split] (file names relative to IMAGE_DIR; a split "
         "column overrides the automatic split) instead of class folders", ALL, "data and outputs",
         tags=("path", "worker_local"), shown_default="class folders",
+        helps={script: "CSV with the columns filename,label (file names relative to IMAGE_DIR) for a folder "
+               "the model never saw; on the training folder its saved split is used" for script in USING_A_MODEL},
     )
     classes: tuple | None = option(
         None, "Comma-separated class names: only these classes, in this order (class index 0, 1, ...)",
         ALL, "data and outputs", parse=name_list, shown_default="every class, sorted",
+        helps={script: "Comma-separated class names: only the images of these classes" for script in USING_A_MODEL},
     )
     reader: tuple | None = option(
         None, "Read files with extension EXT with FUNCTION(path) -> uint8 HxWxC numpy array from "
@@ -307,6 +312,11 @@ class Config:
     artifacts_dir: str = option(
         "model_artifacts", "Where run folders go (runs/<run>/) and the last finished run is published",
         ALL, "data and outputs", check=output_folder, tags=("run_locator", "output", "common"),
+        helps={
+            **{script: "Where the published model is read from (ARTIFACTS_DIR/best_model.keras) when --model "
+               "is not given" for script in USING_A_MODEL},
+            "inspect": "The audit's cache goes to ARTIFACTS_DIR/audit_cache/",
+        },
     )
     results_dir: str = option(
         "results", "Figures and reports go to RESULTS_DIR/<category>/<timestamp>/", ALL,
@@ -324,7 +334,7 @@ class Config:
         "auto", "memory: decode and resize every training/validation image once and keep the uint8 "
         "result in RAM (augmentation still runs every epoch); none: stream from disk every epoch; "
         "auto: memory when it fits the RAM budget printed at start", TRAINING,
-        "augmentation (training batches only)", choices=("auto", "memory", "none"),
+        "data and outputs", choices=("auto", "memory", "none"),
     )
     augment: int = option(
         1, "1: random flip, rotation, zoom, translation and contrast on training batches", TRAINING,
@@ -542,15 +552,39 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(self.spelled_out(args), namespace)
+
+    def spelled_out(self, args):
+        """`args` with --image-dir written --image_dir: the dash spellings
+        people type (as in most tools) name the same options."""
+        args = sys.argv[1:] if args is None else list(args)
+        known = {option for action in self._actions for option in action.option_strings}
+        spelled = []
+        for token in args:
+            name, equals, value = token.partition("=")
+            underscored = "--" + name[2:].replace("-", "_")
+            if token.startswith("--") and name not in known and underscored in known:
+                token = underscored + equals + value
+            spelled.append(token)
+        return spelled
+
     def error(self, message):
-        raise UserError(f"{message} (see --help)")
+        unknown = re.findall(r"(--[\w-]+)", message) if "unrecognized arguments" in message else []
+        known = [option for action in self._actions for option in action.option_strings]
+        guesses = [difflib.get_close_matches(name.split("=")[0], known, n=1) for name in unknown]
+        hint = "; ".join(f"did you mean {guess[0]}?" for guess in guesses if guess)
+        raise UserError(f"{message}{' (' + hint + ')' if hint else ''} (see --help)")
 
 
-def build_parser(script, description):
+def build_parser(script, description, examples=""):
     """The argparse parser of `script` ("main", "evaluate", "predict" or
     "inspect"): every option of the table it takes, grouped, with its
-    script's default and help."""
-    parser = ArgumentParser(description=description)
+    script's default and help, and `examples` (lines of commands) last."""
+    parser = ArgumentParser(
+        description=description, epilog=f"examples:\n{examples}" if examples else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     specs = options_of(script)
     groups = {}
     for group in GROUPS:
@@ -576,7 +610,7 @@ def given_options(parser, argv):
     spelled in full (ArgumentParser allows no abbreviations), so the names
     come from the tokens."""
     values = vars(parser.parse_args(argv))
-    names = {token[2:].partition("=")[0] for token in argv if token.startswith("--")}
+    names = {token[2:].partition("=")[0] for token in parser.spelled_out(argv) if token.startswith("--")}
     return {name: values[name] for name in names if name in values}
 
 
@@ -604,8 +638,21 @@ def check_splits_leave_training(options):
         )
 
 
+def check_image_dir(options):
+    """--image_dir names an existing folder (the demo's is written later),
+    checked before TensorFlow starts and before a run is announced."""
+    path = options.image_dir
+    if path is None or options.demo:
+        return
+    if not os.path.exists(path):
+        raise UserError(f"image_dir does not exist. Received: image_dir={path}")
+    if not os.path.isdir(path):
+        raise UserError(f"image_dir is a file, not a folder of images. Received: image_dir={path}")
+
+
 # Checks of several options together: (the scripts, the check).
 RULES = (
+    (SCRIPTS, check_image_dir),
     (("main", "inspect"), check_splits_leave_training),
     (("main",), check_backbones),
     (("main", "evaluate"), check_quantize),

@@ -39,10 +39,17 @@ from errors import UserError
 
 DESCRIPTION = "Evaluate a trained classifier on a labelled folder of images."
 
+EXAMPLES = """\
+  python evaluate.py --image_dir photos/ --rows 2 --cols 5      # the test split of the folder it trained on
+  python evaluate.py --image_dir other_photos/                  # every image of a folder it never saw
+  python evaluate.py --image_dir photos/ --export onnx,litert    # export and check each export
+  python evaluate.py --image_dir photos/ --compare               # compare every finished run on photos/
+"""
+
 
 def build_parser():
     """evaluate.py's command line (config.build_parser, from the one option table)."""
-    return config.build_parser("evaluate", DESCRIPTION)
+    return config.build_parser("evaluate", DESCRIPTION, EXAMPLES)
 
 
 def parse_arguments(argv):

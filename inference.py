@@ -196,7 +196,8 @@ def folder_images(image_dir, class_names, labels_csv=None, readers=None):
     scan.candidates = named
     if not scan.candidates:
         raise UserError(
-            f"no labelled images in {image_dir}: expected class folders or --labels_csv"
+            f"no labelled images in {image_dir}: expected class folders or --labels_csv "
+            "(to predict new, unlabelled images, use predict.py --images DIR)"
         )
     unknown = sorted({candidate.label for candidate in scan.candidates} - set(class_names))
     if unknown:

@@ -22,10 +22,15 @@ DESCRIPTION = (
     "and the train/val/test split."
 )
 
+EXAMPLES = """\
+  python inspect_dataset.py --image_dir photos/                # layout, skipped files, the split
+  python inspect_dataset.py --image_dir photos/ --json         # the same as one JSON object
+"""
+
 
 def build_parser():
     """inspect_dataset.py's command line (config.build_parser, from the one option table)."""
-    return config.build_parser("inspect", DESCRIPTION)
+    return config.build_parser("inspect", DESCRIPTION, EXAMPLES)
 
 
 def inspect(argv=None):

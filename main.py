@@ -43,10 +43,18 @@ from errors import UserError
 
 DESCRIPTION = "Train an image classifier on a folder of images."
 
+EXAMPLES = """\
+  python main.py                                      # the built-in demo (handwritten digits)
+  python main.py --image_dir photos/ --epochs 10 --batch_size 32 --augment 1
+  python main.py --image_dir photos/ --weights none   # offline: train from scratch, no download
+  python main.py --resume                             # continue the last interrupted run
+  python main.py --image_dir photos/ --backbone mobilenet_v2,efficientnet_b0   # train two, compare them
+"""
+
 
 def build_parser():
     """main.py's command line (config.build_parser, from the one option table)."""
-    return config.build_parser("main", DESCRIPTION)
+    return config.build_parser("main", DESCRIPTION, EXAMPLES)
 
 
 @dataclasses.dataclass

@@ -232,10 +232,17 @@ def predict_unlabelled(trained, arguments, output, readers=None):
 
 DESCRIPTION = "Predict classes with a trained image classifier."
 
+EXAMPLES = """\
+  python predict.py --images new_photos/ one_more.jpg          # label new images, no labels needed
+  python predict.py --images new_photos/ --top_k 2 --gradcam 1
+  python predict.py --image_dir photos/ --rows 2 --cols 5      # a labelled folder: true vs predicted
+  python predict.py --model model_artifacts/runs/RUN/best_model.onnx --images new_photos/
+"""
+
 
 def build_parser():
     """predict.py's command line (config.build_parser, from the one option table)."""
-    return config.build_parser("predict", DESCRIPTION)
+    return config.build_parser("predict", DESCRIPTION, EXAMPLES)
 
 
 def parse_arguments(argv):

@@ -504,7 +504,7 @@ def test_inspection_text_and_errors(messy, tmp_path, capsys):
     assert "flat layout, 2 classes" in out and "warning: class 'empty_class'" in out
     assert inspect_dataset.main(["--image_dir", str(tmp_path / "nowhere"), "--json"]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and "image_dir is not a folder" in captured.err
+    assert captured.out == "" and "image_dir does not exist" in captured.err
     assert (
         inspect_dataset.main(
             ["--image_dir", messy["root"], "--artifacts_dir", os.path.join(messy["root"], "art")]

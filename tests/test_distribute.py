@@ -198,13 +198,16 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
     assert [sorted(seen[start : start + 4].tolist()) for start in range(0, 20, 4)] == [share] * 5
 
 
-def test_workers_take_the_chiefs_options_and_keep_their_own_paths():
-    chief = config.saved_options(main_script.parse_arguments(["--image_dir", "/chief/data", "--epochs", "7", "--seed", "3"]))
-    mine = main_script.parse_arguments(["--image_dir", "/here/data", "--rows", "1"])
+def test_workers_take_the_chiefs_options_and_keep_their_own_paths(tmp_path):
+    theirs, here = tmp_path / "chief" / "data", tmp_path / "here" / "data"
+    theirs.mkdir(parents=True)
+    here.mkdir(parents=True)
+    chief = config.saved_options(main_script.parse_arguments(["--image_dir", str(theirs), "--epochs", "7", "--seed", "3"]))
+    mine = main_script.parse_arguments(["--image_dir", str(here), "--rows", "1"])
 
-    options = multiworker.worker_options(mine, {"image_dir": "/here/data", "rows": 1}, chief)
+    options = multiworker.worker_options(mine, {"image_dir": str(here), "rows": 1}, chief)
 
-    assert options.image_dir == "/here/data" and options.epochs == 7 and options.seed == 3
+    assert options.image_dir == str(here) and options.epochs == 7 and options.seed == 3
     with pytest.raises(UserError, match="the chief has epochs=7.*Received: epochs=5"):
         multiworker.worker_options(mine, {"epochs": 5}, chief)
 

@@ -138,7 +138,8 @@ def test_bad_options_exit_2_with_one_line(workdir, tmp_path, capsys, extra, mess
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda root: str(root / "missing"), "image_dir is not a folder"),
+        (lambda root: str(root / "missing"), "image_dir does not exist"),
+        (lambda root: (root / "a_file").write_text("x") and str(root / "a_file"), "image_dir is a file, not a folder"),
         (lambda root: (root / "empty").mkdir() or str(root / "empty"), "at least 2"),
         (lambda root: make_flat_dataset(root / "one", classes=("solo",), per_class=5), "at least 2"),
     ],
