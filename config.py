@@ -327,6 +327,10 @@ class Config:
         "from beside it", USING_A_MODEL, "data and outputs", tags=("common",),
         shown_default="ARTIFACTS_DIR/best_model.keras, the last run that finished training",
     )
+    verbose: int = option(
+        0, "1: also show TensorFlow's own start-up lines (hidden by default: they are not errors)", ALL,
+        "data and outputs", parse=lambda name: int, choices=(0, 1), tags=("display",),
+    )
     # Augmentation (training batches only). Rotation in degrees, the others
     # as fractions: zoom 0.1 = scale in [0.9, 1.1], translation 0.1 = up to
     # 10% of the image side, contrast 0.2 = factor in [0.8, 1.2].

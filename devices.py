@@ -60,11 +60,11 @@ class DeviceSetup:
         """One line: strategy, workers and replicas, device, precision, XLA
         and, given the per-replica `batch_size`, the global batch."""
         replicas = self.strategy.num_replicas_in_sync
-        where = f"{self.num_gpus} GPU(s)" if self.num_gpus else "CPU"
+        where = f"{self.num_gpus} GPU(s)" if self.num_gpus else "no GPU found: training on the CPU"
         precision = "mixed_float16" if self.mixed_precision and self.num_gpus else (
             "mixed_bfloat16" if self.mixed_precision else "float32"
         )
-        line = f"{where}, {precision}, XLA {'on' if self.jit_compile else 'off'}"
+        line = f"{where} ({precision}, XLA {'on' if self.jit_compile else 'off'})"
         if self.cluster is not None:
             workers = self.cluster.num_workers
             line = (
@@ -73,9 +73,7 @@ class DeviceSetup:
                 f"({'the chief' if self.cluster.is_chief else 'not the chief'}); {line}"
             )
         elif replicas > 1:
-            line = f"MirroredStrategy, {replicas} replicas; {line}"
-        else:
-            line = f"one device, no distribution strategy; {line}"
+            line = f"{line}, MirroredStrategy over {replicas} replicas"
         if batch_size is not None:
             line += f"; global batch {batch_size * replicas}"
             if replicas > 1:

@@ -12,6 +12,7 @@ import sys
 import artifacts
 import audit
 import config
+import console
 import errors
 import image_io
 import splits
@@ -41,6 +42,7 @@ def inspect(argv=None):
     if not options.image_dir:
         raise UserError("image_dir is required. Received: image_dir=None")
     config.check_outside("artifacts_dir", options.artifacts_dir, options.image_dir)
+    console.start_tensorflow(options.verbose)
     index = splits.index_of_options(options, progress=audit.ProgressLine())
     if options.json:
         print(json.dumps(audit.inspection_summary(index), ensure_ascii=False))

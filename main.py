@@ -703,6 +703,7 @@ def run_training(argv=None):
     options = parse_arguments(argv)
     cluster = multiworker.cluster_from_environment()
     names = backbones.backbone_names(options.backbone)
+    console.start_tensorflow(options.verbose)
     if len(names) > 1:
         return train_several(options, names, cluster)
     import keras

@@ -273,6 +273,7 @@ def parse_arguments(argv):
 def run_prediction(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options = parse_arguments(argv)
+    console.start_tensorflow(options.verbose)
     readers = config.load_readers(options.reader)
     trained = inference.load_trained_model(
         artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size

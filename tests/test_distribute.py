@@ -76,9 +76,9 @@ def test_the_device_line_names_strategy_workers_replicas_and_global_batch():
 
     assert several.describe(16) == (
         "MultiWorkerMirroredStrategy, 2 workers x 2 replica(s) = 4 replicas, this is worker 1 "
-        "(not the chief); 2 GPU(s), mixed_float16, XLA on; global batch 64 (16 per replica x 4)"
+        "(not the chief); 2 GPU(s) (mixed_float16, XLA on); global batch 64 (16 per replica x 4)"
     )
-    assert one.describe(32) == "one device, no distribution strategy; CPU, float32, XLA off; global batch 32"
+    assert one.describe(32) == "no GPU found: training on the CPU (float32, XLA off); global batch 32"
     assert not several.is_chief and one.is_chief and one.num_workers == 1
 
 
@@ -407,7 +407,7 @@ def test_mirrored_strategy_on_two_devices_steps_exactly_as_one_device_and_scales
     moved = [np.abs(np.array(ours) - np.array(half)).max() for ours, half in zip(steps["mirrored"], steps["half the batch"])]
     assert max(moved) > 1e-3, moved
     # And main.py on the two devices: the strategy, the global batch and the run config say so.
-    assert "device: MirroredStrategy, 2 replicas; CPU, float32" in finished.stdout
+    assert "device: no GPU found: training on the CPU (float32, XLA off), MirroredStrategy over 2 replicas" in finished.stdout
     assert "global batch 8 (4 per replica x 2)" in finished.stdout
     (run,) = (tmp_path / "model_artifacts" / "runs").iterdir()
     assert read_json(run / "run_config.json")["distribution"] == {"workers": 1, "replicas": 2, "global_batch_size": 8}
@@ -437,7 +437,7 @@ def test_the_gpu_defaults_mixed_precision_and_xla_run_end_to_end_on_the_cpu(work
 
     assert code == 0
     out = capsys.readouterr().out
-    assert "CPU, mixed_bfloat16, XLA on" in out and "test accuracy" in out
+    assert "training on the CPU (mixed_bfloat16, XLA on)" in out and "test accuracy" in out
     # The export is rebuilt in float32 and checked against that rebuild.
     report = read_json(workdir / "model_artifacts" / "latest" / export.EXPORT_REPORT_FILE)
     rows = {row["format"]: row for row in report["formats"]}
