@@ -151,7 +151,7 @@ def test_rules_of_several_options_together():
 
 
 def test_tags_name_the_options_the_readme_says():
-    assert set(config.names_tagged("display")) == {"show", "rows", "cols", "gallery", "grid_per_class"}
+    assert set(config.names_tagged("display")) == {"show", "rows", "cols", "gallery", "grid_per_class", "verbose"}
     assert set(config.names_tagged("worker_local")) == {"image_dir", "labels_csv", "reader", "weights"}
     assert set(config.names_tagged("run_locator")) == {"resume", "artifacts_dir"}
     assert {"image_dir", "results_dir", "labels_csv", "weights"} == set(config.names_tagged("path"))
