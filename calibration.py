@@ -151,6 +151,26 @@ def calibration_summary(true_labels, probabilities, temperature=None, averaged=F
     }
 
 
+# Fewer images than this at one confidence say too little to quote.
+MIN_IMAGES_TO_QUOTE = 10
+
+
+def confidence_sentence(bins):
+    """What the confidences mean in words, from reliability_bins: the bin
+    holding the most images, "when it says 97%, it is right 99% of the time
+    (221 of 269 images are at that confidence)", or, with too few images at
+    any confidence, that it cannot say."""
+    count = np.asarray(bins["count"])
+    total = int(count.sum())
+    fullest = int(np.argmax(count))
+    if count[fullest] < MIN_IMAGES_TO_QUOTE:
+        return f"too few images ({total}) to say how often its confidences are right"
+    return (
+        f"when it says {bins['confidence'][fullest]:.0%}, it is right {bins['accuracy'][fullest]:.0%} of the "
+        f"time ({int(count[fullest])} of {total} images are at that confidence)"
+    )
+
+
 # ---------------------------------------------------------------- fitting T
 
 

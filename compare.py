@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import show
 import time
 
 import numpy as np
@@ -26,6 +25,7 @@ import backbones
 import console
 import image_io
 import inference
+import show
 import visualize
 from errors import UserError
 

@@ -417,6 +417,11 @@ class Config:
         "training", nargs="?", const="last", metavar="RUN", tags=("run_locator", "common"),
         shown_default="off",
     )
+    deterministic: int = option(
+        1, "1: the same seed gives the same model and metrics on the same machine and software "
+        "(TensorFlow's deterministic kernels); 0: allow faster non-deterministic ones", TRAINING, "training",
+        parse=lambda name: int, choices=(0, 1),
+    )
     precision: str = option(
         "auto", "auto: mixed_float16 on a GPU, float32 on the CPU", TRAINING, "training",
         choices=("auto", "float32", "mixed"),

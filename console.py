@@ -77,21 +77,24 @@ def captured_stderr():
 
 def start_tensorflow(verbose=False):
     """Imports TensorFlow and Keras and finds the devices, which is when
-    TensorFlow prints its start-up lines: those are hidden (all of them with
-    `verbose`, --verbose 1, are shown), anything else it printed, a real
-    error or warning, still goes to stderr. Call it before anything else
-    imports TensorFlow; later imports are then free."""
-    if verbose:
-        import keras  # noqa: F401
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")
-        return
-    with captured_stderr() as lines:
-        import keras  # noqa: F401
+    TensorFlow prints its start-up lines: those are hidden (shown with
+    `verbose`, --verbose 1), anything else it printed, a real error or
+    warning, still goes to stderr. Call it before anything else imports
+    TensorFlow; later imports are then free."""
+    with contextlib.nullcontext([]) if verbose else captured_stderr() as lines:
+        import keras
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
     _, kept = start_up_noise(lines, has_gpu_device())
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"this tool runs Keras on TensorFlow; KERAS_BACKEND is {keras.backend.backend()}")
     for line in kept:
         print(line, file=sys.stderr)
+
+
+def summary(lines):
+    """The closing block of a command: what it found and where to look next."""
+    print("==> Summary", flush=True)
+    for line in lines:
+        print(f"    {line}", flush=True)

@@ -22,10 +22,10 @@ inference.py's and metrics.py's, the figures figures.py's.
 
 import dataclasses
 import os
-import show
 import sys
 
 import artifacts
+import calibration
 import compare
 import config
 import console
@@ -35,6 +35,8 @@ import export
 import figures
 import inference
 import metrics
+import report
+import show
 from errors import UserError
 
 DESCRIPTION = "Evaluate a trained classifier on a labelled folder of images."
@@ -172,15 +174,50 @@ def run_evaluation(argv=None):
             evaluation, options.results_dir, stamp,
             options.rows, options.cols, options.gallery, options.seed,
         )
-    report = None
+    exported = None
     if options.export:
         with console.stage("Exporting the model and checking each export"):
-            report, report_path = export_evaluated(trained, evaluation, options, readers)
-    with console.stage("Showing the figures"):
-        show.show_figures(drawn, options.show)
-    if report and not report["passed"]:
-        raise errors.CheckFailed(export.failure_message(report, report_path))
+            exported, exported_path = export_evaluated(trained, evaluation, options, readers)
+    page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp)
+    if show.should_show(options.show)[0]:
+        with console.stage("Showing the figures"):
+            show.show_figures(drawn, options.show)
+    console.summary([
+        f"{evaluation.description} of {image_dir}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
+        f"confidences: {calibration.confidence_sentence(evaluation.reliability())}",
+        *[line for line in (metrics.baseline_warning(scores),) if line],
+        f"model: {trained.path}",
+        f"report: {page} (metrics: {metrics_path})",
+        "next: python predict.py --images NEW_IMAGES/ to label new images with it",
+    ])
+    if exported and not exported["passed"]:
+        raise errors.CheckFailed(export.failure_message(exported, exported_path))
     return drawn
+
+
+def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp):
+    """results/report/<stamp>/report.html of this evaluation; returns its path."""
+    sections = [
+        report.Section("The evaluation", rows=(
+            ("model", trained.path), ("run", trained.run_config.get("run", "?")), ("folder", os.path.abspath(image_dir)),
+            ("images", evaluation.description),
+        )),
+        report.Section("Scores", rows=report.headline_rows(scores), lines=tuple(
+            line for line in (
+                f"Confidences: {calibration.confidence_sentence(evaluation.reliability())}.",
+                metrics.baseline_warning(scores),
+            ) if line
+        )),
+        report.Section("Per class", table=report.per_class_table(scores)),
+        report.Section("Figures", figures=tuple(drawn)),
+        report.Section("Skipped files", lines=tuple(str(item) for item in evaluation.skipped) or ("none",)),
+        report.Section("Options", rows=report.options_rows(
+            {name: getattr(options, name) for name in config.options_of("evaluate")}
+        )),
+    ]
+    path = report.write_report(options.results_dir, stamp, f"Evaluation {stamp}", sections)
+    print(f"    report: {path}")
+    return path
 
 
 def main(argv=None):

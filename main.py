@@ -11,7 +11,6 @@ it, so a new stage is one function and one line in the list.
 import contextlib
 import dataclasses
 import os
-import show
 import shutil
 import sys
 import time
@@ -35,7 +34,9 @@ import inference
 import metrics
 import model_builder
 import multiworker
+import report
 import resume
+import show
 import splits
 import train_utils
 import visualize
@@ -81,6 +82,7 @@ class Run:
     # With several backbones: the first run, whose scan, split and dataset
     # figures this one shares (None: this run made its own).
     shared_from: str | None = None
+    report_path: str | None = None  # results/report/<run>/report.html
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -430,6 +432,9 @@ def evaluate_stage(run):
     )
     print(f"    {metrics.calibration_line(run.scores['calibration'])}")
     print(f"    metrics: {metrics_path}")
+    warning = metrics.baseline_warning(run.scores)
+    if warning:
+        print(f"    {warning}")
 
 
 def export_stage(run):
@@ -438,9 +443,6 @@ def export_stage(run):
     import keras
 
     options = run.options
-    if not options.export:
-        print("    not asked for (--export onnx,litert,saved_model)")
-        return
     calibration_images = None
     if options.quantize == "int8":
         paths, _ = run.index.split("train")
@@ -492,9 +494,6 @@ def augmentation_stage(run):
     """The same training images, then augmented by augment.augment_batch
     with the training run's settings: the training pipeline's own code."""
     strengths = augment_config(run.options)
-    if strengths is None:
-        print("    augmentation is off (--augment 0): nothing to preview")
-        return
     if not drawn_by_first_run(run):
         add_figures(run, figures.render_augmentation_preview(
             run.index, run.options.image_size, strengths, run.options.seed,
@@ -548,9 +547,6 @@ def start_tracking_stage(run):
     """With --mlflow: an MLflow run (a resumed run continues its own) with
     every option, started before training so a wrong URI stops the run at
     once. tracking.py is imported only then."""
-    if not run.options.mlflow:
-        print("    not tracked (no --mlflow)")
-        return
     import tracking
 
     previous = artifacts.read_run_config(run.folder).get("mlflow") or {}
@@ -576,9 +572,6 @@ def start_tracking_stage(run):
 def finish_tracking_stage(run):
     """With --mlflow: the per-epoch history, the test metrics, the figures,
     reports and the published model go to the MLflow run, which ends."""
-    if run.tracked is None:
-        print("    not tracked (no --mlflow)")
-        return
     import tracking
 
     reports = [
@@ -603,9 +596,56 @@ def finish_tracking_stage(run):
     run.tracked = None  # ended: nothing left to mark failed
 
 
+def report_stage(run):
+    """results/report/<run>/report.html: the run on one page."""
+    options, scores = run.options, run.scores
+    sections = [
+        report.Section("The run", rows=(
+            ("run", run.stamp), ("dataset", run.index.root), ("classes", ", ".join(run.index.class_names)),
+            ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
+            ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
+        )),
+        report.Section("On the test split", rows=report.headline_rows(scores), lines=tuple(
+            line for line in (
+                f"Confidences: {calibration.confidence_sentence(run.evaluation.reliability())}.",
+                metrics.baseline_warning(scores),
+            ) if line
+        )),
+        report.Section("Per class", table=report.per_class_table(scores)),
+        report.Section("Figures", figures=tuple(run.drawn)),
+        report.Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
+        report.Section("Options", rows=report.options_rows(config.saved_options(options))),
+    ]
+    path = report.write_report(options.results_dir, run.stamp, f"Run {run.stamp}", sections)
+    print(f"    report: {path}")
+    run.report_path = path
+
+
 def show_stage(run):
     """Every figure is saved by now; show them in stage order."""
     show.show_figures(run.drawn, run.options.show)
+
+
+def summary_lines(run):
+    """The closing summary: the headline numbers next to the baseline, what
+    the confidences mean, where the run, the model and the report are, and
+    what to run next."""
+    options, scores = run.options, run.scores
+    lines = [
+        f"run {run.stamp}: {len(run.index.class_names)} classes of {run.index.root}, "
+        f"{len(run.index.split('train')[0]):,} training images",
+        f"test split: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
+        f"confidences: {calibration.confidence_sentence(run.evaluation.reliability())}",
+    ]
+    warning = metrics.baseline_warning(scores)
+    if warning:
+        lines.append(warning)
+    lines += [
+        f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
+        f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
+        f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",
+    ]
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -616,6 +656,9 @@ class Stage:
     # needs); the others (figures, publishing, evaluation, anything that
     # writes) are the chief's alone.
     every_worker: bool = False
+    # Whether the run asked for it (function(Options)); a stage that is not
+    # asked for says nothing.
+    when: object = None
 
 
 STAGES = [
@@ -623,10 +666,10 @@ STAGES = [
     # Before the figures: weights that cannot be loaded stop the run at once.
     Stage("Building the model", model_stage, every_worker=True),
     Stage("Saving the class index, split manifest and run config", companions_stage),
-    Stage("Starting the MLflow run", start_tracking_stage),
+    Stage("Starting the MLflow run", start_tracking_stage, when=lambda options: options.mlflow),
     Stage("Plotting the dataset distribution", distribution_stage),
     Stage("Plotting example images per class", class_grid_stage),
-    Stage("Previewing the augmentation", augmentation_stage),
+    Stage("Previewing the augmentation", augmentation_stage, when=lambda options: options.augment),
     Stage("Preparing the input pipeline", data_stage, every_worker=True),
     Stage("Training", train_stage, every_worker=True),
     # Before publishing: the published file is the calibrated one, and its
@@ -635,15 +678,16 @@ STAGES = [
     Stage("Publishing the model", publish_stage),
     Stage("Plotting the training curves", training_curves_stage),
     Stage("Evaluating the best model on the test split", evaluate_stage),
-    Stage("Exporting the model and checking each export", export_stage),
+    Stage("Exporting the model and checking each export", export_stage, when=lambda options: options.export),
     Stage("Plotting the confusion matrix", confusion_matrix_stage),
     Stage("Plotting the classification report", classification_report_stage),
     Stage("Plotting the ROC curves", roc_auc_stage),
     Stage("Plotting the reliability diagram", reliability_stage),
     Stage("Plotting the prediction gallery", prediction_gallery_stage),
     Stage("Plotting the top losses", top_losses_stage),
-    Stage("Logging the run to MLflow", finish_tracking_stage),
-    Stage("Showing the figures", show_stage),
+    Stage("Logging the run to MLflow", finish_tracking_stage, when=lambda options: options.mlflow),
+    Stage("Writing the report", report_stage),
+    Stage("Showing the figures", show_stage, when=lambda options: show.should_show(options.show)[0]),
 ]
 
 
@@ -652,7 +696,8 @@ def run_stages(run):
     every worker runs); with several workers, they all end together."""
     try:
         for stage in STAGES:
-            if run.device.is_chief or stage.every_worker:
+            wanted = stage.when is None or stage.when(run.options)
+            if wanted and (run.device.is_chief or stage.every_worker):
                 with console.stage(stage.name):
                     stage.run(run)
     except BaseException as error:
@@ -689,11 +734,37 @@ def open_run(options, given):
     if not options.resume:
         stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
         print(f"Run {stamp}: {folder}")
+        print(f"Training plan: {training_plan_line(options)}")
         return options, stamp, folder, None
     options, stamp, folder, point = resume.open_resumed_run(options, given)
     check_outputs_outside(options)
     print(f"Resuming run {stamp} ({folder}) with its own options.")
     return options, stamp, folder, point
+
+
+def seed_everything(options):
+    """Python's, NumPy's and TensorFlow's seeds from --seed, and with
+    --deterministic 1 TensorFlow's deterministic kernels: the same seed then
+    gives the same weights, batches, augmentation and metrics, to the last
+    digit, on the same machine and software."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(options.seed)
+    if options.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def training_plan_line(options):
+    """What --epochs means for this run, in its first lines: with pretrained
+    weights the fine-tuning epochs come on top."""
+    stopping = f"early stopping after {options.patience} epochs without a better val_loss"
+    if options.weights == "none":
+        return f"up to {options.epochs} epochs from scratch ({stopping})"
+    if options.fine_tune_epochs:
+        return (f"up to {options.epochs} epochs with the backbone frozen, then up to {options.fine_tune_epochs} "
+                f"fine-tuning its last {options.fine_tune_layers} layers ({stopping})")
+    return f"up to {options.epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"
 
 
 def run_training(argv=None):
@@ -706,8 +777,6 @@ def run_training(argv=None):
     console.start_tensorflow(options.verbose)
     if len(names) > 1:
         return train_several(options, names, cluster)
-    import keras
-
     if cluster is not None:
         print(
             f"Waiting for all {cluster.num_workers} workers of TF_CONFIG to start "
@@ -730,9 +799,11 @@ def run_training(argv=None):
             device = devices.configure_device(options.precision, options.jit, strategy, workers)
             if options.demo:
                 print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
-            keras.utils.set_random_seed(options.seed)
+            seed_everything(options)
             run = Run(options=options, stamp=stamp, folder=folder, point=point, device=device)
             run_stages(run)
+            if run.device.is_chief:
+                console.summary(summary_lines(run))
     except BaseException:
         if folder and not options.resume:
             # A run that stopped before writing anything (a missing folder,
@@ -774,7 +845,7 @@ def train_several(options, names, cluster):
             options=run_options, stamp=stamp, folder=folder, device=device,
             index=first.index if first else None, shared_from=first.stamp if first else None,
         )
-        keras.utils.set_random_seed(options.seed)  # each run as if trained alone
+        seed_everything(options)  # each run as if trained alone
         run_stages(run)
         # Only what the comparison needs stays; the model and pipelines go.
         run.model, run.datasets, run.evaluation = None, {}, None

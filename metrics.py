@@ -39,6 +39,7 @@ class Evaluation:
         test-time versions: what metrics.json holds."""
         return {
             **evaluation_metrics(self.true_labels, self.probabilities, self.class_names),
+            "baselines": baselines(self.true_labels, self.class_names),
             "calibration": self.calibration(),
             "tta": self.tta,
         }
@@ -236,3 +237,39 @@ def format_auc(roc_auc):
         values = [auc for auc in roc_auc["per_class"].values() if auc is not None]
         value = values[0] if values else None
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def baselines(true_labels, class_names):
+    """What a model must beat on these images: always answering their most
+    common class (the majority-class baseline, the best constant answer
+    here) and guessing uniformly (chance)."""
+    counts = np.bincount(np.asarray(true_labels, dtype=np.int64), minlength=len(class_names))
+    majority = int(np.argmax(counts))
+    return {
+        "majority_class": class_names[majority],
+        "majority_accuracy": float(counts[majority] / max(1, counts.sum())),
+        "chance": 1.0 / len(class_names),
+    }
+
+
+def baseline_line(scores):
+    """'accuracy 0.9665 · majority-class baseline 0.1004 (always "1") · chance 0.1000'."""
+    base = scores["baselines"]
+    return (
+        f"accuracy {scores['accuracy']:.4f} · majority-class baseline {base['majority_accuracy']:.4f} "
+        f"(always \"{base['majority_class']}\") · chance {base['chance']:.4f}"
+    )
+
+
+def baseline_warning(scores):
+    """A warning that cannot be missed when the model does no better than
+    always answering the most common class, else None."""
+    base = scores["baselines"]
+    if scores["accuracy"] > base["majority_accuracy"]:
+        return None
+    return (
+        f"WARNING: the model is no better than always answering \"{base['majority_class']}\": accuracy "
+        f"{scores['accuracy']:.4f} vs {base['majority_accuracy']:.4f} for that constant answer on these "
+        f"{scores['num_samples']} images. It has not learned to tell the classes apart: train longer "
+        "(--epochs, --patience), use pretrained weights, or add images."
+    )

@@ -13,7 +13,6 @@ figure of the gallery's images.
 
 import dataclasses
 import os
-import show
 import sys
 
 import numpy as np
@@ -28,6 +27,8 @@ import export
 import figures
 import image_io
 import inference
+import report
+import show
 import visualize
 from errors import UserError
 
@@ -138,6 +139,8 @@ class Output:
     seed: int
     gradcam: int
     tta: object = None  # inference.TestTimeAugmentation, or None
+    # What was written, for the report and the summary: csv, rows, skipped.
+    written: dict = dataclasses.field(default_factory=dict)
 
     def path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -159,6 +162,7 @@ def predict_labelled(trained, images, output, readers=None):
         evaluation.true_labels,
     )
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
+    output.written.update(csv=csv_path, rows=rows, skipped=evaluation.skipped)
     accuracy = float(np.mean(evaluation.true_labels == evaluation.predicted))
     print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {accuracy:.1%}")
     print(f"    predictions: {csv_path} (paths relative to {output.image_dir})")
@@ -202,6 +206,7 @@ def predict_unlabelled(trained, arguments, output, readers=None):
     kept = [paths[i] for i in positions]
     rows = prediction_rows(kept, probabilities, trained.class_names, output.top_k)
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
+    output.written.update(csv=csv_path, rows=rows, skipped=skipped)
     print_table(rows)
     print(f"    predictions: {csv_path}")
     if skipped:
@@ -305,9 +310,43 @@ def run_prediction(argv=None):
             drawn = predict_labelled(trained, images, output, readers)
         for path in drawn:
             print(f"    figure: {path}")
-    with console.stage("Showing the figures"):
-        show.show_figures(drawn, options.show)
+    page = write_report(options, trained, output, drawn)
+    if show.should_show(options.show)[0]:
+        with console.stage("Showing the figures"):
+            show.show_figures(drawn, options.show)
+    written = output.written
+    console.summary([
+        f"{len(written['rows']) - 1} image(s) labelled by {trained.path}"
+        + (f", {len(written['skipped'])} skipped" if written["skipped"] else ""),
+        f"predictions: {written['csv']}",
+        f"report: {page}",
+        "next: open the report, or python evaluate.py --image_dir LABELLED_FOLDER/ to measure the model on labelled images",
+    ])
     return drawn
+
+
+# The report lists this many predictions; all of them are in predictions.csv.
+REPORT_ROWS = 50
+
+
+def write_report(options, trained, output, drawn):
+    """results/report/<stamp>/report.html of this prediction; returns its path."""
+    rows, skipped = output.written["rows"], output.written["skipped"]
+    sections = [
+        report.Section("The prediction", rows=(
+            ("model", trained.path), ("run", trained.run_config.get("run", "?")),
+            ("images", len(rows) - 1), ("skipped", len(skipped)), ("predictions", output.written["csv"]),
+        )),
+        report.Section(f"Predictions (the first {min(REPORT_ROWS, len(rows) - 1)})", table=(rows[0], rows[1 : REPORT_ROWS + 1])),
+        report.Section("Figures", figures=tuple(drawn)),
+        report.Section("Skipped files", lines=tuple(str(item) for item in skipped) or ("none",)),
+        report.Section("Options", rows=report.options_rows(
+            {name: getattr(options, name) for name in config.options_of("predict")}
+        )),
+    ]
+    path = report.write_report(options.results_dir, output.stamp, f"Predictions {output.stamp}", sections)
+    print(f"    report: {path}")
+    return path
 
 
 def main(argv=None):

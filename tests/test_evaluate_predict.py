@@ -89,7 +89,7 @@ def test_evaluate_reproduces_mains_test_metrics(trained, tmp_path, monkeypatch):
     stamp = only_stamp(results)
     assert set(runs_of(results)) == {
         "metrics", "confusion_matrix", "classification_report", "roc_auc", "calibration",
-        "prediction_gallery", "top_losses",
+        "prediction_gallery", "top_losses", "report",
     }
     mains = read_json(trained["results"] / "metrics" / only_stamp(trained["results"]) / "metrics.json")
     ours = read_json(results / "metrics" / stamp / "metrics.json")
@@ -114,7 +114,7 @@ def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_pat
 
     assert code == 0
     stamp = only_stamp(results)
-    assert runs_of(results) == {name: [stamp] for name in ("gradcam", "prediction_gallery", "predictions")}
+    assert runs_of(results) == {name: [stamp] for name in ("gradcam", "prediction_gallery", "predictions", "report")}
     assert os.path.getsize(results / "gradcam" / stamp / "gradcam.png") > 5_000
     rows = read_csv(results / "predictions" / stamp / "predictions.csv")
     assert rows[0] == ["path", "true_class", "predicted_class", "confidence", "top2_class",
@@ -138,7 +138,7 @@ def test_predict_images_writes_a_row_per_readable_image_and_lists_the_rest(train
 
     assert code == 0
     stamp = only_stamp(results)
-    assert sorted(runs_of(results)) == ["prediction_gallery", "predictions"]
+    assert sorted(runs_of(results)) == ["prediction_gallery", "predictions", "report"]
     rows = read_csv(results / "predictions" / stamp / "predictions.csv")
     assert rows[0] == ["path", "predicted_class", "confidence", "top2_class", "top2_confidence"]
     assert len(rows) == 1 + 4 and rows[-1][0] == single

@@ -1,0 +1,129 @@
+"""One report per command: RESULTS_DIR/report/<stamp>/report.html.
+
+Every figure the command drew (linked relatively, so the results folder can
+be zipped and mailed), the headline metrics next to the majority-class
+baseline, what the confidences mean, the per-class numbers, the dataset
+summary and the skipped files, and the options: one page, readable offline
+in any browser (no script, no font or file from the internet), in the
+figures' blush colours.
+"""
+
+import dataclasses
+import html
+import os
+
+import artifacts
+import visualize
+
+REPORT_FOLDER = "report"
+REPORT_FILE = "report.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A heading and what goes under it: (name, value) rows, text lines,
+    figure paths, a table (header, rows)."""
+
+    heading: str
+    rows: tuple = ()
+    lines: tuple = ()
+    figures: tuple = ()
+    table: tuple = ()  # (header, rows)
+
+
+def report_path(results_dir, stamp):
+    return os.path.join(results_dir, REPORT_FOLDER, stamp, REPORT_FILE)
+
+
+STYLE = f"""
+body {{ font-family: "DejaVu Sans", Verdana, sans-serif; color: {visualize.INK}; background: {visualize.WHITE};
+       margin: 2em auto; max-width: 1100px; padding: 0 1em; }}
+h1 {{ color: {visualize.WINE}; border-bottom: 3px solid {visualize.BLUSH}; padding-bottom: .3em; }}
+h2 {{ color: {visualize.DEEP_ROSE}; margin-top: 1.6em; }}
+table {{ border-collapse: collapse; margin: .5em 0; }}
+td, th {{ border: 1px solid {visualize.GRID}; padding: .3em .7em; text-align: left; vertical-align: top; }}
+th {{ background: {visualize.PETAL}; }}
+td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.warning {{ background: #fde8ea; border-left: 5px solid {visualize.WRONG}; padding: .6em 1em; }}
+figure {{ display: inline-block; margin: .6em; vertical-align: top; width: 46%; }}
+figure img {{ max-width: 100%; border: 1px solid {visualize.GRID}; }}
+figcaption {{ color: {visualize.MUTED}; font-size: .9em; }}
+pre {{ background: {visualize.PETAL}; padding: .6em; overflow-x: auto; }}
+"""
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f'<td class="number">{value:.4f}</td>'
+    if isinstance(value, int):
+        return f'<td class="number">{value:,}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _section_html(section, folder):
+    parts = [f"<h2>{html.escape(section.heading)}</h2>"]
+    if section.rows:
+        parts.append("<table>" + "".join(
+            f"<tr><th>{html.escape(str(name))}</th>{_cell(value)}</tr>" for name, value in section.rows
+        ) + "</table>")
+    for line in section.lines:
+        kind = ' class="warning"' if str(line).startswith("WARNING") else ""
+        parts.append(f"<p{kind}>{html.escape(str(line))}</p>")
+    if section.table:
+        header, rows = section.table
+        parts.append(
+            "<table><tr>" + "".join(f"<th>{html.escape(str(name))}</th>" for name in header) + "</tr>"
+            + "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows) + "</table>"
+        )
+    for path in section.figures:
+        link = os.path.relpath(os.path.abspath(path), os.path.abspath(folder)).replace(os.sep, "/")
+        caption = "/".join(link.split("/")[-3::2])  # category/file.png
+        parts.append(f'<figure><a href="{html.escape(link)}"><img src="{html.escape(link)}" alt="{html.escape(caption)}">'
+                     f"</a><figcaption>{html.escape(caption)}</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def write_report(results_dir, stamp, title, sections):
+    """Writes report.html for one command's `sections` (Section); returns
+    its path."""
+    path = report_path(results_dir, stamp)
+    folder = os.path.dirname(path)
+    body = "\n".join(_section_html(section, folder) for section in sections)
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+    return artifacts.write_text(path, page)
+
+
+# ---------------------------------------------------------------- sections of an evaluation
+
+
+def headline_rows(scores):
+    """The headline numbers of metrics.json's dict, next to what they must beat."""
+    base = scores["baselines"]
+    return (
+        ("accuracy", scores["accuracy"]),
+        (f"majority-class baseline (always \"{base['majority_class']}\")", base["majority_accuracy"]),
+        ("chance", base["chance"]),
+        ("macro F1", scores["macro_avg"]["f1"]),
+        ("macro ROC AUC", scores["roc_auc"]["macro"] if scores["roc_auc"]["macro"] is not None else "n/a"),
+        ("loss (cross-entropy)", scores["loss"]),
+        ("expected calibration error", scores["calibration"]["ece"]),
+        ("images", scores["num_samples"]),
+    )
+
+
+def per_class_table(scores):
+    header = ("class", "precision", "recall", "F1", "images")
+    rows = [
+        (name, row["precision"], row["recall"], row["f1"], row["support"])
+        for name, row in scores["per_class"].items()
+    ]
+    return header, rows
+
+
+def options_rows(options):
+    """The options of a run (config.saved_options's dict), one row each."""
+    return tuple((f"--{name}", "" if value is None else str(value)) for name, value in options.items())
