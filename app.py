@@ -524,6 +524,9 @@ def build_page(models, start, options, folder):
     def show_column():
         return gr.Column(visible=True)
 
+    def cleared():
+        return [], "", gr.Column(visible=False)
+
     def refreshed():
         return gr.Dropdown(choices=[(item.label, item.key) for item in models.refresh()])
 
@@ -559,9 +562,12 @@ def build_page(models, start, options, folder):
             [button.click, files.upload], classify, inputs=[files, choice], outputs=outputs, api_name="classify"
         )
         answered.success(show_column, outputs=every_image, api_visibility="private")
-        choice.change(choose, inputs=choice, outputs=card, api_name="choose").success(
+        # A refused request leaves no answers of earlier files on the page.
+        answered.failure(cleared, outputs=[answers, status, every_image], api_visibility="private")
+        switched = choice.change(choose, inputs=choice, outputs=card, api_name="choose").success(
             again, inputs=[files, choice], outputs=outputs, api_visibility="private"
         )
+        switched.failure(cleared, outputs=[answers, status, every_image], api_visibility="private")
         page.load(refreshed, outputs=choice, api_visibility="private")
     page.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return page

@@ -357,7 +357,8 @@ def render_gradcam(trained, items, rows, cols, folder):
     (gradcam_of); returns the PNG path."""
     heatmaps, subtitle = gradcam_of(trained, items)
     path = os.path.join(folder, "gradcam.png")
-    return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=f"left: the image · right: {subtitle}")
+    subtitle = f"left: the image · right: {subtitle}"
+    return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=subtitle)
 
 
 def render_evaluation(evaluation, results_dir, stamp, rows, cols, gallery, seed):
