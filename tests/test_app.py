@@ -210,6 +210,33 @@ def test_without_saved_bins_the_sentence_says_how_to_get_them(untrained, saved_m
     assert [name for name, _ in answer.top] in (["cat", "dog"], ["dog", "cat"])  # top_k 5 of 2 classes
 
 
+@pytest.mark.slow
+def test_evaluate_py_saves_the_bins_for_a_run_trained_without_them(saved_model, tmp_path, capsys):
+    import evaluate
+
+    artifacts_dir = str(tmp_path / "artifacts")
+    run = copy_run(str(saved_model["run"]), artifacts_dir)
+    artifacts.publish(artifacts_dir, os.path.join(artifacts.runs_folder(artifacts_dir), run))
+    saved = os.path.join(artifacts.runs_folder(artifacts_dir), run, artifacts.TEST_RELIABILITY_FILE)
+    common = ["--artifacts_dir", artifacts_dir, "--show", "0"]
+
+    assert evaluate.main([*common, "--split", "val", "--results_dir", str(tmp_path / "val")]) == 0
+    assert not os.path.exists(saved)  # not the test split
+    assert evaluate.main([*common, "--results_dir", str(tmp_path / "results")]) == 0
+
+    assert f"reliability bins (the run had none): {saved}" in capsys.readouterr().out
+    record = read_json(saved)
+    (stamp,) = os.listdir(tmp_path / "results" / "metrics")
+    scores = read_json(tmp_path / "results" / "metrics" / stamp / "metrics.json")
+    assert record["images"] == scores["num_samples"] and record["ece"] == scores["calibration"]["ece"]
+    assert sum(row["count"] for row in record["bins"]) == scores["num_samples"] and record["run"] == run
+    served = app.load_served(run, os.path.join(artifacts.runs_folder(artifacts_dir), run, artifacts.MODEL_FILE))
+    assert served.saved == record  # the page now has trust sentences for it
+    before = os.stat(saved).st_mtime_ns
+    assert evaluate.main([*common, "--results_dir", str(tmp_path / "again")]) == 0
+    assert os.stat(saved).st_mtime_ns == before  # never rewritten
+
+
 def test_each_bad_upload_is_one_message_and_good_ones_still_answer(untrained, saved_model, tmp_path):
     good = os.path.join(saved_model["data"], "dog", "img_001.png")
     bad = write_bad_files(tmp_path / "bad", good)
