@@ -9,6 +9,9 @@ are everything evaluate.py and predict.py need to use it again:
                           id and the model file's sha256
     split_manifest.csv    path (relative to the dataset), class, split
 
+and, once the run's test split is evaluated, test_reliability.json (its
+reliability bins and scores: how far one prediction can be trusted).
+
 Every training run writes into its own folder, ARTIFACTS_DIR/runs/<run>/,
 created atomically so two runs never share one (`new_run`). Only a run
 that finished training is published (`publish`): ARTIFACTS_DIR/latest is a
@@ -40,6 +43,13 @@ CLASS_INDEX_FILE = "class_index.json"
 RUN_CONFIG_FILE = "run_config.json"
 SPLIT_MANIFEST_FILE = "split_manifest.csv"
 COMPANION_FILES = (CLASS_INDEX_FILE, RUN_CONFIG_FILE, SPLIT_MANIFEST_FILE)
+# Written beside the model by the run's test evaluation (main.py, or
+# evaluate.py for a run that has none): the test split's reliability bins
+# (each bin's images, mean confidence and accuracy), from which app.py and
+# predict.py say how far one prediction can be trusted, and the scores of
+# the same evaluation for the model card. Not a companion: a run trained
+# before it existed is still usable, without trust sentences.
+TEST_RELIABILITY_FILE = "test_reliability.json"
 # In ARTIFACTS_DIR: one folder per training run, the link to the last
 # finished one, and the audit's cache (see audit.py). In a run folder: the
 # resume points of an interrupted run (see train_utils).
@@ -312,6 +322,18 @@ def read_run_config(folder):
     return _read_companion_json(folder, RUN_CONFIG_FILE, dict)
 
 
+def read_test_reliability(folder):
+    """test_reliability.json in `folder` as a dict, or None when the run
+    has none. Raises CompanionError when it is not readable JSON or holds
+    no list of bins."""
+    if not os.path.isfile(os.path.join(folder, TEST_RELIABILITY_FILE)):
+        return None
+    saved = _read_companion_json(folder, TEST_RELIABILITY_FILE, dict)
+    if not isinstance(saved.get("bins"), list) or not all(isinstance(row, dict) for row in saved["bins"]):
+        raise CompanionError(f"{os.path.join(folder, TEST_RELIABILITY_FILE)} holds no list of reliability bins")
+    return saved
+
+
 def has_manifest(folder):
     return os.path.isfile(os.path.join(folder, SPLIT_MANIFEST_FILE))
 
@@ -361,6 +383,22 @@ def run_ids(artifacts_dir):
     if not os.path.isdir(parent):
         return []
     return sorted(entry.name for entry in os.scandir(parent) if entry.is_dir())
+
+
+def finished_runs(artifacts_dir):
+    """[(run id, run config)] of the runs in ARTIFACTS_DIR that finished
+    training (their run_config.json says so and their best_model.keras is
+    there), oldest first; a run whose run config cannot be read is left out."""
+    finished = []
+    for run_id in run_ids(artifacts_dir):
+        folder = os.path.join(runs_folder(artifacts_dir), run_id)
+        try:
+            saved = read_run_config(folder)
+        except CompanionError:
+            continue
+        if saved.get("status") == "finished" and os.path.isfile(os.path.join(folder, MODEL_FILE)):
+            finished.append((run_id, saved))
+    return finished
 
 
 def published_run(artifacts_dir):

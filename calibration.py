@@ -18,9 +18,12 @@ a fitted T around the same trained weights.
 Everything else here takes NumPy arrays (true labels, probabilities) and
 returns plain values: expected calibration error, the Brier score, NLL,
 reliability-diagram data, the most confidently wrong images (top losses)
-and the most confused class pairs.
+and the most confused class pairs. A run saves its test split's reliability
+bins (`saved_bins`); `trust_at` looks a new prediction's confidence up in
+them: how often the test images at that confidence were right.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -36,6 +39,10 @@ MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
 # The same clipping as Keras' cross-entropy (and evaluate's "loss").
 EPSILON = 1e-7
+# A trust sentence gives a percentage only from at least this many test
+# images at the prediction's confidence: "right 100% of the time" from 3
+# images says little (a 95% interval of 10 images is still about +-25 points).
+MIN_TRUST_IMAGES = 10
 
 
 # ---------------------------------------------------------------- metrics
@@ -71,6 +78,15 @@ def brier_score(true_labels, probabilities):
     return float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1)))
 
 
+def confidence_bin(confidence, num_bins=NUM_BINS):
+    """The reliability bin (0-based) of top-1 confidence(s) among
+    `num_bins` equal-width bins: bin b holds edges[b] < confidence <=
+    edges[b + 1], and 0 falls in the first. One rule for making the bins and
+    for looking a new prediction up in saved ones (`trust_at`)."""
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
+
+
 def reliability_bins(true_labels, probabilities, num_bins=NUM_BINS):
     """The data of a reliability diagram: the images binned by their top-1
     confidence into `num_bins` equal-width bins (lower, upper], upper
@@ -84,8 +100,7 @@ def reliability_bins(true_labels, probabilities, num_bins=NUM_BINS):
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == true_labels
     edges = np.linspace(0.0, 1.0, num_bins + 1)
-    # Bin b holds edges[b] < confidence <= edges[b + 1].
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
+    which = confidence_bin(confidence, num_bins)
     count = np.bincount(which, minlength=num_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         accuracy = np.bincount(which, weights=correct, minlength=num_bins) / count
@@ -151,8 +166,71 @@ def calibration_summary(true_labels, probabilities, temperature=None, averaged=F
     }
 
 
-# Fewer images than this at one confidence say too little to quote.
-MIN_IMAGES_TO_QUOTE = 10
+# ---------------------------------------------------------------- trust in one prediction
+
+
+def saved_bins(bins):
+    """reliability_bins' arrays as JSON-ready rows, one per bin: lower,
+    upper, count, confidence (the mean top-1 confidence) and accuracy, the
+    last two None for an empty bin. What a run saves beside its model
+    (artifacts.TEST_RELIABILITY_FILE) for `trust_at`."""
+
+    def number(value):
+        return None if not math.isfinite(value) else float(value)
+
+    return [
+        {
+            "lower": float(bins["lower"][position]),
+            "upper": float(bins["upper"][position]),
+            "count": int(bins["count"][position]),
+            "confidence": number(bins["confidence"][position]),
+            "accuracy": number(bins["accuracy"][position]),
+        }
+        for position in range(len(bins["count"]))
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trust:
+    """How often the test split's predictions at one confidence were right:
+    the saved bin the confidence falls in, (lower, upper], its test images
+    and their accuracy (None when they are fewer than `needed`)."""
+
+    lower: float
+    upper: float
+    images: int
+    accuracy: float | None
+    needed: int
+
+    def sentence(self):
+        """The trust sentence the page shows next to an answer."""
+        span = f"{100 * self.lower:.0f}\u2013{100 * self.upper:.0f}%"
+        if self.accuracy is not None:
+            return (
+                f"On the test split, predictions at this confidence ({span}) were right "
+                f"{self.accuracy:.0%} of the time ({self.images} images)."
+            )
+        few = "No test image" if not self.images else f"Only {self.images} test image{'s' * (self.images > 1)}"
+        return (
+            f"{few} had a confidence of {span}: too few to say how often predictions at this "
+            f"confidence are right (at least {self.needed} needed)."
+        )
+
+
+def trust_at(rows, confidence, needed=MIN_TRUST_IMAGES):
+    """The Trust of a prediction made with top-1 `confidence`, from a test
+    split's saved bins (`saved_bins` rows): the bin it falls in, by the
+    same rule the bins were made with (`confidence_bin`). Raises ValueError
+    for rows that are not equal-width bins of [0, 1]."""
+    edges = np.linspace(0.0, 1.0, len(rows) + 1)
+    if not rows or not np.allclose([row["lower"] for row in rows], edges[:-1]) or not np.allclose(
+        [row["upper"] for row in rows], edges[1:]
+    ):
+        raise ValueError(f"saved reliability bins must be equal-width bins of [0, 1]. Received: {len(rows)} rows")
+    row = rows[int(confidence_bin(float(confidence), len(rows)))]
+    images = int(row["count"])
+    accuracy = row["accuracy"] if images >= needed else None
+    return Trust(lower=row["lower"], upper=row["upper"], images=images, accuracy=accuracy, needed=needed)
 
 
 def confidence_sentence(bins):
@@ -163,7 +241,7 @@ def confidence_sentence(bins):
     count = np.asarray(bins["count"])
     total = int(count.sum())
     fullest = int(np.argmax(count))
-    if count[fullest] < MIN_IMAGES_TO_QUOTE:
+    if count[fullest] < MIN_TRUST_IMAGES:
         return f"too few images ({total}) to say how often its confidences are right"
     return (
         f"when it says {bins['confidence'][fullest]:.0%}, it is right {bins['accuracy'][fullest]:.0%} of the "

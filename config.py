@@ -38,11 +38,14 @@ import artifacts
 import backbones
 from errors import UserError
 
-SCRIPTS = ("main", "evaluate", "predict", "inspect")
+SCRIPTS = ("main", "evaluate", "predict", "inspect", "app")
 TRAINING = ("main",)
-ALL = SCRIPTS
+# The scripts that read image folders (app.py reads only what is uploaded).
+FOLDERS = ("main", "evaluate", "predict", "inspect")
 # The scripts that use a trained model (and the figures of its predictions).
 USING_A_MODEL = ("evaluate", "predict")
+# A port number: 1-65535 (0 would let the system pick one nobody was told).
+MAX_PORT = 65535
 FIGURES = ("main", "evaluate", "predict")
 # What --export accepts (export.py writes and checks them).
 EXPORT_FORMATS = ("onnx", "litert", "saved_model")
@@ -65,6 +68,7 @@ GROUPS = (
     "figures",
     "export",
     "inspection",
+    "serving",
 )
 
 
@@ -252,7 +256,7 @@ class Config:
 
     # Data and outputs.
     image_dir: str | None = option(
-        None, "Dataset folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...", ALL,
+        None, "Dataset folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...", FOLDERS,
         "data and outputs", tags=("path", "worker_local", "common"),
         shown_default={"main": "the built-in demo", "evaluate": "the folder the model was trained on",
                        "predict": "none", "inspect": "none (required)"},
@@ -265,7 +269,7 @@ class Config:
         },
     )
     image_size: int | None = option(
-        224, "Images are resized to SIZE x SIZE", ALL, "data and outputs", tags=("common",),
+        224, "Images are resized to SIZE x SIZE", FOLDERS, "data and outputs", tags=("common",),
         parse=integer, check=at_least(32, "the smallest input of any backbone"),
         defaults={"evaluate": None, "predict": None},
         helps={script: "Fixed by the model; give it only to check that it is this size"
@@ -273,7 +277,7 @@ class Config:
     )
     batch_size: int = option(
         32, "Images per batch; in training, per replica: with several GPUs or workers each step "
-        "takes batch_size x replicas images", ALL, "data and outputs", tags=("common",),
+        "takes batch_size x replicas images", FOLDERS, "data and outputs", tags=("common",),
         parse=integer, check=at_least(1),
         helps={script: "Images per batch" for script in ("evaluate", "predict", "inspect")},
     )
@@ -286,49 +290,54 @@ class Config:
         ("main", "inspect"), "split", tags=("common",), parse=number, check=fraction,
     )
     seed: int = option(
-        42, "Seeds the split, the shuffle, augmentation and weight init", ALL, "data and outputs",
+        42, "Seeds the split, the shuffle, augmentation and weight init", FOLDERS, "data and outputs",
         tags=("common",), parse=seed_number,
         helps={script: "Seeds the gallery's choice of images and test-time augmentation"
                for script in USING_A_MODEL},
     )
     labels_csv: str | None = option(
         None, "CSV with the columns filename,label[,split] (file names relative to IMAGE_DIR; a split "
-        "column overrides the automatic split) instead of class folders", ALL, "data and outputs",
+        "column overrides the automatic split) instead of class folders", FOLDERS, "data and outputs",
         tags=("path", "worker_local"), shown_default="class folders",
         helps={script: "CSV with the columns filename,label (file names relative to IMAGE_DIR) for a folder "
                "the model never saw; on the training folder its saved split is used" for script in USING_A_MODEL},
     )
     classes: tuple | None = option(
         None, "Comma-separated class names: only these classes, in this order (class index 0, 1, ...)",
-        ALL, "data and outputs", parse=name_list, shown_default="every class, sorted",
+        FOLDERS, "data and outputs", parse=name_list, shown_default="every class, sorted",
         helps={script: "Comma-separated class names: only the images of these classes" for script in USING_A_MODEL},
     )
     reader: tuple | None = option(
         None, "Read files with extension EXT with FUNCTION(path) -> uint8 HxWxC numpy array from "
         "FILE.py (or an importable MODULE); repeatable, e.g. --reader npy=my_readers.py:read_npy",
-        ALL, "data and outputs", action="append", metavar="EXT=FILE.py:FUNCTION",
+        (*FOLDERS, "app"), "data and outputs", action="append", metavar="EXT=FILE.py:FUNCTION",
         tags=("worker_local",), shown_default="built-in decoders only",
     )
     artifacts_dir: str = option(
         "model_artifacts", "Where run folders go (runs/<run>/) and the last finished run is published",
-        ALL, "data and outputs", check=output_folder, tags=("run_locator", "output", "common"),
+        (*FOLDERS, "app"), "data and outputs", check=output_folder, tags=("run_locator", "output", "common"),
         helps={
             **{script: "Where the published model is read from (ARTIFACTS_DIR/best_model.keras) when --model "
                "is not given" for script in USING_A_MODEL},
             "inspect": "The audit's cache goes to ARTIFACTS_DIR/audit_cache/",
+            "app": "Where the runs are (runs/<run>/): the published one is served, the drop-down lists every "
+            "finished one",
         },
     )
     results_dir: str = option(
-        "results", "Figures and reports go to RESULTS_DIR/<category>/<timestamp>/", ALL,
+        "results", "Figures and reports go to RESULTS_DIR/<category>/<timestamp>/", FOLDERS,
         "data and outputs", check=output_folder, tags=("path", "output", "common"),
     )
     model: str | None = option(
         None, "The model file; its class_index.json, run_config.json and split_manifest.csv are read "
-        "from beside it", USING_A_MODEL, "data and outputs", tags=("common",),
+        "from beside it", (*USING_A_MODEL, "app"), "data and outputs", tags=("common",),
         shown_default="ARTIFACTS_DIR/best_model.keras, the last run that finished training",
+        helps={"app": "The model to serve: a .keras file or an export of one (.onnx, .tflite, a "
+               "SavedModel folder), with its class_index.json, run_config.json and split_manifest.csv "
+               "beside it, as predict.py --model reads them"},
     )
     verbose: int = option(
-        0, "1: also show TensorFlow's own start-up lines (hidden by default: they are not errors)", ALL,
+        0, "1: also show TensorFlow's own start-up lines (hidden by default: they are not errors)", SCRIPTS,
         "data and outputs", parse=lambda name: int, choices=(0, 1), tags=("display",),
     )
     # Augmentation (training batches only). Rotation in degrees, the others
@@ -463,8 +472,9 @@ class Config:
         ("predict",), "prediction", nargs="+", metavar="PATH", tags=("common",), shown_default="none",
     )
     top_k: int = option(
-        3, "How many best classes predictions.csv lists per image", ("predict",), "prediction",
+        3, "How many best classes predictions.csv lists per image", ("predict", "app"), "prediction",
         parse=integer, check=at_least(1),
+        helps={"app": "How many best classes each answer shows (and the table and CSV list)"},
     )
     gradcam: int = option(
         0, "1: also draw Grad-CAM heatmaps of the gallery's images", ("predict",), "prediction",
@@ -508,6 +518,23 @@ class Config:
     json: bool = option(
         False, "Print exactly one JSON object to stdout: layout, classes, splits, skipped, ignored, "
         "warnings", ("inspect",), "inspection", action="store_true", shown_default="off",
+    )
+    # Serving the page (app.py).
+    run: str | None = option(
+        None, "Serve this run of ARTIFACTS_DIR/runs (its best_model.keras) instead of the published one",
+        ("app",), "serving", metavar="RUN_ID", shown_default="the published run",
+    )
+    host: str = option(
+        "127.0.0.1", "Address the page listens on: 127.0.0.1 is this machine only; 0.0.0.0 lets anyone "
+        "who can reach this machine use the model (there is no login; a warning is printed)",
+        ("app",), "serving",
+    )
+    port: int = option(
+        7860, "Port the page listens on", ("app",), "serving", parse=integer, check=between(1, MAX_PORT),
+    )
+    max_upload_mb: float = option(
+        50.0, "Largest file the page accepts, in MB (larger uploads are refused before they are read)",
+        ("app",), "serving", parse=number, check=positive,
     )
     # Not an option: set by main.py when no --image_dir is given.
     demo: bool = False
@@ -587,8 +614,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser(script, description, examples=""):
-    """The argparse parser of `script` ("main", "evaluate", "predict" or
-    "inspect"): every option of the table it takes, grouped, with its
+    """The argparse parser of `script` (one of SCRIPTS): every option of the table it takes, grouped, with its
     script's default and help, and `examples` (lines of commands) last."""
     parser = ArgumentParser(
         description=description, epilog=f"examples:\n{examples}" if examples else None,

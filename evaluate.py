@@ -88,6 +88,31 @@ def export_evaluated(trained, evaluation, options, readers=None):
     return report, report_path
 
 
+def save_test_reliability(trained, image_dir, evaluation, scores, options):
+    """This evaluation's reliability bins and scores, saved beside the model
+    (artifacts.TEST_RELIABILITY_FILE) when it is the run's own test
+    evaluation (the folder the model was trained on, its saved test split,
+    every class, no test-time augmentation, the .keras model) and the run
+    has none yet: a run trained before main.py saved them then gets the
+    trust sentences of app.py and predict.py. Returns the path written, or
+    None."""
+    path = os.path.join(trained.folder, artifacts.TEST_RELIABILITY_FILE)
+    own_test = (
+        options.split == "test" and not options.classes and options.tta == 1
+        and trained.path.endswith(".keras") and artifacts.has_manifest(trained.folder)
+        and inference.is_training_folder(image_dir, trained)
+    )
+    if not own_test or os.path.exists(path):
+        return None
+    record = {"run": trained.run_config.get("run"), "model_sha256": artifacts.file_sha256(trained.path),
+              **metrics.test_reliability(evaluation, scores)}
+    try:
+        return artifacts.write_json(path, record)
+    except OSError as error:  # a run folder this user may only read
+        print(f"    note: the reliability bins could not be saved beside the model: {error}")
+        return None
+
+
 def run_comparison(options):
     """--compare: the finished runs on --image_dir (or the chosen ones)
     scored on their common test images (compare.py). Returns the paths of
@@ -169,6 +194,9 @@ def run_evaluation(argv=None):
         print(f"    {metrics.calibration_line(scores['calibration'])}")
         metrics.print_most_confused(evaluation.most_confused(limit=5))
         print(f"    metrics: {metrics_path}")
+        saved = save_test_reliability(trained, image_dir, evaluation, scores, options)
+        if saved:
+            print(f"    reliability bins (the run had none): {saved}")
     with console.stage("Drawing the figures"):
         drawn = figures.render_evaluation(
             evaluation, options.results_dir, stamp,

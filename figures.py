@@ -320,22 +320,44 @@ def render_top_losses(evaluation, rows, cols, folder):
     return visualize.plot_top_losses(items, rows, cols, os.path.join(folder, "top_losses.png"), subtitle=subtitle)
 
 
-def render_gradcam(trained, items, rows, cols, folder):
-    """Grad-CAM of the gallery's items for their predicted classes; returns
-    the PNG path."""
+def gradcam_layer(trained):
+    """The backbone layer Grad-CAM reads in a Keras TrainedModel."""
+    return model_builder.gradcam_layer(trained.model, trained.run_config.get("backbone", "mobilenet_v2"))
+
+
+def gradcam_step(trained, compiled=False):
+    """gradcam.heatmap_step of a Keras TrainedModel on its Grad-CAM layer:
+    made once by a caller that draws many (app.py, compiled)."""
+    return gradcam.heatmap_step(trained.model, gradcam_layer(trained), compiled=compiled)
+
+
+def gradcam_of(trained, items, step=None):
+    """Grad-CAM heatmaps of GalleryItems for their predicted classes, on
+    the backbone's Grad-CAM layer of a Keras TrainedModel (by `step`, from
+    gradcam_step; default a plain one), and the line that says what they
+    show. What predict.py --gradcam 1 draws and app.py overlays. Returns
+    (heatmaps (N, H, W) in [0, 1], subtitle)."""
     backbone = trained.run_config.get("backbone", "mobilenet_v2")
-    layer = model_builder.gradcam_layer(trained.model, backbone)
+    layer = gradcam_layer(trained)
     images = np.stack([item.image for item in items]) if items else np.zeros((0, 1, 1, 3), np.uint8)
     class_ids = [trained.class_names.index(item.predicted) for item in items]
-    heatmaps = gradcam.gradcam_heatmaps(trained.model, images, class_ids, layer) if items else []
+    heatmaps = gradcam.gradcam_heatmaps(trained.model, images, class_ids, layer, step=step) if items else []
     map_height, map_width = gradcam.feature_map_size(trained.model, layer)
     subtitle = (
-        f"left: the image · right: Grad-CAM for the predicted class on {backbone}'s "
-        f"'{layer}' layer ({map_height}x{map_width} feature map), faint = ignored, deep rose = decisive"
+        f"Grad-CAM for the predicted class on {backbone}'s '{layer}' layer "
+        f"({map_height}x{map_width} feature map), faint = ignored, deep rose = decisive"
     )
     if min(map_height, map_width) < 4:
         subtitle += f" · coarse at image_size {trained.image_size}: a larger image size localizes better"
+    return heatmaps, subtitle
+
+
+def render_gradcam(trained, items, rows, cols, folder):
+    """Grad-CAM of the gallery's items for their predicted classes
+    (gradcam_of); returns the PNG path."""
+    heatmaps, subtitle = gradcam_of(trained, items)
     path = os.path.join(folder, "gradcam.png")
+    subtitle = f"left: the image · right: {subtitle}"
     return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=subtitle)
 
 

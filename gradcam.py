@@ -35,17 +35,22 @@ def split_at_classifier(after):
     return after[:position], after[position]
 
 
-def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16):
-    """Grad-CAM (Selvaraju et al., 2017) of `class_ids` for uint8 images.
+def heatmap_step(model, last_conv_layer, compiled=False):
+    """Grad-CAM (Selvaraju et al., 2017) of one batch as a function:
+    (uint8 images (N, H, W, 3), int32 class ids (N,)) -> float32 heatmaps
+    (N, H, W) in [0, 1], tensors in and out.
 
     The class score is the classifier Dense layer's logit, before the
     temperature and softmax (the softmax saturates near 100% and would
     flatten the gradients; the temperature only scales them); the
     heatmap is the ReLU of the feature maps of the backbone's
     `last_conv_layer` weighted by their mean gradients, scaled to [0, 1]
-    per image and resized to the image (bicubic, clipped to [0, 1]).
-    Returns float32 (N, H, W); all zeros where no feature map pushes
-    towards the class.
+    per image and resized to the image (bicubic, clipped to [0, 1]); all
+    zeros where no feature map pushes towards the class.
+
+    `compiled`: a tf.function for the model's own input size, the same
+    numbers about 20x faster once traced (a few seconds, once): for a
+    caller that draws many (app.py). Plain eager is quicker for one batch.
     """
     import keras
     import tensorflow as tf
@@ -55,11 +60,9 @@ def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16):
     conv_model = keras.Model(
         backbone.inputs, [backbone.get_layer(last_conv_layer).output, backbone.output]
     )
-    height, width = images.shape[1:3]
-    heatmaps = []
-    for start in range(0, len(images), batch_size):
-        inputs = tf.convert_to_tensor(images[start : start + batch_size])
-        targets = tf.constant(np.asarray(class_ids[start : start + batch_size]), tf.int32)
+
+    def step(images, class_ids):
+        inputs = images
         for layer in before:
             inputs = layer(inputs)
         with tf.GradientTape() as tape:
@@ -71,7 +74,7 @@ def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16):
             for layer in head:
                 outputs = layer(outputs, training=False)
             logits = tf.matmul(tf.cast(outputs, tf.float32), classifier.kernel) + classifier.bias
-            scores = tf.gather(logits, targets, batch_dims=1)
+            scores = tf.gather(logits, class_ids, batch_dims=1)
         gradients = tf.cast(tape.gradient(scores, features), tf.float32)
         features = tf.cast(features, tf.float32)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
@@ -79,8 +82,28 @@ def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16):
         peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
         maps = tf.math.divide_no_nan(maps, peak)
         # Bicubic: bilinear leaves a visible cross at each feature-map cell.
-        maps = tf.image.resize(maps[..., None], [height, width], method="bicubic")[..., 0]
-        heatmaps.append(tf.clip_by_value(maps, 0.0, 1.0).numpy())
+        maps = tf.image.resize(maps[..., None], tf.shape(images)[1:3], method="bicubic")[..., 0]
+        return tf.clip_by_value(maps, 0.0, 1.0)
+
+    if not compiled:
+        return step
+    height, width = model.input_shape[1:3]
+    signature = [tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([None], tf.int32)]
+    return tf.function(step, input_signature=signature)
+
+
+def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16, step=None):
+    """Grad-CAM of `class_ids` for uint8 images (N, H, W, 3), `batch_size`
+    at a time, by `step` (default: heatmap_step's plain function; see
+    there what the heatmaps are). Returns float32 (N, H, W) in [0, 1]."""
+    import tensorflow as tf
+
+    step = step or heatmap_step(model, last_conv_layer)
+    heatmaps = []
+    for start in range(0, len(images), batch_size):
+        inputs = tf.convert_to_tensor(np.asarray(images[start : start + batch_size], np.uint8))
+        targets = tf.constant(np.asarray(class_ids[start : start + batch_size]), tf.int32)
+        heatmaps.append(step(inputs, targets).numpy())
     return np.concatenate(heatmaps).astype(np.float32)
 
 

@@ -9,7 +9,10 @@ the model was trained on, or every image of any other labelled folder.
 `predict_batches` is the one prediction loop (test-time augmentation
 included) that evaluate.py, predict.py, main.py's test stage, the model
 comparison and calibration all use; `evaluate_images` turns its output
-into a metrics.Evaluation.
+into a metrics.Evaluation. `prediction_rows` are predictions.csv's rows
+(predict.py writes them, app.py shows and offers them), with how often the
+test split's predictions at each confidence were right
+(`saved_test_reliability`).
 """
 
 import dataclasses
@@ -138,6 +141,27 @@ def load_model_file(model_path):
         raise UserError(f"could not load the model {model_path}: {reason}") from None
 
 
+def saved_test_reliability(trained):
+    """The test evaluation saved beside a TrainedModel
+    (artifacts.TEST_RELIABILITY_FILE: its reliability bins and scores), or
+    None when its run has none, or one made with another model file (its
+    hash is not the run config's). Raises UserError when the file cannot be
+    read or its bins are not equal-width bins of [0, 1]."""
+    where = os.path.join(trained.folder, artifacts.TEST_RELIABILITY_FILE)
+    try:
+        saved = artifacts.read_test_reliability(trained.folder)
+        if saved is not None:
+            calibration.trust_at(saved["bins"], 1.0)  # a check: bins that work
+    except artifacts.CompanionError as error:
+        raise UserError(f"cannot use the model {trained.path}: {error}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"cannot use the model {trained.path}: {where}: {error}") from None
+    expected = trained.run_config.get("model_sha256")
+    if saved is None or (expected and saved.get("model_sha256") != expected):
+        return None
+    return saved
+
+
 # ---------------------------------------------------------------- images
 
 
@@ -249,6 +273,47 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
 
 
 # ---------------------------------------------------------------- prediction
+
+# predictions.csv's last two columns: how often the test split's predictions
+# at the row's confidence were right (empty when too few were, or the run
+# saved no test evaluation), and how many there were.
+TRUST_COLUMNS = ("test_accuracy_at_confidence", "test_images_at_confidence")
+
+
+def top_classes(probabilities, class_names, top_k):
+    """[(class, probability)] * k per row, best first."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    return [[(class_names[i], float(row[i])) for i in ranks] for row, ranks in zip(probabilities, order)]
+
+
+def trust_cells(bins, confidence):
+    """The TRUST_COLUMNS of one prediction with top-1 `confidence`, from a
+    test split's saved bins (None: the run saved none)."""
+    if bins is None:
+        return ["", ""]
+    trust = calibration.trust_at(bins, confidence)
+    return ["" if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
+
+
+def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, bins=None):
+    """predictions.csv rows, header first: path, [true_class,]
+    predicted_class, confidence, the next best classes up to top_k, then
+    TRUST_COLUMNS from the test split's saved reliability `bins` (see
+    saved_test_reliability; None leaves them empty). predict.py writes
+    them; app.py shows and offers the same rows."""
+    top_k = min(top_k, len(class_names))
+    header = ["path"] + (["true_class"] if true_labels is not None else [])
+    header += ["predicted_class", "confidence"]
+    for rank in range(2, top_k + 1):
+        header += [f"top{rank}_class", f"top{rank}_confidence"]
+    rows = [header + list(TRUST_COLUMNS)]
+    for number, (path, ranked) in enumerate(zip(paths, top_classes(probabilities, class_names, top_k))):
+        row = [path] + ([class_names[int(true_labels[number])]] if true_labels is not None else [])
+        for name, probability in ranked:
+            row += [name, f"{probability:.6f}"]
+        rows.append(row + trust_cells(bins, ranked[0][1]))
+    return rows
+
 
 
 def predict_batches(model, dataset, versions=1):

@@ -432,6 +432,14 @@ def evaluate_stage(run):
     )
     print(f"    {metrics.calibration_line(run.scores['calibration'])}")
     print(f"    metrics: {metrics_path}")
+    # Beside the model, where app.py and predict.py find them: how often
+    # the test images at each confidence were right.
+    reliability_path = artifacts.write_json(
+        run.artifact_path(artifacts.TEST_RELIABILITY_FILE),
+        {"run": run.stamp, "model_sha256": artifacts.file_sha256(run.model_path),
+         **metrics.test_reliability(run.evaluation, run.scores)},
+    )
+    print(f"    reliability bins: {reliability_path}")
     warning = metrics.baseline_warning(run.scores)
     if warning:
         print(f"    {warning}")

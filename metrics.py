@@ -208,6 +208,23 @@ def evaluation_metrics(true_labels, probabilities, class_names):
     return metrics
 
 
+def test_reliability(evaluation, scores):
+    """What a run saves beside its model about its test evaluation
+    (artifacts.TEST_RELIABILITY_FILE), from an Evaluation and its
+    `metrics()` scores: the reliability bins the trust sentences come from
+    (calibration.saved_bins) and the scores the model card shows."""
+    summary = scores["calibration"]
+    return {
+        "evaluated": evaluation.description,
+        "images": scores["num_samples"],
+        "accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_avg"]["f1"],
+        "ece": summary["ece"],
+        "temperature": summary["temperature"],
+        "bins": calibration.saved_bins(evaluation.reliability()),
+    }
+
+
 def calibration_line(summary):
     """'ECE 3.1% (12.4% before temperature scaling, T = 1.84), Brier 0.211,
     NLL 0.402' for the printed summary."""

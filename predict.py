@@ -4,7 +4,8 @@
     python predict.py --image_dir DIR --rows 2 --cols 5 --gradcam 1
 
 --images writes RESULTS_DIR/predictions/<stamp>/predictions.csv (path,
-predicted class, confidence and the --top_k best classes), prints a short
+predicted class, confidence, the --top_k best classes, and how often the
+test split's predictions at that confidence were right), prints a short
 table and draws a gallery; unreadable files are skipped and listed.
 --image_dir (a labelled folder) draws the gallery with true vs predicted
 classes, the same images evaluate.py would use. --gradcam 1 adds a Grad-CAM
@@ -74,29 +75,6 @@ def collect_images(arguments, readers=None):
     return paths, [dataclasses.replace(item, path=image_io.display_path(item.path)) for item in skipped]
 
 
-def top_classes(probabilities, class_names, top_k):
-    """[(class, probability)] * k per row, best first."""
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    return [[(class_names[i], float(row[i])) for i in ranks] for row, ranks in zip(probabilities, order)]
-
-
-def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None):
-    """predictions.csv rows, header first: path, [true_class, correct,]
-    predicted_class, confidence, then the next best classes up to top_k."""
-    top_k = min(top_k, len(class_names))
-    header = ["path"] + (["true_class"] if true_labels is not None else [])
-    header += ["predicted_class", "confidence"]
-    for rank in range(2, top_k + 1):
-        header += [f"top{rank}_class", f"top{rank}_confidence"]
-    rows = [header]
-    for number, (path, ranked) in enumerate(zip(paths, top_classes(probabilities, class_names, top_k))):
-        row = [path] + ([class_names[int(true_labels[number])]] if true_labels is not None else [])
-        for name, probability in ranked:
-            row += [name, f"{probability:.6f}"]
-        rows.append(row)
-    return rows
-
-
 def print_table(rows, limit=15):
     """The first rows of predictions.csv as an aligned table."""
     header = rows[0]
@@ -147,19 +125,21 @@ class Output:
         return os.path.join(self.results_dir, category, self.stamp, *names)
 
 
-def predict_labelled(trained, images, output, readers=None):
+def predict_labelled(trained, images, output, readers=None, bins=None):
     """--image_dir: predictions of LabelledImages `images` (relative to
-    `output.image_dir`), predictions.csv, the gallery and (with gradcam)
-    Grad-CAM. Returns the figure paths."""
+    `output.image_dir`), predictions.csv (its trust columns from the test
+    split's saved reliability `bins`, or empty), the gallery and (with
+    gradcam) Grad-CAM. Returns the figure paths."""
     evaluation = inference.evaluate_images(trained, images, output.batch_size, readers, output.tta)
     inference.report_skipped(evaluation.skipped)
     root = os.path.abspath(output.image_dir)
-    rows = prediction_rows(
+    rows = inference.prediction_rows(
         [os.path.relpath(path, root) for path in evaluation.paths],
         evaluation.probabilities,
         trained.class_names,
         output.top_k,
         evaluation.true_labels,
+        bins,
     )
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
     output.written.update(csv=csv_path, rows=rows, skipped=evaluation.skipped)
@@ -188,10 +168,11 @@ def write_skipped(folder, skipped):
     )
 
 
-def predict_unlabelled(trained, arguments, output, readers=None):
-    """--images: predictions.csv, a table, the gallery and (with gradcam)
-    Grad-CAM for the files and folders in `arguments`. Unreadable files are
-    skipped and listed. Returns the figure paths."""
+def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
+    """--images: predictions.csv (trust columns from `bins`, as in
+    predict_labelled), a table, the gallery and (with gradcam) Grad-CAM for
+    the files and folders in `arguments`. Unreadable files are skipped and
+    listed. Returns the figure paths."""
     paths, skipped = collect_images(arguments, readers)
     positions, probabilities, unreadable = inference.predict_files(
         trained.model, paths, trained.image_size, output.batch_size, readers, output.tta
@@ -204,7 +185,7 @@ def predict_unlabelled(trained, arguments, output, readers=None):
             f"{len(skipped)} skipped)"
         )
     kept = [paths[i] for i in positions]
-    rows = prediction_rows(kept, probabilities, trained.class_names, output.top_k)
+    rows = inference.prediction_rows(kept, probabilities, trained.class_names, output.top_k, bins=bins)
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
     output.written.update(csv=csv_path, rows=rows, skipped=skipped)
     print_table(rows)
@@ -230,6 +211,19 @@ def predict_unlabelled(trained, arguments, output, readers=None):
     if output.gradcam:
         drawn.append(figures.render_gradcam(trained, items, output.rows, output.cols, output.path("gradcam")))
     return drawn
+
+
+def trust_note(saved, trained):
+    """The line saying where predictions.csv's trust columns come from."""
+    if saved is None:
+        return (
+            f"trust columns empty: the run in {trained.folder} saved no test evaluation "
+            "(evaluate.py on its training folder saves one)"
+        )
+    return (
+        f"trust columns: how often the {saved['images']} test images at each confidence were right "
+        f"({artifacts.TEST_RELIABILITY_FILE})"
+    )
 
 
 # ---------------------------------------------------------------- command line
@@ -297,17 +291,20 @@ def run_prediction(argv=None):
         gradcam=options.gradcam,
         tta=tta,
     )
+    saved = inference.saved_test_reliability(trained)
+    bins = None if saved is None else saved["bins"]
     with console.stage(f"Predicting with {trained.path}"):
         if tta:
             print(f"    {tta.describe()}")
+        print(f"    {trust_note(saved, trained)}")
         if options.images:
-            drawn = predict_unlabelled(trained, options.images, output, readers)
+            drawn = predict_unlabelled(trained, options.images, output, readers, bins)
         else:
             images = inference.labelled_images(
                 options.image_dir, trained, options.split, options.labels_csv,
                 options.classes, readers,
             )
-            drawn = predict_labelled(trained, images, output, readers)
+            drawn = predict_labelled(trained, images, output, readers, bins)
         for path in drawn:
             print(f"    figure: {path}")
     page = write_report(options, trained, output, drawn)

@@ -52,6 +52,13 @@ HEATMAP = mcolors.LinearSegmentedColormap.from_list(
     "blush", [WHITE, "#fbe3ea", "#f4b3c6", "#e4799a", "#c4456f", "#8e1d4c", WINE]
 ).with_extremes(bad="#eeeeee")
 DPI = 130
+
+
+def blush_scale(count=11):
+    """`count` hex colours of the blush scale (HEATMAP), lightest first,
+    from just above white to WINE: the hues of the app's page theme, so the
+    page wears the figures' colours."""
+    return tuple(mcolors.to_hex(HEATMAP(position)) for position in np.linspace(0.06, 1.0, count))
 FONT_SIZES = {"title": 14, "subtitle": 10.5, "label": 10.5, "tick": 9, "small": 8}
 
 THEME = {
@@ -589,6 +596,17 @@ def overlay_rgba(heatmap):
 def greyscale(image):
     """uint8 RGB -> float luminance in [0, 1]: the heat reads clearly on it."""
     return (np.asarray(image, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+
+
+def gradcam_overlay(image, heatmap):
+    """The right half of a Grad-CAM tile as an array: the heat
+    (overlay_rgba) over a grey copy of uint8 RGB `image`, alpha-composited
+    as the figure draws it. Returns uint8 HxWx3 (the app shows it)."""
+    grey = greyscale(image)[..., None]
+    rgba = overlay_rgba(np.asarray(heatmap, np.float64))
+    alpha = rgba[..., 3:4]
+    blended = rgba[..., :3] * alpha + grey * (1.0 - alpha)
+    return np.clip(np.round(blended * 255.0), 0, 255).astype(np.uint8)
 
 
 def gallery_figure(items, rows, cols, title, subtitle=""):

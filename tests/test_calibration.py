@@ -52,6 +52,41 @@ def test_reliability_bins_hold_count_accuracy_and_mean_confidence_per_bin():
     assert calibration.reliability_bins([0], [[1.0, 0.0]])["count"][-1] == 1
 
 
+def test_saved_bins_are_json_and_a_confidence_finds_the_bin_it_was_counted_in():
+    import json
+
+    rows = json.loads(json.dumps(calibration.saved_bins(calibration.reliability_bins(LABELS, PROBABILITIES))))
+    assert [row["count"] for row in rows] == [0] * 8 + [1, 0, 2, 1, 0, 1, 0]
+    assert rows[10]["accuracy"] == 0.5 and rows[0]["accuracy"] is None and rows[0]["confidence"] is None
+    # Each image's own confidence looks up the bin reliability_bins put it in,
+    # edges included (8/15 is the top of bin 7, not the bottom of bin 8).
+    for confidence in [*PROBABILITIES.max(axis=1), 8 / 15, 0.5, 1.0]:
+        counted = calibration.reliability_bins([0], [[confidence, 1 - confidence]])["count"]
+        trust = calibration.trust_at(rows, confidence, needed=1)
+        assert (trust.lower, trust.upper) == (rows[int(np.argmax(counted))]["lower"], rows[int(np.argmax(counted))]["upper"])
+
+
+def test_the_trust_sentence_gives_the_bins_numbers_or_says_there_are_too_few():
+    # 12 images at 0.9 confidence, 9 right; 3 at 0.65, all right.
+    probabilities = np.array([[0.9, 0.1]] * 12 + [[0.65, 0.35]] * 3)
+    labels = np.array([0] * 9 + [1] * 3 + [0] * 3)
+    rows = calibration.saved_bins(calibration.reliability_bins(labels, probabilities))
+
+    many = calibration.trust_at(rows, 0.91)
+    assert (many.images, many.accuracy) == (12, 0.75)
+    assert many.sentence() == (
+        "On the test split, predictions at this confidence (87\u201393%) were right 75% of the time (12 images)."
+    )
+    few = calibration.trust_at(rows, 0.62)
+    assert (few.images, few.accuracy) == (3, None)
+    assert few.sentence().startswith("Only 3 test images had a confidence of 60\u201367%: too few")
+    assert "at least 10 needed" in few.sentence()
+    assert calibration.trust_at(rows, 0.62, needed=3).accuracy == 1.0
+    assert calibration.trust_at(rows, 0.3).sentence().startswith("No test image had a confidence of 27\u201333%")
+    with pytest.raises(ValueError, match="equal-width bins"):
+        calibration.trust_at(rows[:-1], 0.5)
+
+
 def test_a_perfectly_calibrated_model_has_zero_ece():
     # Every image at 75% confidence, 3 of 4 right.
     probabilities = np.tile([0.75, 0.25], (4, 1))

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import app
 import config
 import errors
 import evaluate
@@ -19,6 +20,7 @@ PARSERS = {
     "evaluate": evaluate.build_parser,
     "predict": predict.build_parser,
     "inspect": inspect_dataset.build_parser,
+    "app": app.build_parser,
 }
 
 
@@ -119,6 +121,8 @@ REFUSED = {
     "grid_per_class": ("0", "grid_per_class must be between 1 and 20"),
     "tta": ("33", "tta must be between 1 and 32"),
     "top_k": ("0", "top_k must be at least 1"),
+    "port": ("70000", "port must be between 1 and 65535"),
+    "max_upload_mb": ("0", "max_upload_mb must be positive"),
 }
 
 

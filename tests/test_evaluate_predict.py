@@ -6,7 +6,10 @@ import os
 import numpy as np
 import pytest
 
+import artifacts
+import calibration
 import evaluate
+import inference
 import main as main_script
 import predict
 import show
@@ -118,11 +121,15 @@ def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_pat
     assert os.path.getsize(results / "gradcam" / stamp / "gradcam.png") > 5_000
     rows = read_csv(results / "predictions" / stamp / "predictions.csv")
     assert rows[0] == ["path", "true_class", "predicted_class", "confidence", "top2_class",
-                       "top2_confidence", "top3_class", "top3_confidence"]
+                       "top2_confidence", "top3_class", "top3_confidence", *inference.TRUST_COLUMNS]
     assert len(rows) == 1 + 36
     assert all(row[0].split("/")[0] == row[1] for row in rows[1:])  # relative path, its class
+    # The trust columns: the saved test bins at each row's confidence.
+    bins = read_json(trained["run"] / artifacts.TEST_RELIABILITY_FILE)["bins"]
     for row in rows[1:]:
         assert float(row[3]) >= float(row[5]) >= float(row[7])
+        trust = calibration.trust_at(bins, float(row[3]))
+        assert row[8:] == ["" if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
 
 
 @pytest.mark.slow
@@ -140,7 +147,8 @@ def test_predict_images_writes_a_row_per_readable_image_and_lists_the_rest(train
     stamp = only_stamp(results)
     assert sorted(runs_of(results)) == ["prediction_gallery", "predictions", "report"]
     rows = read_csv(results / "predictions" / stamp / "predictions.csv")
-    assert rows[0] == ["path", "predicted_class", "confidence", "top2_class", "top2_confidence"]
+    assert rows[0] == ["path", "predicted_class", "confidence", "top2_class", "top2_confidence",
+                       *inference.TRUST_COLUMNS]
     assert len(rows) == 1 + 4 and rows[-1][0] == single
     assert all(row[1] in CLASSES and 0 < float(row[2]) <= 1 for row in rows[1:])
     skipped = read_csv(results / "predictions" / stamp / "skipped.csv")
