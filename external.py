@@ -45,6 +45,11 @@ from errors import UserError
 
 FIELDS = ("classes", "preprocessing", "output", "layout", "image_size", "name")
 REQUIRED = ("classes", "preprocessing", "output")
+MISSING = {
+    "classes": "the class names in the model's output order, e.g. [\"cat\", \"dog\"]",
+    "preprocessing": "torch, tf, caffe, raw or {\"mean\": [...], \"std\": [...]}",
+    "output": "logits or probabilities",
+}
 LAYOUTS = ("nchw", "nhwc")
 OUTPUTS = ("logits", "probabilities")
 EXPLICIT_FIELDS = ("mean", "std", "range", "channels")
@@ -180,7 +185,7 @@ def read_sidecar(model_path):
         raise field_error(path, unknown[0], f"is not a sidecar field (the fields: {', '.join(FIELDS)})")
     for name in REQUIRED:
         if name not in values:
-            raise field_error(path, name, "is missing")
+            raise field_error(path, name, f"is missing: {MISSING[name]}")
     return Sidecar(
         path=path,
         model_path=model_path,
@@ -471,15 +476,17 @@ def load_external(model_path):
 
 
 def parameter_count(model_path):
-    """The number of weights stored in the ONNX file (its initializers), or
-    None when the onnx package cannot read it."""
+    """The number of weights stored in the ONNX file (its floating-point
+    initializers; integer ones are shapes and indices), or None when the
+    onnx package cannot read it."""
     try:
         import onnx
 
         graph = onnx.load(model_path, load_external_data=False).graph
     except Exception:  # noqa: BLE001 - a count for the table, never a reason to stop
         return None
-    return int(sum(math.prod(initializer.dims) for initializer in graph.initializer))
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return int(sum(math.prod(item.dims) for item in graph.initializer if item.data_type in floats))
 
 
 # ---------------------------------------------------------------- its classes and a dataset's
