@@ -507,3 +507,14 @@ def test_predict_model_foreign_onnx_labels_with_the_sidecars_names(trained_run, 
     assert all(row["predicted_class"] == os.path.basename(os.path.dirname(row["path"])) for row in rows)
     assert {row["top2_class"] for row in rows} <= set(TRAINED_CLASSES)
 
+
+
+def test_the_readmes_sidecar_example_is_a_complete_sidecar(tmp_path):
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    section = text[text.index("## Models from other frameworks"):]
+    example = section[section.index("```json\n") + len("```json\n"):section.index("\n```\n")]
+    assert set(json.loads(example)) == set(external.FIELDS)
+    path = with_sidecar(channel_means(tmp_path / "readme.onnx", size=(64, 64), classes=4), text=example)
+    runner = external.load_external(path)
+    assert (runner.layout, runner.image_size, runner.sidecar.label) == ("nchw", 64, "PyTorch CNN")
