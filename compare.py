@@ -467,16 +467,10 @@ def external_notes(models, common):
     return notes
 
 
-def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, published=None, externals=()):
-    """Scores the runs in `folders` (all trained on `image_dir`) on their
-    common test images and writes RESULTS_DIR/model_comparison/<stamp>/
-    under a newly reserved stamp, printing where each file went.
-    `published`: the run id ARTIFACTS_DIR/latest points at, marked in the
-    table. `externals`: paths of models from other frameworks (.onnx files
-    with their sidecars), scored on the same images. Returns (ranked rows,
-    CommonImages, [csv, md, png paths]). Raises UserError when the runs
-    cannot be compared or an external model cannot be used."""
-    stamp = artifacts.new_run_stamp(results_dir)
+def run_companions(folders):
+    """({run id: manifest rows}, the class names every run predicts) of the
+    runs in `folders`. Raises UserError when a companion cannot be read or
+    the runs predict different classes."""
     manifests, class_names = {}, {}
     for folder in folders:
         run_id = os.path.basename(folder)
@@ -488,34 +482,20 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     if len(set(class_names.values())) > 1:
         described = "; ".join(f"{run}: {', '.join(names)}" for run, names in class_names.items())
         raise UserError(f"the runs predict different classes, so they cannot be compared ({described})")
-    common = common_test_images(manifests)
-    # Every external model is loaded and checked before any is scored: a
-    # bad sidecar stops the command at once.
-    foreign = [load_external_model(path, next(iter(class_names.values()))) for path in externals]
-    for line in common.describe():
-        print(f"    {line}")
-    rows, timing_images = [], {}
-    for folder in folders:
-        with quiet_retracing():
-            row = score_compared_run(folder, image_dir, common, batch_size, readers, timing_images)
-        row["published"] = "yes" if row["run"] == published else ""
-        print(
-            f"    {row['backbone']} (run {row['run']}): accuracy {row['test_accuracy']:.4f}, "
-            f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
-            f"{row['inference_ms_per_image']:.2f} ms/image"
-        )
-        rows.append(row)
-    for trained in foreign:
-        images = timing_images_of_size(trained.image_size, image_dir, common, readers, timing_images)
-        with quiet_retracing():
-            row, _ = score_external(trained, image_dir, common, batch_size, readers, images)
-        print(
-            f"    {row['backbone']} (external, {row['run']}): accuracy {row['test_accuracy']:.4f}, "
-            f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
-            f"{row['inference_ms_per_image']:.2f} ms/image"
-        )
-        rows.append(row)
-    rows = ranked(rows)
+    return manifests, next(iter(class_names.values()))
+
+
+def print_row(row):
+    where = f"external, {row['run']}" if row["source"] == EXTERNAL else f"run {row['run']}"
+    print(
+        f"    {row['backbone']} ({where}): accuracy {row['test_accuracy']:.4f}, "
+        f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
+        f"{row['inference_ms_per_image']:.2f} ms/image"
+    )
+
+
+def comparison_notes(common, image_dir, published, foreign):
+    """The lines under the markdown table."""
     notes = [
         *common.describe(),
         f"image folder: {os.path.abspath(image_dir)}",
@@ -529,12 +509,44 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     ]
     if published:
         notes.append(f"published (ARTIFACTS_DIR/best_model.keras): run {published}")
-    notes += external_notes(foreign, common)
+    return notes + external_notes(foreign, common)
+
+
+def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, published=None, externals=()):
+    """Scores the runs in `folders` (all trained on `image_dir`) on their
+    common test images and writes RESULTS_DIR/model_comparison/<stamp>/
+    under a newly reserved stamp, printing where each file went.
+    `published`: the run id ARTIFACTS_DIR/latest points at, marked in the
+    table. `externals`: paths of models from other frameworks (.onnx files
+    with their sidecars), scored on the same images. Returns (ranked rows,
+    CommonImages, [csv, md, png paths]). Raises UserError when the runs
+    cannot be compared or an external model cannot be used."""
+    stamp = artifacts.new_run_stamp(results_dir)
+    manifests, class_names = run_companions(folders)
+    common = common_test_images(manifests)
+    # Every external model is loaded and checked before any is scored: a
+    # bad sidecar stops the command at once.
+    foreign = [load_external_model(path, class_names) for path in externals]
+    for line in common.describe():
+        print(f"    {line}")
+    rows, timing_images = [], {}
+    for folder in folders:
+        with quiet_retracing():
+            row = score_compared_run(folder, image_dir, common, batch_size, readers, timing_images)
+        row["published"] = "yes" if row["run"] == published else ""
+        print_row(row)
+        rows.append(row)
+    for trained in foreign:
+        images = timing_images_of_size(trained.image_size, image_dir, common, readers, timing_images)
+        row, _ = score_external(trained, image_dir, common, batch_size, readers, images)
+        print_row(row)
+        rows.append(row)
     folder = os.path.join(results_dir, COMPARISON_FOLDER, stamp)
     subtitle = f"{len(common.paths)} common test images · {os.path.basename(os.path.normpath(image_dir))}"
     if foreign:
         subtitle += f" · {len(foreign)} external model{'s' if len(foreign) > 1 else ''}"
-    paths = list(write_comparison(rows, folder, notes, subtitle=subtitle))
+    rows = ranked(rows)
+    paths = list(write_comparison(rows, folder, comparison_notes(common, image_dir, published, foreign), subtitle))
     for path in paths:
         print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
     return rows, common, paths

@@ -298,12 +298,19 @@ def input_geometry(shape, sidecar):
     where it tells and checked against the sidecar's layout and image_size.
     Raises UserError naming the field that is missing or contradicts the
     model."""
-    model, path = sidecar.model_path, sidecar.path
     if len(shape) != 4:
         raise UserError(
-            f"{model}: its input is {shape_text(shape)} (rank {len(shape)}); expected images of rank 4, "
-            "[N, 3, H, W] (nchw) or [N, H, W, 3] (nhwc)"
+            f"{sidecar.model_path}: its input is {shape_text(shape)} (rank {len(shape)}); expected images of "
+            "rank 4, [N, 3, H, W] (nchw) or [N, H, W, 3] (nhwc)"
         )
+    layout = input_layout(shape, sidecar)
+    return layout, input_size(shape, layout, sidecar)
+
+
+def input_layout(shape, sidecar):
+    """"nchw" or "nhwc" of a rank-4 input `shape`: the sidecar's, checked,
+    or the one the shape tells. Raises UserError."""
+    model, path = sidecar.model_path, sidecar.path
     # Where the 3 channels can be: an axis of size 3, or a free one.
     channels = {"nchw": shape[1], "nhwc": shape[3]}
     fits = {name: size == 3 or not is_fixed(size) for name, size in channels.items()}
@@ -312,23 +319,29 @@ def input_geometry(shape, sidecar):
             f"{model}: its input {shape_text(shape)} has no axis of 3 channels: only RGB models can be used"
         )
     if sidecar.layout is not None:
-        layout = sidecar.layout
-        if not fits[layout]:
-            other = "nhwc" if layout == "nchw" else "nchw"
+        if not fits[sidecar.layout]:
+            other = "nhwc" if sidecar.layout == "nchw" else "nchw"
             raise field_error(
-                path, "layout", f"says {layout}, but the model {model} takes {shape_text(shape)}: "
-                f"channels {'last' if other == 'nhwc' else 'first'} ({other})", layout,
+                path, "layout", f"says {sidecar.layout}, but the model {model} takes {shape_text(shape)}: "
+                f"channels {'last' if other == 'nhwc' else 'first'} ({other})", sidecar.layout,
             )
-    else:
-        known = [name for name in LAYOUTS if fits[name]]
-        if len(known) == 2:  # both could be: the one whose axis is fixed at 3, if only one is
-            known = [name for name in LAYOUTS if channels[name] == 3]
-        if len(known) != 1:
-            raise field_error(
-                path, "layout", f"is needed: the input {shape_text(shape)} of {model} does not tell channels "
-                "first from channels last; add \"layout\": \"nchw\" (PyTorch) or \"nhwc\" (TensorFlow)",
-            )
-        layout = known[0]
+        return sidecar.layout
+    known = [name for name in LAYOUTS if fits[name]]
+    if len(known) == 2:  # both could be: the one whose axis is fixed at 3, if only one is
+        known = [name for name in LAYOUTS if channels[name] == 3]
+    if len(known) != 1:
+        raise field_error(
+            path, "layout", f"is needed: the input {shape_text(shape)} of {model} does not tell channels "
+            "first from channels last; add \"layout\": \"nchw\" (PyTorch) or \"nhwc\" (TensorFlow)",
+        )
+    return known[0]
+
+
+def input_size(shape, layout, sidecar):
+    """The side S of a rank-4 input `shape` in `layout`: fixed in the graph
+    (square, and the sidecar's image_size if given) or the sidecar's for a
+    free one. Raises UserError."""
+    model, path = sidecar.model_path, sidecar.path
     sides = (shape[2], shape[3]) if layout == "nchw" else (shape[1], shape[2])
     fixed = [int(side) for side in sides if is_fixed(side)]
     if len(set(fixed)) > 1:
@@ -346,7 +359,7 @@ def input_geometry(shape, sidecar):
             path, "image_size", f"is needed: the input {shape_text(shape)} of {model} takes any size; add the "
             "size it was trained at, e.g. \"image_size\": 224",
         )
-    return layout, fixed[0] if fixed else sidecar.image_size
+    return fixed[0] if fixed else sidecar.image_size
 
 
 def check_output(shape, sidecar, name="output"):
