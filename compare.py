@@ -3,11 +3,15 @@
     python main.py --image_dir DIR --backbone mobilenet_v2,efficientnet_b0,resnet50
     python evaluate.py --image_dir DIR --compare            # every finished run on DIR
     python evaluate.py --image_dir DIR --compare RUN RUN    # chosen runs
+    python evaluate.py --image_dir DIR --compare RUN --external resnet.onnx
 
 Each run is scored on the images in every compared run's test split, so
 no model is ever scored on an image it trained or validated on, even when
 the runs were split differently (another --seed or split fractions): an
-image in any compared run's train or val split is left out for all. Writes
+image in any compared run's train or val split is left out for all.
+Models from other frameworks (--external: an .onnx file with its sidecar,
+external.py) are scored on the same images, their classes matched by
+name; what they were trained on is unknown, and the notes say so. Writes
 RESULTS_DIR/model_comparison/<stamp>/model_comparison.csv, .md (the table
 to paste into a report, best first) and .png (visualize.py).
 """
@@ -23,6 +27,7 @@ import numpy as np
 import artifacts
 import backbones
 import console
+import external
 import image_io
 import inference
 import show
@@ -35,10 +40,13 @@ TIMING_BATCH = 32
 TIMING_WARMUP = 2
 TIMING_REPEATS = 5
 
+# The source column: a run trained here, or a model from another framework.
+OURS, EXTERNAL = "this tool", "external"
 # (CSV column, markdown header) in table order.
 COLUMNS = (
     ("rank", "#"),
     ("backbone", "backbone"),
+    ("source", "source"),
     ("run", "run"),
     ("weights", "weights"),
     ("image_size", "image size"),
@@ -59,11 +67,12 @@ COLUMNS = (
 # ---------------------------------------------------------------- which runs
 
 
-def finished_runs(artifacts_dir, image_dir, chosen=None):
+def finished_runs(artifacts_dir, image_dir, chosen=None, at_least=2):
     """The run folders to compare: the `chosen` run ids (each must have
     finished training), or every finished run of ARTIFACTS_DIR trained on
-    `image_dir`, oldest first. Raises UserError when fewer than two are
-    left, or a chosen run is unknown, unfinished or of another folder."""
+    `image_dir`, oldest first. Raises UserError when fewer than `at_least`
+    are left (1 when models from elsewhere join the comparison), or a
+    chosen run is unknown, unfinished or of another folder."""
     known = artifacts.run_ids(artifacts_dir)
     wanted = list(dict.fromkeys(chosen)) if chosen else known
     folders = []
@@ -97,8 +106,13 @@ def finished_runs(artifacts_dir, image_dir, chosen=None):
             )
         if finished and same_folder:
             folders.append(folder)
-    if len(folders) < 2:
+    if len(folders) < at_least:
         where = f" trained on {image_dir}" if image_dir else ""
+        if at_least == 1:
+            raise UserError(
+                f"--compare --external needs at least one finished run{where}, whose test split the models "
+                f"are scored on; found none in {artifacts.runs_folder(artifacts_dir)} (train one with main.py)"
+            )
         raise UserError(
             f"--compare needs at least two finished runs{where}; found {len(folders)} in "
             f"{artifacts.runs_folder(artifacts_dir)} (train several with main.py --backbone A,B)"
@@ -228,6 +242,37 @@ def weights_label(weights):
     return os.path.basename(str(weights))  # a local weights file
 
 
+def common_images_of(trained, image_dir, common):
+    """`common` (CommonImages of `image_dir`) as LabelledImages of the model
+    `trained`: each label the number of its class name in the model's own
+    class order, so a model whose classes are in another order is scored
+    right."""
+    class_ids = {name: number for number, name in enumerate(trained.class_names)}
+    return inference.LabelledImages(
+        paths=[os.path.join(os.path.abspath(image_dir), path) for path in common.paths],
+        labels=np.array([class_ids[label] for label in common.labels], dtype=np.int32),
+        description="test images common to the compared runs",
+    )
+
+
+def scored(trained, images, batch_size, readers, timing_images):
+    """(the comparison row's metric and timing columns, the Evaluation) of
+    the model `trained` on LabelledImages `images`."""
+    evaluation = inference.evaluate_images(trained, images, batch_size, readers)
+    metrics = evaluation.metrics()
+    if timing_images is None:
+        timing_images = load_timing_images(images.paths, trained.image_size, readers)
+    columns = {
+        "test_accuracy": metrics["accuracy"],
+        "test_loss": metrics["loss"],
+        "macro_f1": metrics["macro_avg"]["f1"],
+        "macro_roc_auc": macro_auc(metrics["roc_auc"]),
+        "inference_ms_per_image": inference_ms_per_image(trained.model, timing_images),
+        "test_images": metrics["num_samples"],
+    }
+    return columns, evaluation
+
+
 def score_run(folder, image_dir, common, batch_size, readers=None, timing_images=None):
     """Scores the run in `folder` on `common` (CommonImages of `image_dir`)
     and times its inference. Returns (the comparison row as a dict, the
@@ -238,19 +283,12 @@ def score_run(folder, image_dir, common, batch_size, readers=None, timing_images
     seen = {row.path for row in own if row.split != "test"}
     if seen & set(common.paths):  # common_test_images never allows it: a bug if so
         raise AssertionError(f"run {folder} would be scored on images it trained on")
-    class_ids = {name: number for number, name in enumerate(trained.class_names)}
-    images = inference.LabelledImages(
-        paths=[os.path.join(os.path.abspath(image_dir), path) for path in common.paths],
-        labels=np.array([class_ids[label] for label in common.labels], dtype=np.int32),
-        description="test images common to the compared runs",
-    )
-    evaluation = inference.evaluate_images(trained, images, batch_size, readers)
-    metrics = evaluation.metrics()
-    if timing_images is None:
-        timing_images = load_timing_images(images.paths, trained.image_size, readers)
+    images = common_images_of(trained, image_dir, common)
+    columns, evaluation = scored(trained, images, batch_size, readers, timing_images)
     seconds, epochs, best_epoch = training_summary(trained.run_config)
     row = {
         "backbone": backbone_label(trained.run_config),
+        "source": OURS,
         "run": os.path.basename(folder),
         "weights": weights_label(trained.run_config.get("weights")),
         "image_size": trained.image_size,
@@ -259,12 +297,40 @@ def score_run(folder, image_dir, common, batch_size, readers=None, timing_images
         "training_seconds": seconds,
         "epochs": epochs,
         "best_epoch": best_epoch,
-        "test_accuracy": metrics["accuracy"],
-        "test_loss": metrics["loss"],
-        "macro_f1": metrics["macro_avg"]["f1"],
-        "macro_roc_auc": macro_auc(metrics["roc_auc"]),
-        "inference_ms_per_image": inference_ms_per_image(trained.model, timing_images),
-        "test_images": metrics["num_samples"],
+        **columns,
+    }
+    return row, evaluation
+
+
+def load_external_model(model_path, class_names):
+    """The model from another framework at `model_path` (inference.
+    load_external_model: the .onnx file and its sidecar), its classes
+    checked by name against the compared runs' `class_names`. Raises
+    UserError naming the file and the field."""
+    trained = inference.load_external_model(model_path)
+    external.check_classes(trained.sidecar, class_names, "the compared runs' dataset")
+    return trained
+
+
+def score_external(trained, image_dir, common, batch_size, readers=None, timing_images=None):
+    """Scores the model from another framework `trained` (load_external_model)
+    on `common`, as score_run scores a run. Training columns are None: what
+    it was trained on, and how long, is unknown. Returns (row, Evaluation)."""
+    images = common_images_of(trained, image_dir, common)
+    columns, evaluation = scored(trained, images, batch_size, readers, timing_images)
+    row = {
+        "backbone": trained.sidecar.label,
+        "source": EXTERNAL,
+        "run": os.path.basename(trained.path),
+        "weights": None,
+        "image_size": trained.image_size,
+        "parameters": external.parameter_count(trained.path),
+        "model_mb": os.path.getsize(trained.path) / 1e6,
+        "training_seconds": None,
+        "epochs": None,
+        "best_epoch": None,
+        "published": "",
+        **columns,
     }
     return row, evaluation
 
@@ -313,7 +379,7 @@ def markdown_value(name, value):
 
 def markdown_table(rows):
     """The comparison as a GitHub markdown table, numbers right-aligned."""
-    text_columns = ("backbone", "run", "weights", "published")
+    text_columns = ("backbone", "source", "run", "weights", "published")
     lines = [
         "| " + " | ".join(header for _, header in COLUMNS) + " |",
         "|" + "|".join("---" if name in text_columns else "---:" for name, _ in COLUMNS) + "|",
@@ -361,25 +427,50 @@ def quiet_retracing():
         logger.setLevel(level)
 
 
-def score_compared_run(folder, image_dir, common, batch_size, readers, timing_images):
-    """score_run, with the timing images of the run's image size loaded once
-    for all runs of that size (`timing_images`, filled in here)."""
-    size = int(artifacts.read_run_config(folder).get("image_size") or 0)
+def timing_images_of_size(size, image_dir, common, readers, timing_images):
+    """The timing images of `size` px, loaded once for every model of that
+    size (`timing_images`: {size: images}, filled in here); None for no size."""
     if size and size not in timing_images:
         paths = [os.path.join(os.path.abspath(image_dir), path) for path in common.paths]
         timing_images[size] = load_timing_images(paths, size, readers)
-    row, _ = score_run(folder, image_dir, common, batch_size, readers, timing_images.get(size))
+    return timing_images.get(size)
+
+
+def score_compared_run(folder, image_dir, common, batch_size, readers, timing_images):
+    """score_run, with the timing images of the run's image size loaded once
+    for all models of that size (`timing_images`, filled in here)."""
+    size = int(artifacts.read_run_config(folder).get("image_size") or 0)
+    images = timing_images_of_size(size, image_dir, common, readers, timing_images)
+    row, _ = score_run(folder, image_dir, common, batch_size, readers, images)
     return row
 
 
-def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, published=None):
-    """Scores the runs in `folders` (all trained on `image_dir`) on their
-    common test images and writes RESULTS_DIR/model_comparison/<stamp>/
-    under a newly reserved stamp, printing where each file went.
-    `published`: the run id ARTIFACTS_DIR/latest points at, marked in the
-    table. Returns (ranked rows, CommonImages, [csv, md, png paths]).
-    Raises UserError when the runs cannot be compared."""
-    stamp = artifacts.new_run_stamp(results_dir)
+def external_notes(models, common):
+    """The markdown notes on the models from other frameworks (TrainedModel
+    with a sidecar) in a comparison."""
+    notes = []
+    for trained in models:
+        sidecar = trained.sidecar
+        notes.append(
+            f"external: {sidecar.label} ({os.path.abspath(trained.path)}) is a model from another framework, "
+            f"described by {os.path.abspath(sidecar.path)} ({sidecar.describe()}, fed {trained.image_size} px "
+            f"{trained.model.layout}); scored on the same {len(common.paths)} test images, its classes matched "
+            "by name. The images it was trained on are unknown: unlike the runs, it may have trained on "
+            "some of these test images"
+        )
+    if models:
+        notes.append(
+            "external models: weights, training s, epochs and best epoch are n/a (not recorded); parameters "
+            "are the weights stored in the ONNX file; the pixels are decoded and resized as for the runs, "
+            "then given the sidecar's preprocessing"
+        )
+    return notes
+
+
+def run_companions(folders):
+    """({run id: manifest rows}, the class names every run predicts) of the
+    runs in `folders`. Raises UserError when a companion cannot be read or
+    the runs predict different classes."""
     manifests, class_names = {}, {}
     for folder in folders:
         run_id = os.path.basename(folder)
@@ -391,21 +482,20 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     if len(set(class_names.values())) > 1:
         described = "; ".join(f"{run}: {', '.join(names)}" for run, names in class_names.items())
         raise UserError(f"the runs predict different classes, so they cannot be compared ({described})")
-    common = common_test_images(manifests)
-    for line in common.describe():
-        print(f"    {line}")
-    rows, timing_images = [], {}
-    for folder in folders:
-        with quiet_retracing():
-            row = score_compared_run(folder, image_dir, common, batch_size, readers, timing_images)
-        row["published"] = "yes" if row["run"] == published else ""
-        print(
-            f"    {row['backbone']} (run {row['run']}): accuracy {row['test_accuracy']:.4f}, "
-            f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
-            f"{row['inference_ms_per_image']:.2f} ms/image"
-        )
-        rows.append(row)
-    rows = ranked(rows)
+    return manifests, next(iter(class_names.values()))
+
+
+def print_row(row):
+    where = f"external, {row['run']}" if row["source"] == EXTERNAL else f"run {row['run']}"
+    print(
+        f"    {row['backbone']} ({where}): accuracy {row['test_accuracy']:.4f}, "
+        f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
+        f"{row['inference_ms_per_image']:.2f} ms/image"
+    )
+
+
+def comparison_notes(common, image_dir, published, foreign):
+    """The lines under the markdown table."""
     notes = [
         *common.describe(),
         f"image folder: {os.path.abspath(image_dir)}",
@@ -419,9 +509,44 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     ]
     if published:
         notes.append(f"published (ARTIFACTS_DIR/best_model.keras): run {published}")
+    return notes + external_notes(foreign, common)
+
+
+def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, published=None, externals=()):
+    """Scores the runs in `folders` (all trained on `image_dir`) on their
+    common test images and writes RESULTS_DIR/model_comparison/<stamp>/
+    under a newly reserved stamp, printing where each file went.
+    `published`: the run id ARTIFACTS_DIR/latest points at, marked in the
+    table. `externals`: paths of models from other frameworks (.onnx files
+    with their sidecars), scored on the same images. Returns (ranked rows,
+    CommonImages, [csv, md, png paths]). Raises UserError when the runs
+    cannot be compared or an external model cannot be used."""
+    stamp = artifacts.new_run_stamp(results_dir)
+    manifests, class_names = run_companions(folders)
+    common = common_test_images(manifests)
+    # Every external model is loaded and checked before any is scored: a
+    # bad sidecar stops the command at once.
+    foreign = [load_external_model(path, class_names) for path in externals]
+    for line in common.describe():
+        print(f"    {line}")
+    rows, timing_images = [], {}
+    for folder in folders:
+        with quiet_retracing():
+            row = score_compared_run(folder, image_dir, common, batch_size, readers, timing_images)
+        row["published"] = "yes" if row["run"] == published else ""
+        print_row(row)
+        rows.append(row)
+    for trained in foreign:
+        images = timing_images_of_size(trained.image_size, image_dir, common, readers, timing_images)
+        row, _ = score_external(trained, image_dir, common, batch_size, readers, images)
+        print_row(row)
+        rows.append(row)
     folder = os.path.join(results_dir, COMPARISON_FOLDER, stamp)
     subtitle = f"{len(common.paths)} common test images · {os.path.basename(os.path.normpath(image_dir))}"
-    paths = list(write_comparison(rows, folder, notes, subtitle=subtitle))
+    if foreign:
+        subtitle += f" · {len(foreign)} external model{'s' if len(foreign) > 1 else ''}"
+    rows = ranked(rows)
+    paths = list(write_comparison(rows, folder, comparison_notes(common, image_dir, published, foreign), subtitle))
     for path in paths:
         print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
     return rows, common, paths

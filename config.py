@@ -205,6 +205,17 @@ def output_folder(name, value):
     _check_folder_path(name, value)
 
 
+def onnx_files(name, value):
+    """Each of the paths (an append option's tuple) an existing .onnx file.
+    Their sidecars are read and checked when the models load (external.py)."""
+    for path in value:
+        if not path.lower().endswith(".onnx") or not os.path.isfile(path):
+            raise UserError(
+                f"{name} must be an existing .onnx file, a model from another framework with its sidecar "
+                f"(the same name with .json) beside it. Received: {name}={path}"
+            )
+
+
 def weights_source(name, value):
     if value not in ("imagenet", "none") and not os.path.isfile(value):
         raise UserError(
@@ -330,7 +341,8 @@ class Config:
     )
     model: str | None = option(
         None, "The model file; its class_index.json, run_config.json and split_manifest.csv are read "
-        "from beside it", (*USING_A_MODEL, "app"), "data and outputs", tags=("common",),
+        "from beside it (a model from another framework: an .onnx file with its sidecar NAME.json)",
+        (*USING_A_MODEL, "app"), "data and outputs", tags=("common",),
         shown_default="ARTIFACTS_DIR/best_model.keras, the last run that finished training",
         helps={"app": "The model to serve: a .keras file or an export of one (.onnx, .tflite, a "
                "SavedModel folder), with its class_index.json, run_config.json and split_manifest.csv "
@@ -466,6 +478,12 @@ class Config:
         "of evaluating one model: every finished run trained on --image_dir, or the RUN ids given; "
         "writes RESULTS_DIR/model_comparison/<stamp>/", ("evaluate",), "evaluation", nargs="*",
         metavar="RUN", shown_default="off",
+    )
+    external: tuple | None = option(
+        None, "With --compare: also score this model from another framework (an .onnx file with its "
+        "sidecar PATH.json: classes, preprocessing, output) on the runs' common test images; repeatable",
+        ("evaluate",), "evaluation", action="append", metavar="PATH.onnx", check=onnx_files,
+        shown_default="none",
     )
     images: tuple | None = option(
         None, "Image files and/or folders (searched with their subfolders) to classify; no labels needed",
@@ -665,6 +683,14 @@ def check_quantize(options):
         )
 
 
+def check_external(options):
+    if options.external and options.compare is None:
+        raise UserError(
+            "--external adds a model from another framework to a comparison: add --compare [RUN ...] "
+            f"(or evaluate it alone with --model). Received: external={shown(options.external)}"
+        )
+
+
 def check_splits_leave_training(options):
     if options.val_split + options.test_split >= 1:
         raise UserError(
@@ -691,6 +717,7 @@ RULES = (
     (("main", "inspect"), check_splits_leave_training),
     (("main",), check_backbones),
     (("main", "evaluate"), check_quantize),
+    (("evaluate",), check_external),
 )
 
 

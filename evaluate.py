@@ -12,9 +12,12 @@ classification report, ROC, reliability diagram, prediction gallery and
 top-losses figures, one timestamp for the whole invocation. --tta N
 averages each image's probabilities over N test-time versions.
 
-    python evaluate.py --image_dir DIR --compare [RUN ...]
+    python evaluate.py --image_dir DIR --compare [RUN ...] [--external resnet.onnx ...]
 
-compares trained runs on the same test images instead (compare.py).
+compares trained runs (and models from other frameworks, each an .onnx
+file with its sidecar resnet.json: external.py) on the same test images
+instead (compare.py). --model resnet.onnx evaluates such a model alone, on
+every image of --image_dir.
 
 The command only: loading the model, predicting and the metrics are
 inference.py's and metrics.py's, the figures figures.py's.
@@ -115,8 +118,8 @@ def save_test_reliability(trained, image_dir, evaluation, scores, options):
 
 def run_comparison(options):
     """--compare: the finished runs on --image_dir (or the chosen ones)
-    scored on their common test images (compare.py). Returns the paths of
-    the CSV, markdown table and chart."""
+    scored on their common test images, with the --external models
+    (compare.py). Returns the paths of the CSV, markdown table and chart."""
     for name, given in (("model", options.model), ("export", options.export), ("tta", options.tta != 1)):
         if given:
             raise UserError(
@@ -132,18 +135,25 @@ def run_comparison(options):
             image_dir = artifacts.read_run_config(first).get("image_dir")
         except artifacts.CompanionError:
             image_dir = None
-    folders = compare.finished_runs(options.artifacts_dir, image_dir, options.compare)
+    externals = tuple(dict.fromkeys(options.external or ()))
+    # With a model from elsewhere, one run is a comparison: its test split
+    # is what both are scored on.
+    folders = compare.finished_runs(
+        options.artifacts_dir, image_dir, options.compare, at_least=1 if externals else 2
+    )
     if not image_dir:
         raise UserError(f"run {options.compare[0]}'s run_config.json names no image folder: pass --image_dir")
     if not os.path.isdir(image_dir):
         raise UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
     config.check_outside("results_dir", options.results_dir, image_dir)
     runs = ", ".join(os.path.basename(folder) for folder in folders)
-    with console.stage(f"Comparing {len(folders)} runs on the same test images of {image_dir} ({runs})"):
+    models = f"{len(folders)} run(s) and {len(externals)} external model(s)" if externals else f"{len(folders)} runs"
+    with console.stage(f"Comparing {models} on the same test images of {image_dir} ({runs})"):
         _, _, paths = compare.compare_runs(
             folders, image_dir, options.results_dir, options.batch_size,
             readers=config.load_readers(options.reader),
             published=artifacts.published_run(options.artifacts_dir),
+            externals=externals,
         )
     with console.stage("Showing the comparison"):
         show.show_figures(paths[-1:], options.show)
@@ -162,7 +172,10 @@ def run_evaluation(argv=None):
     )
     image_dir = options.image_dir or trained.run_config.get("image_dir")
     if not image_dir:
-        raise UserError("no --image_dir given and the model's run_config.json names none")
+        raise UserError(
+            f"a model from another framework ({trained.path}) has no training folder: pass --image_dir"
+            if trained.sidecar else "no --image_dir given and the model's run_config.json names none"
+        )
     config.check_outside("results_dir", options.results_dir, image_dir)
     tta = inference.test_time_augmentation(trained, options.tta, options.seed)
     stamp = artifacts.new_run_stamp(options.results_dir)
@@ -179,6 +192,7 @@ def run_evaluation(argv=None):
             os.path.join(options.results_dir, "metrics", stamp, "metrics.json"),
             {
                 "model": trained.path,
+                **({"sidecar": trained.sidecar.path} if trained.sidecar else {}),
                 "image_dir": os.path.abspath(image_dir),
                 "evaluated": evaluation.description,
                 "skipped": [str(item) for item in evaluation.skipped],

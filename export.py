@@ -153,18 +153,25 @@ def _load_failure(path, kind, error):
     return UserError(f"could not load {path} as {kind}: {reason}")
 
 
+def open_onnx_session(path):
+    """An onnxruntime session of the ONNX file `path` on the CPU (ours, or a
+    model from another framework: external.py). Raises UserError for a file
+    that is not ONNX or that onnxruntime cannot run."""
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+        raise _load_failure(path, "an ONNX model", error) from None
+
+
 class OnnxRunner:
-    """An ONNX model run by onnxruntime on the CPU."""
+    """An ONNX model exported here, run by onnxruntime on the CPU."""
 
     format = "onnx"
 
     def __init__(self, path):
-        import onnxruntime
-
-        try:
-            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
-            raise _load_failure(path, "an ONNX model", error) from None
+        self.session = open_onnx_session(path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(

@@ -276,7 +276,7 @@ def calibration_note(summary):
     """What the reliability diagram's subtitle says about temperature."""
     temperature = summary["temperature"]
     if temperature is None:
-        return "no temperature scaling (a model saved before it existed)"
+        return "no temperature layer to read (an export, another framework's model, or one saved before calibration)"
     if temperature == 1.0:
         return "not calibrated (T = 1)"
     note = f"temperature T = {temperature:.3g} fitted on the validation split"

@@ -3,7 +3,9 @@ it is scored on, the one prediction loop and test-time augmentation.
 
 `load_trained_model` reads a model (.keras, or an export: .onnx, .tflite, a
 SavedModel folder) with the class index, run config and split manifest
-saved beside it, refusing a model and companions of different runs.
+saved beside it, refusing a model and companions of different runs; an
+.onnx file from another framework comes with its sidecar instead
+(`load_external_model`, external.py), and is then used the same way.
 `labelled_images` picks the images to score: the saved split of the folder
 the model was trained on, or every image of any other labelled folder.
 `predict_batches` is the one prediction loop (test-time augmentation
@@ -28,6 +30,7 @@ import config
 import data_loader
 import dataset_files
 import export
+import external
 import image_io
 import metrics
 from errors import UserError
@@ -45,6 +48,9 @@ class TrainedModel:
     image_size: int
     run_config: dict
     folder: str  # where the model and its companions are (its run folder)
+    # A model from another framework: its external.Sidecar (it has no run
+    # config and no split manifest); None for ours.
+    sidecar: object = None
 
     @property
     def temperature(self):
@@ -64,9 +70,13 @@ def read_companions(model_path):
         class_names = artifacts.read_class_names(folder)
         run_config = artifacts.read_run_config(folder)
     except artifacts.CompanionError as error:
+        foreign = (
+            f"; a model from another framework needs its sidecar {external.sidecar_path(model_path)} instead"
+            if export.model_format(model_path) == "onnx" else ""
+        )
         raise UserError(
             f"cannot use the model {model_path}: {error} (main.py saves the companions next "
-            "to the model; keep them together)"
+            f"to the model; keep them together{foreign})"
         ) from None
     index_file = os.path.join(folder, artifacts.CLASS_INDEX_FILE)
     config_file = os.path.join(folder, artifacts.RUN_CONFIG_FILE)
@@ -93,12 +103,16 @@ def load_trained_model(model_path, image_size=None):
     """Loads the model at `model_path` with its class index and run config
     from beside it (`read_companions`). A .keras file loads into Keras; an
     export (.onnx, .tflite, a SavedModel folder) into an export runner,
-    used the same way. `image_size`, when given, must be the model's.
-    Raises UserError when something is missing or does not match."""
+    used the same way; an .onnx file with a sidecar beside it is a model
+    from another framework (load_external_model). `image_size`, when given,
+    must be the model's. Raises UserError when something is missing or does
+    not match."""
     if not os.path.exists(model_path):
         raise UserError(
             f"no model at {model_path}: train one first with main.py, or pass --model PATH"
         )
+    if external.has_sidecar(model_path):
+        return load_external_model(model_path, image_size)
     if export.model_format(model_path) == "keras" and not model_path.endswith(".keras"):
         raise UserError(
             "model must be a .keras file saved by main.py or an export of one (.onnx, "
@@ -124,6 +138,28 @@ def load_trained_model(model_path, image_size=None):
             f"Received: image_size={image_size}"
         )
     return TrainedModel(model, model_path, class_names, model_size, run_config, folder)
+
+
+def load_external_model(model_path, image_size=None):
+    """A model from another framework: the .onnx file `model_path` with its
+    sidecar (external.load_external), as a TrainedModel whose model is an
+    external.ExternalRunner: its class names, size and preprocessing are
+    the sidecar's (and the ONNX graph's), its run config is empty and it has
+    no split manifest, so every image of a folder is evaluated.
+    `image_size`, when given, must be the model's. Raises UserError."""
+    if export.model_format(model_path) != "onnx" or not os.path.isfile(model_path):
+        raise UserError(
+            f"a model from another framework must be an .onnx file (with its sidecar .json beside it). "
+            f"Received: model={model_path}"
+        )
+    runner = external.load_external(model_path)
+    if image_size not in (None, runner.image_size):
+        raise UserError(
+            f"image_size is fixed by the model ({runner.image_size}, {runner.sidecar.path}); leave it out. "
+            f"Received: image_size={image_size}"
+        )
+    folder = os.path.dirname(os.path.abspath(model_path))
+    return TrainedModel(runner, model_path, runner.sidecar.classes, runner.image_size, {}, folder, runner.sidecar)
 
 
 def load_model_file(model_path):
@@ -196,10 +232,12 @@ def manifest_images(image_dir, split, trained):
     return paths, labels
 
 
-def folder_images(image_dir, class_names, labels_csv=None, readers=None):
+def folder_images(image_dir, class_names, labels_csv=None, readers=None, sidecar=None):
     """Every image of a labelled folder (class folders, split folders of
     class folders, or --labels_csv), listed the way main.py lists them
-    (dataset_files.scan_dataset).
+    (dataset_files.scan_dataset). With the `sidecar` of a model from
+    another framework, the folder's classes must be exactly the model's
+    (external.check_classes); a run of ours may be scored on some of its.
 
     Returns (absolute paths, labels, skipped). Raises UserError when there
     is no image or naming classes the model does not know.
@@ -223,7 +261,10 @@ def folder_images(image_dir, class_names, labels_csv=None, readers=None):
             f"no labelled images in {image_dir}: expected class folders or --labels_csv "
             "(to predict new, unlabelled images, use predict.py --images DIR)"
         )
-    unknown = sorted({candidate.label for candidate in scan.candidates} - set(class_names))
+    folder_classes = sorted({candidate.label for candidate in scan.candidates})
+    if sidecar is not None:
+        external.check_classes(sidecar, folder_classes, f"the folder {image_dir}")
+    unknown = sorted(set(folder_classes) - set(class_names))
     if unknown:
         known = ", ".join(class_names[:20]) + (" …" if len(class_names) > 20 else "")
         raise UserError(
@@ -254,7 +295,9 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
         paths, labels = manifest_images(image_dir, split, trained)
         description = "all splits" if split == "all" else f"{split} split"
     else:
-        paths, labels, skipped = folder_images(image_dir, trained.class_names, labels_csv, readers)
+        paths, labels, skipped = folder_images(
+            image_dir, trained.class_names, labels_csv, readers, sidecar=trained.sidecar
+        )
         description = "all images"
     if classes:
         unknown = [name for name in classes if name not in trained.class_names]
@@ -368,6 +411,11 @@ def test_time_augmentation(trained, versions, seed):
     trained without augmentation."""
     if versions == 1:
         return None
+    if trained.sidecar is not None:
+        raise UserError(
+            f"--tta averages over flips and shifts the model learned to ignore; how the model {trained.path} "
+            f"from another framework was trained is unknown, so leave --tta out. Received: tta={versions}"
+        )
     options = trained.run_config.get("options") or {}
     flip = options.get("flip", config.DEFAULTS.flip)
     translation = float(options.get("translation", config.DEFAULTS.translation))

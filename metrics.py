@@ -230,7 +230,7 @@ def calibration_line(summary):
     NLL 0.402' for the printed summary."""
     temperature = summary["temperature"]
     if temperature is None:
-        scaling = "no temperature layer: a model saved before calibration existed"
+        scaling = "no temperature layer to read: an export, a model from another framework or one saved before calibration existed"
     elif temperature == 1.0:
         scaling = "not calibrated, T = 1"
     elif summary["ece_uncalibrated"] is None:

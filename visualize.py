@@ -697,12 +697,16 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     """The model comparison at a glance: test accuracy and macro F1 per
     model (best on top), and test accuracy against inference time per
     image, so the trade-off shows. `rows` are compare.ranked rows (keys
-    backbone, run, test_accuracy, macro_f1, inference_ms_per_image).
-    Returns the path."""
+    backbone, run, test_accuracy, macro_f1, inference_ms_per_image, and
+    source: "external" marks a model from another framework, labelled so,
+    its bars hatched and its point a diamond). Returns the path."""
     count = len(rows)
     figure = Figure(figsize=(13, max(4.2, 0.55 * count + 2.4)), layout="constrained")
     bars, scatter = figure.subplots(1, 2, width_ratios=(1, 1.1))
-    labels = [f"{row['backbone']}\n{row['run']}" for row in rows]
+    foreign = [row.get("source") == "external" for row in rows]
+    labels = [
+        f"{row['backbone']}\n{'external · ' if outside else ''}{row['run']}" for row, outside in zip(rows, foreign)
+    ]
     positions = np.arange(count)
     height = 0.38
     accuracy = [row["test_accuracy"] for row in rows]
@@ -713,6 +717,9 @@ def plot_model_comparison(rows, output_path, subtitle=""):
                           label=label)
         bars.bar_label(drawn, labels=[form.format(value) for value in values], padding=2,
                        fontsize=FONT_SIZES["small"])
+        for patch, outside in zip(drawn.patches, foreign):
+            if outside:
+                patch.set_hatch("///")
     bars.set_yticks(positions, labels, fontsize=FONT_SIZES["tick"])
     bars.set_ylim(count - 0.4, -0.6)  # best on top
     bars.set_xlim(0, 1.15)  # room for the values right of a full bar
@@ -726,17 +733,24 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     times = [row["inference_ms_per_image"] for row in rows]
     for number, row in enumerate(rows):
         colour = LINE_COLOURS[number % len(LINE_COLOURS)]
+        where = f"external, {row['run']}" if foreign[number] else row["run"]
         scatter.scatter(times[number], accuracy[number], s=90, color=colour, edgecolor=WINE, zorder=3,
-                        label=f"{row['rank']}. {row['backbone']} ({row['run']})")
+                        marker="D" if foreign[number] else "o", label=f"{row['rank']}. {row['backbone']} ({where})")
         # The rank, not the name: names of close points overlap; the legend names them.
         scatter.annotate(str(row["rank"]), (times[number], accuracy[number]), textcoords="offset points",
                          xytext=(7, 5), fontsize=FONT_SIZES["tick"], fontweight="bold", color=INK)
     scatter.set_xlabel("Inference ms per image (batch 32, this machine)")
     scatter.set_ylabel("Test accuracy")
-    scatter.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
     low, high = min(accuracy), max(accuracy)
     spread = max(high - low, 0.05)
-    scatter.set_ylim(max(0.0, low - 0.25 * spread), min(1.0, high + 0.25 * spread) + 0.02)
+    bottom, top = max(0.0, low - 0.25 * spread), min(1.0, high + 0.25 * spread)
+    scatter.set_ylim(bottom, top + 0.08 * (top - bottom))  # room for the rank above a point at the top
+    # Ticks only within [bottom, top], never above 100%, with as many
+    # decimals as their step needs (close accuracies: 98.0%, 98.5%, ...).
+    ticks = [tick for tick in ticker.MaxNLocator(nbins=6).tick_values(bottom, top) if bottom - 1e-9 <= tick <= top + 1e-9]
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 0.01
+    scatter.yaxis.set_major_locator(ticker.FixedLocator(ticks))
+    scatter.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=max(0, -int(np.floor(np.log10(step * 100 + 1e-12))))))
     scatter.set_xlim(0, max(times) * 1.25)
     scatter.grid(True)
     scatter.set_axisbelow(True)

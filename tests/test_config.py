@@ -123,6 +123,7 @@ REFUSED = {
     "top_k": ("0", "top_k must be at least 1"),
     "port": ("70000", "port must be between 1 and 65535"),
     "max_upload_mb": ("0", "max_upload_mb must be positive"),
+    "external": ("/no/such/model.onnx", "external must be an existing .onnx file"),
 }
 
 
@@ -142,12 +143,17 @@ def test_each_check_refuses_with_one_line_naming_the_value(name, tmp_path):
     assert "\n" not in str(raised.value)
 
 
-def test_rules_of_several_options_together():
+def test_rules_of_several_options_together(tmp_path):
     args = main_script.build_parser().parse_args(["--val_split", "0.5", "--test_split", "0.5"])
     with pytest.raises(errors.UserError, match="val_split \\+ test_split must be below 1"):
         config.validate(config.config_from_args(args), "main")
     args = evaluate.build_parser().parse_args(["--quantize", "int8"])
     with pytest.raises(errors.UserError, match="add litert to --export"):
+        config.validate(config.config_from_args(args), "evaluate")
+    (tmp_path / "a.onnx").write_bytes(b"")
+    args = evaluate.build_parser().parse_args(["--external", str(tmp_path / "a.onnx")])
+    with pytest.raises(errors.UserError, match="--external adds a model from another framework to a comparison: "
+                       "add --compare"):
         config.validate(config.config_from_args(args), "evaluate")
     args = main_script.build_parser().parse_args(["--backbone", "inception_v3", "--image_size", "64"])
     with pytest.raises(errors.UserError, match="at least 75 for inception_v3"):
