@@ -26,6 +26,17 @@ class AugmentConfig:
     contrast: float = config.DEFAULTS.contrast
 
 
+def strengths_of(options):
+    """The AugmentConfig of a run's options (config.Config), or None with
+    --augment 0: what training and the augmentation preview both use."""
+    if not options.augment:
+        return None
+    return AugmentConfig(
+        flip=options.flip, rotation=options.rotation, zoom=options.zoom,
+        translation=options.translation, contrast=options.contrast,
+    )
+
+
 def _flip_signs(flip, batch, seed):
     """Per-image -1 (flip) or +1 for the horizontal and vertical axes."""
     import tensorflow as tf

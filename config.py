@@ -29,13 +29,13 @@ Tags:
 import argparse
 import dataclasses
 import difflib
-import math
 import os
 import re
 import sys
 
 import artifacts
 import backbones
+import option_types
 from errors import UserError
 
 SCRIPTS = ("main", "evaluate", "predict", "inspect", "app")
@@ -49,8 +49,6 @@ MAX_PORT = 65535
 FIGURES = ("main", "evaluate", "predict")
 # What --export accepts (export.py writes and checks them).
 EXPORT_FORMATS = ("onnx", "litert", "saved_model")
-# NumPy and TensorFlow seeds are unsigned 32-bit integers.
-MAX_SEED = 2**32
 # A gallery bigger than this is unreadable and slow to draw.
 MAX_GALLERY_SIDE = 20
 # --tta beyond this is slow for what it adds.
@@ -70,157 +68,6 @@ GROUPS = (
     "inspection",
     "serving",
 )
-
-
-# ---------------------------------------------------------------- parsing option text
-# These raise UserError, not argparse.ArgumentTypeError: argparse turns the
-# latter into its usage text plus an error line, while a UserError passes
-# through parse_args to errors.run_cli, which prints one line.
-
-
-def integer(name):
-    def parse(text):
-        try:
-            return int(text)
-        except ValueError:
-            raise UserError(f"{name} must be an integer. Received: {name}={text}") from None
-
-    return parse
-
-
-def number(name):
-    """A float option; NaN and infinity are refused (a NaN rotation turns
-    every augmented image black, a NaN learning rate fails mid-training)."""
-
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise UserError(f"{name} must be a number. Received: {name}={text}") from None
-        if not math.isfinite(value):
-            raise UserError(f"{name} must be a finite number. Received: {name}={text}")
-        return value
-
-    return parse
-
-
-def seed_number(name):
-    def parse(text):
-        value = integer(name)(text)
-        if not 0 <= value < MAX_SEED:
-            raise UserError(f"{name} must be between 0 and {MAX_SEED - 1}. Received: {name}={text}")
-        return value
-
-    return parse
-
-
-def name_list(name):
-    """`a,b,c` -> ("a", "b", "c"): distinct, non-empty names."""
-
-    def parse(text):
-        names = tuple(part.strip() for part in text.split(","))
-        if not all(names) or len(set(names)) != len(names):
-            raise UserError(
-                f"{name} must be distinct, non-empty names separated by commas. Received: {name}={text}"
-            )
-        return names
-
-    return parse
-
-
-def backbone_text(name):
-    """`mobilenet_v2, resnet50` -> "mobilenet_v2,resnet50": one or several
-    backbone names, spaces around the commas dropped (checked by
-    `check_backbones`)."""
-    return lambda text: ",".join(part.strip() for part in text.split(","))
-
-
-def export_list(name):
-    """`onnx,litert` -> ("onnx", "litert")."""
-
-    def parse(text):
-        names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
-        if not names or not set(names) <= set(EXPORT_FORMATS):
-            raise UserError(
-                f"{name} takes one or more of {','.join(EXPORT_FORMATS)}, separated by "
-                f"commas. Received: {name}={text}"
-            )
-        return names
-
-    return parse
-
-
-# ---------------------------------------------------------------- checking one value
-# check(name, value) raises UserError; None (an option not given whose
-# default is None) is never checked.
-
-
-def at_least(low, why=""):
-    def check(name, value):
-        if value < low:
-            because = f" ({why})" if why else ""
-            raise UserError(f"{name} must be at least {low}{because}. Received: {name}={value}")
-
-    return check
-
-
-def between(low, high):
-    def check(name, value):
-        if not low <= value <= high:
-            raise UserError(f"{name} must be between {low} and {high}. Received: {name}={value}")
-
-    return check
-
-
-def fraction(name, value):
-    if not 0 < value < 1:
-        raise UserError(f"{name} must be between 0 and 1 (exclusive). Received: {name}={value}")
-
-
-def positive(name, value):
-    if value <= 0:
-        raise UserError(f"{name} must be positive. Received: {name}={value}")
-
-
-def below_one(name, value):
-    """0 <= value < 1, for zoom, translation and contrast."""
-    if value < 0:
-        raise UserError(f"{name} must be 0 or more. Received: {name}={value}")
-    if value >= 1:
-        raise UserError(f"{name} must be below 1. Received: {name}={value}")
-
-
-def non_negative(name, value):
-    if value < 0:
-        raise UserError(f"{name} must be 0 or more. Received: {name}={value}")
-
-
-def dropout_rate(name, value):
-    if not 0 <= value < 1:
-        raise UserError(f"{name} must be in [0, 1). Received: {name}={value}")
-
-
-def output_folder(name, value):
-    """A folder the script writes into: not a file, nor under one."""
-    _check_folder_path(name, value)
-
-
-def onnx_files(name, value):
-    """Each of the paths (an append option's tuple) an existing .onnx file.
-    Their sidecars are read and checked when the models load (external.py)."""
-    for path in value:
-        if not path.lower().endswith(".onnx") or not os.path.isfile(path):
-            raise UserError(
-                f"{name} must be an existing .onnx file, a model from another framework with its sidecar "
-                f"(the same name with .json) beside it. Received: {name}={path}"
-            )
-
-
-def weights_source(name, value):
-    if value not in ("imagenet", "none") and not os.path.isfile(value):
-        raise UserError(
-            f"{name} must be imagenet, none or the path of a weights file; no such file. Received: {name}={value}"
-        )
 
 
 # ---------------------------------------------------------------- the table
@@ -281,7 +128,7 @@ class Config:
     )
     image_size: int | None = option(
         224, "Images are resized to SIZE x SIZE", FOLDERS, "data and outputs", tags=("common",),
-        parse=integer, check=at_least(32, "the smallest input of any backbone"),
+        parse=option_types.integer, check=option_types.at_least(32, "the smallest input of any backbone"),
         defaults={"evaluate": None, "predict": None},
         helps={script: "Fixed by the model; give it only to check that it is this size"
                for script in USING_A_MODEL},
@@ -289,20 +136,20 @@ class Config:
     batch_size: int = option(
         32, "Images per batch; in training, per replica: with several GPUs or workers each step "
         "takes batch_size x replicas images", FOLDERS, "data and outputs", tags=("common",),
-        parse=integer, check=at_least(1),
+        parse=option_types.integer, check=option_types.at_least(1),
         helps={script: "Images per batch" for script in ("evaluate", "predict", "inspect")},
     )
     val_split: float = option(
         0.15, "Fraction of each class held out for validation when the folder has no val split",
-        ("main", "inspect"), "split", tags=("common",), parse=number, check=fraction,
+        ("main", "inspect"), "split", tags=("common",), parse=option_types.number, check=option_types.fraction,
     )
     test_split: float = option(
         0.15, "Fraction of each class held out for testing when the folder has no test split",
-        ("main", "inspect"), "split", tags=("common",), parse=number, check=fraction,
+        ("main", "inspect"), "split", tags=("common",), parse=option_types.number, check=option_types.fraction,
     )
     seed: int = option(
         42, "Seeds the split, the shuffle, augmentation and weight init", FOLDERS, "data and outputs",
-        tags=("common",), parse=seed_number,
+        tags=("common",), parse=option_types.seed_number,
         helps={script: "Seeds the gallery's choice of images and test-time augmentation"
                for script in USING_A_MODEL},
     )
@@ -315,7 +162,7 @@ class Config:
     )
     classes: tuple | None = option(
         None, "Comma-separated class names: only these classes, in this order (class index 0, 1, ...)",
-        FOLDERS, "data and outputs", parse=name_list, shown_default="every class, sorted",
+        FOLDERS, "data and outputs", parse=option_types.name_list, shown_default="every class, sorted",
         helps={script: "Comma-separated class names: only the images of these classes" for script in USING_A_MODEL},
     )
     reader: tuple | None = option(
@@ -326,7 +173,8 @@ class Config:
     )
     artifacts_dir: str = option(
         "model_artifacts", "Where run folders go (runs/<run>/) and the last finished run is published",
-        (*FOLDERS, "app"), "data and outputs", check=output_folder, tags=("run_locator", "output", "common"),
+        (*FOLDERS, "app"), "data and outputs", check=option_types.output_folder,
+        tags=("run_locator", "output", "common"),
         helps={
             **{script: "Where the published model is read from (ARTIFACTS_DIR/best_model.keras) when --model "
                "is not given" for script in USING_A_MODEL},
@@ -337,7 +185,7 @@ class Config:
     )
     results_dir: str = option(
         "results", "Figures and reports go to RESULTS_DIR/<category>/<timestamp>/", FOLDERS,
-        "data and outputs", check=output_folder, tags=("path", "output", "common"),
+        "data and outputs", check=option_types.output_folder, tags=("path", "output", "common"),
     )
     model: str | None = option(
         None, "The model file; its class_index.json, run_config.json and split_manifest.csv are read "
@@ -371,58 +219,61 @@ class Config:
     )
     rotation: float = option(
         15.0, "Maximum rotation in degrees, either way", TRAINING, "augmentation (training batches only)",
-        parse=number, check=non_negative,
+        parse=option_types.number, check=option_types.non_negative,
     )
     zoom: float = option(
         0.1, "Zoom range: scale in [1-Z, 1+Z]", TRAINING, "augmentation (training batches only)",
-        parse=number, check=below_one,
+        parse=option_types.number, check=option_types.below_one,
     )
     translation: float = option(
         0.1, "Maximum shift as a fraction of the side", TRAINING, "augmentation (training batches only)",
-        parse=number, check=below_one,
+        parse=option_types.number, check=option_types.below_one,
     )
     contrast: float = option(
         0.2, "Contrast factor in [1-C, 1+C]", TRAINING, "augmentation (training batches only)",
-        parse=number, check=below_one,
+        parse=option_types.number, check=option_types.below_one,
     )
     # Model.
     backbone: str = option(
         "mobilenet_v2", "Feature extractor from keras.applications, one of "
         f"{', '.join(backbones.BACKBONES)}; each takes raw 0-255 images, its own preprocessing is "
         "inside the saved model. Several, separated by commas: one run each on the same split, then "
-        "a model comparison", TRAINING, "model", parse=backbone_text, metavar="NAME[,NAME...]",
+        "a model comparison", TRAINING, "model", parse=option_types.backbone_text, metavar="NAME[,NAME...]",
         tags=("common",),
     )
     alpha: float = option(
         1.0, f"Width multiplier of the backbone, for {', '.join(backbones.ALPHA_BACKBONES)} only",
-        TRAINING, "model", parse=number, check=positive,
+        TRAINING, "model", parse=option_types.number, check=option_types.positive,
     )
     weights: str = option(
         "imagenet", "imagenet, none (train from scratch) or PATH to a local weights file for the "
-        "backbone", TRAINING, "model", check=weights_source, tags=("path", "worker_local", "common"),
+        "backbone", TRAINING, "model", check=option_types.weights_source, tags=("path", "worker_local", "common"),
     )
     dropout: float = option(
-        0.2, "Dropout before the classifier", TRAINING, "model", parse=number, check=dropout_rate,
+        0.2, "Dropout before the classifier", TRAINING, "model",
+        parse=option_types.number, check=option_types.dropout_rate,
     )
     # Training.
     epochs: int = option(
         10, "Epochs with the backbone frozen (or all epochs from scratch)", TRAINING, "training",
-        parse=integer, check=at_least(1), tags=("common",),
+        parse=option_types.integer, check=option_types.at_least(1), tags=("common",),
     )
     learning_rate: float = option(
-        1e-3, "Adam learning rate", TRAINING, "training", parse=number, check=positive, tags=("common",),
+        1e-3, "Adam learning rate", TRAINING, "training",
+        parse=option_types.number, check=option_types.positive, tags=("common",),
     )
     fine_tune_epochs: int = option(
         10, "Epochs with the last layers unfrozen at a 10x lower learning rate; pretrained weights "
-        "only, 0 skips", TRAINING, "training", parse=integer, check=non_negative, tags=("common",),
+        "only, 0 skips", TRAINING, "training",
+        parse=option_types.integer, check=option_types.non_negative, tags=("common",),
     )
     fine_tune_layers: int = option(
         30, "How many of the backbone's last layers to unfreeze", TRAINING, "training",
-        parse=integer, check=at_least(1),
+        parse=option_types.integer, check=option_types.at_least(1),
     )
     patience: int = option(
         5, "Early stopping patience in epochs, on val_loss", TRAINING, "training",
-        parse=integer, check=at_least(1),
+        parse=option_types.integer, check=option_types.at_least(1),
     )
     class_weights: str = option(
         "auto", "auto: balanced class weights when the largest class has over 1.5x the images of the "
@@ -471,7 +322,7 @@ class Config:
     tta: int = option(
         1, "Test-time augmentation: average the probabilities of each image and N-1 flipped/shifted "
         f"versions made by the training augmentation (1 = off, at most {MAX_TTA})", USING_A_MODEL,
-        "evaluation", parse=integer, check=between(1, MAX_TTA),
+        "evaluation", parse=option_types.integer, check=option_types.between(1, MAX_TTA),
     )
     compare: tuple | None = option(
         None, "Compare trained runs on the same test images (those in every run's test split) instead "
@@ -482,7 +333,7 @@ class Config:
     external: tuple | None = option(
         None, "With --compare: also score this model from another framework (an .onnx file with its "
         "sidecar PATH.json: classes, preprocessing, output) on the runs' common test images; repeatable",
-        ("evaluate",), "evaluation", action="append", metavar="PATH.onnx", check=onnx_files,
+        ("evaluate",), "evaluation", action="append", metavar="PATH.onnx", check=option_types.onnx_files,
         shown_default="none",
     )
     images: tuple | None = option(
@@ -491,7 +342,7 @@ class Config:
     )
     top_k: int = option(
         3, "How many best classes predictions.csv lists per image", ("predict", "app"), "prediction",
-        parse=integer, check=at_least(1),
+        parse=option_types.integer, check=option_types.at_least(1),
         helps={"app": "How many best classes each answer shows (and the table and CSV list)"},
     )
     gradcam: int = option(
@@ -500,12 +351,12 @@ class Config:
     )
     # Figures.
     rows: int = option(
-        2, "Rows of the prediction gallery", FIGURES, "figures", parse=integer,
-        check=between(1, MAX_GALLERY_SIDE), tags=("display", "common"),
+        2, "Rows of the prediction gallery", FIGURES, "figures", parse=option_types.integer,
+        check=option_types.between(1, MAX_GALLERY_SIDE), tags=("display", "common"),
     )
     cols: int = option(
-        5, "Columns of the prediction gallery", FIGURES, "figures", parse=integer,
-        check=between(1, MAX_GALLERY_SIDE), tags=("display", "common"),
+        5, "Columns of the prediction gallery", FIGURES, "figures", parse=option_types.integer,
+        check=option_types.between(1, MAX_GALLERY_SIDE), tags=("display", "common"),
     )
     gallery: str = option(
         "mixed", "Which images the gallery shows: mixed (mistakes first, then correct ones), "
@@ -518,14 +369,14 @@ class Config:
         tags=("display", "common"),
     )
     grid_per_class: int = option(
-        5, "Images per class in the class grid", TRAINING, "figures", parse=integer,
-        check=between(1, MAX_GALLERY_SIDE), tags=("display",),
+        5, "Images per class in the class grid", TRAINING, "figures", parse=option_types.integer,
+        check=option_types.between(1, MAX_GALLERY_SIDE), tags=("display",),
     )
     # Exports (see export.py): formats and LiteRT quantization.
     export: tuple | None = option(
         None, "Also export the model into its folder and check each export against it on the evaluated "
         f"images (export_report.json): any of {','.join(EXPORT_FORMATS)}", ("main", "evaluate"), "export",
-        parse=export_list, metavar="FORMATS", shown_default="none",
+        parse=option_types.choice_list(EXPORT_FORMATS), metavar="FORMATS", shown_default="none",
     )
     quantize: str | None = option(
         None, "Quantize the LiteRT export (int8: calibrated on training images); reports the accuracy "
@@ -548,11 +399,12 @@ class Config:
         ("app",), "serving",
     )
     port: int = option(
-        7860, "Port the page listens on", ("app",), "serving", parse=integer, check=between(1, MAX_PORT),
+        7860, "Port the page listens on", ("app",), "serving",
+        parse=option_types.integer, check=option_types.between(1, MAX_PORT),
     )
     max_upload_mb: float = option(
         50.0, "Largest file the page accepts, in MB (larger uploads are refused before they are read)",
-        ("app",), "serving", parse=number, check=positive,
+        ("app",), "serving", parse=option_types.number, check=option_types.positive,
     )
     # Not an option: set by main.py when no --image_dir is given.
     demo: bool = False
@@ -793,23 +645,12 @@ def shown(value):
 # ---------------------------------------------------------------- folders
 
 
-def _check_folder_path(name, path):
-    """Raises UserError when the output folder `path`, or the nearest part
-    of it that exists, is a file: no folder can be made there."""
-    existing = os.path.abspath(path)
-    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        what = "is a file" if existing == os.path.abspath(path) else f"lies under a file ({existing})"
-        raise UserError(f"{name} must be a folder, but it {what}. Received: {name}={path}")
-
-
 def check_outside(name, path, image_dir):
     """Raises UserError when an output folder `path` cannot be used: a file,
     inside the dataset, or the dataset itself or a folder above it (results
     go to RESULTS_DIR/<category>/, so a dataset named like a category would
     get new folders). Nothing is ever written inside the dataset."""
-    _check_folder_path(name, path)
+    option_types.check_folder_path(name, path)
     if not os.path.isdir(image_dir):
         return
     if artifacts.is_inside(path, image_dir):

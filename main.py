@@ -248,25 +248,11 @@ def companions_stage(run):
     print(f"    class index, split manifest and run config: {run.folder}")
 
 
-def augment_config(options):
-    """The AugmentConfig training uses, or None with --augment 0 (the
-    augmentation preview uses the same one)."""
-    if not options.augment:
-        return None
-    return augment.AugmentConfig(
-        flip=options.flip,
-        rotation=options.rotation,
-        zoom=options.zoom,
-        translation=options.translation,
-        contrast=options.contrast,
-    )
-
-
 def data_stage(run):
     options, workers = run.options, run.device.num_workers
     replicas = run.device.strategy.num_replicas_in_sync
     batch_size = options.batch_size * replicas  # global batch over all GPUs and workers
-    strengths = augment_config(options)
+    strengths = augment.strengths_of(options)
     # Train and val are read every epoch: cache both or neither (each worker
     # its share). Test is read once, so it always streams.
     reread = sum(len(run.index.split(split)[0]) for split in ("train", "val")) // workers
@@ -501,7 +487,7 @@ def class_grid_stage(run):
 def augmentation_stage(run):
     """The same training images, then augmented by augment.augment_batch
     with the training run's settings: the training pipeline's own code."""
-    strengths = augment_config(run.options)
+    strengths = augment.strengths_of(run.options)
     if not drawn_by_first_run(run):
         add_figures(run, figures.render_augmentation_preview(
             run.index, run.options.image_size, strengths, run.options.seed,
@@ -606,54 +592,15 @@ def finish_tracking_stage(run):
 
 def report_stage(run):
     """results/report/<run>/report.html: the run on one page."""
-    options, scores = run.options, run.scores
-    sections = [
-        report.Section("The run", rows=(
-            ("run", run.stamp), ("dataset", run.index.root), ("classes", ", ".join(run.index.class_names)),
-            ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
-            ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
-        )),
-        report.Section("On the test split", rows=report.headline_rows(scores), lines=tuple(
-            line for line in (
-                f"Confidences: {calibration.confidence_sentence(run.evaluation.reliability())}.",
-                metrics.baseline_warning(scores),
-            ) if line
-        )),
-        report.Section("Per class", table=report.per_class_table(scores)),
-        report.Section("Figures", figures=tuple(run.drawn)),
-        report.Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
-        report.Section("Options", rows=report.options_rows(config.saved_options(options))),
-    ]
-    path = report.write_report(options.results_dir, run.stamp, f"Run {run.stamp}", sections)
-    print(f"    report: {path}")
-    run.report_path = path
+    run.report_path = report.write_report(
+        run.options.results_dir, run.stamp, f"Run {run.stamp}", report.training_sections(run)
+    )
+    print(f"    report: {run.report_path}")
 
 
 def show_stage(run):
     """Every figure is saved by now; show them in stage order."""
     show.show_figures(run.drawn, run.options.show)
-
-
-def summary_lines(run):
-    """The closing summary: the headline numbers next to the baseline, what
-    the confidences mean, where the run, the model and the report are, and
-    what to run next."""
-    options, scores = run.options, run.scores
-    lines = [
-        f"run {run.stamp}: {len(run.index.class_names)} classes of {run.index.root}, "
-        f"{len(run.index.split('train')[0]):,} training images",
-        f"test split: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
-        f"confidences: {calibration.confidence_sentence(run.evaluation.reliability())}",
-    ]
-    warning = metrics.baseline_warning(scores)
-    if warning:
-        lines.append(warning)
-    lines += [
-        f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
-        f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
-        f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",
-    ]
-    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -742,37 +689,12 @@ def open_run(options, given):
     if not options.resume:
         stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
         print(f"Run {stamp}: {folder}")
-        print(f"Training plan: {training_plan_line(options)}")
+        print(f"Training plan: {train_utils.training_plan_line(options)}")
         return options, stamp, folder, None
     options, stamp, folder, point = resume.open_resumed_run(options, given)
     check_outputs_outside(options)
     print(f"Resuming run {stamp} ({folder}) with its own options.")
     return options, stamp, folder, point
-
-
-def seed_everything(options):
-    """Python's, NumPy's and TensorFlow's seeds from --seed, and with
-    --deterministic 1 TensorFlow's deterministic kernels: the same seed then
-    gives the same weights, batches, augmentation and metrics, to the last
-    digit, on the same machine and software."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(options.seed)
-    if options.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def training_plan_line(options):
-    """What --epochs means for this run, in its first lines: with pretrained
-    weights the fine-tuning epochs come on top."""
-    stopping = f"early stopping after {options.patience} epochs without a better val_loss"
-    if options.weights == "none":
-        return f"up to {options.epochs} epochs from scratch ({stopping})"
-    if options.fine_tune_epochs:
-        return (f"up to {options.epochs} epochs with the backbone frozen, then up to {options.fine_tune_epochs} "
-                f"fine-tuning its last {options.fine_tune_layers} layers ({stopping})")
-    return f"up to {options.epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"
 
 
 def run_training(argv=None):
@@ -807,11 +729,11 @@ def run_training(argv=None):
             device = devices.configure_device(options.precision, options.jit, strategy, workers)
             if options.demo:
                 print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
-            seed_everything(options)
+            train_utils.seed_everything(options)
             run = Run(options=options, stamp=stamp, folder=folder, point=point, device=device)
             run_stages(run)
             if run.device.is_chief:
-                console.summary(summary_lines(run))
+                console.summary(report.training_summary(run))
     except BaseException:
         if folder and not options.resume:
             # A run that stopped before writing anything (a missing folder,
@@ -853,7 +775,7 @@ def train_several(options, names, cluster):
             options=run_options, stamp=stamp, folder=folder, device=device,
             index=first.index if first else None, shared_from=first.stamp if first else None,
         )
-        seed_everything(options)  # each run as if trained alone
+        train_utils.seed_everything(options)  # each run as if trained alone
         run_stages(run)
         # Only what the comparison needs stays; the model and pipelines go.
         run.model, run.datasets, run.evaluation = None, {}, None

@@ -13,6 +13,10 @@ import html
 import os
 
 import artifacts
+import audit
+import calibration
+import config
+import metrics
 import visualize
 
 REPORT_FOLDER = "report"
@@ -127,3 +131,51 @@ def per_class_table(scores):
 def options_rows(options):
     """The options of a run (config.saved_options's dict), one row each."""
     return tuple((f"--{name}", "" if value is None else str(value)) for name, value in options.items())
+
+
+# ---------------------------------------------------------------- a training run
+
+
+def training_sections(run):
+    """The sections of a main.py run's page (`run`: main.Run, after its
+    test evaluation and figures)."""
+    options, scores = run.options, run.scores
+    return [
+        Section("The run", rows=(
+            ("run", run.stamp), ("dataset", run.index.root), ("classes", ", ".join(run.index.class_names)),
+            ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
+            ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
+        )),
+        Section("On the test split", rows=headline_rows(scores), lines=tuple(
+            line for line in (
+                f"Confidences: {calibration.confidence_sentence(run.evaluation.reliability())}.",
+                metrics.baseline_warning(scores),
+            ) if line
+        )),
+        Section("Per class", table=per_class_table(scores)),
+        Section("Figures", figures=tuple(run.drawn)),
+        Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
+        Section("Options", rows=options_rows(config.saved_options(options))),
+    ]
+
+
+def training_summary(run):
+    """The closing summary: the headline numbers next to the baseline, what
+    the confidences mean, where the run, the model and the report are, and
+    what to run next."""
+    options, scores = run.options, run.scores
+    lines = [
+        f"run {run.stamp}: {len(run.index.class_names)} classes of {run.index.root}, "
+        f"{len(run.index.split('train')[0]):,} training images",
+        f"test split: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
+        f"confidences: {calibration.confidence_sentence(run.evaluation.reliability())}",
+    ]
+    warning = metrics.baseline_warning(scores)
+    if warning:
+        lines.append(warning)
+    lines += [
+        f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
+        f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
+        f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",
+    ]
+    return lines

@@ -258,3 +258,31 @@ def read_history(path):
         column: np.array([float(row[column]) if row[column] != "" else np.nan for row in rows])
         for column in rows[0]
     }
+
+
+# ---------------------------------------------------------------- the plan and the seed
+
+
+def seed_everything(options):
+    """Python's, NumPy's and TensorFlow's seeds from --seed, and with
+    --deterministic 1 TensorFlow's deterministic kernels: the same seed then
+    gives the same weights, batches, augmentation and metrics, to the last
+    digit, on the same machine and software."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(options.seed)
+    if options.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def training_plan_line(options):
+    """What --epochs means for this run, in its first lines: with pretrained
+    weights the fine-tuning epochs come on top."""
+    stopping = f"early stopping after {options.patience} epochs without a better val_loss"
+    if options.weights == "none":
+        return f"up to {options.epochs} epochs from scratch ({stopping})"
+    if options.fine_tune_epochs:
+        return (f"up to {options.epochs} epochs with the backbone frozen, then up to {options.fine_tune_epochs} "
+                f"fine-tuning its last {options.fine_tune_layers} layers ({stopping})")
+    return f"up to {options.epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"

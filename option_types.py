@@ -1,0 +1,182 @@
+"""How is one option's text read, and its value checked?
+
+The parsers (`integer`, `number`, `name_list`, ...) are functions of the
+option's name that return the text parser argparse calls; the checks
+(`at_least`, `between`, `fraction`, ..., `output_folder`) are
+check(name, value). Both raise errors.UserError naming the option and the
+value received. config.py's table names them for each option.
+"""
+
+import math
+import os
+
+from errors import UserError
+
+# NumPy and TensorFlow seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32
+
+
+# ---------------------------------------------------------------- parsing option text
+# These raise UserError, not argparse.ArgumentTypeError: argparse turns the
+# latter into its usage text plus an error line, while a UserError passes
+# through parse_args to errors.run_cli, which prints one line.
+
+
+def integer(name):
+    def parse(text):
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"{name} must be an integer. Received: {name}={text}") from None
+
+    return parse
+
+
+def number(name):
+    """A float option; NaN and infinity are refused (a NaN rotation turns
+    every augmented image black, a NaN learning rate fails mid-training)."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{name} must be a number. Received: {name}={text}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number. Received: {name}={text}")
+        return value
+
+    return parse
+
+
+def seed_number(name):
+    def parse(text):
+        value = integer(name)(text)
+        if not 0 <= value < MAX_SEED:
+            raise UserError(f"{name} must be between 0 and {MAX_SEED - 1}. Received: {name}={text}")
+        return value
+
+    return parse
+
+
+def name_list(name):
+    """`a,b,c` -> ("a", "b", "c"): distinct, non-empty names."""
+
+    def parse(text):
+        names = tuple(part.strip() for part in text.split(","))
+        if not all(names) or len(set(names)) != len(names):
+            raise UserError(
+                f"{name} must be distinct, non-empty names separated by commas. Received: {name}={text}"
+            )
+        return names
+
+    return parse
+
+
+def backbone_text(name):
+    """`mobilenet_v2, resnet50` -> "mobilenet_v2,resnet50": one or several
+    backbone names, spaces around the commas dropped (checked by
+    `check_backbones`)."""
+    return lambda text: ",".join(part.strip() for part in text.split(","))
+
+
+def choice_list(allowed):
+    """A parser factory for `a,b` -> ("a", "b"): one or more of `allowed`,
+    repeats dropped (--export onnx,litert)."""
+
+    def for_option(name):
+        def parse(text):
+            names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+            if not names or not set(names) <= set(allowed):
+                raise UserError(
+                    f"{name} takes one or more of {','.join(allowed)}, separated by "
+                    f"commas. Received: {name}={text}"
+                )
+            return names
+
+        return parse
+
+    return for_option
+
+
+# ---------------------------------------------------------------- checking one value
+# check(name, value) raises UserError; None (an option not given whose
+# default is None) is never checked.
+
+
+def at_least(low, why=""):
+    def check(name, value):
+        if value < low:
+            because = f" ({why})" if why else ""
+            raise UserError(f"{name} must be at least {low}{because}. Received: {name}={value}")
+
+    return check
+
+
+def between(low, high):
+    def check(name, value):
+        if not low <= value <= high:
+            raise UserError(f"{name} must be between {low} and {high}. Received: {name}={value}")
+
+    return check
+
+
+def fraction(name, value):
+    if not 0 < value < 1:
+        raise UserError(f"{name} must be between 0 and 1 (exclusive). Received: {name}={value}")
+
+
+def positive(name, value):
+    if value <= 0:
+        raise UserError(f"{name} must be positive. Received: {name}={value}")
+
+
+def below_one(name, value):
+    """0 <= value < 1, for zoom, translation and contrast."""
+    if value < 0:
+        raise UserError(f"{name} must be 0 or more. Received: {name}={value}")
+    if value >= 1:
+        raise UserError(f"{name} must be below 1. Received: {name}={value}")
+
+
+def non_negative(name, value):
+    if value < 0:
+        raise UserError(f"{name} must be 0 or more. Received: {name}={value}")
+
+
+def dropout_rate(name, value):
+    if not 0 <= value < 1:
+        raise UserError(f"{name} must be in [0, 1). Received: {name}={value}")
+
+
+def output_folder(name, value):
+    """A folder the script writes into: not a file, nor under one."""
+    check_folder_path(name, value)
+
+
+def check_folder_path(name, path):
+    """Raises UserError when the output folder `path`, or the nearest part
+    of it that exists, is a file: no folder can be made there."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(path) else f"lies under a file ({existing})"
+        raise UserError(f"{name} must be a folder, but it {what}. Received: {name}={path}")
+
+
+def onnx_files(name, value):
+    """Each of the paths (an append option's tuple) an existing .onnx file.
+    Their sidecars are read and checked when the models load (external.py)."""
+    for path in value:
+        if not path.lower().endswith(".onnx") or not os.path.isfile(path):
+            raise UserError(
+                f"{name} must be an existing .onnx file, a model from another framework with its sidecar "
+                f"(the same name with .json) beside it. Received: {name}={path}"
+            )
+
+
+def weights_source(name, value):
+    if value not in ("imagenet", "none") and not os.path.isfile(value):
+        raise UserError(
+            f"{name} must be imagenet, none or the path of a weights file; no such file. Received: {name}={value}"
+        )
