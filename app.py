@@ -262,9 +262,16 @@ class Answers:
     refused: list
 
 
-def trust_sentence(bins, confidence, path):
+def trust_sentence(bins, confidence, path, foreign=False):
     """The sentence next to an answer: calibration.Trust's, or why there is
-    none (the run saved no test evaluation)."""
+    none (the run saved no test evaluation; a model from another framework
+    has no test split of ours)."""
+    if foreign:
+        return (
+            "A model from another framework: its test images are not known here, so there is nothing to say "
+            "how often predictions like this are right; `python evaluate.py --compare --external "
+            f"{path}` scores it beside your runs on their test images."
+        )
     if bins is None:
         return (
             "No test evaluation was saved with this model, so there is nothing to say how often "
@@ -331,7 +338,7 @@ def answer_files(served, paths, top_k, names=None, readers=None, max_bytes=None,
         Answer(
             name=names[i],
             top=tops[number],
-            trust=trust_sentence(served.bins, tops[number][0][1], trained.path),
+            trust=trust_sentence(served.bins, tops[number][0][1], trained.path, trained.sidecar is not None),
             image=views[number] if number < len(views) else None,
             gradcam=overlays[number] if number < len(overlays) else None,
             size=trained.image_size,
@@ -427,8 +434,26 @@ def model_card(served, artifacts_dir):
         ("file", f"{trained.path} ({export.model_format(trained.path)})"),
         ("Grad-CAM", "on" if served.gradcam else f"off: {NO_GRADCAM}"),
     ]
+    if trained.sidecar is not None:
+        lines = foreign_card_lines(trained, lines)
     rows = "\n".join(f"| {name} | {html.escape(str(value))} |" for name, value in lines)
     return f"| model card | |\n|---|---|\n{rows}"
+
+
+def foreign_card_lines(trained, lines):
+    """A model from another framework's card: what its sidecar says in
+    place of a run's rows (it has no run, backbone, test split or dataset
+    of ours)."""
+    sidecar = trained.sidecar
+    replaced = {
+        "run": f"none: a model from another framework, {sidecar.label} (sidecar {sidecar.path})",
+        "backbone": f"unknown (ONNX), {trained.image_size}x{trained.image_size} px, {sidecar.describe()}",
+        "test accuracy": "unknown here: evaluate.py --compare --external scores it on your runs' test images",
+        "dataset": "unknown (trained elsewhere)",
+        "trained": f"elsewhere (the file is dated {dict(lines)['trained']})",
+        "Grad-CAM": "off: a model from another framework is an ONNX graph that can be run here, not differentiated",
+    }
+    return [(name, replaced.get(name, value)) for name, value in lines]
 
 
 # ---------------------------------------------------------------- the page

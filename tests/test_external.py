@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
+import app
 import artifacts
 import compare
 import errors
@@ -518,3 +519,24 @@ def test_the_readmes_sidecar_example_is_a_complete_sidecar(tmp_path):
     path = with_sidecar(channel_means(tmp_path / "readme.onnx", size=(64, 64), classes=4), text=example)
     runner = external.load_external(path)
     assert (runner.layout, runner.image_size, runner.sidecar.label) == ("nchw", 64, "PyTorch CNN")
+
+
+def test_the_web_page_answers_with_a_foreign_model_and_says_what_it_cannot_know(tmp_path):
+    red, green = str(tmp_path / "red.png"), str(tmp_path / "green.png")
+    class_image(0, 0).save(red)  # the trained run's alpha
+    class_image(1, 0).save(green)  # its beta
+    served = app.load_served(app.MODEL_KEY, FIXTURE)
+
+    result = app.answer_files(served, [red, green], top_k=2)
+
+    assert [answer.top[0][0] for answer in result.answers] == ["alpha", "beta"]  # the sidecar's names
+    assert all(answer.gradcam is None for answer in result.answers)
+    assert all(answer.trust.startswith("A model from another framework: its test images are not known here")
+               for answer in result.answers)
+    card = app.model_card(served, str(tmp_path / "artifacts"))
+    for shown in ("| run | none: a model from another framework, colour CNN (PyTorch) (sidecar ",
+                  "| classes (3) | gamma, alpha, beta |", "| dataset | unknown (trained elsewhere) |",
+                  "48x48 px, preprocessing torch, output logits", "| published | no |"):
+        assert shown in card, card
+    assert "| run | ? |" not in card and "?," not in card
+
