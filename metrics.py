@@ -237,7 +237,15 @@ def calibration_line(summary):
         scaling = f"T = {temperature:.3g}"
     else:
         scaling = f"{summary['ece_uncalibrated']:.1%} before temperature scaling, T = {temperature:.3g}"
-    return f"ECE {summary['ece']:.1%} ({scaling}), Brier {summary['brier']:.3f}, NLL {summary['nll']:.3f}"
+    line = f"ECE {summary['ece']:.1%} ({scaling}), Brier {summary['brier']:.3f}, NLL {summary['nll']:.3f}"
+    if temperature not in (None, 1.0) and summary["ece_uncalibrated"] is not None and (
+        summary["ece"] > summary["ece_uncalibrated"]
+    ):
+        line += (
+            "; the temperature, fitted on the validation split, made these images' calibration worse "
+            "(with few validation images T is noisy: --calibrate 0 keeps the raw softmax)"
+        )
+    return line
 
 
 def print_most_confused(pairs):

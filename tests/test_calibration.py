@@ -150,6 +150,18 @@ def test_calibration_summary_reports_ece_before_temperature_scaling():
     assert legacy["temperature"] is None and legacy["ece"] == legacy["ece_uncalibrated"]
 
 
+def test_the_calibration_line_says_when_the_temperature_made_the_test_split_worse():
+    import metrics
+
+    summary = {"temperature": 0.701, "ece": 0.075, "ece_uncalibrated": 0.039, "brier": 0.2, "nll": 0.4}
+    worse = metrics.calibration_line(summary)
+    better = metrics.calibration_line({**summary, "ece": 0.02})
+
+    assert worse.startswith("ECE 7.5% (3.9% before temperature scaling, T = 0.701)")
+    assert "made these images' calibration worse" in worse and "--calibrate 0" in worse
+    assert "worse" not in better
+
+
 def test_top_losses_are_the_mistakes_most_confident_first():
     probabilities = np.array([
         [0.6, 0.3, 0.1],   # 0: right
