@@ -28,7 +28,6 @@ import os
 import sys
 
 import artifacts
-import calibration
 import compare
 import config
 import console
@@ -225,9 +224,7 @@ def run_evaluation(argv=None):
         with console.stage("Showing the figures"):
             show.show_figures(drawn, options.show)
     console.summary([
-        f"{evaluation.description} of {image_dir}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
-        f"confidences: {calibration.confidence_sentence(evaluation.reliability())}",
-        *[line for line in (metrics.baseline_warning(scores),) if line],
+        *report.score_lines(f"{evaluation.description} of {image_dir}", evaluation, scores),
         f"model: {trained.path}",
         f"report: {page} (metrics: {metrics_path})",
         "next: python predict.py --images NEW_IMAGES/ to label new images with it",
@@ -244,12 +241,7 @@ def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp):
             ("model", trained.path), ("run", trained.run_config.get("run", "?")), ("folder", os.path.abspath(image_dir)),
             ("images", evaluation.description),
         )),
-        report.Section("Scores", rows=report.headline_rows(scores), lines=tuple(
-            line for line in (
-                f"Confidences: {calibration.confidence_sentence(evaluation.reliability())}.",
-                metrics.baseline_warning(scores),
-            ) if line
-        )),
+        report.scores_section("Scores", evaluation, scores),
         report.Section("Per class", table=report.per_class_table(scores)),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in evaluation.skipped) or ("none",)),

@@ -119,6 +119,26 @@ def headline_rows(scores):
     )
 
 
+def scores_section(heading, evaluation, scores):
+    """The headline numbers (`headline_rows`), what the confidences mean
+    and the baseline warning, if any: one evaluation's scores on the page
+    (`evaluation`: metrics.Evaluation, `scores`: its metrics())."""
+    lines = (f"Confidences: {calibration.confidence_sentence(evaluation.reliability())}.",
+             metrics.baseline_warning(scores))
+    return Section(heading, rows=headline_rows(scores), lines=tuple(line for line in lines if line))
+
+
+def score_lines(what, evaluation, scores):
+    """The same for a closing summary: "`what`: accuracy ... · baseline ...",
+    the confidences in words and the baseline warning, if any."""
+    lines = [
+        f"{what}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
+        f"confidences: {calibration.confidence_sentence(evaluation.reliability())}",
+        metrics.baseline_warning(scores),
+    ]
+    return [line for line in lines if line]
+
+
 def per_class_table(scores):
     header = ("class", "precision", "recall", "F1", "images")
     rows = [
@@ -146,12 +166,7 @@ def training_sections(run):
             ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
             ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
         )),
-        Section("On the test split", rows=headline_rows(scores), lines=tuple(
-            line for line in (
-                f"Confidences: {calibration.confidence_sentence(run.evaluation.reliability())}.",
-                metrics.baseline_warning(scores),
-            ) if line
-        )),
+        scores_section("On the test split", run.evaluation, scores),
         Section("Per class", table=per_class_table(scores)),
         Section("Figures", figures=tuple(run.drawn)),
         Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
@@ -164,18 +179,11 @@ def training_summary(run):
     the confidences mean, where the run, the model and the report are, and
     what to run next."""
     options, scores = run.options, run.scores
-    lines = [
+    return [
         f"run {run.stamp}: {len(run.index.class_names)} classes of {run.index.root}, "
         f"{len(run.index.split('train')[0]):,} training images",
-        f"test split: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
-        f"confidences: {calibration.confidence_sentence(run.evaluation.reliability())}",
-    ]
-    warning = metrics.baseline_warning(scores)
-    if warning:
-        lines.append(warning)
-    lines += [
+        *score_lines("test split", run.evaluation, scores),
         f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
         f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
         f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",
     ]
-    return lines
