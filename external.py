@@ -40,6 +40,7 @@ import re
 
 import numpy as np
 
+import calibration
 import export
 from errors import UserError
 
@@ -380,12 +381,6 @@ def check_output(shape, sidecar, name="output"):
 # ---------------------------------------------------------------- running it
 
 
-def softmax(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
-
-
 class ExternalRunner:
     """A model from another framework as a runner (export.py): it takes the
     uint8 RGB (N, S, S, 3) images our pipeline decodes (image_io), applies
@@ -469,7 +464,7 @@ class ExternalRunner:
                 "NaN or infinity; check it", sidecar.preprocessing.name,
             )
         if sidecar.output == "logits":
-            return softmax(outputs)
+            return calibration.softmax(outputs)
         sums = outputs.sum(axis=1)
         if outputs.min() < -PROBABILITY_TOLERANCE or np.max(np.abs(sums - 1)) > PROBABILITY_TOLERANCE:
             raise field_error(
