@@ -80,7 +80,10 @@ def start_tensorflow(verbose=False):
     TensorFlow prints its start-up lines: those are hidden (shown with
     `verbose`, --verbose 1), anything else it printed, a real error or
     warning, still goes to stderr. Call it before anything else imports
-    TensorFlow; later imports are then free."""
+    TensorFlow; later imports are then free. Every command calls it, so
+    its TF_CPP_MIN_LOG_LEVEL (2: TensorFlow's later info and warning lines
+    hidden, errors shown; a value the user set is kept) holds for all."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with contextlib.nullcontext([]) if verbose else captured_stderr() as lines:
         import keras
         import tensorflow as tf

@@ -160,7 +160,6 @@ def run_comparison(options):
 
 
 def run_evaluation(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options = parse_arguments(argv)
     console.start_tensorflow(options.verbose)
     if options.compare is not None:

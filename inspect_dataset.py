@@ -6,7 +6,6 @@ file and the train/val/test split, as main.py would make them.
 """
 
 import json
-import os
 import sys
 
 import artifacts
@@ -37,7 +36,6 @@ def build_parser():
 def inspect(argv=None):
     """Runs the audit and split of `--image_dir` and prints them; returns
     the splits.DatasetIndex."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     options = config.validate(config.config_from_args(build_parser().parse_args(argv)), "inspect")
     if not options.image_dir:
         raise UserError("image_dir is required. Received: image_dir=None")

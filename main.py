@@ -698,7 +698,6 @@ def open_run(options, given):
 
 
 def run_training(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     # Options first: a mistake there is one line, before TensorFlow starts
     # (and prints its own start-up lines).
     options = parse_arguments(argv)

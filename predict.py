@@ -270,7 +270,6 @@ def parse_arguments(argv):
 
 
 def run_prediction(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options = parse_arguments(argv)
     console.start_tensorflow(options.verbose)
     readers = config.load_readers(options.reader)
