@@ -181,8 +181,9 @@ def saved_test_reliability(trained):
     """The test evaluation saved beside a TrainedModel
     (artifacts.TEST_RELIABILITY_FILE: its reliability bins and scores), or
     None when its run has none, or one made with another model file (its
-    hash is not the run config's), or for a model from another framework. Raises UserError when the file cannot be
-    read or its bins are not equal-width bins of [0, 1]."""
+    hash is not the run config's), or for a model from another framework.
+    Raises UserError when the file cannot be read or its bins are not
+    equal-width bins of [0, 1]."""
     if trained.sidecar is not None:
         return None  # a model from another framework has no test split of ours
     where = os.path.join(trained.folder, artifacts.TEST_RELIABILITY_FILE)
@@ -358,7 +359,6 @@ def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, 
             row += [name, f"{probability:.6f}"]
         rows.append(row + trust_cells(bins, ranked[0][1]))
     return rows
-
 
 
 def predict_batches(model, dataset, versions=1):
