@@ -385,10 +385,15 @@ def run_ids(artifacts_dir):
     return sorted(entry.name for entry in os.scandir(parent) if entry.is_dir())
 
 
+def is_finished(folder, saved):
+    """Whether the run in `folder`, whose run config is `saved`, finished
+    training: its run config says so and its best_model.keras is there."""
+    return saved.get("status") == "finished" and os.path.isfile(os.path.join(folder, MODEL_FILE))
+
+
 def finished_runs(artifacts_dir):
     """[(run id, run config)] of the runs in ARTIFACTS_DIR that finished
-    training (their run_config.json says so and their best_model.keras is
-    there), oldest first; a run whose run config cannot be read is left out."""
+    training (`is_finished`), oldest first; a run whose run config cannot be read is left out."""
     finished = []
     for run_id in run_ids(artifacts_dir):
         folder = os.path.join(runs_folder(artifacts_dir), run_id)
@@ -396,7 +401,7 @@ def finished_runs(artifacts_dir):
             saved = read_run_config(folder)
         except CompanionError:
             continue
-        if saved.get("status") == "finished" and os.path.isfile(os.path.join(folder, MODEL_FILE)):
+        if is_finished(folder, saved):
             finished.append((run_id, saved))
     return finished
 

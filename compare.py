@@ -91,9 +91,7 @@ def finished_runs(artifacts_dir, image_dir, chosen=None, at_least=2):
             bool(saved.get("image_dir"))
             and os.path.realpath(saved["image_dir"]) == os.path.realpath(image_dir)
         )
-        finished = saved.get("status") == "finished" and os.path.isfile(
-            os.path.join(folder, artifacts.MODEL_FILE)
-        )
+        finished = artifacts.is_finished(folder, saved)
         if chosen and not finished:
             raise UserError(
                 f"run {run_id} did not finish training (status {saved.get('status', 'unknown')}): "
