@@ -52,13 +52,6 @@ HEATMAP = mcolors.LinearSegmentedColormap.from_list(
     "blush", [WHITE, "#fbe3ea", "#f4b3c6", "#e4799a", "#c4456f", "#8e1d4c", WINE]
 ).with_extremes(bad="#eeeeee")
 DPI = 130
-
-
-def blush_scale(count=11):
-    """`count` hex colours of the blush scale (HEATMAP), lightest first,
-    from just above white to WINE: the hues of the app's page theme, so the
-    page wears the figures' colours."""
-    return tuple(mcolors.to_hex(HEATMAP(position)) for position in np.linspace(0.06, 1.0, count))
 FONT_SIZES = {"title": 14, "subtitle": 10.5, "label": 10.5, "tick": 9, "small": 8}
 
 THEME = {
@@ -88,6 +81,13 @@ THEME = {
     "figure.titleweight": "bold",
     "font.family": "DejaVu Sans",
 }
+
+
+def blush_scale(count=11):
+    """`count` hex colours of the blush scale (HEATMAP), lightest first,
+    from just above white to WINE: the hues of the app's page theme, so the
+    page wears the figures' colours."""
+    return tuple(mcolors.to_hex(HEATMAP(position)) for position in np.linspace(0.06, 1.0, count))
 
 
 def themed(function):
