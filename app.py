@@ -49,6 +49,7 @@ import errors
 import export
 import figures
 import inference
+import theme
 import visualize
 from errors import UserError
 
@@ -468,19 +469,19 @@ def blush_theme(gr):
         font=FONTS, font_mono=MONO_FONTS,
     )
     return theme.set(
-        body_text_color=visualize.INK,
-        body_text_color_subdued=visualize.MUTED,
-        background_fill_secondary=visualize.PETAL,
-        block_title_text_color=visualize.DEEP_ROSE,
-        block_label_text_color=visualize.DEEP_ROSE,
-        color_accent=visualize.ROSE,
-        color_accent_soft=visualize.PETAL,
-        border_color_accent=visualize.PINK,
-        link_text_color=visualize.DEEP_ROSE,
-        loader_color=visualize.ROSE,
-        button_primary_background_fill=visualize.DEEP_ROSE,
-        button_primary_background_fill_hover=visualize.ROSE,
-        button_primary_text_color=visualize.WHITE,
+        body_text_color=theme.INK,
+        body_text_color_subdued=theme.MUTED,
+        background_fill_secondary=theme.PETAL,
+        block_title_text_color=theme.DEEP_ROSE,
+        block_label_text_color=theme.DEEP_ROSE,
+        color_accent=theme.ROSE,
+        color_accent_soft=theme.PETAL,
+        border_color_accent=theme.PINK,
+        link_text_color=theme.DEEP_ROSE,
+        loader_color=theme.ROSE,
+        button_primary_background_fill=theme.DEEP_ROSE,
+        button_primary_background_fill_hover=theme.ROSE,
+        button_primary_text_color=theme.WHITE,
     )
 
 
@@ -639,7 +640,7 @@ def warm_up(served, folder):
     from PIL import Image
 
     path = os.path.join(tempfile.mkdtemp(dir=folder), "warm_up.png")
-    Image.new("RGB", (served.trained.image_size,) * 2, visualize.PETAL).save(path)
+    Image.new("RGB", (served.trained.image_size,) * 2, theme.PETAL).save(path)
     answer_files(served, [path], top_k=1)
 
 

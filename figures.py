@@ -19,6 +19,7 @@ import calibration
 import gradcam
 import image_io
 import model_builder
+import theme
 import visualize
 
 # The augmentation preview: this many training images, each this many times.
@@ -154,7 +155,7 @@ class GalleryItem:
     def title(self):
         """The tile's title: 'true: cat' and 'pred: dog (60%)' (the
         prediction alone when no label is known), then the caption."""
-        short = visualize.short_label
+        short = theme.short_label
         if self.true is None:
             lines = [f"{short(self.predicted, 20, 1)} ({self.confidence:.0%})"]
         else:

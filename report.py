@@ -17,7 +17,7 @@ import audit
 import calibration
 import config
 import metrics
-import visualize
+import theme
 
 REPORT_FOLDER = "report"
 REPORT_FILE = "report.html"
@@ -40,19 +40,19 @@ def report_path(results_dir, stamp):
 
 
 STYLE = f"""
-body {{ font-family: "DejaVu Sans", Verdana, sans-serif; color: {visualize.INK}; background: {visualize.WHITE};
+body {{ font-family: "DejaVu Sans", Verdana, sans-serif; color: {theme.INK}; background: {theme.WHITE};
        margin: 2em auto; max-width: 1100px; padding: 0 1em; }}
-h1 {{ color: {visualize.WINE}; border-bottom: 3px solid {visualize.BLUSH}; padding-bottom: .3em; }}
-h2 {{ color: {visualize.DEEP_ROSE}; margin-top: 1.6em; }}
+h1 {{ color: {theme.WINE}; border-bottom: 3px solid {theme.BLUSH}; padding-bottom: .3em; }}
+h2 {{ color: {theme.DEEP_ROSE}; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; margin: .5em 0; }}
-td, th {{ border: 1px solid {visualize.GRID}; padding: .3em .7em; text-align: left; vertical-align: top; }}
-th {{ background: {visualize.PETAL}; }}
+td, th {{ border: 1px solid {theme.GRID}; padding: .3em .7em; text-align: left; vertical-align: top; }}
+th {{ background: {theme.PETAL}; }}
 td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.warning {{ background: #fde8ea; border-left: 5px solid {visualize.WRONG}; padding: .6em 1em; }}
+.warning {{ background: #fde8ea; border-left: 5px solid {theme.WRONG}; padding: .6em 1em; }}
 figure {{ display: inline-block; margin: .6em; vertical-align: top; width: 46%; }}
-figure img {{ max-width: 100%; border: 1px solid {visualize.GRID}; }}
-figcaption {{ color: {visualize.MUTED}; font-size: .9em; }}
-pre {{ background: {visualize.PETAL}; padding: .6em; overflow-x: auto; }}
+figure img {{ max-width: 100%; border: 1px solid {theme.GRID}; }}
+figcaption {{ color: {theme.MUTED}; font-size: .9em; }}
+pre {{ background: {theme.PETAL}; padding: .6em; overflow-x: auto; }}
 """
 
 

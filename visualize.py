@@ -12,7 +12,6 @@ option should not wait for).
 
 import functools
 import os
-import re
 
 import matplotlib
 import numpy as np
@@ -21,71 +20,19 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 import artifacts
+import theme
 
 # ---------------------------------------------------------------- theme
 
-# White through blush pink to deep rose; text in a dark plum, softer than
-# black on the pinks.
-WHITE = "#ffffff"
-PETAL = "#fdf1f4"
-BLUSH = "#f6c6d3"
-PINK = "#ea92ad"
-ROSE = "#cf5b84"
-DEEP_ROSE = "#9c2757"
-WINE = "#5c1636"
-INK = "#3a1d2a"
-MUTED = "#8a6472"
-GRID = "#f2dde4"
-GRID_TEXT = "#c9a9b4"  # zeros in a heatmap: present but quiet
-# Correct/wrong keep their universal meaning, in tones that sit with the pinks.
-CORRECT = "#2e8b57"
-WRONG = "#d1263b"
-VERDICT_COLOURS = {"correct": CORRECT, "wrong": WRONG, "unlabelled": ROSE}
-SPLIT_COLOURS = {"train": DEEP_ROSE, "val": ROSE, "test": BLUSH}
-# Distinct line colours for many curves, all warm, cycled with line styles.
-LINE_COLOURS = (
-    "#9c2757", "#e07a5f", "#6d3b8c", "#cf5b84", "#b5651d",
-    "#c9184a", "#8d6a9f", "#f08080", "#5c1636", "#d4869c",
-)
-LINE_STYLES = ("-", "--", "-.", ":")
-HEATMAP = mcolors.LinearSegmentedColormap.from_list(
-    "blush", [WHITE, "#fbe3ea", "#f4b3c6", "#e4799a", "#c4456f", "#8e1d4c", WINE]
-).with_extremes(bad="#eeeeee")
-DPI = 130
-FONT_SIZES = {"title": 14, "subtitle": 10.5, "label": 10.5, "tick": 9, "small": 8}
-
-THEME = {
-    "figure.dpi": DPI,
-    "savefig.dpi": DPI,
-    "figure.facecolor": WHITE,
-    "savefig.facecolor": WHITE,
-    "axes.facecolor": WHITE,
-    "axes.edgecolor": "#c8a0af",
-    "axes.labelcolor": INK,
-    "axes.titlecolor": INK,
-    "axes.titlesize": FONT_SIZES["subtitle"],
-    "axes.labelsize": FONT_SIZES["label"],
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.prop_cycle": matplotlib.cycler(color=LINE_COLOURS),
-    "grid.color": GRID,
-    "grid.linewidth": 0.8,
-    "text.color": INK,
-    "xtick.color": INK,
-    "ytick.color": INK,
-    "xtick.labelsize": FONT_SIZES["tick"],
-    "ytick.labelsize": FONT_SIZES["tick"],
-    "legend.fontsize": FONT_SIZES["tick"],
-    "legend.frameon": False,
-    "figure.titlesize": FONT_SIZES["title"],
-    "figure.titleweight": "bold",
-    "font.family": "DejaVu Sans",
-}
+# The theme's plain values are theme.py's; these two need matplotlib.
+HEATMAP = mcolors.LinearSegmentedColormap.from_list("blush", list(theme.HEATMAP_STOPS)).with_extremes(
+    bad=theme.HEATMAP_BAD)
+THEME = {**theme.RC, "axes.prop_cycle": matplotlib.cycler(color=theme.LINE_COLOURS)}
 
 
 def blush_scale(count=11):
     """`count` hex colours of the blush scale (HEATMAP), lightest first,
-    from just above white to WINE: the hues of the app's page theme, so the
+    from just above white to theme.WINE: the hues of the app's page theme, so the
     page wears the figures' colours."""
     return tuple(mcolors.to_hex(HEATMAP(position)) for position in np.linspace(0.06, 1.0, count))
 
@@ -110,33 +57,6 @@ def save_figure(figure, output_path):
     return output_path
 
 
-def short_label(name, width=14, max_lines=2):
-    """A class name in at most `max_lines` lines of at most `width`
-    characters, broken after a space, _ or - where possible (class names
-    are often snake_case), shortened with an ellipsis beyond that."""
-    text = str(name)
-    if max_lines == 1 or len(text) <= width:
-        return text if len(text) <= width else text[: width - 1] + "…"
-    lines, current = [], ""
-    for piece in re.findall(r"[^\s_-]+[\s_-]*|[\s_-]+", text):
-        if current and len(current) + len(piece.rstrip()) > width:
-            lines.append(current)
-            current = ""
-        while len(piece) > width:  # one word longer than a line
-            lines.append(piece[:width])
-            piece = piece[width:]
-        current += piece
-    lines.append(current)
-    if len(lines) > max_lines:
-        rest = "".join(lines[max_lines - 1 :])
-        lines = lines[: max_lines - 1] + [rest[: width - 1] + "…"]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-# Width of one character of tick label text, in inches (DejaVu Sans, 9 pt).
-CHARACTER_WIDTH = 0.075
-
-
 def label_class_axis(axes, axis, class_names, room=0.0, first=0.0):
     """Class names as tick labels, the first at `first` (0.5 on a seaborn
     heatmap, whose cells span whole units), then one per unit. On x: level
@@ -145,17 +65,17 @@ def label_class_axis(axes, axis, class_names, room=0.0, first=0.0):
     y: one line."""
     positions = np.arange(len(class_names)) + first
     if axis == "y":
-        axes.set_yticks(positions, [short_label(name, 24, 1) for name in class_names])
+        axes.set_yticks(positions, [theme.short_label(name, 24, 1) for name in class_names])
         return
-    wrapped = [short_label(name, 12, 2) for name in class_names]
+    wrapped = [theme.short_label(name, 12, 2) for name in class_names]
     longest = max(len(line) for label in wrapped for line in label.split("\n"))
-    if not any(label.endswith("…") for label in wrapped) and longest * CHARACTER_WIDTH <= 0.9 * room:
+    if not any(label.endswith("…") for label in wrapped) and longest * theme.CHARACTER_WIDTH <= 0.9 * room:
         axes.set_xticks(positions, wrapped)
     elif len(class_names) <= 25:
-        axes.set_xticks(positions, [short_label(name, 24, 1) for name in class_names],
+        axes.set_xticks(positions, [theme.short_label(name, 24, 1) for name in class_names],
                         rotation=45, ha="right", rotation_mode="anchor")
     else:
-        axes.set_xticks(positions, [short_label(name, 24, 1) for name in class_names], rotation=90)
+        axes.set_xticks(positions, [theme.short_label(name, 24, 1) for name in class_names], rotation=90)
 
 
 # ---------------------------------------------------------------- 1. distribution
@@ -192,10 +112,10 @@ def plot_dataset_distribution(counts, class_names, output_path, skipped=0):
     legend = [f"{split} ({sum(counts[split][name] for name in class_names):,})" for split in splits]
     seaborn.barplot(x=images if horizontal else names, y=names if horizontal else images,
                     hue=np.repeat(legend, num_classes), order=class_names, width=0.84, errorbar=None,
-                    palette=[SPLIT_COLOURS[split] for split in splits], saturation=1, edgecolor=WINE,
+                    palette=[theme.SPLIT_COLOURS[split] for split in splits], saturation=1, edgecolor=theme.WINE,
                     linewidth=0.6, orient="h" if horizontal else "v", ax=axes)
     for bars in axes.containers:
-        axes.bar_label(bars, padding=2, fontsize=FONT_SIZES["small"])
+        axes.bar_label(bars, padding=2, fontsize=theme.FONT_SIZES["small"])
     if horizontal:
         label_class_axis(axes, "y", class_names)
         axes.set_ylim(num_classes - 0.4, -0.6)  # first class on top
@@ -215,7 +135,7 @@ def plot_dataset_distribution(counts, class_names, output_path, skipped=0):
     figure.suptitle(f"Images per class · imbalance ratio {ratio:.1f} : 1")
     note = f"{int(totals.sum()):,} images in {num_classes} classes · ratio = largest / smallest class · "
     note += f"{skipped} unreadable file{'s' if skipped != 1 else ''} skipped by the audit"
-    axes.set_title(note, color=MUTED)
+    axes.set_title(note, color=theme.MUTED)
     return save_figure(figure, output_path)
 
 
@@ -251,16 +171,16 @@ def plot_class_grid(examples, output_path, note=""):
             hide_ticks(axes)
             if column < len(images):
                 axes.imshow(images[column])
-                frame(axes, BLUSH, 1.0)
+                frame(axes, theme.BLUSH, 1.0)
             else:
                 axes.axis("off")
         grid[row][0].set_ylabel(
-            short_label(name, width=16), rotation=0, ha="right", va="center",
-            fontsize=FONT_SIZES["label"], labelpad=8,
+            theme.short_label(name, width=16), rotation=0, ha="right", va="center",
+            fontsize=theme.FONT_SIZES["label"], labelpad=8,
         )
     figure.suptitle("Example images per class")
     if note:
-        figure.supxlabel(note, fontsize=FONT_SIZES["small"] + 1, color=MUTED)
+        figure.supxlabel(note, fontsize=theme.FONT_SIZES["small"] + 1, color=theme.MUTED)
     return save_figure(figure, output_path)
 
 
@@ -285,19 +205,19 @@ def plot_augmentation_preview(originals, augmented, output_path, note="", row_la
             hide_ticks(axes)
             if column == 0:
                 axes.imshow(originals[row])
-                frame(axes, DEEP_ROSE, 2.5)
+                frame(axes, theme.DEEP_ROSE, 2.5)
                 if row_labels is not None:
-                    axes.set_ylabel(short_label(row_labels[row], 16), rotation=0, ha="right",
+                    axes.set_ylabel(theme.short_label(row_labels[row], 16), rotation=0, ha="right",
                                     va="center", labelpad=8)
             else:
                 axes.imshow(augmented[column - 1][row])
-                frame(axes, BLUSH, 1.0)
+                frame(axes, theme.BLUSH, 1.0)
             if row == 0:
                 axes.set_title("original" if column == 0 else f"augmented {column}",
-                               fontsize=FONT_SIZES["tick"], color=DEEP_ROSE if column == 0 else INK)
+                               fontsize=theme.FONT_SIZES["tick"], color=theme.DEEP_ROSE if column == 0 else theme.INK)
     figure.suptitle("Augmentation preview")
     if note:
-        figure.supxlabel(note, fontsize=FONT_SIZES["small"] + 1, color=MUTED)
+        figure.supxlabel(note, fontsize=theme.FONT_SIZES["small"] + 1, color=theme.MUTED)
     return save_figure(figure, output_path)
 
 
@@ -319,17 +239,17 @@ def plot_training_curves(history, output_path, finetune_start=None):
     panels = figure.subplots(1, 2)
     for axes, metric, name in zip(panels, ("loss", "accuracy"), ("Loss", "Accuracy")):
         if finetune_start is not None and finetune_start < len(epochs):
-            axes.axvspan(finetune_start + 0.5, epochs[-1] + 0.5, color=PETAL, zorder=0,
+            axes.axvspan(finetune_start + 0.5, epochs[-1] + 0.5, color=theme.PETAL, zorder=0,
                          label=f"fine-tuning (from epoch {finetune_start + 1})")
-            axes.axvline(finetune_start + 0.5, color=ROSE, linestyle=":", linewidth=1.5)
-        axes.plot(epochs, history[metric], color=DEEP_ROSE, marker="o", markersize=3.5,
+            axes.axvline(finetune_start + 0.5, color=theme.ROSE, linestyle=":", linewidth=1.5)
+        axes.plot(epochs, history[metric], color=theme.DEEP_ROSE, marker="o", markersize=3.5,
                   linewidth=2, label="train")
-        axes.plot(epochs, history[f"val_{metric}"], color=PINK, marker="o", markersize=3.5,
+        axes.plot(epochs, history[f"val_{metric}"], color=theme.PINK, marker="o", markersize=3.5,
                   linewidth=2, linestyle="--", label="val")
-        axes.axvline(epochs[best], color=WINE, linestyle="--", linewidth=0.9, alpha=0.5)
+        axes.axvline(epochs[best], color=theme.WINE, linestyle="--", linewidth=0.9, alpha=0.5)
         axes.scatter([epochs[best]], [history[f"val_{metric}"][best]], marker="*", s=220,
-                     color=WINE, zorder=5, label=f"best epoch {epochs[best]} (lowest val loss)")
-        axes.set_title(name, fontsize=FONT_SIZES["label"] + 1, fontweight="bold")
+                     color=theme.WINE, zorder=5, label=f"best epoch {epochs[best]} (lowest val loss)")
+        axes.set_title(name, fontsize=theme.FONT_SIZES["label"] + 1, fontweight="bold")
         axes.set_xlabel("Epoch")
         axes.set_ylabel(name)
         axes.set_xlim(0.5, epochs[-1] + 0.5)
@@ -350,7 +270,7 @@ def plot_training_curves(history, output_path, finetune_start=None):
         f"best epoch {epochs[best]}: val loss {history['val_loss'][best]:.4f}, "
         f"val accuracy {history['val_accuracy'][best]:.1%} · "
         f"{len(epochs)} epoch{'s' if len(epochs) != 1 else ''}",
-        fontsize=FONT_SIZES["subtitle"], color=MUTED,
+        fontsize=theme.FONT_SIZES["subtitle"], color=theme.MUTED,
     )
     return save_figure(figure, output_path)
 
@@ -364,7 +284,7 @@ def plot_training_curves(history, output_path, finetune_start=None):
 WHITE_TEXT_FROM = 0.52
 
 
-def heat_cells(axes, values, fmt, font, top=1.0, hidden=False, colours=(INK, WHITE), **options):
+def heat_cells(axes, values, fmt, font, top=1.0, hidden=False, colours=(theme.INK, theme.WHITE), **options):
     """Draws the cells of `values` that are not `hidden` (a mask) nor NaN on
     `axes` with seaborn.heatmap, in the blush colours from 0 to `top`, each
     with its value (`fmt`, `font` points) in the first of `colours` on light
@@ -410,7 +330,7 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
     side = max(5.5, num_classes * cell + 2.5)
     figure = Figure(figsize=(side + 1.6, side + 0.6), layout="constrained")
     axes = figure.add_subplot()
-    borders = {"square": True, "linewidths": 1.0, "linecolor": WHITE}
+    borders = {"square": True, "linewidths": 1.0, "linecolor": theme.WHITE}
     # Every cell and the colour bar; NaN (a class with no images) in the
     # colour map's "bad" grey. The numbers go over them.
     seaborn.heatmap(values, vmin=0, vmax=top, cmap=HEATMAP, xticklabels=False, yticklabels=False, ax=axes,
@@ -422,7 +342,7 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
     if font:
         heat_cells(axes, values, ".2f" if normalize else "d", font, top, hidden=zeros, **borders)
     if font and num_classes <= 10:  # blank zeros keep a big matrix readable
-        heat_cells(axes, values, ".0f", font, top, hidden=~zeros, colours=(GRID_TEXT, GRID_TEXT), **borders)
+        heat_cells(axes, values, ".0f", font, top, hidden=~zeros, colours=(theme.GRID_TEXT, theme.GRID_TEXT), **borders)
     label_class_axis(axes, "x", class_names, room=(side - 2.5) / num_classes, first=0.5)
     label_class_axis(axes, "y", class_names, first=0.5)
     axes.set_xlabel("Predicted class")
@@ -433,7 +353,7 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
         details += " · cells not annotated above 45 classes: counts are in metrics.json"
     if normalize and np.isnan(values).any():
         details += " · grey rows: no images of that class"
-    axes.set_title(details.strip(" ·"), color=MUTED)
+    axes.set_title(details.strip(" ·"), color=theme.MUTED)
     return save_figure(figure, output_path)
 
 
@@ -454,23 +374,23 @@ def plot_classification_report(names, values, supports, num_classes, accuracy, o
     blank = np.full((num_rows, 1), np.nan)
     # The metrics in blush (undefined ones, NaN, left white), then the
     # support column uncoloured on petal: one table, a layer each.
-    heat_cells(axes, np.hstack([values, blank]), ".3f", FONT_SIZES["tick"])
-    seaborn.heatmap(np.hstack([np.tile(blank, 3), np.reshape(supports, (-1, 1))]), cmap=[PETAL],
-                    annot=True, fmt=",.0f", annot_kws={"fontsize": FONT_SIZES["tick"], "color": INK},
+    heat_cells(axes, np.hstack([values, blank]), ".3f", theme.FONT_SIZES["tick"])
+    seaborn.heatmap(np.hstack([np.tile(blank, 3), np.reshape(supports, (-1, 1))]), cmap=[theme.PETAL],
+                    annot=True, fmt=",.0f", annot_kws={"fontsize": theme.FONT_SIZES["tick"], "color": theme.INK},
                     cbar=False, xticklabels=False, yticklabels=False, ax=axes)
-    axes.axhline(num_classes, color=INK, linewidth=1.4)
+    axes.axhline(num_classes, color=theme.INK, linewidth=1.4)
     axes.set_xticks(np.arange(4) + 0.5, ["precision", "recall", "f1-score", "support"])
     axes.xaxis.tick_top()
     axes.xaxis.set_label_position("top")
-    axes.set_yticks(np.arange(num_rows) + 0.5, [short_label(name, width=24, max_lines=1) for name in names])
+    axes.set_yticks(np.arange(num_rows) + 0.5, [theme.short_label(name, width=24, max_lines=1) for name in names])
     for label in axes.get_yticklabels()[num_classes:]:
         label.set_fontweight("bold")
     axes.tick_params(length=0)
-    axes.set_xlabel("Metric", color=MUTED)
-    axes.set_ylabel("Class", color=MUTED)
+    axes.set_xlabel("Metric", color=theme.MUTED)
+    axes.set_ylabel("Class", color=theme.MUTED)
     figure.suptitle(f"Classification report · accuracy {accuracy:.1%}")
     if subtitle:
-        figure.supxlabel(subtitle, fontsize=FONT_SIZES["subtitle"], color=MUTED)
+        figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"], color=theme.MUTED)
     return save_figure(figure, output_path)
 
 
@@ -487,26 +407,26 @@ def plot_roc_curves(roc, class_names, output_path, subtitle=""):
     many = len(class_names) > 12
     figure = Figure(figsize=(11.5 if many else 9.5, 6.6), layout="constrained")
     axes = figure.add_subplot()
-    axes.plot([0, 1], [0, 1], color=MUTED, linestyle=":", linewidth=1, label="chance (AUC = 0.5)")
+    axes.plot([0, 1], [0, 1], color=theme.MUTED, linestyle=":", linewidth=1, label="chance (AUC = 0.5)")
     if roc["binary"]:
         positive, negative = class_names[1], class_names[0]
         curve = roc["per_class"][positive]
         if curve is not None:
-            axes.plot(curve["fpr"], curve["tpr"], color=DEEP_ROSE, linewidth=2.5,
-                      label=f"{short_label(positive, 30, 1)} vs {short_label(negative, 30, 1)} "
+            axes.plot(curve["fpr"], curve["tpr"], color=theme.DEEP_ROSE, linewidth=2.5,
+                      label=f"{theme.short_label(positive, 30, 1)} vs {theme.short_label(negative, 30, 1)} "
                       f"(AUC = {curve['auc']:.3f})")
-            axes.fill_between(curve["fpr"], curve["tpr"], color=BLUSH, alpha=0.35, step="post")
+            axes.fill_between(curve["fpr"], curve["tpr"], color=theme.BLUSH, alpha=0.35, step="post")
             entries += 1
     else:
         for number, (name, curve) in enumerate(roc["per_class"].items()):
             if curve is None:
                 continue
             axes.plot(curve["fpr"], curve["tpr"], linewidth=1.3, alpha=0.9,
-                      color=LINE_COLOURS[number % len(LINE_COLOURS)],
-                      linestyle=LINE_STYLES[(number // len(LINE_COLOURS)) % len(LINE_STYLES)],
-                      label=f"{short_label(name, 22, 1)} (AUC = {curve['auc']:.3f})")
+                      color=theme.LINE_COLOURS[number % len(theme.LINE_COLOURS)],
+                      linestyle=theme.LINE_STYLES[(number // len(theme.LINE_COLOURS)) % len(theme.LINE_STYLES)],
+                      label=f"{theme.short_label(name, 22, 1)} (AUC = {curve['auc']:.3f})")
             entries += 1
-        for key, colour, style in (("micro", WINE, "--"), ("macro", ROSE, "-.")):
+        for key, colour, style in (("micro", theme.WINE, "--"), ("macro", theme.ROSE, "-.")):
             curve = roc[key]
             if curve is not None:
                 axes.plot(curve["fpr"], curve["tpr"], color=colour, linestyle=style, linewidth=3,
@@ -518,7 +438,7 @@ def plot_roc_curves(roc, class_names, output_path, subtitle=""):
     axes.set_axisbelow(True)
     axes.set_xlabel("False positive rate")
     axes.set_ylabel("True positive rate")
-    legend_font = FONT_SIZES["small"] if entries > 12 else FONT_SIZES["tick"]
+    legend_font = theme.FONT_SIZES["small"] if entries > 12 else theme.FONT_SIZES["tick"]
     axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=legend_font,
                 ncols=2 if entries > 22 else 1)
     title = "ROC curve" if roc["binary"] else "ROC curves · one-vs-rest"
@@ -528,7 +448,7 @@ def plot_roc_curves(roc, class_names, output_path, subtitle=""):
         absent = ", ".join(roc["absent"][:8]) + (" …" if len(roc["absent"]) > 8 else "")
         details += f" · no ROC for class(es) absent from these images: {absent}"
     if details:
-        axes.set_title(details.strip(" ·"), color=MUTED, wrap=True)
+        axes.set_title(details.strip(" ·"), color=theme.MUTED, wrap=True)
     return save_figure(figure, output_path)
 
 
@@ -551,13 +471,13 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
     accuracy, confidence = bins["accuracy"][filled], bins["confidence"][filled]
     figure = Figure(figsize=(7.8, 7.6), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    top.plot([0, 1], [0, 1], color=MUTED, linestyle=":", linewidth=1.3, label="perfect calibration")
-    top.bar(centres[filled], accuracy, widths[filled], color=ROSE, edgecolor=WINE, linewidth=0.8,
+    top.plot([0, 1], [0, 1], color=theme.MUTED, linestyle=":", linewidth=1.3, label="perfect calibration")
+    top.bar(centres[filled], accuracy, widths[filled], color=theme.ROSE, edgecolor=theme.WINE, linewidth=0.8,
             label="accuracy of the bin")
     top.bar(centres[filled], np.abs(confidence - accuracy), widths[filled],
-            bottom=np.minimum(confidence, accuracy), color=BLUSH, alpha=0.6, edgecolor=DEEP_ROSE,
+            bottom=np.minimum(confidence, accuracy), color=theme.BLUSH, alpha=0.6, edgecolor=theme.DEEP_ROSE,
             linewidth=0.6, hatch="///", label="gap to its mean confidence")
-    top.scatter(centres[filled], confidence, marker="_", s=160, color=WINE, linewidths=2, zorder=4,
+    top.scatter(centres[filled], confidence, marker="_", s=160, color=theme.WINE, linewidths=2, zorder=4,
                 label="mean confidence of the bin")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.02)
@@ -566,9 +486,9 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
     top.grid(True)
     top.set_axisbelow(True)
     top.legend(loc="upper left")
-    bars = bottom.bar(centres, count, widths, color=BLUSH, edgecolor=WINE, linewidth=0.6)
+    bars = bottom.bar(centres, count, widths, color=theme.BLUSH, edgecolor=theme.WINE, linewidth=0.6)
     bottom.bar_label(bars, labels=[str(n) if n else "" for n in count], padding=2,
-                     fontsize=FONT_SIZES["small"])
+                     fontsize=theme.FONT_SIZES["small"])
     bottom.set_ylim(0, max(1, count.max()) * 1.3)
     bottom.set_ylabel("Images")
     bottom.set_xlabel("Confidence (probability of the predicted class)")
@@ -578,7 +498,7 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
     bottom.set_axisbelow(True)
     figure.suptitle(f"Reliability diagram · ECE {ece:.1%}")
     if subtitle:
-        top.set_title(subtitle, color=MUTED, wrap=True)
+        top.set_title(subtitle, color=theme.MUTED, wrap=True)
     return save_figure(figure, output_path)
 
 
@@ -622,17 +542,17 @@ def gallery_figure(items, rows, cols, title, subtitle=""):
             axes.axis("off")
             continue
         item = items[position]
-        colour = VERDICT_COLOURS[item.verdict]
+        colour = theme.VERDICT_COLOURS[item.verdict]
         axes.imshow(item.image)
         frame(axes, colour, 4.0)
-        axes.set_title(item.title, color=colour, fontsize=FONT_SIZES["small"] + 0.5,
+        axes.set_title(item.title, color=colour, fontsize=theme.FONT_SIZES["small"] + 0.5,
                        fontweight="bold" if item.verdict == "wrong" else "normal")
     if not items:
         grid.flat[0].text(0.5, 0.5, "nothing to show", ha="center", va="center",
-                          transform=grid.flat[0].transAxes, color=MUTED)
+                          transform=grid.flat[0].transAxes, color=theme.MUTED)
     figure.suptitle(title)
     if subtitle:
-        figure.supxlabel(subtitle, fontsize=FONT_SIZES["subtitle"] - 1, color=MUTED)
+        figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"] - 1, color=theme.MUTED)
     return figure
 
 
@@ -664,7 +584,7 @@ def gradcam_figure(items, heatmaps, rows, cols, subtitle=""):
         if position >= len(items):
             continue
         item = items[position]
-        colour = VERDICT_COLOURS[item.verdict]
+        colour = theme.VERDICT_COLOURS[item.verdict]
         image_axes, heat_axes = cell.subplots(1, 2)
         image_axes.imshow(item.image)
         heat_axes.imshow(greyscale(item.image), cmap="gray", vmin=0, vmax=1)
@@ -673,12 +593,12 @@ def gradcam_figure(items, heatmaps, rows, cols, subtitle=""):
             hide_ticks(axes)
             frame(axes, colour, 3.0)
         if np.ptp(heatmaps[position]) < 0.05:  # every spot weighed the same
-            heat_axes.set_xlabel("flat: no spot stands out", fontsize=FONT_SIZES["small"] - 1, color=MUTED)
-        cell.suptitle(item.title, color=colour, fontsize=FONT_SIZES["small"] + 0.5,
+            heat_axes.set_xlabel("flat: no spot stands out", fontsize=theme.FONT_SIZES["small"] - 1, color=theme.MUTED)
+        cell.suptitle(item.title, color=colour, fontsize=theme.FONT_SIZES["small"] + 0.5,
                       fontweight="bold" if item.verdict == "wrong" else "normal")
     figure.suptitle("Grad-CAM · where the model looked")
     if subtitle:
-        figure.supxlabel(subtitle, fontsize=FONT_SIZES["subtitle"] - 1, color=MUTED)
+        figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"] - 1, color=theme.MUTED)
     return figure
 
 
@@ -711,16 +631,16 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     height = 0.38
     accuracy = [row["test_accuracy"] for row in rows]
     macro_f1 = [row["macro_f1"] for row in rows]
-    for offset, values, colour, label, form in ((-height / 2, accuracy, DEEP_ROSE, "test accuracy", "{:.1%}"),
-                                                (height / 2, macro_f1, BLUSH, "macro F1", "{:.3f}")):
-        drawn = bars.barh(positions + offset, values, height, color=colour, edgecolor=WINE, linewidth=0.6,
+    for offset, values, colour, label, form in ((-height / 2, accuracy, theme.DEEP_ROSE, "test accuracy", "{:.1%}"),
+                                                (height / 2, macro_f1, theme.BLUSH, "macro F1", "{:.3f}")):
+        drawn = bars.barh(positions + offset, values, height, color=colour, edgecolor=theme.WINE, linewidth=0.6,
                           label=label)
         bars.bar_label(drawn, labels=[form.format(value) for value in values], padding=2,
-                       fontsize=FONT_SIZES["small"])
+                       fontsize=theme.FONT_SIZES["small"])
         for patch, outside in zip(drawn.patches, foreign):
             if outside:
                 patch.set_hatch("///")
-    bars.set_yticks(positions, labels, fontsize=FONT_SIZES["tick"])
+    bars.set_yticks(positions, labels, fontsize=theme.FONT_SIZES["tick"])
     bars.set_ylim(count - 0.4, -0.6)  # best on top
     bars.set_xlim(0, 1.15)  # room for the values right of a full bar
     bars.xaxis.set_major_formatter(ticker.PercentFormatter(1.0))
@@ -728,17 +648,17 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     bars.set_axisbelow(True)
     bars.set_title("Test accuracy and macro F1 (best first)")
     # Below the axes: inside, it would cover the values of the last bars.
-    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=FONT_SIZES["small"])
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize=theme.FONT_SIZES["small"])
 
     times = [row["inference_ms_per_image"] for row in rows]
     for number, row in enumerate(rows):
-        colour = LINE_COLOURS[number % len(LINE_COLOURS)]
+        colour = theme.LINE_COLOURS[number % len(theme.LINE_COLOURS)]
         where = f"external, {row['run']}" if foreign[number] else row["run"]
-        scatter.scatter(times[number], accuracy[number], s=90, color=colour, edgecolor=WINE, zorder=3,
+        scatter.scatter(times[number], accuracy[number], s=90, color=colour, edgecolor=theme.WINE, zorder=3,
                         marker="D" if foreign[number] else "o", label=f"{row['rank']}. {row['backbone']} ({where})")
         # The rank, not the name: names of close points overlap; the legend names them.
         scatter.annotate(str(row["rank"]), (times[number], accuracy[number]), textcoords="offset points",
-                         xytext=(7, 5), fontsize=FONT_SIZES["tick"], fontweight="bold", color=INK)
+                         xytext=(7, 5), fontsize=theme.FONT_SIZES["tick"], fontweight="bold", color=theme.INK)
     scatter.set_xlabel("Inference ms per image (batch 32, this machine)")
     scatter.set_ylabel("Test accuracy")
     low, high = min(accuracy), max(accuracy)
@@ -755,7 +675,7 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     scatter.grid(True)
     scatter.set_axisbelow(True)
     scatter.set_title("Accuracy against inference time (up and left is better)")
-    scatter.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=FONT_SIZES["small"])
+    scatter.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=theme.FONT_SIZES["small"])
     figure.suptitle("Model comparison" + (f" · {subtitle}" if subtitle else ""))
     return save_figure(figure, output_path)
 

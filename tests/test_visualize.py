@@ -9,6 +9,7 @@ from PIL import Image
 from sklearn.metrics import classification_report, roc_auc_score
 
 import show
+import theme
 import train_utils
 import visualize
 import figures
@@ -132,7 +133,7 @@ def test_gallery_frames_correct_green_wrong_red_unlabelled_rose():
     shown = [axes for axes in figure.axes if axes.images]
     assert len(shown) == 3
     assert len(figure.axes) == 3  # the empty second row was dropped
-    expected = [visualize.CORRECT, visualize.WRONG, visualize.ROSE]
+    expected = [theme.CORRECT, theme.WRONG, theme.ROSE]
     for axes, colour in zip(shown, expected):
         spine_colours = {visualize.mcolors.to_hex(spine.get_edgecolor()) for spine in axes.spines.values()}
         assert spine_colours == {colour.lower()}
@@ -318,7 +319,7 @@ def test_confusion_counts_are_written_in_every_cell_readable_on_its_colour(tmp_p
         assert text.get_text() == str(matrix[row, column])
         assert np.allclose(colours[row, column], visualize.HEATMAP(matrix[row, column] / 24))
         if matrix[row, column] == 0:
-            assert hex_colour(text.get_color()) == visualize.GRID_TEXT  # quiet
+            assert hex_colour(text.get_color()) == theme.GRID_TEXT  # quiet
         else:  # at least the 3:1 the hand-picked ink and white gave
             assert contrast(text.get_color(), colours[row, column]) >= 3.0, text
     # Each name under (and beside) the cells of its class.
@@ -390,7 +391,7 @@ def test_report_table_writes_every_number_with_summaries_below_a_rule(tmp_path, 
     assert (NAMES.index("cat"), 0) in wanted and (len(NAMES), 0) not in wanted  # accuracy: F1 only
     for (row, column), text in texts.items():
         if column == 3:  # support: ink on petal, not a colour of the scale
-            assert hex_colour(text.get_color()) == visualize.INK
+            assert hex_colour(text.get_color()) == theme.INK
         else:
             assert contrast(text.get_color(), visualize.HEATMAP(values[row, column])) >= 3.0, text
     assert tick_texts(axes.get_yticklabels()) == names
@@ -423,7 +424,7 @@ def test_distribution_bars_are_the_counts_per_class_and_split(num_classes, tmp_p
                    for bar in bars]
         offset = {"train": -0.28, "val": 0.0, "test": 0.28}[split]
         assert np.allclose(centres, np.arange(num_classes) + offset)
-        assert {hex_colour(bar.get_facecolor()) for bar in bars} == {getattr(visualize, colour)}
+        assert {hex_colour(bar.get_facecolor()) for bar in bars} == {getattr(theme, colour)}
     # The counts on the bars, and each split's images in the legend.
     written = [text.get_text() for text in axes.texts]
     assert written == [str(counts[split][name]) for split in ("train", "val", "test") for name in names]
@@ -436,10 +437,10 @@ def test_distribution_bars_are_the_counts_per_class_and_split(num_classes, tmp_p
 
 
 def test_short_labels_wrap_at_separators_and_shorten():
-    assert visualize.short_label("star_shaped_badge", 12, 2) == "star_shaped_\nbadge"
-    assert visualize.short_label("cat", 12, 2) == "cat"
-    assert visualize.short_label("a_very_long_name_indeed", 10, 1) == "a_very_lo…"
-    assert all(len(line) <= 12 for line in visualize.short_label("x" * 40, 12, 2).split("\n"))
+    assert theme.short_label("star_shaped_badge", 12, 2) == "star_shaped_\nbadge"
+    assert theme.short_label("cat", 12, 2) == "cat"
+    assert theme.short_label("a_very_long_name_indeed", 10, 1) == "a_very_lo…"
+    assert all(len(line) <= 12 for line in theme.short_label("x" * 40, 12, 2).split("\n"))
 
 
 def test_history_csv_is_read_with_epochs_across_phases(tmp_path):
