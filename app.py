@@ -461,14 +461,14 @@ def foreign_card_lines(trained, lines):
 
 
 def blush_theme(gr):
-    """A Gradio theme in the figures' blush palette (visualize), with
+    """A Gradio theme in the figures' blush palette (theme.py), with
     system fonts only."""
     blush = gr.themes.Color(*visualize.blush_scale(11), name="blush")
-    theme = gr.themes.Base(
+    page_theme = gr.themes.Base(
         primary_hue=blush, secondary_hue=blush, neutral_hue=gr.themes.colors.stone,
         font=FONTS, font_mono=MONO_FONTS,
     )
-    return theme.set(
+    return page_theme.set(
         body_text_color=theme.INK,
         body_text_color_subdued=theme.MUTED,
         background_fill_secondary=theme.PETAL,
