@@ -156,6 +156,9 @@ def built_once(tmp_path_factory, worker_id, name):
 
 
 TRAINED_CLASSES = ("alpha", "beta", "gamma")
+# What trained_run's model was trained with, besides its output folders,
+# --show, tracking and exports (none of which changes what is learned).
+TRAINED_RUN_OPTIONS = [*TINY, "--epochs", "2", "--augment", "1", "--grid_per_class", "3", "--rows", "2", "--cols", "3"]
 
 
 def trained_paths(folder):
@@ -196,8 +199,7 @@ def trained_run(tmp_path_factory, worker_id):
                 patch.setattr(visualize, "show_saved_figure", record)
                 code = main.main([
                     "--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),
-                    "--results_dir", str(folder / "results"), *TINY, "--epochs", "2", "--augment", "1",
-                    "--grid_per_class", "3", "--rows", "2", "--cols", "3", "--show", "1",
+                    "--results_dir", str(folder / "results"), *TRAINED_RUN_OPTIONS, "--show", "1",
                     "--mlflow", (folder / "mlruns").as_uri(), "--export", "onnx,litert,saved_model",
                 ])
             assert code == 0, printed.getvalue()[-3000:]

@@ -14,7 +14,7 @@ import image_io
 import main as main_script
 import demo
 import errors
-from conftest import ROOT, TINY, TINY_MODEL, make_flat_dataset, make_presplit_dataset, read_json
+from conftest import ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, make_flat_dataset, read_json
 
 
 def the_run(artifacts):
@@ -78,44 +78,18 @@ def test_training_writes_every_artifact_and_the_model_reloads(trained_run):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
-def test_same_seed_gives_same_split_and_metrics(workdir, tmp_path):
-    """Two runs with one seed, augmentation on: the same split, and every
+def test_same_seed_gives_same_split_and_metrics(trained_run, workdir):
+    """trained_run's options again, augmentation on, in this process (xdist
+    may have built trained_run in the other one): the same split, and every
     number of metrics.json the same to the last digit (--deterministic 1,
     the default)."""
-    data = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=10)
-    args = ["--image_dir", data, "--epochs", "1", *TINY, "--augment", "1"]
-    manifests, metrics = [], []
-    for run in range(2):
-        assert main_script.main(args + ["--artifacts_dir", f"art{run}", "--results_dir", f"res{run}"]) == 0
-        manifests.append((workdir / f"art{run}" / "split_manifest.csv").read_text())
-        metrics.append(read_json(only_run(workdir / f"res{run}", "metrics") / "metrics.json"))
+    assert main_script.main(["--image_dir", trained_run["data"], *TRAINED_RUN_OPTIONS, "--show", "0"]) == 0
+    manifests = [(folder / "split_manifest.csv").read_text() for folder in (trained_run["artifacts"], workdir / "model_artifacts")]
+    metrics = [read_json(only_run(results, "metrics") / "metrics.json") for results in (trained_run["results"], workdir / "results")]
     assert manifests[0] == manifests[1]
     for run in metrics:
         run.pop("model")  # the path of each run's own model
     assert metrics[0] == metrics[1]
-
-
-@pytest.mark.slow
-def test_pretrained_weights_file_trains_head_then_fine_tunes(workdir, tmp_path):
-    import keras
-
-    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
-    weights = str(tmp_path / "local.weights.h5")
-    backbone.save_weights(weights)
-    data = make_presplit_dataset(tmp_path / "data", classes=("cat", "dog"))
-
-    code = main_script.main(
-        ["--image_dir", data, "--epochs", "2", "--fine_tune_epochs", "2", "--fine_tune_layers", "10", *TINY_MODEL, "--augment", "0", "--weights", weights]
-    )
-
-    assert code == 0
-    with open(only_run(workdir / "results", "training_curves") / "history.csv", newline="") as handle:
-        history = list(csv.DictReader(handle))
-    assert [row["epoch"] for row in history] == ["0", "1", "2", "3"]
-    rates = [float(row["learning_rate"]) for row in history]
-    assert rates[2] == pytest.approx(rates[0] / 10, rel=1e-3)  # fine-tuning at a 10x lower rate
-    assert read_json(workdir / "model_artifacts" / "run_config.json")["layout"] == "presplit"
 
 
 @pytest.mark.parametrize(
@@ -237,7 +211,9 @@ def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_resume_in_the_fine_tuning_phase_keeps_its_lower_learning_rate(workdir, tmp_path):
+def test_a_weights_file_trains_head_then_fine_tunes_and_resumes_there_at_its_lower_rate(workdir, tmp_path):
+    """A local weights file: the head first, then fine-tuning at a tenth of
+    the rate; killed while fine-tuning, --resume goes on at that rate."""
     import keras
 
     backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
@@ -253,7 +229,8 @@ def test_resume_in_the_fine_tuning_phase_keeps_its_lower_learning_rate(workdir, 
     history = resumed_history(workdir, args)
     assert [int(row["epoch"]) for row in history] == list(range(7))
     rates = [float(row["learning_rate"]) for row in history]
-    assert all(rate <= rates[0] / 10 * 1.001 for rate in rates[2:])  # fine-tuning rate, also after the resume
+    assert rates[2] == pytest.approx(rates[0] / 10, rel=1e-3)  # fine-tuning at a 10x lower rate
+    assert all(rate <= rates[0] / 10 * 1.001 for rate in rates[2:])  # also after the resume
 
 
 def test_demo_dataset_is_written_once_as_png_class_folders(tmp_path, capsys):

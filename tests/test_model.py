@@ -127,16 +127,16 @@ def _train_from_scratch(index, momentum, epochs=20):
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_from_scratch_really_learns_where_keras_default_batchnorm_stays_at_chance(tmp_path):
+def test_from_scratch_really_learns_with_our_batchnorm_momentum(tmp_path):
     """300 real digit scans, 5 classes, 240 training steps. With the
     backbone's own BatchNorm momentum (0.999) inference statistics lag and
-    validation stays at chance (0.2); ours must learn. The same seed gives
-    different numbers on different machines: 14 epochs reached 0.87 on one
-    and 0.73 on another, where 20 epochs reach 0.85 (Keras' default: 0.2)."""
+    validation stays at chance (measured: 0.2 with this seed, see
+    docs/training.md); test_from_scratch_trains_everything_with_fast_batchnorm
+    checks that every BatchNorm gets ours. Ours must learn. The same seed gives different numbers on
+    different machines: 14 epochs reached 0.87 on one and 0.73 on another,
+    where 20 epochs reach 0.85."""
     index = splits.index_dataset(make_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
 
     ours = _train_from_scratch(index, momentum=None)
-    keras_default = _train_from_scratch(index, momentum=0.999)
 
     assert ours >= 0.75, ours
-    assert keras_default <= 0.4, keras_default

@@ -14,7 +14,7 @@ import data_loader
 import errors
 import inspect_dataset
 import splits
-from conftest import ROOT, TINY, class_image
+from conftest import QUICK, ROOT, class_image
 
 
 def readme_reader_source():
@@ -131,7 +131,7 @@ def test_main_trains_with_a_custom_reader(npy_dataset, tmp_path, monkeypatch):
     import main
 
     monkeypatch.chdir(tmp_path)
-    code = main.main(["--image_dir", npy_dataset["root"], "--reader", npy_dataset["spec"], *TINY, "--epochs", "1"])
+    code = main.main(["--image_dir", npy_dataset["root"], "--reader", npy_dataset["spec"], *QUICK])
     assert code == 0
     with open(tmp_path / "model_artifacts" / "run_config.json", encoding="utf-8") as handle:
         assert json.load(handle)["options"]["reader"] == [npy_dataset["spec"]]
