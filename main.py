@@ -416,7 +416,8 @@ def evaluate_stage(run):
         {"model": run.model_path, "split": "test", **run.scores},
     )
     print(
-        f"    test accuracy {run.scores['accuracy']:.4f}, loss {run.scores['loss']:.4f} "
+        f"    test accuracy {run.scores['accuracy']:.4f} (balanced {run.scores['balanced_accuracy']:.4f}), "
+        f"loss {run.scores['loss']:.4f} "
         f"on {run.scores['num_samples']} images"
     )
     print(f"    {metrics.calibration_line(run.scores['calibration'])}")
@@ -494,7 +495,7 @@ def augmentation_stage(run):
     if not drawn_by_first_run(run):
         add_figures(run, figures.render_augmentation_preview(
             run.index, run.options.image_size, strengths, run.options.seed,
-            run.results_path("augmentation_preview"),
+            run.results_path("augmentation_preview"), mix=(run.options.mixup, run.options.cutmix),
         ))
 
 
