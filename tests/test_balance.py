@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import TINY, make_flat_dataset, one_line_error, write_class_folder
 
 import augment
 import balance
@@ -15,7 +16,6 @@ import data_loader
 import main as main_script
 import metrics
 import train_utils
-from conftest import TINY, make_flat_dataset, one_line_error, write_class_folder
 
 
 def options(**values):
