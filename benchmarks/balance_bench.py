@@ -136,9 +136,9 @@ def runs_of(rows, key):
 
 
 def print_tables(results, faces, work):
-    print("\n### Imbalanced textures (200/60/20 training images; test 20 per class), median of seeds "
-          f"{', '.join(map(str, SEEDS))}\n")
-    print("| --balance | balanced accuracy | macro F1 | gravel (minority) recall | runs |")
+    print("\n### Imbalanced textures (200/60/20 training images; test 20 per class), median over the "
+          "runs measured (seeds " f"{', '.join(map(str, SEEDS))} when complete)\n")
+    print("| --balance | balanced accuracy | macro F1 | gravel (minority) recall | runs (balanced accuracy each) |")
     print("|---|---:|---:|---:|---:|")
     for mode in BALANCE_MODES:
         rows = [row for row in results if row["table"] == "textures" and row["setting"] == mode]
@@ -146,9 +146,9 @@ def print_tables(results, faces, work):
             print(f"| {mode} | {median([r['balanced_accuracy'] for r in rows]):.3f} | "
                   f"{median([r['macro_f1'] for r in rows]):.3f} | {median([r['minority_recall'] for r in rows]):.3f} "
                   f"| {len(rows)} ({runs_of(rows, 'balanced_accuracy')}) |")
-    print("\n### Faces vs non-faces (lfw_subset, 100 + 100, from scratch at 32 px), median of seeds "
-          f"{', '.join(map(str, SEEDS))}\n")
-    print("| options | test accuracy (30 images) | runs |")
+    print("\n### Faces vs non-faces (lfw_subset, 100 + 100, from scratch at 32 px), median over the "
+          "runs measured (seeds " f"{', '.join(map(str, SEEDS))} when complete)\n")
+    print("| options | test accuracy (30 images) | runs (accuracy each) |")
     print("|---|---:|---:|")
     for name in FACE_SETTINGS:
         rows = [row for row in results if row["table"] == "faces" and row["setting"] == name]
