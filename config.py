@@ -233,6 +233,30 @@ class Config:
         0.2, "Contrast factor in [1-C, 1+C]", TRAINING, "augmentation (training batches only)",
         parse=option_types.number, check=option_types.below_one,
     )
+    brightness: tuple | None = option(
+        None, "Brightness factor range MIN,MAX, e.g. 0.8,1.2 (pixels times a factor drawn in it)", TRAINING,
+        "augmentation (training batches only)", parse=option_types.number_range, metavar="MIN,MAX",
+        shown_default="off",
+    )
+    shear: float = option(
+        0.0, "Maximum shear angle in degrees, either way", TRAINING, "augmentation (training batches only)",
+        parse=option_types.number, check=option_types.between(0, 45),
+    )
+    fill_mode: str = option(
+        "reflect", "How pixels moved in from outside the image are filled (constant: black)", TRAINING,
+        "augmentation (training batches only)", choices=("reflect", "nearest", "wrap", "constant"),
+    )
+    mixup: float = option(
+        0.0, "MixUp (keras.layers.MixUp): blend pairs of training images and their labels, weights from "
+        "Beta(A, A); 0: off", TRAINING, "augmentation (training batches only)",
+        parse=option_types.number, check=option_types.between(0, 1), metavar="A",
+    )
+    cutmix: float = option(
+        0.0, "CutMix (keras.layers.CutMix): paste a patch of another training image, labels mixed by "
+        "area, Beta(A, A); 0: off (with --mixup too, each batch gets one of them)", TRAINING,
+        "augmentation (training batches only)", parse=option_types.number, check=option_types.between(0, 1),
+        metavar="A",
+    )
     # Model.
     backbone: str = option(
         "mobilenet_v2", "Feature extractor from keras.applications, one of "
@@ -275,9 +299,20 @@ class Config:
         5, "Early stopping patience in epochs, on val_loss", TRAINING, "training",
         parse=option_types.integer, check=option_types.at_least(1),
     )
-    class_weights: str = option(
-        "auto", "auto: balanced class weights when the largest class has over 1.5x the images of the "
-        "smallest", TRAINING, "training", choices=("auto", "none"),
+    balance: str = option(
+        "auto", "Imbalanced classes: weights (balanced class weights in the loss), oversample (every class "
+        "drawn equally often, minority images repeated, each time freshly augmented), focal (focal loss, "
+        "per-class alpha from the class frequencies), none; auto: weights when the largest class has over "
+        "1.5x the images of the smallest", TRAINING, "training",
+        choices=("auto", "none", "weights", "oversample", "focal"),
+    )
+    class_weights: str | None = option(
+        None, "The old spelling of --balance auto|none (use one or the other)", TRAINING, "training",
+        choices=("auto", "none"), shown_default="auto",
+    )
+    label_smoothing: float = option(
+        0.0, "Label smoothing of the training loss: targets 1-S+S/K and S/K (0: off)", TRAINING, "training",
+        parse=option_types.number, check=option_types.between(0, 0.3),
     )
     tensorboard: int = option(
         0, "1: write TensorBoard logs to RESULTS_DIR/tensorboard/<run>/", TRAINING,
@@ -563,11 +598,21 @@ def check_image_dir(options):
         raise UserError(f"image_dir is a file, not a folder of images. Received: image_dir={path}")
 
 
+def check_balance(options):
+    """--class_weights is the old spelling of --balance auto|none: not both."""
+    if options.class_weights is not None and options.balance != "auto":
+        raise UserError(
+            "--class_weights is the old spelling of --balance auto|none: choose one. "
+            f"Received: balance={options.balance}, class_weights={options.class_weights}"
+        )
+
+
 # Checks of several options together: (the scripts, the check).
 RULES = (
     (SCRIPTS, check_image_dir),
     (("main", "inspect"), check_splits_leave_training),
     (("main",), check_backbones),
+    (("main",), check_balance),
     (("main", "evaluate"), check_quantize),
     (("evaluate",), check_external),
 )

@@ -80,6 +80,9 @@ def make_dataset(
     decoders=None,
     readers=None,
     cache=False,
+    oversample=False,
+    one_hot=0,
+    mix=(0.0, 0.0),
 ):
     """A tf.data pipeline of (uint8 images, int32 labels) batches.
 
@@ -94,6 +97,12 @@ def make_dataset(
     resolved by `decide_cache`) keeps the decoded, resized uint8 images in
     memory after the first epoch: later epochs only shuffle, batch and
     augment.
+
+    Training only: `oversample` draws every class equally often
+    (`oversampled_stream`: endless, so fit needs steps_per_epoch, see
+    `epoch_steps`); `one_hot` (the number of classes, 0: off) gives float
+    one-hot labels, which `mix` (the --mixup and --cutmix strengths)
+    then mixes batch by batch with Keras' MixUp and CutMix.
     """
     import tensorflow as tf
 
@@ -103,6 +112,47 @@ def make_dataset(
     decoders = list(decoders) if decoders is not None else plan_decoders(paths, readers)
     if len(decoders) != len(paths):
         raise ValueError(f"one decoder per path: {len(decoders)} decoders for {len(paths)} paths")
+    if training and oversample:
+        dataset = oversampled_stream(paths, labels, decoders, image_size, seed, readers, cache)
+    else:
+        dataset = decoded_images(paths, labels, decoders, image_size, training, seed, readers, cache)
+    dataset = dataset.batch(batch_size)
+    if training and one_hot:
+        dataset = dataset.map(lambda images, numbers: (images, tf.one_hot(numbers, one_hot)))
+    if training and augmentation is not None:
+        # One seed pair per batch, drawn afresh every epoch from a seeded
+        # stream: a different augmentation each epoch, the same ones per run.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, batch_seed: (
+                augment.augment_batch(batch[0], batch_seed, augmentation),
+                batch[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    if training and any(mix):
+        if not one_hot:
+            raise ValueError("mixing needs one-hot labels (one_hot=number of classes)")
+        layers = augment.mix_layers(*mix, seed=seed)
+        # In order, not in parallel: the layers' seed generators then give
+        # the same mixes on every run of the same seed.
+        dataset = dataset.enumerate().map(
+            lambda number, batch: augment.mix_batch(batch[0], batch[1], layers, choice=number)
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_steps(num_images, batch_size):
+    """Batches per epoch of an endless (oversampled) training stream: as
+    many images as the training split holds."""
+    return max(1, -(-num_images // batch_size))
+
+
+def decoded_images(paths, labels, decoders, image_size, training, seed, readers, cache):
+    """(uint8 image, int32 label) examples of the files, each once (a
+    training set reshuffled every epoch), decoded in parallel."""
+    import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices(
         (
             tf.constant(paths, tf.string),
@@ -130,19 +180,31 @@ def make_dataset(
         dataset = dataset.cache()
         if training:
             dataset = dataset.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if training and augmentation is not None:
-        # One seed pair per batch, drawn afresh every epoch from a seeded
-        # stream: a different augmentation each epoch, the same ones per run.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda batch, batch_seed: (
-                augment.augment_batch(batch[0], batch_seed, augmentation),
-                batch[1],
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset
+
+
+def oversampled_stream(paths, labels, decoders, image_size, seed, readers, cache):
+    """An endless stream of (uint8 image, int32 label) examples that draws
+    every class equally often: one stream per class (each its own files,
+    reshuffled every pass, cached once when `cache`), interleaved by
+    tf.data's sample_from_datasets with equal weights, seeded. Minority
+    images come round more often; augmentation, after this, makes each
+    repeat a new image. Endless, so that a cached class keeps its cache
+    across epochs (fit takes epoch_steps batches per epoch)."""
+    import numpy as np
+    import tensorflow as tf
+
+    labels = np.asarray(labels)
+    streams = []
+    for number in np.unique(labels):
+        chosen = np.flatnonzero(labels == number)
+        streams.append(decoded_images(
+            [paths[i] for i in chosen], labels[chosen], [decoders[i] for i in chosen],
+            image_size, True, seed + int(number), readers, cache,
+        ).repeat())
+    return tf.data.Dataset.sample_from_datasets(
+        streams, weights=[1.0 / len(streams)] * len(streams), seed=seed, rerandomize_each_iteration=True
+    )
 
 
 def test_time_versions(image, position, versions, strengths, seed):

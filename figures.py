@@ -18,6 +18,7 @@ import augment
 import calibration
 import gradcam
 import image_io
+import metrics
 import model_builder
 import theme
 import visualize
@@ -72,10 +73,14 @@ def render_class_grid(index, image_size, per_class, seed, folder):
     return visualize.plot_class_grid(examples, os.path.join(folder, "class_grid.png"), note=note)
 
 
-def render_augmentation_preview(index, image_size, strengths, seed, folder):
+def render_augmentation_preview(index, image_size, strengths, seed, folder, mix=(0.0, 0.0)):
     """PREVIEW_IMAGES training images (of different classes where there are
     enough), each then augmented PREVIEW_VERSIONS times by
-    augment.augment_batch with `strengths`: the training pipeline's own code."""
+    augment.augment_batch with `strengths`: the training pipeline's own code.
+    Then, for each of --brightness, --shear, --fill_mode (other than
+    reflect), --mixup and --cutmix in use (`mix`: their strengths), one
+    column of that alone (mixup and cutmix: on the first augmented column,
+    mixing these images among themselves)."""
     import tensorflow as tf
 
     paths, labels = index.split("train")
@@ -91,15 +96,50 @@ def render_augmentation_preview(index, image_size, strengths, seed, folder):
         augment.augment_batch(images, tf.constant([seed, version], tf.int64), strengths).numpy()
         for version in range(1, PREVIEW_VERSIONS + 1)
     ]
+    titles = [f"augmented {number}" for number in range(1, PREVIEW_VERSIONS + 1)]
+    for title, alone in preview_singles(strengths):
+        versions.append(augment.augment_batch(images, tf.constant([seed, 0], tf.int64), alone).numpy())
+        titles.append(title)
+    one_hot = tf.one_hot([labels[i] for i in chosen], len(index.class_names))
+    for title, layers in (("mixup", augment.mix_layers(mix[0], 0, seed)), ("cutmix", augment.mix_layers(0, mix[1], seed))):
+        if layers:
+            mixed, _ = augment.mix_batch(tf.constant(versions[0]), one_hot, layers)
+            versions.append(mixed.numpy())
+            titles.append(f"{title} {mix[0] if title == 'mixup' else mix[1]:g}")
+    extra = "".join(
+        f" · {name} {value}" for name, value in (
+            ("brightness", strengths.brightness and "{:g}-{:g}".format(*strengths.brightness)),
+            ("shear", strengths.shear and f"±{strengths.shear:g}°"), ("fill", strengths.fill_mode),
+        ) if value
+    )
     note = (
         f"{PREVIEW_VERSIONS} random draws of the training augmentation per image · flip "
         f"{strengths.flip} · rotation ±{strengths.rotation:g}° · zoom ±{strengths.zoom:.0%} · "
-        f"shift ±{strengths.translation:.0%} · contrast ±{strengths.contrast:.0%}"
+        f"shift ±{strengths.translation:.0%} · contrast ±{strengths.contrast:.0%}{extra}"
     )
     return visualize.plot_augmentation_preview(
         images.numpy(), versions, os.path.join(folder, "augmentation_preview.png"),
-        note=note, row_labels=[index.class_names[labels[i]] for i in chosen],
+        note=note, row_labels=[index.class_names[labels[i]] for i in chosen], column_titles=titles,
     )
+
+
+def preview_singles(strengths):
+    """(column title, AugmentConfig of that augmentation alone) for each of
+    --brightness, --shear and a --fill_mode other than reflect that is in
+    use (the fill shown under a 25% shift and a 20° turn, so that it shows)."""
+    still = dataclasses.replace(
+        augment.AugmentConfig(), flip="none", rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0,
+        fill_mode=strengths.fill_mode,
+    )
+    singles = []
+    if strengths.brightness:
+        title = "brightness {:g}-{:g}".format(*strengths.brightness)
+        singles.append((title, dataclasses.replace(still, brightness=strengths.brightness)))
+    if strengths.shear:
+        singles.append((f"shear ±{strengths.shear:g}°", dataclasses.replace(still, shear=strengths.shear)))
+    if strengths.fill_mode != "reflect":
+        singles.append((f"fill {strengths.fill_mode}", dataclasses.replace(still, translation=0.25, rotation=20.0)))
+    return singles
 
 
 # ---------------------------------------------------------------- an evaluation
@@ -213,11 +253,13 @@ def render_gallery(evaluation, rows, cols, mode, seed, folder):
 
 
 def summary_line(evaluation, accuracy=True):
-    """'test split, 42 images · accuracy 95.2%' for figure subtitles."""
+    """'test split, 42 images · accuracy 95.2% · balanced accuracy 93.1% ·
+    imbalanced: 4 to 20 images a class (5.0x)' for figure subtitles."""
     line = f"{evaluation.description}, {len(evaluation.paths):,} images"
     if accuracy:
         line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
-    return line
+    balanced = metrics.balanced_accuracy(evaluation.true_labels, evaluation.predicted)
+    return f"{line} · balanced accuracy {balanced:.1%} · {metrics.imbalance_text(evaluation.true_labels, len(evaluation.class_names))}"
 
 
 def render_confusion(evaluation, folder):

@@ -19,6 +19,7 @@ import artifacts
 import audit
 import augment
 import backbones
+import balance
 import calibration
 import compare
 import config
@@ -83,6 +84,7 @@ class Run:
     # figures this one shares (None: this run made its own).
     shared_from: str | None = None
     report_path: str | None = None  # results/report/<run>/report.html
+    balancing: balance.Balance | None = None  # how training balances its classes (data_stage)
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -257,6 +259,7 @@ def data_stage(run):
     # its share). Test is read once, so it always streams.
     reread = sum(len(run.index.split(split)[0]) for split in ("train", "val")) // workers
     cache, cache_note = data_loader.decide_cache(options.cache, reread, options.image_size)
+    run.balancing = balance.for_run(options, run.index.split("train")[1], run.index.class_names, batch_size, workers)
     for split in dataset_files.SPLITS:
         paths, labels = run.index.split(split)
         settings = dict(
@@ -267,6 +270,7 @@ def data_stage(run):
             decoders=run.index.decoders(split),  # chosen by the audit
             readers=run.index.readers,
             cache=cache and split != "test",
+            **(run.balancing.loader_settings if split == "train" else {}),
         )
         if workers > 1 and split != "test":  # the chief evaluates the test split alone
             run.datasets[split] = multiworker.worker_datasets(run.device, run.index, split, batch_size, settings)
@@ -302,9 +306,7 @@ def whole_split(run, split):
 
 def train_stage(run):
     options = run.options
-    _, train_labels = run.index.split("train")
-    weights = train_utils.class_weights(train_labels, len(run.index.class_names), options.class_weights)
-    print(f"    {train_utils.class_weights_line(weights, run.index.class_names, options.class_weights)}")
+    print(f"    {run.balancing.line}")
     history_path = run.point.history_path if run.point else run.results_path("training_curves", "history.csv")
     os.makedirs(os.path.dirname(history_path), exist_ok=True)
     if run.point:
@@ -322,8 +324,9 @@ def train_stage(run):
         resume_folder=run.artifact_path(artifacts.RESUME_FOLDER),
         stamp=run.stamp,
         tensorboard_dir=run.results_path("tensorboard") if options.tensorboard else None,
-        class_weight=weights,
+        class_weight=run.balancing.class_weight,
         chief=run.device.is_chief,
+        loss=run.balancing.loss, one_hot=run.balancing.one_hot, steps_per_epoch=run.balancing.steps_per_epoch,
     )
     machine = None if run.device.cluster is None else multiworker.WorkerMachine(run.device)
     start = time.perf_counter()
@@ -413,7 +416,8 @@ def evaluate_stage(run):
         {"model": run.model_path, "split": "test", **run.scores},
     )
     print(
-        f"    test accuracy {run.scores['accuracy']:.4f}, loss {run.scores['loss']:.4f} "
+        f"    test accuracy {run.scores['accuracy']:.4f} (balanced {run.scores['balanced_accuracy']:.4f}), "
+        f"loss {run.scores['loss']:.4f} "
         f"on {run.scores['num_samples']} images"
     )
     print(f"    {metrics.calibration_line(run.scores['calibration'])}")
@@ -491,7 +495,7 @@ def augmentation_stage(run):
     if not drawn_by_first_run(run):
         add_figures(run, figures.render_augmentation_preview(
             run.index, run.options.image_size, strengths, run.options.seed,
-            run.results_path("augmentation_preview"),
+            run.results_path("augmentation_preview"), mix=(run.options.mixup, run.options.cutmix),
         ))
 
 

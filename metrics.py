@@ -105,6 +105,7 @@ def classification_metrics(true_labels, probabilities, class_names):
 
     return {
         "accuracy": float(np.mean(predicted == true_labels)),
+        "balanced_accuracy": balanced_accuracy(true_labels, predicted),
         # The same clipping as Keras' cross-entropy.
         "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
         "num_samples": int(len(true_labels)),
@@ -114,12 +115,34 @@ def classification_metrics(true_labels, probabilities, class_names):
     }
 
 
+def balanced_accuracy(true_labels, predicted):
+    """The mean recall of the classes present in `true_labels` (scikit-learn's
+    balanced_accuracy_score): every class counts the same however many
+    images it has; NaN without labels."""
+    true_labels, predicted = np.asarray(true_labels), np.asarray(predicted)
+    recalls = [np.mean(predicted[true_labels == number] == number) for number in np.unique(true_labels)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def imbalance_text(true_labels, num_classes):
+    """How imbalanced a set of labels is: 'classes balanced, 20 images each'
+    or 'imbalanced: 5 to 50 images a class (10x)'."""
+    counts = np.bincount(np.asarray(true_labels, dtype=int), minlength=num_classes)
+    present = counts[counts > 0]
+    if not len(present):
+        return "no images"
+    low, high = int(present.min()), int(present.max())
+    if low == high:
+        return f"classes balanced, {low} images each"
+    return f"{'imbalanced' if high > 1.5 * low else 'about balanced'}: {low} to {high} images a class ({high / low:.1f}x)"
+
+
 def classification_report_text(true_labels, probabilities, class_names):
     """scikit-learn's text classification report (4 digits), every class
     listed even when absent from the labels."""
     from sklearn.metrics import classification_report
 
-    return classification_report(
+    text = classification_report(
         true_labels,
         probabilities.argmax(axis=1),
         labels=np.arange(len(class_names)),
@@ -127,6 +150,9 @@ def classification_report_text(true_labels, probabilities, class_names):
         digits=4,
         zero_division=0,
     )
+    balanced = balanced_accuracy(true_labels, probabilities.argmax(axis=1))
+    return (f"{text}\nbalanced accuracy {balanced:.4f} (the mean recall of the classes; "
+            f"{imbalance_text(true_labels, len(class_names))})\n")
 
 
 def confusion_counts(true_labels, probabilities, num_classes):

@@ -48,6 +48,21 @@ def number(name):
     return parse
 
 
+def number_range(name):
+    """`0.8,1.2` -> (0.8, 1.2): two finite numbers, 0 <= MIN <= MAX."""
+
+    def parse(text):
+        parts = text.split(",")
+        if len(parts) != 2:
+            raise UserError(f"{name} must be two numbers MIN,MAX, e.g. 0.8,1.2. Received: {name}={text}")
+        low, high = (number(name)(part.strip()) for part in parts)
+        if low < 0 or low > high:
+            raise UserError(f"{name} must be MIN,MAX with 0 <= MIN <= MAX. Received: {name}={text}")
+        return low, high
+
+    return parse
+
+
 def seed_number(name):
     def parse(text):
         value = integer(name)(text)

@@ -59,13 +59,36 @@ class TrainPlan:
     tensorboard_dir: str | None = None
     class_weight: dict | None = None
     chief: bool = True  # whether this process says what it saves (one machine: always)
+    # The loss (training_loss): with one-hot labels (its number of classes,
+    # 0: integer labels), validation batches are one-hot too.
+    loss: object = "sparse_categorical_crossentropy"
+    one_hot: int = 0
+    steps_per_epoch: int | None = None  # an endless (oversampled) training stream's epoch
 
     @property
     def fine_tunes(self):
         return self.pretrained and self.fine_tune_epochs > 0
 
 
-def compile_model(model, learning_rate, jit_compile):
+def training_loss(num_classes, alpha=None, label_smoothing=0.0, mixing=False):
+    """(loss, one_hot) for model.compile: Keras' sparse categorical
+    crossentropy on integer labels when nothing needs more; otherwise
+    one-hot labels (one_hot = num_classes) and CategoricalCrossentropy with
+    `label_smoothing`, or with `alpha` (per-class weights, --balance focal)
+    CategoricalFocalCrossentropy (gamma 2). Mixed labels (--mixup,
+    --cutmix) are one-hot too."""
+    import keras
+
+    if alpha is not None:
+        return keras.losses.CategoricalFocalCrossentropy(
+            alpha=[float(value) for value in alpha], gamma=2.0, label_smoothing=label_smoothing
+        ), num_classes
+    if label_smoothing or mixing:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), num_classes
+    return "sparse_categorical_crossentropy", 0
+
+
+def compile_model(model, learning_rate, jit_compile, loss="sparse_categorical_crossentropy"):
     import keras
 
     # The optimizer belongs to the strategy it is created under, and
@@ -73,24 +96,26 @@ def compile_model(model, learning_rate, jit_compile):
     with model.distribute_strategy.scope():
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
-            loss="sparse_categorical_crossentropy",
+            loss=loss,
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-        build_training_state(model)
+        build_training_state(model, one_hot=not isinstance(loss, str))
 
 
-def build_training_state(model):
+def build_training_state(model, one_hot=False):
     """Creates the optimizer's and the compiled metrics' variables now, not
     inside the first training step: a tf.function that creates variables
     on its first call is traced twice, and tracing MobileNetV2's training
     step takes about 15 s on 2 CPU cores (measured: the first epoch of a
     tiny run went from 36 s to 17 s). The metrics' state from the dummy
-    batch is reset; fit resets them every epoch anyway."""
+    batch is reset; fit resets them every epoch anyway. `one_hot`: the
+    labels will be one-hot (the accuracy Keras picks depends on it)."""
     with model.distribute_strategy.scope():
         model.optimizer.build(model.trainable_variables)
         classes = model.output_shape[-1]
-        model.compute_metrics(None, np.zeros((1,), np.int32), np.full((1, classes), 1 / classes, np.float32), None)
+        labels = np.eye(classes, dtype=np.float32)[:1] if one_hot else np.zeros((1,), np.int32)
+        model.compute_metrics(None, labels, np.full((1, classes), 1 / classes, np.float32), None)
     model.reset_metrics()
 
 
@@ -177,15 +202,15 @@ class OneMachine:
         """Readies `model` for the phase of `point` (None: a new run). A
         resumed model was loaded compiled, optimizer state included."""
         if point is None:
-            compile_model(model, plan.learning_rate, plan.jit_compile)
+            compile_model(model, plan.learning_rate, plan.jit_compile, plan.loss)
         else:
-            build_training_state(model)
+            build_training_state(model, one_hot=bool(plan.one_hot))
 
     def unfreeze(self, model, plan):
         """Unfreezes the backbone's top layers and recompiles at lr / 10;
         returns how many layers became trainable."""
         unfrozen = model_builder.unfreeze_top_layers(model, plan.fine_tune_layers)
-        compile_model(model, plan.learning_rate / 10, plan.jit_compile)
+        compile_model(model, plan.learning_rate / 10, plan.jit_compile, plan.loss)
         return unfrozen
 
     def fit(self, model, train_data, val_data, plan, callbacks, first_epoch, last_epoch):
@@ -193,11 +218,16 @@ class OneMachine:
         number of epochs actually run (early stopping may end it sooner)."""
         if first_epoch >= last_epoch:
             return 0
+        if plan.one_hot:
+            import tensorflow as tf
+
+            val_data = val_data.map(lambda images, labels: (images, tf.one_hot(labels, plan.one_hot)))
         history = model.fit(
             train_data,
             validation_data=val_data,
             epochs=last_epoch,
             initial_epoch=first_epoch,
+            steps_per_epoch=plan.steps_per_epoch,
             shuffle=False,  # the tf.data pipeline shuffles, seeded
             class_weight=plan.class_weight,
             callbacks=callbacks,

@@ -188,12 +188,12 @@ def plot_class_grid(examples, output_path, note=""):
 
 
 @themed
-def plot_augmentation_preview(originals, augmented, output_path, note="", row_labels=None):
+def plot_augmentation_preview(originals, augmented, output_path, note="", row_labels=None, column_titles=None):
     """Each row: one training image, then its augmented versions.
 
     `originals` is uint8 (K, H, W, 3); `augmented` uint8 (V, K, H, W, 3),
     version by version as the training pipeline produced them; `row_labels`
-    (the class of each image) go left of the rows. Returns the path.
+    (classes) go left of the rows, `column_titles` (one a version) above. Returns the path.
     """
     num_images, num_versions = len(originals), len(augmented)
     tile = 1.45
@@ -213,7 +213,8 @@ def plot_augmentation_preview(originals, augmented, output_path, note="", row_la
                 axes.imshow(augmented[column - 1][row])
                 frame(axes, theme.BLUSH, 1.0)
             if row == 0:
-                axes.set_title("original" if column == 0 else f"augmented {column}",
+                titles = column_titles or [f"augmented {number + 1}" for number in range(num_versions)]
+                axes.set_title("original" if column == 0 else titles[column - 1],
                                fontsize=theme.FONT_SIZES["tick"], color=theme.DEEP_ROSE if column == 0 else theme.INK)
     figure.suptitle("Augmentation preview")
     if note:

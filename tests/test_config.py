@@ -124,6 +124,10 @@ REFUSED = {
     "port": ("70000", "port must be between 1 and 65535"),
     "max_upload_mb": ("0", "max_upload_mb must be positive"),
     "external": ("/no/such/model.onnx", "external must be an existing .onnx file"),
+    "label_smoothing": ("0.5", "label_smoothing must be between 0 and 0.3"),
+    "shear": ("50", "shear must be between 0 and 45"),
+    "mixup": ("-1", "mixup must be between 0 and 1"),
+    "cutmix": ("2", "cutmix must be between 0 and 1"),
 }
 
 

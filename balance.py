@@ -1,0 +1,128 @@
+"""How does training handle imbalanced classes (--balance): class weights, oversampling or focal loss, and which one a run uses?
+
+`resolve` turns --balance (and its old spelling --class_weights) and the
+training labels into a `Balance`: the mode, the class weights model.fit
+takes (weights), the per-class alpha of the focal loss (focal), and the
+line the run prints to say which it used and why. `for_run` adds what the
+training stream and the loss need for it and for --label_smoothing,
+--mixup and --cutmix (one-hot labels). Oversampling itself is
+data_loader.oversampled_stream; the losses are train_utils.training_loss.
+"""
+
+import dataclasses
+
+import numpy as np
+
+import data_loader
+import train_utils
+from errors import UserError
+
+# auto balances when the largest class has more than this many times the
+# images of the smallest (as --class_weights auto always did).
+AUTO_RATIO = 1.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Balance:
+    """How one run balances its classes."""
+
+    mode: str  # none, weights, oversample or focal
+    line: str  # what the run prints
+    class_weight: dict | None = None  # {class index: weight}, for model.fit (weights)
+    alpha: tuple | None = None  # per-class alpha of the focal loss (focal)
+    loss: object = "sparse_categorical_crossentropy"  # train_utils.training_loss
+    one_hot: int = 0  # the number of classes when labels are one-hot, else 0
+    mix: tuple = (0.0, 0.0)  # --mixup, --cutmix
+    steps_per_epoch: int | None = None  # oversampled: the endless stream's epoch
+
+    @property
+    def loader_settings(self):
+        """data_loader.make_dataset's settings for the training split (none
+        when nothing is on, so several workers' pipelines stay as they are)."""
+        settings = {"oversample": self.oversample, "one_hot": self.one_hot, "mix": self.mix}
+        return settings if self.oversample or self.one_hot else {}
+
+    @property
+    def oversample(self):
+        return self.mode == "oversample"
+
+
+def requested_mode(balance, class_weights=None):
+    """--balance, with the old --class_weights auto|none standing for
+    --balance auto|none (config.check_balance refuses both at once)."""
+    return class_weights if class_weights is not None and balance == "auto" else balance
+
+
+def balanced_weights(labels, num_classes):
+    """{class index: n / (k n_c)} for the classes that have training images
+    (sklearn's "balanced" weights; a class without any gets 1)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    weights = np.ones(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def resolve(balance, class_weights, labels, class_names):
+    """The Balance of a run from its --balance and --class_weights and its
+    training labels (ints). auto means weights when the largest class has
+    more than AUTO_RATIO times the images of the smallest, else none."""
+    labels = np.asarray(labels, dtype=int)
+    num_classes = len(class_names)
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    ratio = present.max() / present.min()
+    mode = requested_mode(balance, class_weights)
+    spelled = "--class_weights" if class_weights is not None and balance == "auto" else "--balance"
+    if mode == "auto":
+        if ratio <= AUTO_RATIO:
+            return Balance("none", f"balance: none (classes are balanced enough: largest/smallest {ratio:.2f} "
+                           f"<= {AUTO_RATIO}, {spelled} auto)")
+        mode, why = "weights", f"largest/smallest {ratio:.2f} > {AUTO_RATIO}, {spelled} auto"
+    else:
+        why = f"{spelled} {mode}"
+    if mode == "none":
+        return Balance("none", f"balance: none ({why})")
+    if mode == "weights":
+        weights = train_utils.class_weights(labels, num_classes, "always")
+        return Balance("weights", f"balance: {train_utils.class_weights_line(weights, class_names, mode)} ({why})",
+                       class_weight=weights)
+    if mode == "focal":
+        alpha = balanced_weights(labels, num_classes)
+        shown = ", ".join(f"{class_names[i]}={value:.3f}" for i, value in alpha.items())
+        return Balance("focal", f"balance: focal loss (gamma 2), alpha {shown} ({why})",
+                       alpha=tuple(alpha.values()))
+    return Balance("oversample", oversample_line(counts, class_names, why))
+
+
+def oversample_line(counts, class_names, why):
+    """What an oversampled run prints: each class's share of an epoch and
+    how often each of its images comes round per epoch."""
+    present = [i for i in range(len(counts)) if counts[i]]
+    per_class = counts.sum() / len(present)  # images drawn from each class per epoch
+    parts = [f"{class_names[i]} {counts[i]} images x{per_class / counts[i]:.2f}" for i in present]
+    return (f"balance: oversampling, every class 1/{len(present)} of each epoch of {counts.sum()} images, "
+            f"each image seen on average per epoch: {', '.join(parts)} (freshly augmented each time; {why})")
+
+
+# What a run with several workers cannot do yet (their training step is
+# multiworker.step_functions' own, with integer labels and no resampling).
+NOT_ON_WORKERS = ("label_smoothing", "mixup", "cutmix")
+
+
+def for_run(options, labels, class_names, batch_size, workers=1):
+    """The Balance of a run (resolve) with its loss, label format and
+    epoch length (oversampling: as many images as the training split).
+    Raises UserError for what several workers cannot do yet."""
+    chosen = resolve(options.balance, options.class_weights, labels, class_names)
+    if workers > 1:
+        given = [f"--{name} {getattr(options, name):g}" for name in NOT_ON_WORKERS if getattr(options, name)]
+        if chosen.mode in ("oversample", "focal"):
+            given.insert(0, f"--balance {chosen.mode}")
+        if given:
+            raise UserError(f"{', '.join(given)}: not available with several workers yet; train on one machine "
+                            f"or use --balance weights. Received: workers={workers}")
+    mix = (options.mixup, options.cutmix)
+    loss, one_hot = train_utils.training_loss(len(class_names), chosen.alpha, options.label_smoothing, any(mix))
+    steps = data_loader.epoch_steps(len(labels), batch_size) if chosen.oversample else None
+    return dataclasses.replace(chosen, loss=loss, one_hot=one_hot, mix=mix, steps_per_epoch=steps)
