@@ -75,6 +75,10 @@ def collect_images(arguments, readers=None):
     return paths, [dataclasses.replace(item, path=image_io.display_path(item.path)) for item in skipped]
 
 
+# The reasons collect_images and prediction give for skipping a file that was found.
+FOUND_BUT_SKIPPED = ("not a regular file", audit.NOT_UTF8, "not a readable image")
+
+
 def print_table(rows, limit=15):
     """The first rows of predictions.csv as an aligned table."""
     header = rows[0]
@@ -180,10 +184,10 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     skipped += [audit.SkippedFile(path, "not a readable image") for path in unreadable]
     inference.report_skipped(skipped)
     if not len(positions):
-        raise UserError(
-            f"no readable images among --images ({len(paths)} image file(s) found, "
-            f"{len(skipped)} skipped)"
-        )
+        # Found: every file with an image's name, also those skipped (a FIFO,
+        # a name that is not UTF-8, an unreadable image); not a missing path.
+        found = len(paths) + sum(1 for item in skipped if item.reason in FOUND_BUT_SKIPPED)
+        raise UserError(f"no readable images among --images ({found} image file(s) found, {len(skipped)} skipped)")
     kept = [paths[i] for i in positions]
     rows = inference.prediction_rows(kept, probabilities, trained.class_names, output.top_k, bins=bins)
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
@@ -293,6 +297,9 @@ def run_prediction(argv=None):
     saved = inference.saved_test_reliability(trained)
     bins = None if saved is None else saved["bins"]
     with console.stage(f"Predicting with {trained.path}"):
+        unfinished = inference.unfinished_note(trained)
+        if unfinished:
+            print(f"    note: {unfinished}")
         if tta:
             print(f"    {tta.describe()}")
         print(f"    {trust_note(saved, trained)}")
