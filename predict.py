@@ -75,10 +75,6 @@ def collect_images(arguments, readers=None):
     return paths, [dataclasses.replace(item, path=image_io.display_path(item.path)) for item in skipped]
 
 
-# The reasons collect_images and prediction give for skipping a file that was found.
-FOUND_BUT_SKIPPED = ("not a regular file", audit.NOT_UTF8, "not a readable image")
-
-
 def print_table(rows, limit=15):
     """The first rows of predictions.csv as an aligned table."""
     header = rows[0]
@@ -178,15 +174,15 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     the files and folders in `arguments`. Unreadable files are skipped and
     listed. Returns the figure paths."""
     paths, skipped = collect_images(arguments, readers)
+    # Found: every file with an image's name, also a FIFO or a name that is
+    # not UTF-8 (skipped by collect_images); not a path that names nothing.
+    found = len(paths) + sum(1 for item in skipped if item.reason in ("not a regular file", audit.NOT_UTF8))
     positions, probabilities, unreadable = inference.predict_files(
         trained.model, paths, trained.image_size, output.batch_size, readers, output.tta
     )
     skipped += [audit.SkippedFile(path, "not a readable image") for path in unreadable]
     inference.report_skipped(skipped)
     if not len(positions):
-        # Found: every file with an image's name, also those skipped (a FIFO,
-        # a name that is not UTF-8, an unreadable image); not a missing path.
-        found = len(paths) + sum(1 for item in skipped if item.reason in FOUND_BUT_SKIPPED)
         raise UserError(f"no readable images among --images ({found} image file(s) found, {len(skipped)} skipped)")
     kept = [paths[i] for i in positions]
     rows = inference.prediction_rows(kept, probabilities, trained.class_names, output.top_k, bins=bins)
