@@ -152,9 +152,9 @@ def missing_model_hint(model_path):
     """What to do when there is no model at `model_path`: for an export,
     where exports are (their run's folder; ARTIFACTS_DIR/latest/ is the
     published run's)."""
-    if export.model_format(model_path) == "keras":
-        return "train one first with main.py, or pass --model PATH"
     name = os.path.basename(os.path.normpath(model_path))
+    if export.model_format(model_path) == "keras" and name != export.SAVED_MODEL_FOLDER:
+        return "train one first with main.py, or pass --model PATH"
     published = os.path.join(os.path.dirname(os.path.normpath(model_path)), artifacts.LATEST_LINK, name)
     if os.path.exists(published):
         return f"exports are in their run's folder: the published run's is {published}"
