@@ -174,6 +174,21 @@ def save_model(model, path):
     return atomic_write(path, lambda temp_path: model.save(temp_path))
 
 
+def _new_temp_folder(parent, name):
+    """An empty temporary folder in `parent`, made by os.mkdir with mode
+    0777 so the umask applies, as for the files (mkdtemp's 0700 would
+    hide a SavedModel from the other users of a shared machine)."""
+    for _ in range(100):
+        token = "".join(secrets.choice(TEMP_NAME_CHARACTERS) for _ in range(8))
+        folder = os.path.join(parent, f".{name}.{token}.tmp")
+        try:
+            os.mkdir(folder, 0o777)
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"no free temporary folder name in {parent}")
+
+
 def atomic_write_folder(path, write):
     """Writes a folder (a SavedModel) via a temporary sibling folder, then
     swaps it in, so `path` is never a half-written folder. `write(temp_path)`
@@ -182,7 +197,7 @@ def atomic_write_folder(path, write):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     name = os.path.basename(os.path.abspath(path))
-    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    staging = _new_temp_folder(parent, name)
     old = None
     try:
         write(staging)

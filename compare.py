@@ -39,6 +39,9 @@ COMPARISON_FOLDER = "model_comparison"
 TIMING_BATCH = 32
 TIMING_WARMUP = 2
 TIMING_REPEATS = 5
+# Below this many common test images a comparison warns that its ranking
+# may be chance: with 30, one image moves an accuracy by 3.3 points.
+MIN_COMMON_IMAGES = 30
 
 # The source column: a run trained here, or a model from another framework.
 OURS, EXTERNAL = "this tool", "external"
@@ -136,9 +139,14 @@ class CommonImages:
     left_out: dict
 
     def describe(self):
-        """One or two lines for the printout and the markdown notes."""
+        """One to three lines for the printout and the markdown notes."""
+        few = [] if len(self.paths) >= MIN_COMMON_IMAGES else [
+            f"warning: only {len(self.paths)} common test image(s) (fewer than {MIN_COMMON_IMAGES}): one image "
+            f"moves an accuracy by {1 / len(self.paths):.1%}, so the ranking may be chance"
+            + ("" if self.same_split else "; compare runs trained with the same --seed and split options")
+        ]
         if self.same_split:
-            return [f"{len(self.paths)} test images: every run has the same split"]
+            return [f"{len(self.paths)} test images: every run has the same split", *few]
         lines = [
             f"{len(self.paths)} test images in every run's test split: the runs were split "
             f"differently (another --seed, split fractions or files), so {len(self.left_out)} "
@@ -149,7 +157,7 @@ class CommonImages:
             lines.append(
                 f"{trained} of them because another compared run trained or validated on them"
             )
-        return lines
+        return lines + few
 
 
 def common_test_images(manifests):
@@ -492,6 +500,15 @@ def print_row(row):
     )
 
 
+def timing_repeats_note(images):
+    """[the line saying what the timing batches hold] when there are fewer
+    common test images than TIMING_BATCH (the same images, repeated to
+    fill them); [] otherwise."""
+    if images >= TIMING_BATCH:
+        return []
+    return [f"timing batches repeat images: the {images} common test image(s) fill each batch of {TIMING_BATCH}"]
+
+
 def comparison_notes(common, image_dir, published, foreign):
     """The lines under the markdown table."""
     notes = [
@@ -501,7 +518,7 @@ def comparison_notes(common, image_dir, published, foreign):
         "(temperature-calibrated) probabilities",
         f"inference: median of {TIMING_REPEATS} timed predict_on_batch calls on {TIMING_BATCH} images after "
         f"{TIMING_WARMUP} warm-up calls, one after another in one process on this machine "
-        "(CPU unless a GPU was found)",
+        "(CPU unless a GPU was found)" + "".join(f"; {note}" for note in timing_repeats_note(len(common.paths))),
         "training s: the training stage of the invocation that finished the run (n/a: not recorded by the "
         "version that trained it); best epoch: the epoch of the lowest val_loss, whose model is saved",
     ]
@@ -526,6 +543,8 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     # bad sidecar stops the command at once.
     foreign = [load_external_model(path, class_names) for path in externals]
     for line in common.describe():
+        print(f"    {line}")
+    for line in timing_repeats_note(len(common.paths)):
         print(f"    {line}")
     rows, timing_images = [], {}
     for folder in folders:

@@ -23,6 +23,7 @@ The command only: loading the model, predicting and the metrics are
 inference.py's and metrics.py's, the figures figures.py's.
 """
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -38,6 +39,7 @@ import figures
 import inference
 import metrics
 import report
+import run_lock
 import show
 from errors import UserError
 
@@ -66,24 +68,33 @@ def parse_arguments(argv):
     return options
 
 
-def export_evaluated(trained, evaluation, options, readers=None):
-    """--export: exports the evaluated Keras model into its folder and checks
-    each export on the same images (export.export_and_check). Returns the
-    report and its path."""
-    calibration_images = None
-    if options.quantize == "int8":
-        paths = export.manifest_training_paths(trained.folder, trained.run_config.get("image_dir"))
-        chosen = export.calibration_paths(paths, seed=options.seed)
-        calibration_images = export.load_images(chosen, trained.image_size, readers)
-        print(f"    int8 calibration on {len(calibration_images)} training images")
+def int8_calibration(trained, options, readers=None):
+    """--quantize int8: the training images it calibrates on, loaded before
+    anything is evaluated (a folder that moved stops the command at once),
+    from --image_dir when it holds the split manifest's training files,
+    else from the folder the model was trained on; None without int8.
+    Raises UserError."""
+    if options.quantize != "int8" or not options.export:
+        return None
+    trained_dir = trained.run_config.get("image_dir")
+    where, paths = export.manifest_training_paths(trained.folder, [options.image_dir, trained_dir], trained_dir)
+    images = export.load_images(export.calibration_paths(paths, seed=options.seed), trained.image_size, readers)
+    print(f"    int8 calibration on {len(images)} training images of {where}")
+    return images
+
+
+def export_evaluated(trained, evaluation, options, readers=None, calibration_images=None):
+    """--export: exports the evaluated Keras model into its folder (the run
+    folder it was loaded from: trained.file) and checks each export on the
+    same images (export.export_and_check). Returns the report and its path."""
     dataset = data_loader.prediction_dataset(
         evaluation.paths, trained.image_size, options.batch_size, readers, tags=evaluation.true_labels
     )
     report = export.export_and_check(
-        trained.model, trained.path, options.export, dataset, options.quantize, calibration_images,
+        trained.model, trained.file, options.export, dataset, options.quantize, calibration_images,
         description=evaluation.description,
     )
-    report_path = export.report_path(trained.path)
+    report_path = export.report_path(trained.file)
     for line in export.report_lines(report):
         print(f"    {line}")
     print(f"    export report: {report_path}")
@@ -106,7 +117,7 @@ def save_test_reliability(trained, image_dir, evaluation, scores, options):
     )
     if not own_test or os.path.exists(path):
         return None
-    record = {"run": trained.run_config.get("run"), "model_sha256": artifacts.file_sha256(trained.path),
+    record = {"run": trained.run_config.get("run"), "model_sha256": artifacts.file_sha256(trained.file),
               **metrics.test_reliability(evaluation, scores)}
     try:
         return artifacts.write_json(path, record)
@@ -123,7 +134,7 @@ def run_comparison(options):
         if given:
             raise UserError(
                 f"--compare scores each run's own best_model.keras as trained; leave --{name} out. "
-                f"Received: {name}={getattr(options, name)}"
+                f"Received: {name}={config.shown(getattr(options, name))}"
             )
     image_dir = options.image_dir
     if image_dir is None:
@@ -168,6 +179,13 @@ def run_evaluation(argv=None):
     trained = inference.load_trained_model(
         artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size
     )
+    # Two exports into one run at once, or one into a run being trained: refused (run_lock.py).
+    with run_lock.held(trained.folder, "exporting", "--export") if options.export else contextlib.nullcontext():
+        return evaluate_trained(options, trained, readers)
+
+
+def evaluate_trained(options, trained, readers):
+    """The evaluation (figures, report, --export) of a loaded TrainedModel."""
     image_dir = options.image_dir or trained.run_config.get("image_dir")
     if not image_dir:
         raise UserError(
@@ -176,8 +194,12 @@ def run_evaluation(argv=None):
         )
     config.check_outside("results_dir", options.results_dir, image_dir)
     tta = inference.test_time_augmentation(trained, options.tta, options.seed)
+    calibration_images = int8_calibration(trained, options, readers)
+    unfinished = inference.unfinished_note(trained)
     stamp = artifacts.new_run_stamp(options.results_dir)
     with console.stage(f"Evaluating {trained.path} on {image_dir}"):
+        if unfinished:
+            print(f"    note: {unfinished}")
         images = inference.labelled_images(
             image_dir, trained, options.split, options.labels_csv, options.classes, readers
         )
@@ -190,6 +212,7 @@ def run_evaluation(argv=None):
             os.path.join(options.results_dir, "metrics", stamp, "metrics.json"),
             {
                 "model": trained.path,
+                **({"note": unfinished} if unfinished else {}),
                 **({"sidecar": trained.sidecar.path} if trained.sidecar else {}),
                 "image_dir": os.path.abspath(image_dir),
                 "evaluated": evaluation.description,
@@ -217,15 +240,16 @@ def run_evaluation(argv=None):
     exported = None
     if options.export:
         with console.stage("Exporting the model and checking each export"):
-            exported, exported_path = export_evaluated(trained, evaluation, options, readers)
+            exported, exported_path = export_evaluated(trained, evaluation, options, readers, calibration_images)
     page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp)
     if show.should_show(options.show)[0]:
         with console.stage("Showing the figures"):
             show.show_figures(drawn, options.show)
     console.summary([
         *report.score_lines(f"{evaluation.description} of {image_dir}", evaluation, scores),
-        f"model: {trained.path}",
+        f"model: {trained.path}" + (f" (note: {unfinished})" if unfinished else ""),
         f"report: {page} (metrics: {metrics_path})",
+        *([f"exports: {os.path.dirname(exported_path)} (beside the model; {export.EXPORT_REPORT_FILE})"] if exported else []),
         "next: python predict.py --images NEW_IMAGES/ to label new images with it",
     ])
     if exported and not exported["passed"]:

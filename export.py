@@ -4,7 +4,7 @@
     python evaluate.py --image_dir DIR --export onnx,litert,saved_model
     python evaluate.py --image_dir DIR --export litert --quantize int8
     python main.py --image_dir DIR ... --export onnx,litert,saved_model
-    python predict.py --model model_artifacts/best_model.onnx --images photos/
+    python predict.py --model model_artifacts/latest/best_model.onnx --images photos/
 
 Exports go into the model's own folder, beside the .keras file and its
 companions (class_index.json, run_config.json, split_manifest.csv), which
@@ -14,7 +14,8 @@ the exported files use as they are:
     best_model.tflite         LiteRT flatbuffer, run with ai-edge-litert
     best_model_int8.tflite    the same, quantized (--quantize float16|int8)
     saved_model/              TensorFlow SavedModel (serving_default signature)
-    export_report.json        what the parity check measured
+    export_report.json        what the parity check measured, and every
+                              export's sha256 with its model's (check_tied)
 
 Each takes what the .keras model takes: uint8 RGB images (N, S, S, 3),
 0-255, the normalization inside. `export_and_check` writes them, runs each
@@ -33,6 +34,7 @@ another input shape or type) is a UserError.
 """
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -93,6 +95,21 @@ def report_path(model_path):
     return os.path.join(os.path.dirname(os.path.realpath(model_path)), EXPORT_REPORT_FILE)
 
 
+def export_sha256(path):
+    """The sha256 of an export: of its file, or of a SavedModel folder's
+    files (their relative names and contents, in sorted order)."""
+    if os.path.isfile(path):
+        return artifacts.file_sha256(path)
+    digest = hashlib.sha256()
+    for folder, subfolders, names in os.walk(path):
+        subfolders.sort()
+        for name in sorted(names):
+            file = os.path.join(folder, name)
+            digest.update(os.path.relpath(file, path).encode("utf-8") + b"\0")
+            digest.update(artifacts.file_sha256(file).encode("ascii"))
+    return digest.hexdigest()
+
+
 def size_bytes(path):
     """A file's size, or the total of a folder's files."""
     if os.path.isfile(path):
@@ -115,6 +132,81 @@ def mark_failed(path):
         os.remove(failed)
     os.replace(path, failed)
     return failed
+
+
+# ---------------------------------------------------------------- the tie to the model
+
+
+def read_report(folder):
+    """export_report.json in `folder` as a dict; {} when there is none or
+    it is not readable JSON holding one."""
+    try:
+        report = artifacts.read_json(os.path.join(folder, EXPORT_REPORT_FILE))
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def recorded_exports(folder, model_path, model_sha256, rows):
+    """export_report.json's "exports": every export in `folder` with the
+    sha256 of the .keras model it was made from and its own, so a loader
+    can tell an export of this model from a stale or foreign file
+    (check_tied). The earlier report's entries are kept for the files that
+    are still there; `rows` (this check's) replace theirs."""
+    recorded = {
+        name: entry for name, entry in (read_report(folder).get("exports") or {}).items()
+        if isinstance(entry, dict) and os.path.exists(os.path.join(folder, name))
+    }
+    for row in rows:
+        if row["format"].startswith("keras") or row["parity"] == "failed":
+            continue
+        name = row["file"].rstrip(os.sep)
+        recorded[name] = {
+            "format": row["format"], "quantization": row.get("quantization"),
+            "model": os.path.basename(model_path), "model_sha256": model_sha256,
+            "sha256": export_sha256(os.path.join(folder, name)), "parity": row["parity"],
+            "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    return dict(sorted(recorded.items()))
+
+
+def check_tied(path, run_config):
+    """Refuses an export (`path`, links resolved) that export_report.json
+    beside it does not record as made from the model of its companions:
+    the model whose sha256 `run_config` records (or, for a run that did not
+    finish, the best_model.keras beside it), and as this very file. A
+    foreign file placed beside a run's companions, or an old export left
+    beside a model that --resume replaced since, is never used with them.
+    Companions that name no model (no hash, no .keras beside them) have
+    nothing to be tied to. Raises UserError naming both files."""
+    folder = os.path.dirname(os.path.normpath(path))
+    name = os.path.basename(os.path.normpath(path))
+    keras_file = os.path.join(folder, artifacts.MODEL_FILE)
+    expected, source = run_config.get("model_sha256"), os.path.join(folder, artifacts.RUN_CONFIG_FILE)
+    if not expected and os.path.isfile(keras_file):
+        expected, source = artifacts.file_sha256(keras_file), keras_file
+    if not expected:
+        return
+    report_file = os.path.join(folder, EXPORT_REPORT_FILE)
+    again = f"export it again: python evaluate.py --model {keras_file} --export {model_format(path)}"
+    entry = (read_report(folder).get("exports") or {}).get(name)
+    if not isinstance(entry, dict):
+        raise UserError(
+            f"the model {path} is not recorded as an export of {keras_file} ({report_file} has no entry "
+            f"for {name}), so its companions may not describe it: {again} (a model from another "
+            f"framework needs its sidecar {os.path.splitext(path)[0]}.json instead)"
+        )
+    if entry.get("model_sha256") != expected:
+        raise UserError(
+            f"the model {path} was exported from another model than {keras_file}: {report_file} records "
+            f"model sha256 {str(entry.get('model_sha256'))[:12]}…, {source} says {expected[:12]}… "
+            f"(the model was replaced after the export): {again}"
+        )
+    if entry.get("sha256") != export_sha256(path):
+        raise UserError(
+            f"the model {path} is not the file exported from {keras_file}: its sha256 is not the one "
+            f"{report_file} records (replaced after the export): {again}"
+        )
 
 
 # ---------------------------------------------------------------- runners
@@ -387,18 +479,30 @@ def calibration_paths(paths, count=CALIBRATION_IMAGES, seed=0):
     return [paths[i] for i in sorted(chosen)]
 
 
-def manifest_training_paths(folder, image_dir):
-    """Absolute paths of the train split in `folder`'s split_manifest.csv,
-    relative to `image_dir` (the folder the model was trained on). Raises
-    UserError when there is none to calibrate on."""
-    if not artifacts.has_manifest(folder) or not image_dir or not os.path.isdir(image_dir):
+def manifest_training_paths(folder, image_dirs, trained_dir=None):
+    """(folder, absolute paths) of the train split in `folder`'s
+    split_manifest.csv, under the first of `image_dirs` (None entries skipped: --image_dir, then
+    the folder the model was trained on, `trained_dir`) that holds every
+    one of those files, so a dataset that moved is used where it is now.
+    Raises UserError when there is no manifest or no such folder."""
+    if not artifacts.has_manifest(folder):
         raise UserError(
             "--quantize int8 calibrates on the training images: it needs the model's "
-            f"{artifacts.SPLIT_MANIFEST_FILE} and the folder it was trained on "
-            f"(run_config.json names {image_dir or 'none'})"
+            f"{artifacts.SPLIT_MANIFEST_FILE} (in {folder})"
         )
-    rows = artifacts.read_manifest(folder)
-    return [os.path.join(image_dir, row.path) for row in rows if row.split == "train"]
+    rows = [row for row in artifacts.read_manifest(folder) if row.split == "train"]
+    looked = []
+    for image_dir in dict.fromkeys(path for path in image_dirs if path):
+        paths = [os.path.join(os.path.abspath(image_dir), row.path) for row in rows]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if paths and not missing:
+            return image_dir, paths
+        looked.append(f"{image_dir} ({len(missing)} of {len(paths)} missing, e.g. {missing[0] if missing else '-'})")
+    raise UserError(
+        "--quantize int8 calibrates on the model's training images (the train split of its "
+        f"{artifacts.SPLIT_MANIFEST_FILE}, trained on {trained_dir or 'an unknown folder'}), and no folder "
+        f"holds them: {'; '.join(looked) or 'no folder given'}. Pass --image_dir of the folder that holds them"
+    )
 
 
 def load_images(paths, image_size, readers=None):
@@ -561,7 +665,8 @@ def judge(probabilities, labels, milliseconds, model_path, written, quantize, re
     return rows
 
 
-def export_and_check(model, model_path, formats, dataset, quantize=None, calibration=None, description=""):
+def export_and_check(model, model_path, formats, dataset, quantize=None, calibration=None, description="",
+                     model_sha256=None):
     """Exports the Keras `model` saved at `model_path` as `formats` into its
     folder, runs every export beside it on `dataset` ((uint8 images,
     labels) batches: the images the Keras model is evaluated on) and judges
@@ -569,9 +674,12 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
 
     `quantize` (None, "float16", "int8") applies to LiteRT; int8 needs
     `calibration`, uint8 training images. Writes export_report.json beside
-    the model and returns the report (a dict; "passed" says whether every
-    export passed or was not judged).
+    the model, recording each export with the model's sha256
+    (`model_sha256`, or the file's at `model_path`: recorded_exports), and
+    returns the report (a dict; "passed" says whether every export passed
+    or was not judged).
     """
+    model_sha256 = model_sha256 or artifacts.file_sha256(model_path)
     reference_model = float32_model(model)
     rebuilt = reference_model is not model
     if rebuilt:
@@ -590,6 +698,7 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
     rows.sort(key=lambda row: order.index(row["format"]))
     report = {
         "model": os.path.abspath(model_path),
+        "model_sha256": model_sha256,
         "evaluated": description,
         "images": int(len(labels)),
         "batch_size": batch_size,
@@ -610,6 +719,7 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
         "formats": rows,
         "passed": all(row["parity"] != "failed" for row in rows),
         "versions": versions(),
+        "exports": recorded_exports(os.path.dirname(report_path(model_path)), model_path, model_sha256, rows),
     }
     artifacts.write_json(report_path(model_path), report)
     return report

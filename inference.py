@@ -33,6 +33,7 @@ import export
 import external
 import image_io
 import metrics
+import run_lock
 from errors import UserError
 
 # ---------------------------------------------------------------- the model
@@ -51,6 +52,10 @@ class TrainedModel:
     # A model from another framework: its external.Sidecar (it has no run
     # config and no split manifest); None for ours.
     sidecar: object = None
+    # The model file itself, links resolved once, when it was loaded: the
+    # file that was loaded, and where its exports go, even if
+    # ARTIFACTS_DIR/latest is switched to another run meanwhile.
+    file: str = ""
 
     @property
     def temperature(self):
@@ -108,9 +113,7 @@ def load_trained_model(model_path, image_size=None):
     must be the model's. Raises UserError when something is missing or does
     not match."""
     if not os.path.exists(model_path):
-        raise UserError(
-            f"no model at {model_path}: train one first with main.py, or pass --model PATH"
-        )
+        raise UserError(f"no model at {model_path}: {missing_model_hint(model_path)}")
     if external.has_sidecar(model_path):
         return load_external_model(model_path, image_size)
     if export.model_format(model_path) == "keras" and not model_path.endswith(".keras"):
@@ -118,8 +121,13 @@ def load_trained_model(model_path, image_size=None):
             "model must be a .keras file saved by main.py or an export of one (.onnx, "
             f".tflite, a SavedModel folder). Received: model={model_path}"
         )
-    folder, class_names, run_config = read_companions(model_path)
-    model = load_model_file(model_path)
+    # Links resolved once: the companions, the hash and the model all come
+    # from one run folder, also when another run is published meanwhile.
+    real_path = os.path.realpath(model_path)
+    folder, class_names, run_config = read_companions(real_path)
+    if export.model_format(real_path) != "keras":
+        export.check_tied(real_path, run_config)
+    model = load_model_file(real_path)
     outputs = model.output_shape[-1]
     if outputs != len(class_names):
         raise UserError(
@@ -137,7 +145,45 @@ def load_trained_model(model_path, image_size=None):
             f"image_size is fixed by the model ({model_size}); leave it out. "
             f"Received: image_size={image_size}"
         )
-    return TrainedModel(model, model_path, class_names, model_size, run_config, folder)
+    return TrainedModel(model, model_path, class_names, model_size, run_config, folder, file=real_path)
+
+
+def missing_model_hint(model_path):
+    """What to do when there is no model at `model_path`: for an export,
+    where exports are (their run's folder; ARTIFACTS_DIR/latest/ is the
+    published run's)."""
+    name = os.path.basename(os.path.normpath(model_path))
+    if export.model_format(model_path) == "keras" and name != export.SAVED_MODEL_FOLDER:
+        return "train one first with main.py, or pass --model PATH"
+    published = os.path.join(os.path.dirname(os.path.normpath(model_path)), artifacts.LATEST_LINK, name)
+    if os.path.exists(published):
+        return f"exports are in their run's folder: the published run's is {published}"
+    return (
+        "exports are written into their run's folder, ARTIFACTS_DIR/runs/<run>/ "
+        "(ARTIFACTS_DIR/latest/ for the published run), by evaluate.py --export or main.py --export"
+    )
+
+
+def unfinished_note(trained):
+    """A line saying that the model's run did not finish training (its
+    run_config.json's status), so the model is its best checkpoint so far,
+    never calibrated nor published, and whether a process still trains it
+    or it can be resumed; None for a finished run (or one that records no
+    status, or a model from another framework)."""
+    status = trained.run_config.get("status")
+    if trained.sidecar is not None or status in (None, "finished"):
+        return None
+    run = os.path.basename(trained.folder)  # the run id --resume takes
+    training = run_lock.holder(trained.folder)
+    state = f"still being trained ({training})" if training else (
+        f"interrupted; continue it with python main.py --resume {run} "
+        f"--artifacts_dir {os.path.dirname(os.path.dirname(trained.folder))}"
+    )
+    return (
+        f"run {run} did not finish training (its {artifacts.RUN_CONFIG_FILE} says {status}): this model is "
+        f"its best checkpoint so far, {'calibrated' if trained.run_config.get('calibration') else 'uncalibrated'} "
+        f"and never published; the run is {state}"
+    )
 
 
 def load_external_model(model_path, image_size=None):

@@ -37,6 +37,7 @@ import model_builder
 import multiworker
 import report
 import resume
+import run_lock
 import show
 import splits
 import train_utils
@@ -682,20 +683,23 @@ def run_stages(run):
 # ---------------------------------------------------------------- runs
 
 
-def open_run(options, given):
+def open_run(options, given, held):
     """This invocation's run: a new one, or the interrupted run --resume
-    continues, with its own saved options. Returns (options, run id, run
-    folder, resume.ResumePoint or None). Raises UserError."""
+    continues, with its own saved options, locked for this process until
+    `held` (an ExitStack) closes (run_lock.py). Returns (options, run id,
+    run folder, resume.ResumePoint or None). Raises UserError."""
     try:  # before training, not after it
         artifacts.check_publishable(options.artifacts_dir)
     except artifacts.CompanionError as error:
         raise UserError(str(error)) from None
     if not options.resume:
         stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
+        held.enter_context(run_lock.held(folder, "training", "main.py"))
         print(f"Run {stamp}: {folder}")
         print(f"Training plan: {train_utils.training_plan_line(options)}")
         return options, stamp, folder, None
     options, stamp, folder, point = resume.open_resumed_run(options, given)
+    held.enter_context(run_lock.held(folder, "training", "--resume"))  # a live run is never joined
     check_outputs_outside(options)
     print(f"Resuming run {stamp} ({folder}) with its own options.")
     return options, stamp, folder, point
@@ -722,12 +726,12 @@ def run_training(argv=None):
     given = given_options(argv)
     scratch = folder = None
     try:
-        with multiworker.worker_errors(cluster):
+        with multiworker.worker_errors(cluster), contextlib.ExitStack() as held:
             if cluster is None:
-                options, stamp, folder, point = open_run(options, given)
+                options, stamp, folder, point = open_run(options, given, held)
             else:
                 options, stamp, folder, point, scratch = multiworker.open_worker_run(
-                    options, given, workers, lambda chief_options: open_run(chief_options, given)
+                    options, given, workers, lambda chief_options: open_run(chief_options, given, held)
                 )
             device = devices.configure_device(options.precision, options.jit, strategy, workers)
             if options.demo:
@@ -779,7 +783,8 @@ def train_several(options, names, cluster):
             index=first.index if first else None, shared_from=first.stamp if first else None,
         )
         train_utils.seed_everything(options)  # each run as if trained alone
-        run_stages(run)
+        with run_lock.held(folder, "training", "main.py"):
+            run_stages(run)
         # Only what the comparison needs stays; the model and pipelines go.
         run.model, run.datasets, run.evaluation = None, {}, None
         keras.backend.clear_session()

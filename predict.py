@@ -174,16 +174,16 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     the files and folders in `arguments`. Unreadable files are skipped and
     listed. Returns the figure paths."""
     paths, skipped = collect_images(arguments, readers)
+    # Found: every file with an image's name, also a FIFO or a name that is
+    # not UTF-8 (skipped by collect_images); not a path that names nothing.
+    found = len(paths) + sum(1 for item in skipped if item.reason in ("not a regular file", audit.NOT_UTF8))
     positions, probabilities, unreadable = inference.predict_files(
         trained.model, paths, trained.image_size, output.batch_size, readers, output.tta
     )
     skipped += [audit.SkippedFile(path, "not a readable image") for path in unreadable]
     inference.report_skipped(skipped)
     if not len(positions):
-        raise UserError(
-            f"no readable images among --images ({len(paths)} image file(s) found, "
-            f"{len(skipped)} skipped)"
-        )
+        raise UserError(f"no readable images among --images ({found} image file(s) found, {len(skipped)} skipped)")
     kept = [paths[i] for i in positions]
     rows = inference.prediction_rows(kept, probabilities, trained.class_names, output.top_k, bins=bins)
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
@@ -293,6 +293,9 @@ def run_prediction(argv=None):
     saved = inference.saved_test_reliability(trained)
     bins = None if saved is None else saved["bins"]
     with console.stage(f"Predicting with {trained.path}"):
+        unfinished = inference.unfinished_note(trained)
+        if unfinished:
+            print(f"    note: {unfinished}")
         if tta:
             print(f"    {tta.describe()}")
         print(f"    {trust_note(saved, trained)}")

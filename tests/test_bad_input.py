@@ -183,6 +183,19 @@ def test_written_files_get_the_umask_mode_not_0600(data, tmp_path, capsys, umask
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750), (0o002, 0o775)])
+def test_a_written_folder_gets_the_umask_mode_not_0700(tmp_path, umask, mode):
+    """A SavedModel export is written as a folder (atomic_write_folder):
+    it follows the umask as the files do."""
+    previous = os.umask(umask)
+    try:
+        folder = artifacts.atomic_write_folder(str(tmp_path / "saved_model"), lambda temp: os.mkdir(f"{temp}/variables"))
+    finally:
+        os.umask(previous)
+    assert os.stat(folder).st_mode & 0o777 == mode
+    assert os.listdir(tmp_path) == ["saved_model"]
+
+
 def test_stale_temp_files_of_ours_are_removed_and_nothing_else(data, tmp_path, capsys):
     folder = tmp_path / "art" / "audit_cache"
     folder.mkdir(parents=True)
@@ -514,6 +527,22 @@ def test_predict_images_skips_non_utf8_names_and_fifos(trained, tmp_path, capsys
     with open(tmp_path / "results" / "predictions" / stamp / "skipped.csv", encoding="utf-8") as handle:
         assert len(handle.read().splitlines()) == 1 + 2
     assert snapshot(folder) == before
+
+
+@pytest.mark.slow
+def test_predict_counts_a_fifo_as_found_and_skipped(trained, tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for number in range(3):
+        (folder / f"bad_{number}.png").write_bytes(b"not an image")
+    os.mkfifo(folder / "pipe.png")
+
+    with no_hang([folder / "pipe.png"], 300):
+        code = predict.main(["--images", str(folder), "--artifacts_dir", trained["artifacts"],
+                             "--results_dir", str(tmp_path / "results"), "--show", "0"])
+
+    assert code == 2
+    assert "no readable images among --images (4 image file(s) found, 4 skipped)" in one_line_error(capsys)
 
 
 @pytest.mark.slow

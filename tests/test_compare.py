@@ -160,6 +160,10 @@ def test_runs_split_differently_are_scored_only_on_images_none_of_them_trained_o
     markdown = (folder / "model_comparison.md").read_text(encoding="utf-8")
     left_out = len((tests[0] | tests[1]) - expected)
     assert "the runs were split differently" in markdown and f"{left_out} test image(s)" in markdown
+    assert f"warning: only {len(expected)} common test image(s) (fewer than 30)" in markdown
+    assert f"timing batches repeat images: the {len(expected)} common test image(s) fill each batch of 32" in markdown
+    printed = capsys.readouterr().out
+    assert f"warning: only {len(expected)} common test image(s)" in printed and "timing batches repeat images" in printed
 
 
 def test_common_test_images_leaves_out_every_image_another_run_saw():
@@ -178,6 +182,31 @@ def test_common_test_images_leaves_out_every_image_another_run_saw():
     assert "not in the split of run(s) b" in common.left_out["x/5.png"]
     same = compare.common_test_images({"a": manifests["a"], "b": list(manifests["a"])})
     assert same.same_split and same.paths == ("x/1.png", "x/2.png", "x/5.png", "y/3.png")
+
+
+def test_few_common_test_images_are_a_warning_with_their_number():
+    row = artifacts.ManifestRow
+    few = [row(f"x/{number}.png", "x", "test") for number in range(6)]
+    enough = [row(f"x/{number}.png", "x", "test") for number in range(compare.MIN_COMMON_IMAGES)]
+
+    lines = compare.common_test_images({"a": few, "b": few}).describe()
+    assert lines[0] == "6 test images: every run has the same split"
+    assert lines[1].startswith("warning: only 6 common test image(s) (fewer than 30): one image moves an accuracy by 16.7%")
+    assert compare.common_test_images({"a": enough, "b": enough}).describe() == ["30 test images: every run has the same split"]
+    other_seed = compare.common_test_images({"a": few, "b": few[:1] + [row("x/1.png", "x", "train")]})
+    assert other_seed.describe()[-1].endswith("compare runs trained with the same --seed and split options")
+    assert "only 1 common test image(s)" in other_seed.describe()[-1]
+    assert compare.timing_repeats_note(6) == [
+        "timing batches repeat images: the 6 common test image(s) fill each batch of 32"
+    ]
+    assert compare.timing_repeats_note(compare.TIMING_BATCH) == []
+
+
+def test_messages_show_a_list_option_as_typed_not_as_a_tuple(tmp_path, capsys):
+    assert evaluate.main(["--compare", "--export", "onnx,litert", "--artifacts_dir", str(tmp_path)]) == 2
+
+    error = one_line_error(capsys)
+    assert "Received: export=onnx,litert" in error and "(" not in error.split("Received:")[1]
 
 
 def test_runs_with_no_common_test_image_are_refused():

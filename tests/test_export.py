@@ -3,6 +3,7 @@ their parity check, evaluate.py and predict.py running each export, and the
 files and options that must stop with one line."""
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -11,10 +12,11 @@ import pytest
 import artifacts
 import evaluate
 import export
+import figures
 import main as main_script
 import predict
 import errors
-from conftest import TRAINED_CLASSES, make_flat_dataset, read_csv, read_json
+from conftest import ROOT, TRAINED_CLASSES, make_flat_dataset, read_csv, read_json
 
 CLASSES = TRAINED_CLASSES
 EXPORTED = {"onnx": "best_model.onnx", "litert": "best_model.tflite", "saved_model": "saved_model"}
@@ -152,6 +154,10 @@ def test_quantized_litert_reports_the_accuracy_change_instead_of_judging(trained
     assert report["calibration_images"] == (24 if quantize == "int8" else 0)
     assert row["size_bytes"] < keras_row["size_bytes"]
     assert f"litert ({quantize})" in capsys.readouterr().out
+    # The earlier exports stay recorded beside the new one, all of this model.
+    recorded = report["exports"]
+    assert set(recorded) == {*EXPORTED.values(), row["file"]}
+    assert {entry["model_sha256"] for entry in recorded.values()} == {artifacts.file_sha256(copy / "best_model.keras")}
 
 
 @pytest.mark.slow
@@ -211,6 +217,160 @@ def test_an_export_failing_parity_exits_1_and_is_renamed(trained, tmp_path, monk
     assert row["max_abs_probability_difference"] > export.MAX_DIFFERENCE
     # The file that failed no longer loads as an ONNX model by its name.
     assert export.model_format(str(copy / row["file"])) == "keras"
+    assert set(report["exports"]) == {"best_model.tflite", "saved_model"}  # no record of it either
+
+
+# ---------------------------------------------------------------- exports tied to their model
+
+
+@pytest.mark.slow
+def test_every_export_is_recorded_with_the_sha256_of_its_model_and_its_own(trained):
+    folder, report = trained["artifacts"], trained["report"]
+    model_sha256 = read_json(folder / "run_config.json")["model_sha256"]
+
+    assert report["model_sha256"] == model_sha256 == artifacts.file_sha256(folder / "best_model.keras")
+    assert set(report["exports"]) == set(EXPORTED.values())
+    for name, entry in report["exports"].items():
+        assert entry["model"] == "best_model.keras" and entry["model_sha256"] == model_sha256
+        assert entry["sha256"] == export.export_sha256(str(folder / name)) and entry["parity"] == "passed"
+
+
+def run_copy(trained, destination):
+    shutil.copytree(trained["artifacts"], destination, ignore=shutil.ignore_patterns("resume"))
+    return destination
+
+
+def replace_the_model(folder):
+    """As --resume does: another best_model.keras, its hash in run_config.json."""
+    with open(folder / "best_model.keras", "ab") as handle:
+        handle.write(b"\0")
+    saved = read_json(folder / "run_config.json")
+    artifacts.write_json(str(folder / "run_config.json"),
+                         {**saved, "model_sha256": artifacts.file_sha256(folder / "best_model.keras")})
+    return "best_model.onnx", "was exported from another model than"
+
+
+def foreign_file_beside(folder):
+    shutil.copyfile(folder / "best_model.onnx", folder / "other.onnx")
+    return "other.onnx", "is not recorded as an export of"
+
+
+def export_replaced(folder):
+    (folder / "saved_model" / "fingerprint.pb").write_bytes(b"changed")
+    return "saved_model", "is not the file exported from"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", [replace_the_model, foreign_file_beside, export_replaced])
+def test_an_export_not_tied_to_the_model_beside_it_is_refused_naming_both(trained, tmp_path, capsys, change):
+    folder = run_copy(trained, tmp_path / "run")
+    name, message = change(folder)
+
+    code = predict.main(["--model", str(folder / name), "--images", os.path.join(trained["data"], "beta"),
+                         "--results_dir", str(tmp_path / "results"), "--show", "0"])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
+    assert f"the model {folder / name} " in error and str(folder / "best_model.keras") in error
+    assert not (tmp_path / "results" / "predictions").exists()
+
+
+@pytest.mark.slow
+def test_an_export_goes_into_the_run_the_model_was_loaded_from(trained, tmp_path, monkeypatch):
+    """evaluate.py --export while another run is published: the export goes
+    into the run evaluate.py loaded, not the one published meanwhile."""
+    artifacts_dir = tmp_path / "artifacts"
+    loaded, other = artifacts_dir / "runs" / "20000101-000001", artifacts_dir / "runs" / "20000101-000002"
+    onnx = shutil.copyfile(trained["artifacts"] / "best_model.onnx", tmp_path / "converted.onnx")
+    for folder in (loaded, other):
+        run_copy(trained, folder)
+        for name in (*EXPORTED.values(), export.EXPORT_REPORT_FILE):
+            shutil.rmtree(folder / name) if (folder / name).is_dir() else os.remove(folder / name)
+    artifacts.publish(str(artifacts_dir), str(loaded))
+    render = figures.render_evaluation
+
+    def another_run_published_meanwhile(*args, **kwargs):
+        artifacts.publish(str(artifacts_dir), str(other))
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "render_evaluation", another_run_published_meanwhile)
+    # The conversion is the only part left out: the ONNX file the converter made before.
+    monkeypatch.setattr(export, "export_model", lambda model, fmt, path, *rest: shutil.copyfile(onnx, path))
+
+    code = evaluate.main(["--image_dir", trained["data"], "--artifacts_dir", str(artifacts_dir),
+                          "--results_dir", str(tmp_path / "results"), "--show", "0", "--export", "onnx"])
+
+    assert code == 0
+    assert os.readlink(artifacts_dir / "latest") == "runs/20000101-000002"
+    assert (loaded / "best_model.onnx").is_file() and not (other / "best_model.onnx").exists()
+    assert not (other / export.EXPORT_REPORT_FILE).exists()
+    report = read_json(loaded / export.EXPORT_REPORT_FILE)
+    assert report["model"] == str(loaded / "best_model.keras") and report["passed"]
+    assert report["exports"]["best_model.onnx"]["model_sha256"] == artifacts.file_sha256(loaded / "best_model.keras")
+
+
+@pytest.mark.slow
+def test_a_missing_export_says_where_the_exports_are(trained, tmp_path, capsys):
+    artifacts_dir = shutil.copytree(trained["root"] / "artifacts", tmp_path / "artifacts", symlinks=True)
+
+    code = predict.main(["--model", str(artifacts_dir / "best_model.onnx"), "--images", trained["data"],
+                         "--results_dir", str(tmp_path / "results"), "--show", "0"])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"no model at {artifacts_dir / 'best_model.onnx'}" in error
+    assert f"the published run's is {artifacts_dir / 'latest' / 'best_model.onnx'}" in error
+
+
+def test_the_docs_point_at_exports_where_they_are_written():
+    """Exports are written into their run's folder: an example --model path
+    to one names runs/RUN/ or latest/, never ARTIFACTS_DIR itself."""
+    pages = ["README.md", *(os.path.join("docs", name) for name in os.listdir(os.path.join(ROOT, "docs")))]
+    examples = []
+    for page in pages:
+        if page.endswith(".md"):
+            with open(os.path.join(ROOT, page), encoding="utf-8") as handle:
+                examples += re.findall(r"--model (model_artifacts/\S+)", handle.read())
+    exports = [path for path in examples if export.model_format(path.rstrip("/`")) != "keras" or "saved_model" in path]
+    assert exports, examples
+    assert [path for path in exports if not path.startswith(("model_artifacts/latest/", "model_artifacts/runs/"))] == []
+
+
+# ---------------------------------------------------------------- int8 calibration's folder
+
+
+def test_int8_calibration_uses_the_folder_that_holds_the_training_files(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    rows = [artifacts.ManifestRow("a/1.png", "a", "train"), artifacts.ManifestRow("a/2.png", "a", "test")]
+    artifacts.write_companions(model, ("a",), rows, {})
+    moved = tmp_path / "moved"
+    (moved / "a").mkdir(parents=True)
+    (moved / "a" / "1.png").write_bytes(b"x")
+    (tmp_path / "other" / "a").mkdir(parents=True)
+
+    where, paths = export.manifest_training_paths(str(model), [None, str(moved), str(tmp_path / "gone")])
+    assert where == str(moved) and paths == [str(moved / "a" / "1.png")]
+    with pytest.raises(errors.UserError, match=r"no folder holds them: .*other \(1 of 1 missing"):
+        export.manifest_training_paths(str(model), [str(tmp_path / "other"), str(tmp_path / "gone")], "gone")
+
+
+@pytest.mark.slow
+def test_int8_without_the_training_images_stops_before_evaluating(saved_model, tmp_path, capsys):
+    folder = shutil.copytree(saved_model["run"], tmp_path / "run")
+    saved = read_json(folder / "run_config.json")
+    artifacts.write_json(str(folder / "run_config.json"), {**saved, "image_dir": str(tmp_path / "moved_away")})
+    elsewhere = make_flat_dataset(tmp_path / "elsewhere", classes=("cat", "dog"), per_class=2)
+
+    code = evaluate.main(["--model", str(folder / "best_model.keras"), "--image_dir", elsewhere,
+                          "--results_dir", str(tmp_path / "results"), "--show", "0",
+                          "--export", "litert", "--quantize", "int8"])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no folder holds them" in error and "moved_away" in error
+    assert not (tmp_path / "results" / "metrics").exists()  # refused before the evaluation
 
 
 # ---------------------------------------------------------------- foreign and corrupt files
