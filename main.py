@@ -324,6 +324,7 @@ def train_stage(run):
         tensorboard_dir=run.results_path("tensorboard") if options.tensorboard else None,
         class_weight=weights,
         chief=run.device.is_chief,
+        chance_accuracy=train_utils.majority_share(run.index.split("val")[1]),
     )
     machine = None if run.device.cluster is None else multiworker.WorkerMachine(run.device)
     start = time.perf_counter()

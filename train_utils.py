@@ -59,6 +59,8 @@ class TrainPlan:
     tensorboard_dir: str | None = None
     class_weight: dict | None = None
     chief: bool = True  # whether this process says what it saves (one machine: always)
+    chance_accuracy: float | None = None  # val accuracy of always answering its largest class
+
 
     @property
     def fine_tunes(self):
@@ -130,6 +132,47 @@ def promote_checkpoint(path, announce=True):
     return keras.callbacks.LambdaCallback(on_epoch_end=promote)
 
 
+def majority_share(labels):
+    """The accuracy of always answering the most common of `labels` (None
+    when there are none): what a model must beat to have learned anything."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return float(counts.max() / counts.sum()) if counts.size else None
+
+
+def until_above_chance(chance, early_stopping, reduce_lr):
+    """A callback, before EarlyStopping and ReduceLROnPlateau: epochs whose
+    val_accuracy is no better than `chance` (always answering the largest
+    class) count for neither of them, until one epoch beats it. From
+    scratch on a small folder, validation sits at chance for the first
+    epochs while BatchNorm's moving statistics settle (measured: epochs
+    1-6 of a 168-image texture set, benchmarks/small_data_bench.py) and its
+    val_loss says nothing yet; counting those epochs stopped training
+    before the model had learned anything. A model that beats chance from
+    its first epoch (pretrained weights, as a rule) stops exactly as before."""
+    import keras
+
+    state = {"above": False, "held": 0}
+
+    def hold(epoch, logs=None):
+        if state["above"]:
+            return
+        accuracy = (logs or {}).get("val_accuracy")
+        if accuracy is None or chance is None or accuracy > chance + 1e-9:
+            state["above"] = True
+            if state["held"]:
+                # Both count from this epoch on, its val_loss the one to beat
+                # (EarlyStopping's best is still None: it skipped the others).
+                reduce_lr.best = None
+            return
+        state["held"] += 1
+        # EarlyStopping skips the epochs before start_from_epoch; a
+        # ReduceLROnPlateau in cooldown does not count an epoch as waiting.
+        early_stopping.start_from_epoch = epoch + 1
+        reduce_lr.cooldown_counter = max(reduce_lr.cooldown_counter, 2)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=hold)
+
+
 def phase_callbacks(plan, checkpoint, point, model):
     """Keras' callbacks of one training phase (fresh each phase and on
     resume, as model.fit would have them; `checkpoint` carries the best
@@ -139,17 +182,20 @@ def phase_callbacks(plan, checkpoint, point, model):
     all is written."""
     import keras
 
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7,
+        verbose=1 if plan.chief else 0,
+    )
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1 if plan.chief else 0
+    )
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7,
-            verbose=1 if plan.chief else 0,
-        ),
+        until_above_chance(plan.chance_accuracy, early_stopping, reduce_lr),
+        reduce_lr,
         keras.callbacks.CSVLogger(plan.history_path, append=True),
         checkpoint,
         promote_checkpoint(plan.best_model_path, announce=plan.chief),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1 if plan.chief else 0
-        ),
+        early_stopping,
         # A diverged run (NaN loss) stops at once; it never becomes the
         # published model (main.py checks that a best model was saved).
         keras.callbacks.TerminateOnNaN(),
