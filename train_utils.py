@@ -139,6 +139,11 @@ def majority_share(labels):
     return float(counts.max() / counts.sum()) if counts.size else None
 
 
+# Keras' accuracy is a float32: 12 right of 36 logs 0.33333334, above the
+# float64 share 1/3. Beating chance takes at least one more right image.
+CHANCE_TOLERANCE = 1e-6
+
+
 def until_above_chance(chance, early_stopping, reduce_lr):
     """A callback, before EarlyStopping and ReduceLROnPlateau: epochs whose
     val_accuracy is no better than `chance` (always answering the largest
@@ -157,7 +162,7 @@ def until_above_chance(chance, early_stopping, reduce_lr):
         if state["above"]:
             return
         accuracy = (logs or {}).get("val_accuracy")
-        if accuracy is None or chance is None or accuracy > chance + 1e-9:
+        if accuracy is None or chance is None or accuracy > chance + CHANCE_TOLERANCE:
             state["above"] = True
             if state["held"]:
                 # Both count from this epoch on, its val_loss the one to beat

@@ -99,7 +99,7 @@ def stopping_trace(chance, epochs, patience=4):
 def test_epochs_at_chance_neither_stop_training_nor_cut_the_learning_rate():
     # Six epochs at chance whose val_loss only grows (BatchNorm settling,
     # as measured from scratch on a small folder), then learning.
-    at_chance = [(1 / 3, 1.1 + epoch) for epoch in range(6)]
+    at_chance = [(float(np.float32(12 / 36)), 1.1 + epoch) for epoch in range(6)]  # as Keras logs it
     learning = [(0.7, 3.0), (0.8, 2.0), (0.9, 1.0), (0.9, 1.5), (0.9, 1.6), (0.9, 1.7), (0.9, 1.8)]
     stopped, rates = stopping_trace(1 / 3, at_chance + learning)
 
