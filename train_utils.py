@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+import artifacts
 import model_builder
 import resume
 from errors import UserError
@@ -96,12 +97,6 @@ def build_training_state(model):
     model.reset_metrics()
 
 
-def staging_path(path):
-    """The file ModelCheckpoint writes before it replaces `path`."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{os.path.splitext(name)[0]}.saving.keras")
-
-
 def best_checkpoint(path, best=float("inf")):
     """Keras' ModelCheckpoint of the lowest val_loss, starting from `best`
     (a resumed run's): a non-finite val_loss never counts as better. It
@@ -111,7 +106,7 @@ def best_checkpoint(path, best=float("inf")):
     import keras
 
     return keras.callbacks.ModelCheckpoint(
-        staging_path(path), monitor="val_loss", save_best_only=True, initial_value_threshold=best
+        artifacts.staging_path(path), monitor="val_loss", save_best_only=True, initial_value_threshold=best
     )
 
 
@@ -121,7 +116,7 @@ def promote_checkpoint(path, announce=True):
     import keras
 
     def promote(epoch, logs=None):
-        staged = staging_path(path)
+        staged = artifacts.staging_path(path)
         if not os.path.exists(staged):
             return
         os.replace(staged, path)
