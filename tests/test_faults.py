@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
+from conftest import QUICK, ROOT, TINY, make_flat_dataset, one_line_error
 
 import artifacts
 import errors
 import main as main_script
 import multiworker
-from conftest import QUICK, ROOT, TINY, make_flat_dataset, one_line_error
 from errors import UserError
 
 
@@ -134,7 +134,7 @@ def waiting_worker(tmp_path, *extra):
 @pytest.mark.slow
 def test_the_wait_for_workers_is_time_limited_and_names_the_missing_one(tmp_path):
     process, ports = waiting_worker(tmp_path, "--worker_wait", "1")
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
 
     assert process.returncode == 2
     assert f"not started: worker 1 (localhost:{ports[1]})" in err.strip().splitlines()[-1]
@@ -143,14 +143,14 @@ def test_the_wait_for_workers_is_time_limited_and_names_the_missing_one(tmp_path
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_wait_for_workers(tmp_path):
-    process, ports = waiting_worker(tmp_path)
+    process, _ = waiting_worker(tmp_path)
     deadline = time.monotonic() + 120
     line = ""
     while "Waiting up to" not in line and time.monotonic() < deadline:
         line = process.stdout.readline()
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=60)
 
     assert process.returncode == 130
     assert err.strip().splitlines()[-1].startswith("interrupted: stopped by SIGINT while waiting")
@@ -158,7 +158,7 @@ def test_ctrl_c_stops_the_wait_for_workers(tmp_path):
 
 @pytest.mark.slow
 def test_the_chief_checks_resume_before_waiting(tmp_path):
-    process, ports = waiting_worker(tmp_path, "--resume", "nosuch")
+    process, _ = waiting_worker(tmp_path, "--resume", "nosuch")
     out, err = process.communicate(timeout=120)
 
     assert process.returncode == 2 and "Waiting" not in out
@@ -181,7 +181,7 @@ def test_ctrl_c_during_training_says_what_was_kept_and_how_to_resume(tmp_path):
     while not line.startswith("Epoch 3/") and time.monotonic() < deadline:
         line = process.stdout.readline()
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
 
     assert process.returncode == 130
     last = err.strip().splitlines()[-1]
