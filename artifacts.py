@@ -127,6 +127,10 @@ def atomic_write(path, write):
     try:
         write(temp_path)
         os.replace(temp_path, path)
+    except OSError as error:
+        if error.filename is None and error.errno is not None:  # a library's write: name the file
+            raise OSError(error.errno, error.strerror, path) from error
+        raise
     finally:
         if os.path.exists(temp_path):
             os.remove(temp_path)
@@ -167,6 +171,30 @@ def write_text(path, text):
 def read_json(path):
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def staging_path(path):
+    """The file a model is saved to before it replaces `path` in one step
+    (train_utils' checkpoint writes it, then promotes it)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{os.path.splitext(name)[0]}.saving.keras")
+
+
+def discard_failed_run(folder, new_run):
+    """After a run in `folder` stopped on an error or Ctrl-C: the model it
+    was saving when it stopped (half-written) is removed, and a `new_run`
+    that completed no epoch (nothing to resume) is removed with the files
+    it wrote, so no run stays "training" forever. Only our own names are
+    removed, and the folder only once it is empty."""
+    names = [staging_path(MODEL_FILE)]
+    if new_run and not os.path.exists(os.path.join(folder, RESUME_FOLDER, "state.json")):
+        names += [MODEL_FILE, TEST_RELIABILITY_FILE, *COMPANION_FILES, RESUME_FOLDER, ""]
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            os.rmdir(path) if os.path.isdir(path) else os.remove(path)
+        except OSError:  # not there, not empty, or not ours to remove
+            continue
 
 
 def save_model(model, path):

@@ -185,7 +185,7 @@ class Config:
     )
     results_dir: str = option(
         "results", "Figures and reports go to RESULTS_DIR/<category>/<timestamp>/", FOLDERS,
-        "data and outputs", check=option_types.output_folder, tags=("path", "output", "common"),
+        "data and outputs", check=option_types.writable_folder, tags=("path", "output", "common"),
     )
     model: str | None = option(
         None, "The model file; its class_index.json, run_config.json and split_manifest.csv are read "
@@ -318,6 +318,11 @@ class Config:
         0, "1: write TensorBoard logs to RESULTS_DIR/tensorboard/<run>/", TRAINING,
         "calibration and tracking", parse=lambda name: int, choices=(0, 1),
     )
+    worker_wait: float = option(
+        600, "With several workers (TF_CONFIG): seconds to wait for all of them to start before stopping, "
+        "naming the missing ones", TRAINING, "training", parse=option_types.number, check=option_types.positive,
+        tags=("display",),
+    )
     resume: str | None = option(
         None, "Continue an interrupted run (the most recent one, or the run id RUN under "
         "ARTIFACTS_DIR/runs) from its last completed epoch, with its own saved options", TRAINING,
@@ -346,7 +351,7 @@ class Config:
     mlflow: str | None = option(
         None, "Log the run (options, per-epoch and final metrics, figures, model) to MLflow: a local "
         "folder such as ./mlruns, or a tracking server http://HOST:PORT", TRAINING,
-        "calibration and tracking", metavar="URI", shown_default="not logged",
+        "calibration and tracking", metavar="URI", shown_default="not logged", check=option_types.non_empty,
     )
     # Evaluation and prediction.
     split: str = option(

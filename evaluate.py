@@ -240,7 +240,13 @@ def evaluate_trained(options, trained, readers):
     exported = None
     if options.export:
         with console.stage("Exporting the model and checking each export"):
-            exported, exported_path = export_evaluated(trained, evaluation, options, readers, calibration_images)
+            try:
+                exported, exported_path = export_evaluated(trained, evaluation, options, readers, calibration_images)
+            except KeyboardInterrupt:
+                raise errors.Interrupted(
+                    f"during the export: the metrics and figures are kept in {options.results_dir}, the exports "
+                    f"finished before it beside {trained.path}, nothing half-written; run the same command again "
+                    "to export") from None
     page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp)
     if show.should_show(options.show)[0]:
         with console.stage("Showing the figures"):

@@ -328,6 +328,7 @@ def train_stage(run):
         class_weight=run.balancing.class_weight,
         chief=run.device.is_chief,
         loss=run.balancing.loss, one_hot=run.balancing.one_hot, steps_per_epoch=run.balancing.steps_per_epoch,
+        chance_accuracy=train_utils.majority_share(run.index.split("val")[1]),
     )
     machine = None if run.device.cluster is None else multiworker.WorkerMachine(run.device)
     start = time.perf_counter()
@@ -665,6 +666,8 @@ def run_stages(run):
             import tracking
 
             tracking.end_failed_run(run.tracked, killed=isinstance(error, KeyboardInterrupt))
+        if isinstance(error, KeyboardInterrupt):
+            raise errors.Interrupted(resume.interrupted_line(run.folder, run.stamp, run.options.artifacts_dir)) from None
         raise
     if run.export_report and not run.export_report["passed"]:
         raise errors.CheckFailed(
@@ -714,12 +717,8 @@ def run_training(argv=None):
     console.start_tensorflow(options.verbose)
     if len(names) > 1:
         return train_several(options, names, cluster)
-    if cluster is not None:
-        print(
-            f"Waiting for all {cluster.num_workers} workers of TF_CONFIG to start "
-            f"(this is {cluster.name}, {cluster.addresses[cluster.worker_index]})...",
-            flush=True,
-        )
+    if cluster is not None:  # TensorFlow's own wait below stops for nothing: ours first
+        multiworker.check_then_wait(options, cluster)
     # Before anything else starts TensorFlow (see make_strategy).
     strategy = devices.make_strategy(cluster)
     workers = None if cluster is None else multiworker.Workers(strategy, cluster)
@@ -742,12 +741,8 @@ def run_training(argv=None):
             if run.device.is_chief:
                 console.summary(report.training_summary(run))
     except BaseException:
-        if folder and not options.resume:
-            # A run that stopped before writing anything (a missing folder,
-            # no images) leaves no empty run folder behind; rmdir removes
-            # nothing else.
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+        if folder:  # no half-written model, no run left "training" with nothing to resume
+            artifacts.discard_failed_run(folder, new_run=not options.resume)
         raise
     finally:
         if scratch:

@@ -36,7 +36,7 @@ import model_builder
 import resume
 import splits
 import train_utils
-from errors import Stop, UserError
+from errors import Interrupted, Stop, UserError
 
 
 # The TF_CONFIG jobs that train: MultiWorkerMirroredStrategy's. Parameter
@@ -52,6 +52,7 @@ class Cluster:
     task_index: int
     worker_index: int  # 0 for the chief (or worker 0 when there is none)
     addresses: tuple  # every worker's host:port, chief first
+    names: tuple = ()  # their tasks' names ("chief 0", "worker 1"), in the same order
 
     @property
     def num_workers(self):
@@ -93,6 +94,7 @@ def cluster_from_environment(environ=None):
     addresses = tuple(cluster.get("chief", [])) + tuple(cluster.get("worker", []))
     if len(addresses) <= 1:
         return None
+    check_addresses(addresses, text)
     task = spec.get("task")
     task_type = task.get("type") if isinstance(task, dict) else None
     task_index = task.get("index") if isinstance(task, dict) else None
@@ -104,7 +106,111 @@ def cluster_from_environment(environ=None):
             f'{{"type": "worker", "index": 0}}. Received: task={json.dumps(task)}'
         )
     worker_index = task_index if task_type == "chief" else chiefs + task_index
-    return Cluster(task_type, task_index, worker_index, addresses)
+    names = tuple(f"chief {i}" for i in range(chiefs)) + tuple(
+        f"worker {i}" for i in range(len(addresses) - chiefs))
+    return Cluster(task_type, task_index, worker_index, addresses, names)
+
+
+def check_addresses(addresses, text):
+    """Raises UserError unless every address is host:port with a port in
+    1-65535 and no two tasks share one (TensorFlow would wait forever for
+    the second, or fail with a traceback)."""
+    for address in addresses:
+        host, _, port = str(address).rpartition(":")
+        if not isinstance(address, str) or not host or not port.isdigit() or not 1 <= int(port) <= config.MAX_PORT:
+            raise UserError(
+                f"TF_CONFIG: each worker's address must be host:port with a port in 1-{config.MAX_PORT}. "
+                f"Received: {json.dumps(address)} in TF_CONFIG={text}"
+            )
+    repeated = sorted({address for address in addresses if addresses.count(address) > 1})
+    if repeated:
+        raise UserError(
+            f"TF_CONFIG names {', '.join(repeated)} for more than one task: each worker needs its own "
+            f"host:port. Received: TF_CONFIG={text}"
+        )
+
+
+def wait_for_workers(cluster, seconds, poll_seconds=0.2):
+    """Waits until every other worker of `cluster` answers at its address,
+    in Python: TensorFlow's own wait (in MultiWorkerMirroredStrategy) holds
+    the interpreter, so neither Ctrl-C nor SIGTERM stops it, and it has no
+    time limit. A worker answers while it waits here (listening on its
+    port) and once TensorFlow's server has it. Raises UserError when this
+    worker's port is taken or `seconds` pass with workers missing (naming
+    them), Interrupted on Ctrl-C or SIGTERM; nothing is written."""
+    import signal
+    import socket
+    import time
+
+    own = cluster.addresses[cluster.worker_index]
+    listener = socket.socket(socket.AF_INET6 if own.startswith("[") else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", int(own.rpartition(":")[2])))
+    except OSError as error:
+        listener.close()
+        raise UserError(f"{cluster.name}'s address {own} cannot be used here ({error.strerror}): "
+                        "another process has its port, or TF_CONFIG names the wrong task") from None
+    listener.listen(16)
+    names = dict(zip(cluster.addresses, cluster.names or cluster.addresses))
+    missing = [address for address in cluster.addresses if address != own]
+
+    def still_missing():
+        return ", ".join(f"{names[address]} ({address})" for address in missing)
+
+    def stop(signal_number, frame):
+        raise Interrupted(f"stopped by {signal.Signals(signal_number).name} while waiting for the workers "
+                          f"of TF_CONFIG (missing: {still_missing()}); nothing was written")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + seconds
+    try:
+        while missing:
+            missing = [address for address in missing if not answers(address)]
+            if missing and time.monotonic() > deadline:
+                raise UserError(
+                    f"waited {seconds:g} s for the workers of TF_CONFIG; not started: {still_missing()}. "
+                    "Start each with the same TF_CONFIG and its own task (or allow longer: --worker_wait)"
+                )
+            if missing:
+                time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        stop(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        listener.close()
+
+
+def check_then_wait(options, cluster):
+    """Before waiting for the other workers, what this worker can check
+    alone: the chief's ARTIFACTS_DIR can be published into and the run
+    --resume names can be continued (raises UserError, as open_run would
+    after the wait). Then `wait_for_workers`, --worker_wait seconds."""
+    if cluster.is_chief:
+        try:
+            artifacts.check_publishable(options.artifacts_dir)
+        except artifacts.CompanionError as error:
+            raise UserError(str(error)) from None
+        if options.resume:
+            resume.find_interrupted_run(options.artifacts_dir, options.resume)
+    print(
+        f"Waiting up to {options.worker_wait:g} s for all {cluster.num_workers} workers of TF_CONFIG to start "
+        f"(this is {cluster.name}, {cluster.addresses[cluster.worker_index]})...",
+        flush=True,
+    )
+    wait_for_workers(cluster, options.worker_wait)
+
+
+def answers(address, timeout=0.5):
+    """Whether something accepts a TCP connection at host:port."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 

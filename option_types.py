@@ -168,6 +168,23 @@ def output_folder(name, value):
     check_folder_path(name, value)
 
 
+def writable_folder(name, value):
+    """An output folder (`output_folder`) on a disk this process can write:
+    every script writes its results there, so a read-only one is refused
+    before anything starts."""
+    check_folder_path(name, value)
+    existing = os.path.abspath(value)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{name} must be a folder you can write to; {existing} is read-only. Received: {name}={value}")
+
+
+def non_empty(name, value):
+    if not value.strip():
+        raise UserError(f"{name} must not be empty. Received: {name}={value!r}")
+
+
 def check_folder_path(name, path):
     """Raises UserError when the output folder `path`, or the nearest part
     of it that exists, is a file: no folder can be made there."""

@@ -47,6 +47,16 @@ class ResumePoint:
             missing = sorted(required - set(values)) if isinstance(values, dict) else ["all"]
             raise UserError(f"--resume: {path} is damaged (missing {', '.join(missing)}); start a new run")
         point = cls(**{name: value for name, value in values.items() if name in names})
+        def number(value):
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if (
+            not isinstance(point.stamp, str) or not isinstance(point.history_path, str)
+            or not number(point.best_val_loss)
+            or not (point.finetune_start is None or isinstance(point.finetune_start, int))
+            or isinstance(point.epoch, bool)
+        ):
+            raise UserError(f"--resume: {path} is damaged (stamp, history or best val_loss); start a new run")
         if (
             point.phase not in PHASES
             or not isinstance(point.epoch, int)
@@ -127,6 +137,23 @@ def read_progress(run_folder):
     if values.get("phase") == FINISHED:
         return Progress("finished")
     return Progress("interrupted", ResumePoint.from_json(values, path))
+
+
+def interrupted_line(run_folder, stamp, artifacts_dir):
+    """What Ctrl-C kept of the run in `run_folder`, and how to go on."""
+    try:
+        progress = read_progress(run_folder)
+    except UserError:
+        progress = Progress("not started")
+    if progress.status == "interrupted":
+        return (f"after epoch {progress.point.epoch + 1}: run {stamp} is kept in {run_folder} (its best model so "
+                f"far and a resume point); continue it with: python main.py --resume {stamp} "
+                f"--artifacts_dir {artifacts_dir}")
+    if progress.status == "finished":
+        published = artifacts.published_run(artifacts_dir) == stamp
+        return (f"after training: run {stamp}'s model is kept in {run_folder}"
+                + (" and published" if published else " (not published, and a finished run is not resumed)"))
+    return f"before run {stamp} completed an epoch: nothing to resume was kept"
 
 
 def finetune_start(resume_folder):
@@ -222,4 +249,11 @@ def open_resumed_run(options, given):
         artifacts.read_manifest(folder)
     except artifacts.CompanionError as error:
         raise UserError(f"--resume: {error}; start a new run") from None
+    own_history = os.path.join(options.results_dir, "training_curves", stamp, "history.csv")
+    if point.stamp != stamp or os.path.normpath(point.history_path) != os.path.normpath(own_history):
+        raise UserError(
+            f"--resume: {os.path.join(folder, artifacts.RESUME_FOLDER, RESUME_STATE)} is damaged: it names "
+            f"run {point.stamp} and the history {point.history_path}, not this run's {stamp} and {own_history}; "
+            "start a new run"
+        )
     return options, stamp, folder, point

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+import artifacts
 import model_builder
 import resume
 from errors import UserError
@@ -64,6 +65,7 @@ class TrainPlan:
     loss: object = "sparse_categorical_crossentropy"
     one_hot: int = 0
     steps_per_epoch: int | None = None  # an endless (oversampled) training stream's epoch
+    chance_accuracy: float | None = None  # val accuracy of always answering its largest class
 
     @property
     def fine_tunes(self):
@@ -119,12 +121,6 @@ def build_training_state(model, one_hot=False):
     model.reset_metrics()
 
 
-def staging_path(path):
-    """The file ModelCheckpoint writes before it replaces `path`."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{os.path.splitext(name)[0]}.saving.keras")
-
-
 def best_checkpoint(path, best=float("inf")):
     """Keras' ModelCheckpoint of the lowest val_loss, starting from `best`
     (a resumed run's): a non-finite val_loss never counts as better. It
@@ -134,7 +130,7 @@ def best_checkpoint(path, best=float("inf")):
     import keras
 
     return keras.callbacks.ModelCheckpoint(
-        staging_path(path), monitor="val_loss", save_best_only=True, initial_value_threshold=best
+        artifacts.staging_path(path), monitor="val_loss", save_best_only=True, initial_value_threshold=best
     )
 
 
@@ -144,7 +140,7 @@ def promote_checkpoint(path, announce=True):
     import keras
 
     def promote(epoch, logs=None):
-        staged = staging_path(path)
+        staged = artifacts.staging_path(path)
         if not os.path.exists(staged):
             return
         os.replace(staged, path)
@@ -153,6 +149,52 @@ def promote_checkpoint(path, announce=True):
                   f"saved {path}")
 
     return keras.callbacks.LambdaCallback(on_epoch_end=promote)
+
+
+def majority_share(labels):
+    """The accuracy of always answering the most common of `labels` (None
+    when there are none): what a model must beat to have learned anything."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return float(counts.max() / counts.sum()) if counts.size else None
+
+
+# Keras' accuracy is a float32: 12 right of 36 logs 0.33333334, above the
+# float64 share 1/3. Beating chance takes at least one more right image.
+CHANCE_TOLERANCE = 1e-6
+
+
+def until_above_chance(chance, early_stopping, reduce_lr):
+    """A callback, before EarlyStopping and ReduceLROnPlateau: epochs whose
+    val_accuracy is no better than `chance` (always answering the largest
+    class) count for neither of them, until one epoch beats it. From
+    scratch on a small folder, validation sits at chance for the first
+    epochs while BatchNorm's moving statistics settle (measured: epochs
+    1-6 of a 168-image texture set, benchmarks/small_data_bench.py) and its
+    val_loss says nothing yet; counting those epochs stopped training
+    before the model had learned anything. A model that beats chance from
+    its first epoch (pretrained weights, as a rule) stops exactly as before."""
+    import keras
+
+    state = {"above": False, "held": 0}
+
+    def hold(epoch, logs=None):
+        if state["above"]:
+            return
+        accuracy = (logs or {}).get("val_accuracy")
+        if accuracy is None or chance is None or accuracy > chance + CHANCE_TOLERANCE:
+            state["above"] = True
+            if state["held"]:
+                # Both count from this epoch on, its val_loss the one to beat
+                # (EarlyStopping's best is still None: it skipped the others).
+                reduce_lr.best = None
+            return
+        state["held"] += 1
+        # EarlyStopping skips the epochs before start_from_epoch; a
+        # ReduceLROnPlateau in cooldown does not count an epoch as waiting.
+        early_stopping.start_from_epoch = epoch + 1
+        reduce_lr.cooldown_counter = max(reduce_lr.cooldown_counter, 2)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=hold)
 
 
 def phase_callbacks(plan, checkpoint, point, model):
@@ -164,17 +206,20 @@ def phase_callbacks(plan, checkpoint, point, model):
     all is written."""
     import keras
 
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7,
+        verbose=1 if plan.chief else 0,
+    )
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1 if plan.chief else 0
+    )
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7,
-            verbose=1 if plan.chief else 0,
-        ),
+        until_above_chance(plan.chance_accuracy, early_stopping, reduce_lr),
+        reduce_lr,
         keras.callbacks.CSVLogger(plan.history_path, append=True),
         checkpoint,
         promote_checkpoint(plan.best_model_path, announce=plan.chief),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1 if plan.chief else 0
-        ),
+        early_stopping,
         # A diverged run (NaN loss) stops at once; it never becomes the
         # published model (main.py checks that a best model was saved).
         keras.callbacks.TerminateOnNaN(),

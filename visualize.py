@@ -475,8 +475,9 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
     top.plot([0, 1], [0, 1], color=theme.MUTED, linestyle=":", linewidth=1.3, label="perfect calibration")
     top.bar(centres[filled], accuracy, widths[filled], color=theme.ROSE, edgecolor=theme.WINE, linewidth=0.8,
             label="accuracy of the bin")
-    top.bar(centres[filled], np.abs(confidence - accuracy), widths[filled],
-            bottom=np.minimum(confidence, accuracy), color=theme.BLUSH, alpha=0.6, edgecolor=theme.DEEP_ROSE,
+    faces = [mcolors.to_rgba(theme.BLUSH, 0.6 if over else 0.0) for over in confidence > accuracy]  # hatch only inside
+    top.bar(centres[filled], np.abs(confidence - accuracy), widths[filled],  # the accuracy bar when under-confident
+            bottom=np.minimum(confidence, accuracy), color=faces, edgecolor=theme.DEEP_ROSE,
             linewidth=0.6, hatch="///", label="gap to its mean confidence")
     top.scatter(centres[filled], confidence, marker="_", s=160, color=theme.WINE, linewidths=2, zorder=4,
                 label="mean confidence of the bin")

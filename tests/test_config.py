@@ -128,6 +128,8 @@ REFUSED = {
     "shear": ("50", "shear must be between 0 and 45"),
     "mixup": ("-1", "mixup must be between 0 and 1"),
     "cutmix": ("2", "cutmix must be between 0 and 1"),
+    "mlflow": ("", "mlflow must not be empty"),
+    "worker_wait": ("0", "worker_wait must be positive"),
 }
 
 
@@ -165,7 +167,8 @@ def test_rules_of_several_options_together(tmp_path):
 
 
 def test_tags_name_the_options_the_readme_says():
-    assert set(config.names_tagged("display")) == {"show", "rows", "cols", "gallery", "grid_per_class", "verbose"}
+    assert set(config.names_tagged("display")) == {"show", "rows", "cols", "gallery", "grid_per_class", "verbose",
+                                                    "worker_wait"}
     assert set(config.names_tagged("worker_local")) == {"image_dir", "labels_csv", "reader", "weights"}
     assert set(config.names_tagged("run_locator")) == {"resume", "artifacts_dir"}
     assert {"image_dir", "results_dir", "labels_csv", "weights"} == set(config.names_tagged("path"))
@@ -202,3 +205,11 @@ def test_argparse_mistakes_are_user_errors():
         main_script.build_parser().parse_args(["--augment", "2"])
     with pytest.raises(errors.UserError, match="epochs must be an integer. Received: epochs=ten"):
         main_script.build_parser().parse_args(["--epochs", "ten"])
+
+
+def test_a_read_only_results_dir_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real_access(path, mode))
+    args = PARSERS["main"]().parse_args(["--results_dir", str(tmp_path / "results")])
+    with pytest.raises(errors.UserError, match=f"results_dir must be a folder you can write to; {tmp_path} is read-only"):
+        config.validate(config.config_from_args(args), "main")

@@ -135,10 +135,16 @@ def interrupted_copy(run_folder, artifacts_dir):
     (folder / "run_config.json").write_text(json.dumps({**saved, "status": "training"}))
     resume = folder / "resume"
     shutil.copyfile(folder / "best_model.keras", resume / "epoch-0001-head.keras")
-    state = {"stamp": folder.name, "history_path": "nowhere.csv", "phase": "head", "epoch": 0,
+    history = os.path.join(saved["options"]["results_dir"], "training_curves", folder.name, "history.csv")
+    state = {"stamp": folder.name, "history_path": history, "phase": "head", "epoch": 0,
              "best_val_loss": 9.0, "model_file": "epoch-0001-head.keras"}
     (resume / "state.json").write_text(json.dumps(state))
     return folder
+
+
+def edit_state(folder, **changes):
+    state = read_json(folder / "resume" / "state.json")
+    (folder / "resume" / "state.json").write_text(json.dumps({**state, **changes}))
 
 
 @pytest.mark.slow
@@ -152,6 +158,9 @@ def interrupted_copy(run_folder, artifacts_dir):
         ([], lambda folder: (folder / "resume" / "state.json").write_text('{"phase": "he'), "is damaged"),
         ([], lambda folder: (folder / "resume" / "epoch-0001-head.keras").unlink(), "has no resume model"),
         ([], lambda folder: (folder / "run_config.json").write_text("{"), "run_config.json is not readable JSON"),
+        ([], lambda folder: edit_state(folder, history_path=str(folder.parent / "someone.csv")), "not this run's"),
+        ([], lambda folder: edit_state(folder, best_val_loss="abc"), "is damaged (stamp, history or best val_loss)"),
+        ([], lambda folder: edit_state(folder, model_file="../best_model.keras"), "is damaged (phase, epoch or model"),
     ],
 )
 def test_resume_refuses_other_options_and_damaged_runs(two_runs, tmp_path, monkeypatch, capsys, extra, damage, message):

@@ -70,3 +70,77 @@ def test_class_weights_line_without_weights_says_why():
         "class weights: none (classes are balanced enough)"
     )
     assert train_utils.class_weights_line(None, ["cat", "dog"], "none") == "class weights: none"
+
+
+def stopping_trace(chance, epochs, patience=4):
+    """(epoch training stopped at or None, learning rates after each epoch)
+    for train_utils' phase callbacks' stopping rules fed these
+    (val_accuracy, val_loss) epochs, with the until-above-chance gate
+    before them as in phase_callbacks."""
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=patience // 2)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    callbacks = keras.callbacks.CallbackList(
+        [train_utils.until_above_chance(chance, early_stopping, reduce_lr), reduce_lr, early_stopping], model=model
+    )
+    callbacks.on_train_begin()
+    rates = []
+    for epoch, (accuracy, loss) in enumerate(epochs):
+        callbacks.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+        rates.append(float(model.optimizer.learning_rate))
+        if model.stop_training:
+            return epoch, rates
+    return None, rates
+
+
+def test_epochs_at_chance_neither_stop_training_nor_cut_the_learning_rate():
+    # Six epochs at chance whose val_loss only grows (BatchNorm settling,
+    # as measured from scratch on a small folder), then learning.
+    at_chance = [(float(np.float32(12 / 36)), 1.1 + epoch) for epoch in range(6)]  # as Keras logs it
+    learning = [(0.7, 3.0), (0.8, 2.0), (0.9, 1.0), (0.9, 1.5), (0.9, 1.6), (0.9, 1.7), (0.9, 1.8)]
+    stopped, rates = stopping_trace(1 / 3, at_chance + learning)
+
+    assert rates[:8] == pytest.approx([1e-3] * 8)  # no cut at chance, nor at the first epochs above it
+    assert stopped == 12  # four epochs without a better val_loss than epoch 9's
+    stopped_today, rates_today = stopping_trace(None, at_chance + learning)
+    assert stopped_today == 4 and rates_today[2] == pytest.approx(2e-4)
+
+
+def test_a_model_above_chance_from_the_start_stops_as_without_the_gate():
+    epochs = [(0.8, 1.0), (0.85, 0.8), (0.85, 0.9), (0.85, 0.9), (0.8, 1.0), (0.86, 1.1), (0.9, 0.7)]
+    assert stopping_trace(0.5, epochs) == stopping_trace(None, epochs)
+    assert stopping_trace(0.5, epochs)[0] == 5
+
+
+def test_the_gate_opens_once_and_later_epochs_at_chance_count():
+    # Above chance at epoch 1, back at chance after: those epochs count.
+    epochs = [(0.5, 1.0), (0.7, 0.5), (0.5, 2.0), (0.5, 2.0), (0.5, 2.0), (0.5, 2.0)]
+    assert stopping_trace(0.5, epochs)[0] == 5
+
+
+def test_majority_share_is_the_largest_class_fraction():
+    assert train_utils.majority_share([0, 1, 1, 2]) == 0.5
+    assert train_utils.majority_share(np.array([3, 3, 3])) == 1.0
+    assert train_utils.majority_share([]) is None
+
+
+def test_phase_callbacks_hold_early_stopping_and_the_learning_rate_at_chance(tmp_path):
+    import keras
+
+    plan = train_utils.TrainPlan(
+        epochs=20, fine_tune_epochs=0, fine_tune_layers=0, learning_rate=1e-3, patience=2, pretrained=False,
+        jit_compile=False, best_model_path=str(tmp_path / "best.keras"), history_path=str(tmp_path / "h.csv"),
+        resume_folder=str(tmp_path / "resume"), chance_accuracy=0.5,
+    )
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    callbacks = train_utils.phase_callbacks(plan, train_utils.best_checkpoint(plan.best_model_path), None, model)
+    rules = [c for c in callbacks if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))]
+    stopping = keras.callbacks.CallbackList([callbacks[0], *rules], model=model)
+    stopping.on_train_begin()
+    for epoch in range(8):
+        stopping.on_epoch_end(epoch, {"val_accuracy": 0.5, "val_loss": 1.0 + epoch})
+    assert not model.stop_training and float(model.optimizer.learning_rate) == pytest.approx(1e-3)

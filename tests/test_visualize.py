@@ -534,3 +534,34 @@ def test_display_with_interactive_backend_shows(monkeypatch):
     monkeypatch.setattr(visualize, "interactive_backend", lambda: None)
     shown, reason = show.should_show("1", {"DISPLAY": ":0"})
     assert not shown and "cannot open windows" in reason
+
+
+def test_the_reliability_diagram_draws_accuracy_as_accuracy_in_every_bin(tmp_path, monkeypatch):
+    """An under-confident bin (accuracy above its mean confidence): nothing
+    filled covers its accuracy bar between the confidence and the accuracy;
+    an over-confident one keeps its filled gap above the accuracy."""
+    import numpy as np
+
+    import visualize
+
+    edges = np.linspace(0, 1, 11)
+    count = np.zeros(10, int)
+    accuracy, confidence = np.zeros(10), np.zeros(10)
+    count[5], accuracy[5], confidence[5] = 10, 0.9, 0.55  # under-confident
+    count[9], accuracy[9], confidence[9] = 10, 0.6, 0.95  # over-confident
+    bins = {"lower": edges[:-1], "upper": edges[1:], "count": count, "accuracy": accuracy, "confidence": confidence}
+    drawn = []
+    monkeypatch.setattr(visualize, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    visualize.plot_reliability_diagram(bins, 0.1, str(tmp_path / "r.png"))
+    top = drawn[0].axes[0]
+
+    def filled_cover(x, low, high):
+        """Patches with a visible face over x between low and high, in drawing order."""
+        return [patch for patch in top.patches
+                if patch.get_x() < x < patch.get_x() + patch.get_width() and patch.get_facecolor()[3] > 0
+                and patch.get_y() <= low + 1e-9 and patch.get_y() + patch.get_height() >= high - 1e-9]
+
+    under = filled_cover(0.55, 0.56, 0.89)
+    assert len(under) == 1 and under[0].get_height() == pytest.approx(0.9)  # only the accuracy bar
+    over = filled_cover(0.95, 0.61, 0.94)
+    assert len(over) == 1 and over[0].get_y() == pytest.approx(0.6)  # the filled gap above the accuracy
