@@ -23,6 +23,7 @@ import calibration
 import compare
 import config
 import console
+import cross_validation
 import data_loader
 import dataset_files
 import demo
@@ -142,7 +143,7 @@ def scan_stage(run):
         # Several backbones: one scan and split for all, so every run trains
         # and tests on the same images.
         artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)
-        print(f"    the same files and split as run {run.shared_from} (scanned and audited once)")
+        print(f"    the files of {run.shared_from} (scanned and audited once)")
         return
     if options.demo:
         demo.write_demo_dataset(options.image_dir)
@@ -704,6 +705,8 @@ def run_training(argv=None):
     cluster = multiworker.cluster_from_environment()
     names = backbones.backbone_names(options.backbone)
     console.start_tensorflow(options.verbose)
+    if cross_validation.resumes_one(options):  # --folds K, or --resume of one
+        return cross_validation.cross_validate(options, given_options(argv), names, train_function(options))
     if len(names) > 1:
         return train_several(options, names, cluster)
     if cluster is not None:
@@ -751,8 +754,6 @@ def train_several(options, names, cluster):
     """--backbone A,B,...: one run per backbone (compare.train_series), each
     through this script's stages in its own run folder, all on the same
     split (scanned once, one --seed). Returns the runs."""
-    import keras
-
     if options.resume:
         raise UserError(
             "--resume continues one run: leave --backbone out (the run keeps its own). "
@@ -763,25 +764,31 @@ def train_several(options, names, cluster):
             "several backbones train on one machine, not with TF_CONFIG workers: give one "
             f"--backbone per multi-worker run. Received: backbone={options.backbone}"
         )
+    train = train_function(options)
+    return compare.train_series(options, names, lambda run_options, first, title: train(
+        run_options, first.index if first else None, title, shared_from=first and f"run {first.stamp}"))
+
+
+def train_function(options):
+    """train(options, index, title, opened=(run id, folder, point)): one of several runs, through STAGES."""
+    import keras
+
     device = devices.configure_device(options.precision, options.jit, devices.make_strategy(None))
     if options.demo:
         print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
 
-    def train_one(run_options, first, title):
-        stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
+    def train(run_options, index, title, opened=None, shared_from="the cross-validation"):
+        stamp, folder, point = opened or (*artifacts.new_run(options.artifacts_dir, options.results_dir), None)
         print(f"\n#### {title} · run {stamp}: {folder}")
-        run = Run(
-            options=run_options, stamp=stamp, folder=folder, device=device,
-            index=first.index if first else None, shared_from=first.stamp if first else None,
-        )
+        run = Run(options=run_options, stamp=stamp, folder=folder, device=device, index=index, point=point,
+                  shared_from=shared_from if index else None)
         train_utils.seed_everything(options)  # each run as if trained alone
         run_stages(run)
-        # Only what the comparison needs stays; the model and pipelines go.
-        run.model, run.datasets, run.evaluation = None, {}, None
+        run.model, run.datasets, run.evaluation = None, {}, None  # only what a summary needs stays
         keras.backend.clear_session()
         return run
 
-    return compare.train_series(options, names, train_one)
+    return train
 
 
 def main(argv=None):

@@ -124,6 +124,8 @@ REFUSED = {
     "port": ("70000", "port must be between 1 and 65535"),
     "max_upload_mb": ("0", "max_upload_mb must be positive"),
     "external": ("/no/such/model.onnx", "external must be an existing .onnx file"),
+    "folds": ("1", "folds must be at least 2"),
+    "group_by": ("(P", "group_by is not a regular expression"),
 }
 
 
