@@ -388,7 +388,7 @@ def index_dataset(
         contents={c.path: checks[c.path].sha256 for c in usable},
     )
     report = audit.audit_report(index, scan, checks, duplicates, stats)
-    return dataclasses.replace(index, audit=report)
+    return dataclasses.replace(index, audit=report, notes=index.notes + tuple(group_lines(index)))
 
 
 def index_of_options(options, progress=None):
@@ -470,12 +470,14 @@ def group_lines(index, fold_of=None):
     for sample in index.samples:
         place = sample.split if fold_of is None or sample.split == "test" else f"fold {fold_of[sample.path] + 1}"
         where[(sample.label, place)].add(sample.group)
-    places = sorted({place for _, place in where}, key=lambda place: (place == "test", place))
-    lines = [f"groups ({len({sample.group for sample in index.samples})} in all) per class: "
-             + ", ".join(places)]
-    for name in index.class_names:
-        lines.append(f"  {name}: " + ", ".join(str(len(where[(name, place)])) for place in places))
-    return lines
+    order = {"train": 0, "val": 1, "test": 3}
+    places = sorted({place for _, place in where}, key=lambda place: (order.get(place, 2), place))
+    return [
+        f"{len({sample.group for sample in index.samples})} groups, none split; per class in "
+        + "/".join(place.replace("fold ", "f") for place in places) + ": "
+        + ", ".join(f"{image_io.display_path(name)} " + "/".join(str(len(where[(name, place)])) for place in places)
+                    for name in index.class_names)
+    ]
 
 
 def assign_folds(index, folds, seed):
