@@ -296,6 +296,15 @@ def duration(seconds):
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
+def is_finished(folder):
+    """Whether a fold's run finished (calibrated and published once): its
+    run config says so and its model is there."""
+    try:
+        return artifacts.is_finished(folder, artifacts.read_run_config(folder))
+    except artifacts.CompanionError:
+        return False
+
+
 def train_folds(cv, index, train_one):
     """Trains every fold of every backbone not finished yet, each as its own
     run (`train_one(options, fold index, title, (stamp, folder, point))`),
@@ -307,9 +316,9 @@ def train_folds(cv, index, train_one):
         point = None
         if run_id:
             folder = os.path.join(artifacts.runs_folder(cv.options.artifacts_dir), run_id)
-            progress = resume.read_progress(folder)
-            if progress.status == "finished":
+            if is_finished(folder):
                 continue
+            progress = resume.read_progress(folder)
             point = progress.point if progress.status == "interrupted" else None
         if not run_id or point is None:
             run_id, folder = artifacts.new_run(cv.options.artifacts_dir, cv.options.results_dir)
@@ -336,7 +345,7 @@ def fold_evaluations(cv, index, batch_size):
         scored[name] = []
         for fold, run_id in enumerate(cv.runs[name]):
             folder = os.path.join(artifacts.runs_folder(cv.options.artifacts_dir), run_id or "?")
-            if not run_id or resume.read_progress(folder).status != "finished":
+            if not run_id or not is_finished(folder):
                 raise UserError(f"cross-validation {cv.id}: fold {fold + 1} ({name}) has no finished run; "
                                 f"continue it with main.py --resume {cv.id}")
             trained = inference.load_trained_model(os.path.join(folder, artifacts.MODEL_FILE))

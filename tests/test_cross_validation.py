@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import QUICK, make_flat_dataset, one_line_error
 
 import config
 import cross_validation
@@ -14,7 +15,6 @@ import dataset_files
 import evaluate
 import main
 import splits
-from conftest import QUICK, make_flat_dataset, one_line_error
 from errors import UserError
 
 
@@ -141,6 +141,7 @@ def test_a_model_at_chance_doubts_nothing():
 
 def test_the_spread_is_mean_std_and_a_t_interval():
     mean, deviation, low, high = cross_validation.spread([0.8, 0.9, 1.0])
+    assert mean - low == pytest.approx(high - mean)
     assert mean == pytest.approx(0.9) and deviation == pytest.approx(0.1)
     assert (high - mean) == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
 
@@ -212,3 +213,28 @@ def test_two_folds_end_to_end_then_rescored_and_resume_refused(tmp_path, capsys)
     artifacts.write_json(str(saved / cross_validation.STATE_FILE), state)
     assert main.main(["--resume", cv_id, "--epochs", "3", *outputs]) == 2
     assert "this run used epochs=1" in one_line_error(capsys)
+
+
+def test_resuming_trains_only_the_unfinished_folds_and_continues_the_interrupted_one(tmp_path):
+    import artifacts
+    import resume
+
+    options = config.Config(folds=3, artifacts_dir=str(tmp_path / "art"), results_dir=str(tmp_path / "res"))
+    runs = artifacts.runs_folder(options.artifacts_dir)
+    finished, interrupted = os.path.join(runs, "20260101-000001"), os.path.join(runs, "20260101-000002")
+    artifacts.write_json(os.path.join(finished, artifacts.RUN_CONFIG_FILE), {"status": "finished"})
+    open(os.path.join(finished, artifacts.MODEL_FILE), "wb").close()
+    point = resume.ResumePoint("20260101-000002", "history.csv", "head", 3, 0.5, "epoch_004_head.keras")
+    artifacts.write_json(os.path.join(interrupted, artifacts.RESUME_FOLDER, resume.RESUME_STATE), point.to_json())
+    index = made_up_index()
+    fold_of, _ = splits.assign_folds(index, 3, 0)
+    cv = cross_validation.CrossValidation("20260101-000000", options, ("mobilenet_v2",), fold_of,
+                                          {"mobilenet_v2": ["20260101-000001", "20260101-000002", None]})
+    calls = []
+    cross_validation.train_folds(cv, index, lambda o, fold_index, title, opened: calls.append((title, opened)))
+    assert [title for title, _ in calls] == ["fold 2/3", "fold 3/3"]
+    assert calls[0][1] == ("20260101-000002", interrupted, point)
+    new_run, _, no_point = calls[1][1]
+    assert no_point is None and new_run not in ("20260101-000001", "20260101-000002")
+    saved = artifacts.read_json(os.path.join(cv.folder(), cross_validation.STATE_FILE))
+    assert saved["runs"]["mobilenet_v2"] == ["20260101-000001", "20260101-000002", new_run]
