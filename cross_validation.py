@@ -264,7 +264,7 @@ def open_cross_validation(options, given, names, progress=None):
     if options.resume:
         state = read_state(options.artifacts_dir, options.resume if options.resume in ids(options.artifacts_dir)
                            else "last", unfinished=True)
-        options = resume.resumed_options(options, {k: v for k, v in given.items() if k != "folds"}, state["options"])
+        options = resume.resumed_options(options, given, state["options"])
         names = tuple(state["backbones"])
         print(f"Resuming cross-validation {state['id']} with its own options.")
     index = splits.index_of_options(options, progress=progress)
