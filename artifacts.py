@@ -60,6 +60,7 @@ RESUME_FOLDER = "resume"
 # Reserved result stamps, so that two invocations never share one.
 STAMPS_FOLDER = ".stamps"
 MANIFEST_HEADER = ("path", "class", "split")
+GROUP_COLUMN = "group"  # with --group_by: each image's group, a fourth column
 
 
 # ---------------------------------------------------------------- writing files
@@ -298,19 +299,23 @@ def model_path(artifacts_dir, model=None):
 
 @dataclasses.dataclass(frozen=True)
 class ManifestRow:
-    """One image of a saved split: path relative to the dataset, class, split."""
+    """One image of a saved split: path relative to the dataset, class,
+    split, and its group with --group_by ("" without)."""
 
     path: str
     label: str
     split: str
+    group: str = ""
 
 
 def write_companions(folder, class_names, manifest, run_config):
     """Writes class_index.json, split_manifest.csv and run_config.json into
     `folder`. `manifest` is a list of ManifestRows; returns the folder."""
+    grouped = any(row.group for row in manifest)
     write_csv(
         os.path.join(folder, SPLIT_MANIFEST_FILE),
-        [MANIFEST_HEADER] + [(row.path, row.label, row.split) for row in manifest],
+        [MANIFEST_HEADER + ((GROUP_COLUMN,) if grouped else ())]
+        + [(row.path, row.label, row.split) + ((row.group,) if grouped else ()) for row in manifest],
     )
     write_json(
         os.path.join(folder, CLASS_INDEX_FILE),
@@ -390,8 +395,10 @@ def read_manifest(folder):
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError) as error:
         raise CompanionError(f"cannot read {path} ({error})") from None
-    if not rows or tuple(rows[0]) != MANIFEST_HEADER or any(len(row) != 3 for row in rows[1:] if row):
-        raise CompanionError(f"{path} is not a split manifest (path,class,split rows)")
+    width = len(rows[0]) if rows else 0
+    headers = (MANIFEST_HEADER, MANIFEST_HEADER + (GROUP_COLUMN,))
+    if not rows or tuple(rows[0]) not in headers or any(len(row) != width for row in rows[1:] if row):
+        raise CompanionError(f"{path} is not a split manifest (path,class,split[,group] rows)")
     return [ManifestRow(*row) for row in rows[1:] if row]
 
 

@@ -329,6 +329,25 @@ class Config:
         "training", nargs="?", const="last", metavar="RUN", tags=("run_locator", "common"),
         shown_default="off",
     )
+    folds: int | None = option(
+        None, "K-fold cross-validation: K stratified folds of the non-test images (seeded by --seed), one "
+        "run per fold trained on the other K-1 and checked on its own; summary in RESULTS_DIR/"
+        "cross_validation/<id>/, with the out-of-fold predictions and suspected label errors", TRAINING,
+        "training", parse=option_types.integer, check=option_types.at_least(2, "one fold to check, the others to train"), metavar="K",
+        shown_default="off",
+    )
+    group_by: str | None = option(
+        None, "Regular expression whose first group, searched in each image's path relative to IMAGE_DIR, is "
+        "its group (patient, specimen): a group is never split between train, val, test or folds, e.g. "
+        "'^([^_/]+)_' for P0042_slice3.png (a labels CSV's group column does the same)", ("main", "inspect"),
+        "split", check=lambda name, value: check_pattern(name, value), metavar="REGEX",
+        shown_default="identical files kept together",
+    )
+    cross_validation: str | None = option(
+        None, "Re-score a finished cross-validation (the last one, or the id ID under "
+        "ARTIFACTS_DIR/cross_validation) and write its summary again", ("evaluate",), "evaluation",
+        nargs="?", const="last", metavar="ID", tags=("run_locator",), shown_default="off",
+    )
     deterministic: int = option(
         1, "1: the same seed gives the same model and metrics on the same machine and software "
         "(TensorFlow's deterministic kernels); 0: allow faster non-deterministic ones", TRAINING, "training",
@@ -640,6 +659,14 @@ def config_from_args(args):
     """A frozen Config from parsed arguments (options a script lacks keep
     their defaults)."""
     return config_from_dict(vars(args))
+
+
+def check_pattern(name, value):
+    """--group_by must be a regular expression."""
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise UserError(f"{name} is not a regular expression ({error}). Received: {name}={value}") from None
 
 
 def config_from_dict(values):

@@ -86,6 +86,7 @@ class Candidate:
     path: str
     label: str
     split: str | None
+    group: str = ""  # a labels CSV's group column (images that must share a split)
 
 
 @dataclasses.dataclass
@@ -462,6 +463,7 @@ CSV_COLUMNS = {
     "filename": ("filename", "file", "path", "image"),
     "label": ("label", "class"),
     "split": ("split",),
+    "group": ("group",),
 }
 
 
@@ -543,12 +545,12 @@ def scan_csv(root, csv_path):
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        filename, label, split = (_csv_cell(row, columns, name) for name in CSV_COLUMNS)
-        parsed.append([number, filename, label, _csv_split(split, number, csv_path)])
+        filename, label, split, group = (_csv_cell(row, columns, name) for name in CSV_COLUMNS)
+        parsed.append([number, filename, label, _csv_split(split, number, csv_path), group])
     _normalize_labels(parsed)
     seen = {}
     duplicates = []
-    for number, filename, label, split in parsed:
+    for number, filename, label, split, group in parsed:
         if not filename or not label:
             scan.skipped.append(
                 audit.SkippedFile(
@@ -590,12 +592,12 @@ def scan_csv(root, csv_path):
         if relative in seen:
             duplicates.append((number, relative, label))
             continue
-        seen[relative] = (number, label, split)
+        seen[relative] = (number, label, split, group)
     _csv_duplicates(scan, seen, duplicates)
-    scan.fixed_splits = any(split for _, _, split in seen.values())
-    for relative, (number, label, split) in seen.items():
+    scan.fixed_splits = any(split for _, _, split, _ in seen.values())
+    for relative, (number, label, split, group) in seen.items():
         scan.candidates.append(
-            Candidate(relative, label, split or ("train" if scan.fixed_splits else None))
+            Candidate(relative, label, split or ("train" if scan.fixed_splits else None), group)
         )
     return scan
 

@@ -16,7 +16,8 @@ averages each image's probabilities over N test-time versions.
 
 compares trained runs (and models from other frameworks, each an .onnx
 file with its sidecar resnet.json: external.py) on the same test images
-instead (compare.py). --model resnet.onnx evaluates such a model alone, on
+instead (compare.py); --cross_validation [ID] re-scores a finished
+cross-validation of main.py --folds K (cross_validation.py). --model resnet.onnx evaluates such a model alone, on
 every image of --image_dir.
 
 The command only: loading the model, predicting and the metrics are
@@ -32,6 +33,7 @@ import artifacts
 import compare
 import config
 import console
+import cross_validation
 import data_loader
 import errors
 import export
@@ -175,6 +177,12 @@ def run_evaluation(argv=None):
     console.start_tensorflow(options.verbose)
     if options.compare is not None:
         return run_comparison(options)
+    if options.cross_validation is not None:
+        with console.stage("Re-scoring the cross-validation's folds"):
+            folder, drawn, lines = cross_validation.rescore(options)
+            print("\n".join(f"    {line}" for line in lines))
+        show.show_figures(drawn[:1], options.show)
+        return folder
     readers = config.load_readers(options.reader)
     trained = inference.load_trained_model(
         artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size

@@ -24,6 +24,7 @@ import calibration
 import compare
 import config
 import console
+import cross_validation
 import data_loader
 import dataset_files
 import demo
@@ -145,7 +146,7 @@ def scan_stage(run):
         # Several backbones: one scan and split for all, so every run trains
         # and tests on the same images.
         artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)
-        print(f"    the same files and split as run {run.shared_from} (scanned and audited once)")
+        print(f"    the files of {run.shared_from} (scanned and audited once)")
         return
     if options.demo:
         demo.write_demo_dataset(options.image_dir)
@@ -343,21 +344,8 @@ def train_stage(run):
 
 
 def record_training(run, seconds):
-    """run_config.json's "training": seconds of this invocation's training
-    (a resumed run: since it resumed), epochs, the best epoch (1-based,
-    lowest val_loss, the saved model's) and its val_loss, for the model
-    comparison."""
-    import numpy as np
-
-    losses = train_utils.read_history(run.history_path)["val_loss"]
-    best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
-    run.update_run_config(training={
-        "seconds": round(seconds, 1),
-        "epochs": int(len(losses)),
-        "best_epoch": None if best is None else best + 1,
-        "best_val_loss": None if best is None else float(losses[best]),
-        "resumed": bool(run.point),
-    })
+    """run_config.json's "training" (train_utils.training_record), for the model comparison."""
+    run.update_run_config(training=train_utils.training_record(run.history_path, seconds, resumed=bool(run.point)))
 
 
 def calibrate_stage(run):
@@ -715,6 +703,8 @@ def run_training(argv=None):
     cluster = multiworker.cluster_from_environment()
     names = backbones.backbone_names(options.backbone)
     console.start_tensorflow(options.verbose)
+    if cross_validation.resumes_one(options):  # --folds K, or --resume of one
+        return cross_validation.cross_validate(options, given_options(argv), names, train_function(options))
     if len(names) > 1:
         return train_several(options, names, cluster)
     if cluster is not None:  # TensorFlow's own wait below stops for nothing: ours first
@@ -754,8 +744,6 @@ def train_several(options, names, cluster):
     """--backbone A,B,...: one run per backbone (compare.train_series), each
     through this script's stages in its own run folder, all on the same
     split (scanned once, one --seed). Returns the runs."""
-    import keras
-
     if options.resume:
         raise UserError(
             "--resume continues one run: leave --backbone out (the run keeps its own). "
@@ -766,26 +754,32 @@ def train_several(options, names, cluster):
             "several backbones train on one machine, not with TF_CONFIG workers: give one "
             f"--backbone per multi-worker run. Received: backbone={options.backbone}"
         )
+    train = train_function(options)
+    return compare.train_series(options, names, lambda run_options, first, title: train(
+        run_options, first.index if first else None, title, shared_from=first and f"run {first.stamp}"))
+
+
+def train_function(options):
+    """train(options, index, title, opened=(run id, folder, point)): one of several runs, through STAGES."""
+    import keras
+
     device = devices.configure_device(options.precision, options.jit, devices.make_strategy(None))
     if options.demo:
         print(f"No --image_dir given: training on the built-in demo ({options.image_dir}).")
 
-    def train_one(run_options, first, title):
-        stamp, folder = artifacts.new_run(options.artifacts_dir, options.results_dir)
+    def train(run_options, index, title, opened=None, shared_from="the cross-validation"):
+        stamp, folder, point = opened or (*artifacts.new_run(options.artifacts_dir, options.results_dir), None)
         print(f"\n#### {title} · run {stamp}: {folder}")
-        run = Run(
-            options=run_options, stamp=stamp, folder=folder, device=device,
-            index=first.index if first else None, shared_from=first.stamp if first else None,
-        )
+        run = Run(options=run_options, stamp=stamp, folder=folder, device=device, index=index, point=point,
+                  shared_from=shared_from if index else None)
         train_utils.seed_everything(options)  # each run as if trained alone
         with run_lock.held(folder, "training", "main.py"):
             run_stages(run)
-        # Only what the comparison needs stays; the model and pipelines go.
-        run.model, run.datasets, run.evaluation = None, {}, None
+        run.model, run.datasets, run.evaluation = None, {}, None  # only what a summary needs stays
         keras.backend.clear_session()
         return run
 
-    return compare.train_series(options, names, train_one)
+    return train
 
 
 def main(argv=None):

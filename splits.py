@@ -37,6 +37,7 @@ class Sample:
     label: str
     split: str
     decoder: str = "native"
+    group: str = ""  # with --group_by (or a labels CSV's group column): its group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,8 @@ class DatasetIndex:
     warnings: tuple = ()
     audit: dict = dataclasses.field(default=None, compare=False)
     readers: dict = dataclasses.field(default=None, compare=False)
+    grouped: bool = False  # whether samples carry the user's groups (--group_by or a CSV group column)
+    contents: dict = dataclasses.field(default=None, compare=False)  # {path: sha256}: identical files
 
     def _chosen(self, name):
         return [sample for sample in self.samples if sample.split == name]
@@ -81,7 +84,7 @@ class DatasetIndex:
 def manifest_rows(index):
     """The split manifest of an index: one artifacts.ManifestRow per image."""
     return [
-        artifacts.ManifestRow(sample.path, sample.label, sample.split) for sample in index.samples
+        artifacts.ManifestRow(sample.path, sample.label, sample.split, sample.group) for sample in index.samples
     ]
 
 
@@ -132,7 +135,10 @@ def _split_one_class(name, files, held_out, rng, groups, placed):
         else:
             pending.append((key, members))
     for key, members in pending:
-        split = next((split for split in held_out if len(chosen[split]) < quota[split]), "train")
+        # A unit goes to a held-out split that is empty, or that it
+        # overfills by less than half its size (groups of several files).
+        split = next((split for split in held_out if not chosen[split]
+                      or len(chosen[split]) + len(members) / 2 < quota[split] + 0.5), "train")
         chosen[split].extend(members)
         placed[key] = split
     empty = [split for split, members in chosen.items() if not members]
@@ -314,6 +320,7 @@ def index_dataset(
     cache_dir=None,
     workers=None,
     progress=None,
+    group_by=None,
 ):
     """Finds, audits and splits the images of `image_dir`.
 
@@ -326,7 +333,10 @@ def index_dataset(
     that order. `readers` ({".ext": function}) adds custom readers. Every
     candidate file is audited (`audit.audit_files`, cached in `cache_dir`); only
     usable files are split, and identical files stay in one split. Classes
-    with no usable image are excluded with a warning.
+    with no usable image are excluded with a warning. `group_by` (a regular
+    expression; its first group, searched in each path relative to the
+    root, is the file's group) or a labels CSV's group column keeps every
+    group whole in one split (check_groups).
 
     Returns a DatasetIndex. Raises UserError for a missing folder, fewer
     than 2 usable classes, a class missing from a split or too small to
@@ -347,11 +357,13 @@ def index_dataset(
     usable = [c for c in scan.candidates if checks[c.path].usable]
     class_names = _choose_classes(scan, usable, classes, image_dir)
     usable = [c for c in usable if c.label in class_names]
-    groups = {c.path: checks[c.path].sha256 for c in usable}
+    user_groups = group_keys(usable, group_by)
+    groups = user_groups or {c.path: checks[c.path].sha256 for c in usable}
     table, notes = _split_table(usable, scan.fixed_splits, val_split, test_split, seed, groups)
     check_same_classes(table, class_names)
     samples = tuple(
-        Sample(path=path, label=name, split=split, decoder=checks[path].decoder)
+        Sample(path=path, label=name, split=split, decoder=checks[path].decoder,
+               group=user_groups.get(path, "") if user_groups else "")
         for split in dataset_files.SPLITS
         for name in class_names
         for path in table[split][name]
@@ -372,9 +384,11 @@ def index_dataset(
         ignored=len(scan.ignored),
         warnings=tuple(scan.warnings),
         readers=readers,
+        grouped=bool(user_groups),
+        contents={c.path: checks[c.path].sha256 for c in usable},
     )
     report = audit.audit_report(index, scan, checks, duplicates, stats)
-    return dataclasses.replace(index, audit=report)
+    return dataclasses.replace(index, audit=report, notes=index.notes + tuple(group_lines(index)))
 
 
 def index_of_options(options, progress=None):
@@ -391,4 +405,139 @@ def index_of_options(options, progress=None):
         readers=config.load_readers(options.reader),
         cache_dir=artifacts.audit_cache_dir(options.artifacts_dir),
         progress=progress,
+        group_by=options.group_by,
     )
+
+
+# ---------------------------------------------------------------- groups and folds
+
+
+def group_keys(candidates, group_by):
+    """{path: group} of the usable candidates (dataset_files.Candidate):
+    the first capture group of the regular expression `group_by` searched
+    in each path (the whole match when it has no group), else a labels
+    CSV's group column; None when neither is given. Raises UserError naming
+    a file the pattern does not match, with the count of such files."""
+    if not group_by:
+        given = {c.path: c.group for c in candidates if getattr(c, "group", "")}
+        if given and len(given) < len(candidates):
+            missing = next(c.path for c in candidates if not getattr(c, "group", ""))
+            raise UserError(
+                f"labels_csv: {len(candidates) - len(given)} usable file(s) have an empty group "
+                f"(e.g. {image_io.display_path(missing)}); give every row a group or none"
+            )
+        return given or None
+    pattern = re.compile(group_by)
+    keys, unmatched = {}, []
+    for candidate in candidates:
+        found = pattern.search(candidate.path.replace(os.sep, "/"))
+        key = (found.group(1) if pattern.groups else found.group(0)) if found else None
+        if key:
+            keys[candidate.path] = key
+        else:
+            unmatched.append(candidate.path)
+    if unmatched:
+        where = "any file" if not keys else f"{len(unmatched)} of {len(candidates)} files"
+        raise UserError(
+            f"--group_by does not match {where} (e.g. {image_io.display_path(unmatched[0])} has no group); "
+            f"every file's path relative to image_dir needs one. Received: group_by={group_by}"
+        )
+    check_groups(candidates, keys)
+    return keys
+
+
+def check_groups(candidates, keys):
+    """Raises UserError naming a class whose images are all one group: it
+    could not be in every split."""
+    per_class = collections.defaultdict(set)
+    for candidate in candidates:
+        per_class[candidate.label].add(keys[candidate.path])
+    for name, groups in sorted(per_class.items()):
+        if len(groups) < 2:
+            raise UserError(
+                f"class '{image_io.display_path(name)}': all its images are one group "
+                f"({next(iter(groups))}), so it cannot be in every split; add images of "
+                "other groups or change --group_by"
+            )
+
+
+def group_lines(index, fold_of=None):
+    """Lines for the run's output: how many groups each class has in each
+    split (and fold, with `fold_of` {path: fold})."""
+    if not index.grouped:
+        return []
+    where = collections.defaultdict(set)
+    for sample in index.samples:
+        place = sample.split if fold_of is None or sample.split == "test" else f"fold {fold_of[sample.path] + 1}"
+        where[(sample.label, place)].add(sample.group)
+    order = {"train": 0, "val": 1, "test": 3}
+    places = sorted({place for _, place in where}, key=lambda place: (order.get(place, 2), place))
+    return [
+        f"{len({sample.group for sample in index.samples})} groups, none split; per class in "
+        + "/".join(place.replace("fold ", "f") for place in places) + ": "
+        + ", ".join(f"{image_io.display_path(name)} " + "/".join(str(len(where[(name, place)])) for place in places)
+                    for name in index.class_names)
+    ]
+
+
+def assign_folds(index, folds, seed):
+    """Each non-test image's fold (0-based), by scikit-learn's
+    StratifiedGroupKFold (shuffled by `seed`): stratified by class, a group
+    (the user's, else identical files) never in two folds. Returns
+    ({path: fold}, warning lines). Raises UserError when a class has fewer
+    non-test images (or groups) than `folds`, or a fold's training would
+    lack a class."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pool = [sample for sample in index.samples if sample.split != "test"]
+    counts = collections.Counter(sample.label for sample in pool)
+    smallest = min(index.class_names, key=lambda name: counts[name])
+    if counts[smallest] < folds:
+        raise UserError(
+            f"--folds {folds} is more than class '{image_io.display_path(smallest)}' has non-test images "
+            f"({counts[smallest]}): each fold needs one of each class. Received: folds={folds}"
+        )
+    # Without the user's groups, identical files (same content) share a fold.
+    groups = [sample.group or (index.contents or {}).get(sample.path, sample.path) for sample in pool]
+    warnings = []
+    per_class = collections.defaultdict(set)
+    for sample, group in zip(pool, groups):
+        per_class[sample.label].add(group)
+    for name in index.class_names:
+        if len(per_class[name]) < folds:
+            warnings.append(
+                f"class '{image_io.display_path(name)}' has {len(per_class[name])} group(s), fewer than "
+                f"--folds {folds}: some validation folds have none of it"
+            )
+    if len(set(groups)) < folds:
+        raise UserError(
+            f"--folds {folds} is more than the {len(set(groups))} groups outside the test split. "
+            f"Received: folds={folds}"
+        )
+    labels = [index.class_names.index(sample.label) for sample in pool]
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+    fold_of = {}
+    for fold, (_, chosen) in enumerate(splitter.split(np.zeros(len(pool)), labels, groups)):
+        for position in chosen:
+            fold_of[pool[position].path] = fold
+    for fold in range(folds):
+        trained = {sample.label for sample in pool if fold_of[sample.path] != fold}
+        if len(trained) < len(index.class_names):
+            missing = next(name for name in index.class_names if name not in trained)
+            raise UserError(
+                f"--folds {folds}: fold {fold + 1}'s training would have no image of class "
+                f"'{image_io.display_path(missing)}' (its groups are too few); lower --folds"
+            )
+    return fold_of, warnings
+
+
+def fold_index(index, fold_of, fold):
+    """The DatasetIndex fold `fold` trains on: the test split as it is,
+    fold `fold` as the validation split, the other folds as training."""
+    samples = tuple(
+        sample if sample.split == "test"
+        else dataclasses.replace(sample, split="val" if fold_of[sample.path] == fold else "train")
+        for sample in index.samples
+    )
+    order = {"train": 0, "val": 1, "test": 2}
+    return dataclasses.replace(index, samples=tuple(sorted(samples, key=lambda sample: order[sample.split])))

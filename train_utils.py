@@ -361,3 +361,19 @@ def training_plan_line(options):
         return (f"up to {options.epochs} epochs with the backbone frozen, then up to {options.fine_tune_epochs} "
                 f"fine-tuning its last {options.fine_tune_layers} layers ({stopping})")
     return f"up to {options.epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"
+
+
+def training_record(history_path, seconds, resumed):
+    """What a run config records of its training: seconds of this
+    invocation's training (a resumed run: since it resumed), epochs, the
+    best epoch (1-based, lowest val_loss, the saved model's) and its
+    val_loss, and whether it was resumed."""
+    losses = read_history(history_path)["val_loss"]
+    best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
+    return {
+        "seconds": round(seconds, 1),
+        "epochs": int(len(losses)),
+        "best_epoch": None if best is None else best + 1,
+        "best_val_loss": None if best is None else float(losses[best]),
+        "resumed": resumed,
+    }

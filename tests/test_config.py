@@ -130,6 +130,8 @@ REFUSED = {
     "cutmix": ("2", "cutmix must be between 0 and 1"),
     "mlflow": ("", "mlflow must not be empty"),
     "worker_wait": ("0", "worker_wait must be positive"),
+    "folds": ("1", "folds must be at least 2"),
+    "group_by": ("(P", "group_by is not a regular expression"),
 }
 
 

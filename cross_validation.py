@@ -1,0 +1,516 @@
+"""How good is training on this folder, give or take: k-fold cross-validation
+(one run per fold, resumable, tied by one id), its summary with error bars,
+the out-of-fold predictions and the images whose label the models doubt.
+
+    python main.py --image_dir DIR --folds 5 [--group_by REGEX] [--backbone a,b]
+    python evaluate.py --cross_validation [ID]      # re-score, write the summary again
+
+The test split stays out of every fold; the other images (train and val
+pooled) are split by splits.assign_folds. Fold k is an ordinary run
+(main.py's stages, through the `train_one` main.py passes in) whose
+validation split is fold k. What ties the folds together lives in
+ARTIFACTS_DIR/cross_validation/<id>/ (cross_validation.json: the options
+and each fold's run; folds.csv: each image's fold and group); the summary
+goes to RESULTS_DIR/cross_validation/<id>/.
+"""
+
+import csv
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+import artifacts
+import audit
+import backbones
+import compare
+import config
+import console
+import figures
+import inference
+import resume
+import show
+import splits
+import visualize
+from errors import UserError
+
+FOLDER = "cross_validation"  # ARTIFACTS_DIR/<FOLDER>/<id>/ and RESULTS_DIR/<FOLDER>/<id>/
+STATE_FILE = "cross_validation.json"
+FOLDS_FILE = "folds.csv"
+FOLDS_HEADER = ("path", "class", "group", "fold")  # fold: 1..K, or "test"
+# The summary's metrics: (key, label, lower is better).
+METRICS = (
+    ("accuracy", "accuracy", False),
+    ("macro_f1", "macro F1", False),
+    ("macro_auc", "macro AUC", False),
+    ("log_loss", "log loss", True),
+    ("ece", "ECE", True),
+)
+SUSPECT_GALLERY = (4, 6)  # rows, cols of the suspects' gallery
+
+
+# ---------------------------------------------------------------- label errors
+
+
+def class_thresholds(labels, probabilities):
+    """Confident learning's per-class thresholds (Northcutt et al., 2021):
+    t_j, the mean out-of-fold probability of class j over the images
+    labelled j."""
+    labels = np.asarray(labels)
+    return np.array([
+        probabilities[labels == j, j].mean() if np.any(labels == j) else 1.0
+        for j in range(probabilities.shape[1])
+    ])
+
+
+def label_suspects(labels, probabilities):
+    """The images whose given label the out-of-fold models doubt.
+
+    An image labelled i is suspect when some other class j has
+    p_j > t_j (strictly: a model at chance, all probabilities equal, doubts nothing) (class_thresholds), and its likely class is the most
+    probable such j (the off-diagonal of the confident joint). Returns
+    (ranking: every image's position, the most doubtful first, by the
+    probability of its given label minus that class's threshold;
+    suspect: bool per image; likely: class number per image)."""
+    labels = np.asarray(labels)
+    thresholds = class_thresholds(labels, probabilities)
+    above = probabilities > thresholds[None, :]
+    above[np.arange(len(labels)), labels] = False
+    suspect = above.any(axis=1)
+    likely = np.where(suspect, np.where(above, probabilities, -1.0).argmax(axis=1), labels)
+    margin = probabilities[np.arange(len(labels)), labels] - thresholds[labels]
+    # Suspects first, then the rest, each by how far below its class's typical confidence.
+    ranking = np.lexsort((margin, ~suspect))
+    return ranking, suspect, likely
+
+
+# ---------------------------------------------------------------- the summary
+
+
+def fold_scores(evaluation):
+    """The summary's metrics of one Evaluation."""
+    scores = evaluation.metrics()
+    return {
+        "accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_avg"]["f1"],
+        "macro_auc": compare.macro_auc(scores["roc_auc"]),
+        "log_loss": scores["loss"],
+        "ece": scores["calibration"]["ece"],
+    }
+
+
+def spread(values):
+    """(mean, standard deviation, 95% interval low, high) of per-fold
+    values, the interval from Student's t with K-1 degrees of freedom."""
+    from scipy import stats
+
+    values = np.asarray([value for value in values if value is not None], dtype=float)
+    if not len(values):
+        return None, None, None, None
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, None, None, None
+    deviation = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * deviation / np.sqrt(len(values))
+    return mean, deviation, mean - half, mean + half
+
+
+def summary_rows(per_fold):
+    """One row per backbone, split ("validation folds", "test split") and
+    metric: mean, std and the 95% interval over the folds. `per_fold` is
+    fold_table's rows."""
+    rows = []
+    keys = sorted({(row["backbone"], row["split"]) for row in per_fold}, key=lambda key: (key[0], key[1] != "val"))
+    for backbone, split in keys:
+        chosen = [row for row in per_fold if row["backbone"] == backbone and row["split"] == split]
+        for key, label, _ in METRICS:
+            mean, deviation, low, high = spread(row[key] for row in chosen)
+            rows.append({"backbone": backbone, "split": split, "metric": label, "folds": len(chosen),
+                         "mean": mean, "std": deviation, "ci95_low": low, "ci95_high": high})
+    return rows
+
+
+def shown(value, digits=4):
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_summary(rows, per_fold, chosen, notes):
+    lines = ["| backbone | split | metric | mean ± std | 95% interval (t) | folds |", "|---|---|---|---|---|---:|"]
+    for row in rows:
+        interval = f"{shown(row['ci95_low'])} – {shown(row['ci95_high'])}" if row["std"] is not None else ""
+        lines.append(f"| {row['backbone']} | {row['split']} | {row['metric']} | "
+                     f"{shown(row['mean'])} ± {shown(row['std'])} | {interval} | {row['folds']} |")
+    lines += ["", "| backbone | fold | run | split | images | " + " | ".join(label for _, label, _ in METRICS) + " |",
+              "|---|---:|---|---|---:|" + "---:|" * len(METRICS)]
+    for row in per_fold:
+        lines.append(f"| {row['backbone']} | {row['fold']} | {row['run']} | {row['split']} | {row['images']} | "
+                     + " | ".join(shown(row[key]) for key, _, _ in METRICS) + " |")
+    return "\n".join(["# Cross-validation", "", *notes, "", f"Published: {chosen}", "", *lines, ""])
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class CrossValidation:
+    """One cross-validation: its id, options, folds and each fold's run
+    ({backbone: [run id or None per fold]})."""
+
+    id: str
+    options: config.Config
+    backbones: tuple
+    fold_of: dict  # {path: fold, 0-based}, the non-test images
+    runs: dict
+    status: str = "running"
+
+    @property
+    def folds(self):
+        return self.options.folds
+
+    def folder(self):
+        return os.path.join(self.options.artifacts_dir, FOLDER, self.id)
+
+    def results_folder(self):
+        return os.path.join(self.options.results_dir, FOLDER, self.id)
+
+    def save(self):
+        artifacts.write_json(os.path.join(self.folder(), STATE_FILE), {
+            "id": self.id, "status": self.status, "folds": self.folds, "backbones": list(self.backbones),
+            "runs": self.runs, "options": config.saved_options(self.options),
+        })
+
+
+def folds_rows(index, fold_of):
+    """folds.csv: every image's class, group and fold (1..K, or test)."""
+    return [FOLDS_HEADER] + [
+        (sample.path, sample.label, sample.group,
+         "test" if sample.split == "test" else str(fold_of[sample.path] + 1))
+        for sample in index.samples
+    ]
+
+
+def read_folds(folder):
+    with open(os.path.join(folder, FOLDS_FILE), newline="", encoding="utf-8") as handle:
+        return [tuple(row) for row in csv.reader(handle)]
+
+
+def ids(artifacts_dir):
+    parent = os.path.join(artifacts_dir, FOLDER)
+    return sorted(entry.name for entry in os.scandir(parent) if entry.is_dir()) if os.path.isdir(parent) else []
+
+
+def read_state(artifacts_dir, wanted, unfinished):
+    """The saved state (dict) of cross-validation `wanted` ("last": the
+    newest, among the unfinished ones when `unfinished`). Raises
+    UserError."""
+    known = ids(artifacts_dir)
+    candidates = known if wanted == "last" else [wanted]
+    for name in reversed(candidates):
+        path = os.path.join(artifacts_dir, FOLDER, name, STATE_FILE)
+        if not os.path.isfile(path):
+            if wanted != "last":
+                raise UserError(f"no cross-validation {name} in {os.path.join(artifacts_dir, FOLDER)} "
+                                f"(there: {', '.join(known[-5:]) or 'none'}). Received: {name}")
+            continue
+        state = artifacts.read_json(path)
+        if unfinished and state.get("status") == "finished":
+            if wanted != "last":
+                raise UserError(f"--resume: cross-validation {name} finished; nothing to resume")
+            continue
+        if not unfinished and state.get("status") != "finished":
+            if wanted != "last":
+                raise UserError(f"cross-validation {name} is not finished: continue it with main.py --resume {name}")
+            continue
+        return state
+    raise UserError(f"no {'unfinished' if unfinished else 'finished'} cross-validation in "
+                    f"{os.path.join(artifacts_dir, FOLDER)}")
+
+
+def resumes_one(options):
+    """Whether main.py --resume continues a cross-validation: it names one,
+    or names nothing and the newest unfinished one is newer than the last
+    interrupted run outside it (or --folds is given)."""
+    if not options.resume:
+        return bool(options.folds)
+    if options.resume in ids(options.artifacts_dir):
+        return True
+    try:
+        state = read_state(options.artifacts_dir, "last", unfinished=True)
+    except UserError:
+        state = None
+    if options.resume != "last":
+        inside = state and any(options.resume in runs for runs in state["runs"].values())
+        if options.folds and not inside:
+            raise UserError(f"--folds continues a cross-validation, and run {options.resume} is a plain run: "
+                            "leave --folds out to resume it")
+        return bool(inside)
+    if state is None:
+        if options.folds:
+            raise UserError(f"--resume --folds: no unfinished cross-validation in "
+                            f"{os.path.join(options.artifacts_dir, FOLDER)}")
+        return False
+    fold_runs = {run for runs in state["runs"].values() for run in runs if run}
+    interrupted = [run for run in artifacts.run_ids(options.artifacts_dir)
+                   if run not in fold_runs and resume.read_progress(
+                       os.path.join(artifacts.runs_folder(options.artifacts_dir), run)).status == "interrupted"]
+    return bool(options.folds) or not interrupted or interrupted[-1] < state["id"]
+
+
+def open_cross_validation(options, given, names, progress=None):
+    """(CrossValidation, DatasetIndex): a new one, or with --resume the
+    unfinished one, with its own options (compared as resume compares a
+    run's) and the same folds. Raises UserError."""
+    if options.resume:
+        state = read_state(options.artifacts_dir, options.resume if options.resume in ids(options.artifacts_dir)
+                           else "last", unfinished=True)
+        options = resume.resumed_options(options, given, state["options"])
+        names = tuple(state["backbones"])
+        print(f"Resuming cross-validation {state['id']} with its own options.")
+    index = splits.index_of_options(options, progress=progress)
+    fold_of, warnings = splits.assign_folds(index, options.folds, options.seed)
+    if options.resume:
+        cv = CrossValidation(state["id"], options, names, fold_of, state["runs"])
+        if read_folds(cv.folder()) != folds_rows(index, fold_of):
+            raise UserError(f"--resume: the dataset or folds differ from {os.path.join(cv.folder(), FOLDS_FILE)}; "
+                            "use the same --image_dir, --seed and split options")
+    else:
+        stamp = artifacts.new_run_stamp(options.results_dir, also_in=(os.path.join(options.artifacts_dir, FOLDER),))
+        cv = CrossValidation(stamp, options, tuple(names), fold_of, {name: [None] * options.folds for name in names})
+        artifacts.write_csv(os.path.join(cv.folder(), FOLDS_FILE), folds_rows(index, fold_of))
+        cv.save()
+        print(f"Cross-validation {stamp}: {options.folds} folds x {len(names)} backbone(s), {cv.folder()}")
+    for line in audit.summary_lines(index, where="each fold's audit.json"):
+        print(f"    {line}")
+    if any(sample.split == "val" for sample in index.samples) and index.layout != "flat":
+        print("    the val split is pooled with train into the folds; the test split stays out of every fold")
+    for line in [*warnings, *splits.group_lines(index, fold_of)]:
+        print(f"    {line}")
+    return cv, index
+
+
+# ---------------------------------------------------------------- the folds
+
+
+def duration(seconds):
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def is_finished(folder):
+    """Whether a fold's run finished (calibrated and published once): its
+    run config says so and its model is there."""
+    try:
+        return artifacts.is_finished(folder, artifacts.read_run_config(folder))
+    except artifacts.CompanionError:
+        return False
+
+
+def train_folds(cv, index, train_one):
+    """Trains every fold of every backbone not finished yet, each as its own
+    run (`train_one(options, fold index, title, (stamp, folder, point))`),
+    and prints a time estimate after the first."""
+    todo = [(name, fold) for name in cv.backbones for fold in range(cv.folds)]
+    times = []
+    for number, (name, fold) in enumerate(todo, start=1):
+        run_id = cv.runs[name][fold]
+        point = None
+        if run_id:
+            folder = os.path.join(artifacts.runs_folder(cv.options.artifacts_dir), run_id)
+            if is_finished(folder):
+                continue
+            progress = resume.read_progress(folder)
+            point = progress.point if progress.status == "interrupted" else None
+        if not run_id or point is None:
+            run_id, folder = artifacts.new_run(cv.options.artifacts_dir, cv.options.results_dir)
+        cv.runs[name][fold] = run_id
+        cv.save()
+        title = f"fold {fold + 1}/{cv.folds}" + (f" · {name}" if len(cv.backbones) > 1 else "")
+        options = dataclasses.replace(cv.options, backbone=name,
+                                      alpha=backbones.backbone_alpha(name, cv.options.alpha))
+        start = time.perf_counter()
+        train_one(options, splits.fold_index(index, cv.fold_of, fold), title, (run_id, folder, point))
+        times.append(time.perf_counter() - start)
+        left = len(todo) - number
+        if left:
+            print(f"\n{title} took {duration(times[-1])}; about {duration(np.median(times) * left)} "
+                  f"left for the other {left} fold run(s)")
+
+
+def fold_evaluations(cv, index, batch_size):
+    """{backbone: [(run id, Evaluation of its validation fold, Evaluation of
+    the test split)] per fold}: each fold's published-to-be model loaded
+    with its companions and scored again."""
+    scored = {}
+    for name in cv.backbones:
+        scored[name] = []
+        for fold, run_id in enumerate(cv.runs[name]):
+            folder = os.path.join(artifacts.runs_folder(cv.options.artifacts_dir), run_id or "?")
+            if not run_id or not is_finished(folder):
+                raise UserError(f"cross-validation {cv.id}: fold {fold + 1} ({name}) has no finished run; "
+                                f"continue it with main.py --resume {cv.id}")
+            trained = inference.load_trained_model(os.path.join(folder, artifacts.MODEL_FILE))
+            this = splits.fold_index(index, cv.fold_of, fold)
+            pair = []
+            for split, description in (("val", f"validation fold {fold + 1}"), ("test", "test split")):
+                paths, labels = this.split(split)
+                images = inference.LabelledImages(paths=paths, labels=labels, description=description)
+                pair.append(inference.evaluate_images(trained, images, batch_size, index.readers))
+            scored[name].append((run_id, *pair))
+    return scored
+
+
+def fold_table(scored):
+    """Per-fold rows: backbone, fold, run, split (val or test), images and the metrics."""
+    return [
+        {"backbone": name, "fold": fold, "run": run_id, "split": split, "images": len(evaluation.paths),
+         **fold_scores(evaluation)}
+        for name, folds in scored.items()
+        for fold, (run_id, val, test) in enumerate(folds, start=1)
+        for split, evaluation in (("val", val), ("test", test))
+    ]
+
+
+def out_of_fold(cv, folds):
+    """One backbone's folds [(run, val Evaluation, test Evaluation)] as one
+    metrics.Evaluation of every non-test image (each predicted by the model
+    that never trained on it) and each image's fold."""
+    first = folds[0][1]
+    evaluation = dataclasses.replace(
+        first,
+        paths=tuple(path for _, val, _ in folds for path in val.paths),
+        true_labels=np.concatenate([val.true_labels for _, val, _ in folds]),
+        probabilities=np.concatenate([val.probabilities for _, val, _ in folds]),
+        description="out-of-fold predictions, every non-test image",
+        skipped=(),
+    )
+    fold_numbers = [fold for fold, (_, val, _) in enumerate(folds, start=1) for _ in val.paths]
+    return evaluation, fold_numbers
+
+
+def choose_published(cv, scored):
+    """The fold run with the lowest validation-fold log loss: chosen by
+    validation data only, never by the test split. Returns (run id, text)."""
+    candidates = [(val.metrics()["loss"], run_id, name, fold)
+                  for name, folds in scored.items() for fold, (run_id, val, _) in enumerate(folds, start=1)]
+    loss, run_id, name, fold = min(candidates)
+    return run_id, (f"run {run_id} (fold {fold}{', ' + name if len(scored) > 1 else ''}): the lowest "
+                    f"validation-fold log loss, {loss:.4f}; chosen on validation data only")
+
+
+# ---------------------------------------------------------------- writing it
+
+
+def write_label_suspects(evaluation, fold_numbers, root, folder):
+    """oof_predictions.csv (every non-test image) and label_suspects.csv
+    (the confident-learning suspects, most doubtful first), and the
+    suspects' gallery. Returns (figure path, number of suspects)."""
+    labels, probabilities, names = evaluation.true_labels, evaluation.probabilities, evaluation.class_names
+    ranking, suspect, likely = label_suspects(labels, probabilities)
+    given = probabilities[np.arange(len(labels)), labels]
+    thresholds = class_thresholds(labels, probabilities)
+    relative = [os.path.relpath(path, root) for path in evaluation.paths]
+    header = ("path", "given_label", "predicted", "probability_of_given", "fold")
+    artifacts.write_csv(os.path.join(folder, "oof_predictions.csv"), [header] + [
+        (relative[i], names[labels[i]], names[int(probabilities[i].argmax())], f"{given[i]:.6f}", fold_numbers[i])
+        for i in range(len(labels))
+    ])
+    chosen = [int(i) for i in ranking if suspect[i]]
+    artifacts.write_csv(os.path.join(folder, "label_suspects.csv"), [
+        ("rank", *header[:2], "likely_label", "probability_of_likely", "probability_of_given",
+         "threshold_of_given", "fold")
+    ] + [
+        (rank, relative[i], names[labels[i]], names[likely[i]], f"{probabilities[i, likely[i]]:.6f}",
+         f"{given[i]:.6f}", f"{thresholds[labels[i]]:.6f}", fold_numbers[i])
+        for rank, i in enumerate(chosen, start=1)
+    ])
+    rows, cols = SUSPECT_GALLERY
+    shown_ones = chosen[: rows * cols]
+    captions = [f"p(given) {given[i]:.0%} · fold {fold_numbers[i]}" for i in range(len(labels))]
+    items = figures.gallery_items(evaluation.paths, labels, probabilities, names, evaluation.image_size,
+                                  shown_ones, captions=captions, readers=evaluation.readers)
+    path = visualize.plot_prediction_gallery(
+        items, rows, cols, os.path.join(folder, "label_suspects.png"), title="Suspected label errors",
+        subtitle=f"{len(shown_ones)} of {len(chosen)} suspects of {len(labels)} out-of-fold images, most doubtful "
+                 "first · true: the label given in the folder · pred: what the model that never trained on it says",
+    )
+    return path, len(chosen)
+
+
+def write_summary(cv, index, scored, folder):
+    """The summary of a scored cross-validation in `folder`: per_fold.csv,
+    summary.csv, summary.md, the chart, and per backbone the out-of-fold
+    predictions, confusion matrix and label suspects. Returns (figure
+    paths, published run id, lines to print)."""
+    per_fold = fold_table(scored)
+    rows = summary_rows(per_fold)
+    chosen, why = choose_published(cv, scored)
+    columns = ["backbone", "fold", "run", "split", "images", *(key for key, _, _ in METRICS)]
+    artifacts.write_csv(os.path.join(folder, "per_fold.csv"),
+                        [columns] + [[row[name] for name in columns] for row in per_fold])
+    summary_columns = list(rows[0])
+    artifacts.write_csv(os.path.join(folder, "summary.csv"),
+                        [summary_columns] + [[row[name] for name in summary_columns] for row in rows])
+    notes = [(f"Cross-validation {cv.id} of {index.root}: {cv.folds} folds, seed {cv.options.seed}; "
+              "val = each fold's model on its own validation fold (the cross-validation estimate), "
+              "test = each fold's model on the held-out test split.")]
+    drawn = [visualize.plot_cross_validation(rows, [label for _, label, _ in METRICS],
+                                             os.path.join(folder, "cross_validation.png"),
+                                             subtitle=f"{cv.folds} folds · mean ± std · {cv.id}")]
+    lines = []
+    for name, folds in scored.items():
+        place = folder if len(scored) == 1 else os.path.join(folder, name)
+        evaluation, fold_numbers = out_of_fold(cv, folds)
+        drawn += figures.render_confusion(evaluation, place)
+        gallery, suspects = write_label_suspects(evaluation, fold_numbers, index.root, place)
+        drawn.append(gallery)
+        lines.append(f"{name}: {suspects} suspected label error(s) of {len(evaluation.paths)} images: "
+                     f"{os.path.join(place, 'label_suspects.csv')} (nothing in the folder was changed)")
+    artifacts.write_text(os.path.join(folder, "summary.md"), markdown_summary(rows, per_fold, why, notes))
+    headline = [
+        f"{row['backbone']} {'validation folds' if row['split'] == 'val' else 'test split'} {row['metric']}: "
+        f"{shown(row['mean'], 3)} ± {shown(row['std'], 3)}"
+        + (f" (95% interval {shown(row['ci95_low'], 3)} to {shown(row['ci95_high'], 3)})" if row["std"] else "")
+        for row in rows if row["metric"] in ("accuracy", "macro F1")
+    ]
+    return drawn, chosen, [*headline, *lines, f"published: {why}", f"summary: {os.path.join(folder, 'summary.md')}"]
+
+
+def cross_validate(options, given, names, train_one):
+    """main.py --folds K (or --resume of a cross-validation): trains the
+    folds, scores them, publishes the fold run chosen by validation data
+    and writes the summary. Returns the CrossValidation."""
+    with console.stage("Scanning the dataset and making the folds"):
+        cv, index = open_cross_validation(options, given, names, progress=audit.ProgressLine())
+    train_folds(cv, index, train_one)
+    with console.stage("Scoring every fold's model on its validation fold and the test split"):
+        scored = fold_evaluations(cv, index, cv.options.batch_size)
+    with console.stage("Writing the cross-validation summary"):
+        drawn, chosen, lines = write_summary(cv, index, scored, cv.results_folder())
+        artifacts.publish(cv.options.artifacts_dir, os.path.join(artifacts.runs_folder(cv.options.artifacts_dir),
+                                                                 chosen))
+        cv.status = "finished"
+        cv.save()
+        for line in lines:
+            print(f"    {line}")
+    show.show_figures(drawn[:1], cv.options.show)
+    return cv
+
+
+def rescore(options):
+    """evaluate.py --cross_validation [ID]: the finished cross-validation
+    scored again with its saved options and folds, its summary written to
+    RESULTS_DIR/cross_validation/<new stamp>/. Returns (folder, lines)."""
+    state = read_state(options.artifacts_dir, options.cross_validation, unfinished=False)
+    saved = dataclasses.replace(config.config_from_dict(state["options"]), artifacts_dir=options.artifacts_dir,
+                                results_dir=options.results_dir)
+    index = splits.index_of_options(saved)
+    fold_of, _ = splits.assign_folds(index, saved.folds, saved.seed)
+    cv = CrossValidation(state["id"], saved, tuple(state["backbones"]), fold_of, state["runs"], "finished")
+    if read_folds(cv.folder()) != folds_rows(index, fold_of):
+        raise UserError(f"the dataset differs from {os.path.join(cv.folder(), FOLDS_FILE)}: cannot re-score "
+                        f"cross-validation {cv.id} on the same folds")
+    stamp = artifacts.new_run_stamp(options.results_dir)
+    folder = os.path.join(options.results_dir, FOLDER, stamp)
+    scored = fold_evaluations(cv, index, options.batch_size)
+    drawn, _, lines = write_summary(cv, index, scored, folder)
+    return folder, drawn, [f"cross-validation {cv.id} re-scored", *lines]
