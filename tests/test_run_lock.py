@@ -72,7 +72,7 @@ def interrupted_run(saved_model, artifacts_dir):
     (folder / "run_config.json").write_text(json.dumps({**saved, "status": "training"}))
     (folder / "resume").mkdir()
     shutil.copyfile(folder / "best_model.keras", folder / "resume" / "epoch-0001-head.keras")
-    state = {"stamp": folder.name, "history_path": "nowhere.csv", "phase": "head", "epoch": 0,
+    state = {"stamp": folder.name, "history_path": os.path.join("results", "training_curves", folder.name, "history.csv"), "phase": "head", "epoch": 0,
              "best_val_loss": 9.0, "model_file": "epoch-0001-head.keras"}
     (folder / "resume" / "state.json").write_text(json.dumps(state))
     return folder
