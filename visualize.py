@@ -726,9 +726,9 @@ def plot_cross_validation(rows, metric_labels, output_path, subtitle=""):
     """Cross-validation at a glance: per metric, each backbone's mean over
     the folds with a ±1 std error bar, on the validation folds and the test
     split. `rows` are cross_validation.summary_rows. Returns the path."""
-    figure = Figure(figsize=(3.0 * len(metric_labels) + 1, 4.2), layout="constrained")
-    panels = figure.subplots(1, len(metric_labels), squeeze=False)[0]
     series = sorted({(row["backbone"], row["split"]) for row in rows}, key=lambda key: (key[0], key[1] != "val"))
+    figure = Figure(figsize=(max(3.0, 1.1 * len(series) + 0.6) * len(metric_labels) + 1, 4.4), layout="constrained")
+    panels = figure.subplots(1, len(metric_labels), squeeze=False)[0]
     for axes, metric in zip(panels, metric_labels):
         for number, (backbone, split) in enumerate(series):
             row = next(row for row in rows if (row["backbone"], row["split"], row["metric"]) == (backbone, split, metric))
@@ -738,7 +738,7 @@ def plot_cross_validation(rows, metric_labels, output_path, subtitle=""):
                      color=theme.BLUSH if split == "val" else theme.DEEP_ROSE, error_kw={"ecolor": theme.INK, "linewidth": 1.2})
             axes.annotate(f"{row['mean']:.3f}\n±{row['std'] or 0:.3f}", (number, row["mean"] + (row["std"] or 0)),
                           textcoords="offset points", xytext=(0, 3), ha="center", fontsize=theme.FONT_SIZES["small"])
-        axes.set_xticks(range(len(series)), [f"{backbone}\n{'val folds' if split == 'val' else 'test'}"
+        axes.set_xticks(range(len(series)), [f"{theme.short_label(backbone, 12, 2)}\n{'val folds' if split == 'val' else 'test'}"
                                              for backbone, split in series], fontsize=theme.FONT_SIZES["tick"])
         axes.set_title(metric)
         axes.margins(y=0.25)
