@@ -275,7 +275,8 @@ def test_evaluate_with_tta_records_it_and_draws_the_same_figures(trained, tmp_pa
     metrics = read_json(results / "metrics" / only_stamp(results) / "metrics.json")
     assert metrics["tta"] == 3 and metrics["num_samples"] == 6
     assert metrics["tta_augmentation"] == {"flip": "horizontal", "rotation": 0.0, "zoom": 0.0,
-                                           "translation": 0.1, "contrast": 0.0}
+                                           "translation": 0.1, "contrast": 0.0, "brightness": None,
+                                           "shear": 0.0, "fill_mode": "reflect"}
     assert metrics["calibration"]["ece_uncalibrated"] is None  # not recoverable from averages
     assert os.path.getsize(results / "calibration" / only_stamp(results) / "reliability.png") > 5_000
 
