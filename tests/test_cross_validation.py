@@ -113,6 +113,27 @@ def test_the_ordinary_split_keeps_groups_whole(tmp_path):
     assert {row.group for row in splits.manifest_rows(index)} == set(where)
 
 
+def test_a_labels_csv_group_column_keeps_groups_whole_in_the_split(tmp_path):
+    root = make_flat_dataset(tmp_path / "data", per_class=12)
+    rows = ["filename,label,group"]
+    for name in ("cat", "dog"):
+        for number, file in enumerate(sorted(os.listdir(os.path.join(root, name)))):
+            rows.append(f"{name}/{file},{name},{name}-patient{number // 3}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    index = splits.index_dataset(root, 0.25, 0.25, 3, labels_csv=str(labels), cache_dir=str(tmp_path / "cache"))
+    where = collections.defaultdict(set)
+    for sample in index.samples:
+        where[sample.group].add(sample.split)
+    assert len(where) == 8 and all(len(places) == 1 for places in where.values()), where
+    assert {"train", "val", "test"} == {split for places in where.values() for split in places}
+    assert {row.group for row in splits.manifest_rows(index)} == set(where)
+    # A row without a group, when others have one, is refused.
+    labels.write_text("\n".join(rows[:-1] + [rows[-1].rsplit(",", 1)[0] + ","]) + "\n")
+    with pytest.raises(UserError, match="have an empty group"):
+        splits.index_dataset(root, 0.25, 0.25, 3, labels_csv=str(labels), cache_dir=str(tmp_path / "cache"))
+
+
 # ---------------------------------------------------------------- label errors
 
 
