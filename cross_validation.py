@@ -29,6 +29,7 @@ import config
 import console
 import figures
 import inference
+import metrics
 import resume
 import show
 import splits
@@ -370,6 +371,19 @@ def fold_table(scored):
     ]
 
 
+def suspects_caveat(evaluation):
+    """[a line] when the out-of-fold predictions do not beat always
+    answering the largest class: such models doubt most labels, and their
+    list of suspects says little about the labels. Else []."""
+    accuracy = float(np.mean(np.argmax(evaluation.probabilities, axis=1) == evaluation.true_labels))
+    base = metrics.baselines(evaluation.true_labels, evaluation.class_names)
+    if accuracy > base["majority_accuracy"]:
+        return []
+    return [f"    the out-of-fold accuracy, {accuracy:.3f}, is no better than always answering "
+            f"\"{base['majority_class']}\" ({base['majority_accuracy']:.3f}): these models have not learned "
+            "the classes, so their suspects say little about the labels; train longer first"]
+
+
 def out_of_fold(cv, folds):
     """One backbone's folds [(run, val Evaluation, test Evaluation)] as one
     metrics.Evaluation of every non-test image (each predicted by the model
@@ -465,6 +479,7 @@ def write_summary(cv, index, scored, folder):
         drawn.append(gallery)
         lines.append(f"{name}: {suspects} suspected label error(s) of {len(evaluation.paths)} images: "
                      f"{os.path.join(place, 'label_suspects.csv')} (nothing in the folder was changed)")
+        lines += suspects_caveat(evaluation)
     artifacts.write_text(os.path.join(folder, "summary.md"), markdown_summary(rows, per_fold, why, notes))
     headline = [
         f"{row['backbone']} {'validation folds' if row['split'] == 'val' else 'test split'} {row['metric']}: "

@@ -134,6 +134,19 @@ def test_a_labels_csv_group_column_keeps_groups_whole_in_the_split(tmp_path):
         splits.index_dataset(root, 0.25, 0.25, 3, labels_csv=str(labels), cache_dir=str(tmp_path / "cache"))
 
 
+def test_suspects_of_models_no_better_than_the_majority_class_come_with_a_caveat():
+    import metrics
+
+    def evaluation(probabilities):
+        return metrics.Evaluation(paths=("a", "b", "c", "d"), true_labels=np.array([0, 0, 0, 1]),
+                                  probabilities=np.array(probabilities), class_names=("x", "y"),
+                                  image_size=32, description="out of fold")
+
+    (line,) = cross_validation.suspects_caveat(evaluation([[0.6, 0.4]] * 4))  # always "x": 0.75, the majority
+    assert "no better than always answering \"x\" (0.750)" in line
+    assert cross_validation.suspects_caveat(evaluation([[0.9, 0.1]] * 3 + [[0.2, 0.8]])) == []
+
+
 # ---------------------------------------------------------------- label errors
 
 
