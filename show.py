@@ -50,6 +50,13 @@ def show_figures(paths, mode):
             print(f"    {reason}")
         return []
     print(f"    showing {len(paths)} figures one at a time: close each window to see the next")
+    shown = []
     for path in paths:
-        visualize.show_saved_figure(path)
-    return list(paths)
+        try:
+            visualize.show_saved_figure(path)
+        except visualize.WindowGone as error:
+            print(f"    showing stopped: a figure window was destroyed from outside ({error}); "
+                  "every figure is saved all the same")
+            break
+        shown.append(path)
+    return shown

@@ -717,8 +717,29 @@ def show_saved_figure(path):
     axes = figure.add_axes((0, 0, 1, 1))
     axes.imshow(image)
     axes.axis("off")
-    pyplot.show(block=True)
-    pyplot.close(figure)
+    try:
+        pyplot.show(block=True)
+        pyplot.close(figure)
+    except window_errors() as error:
+        # The window was destroyed from outside (its toolkit is gone, not
+        # closed by the user): pyplot.close has already dropped the figure,
+        # so nothing is left for pyplot's exit handler to fail on.
+        pyplot.close("all")
+        raise WindowGone(f"{type(error).__name__}: {error}") from None
+
+
+class WindowGone(Exception):
+    """A figure window was destroyed from outside while it was shown."""
+
+
+def window_errors():
+    """What the window toolkit raises once its window was destroyed from
+    outside: Tk's TclError (TkAgg, matplotlib's usual backend)."""
+    try:
+        import tkinter
+    except ImportError:
+        return ()
+    return (tkinter.TclError,)
 
 
 @themed

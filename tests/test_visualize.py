@@ -505,6 +505,36 @@ def test_show_figures_shows_each_saved_png_in_the_given_order_one_window_at_a_ti
     assert windows == [] and visualize.matplotlib.pyplot.get_fignums() == []
 
 
+def test_a_window_destroyed_from_outside_stops_the_showing_with_one_line(tmp_path, monkeypatch, capsys):
+    """Tk raises TclError once its window was destroyed from outside (not
+    closed by the user): the figures are all saved already, so showing
+    stops with one line, no traceback, and no figure is left for pyplot's
+    exit handler to fail on."""
+    import tkinter
+
+    paths = []
+    for number in range(3):
+        paths.append(str(tmp_path / f"figure{number}.png"))
+        Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(paths[-1])
+    windows = []
+
+    def pyplot_show(block=None):
+        windows.append(block)
+        if len(windows) == 2:
+            raise tkinter.TclError('can\'t invoke "update" command: application has been destroyed')
+
+    monkeypatch.setattr(show, "should_show", lambda mode: (True, None))
+    monkeypatch.setattr("matplotlib.pyplot.show", pyplot_show)
+
+    assert show.show_figures(paths, "1") == paths[:1]
+
+    assert len(windows) == 2  # the third never opened
+    printed = capsys.readouterr().out
+    assert "showing stopped: a figure window was destroyed from outside (TclError: can't invoke" in printed
+    assert "every figure is saved all the same" in printed and "Traceback" not in printed
+    assert visualize.matplotlib.pyplot.get_fignums() == []
+
+
 @pytest.mark.parametrize(
     "mode, environ",
     [
