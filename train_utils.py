@@ -134,14 +134,21 @@ def best_checkpoint(path, best=float("inf")):
     )
 
 
-def promote_checkpoint(path, announce=True):
-    """A callback, after the checkpoint's: a model it just wrote replaces
-    `path` (os.replace, atomic), and the epoch says so."""
+def promote_checkpoint(path, checkpoint, announce=True):
+    """A callback, after `checkpoint`'s: a model it wrote this epoch (its
+    best moved) replaces `path` (os.replace, atomic), and the epoch says
+    so. Only this epoch's: a staged file that is still there from a process
+    killed mid-save is half written (measured: 0 bytes), and promoting it
+    on a resumed run's first epoch without a better val_loss published an
+    unreadable model."""
     import keras
+
+    state = {"best": checkpoint.best}
 
     def promote(epoch, logs=None):
         staged = artifacts.staging_path(path)
-        if not os.path.exists(staged):
+        saved, state["best"] = checkpoint.best != state["best"], checkpoint.best
+        if not saved or not os.path.exists(staged):
             return
         os.replace(staged, path)
         if announce:
@@ -149,6 +156,15 @@ def promote_checkpoint(path, announce=True):
                   f"saved {path}")
 
     return keras.callbacks.LambdaCallback(on_epoch_end=promote)
+
+
+def discard_staged_checkpoint(path):
+    """Removes the checkpoint's staging file beside `path` (our own name,
+    artifacts.staging_path), which only a process killed while saving
+    leaves behind: it is half written, never a model to keep."""
+    staged = artifacts.staging_path(path)
+    if os.path.isfile(staged) and not os.path.islink(staged):
+        os.remove(staged)
 
 
 def majority_share(labels):
@@ -218,7 +234,7 @@ def phase_callbacks(plan, checkpoint, point, model):
         reduce_lr,
         keras.callbacks.CSVLogger(plan.history_path, append=True),
         checkpoint,
-        promote_checkpoint(plan.best_model_path, announce=plan.chief),
+        promote_checkpoint(plan.best_model_path, checkpoint, announce=plan.chief),
         early_stopping,
         # A diverged run (NaN loss) stops at once; it never becomes the
         # published model (main.py checks that a best model was saved).
@@ -295,6 +311,7 @@ def train(model, train_data, val_data, plan, point=None, machine=None):
     """
     machine = machine or OneMachine()
     best = point.best_val_loss if point else float("inf")
+    discard_staged_checkpoint(plan.best_model_path)
     checkpoint = best_checkpoint(plan.best_model_path, best)
     next_epoch = point.epoch + 1 if point else 0
     point = point or resume.ResumePoint(

@@ -1,5 +1,7 @@
 """Class weights: when `auto` uses them, their values, and the line a run prints."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,36 @@ def test_phase_callbacks_hold_early_stopping_and_the_learning_rate_at_chance(tmp
     for epoch in range(8):
         stopping.on_epoch_end(epoch, {"val_accuracy": 0.5, "val_loss": 1.0 + epoch})
     assert not model.stop_training and float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+def test_a_half_written_checkpoint_left_by_a_killed_process_is_never_published(tmp_path):
+    """SIGKILL while Keras wrote the staged checkpoint leaves it half
+    written (measured: 0 bytes). A resumed run whose first epoch does not
+    beat the saved best must keep the saved best model, not promote that
+    leftover (it published an unreadable best_model.keras), and removes it."""
+    import keras
+    import tensorflow as tf
+
+    import artifacts
+    import resume
+
+    best = tmp_path / "best_model.keras"
+    best.write_bytes(b"the best model so far")
+    staged = tmp_path / os.path.basename(artifacts.staging_path(str(best)))
+    staged.write_bytes(b"")
+    plan = train_utils.TrainPlan(
+        epochs=2, fine_tune_epochs=0, fine_tune_layers=0, learning_rate=1e-3, patience=5, pretrained=False,
+        jit_compile=False, best_model_path=str(best), history_path=str(tmp_path / "history.csv"),
+        resume_folder=str(tmp_path / "resume"),
+    )
+    # The saved best's val_loss, 0, cannot be beaten by a cross-entropy.
+    point = resume.ResumePoint(stamp="run", history_path=plan.history_path, phase="head", epoch=0,
+                               best_val_loss=0.0, model_file="")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    train_utils.compile_model(model, 1e-3, jit_compile=False)
+    data = tf.data.Dataset.from_tensor_slices((np.eye(2, dtype=np.float32), np.array([0, 1]))).batch(2)
+
+    train_utils.train(model, data, data, plan, point)
+
+    assert best.read_bytes() == b"the best model so far"
+    assert not staged.exists()
