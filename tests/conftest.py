@@ -131,8 +131,9 @@ def read_csv(path):
         return list(csv.reader(handle))
 
 
-# One epoch on a tiny model, nothing optional: for runs where training is not the point.
-QUICK = [*TINY, "--epochs", "1", "--augment", "0"]
+# One epoch on a tiny model, nothing optional (no augmentation, no
+# temperature scaling): for runs where training is not the point.
+QUICK = [*TINY, "--epochs", "1", "--augment", "0", "--calibrate", "0"]
 
 
 # ---------------------------------------------------------------- built once per session
