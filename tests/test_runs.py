@@ -227,7 +227,7 @@ def test_a_killed_run_on_another_folder_changes_nothing_evaluate_and_predict_use
     common = ["--artifacts_dir", str(artifacts_dir), "--show", "0"]
     assert predict.main(["--images", two_runs["pets"], "--results_dir", str(tmp_path / "before"), *common]) == 0
     before = predictions(tmp_path / "before")
-    other = make_flat_dataset(tmp_path / "other", classes=("lion", "tiger", "bear"), per_class=40)
+    other = make_flat_dataset(tmp_path / "other", classes=("lion", "tiger", "bear"), per_class=12)
     process = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "main.py"), "--image_dir", other, *TINY, "--epochs", "30",
          "--augment", "0", "--artifacts_dir", str(artifacts_dir), "--results_dir", str(tmp_path / "res")],
