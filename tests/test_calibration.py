@@ -129,6 +129,23 @@ def test_a_split_the_model_gets_all_right_stops_at_the_lower_bound():
     assert temperature == pytest.approx(calibration.MIN_TEMPERATURE, rel=1e-3)
 
 
+def test_a_validation_split_all_right_keeps_the_raw_softmax_and_says_why():
+    """fit_temperature alone would sharpen to its bound (above); the run
+    keeps T = 1 instead, since such a split gives no evidence for any T."""
+    logits = np.array([[3.0, 0.0], [0.0, 2.0], [4.0, 1.0]])
+
+    fitted = calibration.fit_on(logits, [0, 1, 0])
+
+    assert fitted["temperature"] == 1.0 and fitted["every_image_right"] is True
+    assert fitted["val_nll_after"] == fitted["val_nll_before"]
+    assert any("every validation image right" in line and "T kept at 1" in line
+               for line in calibration.fitted_lines(fitted))
+    # One wrong image is evidence: T is fitted as before.
+    fitted = calibration.fit_on(logits, [0, 1, 1])
+    assert fitted["every_image_right"] is False
+    assert fitted["temperature"] == calibration.fit_temperature(logits, [0, 1, 1]) != 1.0
+
+
 def test_rescaled_probabilities_are_those_of_the_logits_at_temperature_one():
     logits, _ = over_confident(scale=1.0, size=20)
     calibrated = calibration.softmax(logits, 2.5)
