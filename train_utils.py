@@ -134,21 +134,16 @@ def best_checkpoint(path, best=float("inf")):
     )
 
 
-def promote_checkpoint(path, checkpoint, announce=True):
-    """A callback, after `checkpoint`'s: a model it wrote this epoch (its
-    best moved) replaces `path` (os.replace, atomic), and the epoch says
-    so. Only this epoch's: a staged file that is still there from a process
-    killed mid-save is half written (measured: 0 bytes), and promoting it
-    on a resumed run's first epoch without a better val_loss published an
-    unreadable model."""
+def promote_checkpoint(path, announce=True):
+    """A callback, after the checkpoint's: a model it just wrote replaces
+    `path` (os.replace, atomic), and the epoch says so. (`train` first
+    removes a staged file a killed process left, so one found here was
+    written this epoch.)"""
     import keras
-
-    state = {"best": checkpoint.best}
 
     def promote(epoch, logs=None):
         staged = artifacts.staging_path(path)
-        saved, state["best"] = checkpoint.best != state["best"], checkpoint.best
-        if not saved or not os.path.exists(staged):
+        if not os.path.exists(staged):
             return
         os.replace(staged, path)
         if announce:
@@ -161,7 +156,9 @@ def promote_checkpoint(path, checkpoint, announce=True):
 def discard_staged_checkpoint(path):
     """Removes the checkpoint's staging file beside `path` (our own name,
     artifacts.staging_path), which only a process killed while saving
-    leaves behind: it is half written, never a model to keep."""
+    leaves behind: it is half written (measured: 0 bytes). Left in place,
+    promote_checkpoint moved it over the good best model at the resumed
+    run's first epoch, improved or not, and an unreadable model was published."""
     staged = artifacts.staging_path(path)
     if os.path.isfile(staged) and not os.path.islink(staged):
         os.remove(staged)
@@ -234,7 +231,7 @@ def phase_callbacks(plan, checkpoint, point, model):
         reduce_lr,
         keras.callbacks.CSVLogger(plan.history_path, append=True),
         checkpoint,
-        promote_checkpoint(plan.best_model_path, checkpoint, announce=plan.chief),
+        promote_checkpoint(plan.best_model_path, announce=plan.chief),
         early_stopping,
         # A diverged run (NaN loss) stops at once; it never becomes the
         # published model (main.py checks that a best model was saved).
