@@ -10,6 +10,7 @@ brings pandas and SciPy, about 2 s, which a command that stops at a bad
 option should not wait for).
 """
 
+import contextlib
 import functools
 import os
 
@@ -722,9 +723,11 @@ def show_saved_figure(path):
         pyplot.close(figure)
     except window_errors() as error:
         # The window was destroyed from outside (its toolkit is gone, not
-        # closed by the user): pyplot.close has already dropped the figure,
-        # so nothing is left for pyplot's exit handler to fail on.
-        pyplot.close("all")
+        # closed by the user). pyplot.close drops the figure before it
+        # destroys the window (which fails the same way), so nothing is left
+        # for pyplot's exit handler to fail on.
+        with contextlib.suppress(*window_errors()):
+            pyplot.close(figure)
         raise WindowGone(f"{type(error).__name__}: {error}") from None
 
 
