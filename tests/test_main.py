@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +11,11 @@ import time
 import numpy as np
 import pytest
 
+import artifacts
+import evaluate
 import image_io
 import main as main_script
+import predict
 import demo
 import errors
 from conftest import ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, make_flat_dataset, read_json
@@ -151,6 +155,12 @@ def test_imagenet_weights_unavailable_stops_before_training(workdir, tmp_path, c
     assert not (workdir / "model_artifacts" / "best_model.keras").exists()
 
 
+def run_state(artifacts):
+    """The resume state of the one run under ARTIFACTS_DIR/runs that has
+    one (None before it is written)."""
+    return next((artifacts / "runs").glob("*/resume/state.json"), None) if (artifacts / "runs").is_dir() else None
+
+
 def kill_during(args, workdir, reached):
     """Starts main.py as a real process and SIGKILLs it once the resume
     state satisfies `reached` (a little into the next epoch). Returns the
@@ -158,13 +168,11 @@ def kill_during(args, workdir, reached):
     environment = {**os.environ, "PYTHONPATH": ROOT}
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=workdir, env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs = workdir / "model_artifacts" / "runs"
     deadline = time.time() + 240
     state_path = None
     while time.time() < deadline and process.poll() is None:
-        if state_path is None and runs.is_dir() and any(runs.iterdir()):
-            state_path = the_run(workdir / "model_artifacts") / "resume" / "state.json"
-        if state_path and state_path.exists() and reached(read_json(state_path)):
+        state_path = run_state(workdir / "model_artifacts")
+        if state_path and reached(read_json(state_path)):
             time.sleep(0.3)  # into the next epoch
             break
         time.sleep(0.1)
@@ -178,28 +186,53 @@ def resumed_history(workdir, args):
     assert main_script.main(args + ["--resume"]) == 0
     with open(only_run(workdir / "results", "training_curves") / "history.csv", newline="") as handle:
         history = list(csv.DictReader(handle))
-    assert read_json(the_run(workdir / "model_artifacts") / "resume" / "state.json") == {"phase": "done"}
+    assert read_json(run_state(workdir / "model_artifacts")) == {"phase": "done"}
     assert main_script.main(args + ["--resume"]) == 2  # nothing left to resume
     return history
 
 
+def predictions(artifacts_dir, images, results):
+    """predict.py's rows for `images` with the model published in ARTIFACTS_DIR."""
+    assert predict.main(["--images", images, "--artifacts_dir", str(artifacts_dir), "--results_dir", str(results),
+                         "--show", "0"]) == 0
+    (stamp,) = os.listdir(results / "predictions")
+    with open(results / "predictions" / stamp / "predictions.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_resume_continues_after_sigkill_mid_training(workdir, tmp_path):
+def test_a_run_killed_mid_training_changes_nothing_published_and_resumes(saved_model, workdir, tmp_path):
+    """An earlier run (on cat/dog) is published; a run on other images is
+    SIGKILLed mid-training: evaluate.py and predict.py give exactly the
+    answers they gave before, and --resume finishes the killed run."""
     import keras
 
+    artifacts_dir = workdir / "model_artifacts"
+    earlier = shutil.copytree(saved_model["run"], artifacts_dir / "runs" / saved_model["run"].name)
+    artifacts.publish(str(artifacts_dir), str(earlier))
+    before = predictions(artifacts_dir, saved_model["data"], tmp_path / "before")
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=16)
     store = str(tmp_path / "mlruns")
-    args = ["--image_dir", data, "--epochs", "4", "--patience", "20", *TINY, "--augment", "0", "--mlflow", store]
+    args = ["--image_dir", data, "--epochs", "4", "--patience", "20", *TINY, "--augment", "0", "--calibrate", "0",
+            "--mlflow", store]
 
     state = kill_during(args, workdir, lambda state: state.get("epoch", -1) >= 1)
 
     assert 1 <= state["epoch"] < 3
-    # Killed: its own best model is loadable, and nothing was published.
-    keras.models.load_model(the_run(workdir / "model_artifacts") / "best_model.keras")
-    assert not os.path.lexists(workdir / "model_artifacts" / "best_model.keras")
+    # Killed: its own best model is loadable, its folder is kept, and the
+    # earlier run is still the published one, answering as before.
+    killed = run_state(artifacts_dir).parent.parent
+    keras.models.load_model(killed / "best_model.keras")
+    assert sorted(artifacts.run_ids(str(artifacts_dir))) == sorted([earlier.name, killed.name])
+    assert artifacts.published_run(str(artifacts_dir)) == earlier.name
+    assert predictions(artifacts_dir, saved_model["data"], tmp_path / "after") == before
+    assert evaluate.main(["--image_dir", saved_model["data"], "--artifacts_dir", str(artifacts_dir),
+                          "--results_dir", str(tmp_path / "evaluated"), "--show", "0"]) == 0
+
     history = resumed_history(workdir, args)
     assert [int(row["epoch"]) for row in history] == list(range(4))
+    assert artifacts.published_run(str(artifacts_dir)) == killed.name
     # The resumed run continued its own MLflow run, which holds every epoch.
     import tracking
 
@@ -221,7 +254,7 @@ def test_a_weights_file_trains_head_then_fine_tunes_and_resumes_there_at_its_low
     backbone.save_weights(weights)
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=16)
     args = ["--image_dir", data, "--epochs", "1", "--fine_tune_epochs", "3", "--patience", "20",
-            *TINY_MODEL, "--augment", "0", "--weights", weights]
+            *TINY_MODEL, "--augment", "0", "--calibrate", "0", "--weights", weights]
 
     state = kill_during(args, workdir, lambda state: state.get("phase") == "finetune" and state["epoch"] >= 1)
 
