@@ -18,7 +18,7 @@ import main as main_script
 import predict
 import demo
 import errors
-from conftest import ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, make_flat_dataset, read_json
+from conftest import ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, make_flat_dataset, read_csv, read_json
 
 
 def the_run(artifacts):
@@ -196,8 +196,7 @@ def predictions(artifacts_dir, images, results):
     assert predict.main(["--images", images, "--artifacts_dir", str(artifacts_dir), "--results_dir", str(results),
                          "--show", "0"]) == 0
     (stamp,) = os.listdir(results / "predictions")
-    with open(results / "predictions" / stamp / "predictions.csv", newline="", encoding="utf-8") as handle:
-        return list(csv.reader(handle))
+    return read_csv(results / "predictions" / stamp / "predictions.csv")
 
 
 @pytest.mark.slow
