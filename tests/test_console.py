@@ -50,32 +50,52 @@ def test_captured_stderr_sees_what_c_code_writes_to_descriptor_2():
     assert lines == ["written below Python", "and a second line"]
 
 
-def run(script, *arguments, cwd):
+def start(script, *arguments, cwd):
     # One stream, unbuffered: the lines in the order a terminal shows them.
-    finished = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, os.path.join(ROOT, script), *arguments], cwd=cwd, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, timeout=300,
+        stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"},
     )
-    return finished.returncode, finished.stdout.splitlines()
+
+
+def finish(process):
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output.splitlines()
 
 
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_every_command_starts_with_its_own_line_not_tensorflows(saved_model, tmp_path):
-    # A copy: evaluate.py saves the test split's bins into a run that has none.
-    artifacts_dir = shutil.copytree(saved_model["artifacts"], tmp_path / "artifacts", symlinks=True)
+    # Copies: evaluate.py saves the test split's bins into a run that has none.
+    artifacts_dir, verbose_dir = (shutil.copytree(saved_model["artifacts"], tmp_path / name, symlinks=True)
+                                for name in ("artifacts", "verbose_artifacts"))
     models = ["--artifacts_dir", str(artifacts_dir), "--results_dir", str(tmp_path / "results"), "--show", "0"]
     data = make_flat_dataset(tmp_path / "data", per_class=5)
-    runs = {
+    # All at once (each its own process, folders and output): the time of
+    # the slowest, not of the five.
+    started = {
         # Offline, ImageNet weights stop at "Building the model": after TensorFlow started.
-        "main.py": run("main.py", "--image_dir", data, *TINY_MODEL, "--weights", "imagenet",
-                       "--artifacts_dir", str(tmp_path / "art"), "--results_dir", str(tmp_path / "res"), cwd=tmp_path),
-        "evaluate.py": run("evaluate.py", "--image_dir", saved_model["data"], *models, cwd=tmp_path),
-        "predict.py": run("predict.py", "--images", os.path.join(saved_model["data"], "cat"), *models, cwd=tmp_path),
-        "inspect_dataset.py": run("inspect_dataset.py", "--image_dir", data, "--artifacts_dir", str(tmp_path / "i"),
-                                  cwd=tmp_path),
+        "main.py": start("main.py", "--image_dir", data, *TINY_MODEL, "--weights", "imagenet",
+                         "--artifacts_dir", str(tmp_path / "art"), "--results_dir", str(tmp_path / "res"), cwd=tmp_path),
+        "evaluate.py": start("evaluate.py", "--image_dir", saved_model["data"], *models, cwd=tmp_path),
+        "predict.py": start("predict.py", "--images", os.path.join(saved_model["data"], "cat"), *models, cwd=tmp_path),
+        "inspect_dataset.py": start("inspect_dataset.py", "--image_dir", data, "--artifacts_dir", str(tmp_path / "i"),
+                                    cwd=tmp_path),
+        # --verbose 1 shows them: the check below would see them.
+        "evaluate.py --verbose 1": start("evaluate.py", "--image_dir", saved_model["data"], "--artifacts_dir",
+                                         str(verbose_dir), "--results_dir", str(tmp_path / "verbose_results"),
+                                         "--show", "0", "--verbose", "1", cwd=tmp_path),
     }
+    try:
+        runs = {script: finish(process) for script, process in started.items()}
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    code, lines = runs.pop("evaluate.py --verbose 1")
+    assert code == 0 and any("absl::InitializeLog" in line for line in lines), lines[:3]
     firsts = {"main.py": "Run ", "evaluate.py": "==> Evaluating ", "predict.py": "==> Predicting with ",
               "inspect_dataset.py": "Dataset: "}
     for script, (code, lines) in runs.items():
@@ -84,6 +104,3 @@ def test_every_command_starts_with_its_own_line_not_tensorflows(saved_model, tmp
         assert not [line for line in lines if "absl" in line or "cuInit" in line or "cudart" in line], script
     # The device line says it plainly.
     assert any("no GPU found: training on the CPU" in line for line in runs["main.py"][1])
-    # --verbose 1 shows them: the check above would see them.
-    code, lines = run("evaluate.py", "--image_dir", saved_model["data"], *models, "--verbose", "1", cwd=tmp_path)
-    assert code == 0 and any("absl::InitializeLog" in line for line in lines), lines[:3]
