@@ -67,10 +67,12 @@ def finish(process):
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_every_command_starts_with_its_own_line_not_tensorflows(saved_model, tmp_path):
-    # Copies: evaluate.py saves the test split's bins into a run that has none.
-    artifacts_dir, verbose_dir = (shutil.copytree(saved_model["artifacts"], tmp_path / name, symlinks=True)
-                                for name in ("artifacts", "verbose_artifacts"))
-    models = ["--artifacts_dir", str(artifacts_dir), "--results_dir", str(tmp_path / "results"), "--show", "0"]
+    def outputs(name):
+        # A copy: evaluate.py saves the test split's bins into a run that has none.
+        artifacts_dir = shutil.copytree(saved_model["artifacts"], tmp_path / name / "artifacts", symlinks=True)
+        return ["--artifacts_dir", str(artifacts_dir), "--results_dir", str(tmp_path / name / "results"), "--show", "0"]
+
+    models, verbose_models = outputs("quiet"), outputs("verbose")
     data = make_flat_dataset(tmp_path / "data", per_class=5)
     # All at once (each its own process, folders and output): the time of
     # the slowest, not of the five.
@@ -83,9 +85,8 @@ def test_every_command_starts_with_its_own_line_not_tensorflows(saved_model, tmp
         "inspect_dataset.py": start("inspect_dataset.py", "--image_dir", data, "--artifacts_dir", str(tmp_path / "i"),
                                     cwd=tmp_path),
         # --verbose 1 shows them: the check below would see them.
-        "evaluate.py --verbose 1": start("evaluate.py", "--image_dir", saved_model["data"], "--artifacts_dir",
-                                         str(verbose_dir), "--results_dir", str(tmp_path / "verbose_results"),
-                                         "--show", "0", "--verbose", "1", cwd=tmp_path),
+        "evaluate.py --verbose 1": start("evaluate.py", "--image_dir", saved_model["data"], *verbose_models,
+                                         "--verbose", "1", cwd=tmp_path),
     }
     try:
         runs = {script: finish(process) for script, process in started.items()}
