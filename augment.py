@@ -20,7 +20,8 @@ import config
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Strengths of the random augmentation (what they mean: config.Config,
-    which also holds their defaults)."""
+    which also holds their defaults; each field the option of that name, so
+    main.py fills it with config.picked)."""
 
     flip: str = config.DEFAULTS.flip
     rotation: float = config.DEFAULTS.rotation
@@ -30,18 +31,6 @@ class AugmentConfig:
     brightness: tuple | None = config.DEFAULTS.brightness
     shear: float = config.DEFAULTS.shear
     fill_mode: str = config.DEFAULTS.fill_mode
-
-
-def strengths_of(options):
-    """The AugmentConfig of a run's options (config.Config), or None with
-    --augment 0: what training and the augmentation preview both use."""
-    if not options.augment:
-        return None
-    return AugmentConfig(
-        flip=options.flip, rotation=options.rotation, zoom=options.zoom,
-        translation=options.translation, contrast=options.contrast,
-        brightness=options.brightness, shear=options.shear, fill_mode=options.fill_mode,
-    )
 
 
 def _flip_signs(flip, batch, seed):

@@ -2,11 +2,12 @@
 
 `resolve` turns --balance (and its old spelling --class_weights) and the
 training labels into a `Balance`: the mode, the class weights model.fit
-takes (weights), the per-class alpha of the focal loss (focal), and the
-line the run prints to say which it used and why. `for_run` adds what the
-training stream and the loss need for it and for --label_smoothing,
---mixup and --cutmix (one-hot labels). Oversampling itself is
-data_loader.oversampled_stream; the losses are train_utils.training_loss.
+takes (weights, `class_weights`: balanced, the one computation of them),
+the per-class alpha of the focal loss (focal), and the line the run prints
+to say which it used and why. `for_run` adds what the training stream and
+the loss need for it and for --label_smoothing, --mixup and --cutmix
+(one-hot labels). Oversampling itself is data_loader.oversampled_stream;
+the losses are train_utils.training_loss.
 """
 
 import dataclasses
@@ -47,10 +48,10 @@ class Balance:
         return self.mode == "oversample"
 
 
-def requested_mode(balance, class_weights=None):
+def requested_mode(balance, class_weights_option=None):
     """--balance, with the old --class_weights auto|none standing for
     --balance auto|none (config.check_balance refuses both at once)."""
-    return class_weights if class_weights is not None and balance == "auto" else balance
+    return class_weights_option if class_weights_option is not None and balance == "auto" else balance
 
 
 def balanced_weights(labels, num_classes):
@@ -63,19 +64,42 @@ def balanced_weights(labels, num_classes):
     return {index: float(weight) for index, weight in enumerate(weights)}
 
 
-def resolve(balance, class_weights, labels, class_names):
+def imbalance(counts):
+    """Images of the largest class over the smallest, among those with any."""
+    present = np.asarray(counts)[np.asarray(counts) > 0]
+    return present.max() / present.min()
+
+
+def class_weights(labels, num_classes, mode="auto"):
+    """Balanced class weights {index: weight} (`balanced_weights`) from the
+    training labels, or None: always with mode "always", never with "none";
+    "auto" uses them when the largest class has more than AUTO_RATIO times
+    the images of the smallest."""
+    labels = np.asarray(labels, dtype=int)
+    if mode == "none" or (mode == "auto" and imbalance(np.bincount(labels, minlength=num_classes)) <= AUTO_RATIO):
+        return None
+    return balanced_weights(labels, num_classes)
+
+
+def class_weights_line(weights, class_names, mode):
+    """What a run prints about its class weights (class_weights' result)."""
+    if weights:
+        return "class weights: " + ", ".join(f"{class_names[i]}={w:.3f}" for i, w in weights.items())
+    return "class weights: none (classes are balanced enough)" if mode == "auto" else "class weights: none"
+
+
+def resolve(balance, class_weights_option, labels, class_names):
     """The Balance of a run from its --balance and --class_weights and its
     training labels (ints). auto means weights when the largest class has
     more than AUTO_RATIO times the images of the smallest, else none."""
     labels = np.asarray(labels, dtype=int)
     num_classes = len(class_names)
     counts = np.bincount(labels, minlength=num_classes)
-    present = counts[counts > 0]
-    ratio = present.max() / present.min()
-    mode = requested_mode(balance, class_weights)
-    spelled = "--class_weights" if class_weights is not None and balance == "auto" else "--balance"
+    ratio = imbalance(counts)
+    mode = requested_mode(balance, class_weights_option)
+    spelled = "--class_weights" if class_weights_option is not None and balance == "auto" else "--balance"
     if mode == "auto":
-        if ratio <= AUTO_RATIO:
+        if class_weights(labels, num_classes, "auto") is None:
             return Balance("none", f"balance: none (classes are balanced enough: largest/smallest {ratio:.2f} "
                            f"<= {AUTO_RATIO}, {spelled} auto)")
         mode, why = "weights", f"largest/smallest {ratio:.2f} > {AUTO_RATIO}, {spelled} auto"
@@ -84,8 +108,8 @@ def resolve(balance, class_weights, labels, class_names):
     if mode == "none":
         return Balance("none", f"balance: none ({why})")
     if mode == "weights":
-        weights = train_utils.class_weights(labels, num_classes, "always")
-        return Balance("weights", f"balance: {train_utils.class_weights_line(weights, class_names, mode)} ({why})",
+        weights = class_weights(labels, num_classes, "always")
+        return Balance("weights", f"balance: {class_weights_line(weights, class_names, mode)} ({why})",
                        class_weight=weights)
     if mode == "focal":
         alpha = balanced_weights(labels, num_classes)
@@ -105,24 +129,24 @@ def oversample_line(counts, class_names, why):
             f"each image seen on average per epoch: {', '.join(parts)} (freshly augmented each time; {why})")
 
 
-# What a run with several workers cannot do yet (their training step is
-# multiworker.step_functions' own, with integer labels and no resampling).
-NOT_ON_WORKERS = ("label_smoothing", "mixup", "cutmix")
-
-
-def for_run(options, labels, class_names, batch_size, workers=1):
-    """The Balance of a run (resolve) with its loss, label format and
-    epoch length (oversampling: as many images as the training split).
-    Raises UserError for what several workers cannot do yet."""
-    chosen = resolve(options.balance, options.class_weights, labels, class_names)
+def for_run(balance, class_weights_option, labels, class_names, batch_size, label_smoothing=0.0, mix=(0.0, 0.0),
+            workers=1):
+    """The Balance of a run (resolve: --balance, --class_weights) with its
+    loss (--label_smoothing), label format (one-hot with the --mixup and
+    --cutmix strengths `mix`) and epoch length (oversampling: as many
+    images as the training split). Raises UserError for what several
+    workers cannot do yet: their training step (train_utils.step_functions)
+    takes integer labels and resamples nothing."""
+    chosen = resolve(balance, class_weights_option, labels, class_names)
     if workers > 1:
-        given = [f"--{name} {getattr(options, name):g}" for name in NOT_ON_WORKERS if getattr(options, name)]
+        given = [f"--{name} {value:g}" for name, value in
+                 (("label_smoothing", label_smoothing), ("mixup", mix[0]), ("cutmix", mix[1])) if value]
         if chosen.mode in ("oversample", "focal"):
             given.insert(0, f"--balance {chosen.mode}")
         if given:
             raise UserError(f"{', '.join(given)}: not available with several workers yet; train on one machine "
                             f"or use --balance weights. Received: workers={workers}")
-    mix = (options.mixup, options.cutmix)
-    loss, one_hot = train_utils.training_loss(len(class_names), chosen.alpha, options.label_smoothing, any(mix))
+    mix = tuple(mix)
+    loss, one_hot = train_utils.training_loss(len(class_names), chosen.alpha, label_smoothing, any(mix))
     steps = data_loader.epoch_steps(len(labels), batch_size) if chosen.oversample else None
     return dataclasses.replace(chosen, loss=loss, one_hot=one_hot, mix=mix, steps_per_epoch=steps)

@@ -384,10 +384,10 @@ def logits_model(model):
 
 def with_temperature(model, temperature):
     """A model sharing `model`'s trained layers up to the logits, with a new
-    head that divides them by `temperature` before the softmax (built by
-    model_builder.classifier_head, as in training). The argmax never
-    changes. Raises ValueError for a model without a "logits" layer or a
-    temperature that is not positive."""
+    head that divides them by `temperature` before its own output
+    activation (model_builder.temperature_and_activation, as in training).
+    The argmax never changes. Raises ValueError for a model without a
+    "logits" layer or a temperature that is not positive."""
     import keras
 
     if not temperature > 0:
@@ -395,7 +395,9 @@ def with_temperature(model, temperature):
     layer = logits_layer(model)
     if layer is None:
         raise ValueError(f"the model {model.name} has no 'logits' layer")
-    outputs = model_builder.temperature_and_softmax(layer.output, temperature)
+    outputs = model_builder.temperature_and_activation(
+        layer.output, temperature, activation=model_builder.output_activation(model)
+    )
     return keras.Model(model.inputs, outputs, name=model.name)
 
 

@@ -1,6 +1,6 @@
 """The model comparison: finished runs scored on the same test images.
 
-    python main.py --image_dir DIR --backbone mobilenet_v2,efficientnet_b0,resnet50
+    python main.py --image_dir DIR --backbone mobilenet_v2,efficientnet_b0,resnet50   # then compared (runs.py)
     python evaluate.py --image_dir DIR --compare            # every finished run on DIR
     python evaluate.py --image_dir DIR --compare RUN RUN    # chosen runs
     python evaluate.py --image_dir DIR --compare RUN --external resnet.onnx
@@ -25,12 +25,9 @@ import time
 import numpy as np
 
 import artifacts
-import backbones
-import console
 import external
 import image_io
 import inference
-import show
 import visualize
 from errors import UserError
 
@@ -567,52 +564,3 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     for path in paths:
         print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
     return rows, common, paths
-
-
-# ---------------------------------------------------------------- several backbones in one command
-
-
-def train_series(options, names, train_one):
-    """main.py --backbone A,B,...: trains one run per backbone in `names`,
-    one after another, with `train_one(options of that backbone, the first
-    run or None, title)` (main.py's stages; it returns the run: stamp,
-    folder, options, index). Then the one with the lowest validation loss
-    is published and the runs are compared on their test images. Returns
-    the runs."""
-    widths = [name for name in names if backbones.BACKBONES[name]["alpha"]]
-    if options.alpha != 1.0 and len(widths) < len(names):
-        print(f"--alpha {options.alpha:g} applies to {', '.join(widths)}; the others have no width multiplier.")
-    runs = []
-    for number, backbone in enumerate(names, start=1):
-        run_options = dataclasses.replace(
-            options, backbone=backbone, alpha=backbones.backbone_alpha(backbone, options.alpha)
-        )
-        runs.append(train_one(run_options, runs[0] if runs else None, f"{backbone} ({number} of {len(names)})"))
-    with console.stage("Publishing the run with the lowest validation loss"):
-        publish_best(options.artifacts_dir, runs)
-    with console.stage(f"Comparing the {len(runs)} models on the same test images"):
-        _, _, paths = compare_runs(
-            [run.folder for run in runs], options.image_dir, options.results_dir,
-            options.batch_size, readers=runs[0].index.readers,
-            published=artifacts.published_run(options.artifacts_dir),
-        )
-    with console.stage("Showing the comparison"):
-        show.show_figures(paths[-1:], options.show)
-    return runs
-
-
-def publish_best(artifacts_dir, runs):
-    """Publishes the run whose best epoch had the lowest val_loss (each run
-    was published as it finished, so an interrupted series leaves the last
-    finished one): the choice uses the validation split only, never the
-    test images the comparison reports. Returns its run id."""
-
-    def best_val_loss(run):
-        value = (artifacts.read_run_config(run.folder).get("training") or {}).get("best_val_loss")
-        return float("inf") if value is None else value
-
-    best = min(runs, key=best_val_loss)
-    published = artifacts.publish(artifacts_dir, best.folder)
-    print(f"    published: {published} -> run {best.stamp} ({best.options.backbone}, "
-          f"val_loss {best_val_loss(best):.4f}; the others stay in their run folders)")
-    return best.stamp

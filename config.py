@@ -6,12 +6,14 @@ which scripts take it, its group in --help and its tags. From that one table
 come every script's parser (`build_parser`), the checks of what was parsed
 (`validate`), the options a run saves (`saved_options`), which options a
 resumed run or another worker may set for itself (`first_different`, by
-tag) and the options tables of README.md and docs/options.md
-(`options_markdown`, kept in step by tests/test_config.py).
+tag, and `continued_options`) and the options tables of README.md and
+docs/options.md (`options_markdown`, kept in step by tests/test_config.py).
 
 Scripts turn what they parsed into a Config at their edge and pass plain
-values on: the parsed command line stops at the script that parsed it. A
-mistake is an errors.UserError (one line, exit code 2).
+values on, or a lower file's small value object of the options it needs
+(`picked`): the parsed command line stops at the script that parsed it
+and at runs.py, which opens its runs. A mistake is an errors.UserError
+(one line, exit code 2).
 
 Tags:
     display       what is shown, not what is trained: a resumed run and every
@@ -44,8 +46,6 @@ TRAINING = ("main",)
 FOLDERS = ("main", "evaluate", "predict", "inspect")
 # The scripts that use a trained model (and the figures of its predictions).
 USING_A_MODEL = ("evaluate", "predict")
-# A port number: 1-65535 (0 would let the system pick one nobody was told).
-MAX_PORT = 65535
 FIGURES = ("main", "evaluate", "predict")
 # What --export accepts (export.py writes and checks them).
 EXPORT_FORMATS = ("onnx", "litert", "saved_model")
@@ -459,7 +459,7 @@ class Config:
     )
     port: int = option(
         7860, "Port the page listens on", ("app",), "serving",
-        parse=option_types.integer, check=option_types.between(1, MAX_PORT),
+        parse=option_types.integer, check=option_types.between(1, option_types.MAX_PORT),
     )
     max_upload_mb: float = option(
         50.0, "Largest file the page accepts, in MB (larger uploads are refused before they are read)",
@@ -712,6 +712,28 @@ def first_different(given, saved, ignored_tags):
     return None
 
 
+def continued_options(options, given, saved, ignored_tags, kept, refusal):
+    """The options of a run that goes on from `saved` (the options it was
+    started with, as saved): a resumed run's, or another worker's (the
+    chief's). Those, with this command line's values (`options`) of the
+    names in `kept`. An option given on the command line (`given`) with
+    another value than saved, and none of `ignored_tags`, is refused:
+    UserError(refusal(name, value given, value saved), values as typed)."""
+    different = first_different(given, saved, ignored_tags)
+    if different:
+        name, ours, theirs = different
+        raise UserError(refusal(name, shown(ours), shown(theirs)))
+    return dataclasses.replace(config_from_dict(saved), **{name: getattr(options, name) for name in kept})
+
+
+def picked(options, value_class, **others):
+    """A `value_class` (a dataclass whose fields are option names) holding
+    those options' values, and `others` for its other fields: how a script
+    hands a lower file what it needs of the options, and only that."""
+    names = [field.name for field in dataclasses.fields(value_class) if field.name not in others]
+    return value_class(**{name: getattr(options, name) for name in names}, **others)
+
+
 def shown(value):
     """An option's value as the user would type it: a,b for lists."""
     if isinstance(value, (tuple, list)):
@@ -719,27 +741,7 @@ def shown(value):
     return value
 
 
-# ---------------------------------------------------------------- folders
-
-
-def check_outside(name, path, image_dir):
-    """Raises UserError when an output folder `path` cannot be used: a file,
-    inside the dataset, or the dataset itself or a folder above it (results
-    go to RESULTS_DIR/<category>/, so a dataset named like a category would
-    get new folders). Nothing is ever written inside the dataset."""
-    option_types.check_folder_path(name, path)
-    if not os.path.isdir(image_dir):
-        return
-    if artifacts.is_inside(path, image_dir):
-        raise UserError(
-            f"{name} must be outside image_dir: nothing is written inside "
-            f"the dataset. Received: {name}={path}"
-        )
-    if artifacts.is_inside(image_dir, path):
-        raise UserError(
-            f"{name} must not hold image_dir: files written under it could land "
-            f"inside the dataset. Received: {name}={path}, image_dir={image_dir}"
-        )
+# ---------------------------------------------------------------- readers
 
 
 def load_readers(specs):

@@ -6,32 +6,28 @@ the out-of-fold predictions and the images whose label the models doubt.
     python evaluate.py --cross_validation [ID]      # re-score, write the summary again
 
 The test split stays out of every fold; the other images (train and val
-pooled) are split by splits.assign_folds. Fold k is an ordinary run
-(main.py's stages, through the `train_one` main.py passes in) whose
-validation split is fold k. What ties the folds together lives in
-ARTIFACTS_DIR/cross_validation/<id>/ (cross_validation.json: the options
-and each fold's run; folds.csv: each image's fold and group); the summary
-goes to RESULTS_DIR/cross_validation/<id>/.
+pooled) are split by splits.assign_folds. Fold k is an ordinary run whose
+validation split is fold k: runs.py plans the fold runs and opens each the
+way it opens any run, and main.py trains them. What ties the folds
+together lives in ARTIFACTS_DIR/cross_validation/<id>/ (cross_validation.json:
+the options and each fold's run; folds.csv: each image's fold and group),
+kept by `CrossValidation`; the summary goes to
+RESULTS_DIR/cross_validation/<id>/.
 """
 
 import csv
 import dataclasses
 import os
-import time
 
 import numpy as np
 
 import artifacts
 import audit
-import backbones
 import compare
 import config
-import console
 import figures
 import inference
 import metrics
-import resume
-import show
 import splits
 import visualize
 from errors import UserError
@@ -181,6 +177,24 @@ class CrossValidation:
             "runs": self.runs, "options": config.saved_options(self.options),
         })
 
+    def folds_path(self):
+        return os.path.join(self.folder(), FOLDS_FILE)
+
+    def write_folds(self, index):
+        """folds.csv of `index` (this cross-validation's folds), then the state."""
+        artifacts.write_csv(self.folds_path(), folds_rows(index, self.fold_of))
+        self.save()
+
+    def same_folds(self, index):
+        """Whether `index`, split into this cross-validation's folds, is what
+        its folds.csv holds (the same images, classes, groups and folds)."""
+        return read_folds(self.folder()) == folds_rows(index, self.fold_of)
+
+    def run_folder(self, name, fold):
+        """The run folder of fold `fold` (0-based) of backbone `name`, or None."""
+        run_id = self.runs[name][fold]
+        return os.path.join(artifacts.runs_folder(self.options.artifacts_dir), run_id) if run_id else None
+
 
 def folds_rows(index, fold_of):
     """folds.csv: every image's class, group and fold (1..K, or test)."""
@@ -228,73 +242,17 @@ def read_state(artifacts_dir, wanted, unfinished):
                     f"{os.path.join(artifacts_dir, FOLDER)}")
 
 
-def resumes_one(options):
-    """Whether main.py --resume continues a cross-validation: it names one,
-    or names nothing and the newest unfinished one is newer than the last
-    interrupted run outside it (or --folds is given)."""
-    if not options.resume:
-        return bool(options.folds)
-    if options.resume in ids(options.artifacts_dir):
-        return True
-    try:
-        state = read_state(options.artifacts_dir, "last", unfinished=True)
-    except UserError:
-        state = None
-    if options.resume != "last":
-        inside = state and any(options.resume in runs for runs in state["runs"].values())
-        if options.folds and not inside:
-            raise UserError(f"--folds continues a cross-validation, and run {options.resume} is a plain run: "
-                            "leave --folds out to resume it")
-        return bool(inside)
-    if state is None:
-        if options.folds:
-            raise UserError(f"--resume --folds: no unfinished cross-validation in "
-                            f"{os.path.join(options.artifacts_dir, FOLDER)}")
-        return False
-    fold_runs = {run for runs in state["runs"].values() for run in runs if run}
-    interrupted = [run for run in artifacts.run_ids(options.artifacts_dir)
-                   if run not in fold_runs and resume.read_progress(
-                       os.path.join(artifacts.runs_folder(options.artifacts_dir), run)).status == "interrupted"]
-    return bool(options.folds) or not interrupted or interrupted[-1] < state["id"]
-
-
-def open_cross_validation(options, given, names, progress=None):
-    """(CrossValidation, DatasetIndex): a new one, or with --resume the
-    unfinished one, with its own options (compared as resume compares a
-    run's) and the same folds. Raises UserError."""
-    if options.resume:
-        state = read_state(options.artifacts_dir, options.resume if options.resume in ids(options.artifacts_dir)
-                           else "last", unfinished=True)
-        options = resume.resumed_options(options, given, state["options"])
-        names = tuple(state["backbones"])
-        print(f"Resuming cross-validation {state['id']} with its own options.")
-    index = splits.index_of_options(options, progress=progress)
-    fold_of, warnings = splits.assign_folds(index, options.folds, options.seed)
-    if options.resume:
-        cv = CrossValidation(state["id"], options, names, fold_of, state["runs"])
-        if read_folds(cv.folder()) != folds_rows(index, fold_of):
-            raise UserError(f"--resume: the dataset or folds differ from {os.path.join(cv.folder(), FOLDS_FILE)}; "
-                            "use the same --image_dir, --seed and split options")
-    else:
-        stamp = artifacts.new_run_stamp(options.results_dir, also_in=(os.path.join(options.artifacts_dir, FOLDER),))
-        cv = CrossValidation(stamp, options, tuple(names), fold_of, {name: [None] * options.folds for name in names})
-        artifacts.write_csv(os.path.join(cv.folder(), FOLDS_FILE), folds_rows(index, fold_of))
-        cv.save()
-        print(f"Cross-validation {stamp}: {options.folds} folds x {len(names)} backbone(s), {cv.folder()}")
-    for line in audit.summary_lines(index, where="each fold's audit.json"):
-        print(f"    {line}")
-    if any(sample.split == "val" for sample in index.samples) and index.layout != "flat":
-        print("    the val split is pooled with train into the folds; the test split stays out of every fold")
-    for line in [*warnings, *splits.group_lines(index, fold_of)]:
-        print(f"    {line}")
-    return cv, index
-
-
 # ---------------------------------------------------------------- the folds
 
 
-def duration(seconds):
-    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+def opening_lines(index, fold_of, warnings):
+    """What a cross-validation says of its dataset and folds when it opens:
+    the audit's summary, the val split pooled, the folds' `warnings` and
+    groups."""
+    lines = audit.summary_lines(index, where="each fold's audit.json")
+    if any(sample.split == "val" for sample in index.samples) and index.layout != "flat":
+        lines.append("the val split is pooled with train into the folds; the test split stays out of every fold")
+    return [*lines, *warnings, *splits.group_lines(index, fold_of)]
 
 
 def is_finished(folder):
@@ -304,37 +262,6 @@ def is_finished(folder):
         return artifacts.is_finished(folder, artifacts.read_run_config(folder))
     except artifacts.CompanionError:
         return False
-
-
-def train_folds(cv, index, train_one):
-    """Trains every fold of every backbone not finished yet, each as its own
-    run (`train_one(options, fold index, title, (stamp, folder, point))`),
-    and prints a time estimate after the first."""
-    todo = [(name, fold) for name in cv.backbones for fold in range(cv.folds)]
-    times = []
-    for number, (name, fold) in enumerate(todo, start=1):
-        run_id = cv.runs[name][fold]
-        point = None
-        if run_id:
-            folder = os.path.join(artifacts.runs_folder(cv.options.artifacts_dir), run_id)
-            if is_finished(folder):
-                continue
-            progress = resume.read_progress(folder)
-            point = progress.point if progress.status == "interrupted" else None
-        if not run_id or point is None:
-            run_id, folder = artifacts.new_run(cv.options.artifacts_dir, cv.options.results_dir)
-        cv.runs[name][fold] = run_id
-        cv.save()
-        title = f"fold {fold + 1}/{cv.folds}" + (f" · {name}" if len(cv.backbones) > 1 else "")
-        options = dataclasses.replace(cv.options, backbone=name,
-                                      alpha=backbones.backbone_alpha(name, cv.options.alpha))
-        start = time.perf_counter()
-        train_one(options, splits.fold_index(index, cv.fold_of, fold), title, (run_id, folder, point))
-        times.append(time.perf_counter() - start)
-        left = len(todo) - number
-        if left:
-            print(f"\n{title} took {duration(times[-1])}; about {duration(np.median(times) * left)} "
-                  f"left for the other {left} fold run(s)")
 
 
 def fold_evaluations(cv, index, batch_size):
@@ -490,42 +417,32 @@ def write_summary(cv, index, scored, folder):
     return drawn, chosen, [*headline, *lines, f"published: {why}", f"summary: {os.path.join(folder, 'summary.md')}"]
 
 
-def cross_validate(options, given, names, train_one):
-    """main.py --folds K (or --resume of a cross-validation): trains the
-    folds, scores them, publishes the fold run chosen by validation data
-    and writes the summary. Returns the CrossValidation."""
-    with console.stage("Scanning the dataset and making the folds"):
-        cv, index = open_cross_validation(options, given, names, progress=audit.ProgressLine())
-    train_folds(cv, index, train_one)
-    with console.stage("Scoring every fold's model on its validation fold and the test split"):
-        scored = fold_evaluations(cv, index, cv.options.batch_size)
-    with console.stage("Writing the cross-validation summary"):
-        drawn, chosen, lines = write_summary(cv, index, scored, cv.results_folder())
-        artifacts.publish(cv.options.artifacts_dir, os.path.join(artifacts.runs_folder(cv.options.artifacts_dir),
-                                                                 chosen))
-        cv.status = "finished"
-        cv.save()
-        for line in lines:
-            print(f"    {line}")
-    show.show_figures(drawn[:1], cv.options.show)
-    return cv
+def summarize(cv, index, batch_size):
+    """Scores every fold's model on its validation fold and the test
+    split, and writes the summary (write_summary) to
+    RESULTS_DIR/cross_validation/<id>/. Returns (figure paths, the fold
+    run to publish, lines to print)."""
+    scored = fold_evaluations(cv, index, batch_size)
+    return write_summary(cv, index, scored, cv.results_folder())
 
 
-def rescore(options):
+def rescore(artifacts_dir, results_dir, wanted, batch_size):
     """evaluate.py --cross_validation [ID]: the finished cross-validation
-    scored again with its saved options and folds, its summary written to
-    RESULTS_DIR/cross_validation/<new stamp>/. Returns (folder, lines)."""
-    state = read_state(options.artifacts_dir, options.cross_validation, unfinished=False)
-    saved = dataclasses.replace(config.config_from_dict(state["options"]), artifacts_dir=options.artifacts_dir,
-                                results_dir=options.results_dir)
-    index = splits.index_of_options(saved)
+    `wanted` ("last" or its id) of ARTIFACTS_DIR scored again with its
+    saved options and folds, its summary written to
+    RESULTS_DIR/cross_validation/<new stamp>/. Returns (folder, figure
+    paths, lines)."""
+    state = read_state(artifacts_dir, wanted, unfinished=False)
+    saved = dataclasses.replace(config.config_from_dict(state["options"]), artifacts_dir=artifacts_dir,
+                                results_dir=results_dir)
+    index = splits.index_source(config.picked(saved, splits.Source))
     fold_of, _ = splits.assign_folds(index, saved.folds, saved.seed)
     cv = CrossValidation(state["id"], saved, tuple(state["backbones"]), fold_of, state["runs"], "finished")
-    if read_folds(cv.folder()) != folds_rows(index, fold_of):
-        raise UserError(f"the dataset differs from {os.path.join(cv.folder(), FOLDS_FILE)}: cannot re-score "
+    if not cv.same_folds(index):
+        raise UserError(f"the dataset differs from {cv.folds_path()}: cannot re-score "
                         f"cross-validation {cv.id} on the same folds")
-    stamp = artifacts.new_run_stamp(options.results_dir)
-    folder = os.path.join(options.results_dir, FOLDER, stamp)
-    scored = fold_evaluations(cv, index, options.batch_size)
+    stamp = artifacts.new_run_stamp(results_dir)
+    folder = os.path.join(results_dir, FOLDER, stamp)
+    scored = fold_evaluations(cv, index, batch_size)
     drawn, _, lines = write_summary(cv, index, scored, folder)
     return folder, drawn, [f"cross-validation {cv.id} re-scored", *lines]

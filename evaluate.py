@@ -40,9 +40,9 @@ import export
 import figures
 import inference
 import metrics
+import option_types
 import report
 import run_lock
-import show
 from errors import UserError
 
 DESCRIPTION = "Evaluate a trained classifier on a labelled folder of images."
@@ -157,7 +157,7 @@ def run_comparison(options):
         raise UserError(f"run {options.compare[0]}'s run_config.json names no image folder: pass --image_dir")
     if not os.path.isdir(image_dir):
         raise UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
-    config.check_outside("results_dir", options.results_dir, image_dir)
+    option_types.check_outside("results_dir", options.results_dir, image_dir)
     runs = ", ".join(os.path.basename(folder) for folder in folders)
     models = f"{len(folders)} run(s) and {len(externals)} external model(s)" if externals else f"{len(folders)} runs"
     with console.stage(f"Comparing {models} on the same test images of {image_dir} ({runs})"):
@@ -168,7 +168,7 @@ def run_comparison(options):
             externals=externals,
         )
     with console.stage("Showing the comparison"):
-        show.show_figures(paths[-1:], options.show)
+        figures.show_figures(paths[-1:], options.show)
     return paths
 
 
@@ -179,9 +179,11 @@ def run_evaluation(argv=None):
         return run_comparison(options)
     if options.cross_validation is not None:
         with console.stage("Re-scoring the cross-validation's folds"):
-            folder, drawn, lines = cross_validation.rescore(options)
+            folder, drawn, lines = cross_validation.rescore(
+                options.artifacts_dir, options.results_dir, options.cross_validation, options.batch_size
+            )
             print("\n".join(f"    {line}" for line in lines))
-        show.show_figures(drawn[:1], options.show)
+        figures.show_figures(drawn[:1], options.show)
         return folder
     readers = config.load_readers(options.reader)
     trained = inference.load_trained_model(
@@ -200,7 +202,7 @@ def evaluate_trained(options, trained, readers):
             f"a model from another framework ({trained.path}) has no training folder: pass --image_dir"
             if trained.sidecar else "no --image_dir given and the model's run_config.json names none"
         )
-    config.check_outside("results_dir", options.results_dir, image_dir)
+    option_types.check_outside("results_dir", options.results_dir, image_dir)
     tta = inference.test_time_augmentation(trained, options.tta, options.seed)
     calibration_images = int8_calibration(trained, options, readers)
     unfinished = inference.unfinished_note(trained)
@@ -241,10 +243,7 @@ def evaluate_trained(options, trained, readers):
         if saved:
             print(f"    reliability bins (the run had none): {saved}")
     with console.stage("Drawing the figures"):
-        drawn = figures.render_evaluation(
-            evaluation, options.results_dir, stamp,
-            options.rows, options.cols, options.gallery, options.seed,
-        )
+        drawn = figures.render_evaluation(evaluation, options.results_dir, stamp, config.picked(options, figures.Look, augmentation=None))
     exported = None
     if options.export:
         with console.stage("Exporting the model and checking each export"):
@@ -256,9 +255,9 @@ def evaluate_trained(options, trained, readers):
                     f"finished before it beside {trained.path}, nothing half-written; run the same command again "
                     "to export") from None
     page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp)
-    if show.should_show(options.show)[0]:
+    if figures.should_show(options.show)[0]:
         with console.stage("Showing the figures"):
-            show.show_figures(drawn, options.show)
+            figures.show_figures(drawn, options.show)
     console.summary([
         *report.score_lines(f"{evaluation.description} of {image_dir}", evaluation, scores),
         f"model: {trained.path}" + (f" (note: {unfinished})" if unfinished else ""),

@@ -1,15 +1,23 @@
-"""What each figure shows: which images and numbers go into it and what its
-titles say, written under RESULTS_DIR/<category>/<stamp>/.
+"""What each figure shows, which figures a command draws, and when they are
+shown: each figure's images, numbers and titles, written under
+RESULTS_DIR/<category>/<stamp>/, declared once in `FIGURES`.
 
-The dataset's figures take a splits.DatasetIndex; an evaluation's (main.py's
-test stage, evaluate.py, predict.py) take a metrics.Evaluation (true labels,
-probabilities, class names). Each picks its images and subtitles, draws with
-visualize.py (how a figure looks) and returns the PNG's path. Grad-CAM's heat
-comes from gradcam.py.
+The dataset's figures take a splits.DatasetIndex; the training curves a
+run's history; an evaluation's (main.py's test stage, evaluate.py,
+predict.py) a metrics.Evaluation (true labels, probabilities, class names).
+Each picks its images and subtitles, draws with visualize.py (how a figure
+looks) and returns the PNG's path. Grad-CAM's heat comes from gradcam.py.
+
+A new figure is two things: its plot in visualize.py and its `render_`
+function with one `Figure` line in FIGURES here. main.py's figure stages
+and evaluate.py's figures come from FIGURES, and every saved figure is
+shown by `show_figures`, one window after another when a screen is there
+(headless runs, CI and --show 0 never open one, never block).
 """
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
@@ -404,21 +412,165 @@ def render_gradcam(trained, items, rows, cols, folder):
     return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=subtitle)
 
 
-def render_evaluation(evaluation, results_dir, stamp, rows, cols, gallery, seed):
-    """The confusion matrices, report, ROC, reliability diagram, gallery and
-    top losses of an Evaluation under RESULTS_DIR/<category>/<stamp>/;
-    prints and returns their paths in stage order."""
+def render_training_curves(history, folder):
+    """The training curves of a run's `history` (a History); returns the path."""
+    return visualize.plot_training_curves(
+        history.columns, os.path.join(folder, "training_curves.png"), finetune_start=history.finetune_start
+    )
 
-    def folder(category):
-        return os.path.join(results_dir, category, stamp)
 
-    drawn = render_confusion(evaluation, folder("confusion_matrix"))
-    drawn.append(render_report(evaluation, folder("classification_report")))
-    drawn.append(render_roc(evaluation, folder("roc_auc")))
-    drawn.append(render_reliability(evaluation, folder("calibration")))
-    path, _ = render_gallery(evaluation, rows, cols, gallery, seed, folder("prediction_gallery"))
-    drawn.append(path)
-    drawn.append(render_top_losses(evaluation, rows, cols, folder("top_losses")))
+# ---------------------------------------------------------------- which figures a command draws
+
+
+# What a figure is drawn from: a splits.DatasetIndex, a run's History, a
+# metrics.Evaluation.
+DATASET, HISTORY, EVALUATION = "dataset", "history", "evaluation"
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """A run's per-epoch history (train_utils.read_history's columns) and
+    its first fine-tuning epoch (0-based), if any."""
+
+    columns: dict
+    finetune_start: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Look:
+    """What a command's options say about its figures (each field the
+    option of that name; `augmentation`: the run's augment.AugmentConfig,
+    None with --augment 0)."""
+
+    rows: int
+    cols: int
+    gallery: str
+    seed: int
+    grid_per_class: int
+    image_size: int | None
+    mixup: float
+    cutmix: float
+    augmentation: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One figure, declared once: the stage line that draws it, its
+    category (RESULTS_DIR/<category>/<stamp>/), what it is drawn from
+    (DATASET, HISTORY or EVALUATION), how (draw(source, folder, look) ->
+    [paths]) and whether a command asks for it (wanted(look); None:
+    always)."""
+
+    stage: str
+    category: str
+    source: str
+    draw: object
+    wanted: object = None
+
+    def is_wanted(self, look):
+        return self.wanted is None or bool(self.wanted(look))
+
+
+FIGURES = (
+    Figure("Plotting the dataset distribution", "dataset_distribution", DATASET,
+           lambda index, folder, look: [render_distribution(index, folder)]),
+    Figure("Plotting example images per class", "class_grid", DATASET,
+           lambda index, folder, look: [render_class_grid(index, look.image_size, look.grid_per_class, look.seed,
+                                                          folder)]),
+    Figure("Previewing the augmentation", "augmentation_preview", DATASET,
+           lambda index, folder, look: [render_augmentation_preview(
+               index, look.image_size, look.augmentation, look.seed, folder, mix=(look.mixup, look.cutmix))],
+           wanted=lambda look: look.augmentation is not None),
+    Figure("Plotting the training curves", "training_curves", HISTORY,
+           lambda history, folder, look: [render_training_curves(history, folder)]),
+    Figure("Plotting the confusion matrix", "confusion_matrix", EVALUATION,
+           lambda evaluation, folder, look: render_confusion(evaluation, folder)),
+    Figure("Plotting the classification report", "classification_report", EVALUATION,
+           lambda evaluation, folder, look: [render_report(evaluation, folder)]),
+    Figure("Plotting the ROC curves", "roc_auc", EVALUATION,
+           lambda evaluation, folder, look: [render_roc(evaluation, folder)]),
+    Figure("Plotting the reliability diagram", "calibration", EVALUATION,
+           lambda evaluation, folder, look: [render_reliability(evaluation, folder)]),
+    Figure("Plotting the prediction gallery", "prediction_gallery", EVALUATION,
+           lambda evaluation, folder, look: [render_gallery(
+               evaluation, look.rows, look.cols, look.gallery, look.seed, folder)[0]]),
+    Figure("Plotting the top losses", "top_losses", EVALUATION,
+           lambda evaluation, folder, look: [render_top_losses(evaluation, look.rows, look.cols, folder)]),
+)
+
+
+def figures_of(source):
+    """The FIGURES drawn from `source`, in order."""
+    return [figure for figure in FIGURES if figure.source == source]
+
+
+def draw(figure, source, results_dir, stamp, look):
+    """`figure` of `source` under RESULTS_DIR/<category>/<stamp>/; returns
+    its paths."""
+    return figure.draw(source, os.path.join(results_dir, figure.category, stamp), look)
+
+
+def render_evaluation(evaluation, results_dir, stamp, look):
+    """Every EVALUATION figure of an Evaluation (the confusion matrices,
+    report, ROC, reliability diagram, gallery and top losses) under
+    RESULTS_DIR/<category>/<stamp>/; prints and returns their paths in
+    order."""
+    drawn = [
+        path for figure in figures_of(EVALUATION) if figure.is_wanted(look)
+        for path in draw(figure, evaluation, results_dir, stamp, look)
+    ]
     for path in drawn:
         print(f"    figure: {path}")
     return drawn
+
+
+# ---------------------------------------------------------------- showing them
+
+
+def has_display(environ=None, platform=None):
+    """Whether windows can open: macOS and Windows always, elsewhere an X11
+    or Wayland display must be set (SSH without forwarding has none)."""
+    environ = os.environ if environ is None else environ
+    platform = platform or sys.platform
+    if platform in ("darwin", "win32"):
+        return True
+    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+def should_show(mode, environ=None):
+    """(show?, reason when not) for --show auto|1|0."""
+    environ = os.environ if environ is None else environ
+    if mode == "0":
+        return False, None
+    if not has_display(environ):
+        return False, "no display: figures saved, not shown"
+    if mode == "auto" and environ.get("CI"):
+        return False, "CI run: figures saved, not shown (--show 1 to show)"
+    if visualize.interactive_backend() is None:
+        return False, (
+            f"matplotlib backend '{visualize.backend_name()}' cannot open windows: "
+            "figures saved, not shown"
+        )
+    return True, None
+
+
+def show_figures(paths, mode):
+    """Shows saved figures one at a time, in order: the next opens when the
+    current window is closed. Never opens anything (or blocks) without a
+    display or with --show 0. Returns the paths shown."""
+    show, reason = should_show(mode)
+    if not show:
+        if reason and paths:
+            print(f"    {reason}")
+        return []
+    print(f"    showing {len(paths)} figures one at a time: close each window to see the next")
+    shown = []
+    for path in paths:
+        try:
+            visualize.show_saved_figure(path)
+        except visualize.WindowGone as error:
+            print(f"    showing stopped: a figure window was destroyed from outside ({error}); "
+                  "every figure is saved all the same")
+            break
+        shown.append(path)
+    return shown

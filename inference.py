@@ -34,6 +34,7 @@ import external
 import image_io
 import metrics
 import run_lock
+import tasks
 from errors import UserError
 
 # ---------------------------------------------------------------- the model
@@ -56,6 +57,12 @@ class TrainedModel:
     # file that was loaded, and where its exports go, even if
     # ARTIFACTS_DIR/latest is switched to another run meanwhile.
     file: str = ""
+
+    @property
+    def task(self):
+        """The kind of task it was trained for (tasks.saved_task; a model
+        from another framework: one class per image)."""
+        return tasks.saved_task(self.run_config)
 
     @property
     def temperature(self):
@@ -125,6 +132,7 @@ def load_trained_model(model_path, image_size=None):
     # from one run folder, also when another run is published meanwhile.
     real_path = os.path.realpath(model_path)
     folder, class_names, run_config = read_companions(real_path)
+    tasks.saved_task(run_config, os.path.join(folder, artifacts.RUN_CONFIG_FILE))  # a kind this version knows
     if export.model_format(real_path) != "keras":
         export.check_tied(real_path, run_config)
     model = load_model_file(real_path)
@@ -522,6 +530,7 @@ def evaluate_images(trained, images, batch_size, readers=None, tta=None):
         readers=readers,
         temperature=trained.temperature,
         tta=1 if tta is None else tta.versions,
+        task=trained.task,
     )
 
 

@@ -14,6 +14,7 @@ import config
 import console
 import errors
 import image_io
+import option_types
 import splits
 from errors import UserError
 
@@ -39,9 +40,9 @@ def inspect(argv=None):
     options = config.validate(config.config_from_args(build_parser().parse_args(argv)), "inspect")
     if not options.image_dir:
         raise UserError("image_dir is required. Received: image_dir=None")
-    config.check_outside("artifacts_dir", options.artifacts_dir, options.image_dir)
+    option_types.check_outside("artifacts_dir", options.artifacts_dir, options.image_dir)
     console.start_tensorflow(options.verbose)
-    index = splits.index_of_options(options, progress=audit.ProgressLine())
+    index = splits.index_source(config.picked(options, splits.Source), progress=audit.ProgressLine())
     if options.json:
         print(json.dumps(audit.inspection_summary(index), ensure_ascii=False))
         return index

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 import calibration
+import tasks
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
@@ -29,10 +30,12 @@ class Evaluation:
     readers: dict | None = None
     temperature: float | None = None  # the model's (None: it has no temperature layer)
     tta: int = 1  # versions averaged per image (1: no test-time augmentation)
+    task: tasks.Task = tasks.SINGLE_LABEL  # the model's kind of task
 
     @property
     def predicted(self):
-        return self.probabilities.argmax(axis=1)
+        """The predicted labels, by the task's rule (the most probable class)."""
+        return self.task.predicted(self.probabilities)
 
     def metrics(self):
         """evaluation_metrics, the calibration summary and the number of

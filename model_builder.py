@@ -9,6 +9,7 @@ Every family is described in one place, backbones.BACKBONES.
 
 import backbones
 import config
+import tasks
 from errors import UserError
 
 BACKBONE_LAYER_NAME = "backbone"
@@ -127,8 +128,10 @@ def build_classifier(
     weights=config.DEFAULTS.weights,
     dropout=config.DEFAULTS.dropout,
     batchnorm_momentum=None,
+    task=tasks.SINGLE_LABEL,
 ):
-    """Builds the uint8-in, softmax-out classifier.
+    """Builds the uint8-in classifier of `task` (tasks.Task: the activation
+    of its output, softmax for one class per image).
 
     With pretrained weights the backbone starts frozen and is always called
     in inference mode, so its BatchNorm statistics are never overwritten by
@@ -158,26 +161,34 @@ def build_classifier(
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=LOGITS_LAYER)(x)
-    outputs = temperature_and_softmax(logits)
+    outputs = temperature_and_activation(logits, activation=task.activation)
     return keras.Model(inputs, outputs, name=f"{backbone}_classifier")
 
 
-# The head ends Dense "logits" -> Rescaling(1/T) "temperature" -> softmax
-# "predictions", T = 1 until calibration.with_temperature sets the fitted
-# one: built-in layers only, so the .keras file reloads in safe mode and
-# exports as it is, and every consumer gets calibrated probabilities.
+# The head ends Dense "logits" -> Rescaling(1/T) "temperature" -> the
+# task's activation (softmax) "predictions", T = 1 until
+# calibration.with_temperature sets the fitted one: built-in layers only,
+# so the .keras file reloads in safe mode and exports as it is, and every
+# consumer gets calibrated probabilities.
 LOGITS_LAYER = "logits"
 TEMPERATURE_LAYER = "temperature"
 PREDICTIONS_LAYER = "predictions"
 
 
-def temperature_and_softmax(logits, temperature=1.0):
-    """softmax(logits / temperature) as two float32 layers (even under
+def temperature_and_activation(logits, temperature=1.0, activation="softmax"):
+    """activation(logits / temperature) as two float32 layers (even under
     mixed precision); returns the probabilities tensor."""
     import keras
 
     scaled = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name=TEMPERATURE_LAYER)(logits)
-    return keras.layers.Activation("softmax", dtype="float32", name=PREDICTIONS_LAYER)(scaled)
+    return keras.layers.Activation(activation, dtype="float32", name=PREDICTIONS_LAYER)(scaled)
+
+
+def output_activation(model):
+    """The name of the activation of a model's "predictions" layer."""
+    import keras
+
+    return keras.activations.serialize(model.get_layer(PREDICTIONS_LAYER).activation)
 
 
 def all_layers(model):

@@ -10,10 +10,13 @@ value received. config.py's table names them for each option.
 import math
 import os
 
+import artifacts
 from errors import UserError
 
 # NumPy and TensorFlow seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32
+# A port number: 1-65535 (0 would let the system pick one nobody was told).
+MAX_PORT = 65535
 
 
 # ---------------------------------------------------------------- parsing option text
@@ -194,6 +197,26 @@ def check_folder_path(name, path):
     if not os.path.isdir(existing):
         what = "is a file" if existing == os.path.abspath(path) else f"lies under a file ({existing})"
         raise UserError(f"{name} must be a folder, but it {what}. Received: {name}={path}")
+
+
+def check_outside(name, path, image_dir):
+    """Raises UserError when an output folder `path` cannot be used: a file,
+    inside the dataset, or the dataset itself or a folder above it (results
+    go to RESULTS_DIR/<category>/, so a dataset named like a category would
+    get new folders). Nothing is ever written inside the dataset."""
+    check_folder_path(name, path)
+    if not os.path.isdir(image_dir):
+        return
+    if artifacts.is_inside(path, image_dir):
+        raise UserError(
+            f"{name} must be outside image_dir: nothing is written inside "
+            f"the dataset. Received: {name}={path}"
+        )
+    if artifacts.is_inside(image_dir, path):
+        raise UserError(
+            f"{name} must not hold image_dir: files written under it could land "
+            f"inside the dataset. Received: {name}={path}, image_dir={image_dir}"
+        )
 
 
 def onnx_files(name, value):

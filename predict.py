@@ -28,8 +28,8 @@ import export
 import figures
 import image_io
 import inference
+import option_types
 import report
-import show
 import visualize
 from errors import UserError
 
@@ -265,7 +265,7 @@ def parse_arguments(argv):
         )
     for folder in [options.image_dir] + [path for path in (options.images or ()) if os.path.isdir(path)]:
         if folder:
-            config.check_outside("results_dir", options.results_dir, folder)
+            option_types.check_outside("results_dir", options.results_dir, folder)
     return options
 
 
@@ -310,9 +310,9 @@ def run_prediction(argv=None):
         for path in drawn:
             print(f"    figure: {path}")
     page = write_report(options, trained, output, drawn)
-    if show.should_show(options.show)[0]:
+    if figures.should_show(options.show)[0]:
         with console.stage("Showing the figures"):
-            show.show_figures(drawn, options.show)
+            figures.show_figures(drawn, options.show)
     written = output.written
     console.summary([
         f"{len(written['rows']) - 1} image(s) labelled by {trained.path}"

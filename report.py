@@ -148,16 +148,17 @@ def per_class_table(scores):
     return header, rows
 
 
-def options_rows(options):
-    """The options of a run (config.saved_options's dict), one row each."""
-    return tuple((f"--{name}", "" if value is None else str(value)) for name, value in options.items())
+def options_rows(values):
+    """Options and their values ({name: value}, config.saved_options's
+    dict), one row each."""
+    return tuple((f"--{name}", "" if value is None else str(value)) for name, value in values.items())
 
 
 # ---------------------------------------------------------------- a training run
 
 
 def training_sections(run):
-    """The sections of a main.py run's page (`run`: main.Run, after its
+    """The sections of a main.py run's page (`run`: runs.Run, after its
     test evaluation and figures)."""
     options, scores = run.options, run.scores
     return [

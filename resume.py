@@ -4,8 +4,9 @@ epoch, finding the run `--resume` means, and the options it continues with.
 After every epoch the whole model (optimizer included) goes to the run's
 resume/ folder with a small state file, state.json, that names it
 (`ResumePoint`); a killed run continues from its last completed epoch with
-the options saved in its run_config.json (`open_resumed_run`). When the run
-finishes, its resume models are dropped and state.json says "done".
+the options saved in its run_config.json (`open_resumed_run`, merged with
+the command line's by config.continued_options). When the run finishes,
+its resume models are dropped and state.json says "done".
 """
 
 import csv
@@ -212,48 +213,38 @@ def trim_history(path, last_epoch):
     artifacts.write_csv(path, kept)
 
 
-# ---------------------------------------------------------------- the options
+# ---------------------------------------------------------------- the run to continue
 
 
-def resumed_options(options, given, saved):
-    """The options of a resumed run: the ones `saved` with it, plus the
-    display options given now (`options`; `given`: those on the command
-    line). An option given now that differs from the saved one is refused,
-    naming it: a run trains with one set of options. Raises UserError."""
-    different = config.first_different(given, saved, ("display", "run_locator"))
-    if different:
-        name, ours, theirs = different
-        raise UserError(
-            f"--resume continues a run with its own options, and this run used "
-            f"{name}={config.shown(theirs)}; leave --{name} out (or start a new run). "
-            f"Received: {name}={config.shown(ours)}"
-        )
-    display = {name: getattr(options, name) for name in config.names_tagged("display")}
-    locators = {name: getattr(options, name) for name in config.names_tagged("run_locator")}
-    return dataclasses.replace(config.config_from_dict(saved), **display, **locators)
-
-
-def open_resumed_run(options, given):
-    """The interrupted run `options.resume` names: (its options, run id,
-    folder, ResumePoint). `given`: the options on the command line. Raises
-    UserError when it cannot be continued."""
-    stamp, folder, point = find_interrupted_run(options.artifacts_dir, options.resume)
+def open_resumed_run(artifacts_dir, run_id="last"):
+    """The interrupted run `run_id` ("last": the most recent) of
+    ARTIFACTS_DIR that --resume continues: (run id, folder, ResumePoint,
+    the options it was started with, as saved). Raises UserError when it
+    cannot be continued; runs.py merges the options with the command
+    line's (config.continued_options)."""
+    stamp, folder, point = find_interrupted_run(artifacts_dir, run_id)
     try:
         saved = artifacts.read_run_config(folder).get("options")
     except artifacts.CompanionError as error:
         raise UserError(f"--resume: {error}; start a new run") from None
     if not isinstance(saved, dict):
         raise UserError(f"--resume: the run config in {folder} has no options; start a new run")
-    options = resumed_options(options, given, saved)
     try:  # checked before anything is written; compared after the scan
         artifacts.read_manifest(folder)
     except artifacts.CompanionError as error:
         raise UserError(f"--resume: {error}; start a new run") from None
-    own_history = os.path.join(options.results_dir, "training_curves", stamp, "history.csv")
+    results_dir = saved.get("results_dir", config.DEFAULTS.results_dir)
+    own_history = os.path.join(results_dir, "training_curves", stamp, "history.csv")
     if point.stamp != stamp or os.path.normpath(point.history_path) != os.path.normpath(own_history):
         raise UserError(
             f"--resume: {os.path.join(folder, artifacts.RESUME_FOLDER, RESUME_STATE)} is damaged: it names "
             f"run {point.stamp} and the history {point.history_path}, not this run's {stamp} and {own_history}; "
             "start a new run"
         )
-    return options, stamp, folder, point
+    return stamp, folder, point, saved
+
+
+def resumed_refusal(name, ours, theirs):
+    """The line --resume refuses an option given with another value with."""
+    return (f"--resume continues a run with its own options, and this run used {name}={theirs}; "
+            f"leave --{name} out (or start a new run). Received: {name}={ours}")

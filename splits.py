@@ -22,6 +22,7 @@ import audit
 import config
 import dataset_files
 import image_io
+import tasks
 from errors import UserError
 
 # ---------------------------------------------------------------- the index
@@ -57,6 +58,7 @@ class DatasetIndex:
     readers: dict = dataclasses.field(default=None, compare=False)
     grouped: bool = False  # whether samples carry the user's groups (--group_by or a CSV group column)
     contents: dict = dataclasses.field(default=None, compare=False)  # {path: sha256}: identical files
+    task: tasks.Task = tasks.SINGLE_LABEL  # what kind of task its labels make (tasks.py)
 
     def _chosen(self, name):
         return [sample for sample in self.samples if sample.split == name]
@@ -386,26 +388,46 @@ def index_dataset(
         readers=readers,
         grouped=bool(user_groups),
         contents={c.path: checks[c.path].sha256 for c in usable},
+        # The kind of task is decided here, from the labels read: every image
+        # has one class today (a labels CSV with several per image will
+        # make a multi-label index, tasks.py).
+        task=tasks.SINGLE_LABEL,
     )
     report = audit.audit_report(index, scan, checks, duplicates, stats)
     return dataclasses.replace(index, audit=report, notes=index.notes + tuple(group_lines(index)))
 
 
-def index_of_options(options, progress=None):
-    """index_dataset for a command's options (a config.Config): its folder,
-    split, labels and class options, its custom readers, and the audit's
-    cache beside ARTIFACTS_DIR, never inside the dataset."""
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Which folder a command indexes and how it is split: the options
+    index_dataset needs (each field is the option of that name; a script
+    fills it with config.picked)."""
+
+    image_dir: str
+    val_split: float = 0.15
+    test_split: float = 0.15
+    seed: int = 42
+    labels_csv: str | None = None
+    classes: tuple | None = None
+    reader: tuple | None = None  # --reader specs
+    group_by: str | None = None
+    artifacts_dir: str = "model_artifacts"  # the audit's cache goes beside it, never inside the dataset
+
+
+def index_source(source, progress=None):
+    """index_dataset of a Source: its folder, split, labels and class
+    options, its custom readers, and the audit's cache in ARTIFACTS_DIR."""
     return index_dataset(
-        options.image_dir,
-        val_split=options.val_split,
-        test_split=options.test_split,
-        seed=options.seed,
-        labels_csv=options.labels_csv,
-        classes=options.classes,
-        readers=config.load_readers(options.reader),
-        cache_dir=artifacts.audit_cache_dir(options.artifacts_dir),
+        source.image_dir,
+        val_split=source.val_split,
+        test_split=source.test_split,
+        seed=source.seed,
+        labels_csv=source.labels_csv,
+        classes=source.classes,
+        readers=config.load_readers(source.reader),
+        cache_dir=artifacts.audit_cache_dir(source.artifacts_dir),
         progress=progress,
-        group_by=options.group_by,
+        group_by=source.group_by,
     )
 
 

@@ -1,12 +1,23 @@
-"""How a model is trained on one machine: class weights, Keras' callbacks,
-the two phases (head, then fine-tuning) and the per-epoch history.
+"""How a model is trained, on one machine or several: Keras' callbacks, the
+two phases (head, then fine-tuning), the per-epoch history, and the machine
+that compiles, unfreezes and fits.
 
-`train` runs the phases with `model.fit` and Keras' own callbacks
-(ModelCheckpoint, EarlyStopping, ReduceLROnPlateau, CSVLogger, TensorBoard,
-TerminateOnNaN) plus a resume point after every epoch (resume.py). Several
-workers train through the same `train` with their own loop in place of
-model.fit (multiworker.py); evaluation and prediction live in inference.py
-and metrics.py; file names and safe writes in artifacts.py.
+`train` runs the phases with Keras' own callbacks (ModelCheckpoint,
+EarlyStopping, ReduceLROnPlateau, CSVLogger, TensorBoard, TerminateOnNaN)
+plus a resume point after every epoch (resume.py), on a machine
+(`machine_for`): `OneMachine` fits with model.fit; `WorkerMachine`, for a
+run whose TF_CONFIG names several workers, fits with a step of our own
+under `strategy.run`, because Keras 3.15's model.fit fails under
+MultiWorkerMirroredStrategy on TF 2.21 (keras-team/keras#20585,
+"...PerReplica... unsupported type"), driving the same callbacks through
+keras.callbacks.CallbackList as the Keras guide "Writing a training loop
+from scratch" does. Every worker runs every step and every save, in the
+same order (each step is a collective, and saving may read variables that
+sync across workers), and takes the same decisions from the same
+all-reduced numbers; whether to stop is agreed by all. The machine also
+says where a run's model and batches come from (a resumed model, a
+worker's share of the files). Evaluation and prediction live in
+inference.py and metrics.py; file names and safe writes in artifacts.py.
 """
 
 import csv
@@ -17,29 +28,10 @@ import sys
 import numpy as np
 
 import artifacts
+import data_loader
 import model_builder
 import resume
 from errors import UserError
-
-
-def class_weights(labels, num_classes, mode="auto"):
-    """Balanced class weights {index: weight} from the training labels, or
-    None. `auto` uses them when the largest class has more than 1.5x the
-    images of the smallest."""
-    from sklearn.utils.class_weight import compute_class_weight
-
-    counts = np.bincount(labels, minlength=num_classes)
-    if mode == "none" or (mode == "auto" and counts.max() <= 1.5 * counts.min()):
-        return None
-    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
-    return {index: float(weight) for index, weight in enumerate(weights)}
-
-
-def class_weights_line(weights, class_names, mode):
-    """What a run prints about its class weights (class_weights' result)."""
-    if weights:
-        return "class weights: " + ", ".join(f"{class_names[i]}={w:.3f}" for i, w in weights.items())
-    return "class weights: none (classes are balanced enough)" if mode == "auto" else "class weights: none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +51,6 @@ class TrainPlan:
     stamp: str = ""  # the run id, saved with each resume point
     tensorboard_dir: str | None = None
     class_weight: dict | None = None
-    chief: bool = True  # whether this process says what it saves (one machine: always)
     # The loss (training_loss): with one-hot labels (its number of classes,
     # 0: integer labels), validation batches are one-hot too.
     loss: object = "sparse_categorical_crossentropy"
@@ -210,28 +201,29 @@ def until_above_chance(chance, early_stopping, reduce_lr):
     return keras.callbacks.LambdaCallback(on_epoch_end=hold)
 
 
-def phase_callbacks(plan, checkpoint, point, model):
+def phase_callbacks(plan, checkpoint, point, model, announce=True):
     """Keras' callbacks of one training phase (fresh each phase and on
     resume, as model.fit would have them; `checkpoint` carries the best
     val_loss across both phases), then the resume point of `point`'s phase
-    after every epoch. Order matters: ReduceLROnPlateau adds the learning
-    rate to the logs the CSV records; the resume point comes last, once
-    all is written."""
+    after every epoch; `announce`: whether they say what they do (a
+    worker other than the chief keeps quiet). Order matters:
+    ReduceLROnPlateau adds the learning rate to the logs the CSV records;
+    the resume point comes last, once all is written."""
     import keras
 
     reduce_lr = keras.callbacks.ReduceLROnPlateau(
         monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7,
-        verbose=1 if plan.chief else 0,
+        verbose=1 if announce else 0,
     )
     early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1 if plan.chief else 0
+        monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1 if announce else 0
     )
     callbacks = [
         until_above_chance(plan.chance_accuracy, early_stopping, reduce_lr),
         reduce_lr,
         keras.callbacks.CSVLogger(plan.history_path, append=True),
         checkpoint,
-        promote_checkpoint(plan.best_model_path, announce=plan.chief),
+        promote_checkpoint(plan.best_model_path, announce=announce),
         early_stopping,
         # A diverged run (NaN loss) stops at once; it never becomes the
         # published model (main.py checks that a best model was saved).
@@ -253,8 +245,45 @@ def announce_fine_tuning(next_epoch, unfrozen, plan):
 
 
 class OneMachine:
-    """How `train` compiles, unfreezes and fits on one machine: model.fit.
-    multiworker.Workers' training does the same three over several workers."""
+    """How a run trains on one machine: its model (built, or the resumed
+    one loaded), its batches (data_loader.make_dataset) and how `train`
+    compiles, unfreezes and fits (model.fit). `device`: the
+    devices.DeviceSetup, whose strategy the model is built under (None:
+    TensorFlow's default). WorkerMachine does the same on several workers."""
+
+    announces = True  # this process says what training does and saves
+
+    def __init__(self, device=None):
+        self.device = device
+
+    def scope(self):
+        """The strategy scope a model is built or loaded under."""
+        import tensorflow as tf
+
+        return (self.device.strategy if self.device else tf.distribute.get_strategy()).scope()
+
+    def starting_model(self, build, resume_folder=None, point=None):
+        """The model to train: `build()`, or resuming (`point`, the
+        resume.ResumePoint) the model saved after its last epoch, loaded
+        compiled with its optimizer state."""
+        import keras
+
+        with self.scope():
+            if point is None:
+                return build()
+            path = os.path.join(resume_folder, point.model_file)
+            model = keras.models.load_model(path)
+        print(f"    resuming after epoch {point.epoch + 1} ({point.phase}) from {path}")
+        return model
+
+    def dataset(self, paths, labels, batch_size, **settings):
+        """A split's batches for this machine (data_loader.make_dataset's
+        keyword `settings`), `batch_size` over every replica."""
+        return data_loader.make_dataset(paths, labels, batch_size=batch_size, **settings)
+
+    def data_lines(self, train_data):
+        """What the run prints about how its training batches are shared."""
+        return []
 
     def start(self, model, plan, point):
         """Readies `model` for the phase of `point` (None: a new run). A
@@ -304,7 +333,7 @@ def train(model, train_data, val_data, plan, point=None, machine=None):
     `plan.fine_tune_epochs`. Epochs are numbered across both phases, so the
     history CSV is one continuous table. `point` is the resume.ResumePoint
     of an interrupted run (None: a new one); `machine` compiles, unfreezes
-    and fits (OneMachine, or a multi-worker run's).
+    and fits (OneMachine, or WorkerMachine on several workers).
     """
     machine = machine or OneMachine()
     best = point.best_val_loss if point else float("inf")
@@ -317,12 +346,12 @@ def train(model, train_data, val_data, plan, point=None, machine=None):
     )
     machine.start(model, plan, None if next_epoch == 0 else point)
     if point.phase == "head":
-        callbacks = phase_callbacks(plan, checkpoint, point, model)
+        callbacks = phase_callbacks(plan, checkpoint, point, model, machine.announces)
         next_epoch += machine.fit(model, train_data, val_data, plan, callbacks, next_epoch, plan.epochs)
         if not plan.fine_tunes:
             return model
         unfrozen = machine.unfreeze(model, plan)
-        if plan.chief:
+        if machine.announces:
             announce_fine_tuning(next_epoch, unfrozen, plan)
         point = dataclasses.replace(point, phase="finetune", finetune_start=next_epoch)
         # The phase boundary is a resume point too: it holds the best head
@@ -331,9 +360,230 @@ def train(model, train_data, val_data, plan, point=None, machine=None):
             plan.resume_folder, model,
             dataclasses.replace(point, epoch=next_epoch - 1, best_val_loss=float(checkpoint.best)),
         )
-    callbacks = phase_callbacks(plan, checkpoint, point, model)
+    callbacks = phase_callbacks(plan, checkpoint, point, model, machine.announces)
     machine.fit(model, train_data, val_data, plan, callbacks, next_epoch, point.finetune_start + plan.fine_tune_epochs)
     return model
+
+
+# ---------------------------------------------------------------- several workers
+
+
+# BatchNormalization's moving statistics (Keras' variable names).
+BATCHNORM_STATISTICS = ("moving_mean", "moving_variance")
+
+
+def average_batchnorm(workers, model):
+    """Each replica updates BatchNormalization's moving statistics from its
+    own batches (Keras does not sync them); their mean, after every epoch,
+    gives every worker the same model, so validation measures exactly the
+    model the chief saves."""
+    variables = [weight for weight in model.non_trainable_weights if weight.name in BATCHNORM_STATISTICS]
+    if variables:
+        workers.average(variables)
+
+
+def restore_on_workers(model, device, path):
+    """Resuming: the chief loads the resume model it saved at `path`
+    (outside the strategy: plain variables, no collective), copies its
+    weights and optimizer state into `model`, then every worker takes the
+    chief's values. The other workers never read the file."""
+    import keras
+
+    if device.is_chief:
+        saved = keras.models.load_model(path)
+        model.set_weights(saved.get_weights())
+        if len(saved.optimizer.variables) != len(model.optimizer.variables):
+            raise RuntimeError(f"the optimizer saved in {path} does not match the model's")
+        for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
+            variable.assign(value)
+    device.workers.broadcast_from_chief(model.weights + model.optimizer.variables)
+
+
+def _correct(labels, probabilities, mask=None):
+    import tensorflow as tf
+
+    hits = tf.cast(tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels), tf.float32)
+    return tf.reduce_sum(hits if mask is None else hits * mask)
+
+
+def step_functions(model, device, global_batch_size, class_weight, jit_compile):
+    """(train_step, val_step): tf.functions that take a distributed iterator,
+    run one step on every replica and return [loss sum, correct, examples]
+    summed over all replicas of all workers. Losses as model.fit's: class
+    weights in training, averaged over the global batch; none in validation."""
+    import keras
+    import tensorflow as tf
+
+    strategy = device.strategy
+    weights = None
+    if class_weight:
+        weights = tf.constant([class_weight[number] for number in range(len(class_weight))], tf.float32)
+    # A LossScaleOptimizer (mixed_float16 on GPUs) checks each replica's own
+    # gradients for inf/NaN before they are all-reduced: summing them first
+    # (divided, as the optimizer sums them again) makes every worker agree.
+    aggregate_first = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def gradients_of(images, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            if weights is not None:
+                per_example = per_example * tf.gather(weights, labels)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = model.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        count = tf.cast(tf.size(labels), tf.float32)
+        return gradients, tf.stack([tf.reduce_sum(per_example), _correct(labels, probabilities), count])
+
+    if jit_compile:
+        gradients_of = tf.function(gradients_of, jit_compile=True)
+
+    def train_replica(images, labels):
+        gradients, totals = gradients_of(images, labels)
+        if aggregate_first:
+            context = tf.distribute.get_replica_context()
+            gradients = context.all_reduce("sum", [g / context.num_replicas_in_sync for g in gradients])
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return totals
+
+    def val_replica(images, labels):
+        probabilities = model(images, training=False)
+        mask = tf.cast(labels >= 0, tf.float32)  # -1: padding (worker_dataset_fn)
+        labels = tf.maximum(labels, 0)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities) * mask
+        return tf.stack([tf.reduce_sum(per_example), _correct(labels, probabilities, mask), tf.reduce_sum(mask)])
+
+    here = strategy.num_replicas_in_sync // device.num_workers
+
+    def next_batches(iterator):
+        """One batch from this worker's share for each of its replicas."""
+        batches = [next(iterator) for _ in range(here)]
+        if here == 1:
+            return batches[0]
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: batches[context.replica_id_in_sync_group % here]
+        )
+
+    @tf.function
+    def train_step(iterator):
+        return strategy.reduce("sum", strategy.run(train_replica, args=next_batches(iterator)), axis=None)
+
+    @tf.function
+    def val_step(iterator):
+        return strategy.reduce("sum", strategy.run(val_replica, args=next_batches(iterator)), axis=None)
+
+    return train_step, val_step
+
+
+class WorkerMachine:
+    """How a run trains on several workers (`device`: a DeviceSetup with
+    its Workers), as OneMachine on one: the same phases and callbacks as
+    model.fit, with each worker's share of the training and validation
+    files (data_loader.WorkerData) and a step of our own."""
+
+    def __init__(self, device):
+        self.device = device
+
+    @property
+    def announces(self):
+        return self.device.is_chief
+
+    def scope(self):
+        return self.device.strategy.scope()
+
+    def starting_model(self, build, resume_folder=None, point=None):
+        """A freshly built model on every worker (creating variables is a
+        collective step); resuming, `start` then gives every worker the
+        chief's saved state."""
+        with self.scope():
+            return build()
+
+    def dataset(self, paths, labels, batch_size, **settings):
+        """This worker's share of a split (data_loader.worker_data)."""
+        device = self.device
+        return data_loader.worker_data(
+            paths, labels, batch_size, device.cluster.worker_index, device.num_workers, device.replicas, **settings
+        )
+
+    def data_lines(self, train_data):
+        return [train_data.describe(self.device.num_workers)]
+
+    def start(self, model, plan, point):
+        """Compiles the freshly built `model` under the strategy (the
+        optimizer's variables are the strategy's too), unfrozen as in the
+        phase of `point`; resuming, every worker then takes the chief's
+        saved weights and optimizer state."""
+        finetune = point is not None and point.phase == "finetune"
+        with self.device.strategy.scope():
+            if finetune:
+                model_builder.unfreeze_top_layers(model, plan.fine_tune_layers)
+            compile_model(model, plan.learning_rate / (10 if finetune else 1), plan.jit_compile)
+            model.optimizer.build(model.trainable_variables)
+        if point is not None:
+            restore_on_workers(model, self.device, os.path.join(plan.resume_folder, point.model_file))
+            print(f"    resuming after epoch {point.epoch + 1} ({point.phase}), the chief's saved state")
+
+    def unfreeze(self, model, plan):
+        with self.device.strategy.scope():
+            unfrozen = model_builder.unfreeze_top_layers(model, plan.fine_tune_layers)
+            compile_model(model, plan.learning_rate / 10, plan.jit_compile, plan.loss)
+            model.optimizer.build(model.trainable_variables)
+        return unfrozen
+
+    def fit(self, model, train_data, val_data, plan, callbacks, first_epoch, last_epoch):
+        """Trains over epochs [first_epoch, last_epoch) with a step of our own
+        under strategy.run, calling `callbacks` as model.fit does; returns
+        the number of epochs run (early stopping or a non-finite loss may
+        end it sooner: every worker agrees to stop)."""
+        import keras
+
+        if first_epoch >= last_epoch:
+            return 0
+        train_step, val_step = step_functions(
+            model, self.device, train_data.global_batch_size, plan.class_weight, plan.jit_compile
+        )
+        iterator = iter(train_data.dataset)  # endless: each epoch takes its steps
+        callback_list = keras.callbacks.CallbackList(
+            callbacks, add_history=True, add_progbar=True, model=model,
+            epochs=last_epoch, steps=train_data.steps, verbose=1 if sys.stdout.isatty() else 2,
+        )
+        model.stop_training = False
+        callback_list.on_train_begin()
+        logs, epochs = {}, 0
+        for epoch in range(first_epoch, last_epoch):
+            callback_list.on_epoch_begin(epoch)
+            totals = np.zeros(3)  # loss sum, correct, examples: over every replica of every worker
+            for step in range(train_data.steps):
+                callback_list.on_train_batch_begin(step)
+                totals += train_step(iterator).numpy()
+                callback_list.on_train_batch_end(step, {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]})
+                if model.stop_training:  # TerminateOnNaN: the same all-reduced loss on every worker
+                    break
+            average_batchnorm(self.device.workers, model)
+            validation = np.zeros(3)
+            val_iterator = iter(val_data.dataset)
+            for _ in range(val_data.steps):
+                validation += val_step(val_iterator).numpy()
+            logs = {
+                "loss": totals[0] / totals[2],
+                "accuracy": totals[1] / totals[2],
+                "val_loss": validation[0] / validation[2],
+                "val_accuracy": validation[1] / validation[2],
+            }
+            callback_list.on_epoch_end(epoch, logs)
+            epochs += 1
+            if any(self.device.workers.exchange(bool(model.stop_training))):
+                break
+        callback_list.on_train_end(logs)
+        return epochs
+
+
+def machine_for(device):
+    """The machine a run trains on (`device`: its devices.DeviceSetup):
+    WorkerMachine when TF_CONFIG names several workers, else OneMachine."""
+    return OneMachine(device) if device.workers is None else WorkerMachine(device)
 
 
 def read_history(path):
@@ -352,7 +602,7 @@ def read_history(path):
 # ---------------------------------------------------------------- the plan and the seed
 
 
-def seed_everything(options):
+def seed_everything(seed, deterministic=True):
     """Python's, NumPy's and TensorFlow's seeds from --seed, and with
     --deterministic 1 TensorFlow's deterministic kernels: the same seed then
     gives the same weights, batches, augmentation and metrics, to the last
@@ -360,21 +610,21 @@ def seed_everything(options):
     import keras
     import tensorflow as tf
 
-    keras.utils.set_random_seed(options.seed)
-    if options.deterministic:
+    keras.utils.set_random_seed(seed)
+    if deterministic:
         tf.config.experimental.enable_op_determinism()
 
 
-def training_plan_line(options):
+def training_plan_line(epochs, patience, pretrained, fine_tune_epochs, fine_tune_layers):
     """What --epochs means for this run, in its first lines: with pretrained
     weights the fine-tuning epochs come on top."""
-    stopping = f"early stopping after {options.patience} epochs without a better val_loss"
-    if options.weights == "none":
-        return f"up to {options.epochs} epochs from scratch ({stopping})"
-    if options.fine_tune_epochs:
-        return (f"up to {options.epochs} epochs with the backbone frozen, then up to {options.fine_tune_epochs} "
-                f"fine-tuning its last {options.fine_tune_layers} layers ({stopping})")
-    return f"up to {options.epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"
+    stopping = f"early stopping after {patience} epochs without a better val_loss"
+    if not pretrained:
+        return f"up to {epochs} epochs from scratch ({stopping})"
+    if fine_tune_epochs:
+        return (f"up to {epochs} epochs with the backbone frozen, then up to {fine_tune_epochs} "
+                f"fine-tuning its last {fine_tune_layers} layers ({stopping})")
+    return f"up to {epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"
 
 
 def training_record(history_path, seconds, resumed):

@@ -78,23 +78,23 @@ def measure_fit(args):
 def measure_loop(args):
     """images/s of main.py's multi-worker step under MultiWorkerMirroredStrategy
     (a cluster from TF_CONFIG, or this process alone)."""
-    import multiworker
+    import data_loader
     import devices
     import tensorflow as tf
+    import train_utils
 
     # Without TF_CONFIG: this process alone, as worker 0 of 1.
-    cluster = multiworker.cluster_from_environment() or multiworker.Cluster("worker", 0, 0, ("localhost",))
+    cluster = devices.cluster_from_environment() or devices.Cluster("worker", 0, 0, ("localhost",))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    setup = devices.DeviceSetup(strategy, 0, False, False, multiworker.Workers(strategy, cluster))
+    setup = devices.DeviceSetup(strategy, 0, False, False, devices.Workers(strategy, cluster))
     index, paths, labels = training_files(args)
-    global_batch_size = args.batch_size * strategy.num_replicas_in_sync
-    dataset_fn = multiworker.worker_dataset_fn(
-        paths, labels, args.image_size, global_batch_size, training=True, seed=args.seed,
-        decoders=index.decoders("train"), cache=args.cache,
+    global_batch_size = setup.global_batch(args.batch_size)
+    data = data_loader.worker_data(
+        paths, labels, global_batch_size, cluster.worker_index, cluster.num_workers, setup.replicas,
+        image_size=args.image_size, training=True, seed=args.seed, decoders=index.decoders("train"), cache=args.cache,
     )
-    data = multiworker.distribute(setup, dataset_fn, 1, global_batch_size)
     model = build_model(args, len(index.class_names), strategy)
-    train_step, _ = multiworker.step_functions(model, setup, global_batch_size, None, False)
+    train_step, _ = train_utils.step_functions(model, setup, global_batch_size, None, False)
     iterator = iter(data.dataset)
     for _ in range(args.warmup):
         train_step(iterator).numpy()

@@ -7,7 +7,10 @@ import csv
 import fcntl
 import json
 import os
+import socket
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ if ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import artifacts  # noqa: E402  (the project's modules, once ROOT is on the path)
+
 # The smallest real model main.py trains: MobileNetV2 at width 0.35 on
 # 32 px images, figures never shown. TINY also trains from scratch (no
 # ImageNet download in tests).
@@ -26,9 +31,8 @@ TINY_MODEL = ["--alpha", "0.35", "--image_size", "32", "--batch_size", "8", "--s
 TINY = ["--weights", "none", *TINY_MODEL]
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+# Tests read the JSON files the tool wrote as the tool reads them.
+read_json = artifacts.read_json
 
 
 # Distinct, learnable classes: each class is a colour with a pattern.
@@ -131,6 +135,30 @@ def read_csv(path):
         return list(csv.reader(handle))
 
 
+def free_ports(count=1, host="127.0.0.1"):
+    """Ports free on `host` now (a server or worker binds them a moment later)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for handle in sockets:
+            handle.bind((host, 0))
+        return [handle.getsockname()[1] for handle in sockets]
+    finally:
+        for handle in sockets:
+            handle.close()
+
+
+def png_bytes(width, height, depth, colour_type, rows):
+    """A PNG written by hand (16-bit colour, or a header no encoder would
+    write): `rows` are the raw scanlines without their filter bytes."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    raw = b"".join(b"\x00" + row for row in rows)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
 # One epoch on a tiny model, nothing optional (no augmentation, no
 # temperature scaling): for runs where training is not the point.
 QUICK = [*TINY, "--epochs", "1", "--augment", "0", "--calibrate", "0"]
@@ -183,7 +211,7 @@ def trained_run(tmp_path_factory, worker_id):
     import io
 
     import main
-    import show
+    import figures
     import visualize
 
     with built_once(tmp_path_factory, worker_id, "trained_run") as (folder, build):
@@ -196,7 +224,7 @@ def trained_run(tmp_path_factory, worker_id):
                 shown.append(path)
 
             with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-                patch.setattr(show, "should_show", lambda mode: (True, None))
+                patch.setattr(figures, "should_show", lambda mode: (True, None))
                 patch.setattr(visualize, "show_saved_figure", record)
                 code = main.main([
                     "--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),

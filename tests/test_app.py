@@ -10,12 +10,10 @@ import io
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -30,7 +28,7 @@ import image_io
 import inference
 import predict
 import visualize
-from conftest import ROOT, TRAINED_CLASSES, class_image, one_line_error, read_csv, read_json
+from conftest import ROOT, TRAINED_CLASSES, class_image, free_ports, one_line_error, png_bytes, read_csv, read_json
 
 CHROMIUM = "/usr/bin/chromium"
 # What the README's browser arguments say: headless, and nothing fetched
@@ -43,18 +41,6 @@ SERVER_START_SECONDS = 180
 
 
 # ---------------------------------------------------------------- files
-
-
-def png_bytes(width, height, depth, colour_type, rows):
-    """A PNG written by hand (16-bit colour, or a header no encoder would
-    write): `rows` are the raw scanlines without their filter bytes."""
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    raw = b"".join(b"\x00" + row for row in rows)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def write_odd_formats(folder, class_number=0):
@@ -300,11 +286,6 @@ def test_the_model_card_and_the_drop_down_of_finished_runs(untrained, saved_mode
 # ---------------------------------------------------------------- refused at start
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def test_refusals_at_start_are_one_line_and_exit_2(saved_model, tmp_path, capsys):
     import model_builder
@@ -312,7 +293,7 @@ def test_refusals_at_start_are_one_line_and_exit_2(saved_model, tmp_path, capsys
     artifacts_dir = str(tmp_path / "artifacts")
     run = copy_run(str(saved_model["run"]), artifacts_dir)
     folder = os.path.join(artifacts.runs_folder(artifacts_dir), run)
-    base = ["--artifacts_dir", artifacts_dir, "--port", str(free_port())]
+    base = ["--artifacts_dir", artifacts_dir, "--port", str(free_ports()[0])]
 
     def refused(*argv):
         assert app.main([*base, *argv]) == 2
@@ -354,7 +335,7 @@ def test_host_0000_serves_and_warns_that_anyone_on_the_network_can_use_it(saved_
     monkeypatch.setattr(app, "warm_up", lambda served, folder: None)
 
     code = app.main(["--artifacts_dir", str(saved_model["artifacts"]), "--host", "0.0.0.0",
-                     "--port", str(free_port())])
+                     "--port", str(free_ports()[0])])
 
     out, err = capsys.readouterr()
     assert code == 0 and started == {"page": os.path.basename(saved_model["run"]), "host": "0.0.0.0"}
@@ -380,7 +361,7 @@ def server(trained_run, saved_model, tmp_path_factory):
     artifacts.publish(artifacts_dir, os.path.join(artifacts.runs_folder(artifacts_dir), trained))
     (root / "work").mkdir()
     (root / "temp").mkdir()
-    port = free_port()
+    port = free_ports()[0]
     process = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "app.py"), "--artifacts_dir", artifacts_dir, "--port", str(port),
          "--max_upload_mb", "1"],

@@ -6,8 +6,6 @@ import hashlib
 import io
 import json
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -19,31 +17,12 @@ import image_io
 import errors
 import inspect_dataset
 import splits
-from conftest import TINY, class_image, write_class_folder
+from conftest import TINY, class_image, png_bytes, write_class_folder
 
 # ---------------------------------------------------------------- the messy folder
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 # A full main.py run, as small as it gets.
-
-
-def png_bytes(width, height, depth, colour_type, rows):
-    """A PNG written by hand (16-bit colour, or a header Pillow would not
-    write): `rows` is the raw scanline data without filter bytes."""
-
-    def chunk(kind, data):
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    raw = b"".join(b"\x00" + row for row in rows)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 def left_red_right_blue(width, height):

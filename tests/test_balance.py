@@ -1,4 +1,4 @@
-"""--balance (class weights, oversampling, focal loss), --label_smoothing,
+"""--balance (class weights: when `auto` uses them, their values and line; oversampling, focal loss), --label_smoothing,
 --mixup/--cutmix and --brightness/--shear/--fill_mode: unit tests on tiny
 synthetic data, and each bad input as one line with exit code 2."""
 
@@ -11,15 +11,10 @@ from conftest import TINY, make_flat_dataset, one_line_error, write_class_folder
 
 import augment
 import balance
-import config
 import data_loader
 import main as main_script
 import metrics
 import train_utils
-
-
-def options(**values):
-    return dataclasses.replace(config.DEFAULTS, **values)
 
 
 # ---------------------------------------------------------------- which balance a run uses
@@ -27,6 +22,72 @@ def options(**values):
 
 def labels_with_counts(*counts):
     return np.repeat(np.arange(len(counts)), counts)
+
+
+def shuffled_labels(*counts, seed=0):
+    """Shuffled training labels with `counts[i]` images of class i."""
+    labels = np.concatenate([np.full(count, number) for number, count in enumerate(counts)])
+    return np.random.default_rng(seed).permutation(labels)
+
+
+@pytest.mark.parametrize("counts", [(10, 10), (10, 15), (15, 10), (20, 25, 30), (8, 12, 9, 11)])
+def test_auto_gives_no_weights_up_to_one_and_a_half_times(counts):
+    assert balance.class_weights(shuffled_labels(*counts), len(counts), "auto") is None
+
+
+@pytest.mark.parametrize(
+    "counts, expected",
+    [
+        # n_samples / (n_classes * count), by hand.
+        ((10, 16), {0: 26 / 20, 1: 26 / 32}),
+        ((16, 10), {0: 26 / 32, 1: 26 / 20}),
+        ((5, 10, 20), {0: 35 / 15, 1: 35 / 30, 2: 35 / 60}),
+        ((30, 30, 30, 19), {0: 109 / 120, 1: 109 / 120, 2: 109 / 120, 3: 109 / 76}),
+    ],
+)
+def test_auto_gives_balanced_weights_above_one_and_a_half_times(counts, expected):
+    weights = balance.class_weights(shuffled_labels(*counts), len(counts), "auto")
+
+    assert weights is not None and sorted(weights) == list(range(len(counts)))
+    assert all(type(index) is int and type(weight) is float for index, weight in weights.items())
+    assert weights == pytest.approx(expected, rel=1e-12)
+
+
+def test_auto_is_the_default_mode():
+    assert balance.class_weights(shuffled_labels(10, 16), 2) == pytest.approx({0: 1.3, 1: 0.8125})
+    assert balance.class_weights(shuffled_labels(10, 15), 2) is None
+
+
+@pytest.mark.parametrize("counts", [(10, 10), (10, 16), (1, 100), (3, 50, 7)])
+def test_none_never_gives_weights(counts):
+    assert balance.class_weights(shuffled_labels(*counts), len(counts), "none") is None
+
+
+def test_balanced_weights_give_every_class_the_same_total_weight():
+    counts = (3, 17, 40, 8, 25)
+    labels = shuffled_labels(*counts, seed=4)
+
+    weights = balance.class_weights(labels, len(counts), "auto")
+
+    totals = [weights[number] * count for number, count in enumerate(counts)]
+    np.testing.assert_allclose(totals, len(labels) / len(counts), rtol=1e-12)
+    # So the loss keeps its scale: the mean weight over the images is 1.
+    assert np.mean([weights[label] for label in labels]) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_class_weights_line_names_each_class_in_index_order():
+    weights = balance.class_weights(shuffled_labels(5, 10, 20), 3, "auto")
+
+    line = balance.class_weights_line(weights, ["cat", "dog", "owl"], "auto")
+
+    assert line == "class weights: cat=2.333, dog=1.167, owl=0.583"
+
+
+def test_class_weights_line_without_weights_says_why():
+    assert balance.class_weights_line(None, ["cat", "dog"], "auto") == (
+        "class weights: none (classes are balanced enough)"
+    )
+    assert balance.class_weights_line(None, ["cat", "dog"], "none") == "class weights: none"
 
 
 def test_auto_weights_above_1_5x_and_none_below_as_class_weights_auto_did():
@@ -41,7 +102,7 @@ def test_auto_weights_above_1_5x_and_none_below_as_class_weights_auto_did():
 
 
 def test_focal_alpha_is_inverse_class_frequency_and_the_loss_is_keras_focal():
-    chosen = balance.for_run(options(balance="focal"), labels_with_counts(40, 10), ["a", "b"], batch_size=8)
+    chosen = balance.for_run("focal", None, labels_with_counts(40, 10), ["a", "b"], batch_size=8)
     assert chosen.alpha == pytest.approx((0.625, 2.5))
     assert type(chosen.loss).__name__ == "CategoricalFocalCrossentropy" and chosen.loss.alpha == [0.625, 2.5]
     assert chosen.one_hot == 2 and chosen.loader_settings["one_hot"] == 2 and "focal loss" in chosen.line
@@ -52,20 +113,20 @@ def test_losses_stay_sparse_by_default_and_one_hot_with_smoothing_or_mixing():
     smoothed, one_hot = train_utils.training_loss(3, label_smoothing=0.1)
     assert type(smoothed).__name__ == "CategoricalCrossentropy" and smoothed.label_smoothing == 0.1 and one_hot == 3
     assert train_utils.training_loss(3, mixing=True)[1] == 3
-    plain = balance.for_run(options(balance="none"), labels_with_counts(5, 5), ["a", "b"], batch_size=4)
+    plain = balance.for_run("none", None, labels_with_counts(5, 5), ["a", "b"], batch_size=4)
     assert plain.loader_settings == {} and plain.steps_per_epoch is None
 
 
 def test_oversampling_a_class_of_one_image_works_and_says_how_often_it_comes_round():
-    chosen = balance.for_run(options(balance="oversample"), labels_with_counts(29, 1), ["many", "one"], batch_size=8)
+    chosen = balance.for_run("oversample", None, labels_with_counts(29, 1), ["many", "one"], batch_size=8)
     assert chosen.oversample and chosen.steps_per_epoch == 4  # 30 images an epoch, in batches of 8
     assert "one 1 images x15.00" in chosen.line and "many 29 images x0.52" in chosen.line
 
 
 def test_several_workers_refuse_what_their_loop_cannot_do_in_one_line():
     with pytest.raises(balance.UserError, match=r"^--balance oversample, --mixup 0.2: not available with several"):
-        balance.for_run(options(balance="oversample", mixup=0.2), labels_with_counts(5, 5), ["a", "b"], 4, workers=2)
-    assert balance.for_run(options(balance="weights"), labels_with_counts(5, 50), ["a", "b"], 4, workers=2).class_weight
+        balance.for_run("oversample", None, labels_with_counts(5, 5), ["a", "b"], 4, mix=(0.2, 0.0), workers=2)
+    assert balance.for_run("weights", None, labels_with_counts(5, 50), ["a", "b"], 4, workers=2).class_weight
 
 
 # ---------------------------------------------------------------- the oversampled stream

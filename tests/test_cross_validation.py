@@ -14,6 +14,7 @@ import cross_validation
 import dataset_files
 import evaluate
 import main
+import runs
 import splits
 from errors import UserError
 
@@ -196,7 +197,7 @@ def test_bad_fold_and_group_options_are_one_line(argv, message, capsys):
 def test_folds_with_resume_of_a_plain_run_is_refused(tmp_path):
     options = config.Config(resume="20260101-000000", folds=3, artifacts_dir=str(tmp_path))
     with pytest.raises(UserError, match="run 20260101-000000 is a plain run"):
-        cross_validation.resumes_one(options)
+        runs.resumes_cross_validation(options.artifacts_dir, options.resume, options.folds)
 
 
 # ---------------------------------------------------------------- end to end
@@ -254,8 +255,8 @@ def test_resuming_trains_only_the_unfinished_folds_and_continues_the_interrupted
     import resume
 
     options = config.Config(folds=3, artifacts_dir=str(tmp_path / "art"), results_dir=str(tmp_path / "res"))
-    runs = artifacts.runs_folder(options.artifacts_dir)
-    finished, interrupted = os.path.join(runs, "20260101-000001"), os.path.join(runs, "20260101-000002")
+    runs_dir = artifacts.runs_folder(options.artifacts_dir)
+    finished, interrupted = os.path.join(runs_dir, "20260101-000001"), os.path.join(runs_dir, "20260101-000002")
     artifacts.write_json(os.path.join(finished, artifacts.RUN_CONFIG_FILE), {"status": "finished"})
     open(os.path.join(finished, artifacts.MODEL_FILE), "wb").close()
     point = resume.ResumePoint("20260101-000002", "history.csv", "head", 3, 0.5, "epoch_004_head.keras")
@@ -264,8 +265,8 @@ def test_resuming_trains_only_the_unfinished_folds_and_continues_the_interrupted
     fold_of, _ = splits.assign_folds(index, 3, 0)
     cv = cross_validation.CrossValidation("20260101-000000", options, ("mobilenet_v2",), fold_of,
                                           {"mobilenet_v2": ["20260101-000001", "20260101-000002", None]})
-    calls = []
-    cross_validation.train_folds(cv, index, lambda o, fold_index, title, opened: calls.append((title, opened)))
+    # Each planned fold run as runs.opened reserves it: the interrupted one continued, a new one made.
+    calls = [(planned.title, runs.reserve(planned, cv)) for planned in runs.fold_runs(cv, index)]
     assert [title for title, _ in calls] == ["fold 2/3", "fold 3/3"]
     assert calls[0][1] == ("20260101-000002", interrupted, point)
     new_run, _, no_point = calls[1][1]

@@ -7,7 +7,6 @@ logical CPUs against one device, and a two-GPU machine's defaults
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,16 @@ import time
 import numpy as np
 import pytest
 
+import data_loader
 import export
 import main as main_script
 import train_utils
 import config
 import devices
-import multiworker
+import runs
 import splits
 from errors import UserError
-from conftest import ROOT, TINY, make_flat_dataset, read_json
+from conftest import ROOT, TINY, free_ports, make_flat_dataset, read_json
 
 # ---------------------------------------------------------------- TF_CONFIG
 
@@ -34,11 +34,11 @@ def tf_config(cluster, task_type="worker", index=0):
 
 def test_tf_config_places_this_process_among_the_workers():
     workers = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
-    first = multiworker.cluster_from_environment(tf_config(workers, "worker", 0))
-    second = multiworker.cluster_from_environment(tf_config(workers, "worker", 1))
+    first = devices.cluster_from_environment(tf_config(workers, "worker", 0))
+    second = devices.cluster_from_environment(tf_config(workers, "worker", 1))
     with_chief = {"chief": ["10.0.0.9:2222"], **workers}
-    chief = multiworker.cluster_from_environment(tf_config(with_chief, "chief", 0))
-    last = multiworker.cluster_from_environment(tf_config(with_chief, "worker", 1))
+    chief = devices.cluster_from_environment(tf_config(with_chief, "chief", 0))
+    last = devices.cluster_from_environment(tf_config(with_chief, "worker", 1))
 
     assert (first.num_workers, first.worker_index, first.is_chief) == (2, 0, True)
     assert (second.worker_index, second.is_chief, second.name) == (1, False, "worker 1")
@@ -46,8 +46,8 @@ def test_tf_config_places_this_process_among_the_workers():
     assert chief.is_chief and chief.addresses == ("10.0.0.9:2222", "10.0.0.1:2222", "10.0.0.2:2222")
     assert (last.worker_index, last.is_chief) == (2, False)
     # No TF_CONFIG, or one worker: one machine, model.fit's path.
-    assert multiworker.cluster_from_environment({}) is None
-    assert multiworker.cluster_from_environment(tf_config({"worker": ["localhost:1"]})) is None
+    assert devices.cluster_from_environment({}) is None
+    assert devices.cluster_from_environment(tf_config({"worker": ["localhost:1"]})) is None
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_tf_config_places_this_process_among_the_workers():
 )
 def test_a_tf_config_we_cannot_train_with_is_one_clear_error(environment, message):
     with pytest.raises(UserError, match=message):
-        multiworker.cluster_from_environment(environment)
+        devices.cluster_from_environment(environment)
 
 
 def test_the_device_line_names_strategy_workers_replicas_and_global_batch():
@@ -70,7 +70,7 @@ def test_the_device_line_names_strategy_workers_replicas_and_global_batch():
         num_replicas_in_sync = 4
 
     class Workers:
-        cluster = multiworker.Cluster("worker", 1, 1, ("a:1", "b:1"))
+        cluster = devices.Cluster("worker", 1, 1, ("a:1", "b:1"))
 
     several = devices.DeviceSetup(Strategy(), 2, True, True, Workers())
     one = devices.DeviceSetup(type("Default", (), {"num_replicas_in_sync": 1})(), 0, False, False)
@@ -89,7 +89,7 @@ def test_the_device_line_names_strategy_workers_replicas_and_global_batch():
 class OneWorker:
     """Workers of a one-process "cluster": the collectives are the identity."""
 
-    cluster = multiworker.Cluster("worker", 0, 0, ("localhost:1",))
+    cluster = devices.Cluster("worker", 0, 0, ("localhost:1",))
 
     def exchange(self, value):
         return [value]
@@ -126,9 +126,9 @@ def constant_loss_run(tmp_path, name, fit_with):
         train_utils.train(model, dataset, dataset, plan)
     else:
         setup = devices.DeviceSetup(tf.distribute.get_strategy(), 0, False, False, OneWorker())
-        data = multiworker.WorkerData(dataset.repeat(), 3, 4)
-        once = multiworker.WorkerData(dataset, 3, 4)
-        train_utils.train(model, data, once, plan, machine=multiworker.WorkerMachine(setup))
+        data = data_loader.WorkerData(dataset.repeat(), 3, 4)
+        once = data_loader.WorkerData(dataset, 3, 4)
+        train_utils.train(model, data, once, plan, machine=train_utils.WorkerMachine(setup))
     with open(folder / "history.csv", newline="") as handle:
         return list(csv.reader(handle))
 
@@ -172,9 +172,9 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
 
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=5)
     paths, labels = splits.index_dataset(data, 0.2, 0.2, seed=1).split("train")  # 9 files
-    steps = multiworker.worker_steps(len(paths), 2, global_batch_size=4)
+    steps = data_loader.worker_steps(len(paths), 2, global_batch_size=4)
 
-    validation = multiworker.worker_dataset_fn(paths, labels, 32, global_batch_size=4)
+    validation = data_loader.worker_dataset_fn(paths, labels, 32, global_batch_size=4)
     shares = [worker_batches(validation, worker, 2) for worker in range(2)]
 
     # Validation: worker i gets files i, i+2, ... (5 and 4 files), each read
@@ -191,7 +191,7 @@ def test_each_worker_reads_only_its_share_of_the_files(tmp_path):
 
     # Training: each worker repeats its own share endlessly, in full
     # batches, every pass a new permutation of it.
-    training = multiworker.worker_dataset_fn(paths, labels, 32, global_batch_size=4, training=True)
+    training = data_loader.worker_dataset_fn(paths, labels, 32, global_batch_size=4, training=True)
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
     seen = np.concatenate([batch.numpy() for _, batch in training(context).take(4 * steps)])
     share = sorted(labels[1::2].tolist())
@@ -206,26 +206,14 @@ def test_workers_take_the_chiefs_options_and_keep_their_own_paths(tmp_path):
     chief = config.saved_options(main_script.parse_arguments(["--image_dir", str(theirs), "--epochs", "7", "--seed", "3"]))
     mine = main_script.parse_arguments(["--image_dir", str(here), "--rows", "1"])
 
-    options = multiworker.worker_options(mine, {"image_dir": str(here), "rows": 1}, chief)
+    options = runs.worker_options(mine, {"image_dir": str(here), "rows": 1}, chief)
 
     assert options.image_dir == str(here) and options.epochs == 7 and options.seed == 3
     with pytest.raises(UserError, match="the chief has epochs=7.*Received: epochs=5"):
-        multiworker.worker_options(mine, {"epochs": 5}, chief)
+        runs.worker_options(mine, {"epochs": 5}, chief)
 
 
 # ---------------------------------------------------------------- worker processes
-
-
-def free_ports(count):
-    """Ports free on 127.0.0.1 now (the workers bind them a moment later)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for handle in sockets:
-            handle.bind(("127.0.0.1", 0))
-        return [handle.getsockname()[1] for handle in sockets]
-    finally:
-        for handle in sockets:
-            handle.close()
 
 
 def start_workers(args, workdir, logs, scratch):

@@ -12,7 +12,7 @@ import evaluate
 import inference
 import main as main_script
 import predict
-import show
+import figures
 import visualize
 import gradcam
 from conftest import TRAINED_CLASSES, make_flat_dataset, read_csv, read_json, write_class_folder
@@ -83,7 +83,7 @@ def test_main_draws_every_stage_under_one_stamp_and_shows_them_in_order(trained)
 def test_evaluate_reproduces_mains_test_metrics(trained, tmp_path, monkeypatch):
     results = tmp_path / "results"
     shown = []
-    monkeypatch.setattr(show, "should_show", lambda mode: (True, None))
+    monkeypatch.setattr(figures, "should_show", lambda mode: (True, None))
     monkeypatch.setattr(visualize, "show_saved_figure", shown.append)
 
     code = evaluate.main(["--image_dir", trained["data"], *common(trained, results)[:-2], "--show", "1"])

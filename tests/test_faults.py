@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-from conftest import QUICK, ROOT, TINY, make_flat_dataset, one_line_error
+from conftest import QUICK, ROOT, TINY, free_ports, make_flat_dataset, one_line_error
 
 import artifacts
 import errors
 import main as main_script
-import multiworker
+import devices
 from errors import UserError
 
 
@@ -108,20 +108,12 @@ def tf_config(workers, index=0):
 ])
 def test_a_tf_config_that_would_hang_or_trace_back_is_refused(workers, message):
     with pytest.raises(UserError, match=message):
-        multiworker.cluster_from_environment(tf_config(workers))
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
+        devices.cluster_from_environment(tf_config(workers))
 
 
 def waiting_worker(tmp_path, *extra):
     """main.py as worker 0 of two, whose partner never starts."""
-    ports = [free_port(), free_port()]
+    ports = free_ports(2, host="localhost")
     environment = {**os.environ, **tf_config([f"localhost:{port}" for port in ports]), "TF_CPP_MIN_LOG_LEVEL": "3"}
     data = make_flat_dataset(tmp_path / "data", per_class=4)
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--image_dir", data, *TINY,

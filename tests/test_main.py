@@ -42,7 +42,7 @@ def test_training_writes_every_artifact_and_the_model_reloads(trained_run):
     config = read_json(artifacts / "run_config.json")
     assert config["image_size"] == 32 and config["backbone"] == "mobilenet_v2"
     assert config["alpha"] == 0.35 and config["weights"] == "none" and config["seed"] == 42
-    assert config["class_names"] == ["alpha", "beta", "gamma"]
+    assert config["class_names"] == ["alpha", "beta", "gamma"] and config["task"] == "single_label"
     assert config["split_sizes"] == {"train": 24, "val": 6, "test": 6}
     assert set(config["versions"]) == {"tensorflow", "keras"}
     with open(artifacts / "split_manifest.csv", newline="") as handle:

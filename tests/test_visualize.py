@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, classification_report, roc_auc_score
 
-import show
 import theme
 import train_utils
 import visualize
@@ -488,10 +487,10 @@ def test_show_figures_shows_each_saved_png_in_the_given_order_one_window_at_a_ti
         window = pyplot.gcf()
         windows.append((window.canvas.manager.get_window_title(), window.axes[0].images[0].get_array()))
 
-    monkeypatch.setattr(show, "should_show", lambda mode: (True, None))
+    monkeypatch.setattr(figures, "should_show", lambda mode: (True, None))
     monkeypatch.setattr("matplotlib.pyplot.show", pyplot_show)
 
-    assert show.show_figures(paths, "1") == paths
+    assert figures.show_figures(paths, "1") == paths
 
     assert [title for title, _ in windows] == ["curves: c.png", "augment: a.png", "grid: b.png"]
     for path, (_, pixels) in zip(paths, windows):
@@ -501,7 +500,7 @@ def test_show_figures_shows_each_saved_png_in_the_given_order_one_window_at_a_ti
     # A figure not saved (yet) opens no window: showing it fails before any window.
     windows.clear()
     with pytest.raises(FileNotFoundError):
-        show.show_figures([str(tmp_path / "not_saved.png")], "1")
+        figures.show_figures([str(tmp_path / "not_saved.png")], "1")
     assert windows == [] and visualize.matplotlib.pyplot.get_fignums() == []
 
 
@@ -523,10 +522,10 @@ def test_a_window_destroyed_from_outside_stops_the_showing_with_one_line(tmp_pat
         if len(windows) == 2:
             raise tkinter.TclError('can\'t invoke "update" command: application has been destroyed')
 
-    monkeypatch.setattr(show, "should_show", lambda mode: (True, None))
+    monkeypatch.setattr(figures, "should_show", lambda mode: (True, None))
     monkeypatch.setattr("matplotlib.pyplot.show", pyplot_show)
 
-    assert show.show_figures(paths, "1") == paths[:1]
+    assert figures.show_figures(paths, "1") == paths[:1]
 
     assert len(windows) == 2  # the third never opened
     printed = capsys.readouterr().out
@@ -545,24 +544,24 @@ def test_a_window_destroyed_from_outside_stops_the_showing_with_one_line(tmp_pat
     ],
 )
 def test_headless_or_off_never_shows(mode, environ, monkeypatch, capsys):
-    monkeypatch.setattr(show.sys, "platform", "linux")
+    monkeypatch.setattr(figures.sys, "platform", "linux")
     monkeypatch.setattr(visualize, "show_saved_figure", lambda path: pytest.fail("a window opened"))
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "CI"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
 
-    assert show.should_show(mode)[0] is False
-    assert show.show_figures(["figure.png"], mode) == []
+    assert figures.should_show(mode)[0] is False
+    assert figures.show_figures(["figure.png"], mode) == []
 
 
 def test_display_with_interactive_backend_shows(monkeypatch):
     monkeypatch.setattr(visualize, "interactive_backend", lambda: "tkagg")
 
-    assert show.should_show("auto", {"DISPLAY": ":0"}) == (True, None)
-    assert show.should_show("1", {"DISPLAY": ":0", "CI": "1"}) == (True, None)
+    assert figures.should_show("auto", {"DISPLAY": ":0"}) == (True, None)
+    assert figures.should_show("1", {"DISPLAY": ":0", "CI": "1"}) == (True, None)
     monkeypatch.setattr(visualize, "interactive_backend", lambda: None)
-    shown, reason = show.should_show("1", {"DISPLAY": ":0"})
+    shown, reason = figures.should_show("1", {"DISPLAY": ":0"})
     assert not shown and "cannot open windows" in reason
 
 
