@@ -28,6 +28,7 @@ import config
 import figures
 import inference
 import metrics
+import resume
 import splits
 import visualize
 from errors import UserError
@@ -240,6 +241,37 @@ def read_state(artifacts_dir, wanted, unfinished):
         return state
     raise UserError(f"no {'unfinished' if unfinished else 'finished'} cross-validation in "
                     f"{os.path.join(artifacts_dir, FOLDER)}")
+
+
+def wants_folds(artifacts_dir, resume_id, folds):
+    """Whether main.py trains folds: --folds K, or a --resume that continues
+    a cross-validation: it names one, or names nothing ("last") and the
+    newest unfinished one is newer than the last interrupted run outside it
+    (or --folds is given). Raises UserError for --folds with a plain run."""
+    if not resume_id:
+        return bool(folds)
+    if resume_id in ids(artifacts_dir):
+        return True
+    try:
+        state = read_state(artifacts_dir, "last", unfinished=True)
+    except UserError:
+        state = None
+    if resume_id != "last":
+        inside = state and any(resume_id in runs for runs in state["runs"].values())
+        if folds and not inside:
+            raise UserError(f"--folds continues a cross-validation, and run {resume_id} is a plain run: "
+                            "leave --folds out to resume it")
+        return bool(inside)
+    if state is None:
+        if folds:
+            raise UserError(f"--resume --folds: no unfinished cross-validation in "
+                            f"{os.path.join(artifacts_dir, FOLDER)}")
+        return False
+    fold_runs = {run for runs in state["runs"].values() for run in runs if run}
+    interrupted = [run for run in artifacts.run_ids(artifacts_dir)
+                   if run not in fold_runs and resume.read_progress(
+                       os.path.join(artifacts.runs_folder(artifacts_dir), run)).status == "interrupted"]
+    return bool(folds) or not interrupted or interrupted[-1] < state["id"]
 
 
 # ---------------------------------------------------------------- the folds

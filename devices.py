@@ -278,6 +278,24 @@ def wait_for_workers(cluster, seconds, poll_seconds=0.2):
         listener.close()
 
 
+def start(cluster=None, wait_seconds=600):
+    """(strategy, Workers or None): the tf.distribute strategy this process
+    trains with (`make_strategy`) and, for a Cluster, its Workers, once
+    every other worker answers (`wait_for_workers`, up to `wait_seconds`:
+    TensorFlow's own wait in MultiWorkerMirroredStrategy stops for nothing,
+    so ours comes first). Raises UserError, Interrupted."""
+    if cluster is None:
+        return make_strategy(None), None
+    print(
+        f"Waiting up to {wait_seconds:g} s for all {cluster.num_workers} workers of TF_CONFIG to start "
+        f"(this is {cluster.name}, {cluster.addresses[cluster.worker_index]})...",
+        flush=True,
+    )
+    wait_for_workers(cluster, wait_seconds)
+    strategy = make_strategy(cluster)
+    return strategy, Workers(strategy, cluster)
+
+
 def answers(address, timeout=0.5):
     """Whether something accepts a TCP connection at host:port."""
     import socket

@@ -161,10 +161,10 @@ def plan_runs(options, given, cluster=None):
     compared (before waiting for other workers); nothing is written but a
     new cross-validation's folds. Raises UserError."""
     names = backbones.backbone_names(options.backbone)
-    folds = resumes_cross_validation(options.artifacts_dir, options.resume, options.folds)
+    folds = cross_validation.wants_folds(options.artifacts_dir, options.resume, options.folds)
     if cluster is not None and folds:
         raise UserError(
-            "cross-validation trains its folds on one machine, not with TF_CONFIG workers: leave --folds out "
+            "cross-validation trains the folds on one machine, not with TF_CONFIG workers: leave --folds out "
             f"of a multi-worker run. Received: folds={options.folds}, resume={options.resume}"
         )
     if cluster is not None and len(names) > 1:
@@ -177,36 +177,35 @@ def plan_runs(options, given, cluster=None):
             "--resume continues one run: leave --backbone out (the run keeps its own). "
             f"Received: backbone={options.backbone}"
         )
-    resumes = None
+    resumed = None  # what --resume continues: (run id, folder, ResumePoint), or a cross-validation's state
     if cluster is None or cluster.is_chief:
         try:  # before training, not after it
             artifacts.check_publishable(options.artifacts_dir)
         except artifacts.CompanionError as error:
             raise UserError(str(error)) from None
-        if options.resume and not folds:
-            stamp, folder, point, saved = resume.open_resumed_run(options.artifacts_dir, options.resume)
+        if options.resume:
+            if folds:  # a cross-validation's id, or one of its runs' (then the newest unfinished one)
+                named = options.resume in cross_validation.ids(options.artifacts_dir)
+                resumed = cross_validation.read_state(
+                    options.artifacts_dir, options.resume if named else "last", unfinished=True
+                )
+                saved = resumed["options"]
+            else:
+                *resumed, saved = resume.open_resumed_run(options.artifacts_dir, options.resume)
+            # A run continues with its own options: another value given now is refused.
             options = config.continued_options(
                 options, given, saved, RESUMED_OWN, own_names(RESUMED_OWN), resume.resumed_refusal
             )
-            resumes = (stamp, folder, point)
-    if cluster is not None:  # TensorFlow's own wait in make_strategy stops for nothing: ours first
-        print(
-            f"Waiting up to {options.worker_wait:g} s for all {cluster.num_workers} workers of TF_CONFIG to start "
-            f"(this is {cluster.name}, {cluster.addresses[cluster.worker_index]})...",
-            flush=True,
-        )
-        devices.wait_for_workers(cluster, options.worker_wait)
-    strategy = devices.make_strategy(cluster)
-    workers = None if cluster is None else devices.Workers(strategy, cluster)
+    strategy, workers = devices.start(cluster, options.worker_wait)
     if folds:
         plan = Plan("folds", options, given, strategy)
-        plan.runs = fold_runs(*open_cross_validation(plan, names))
+        plan.runs = fold_runs(*open_cross_validation(plan, names, resumed))
     elif len(names) > 1:
         plan = Plan("series", options, given, strategy)
         plan.runs = series_runs(plan, names)
     else:
         plan = Plan("one", options, given, strategy, workers)
-        plan.runs = iter([Planned(options, resumes=resumes)])
+        plan.runs = iter([Planned(options, resumes=tuple(resumed) if resumed else None)])
     return plan
 
 
@@ -237,58 +236,19 @@ def series_runs(plan, names):
 # ---------------------------------------------------------------- cross-validation's folds
 
 
-def resumes_cross_validation(artifacts_dir, resume_id, folds):
-    """Whether main.py trains folds: --folds K, or a --resume that continues
-    a cross-validation: it names one, or names nothing ("last") and the
-    newest unfinished one is newer than the last interrupted run outside it
-    (or --folds is given). Raises UserError for --folds with a plain run."""
-    if not resume_id:
-        return bool(folds)
-    if resume_id in cross_validation.ids(artifacts_dir):
-        return True
-    try:
-        state = cross_validation.read_state(artifacts_dir, "last", unfinished=True)
-    except UserError:
-        state = None
-    if resume_id != "last":
-        inside = state and any(resume_id in runs for runs in state["runs"].values())
-        if folds and not inside:
-            raise UserError(f"--folds continues a cross-validation, and run {resume_id} is a plain run: "
-                            "leave --folds out to resume it")
-        return bool(inside)
-    if state is None:
-        if folds:
-            raise UserError(f"--resume --folds: no unfinished cross-validation in "
-                            f"{os.path.join(artifacts_dir, cross_validation.FOLDER)}")
-        return False
-    fold_runs = {run for runs in state["runs"].values() for run in runs if run}
-    interrupted = [run for run in artifacts.run_ids(artifacts_dir)
-                   if run not in fold_runs and resume.read_progress(
-                       os.path.join(artifacts.runs_folder(artifacts_dir), run)).status == "interrupted"]
-    return bool(folds) or not interrupted or interrupted[-1] < state["id"]
-
-
-def open_cross_validation(plan, names):
+def open_cross_validation(plan, names, state=None):
     """The cross-validation `plan` trains: a new one (its folds written),
-    or with --resume the unfinished one, with its own options (compared as
-    --resume compares a run's, and become the plan's) and the same folds.
-    Returns (CrossValidation, DatasetIndex). Raises UserError."""
+    or the unfinished one --resume continues (`state`, its saved state; the
+    plan's options are its own by now) with the same folds. Returns
+    (CrossValidation, DatasetIndex). Raises UserError."""
     options = plan.options
     with console.stage("Scanning the dataset and making the folds"):
-        if options.resume:
-            artifacts_dir = options.artifacts_dir
-            state = cross_validation.read_state(
-                artifacts_dir, options.resume if options.resume in cross_validation.ids(artifacts_dir) else "last",
-                unfinished=True,
-            )
-            options = config.continued_options(
-                options, plan.given, state["options"], RESUMED_OWN, own_names(RESUMED_OWN), resume.resumed_refusal
-            )
+        if state:
             names = tuple(state["backbones"])
             print(f"Resuming cross-validation {state['id']} with its own options.")
         index = splits.index_source(config.picked(options, splits.Source), progress=audit.ProgressLine())
         fold_of, warnings = splits.assign_folds(index, options.folds, options.seed)
-        if options.resume:
+        if state:
             cv = cross_validation.CrossValidation(state["id"], options, names, fold_of, state["runs"])
             if not cv.same_folds(index):
                 raise UserError(f"--resume: the dataset or folds differ from {cv.folds_path()}; "
@@ -304,7 +264,7 @@ def open_cross_validation(plan, names):
             print(f"Cross-validation {stamp}: {options.folds} folds x {len(names)} backbone(s), {cv.folder()}")
         for line in cross_validation.opening_lines(index, fold_of, warnings):
             print(f"    {line}")
-    plan.options, plan.cross_validation, plan.index = options, cv, index
+    plan.cross_validation, plan.index = cv, index
     return cv, index
 
 

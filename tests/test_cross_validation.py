@@ -3,6 +3,7 @@ confident-learning rule, the bad inputs, and one --folds 2 run end to end."""
 
 import collections
 import csv
+import json
 import os
 
 import numpy as np
@@ -197,7 +198,17 @@ def test_bad_fold_and_group_options_are_one_line(argv, message, capsys):
 def test_folds_with_resume_of_a_plain_run_is_refused(tmp_path):
     options = config.Config(resume="20260101-000000", folds=3, artifacts_dir=str(tmp_path))
     with pytest.raises(UserError, match="run 20260101-000000 is a plain run"):
-        runs.resumes_cross_validation(options.artifacts_dir, options.resume, options.folds)
+        cross_validation.wants_folds(options.artifacts_dir, options.resume, options.folds)
+
+
+def test_folds_with_tf_config_workers_are_refused_before_any_wait(tmp_path, monkeypatch, capsys):
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    data = make_flat_dataset(tmp_path / "data", per_class=4)
+    assert main.main(["--image_dir", data, "--folds", "2", "--artifacts_dir", str(tmp_path / "art"),
+                      "--results_dir", str(tmp_path / "res")]) == 2
+    assert "the folds on one machine, not with TF_CONFIG workers" in one_line_error(capsys)
+    assert not (tmp_path / "art").exists()
 
 
 # ---------------------------------------------------------------- end to end
