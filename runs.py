@@ -49,8 +49,10 @@ import splits
 import train_utils
 from errors import UserError
 
-# The options a resumed run and another worker take from their own command
-# line, and those they may give with another value than the run's.
+# The tags of the options a resumed run, or a worker other than the chief,
+# may give with another value than the run's own (config.py says what each
+# tag means). A resumed run takes all of RESUMED_OWN from its command line;
+# a worker only the worker_local ones it gives (and --resume).
 RESUMED_OWN = ("display", "run_locator")
 WORKER_OWN = ("display", "worker_local", "run_locator", "output")
 
