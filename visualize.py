@@ -3,8 +3,8 @@
 Plot functions take data and an output path, draw on a standalone
 matplotlib Figure (never pyplot: drawing never opens a window and works on
 any backend, headless included), save the PNG atomically and return its
-path. What each figure shows is figures.py's; when saved figures are shown
-is show.py's, which opens them through `show_saved_figure` here. This is
+path. What each figure shows, and when saved figures are shown, is
+figures.py's, which opens them through `show_saved_figure` here. This is
 the only module that imports matplotlib and seaborn (seaborn only when a heat table or bar chart is drawn: it
 brings pandas and SciPy, about 2 s, which a command that stops at a bad
 option should not wait for).
@@ -685,7 +685,7 @@ def plot_model_comparison(rows, output_path, subtitle=""):
 
 # ---------------------------------------------------------------- windows
 # What showing a saved figure needs from matplotlib; when and in what order
-# figures are shown is show.py's question.
+# figures are shown is figures.py's question (show_figures).
 
 
 def backend_name():
