@@ -304,8 +304,8 @@ def fold_evaluations(cv, index, batch_size):
     for name in cv.backbones:
         scored[name] = []
         for fold, run_id in enumerate(cv.runs[name]):
-            folder = os.path.join(artifacts.runs_folder(cv.options.artifacts_dir), run_id or "?")
-            if not run_id or not is_finished(folder):
+            folder = cv.run_folder(name, fold)
+            if not folder or not is_finished(folder):
                 raise UserError(f"cross-validation {cv.id}: fold {fold + 1} ({name}) has no finished run; "
                                 f"continue it with main.py --resume {cv.id}")
             trained = inference.load_trained_model(os.path.join(folder, artifacts.MODEL_FILE))

@@ -243,7 +243,8 @@ def evaluate_trained(options, trained, readers):
         if saved:
             print(f"    reliability bins (the run had none): {saved}")
     with console.stage("Drawing the figures"):
-        drawn = figures.render_evaluation(evaluation, options.results_dir, stamp, config.picked(options, figures.Look, augmentation=None))
+        look = config.picked(options, figures.Look, augmentation=None)
+        drawn = figures.render_evaluation(evaluation, options.results_dir, stamp, look)
     exported = None
     if options.export:
         with console.stage("Exporting the model and checking each export"):

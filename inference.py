@@ -57,12 +57,9 @@ class TrainedModel:
     # file that was loaded, and where its exports go, even if
     # ARTIFACTS_DIR/latest is switched to another run meanwhile.
     file: str = ""
-
-    @property
-    def task(self):
-        """The kind of task it was trained for (tasks.saved_task; a model
-        from another framework: one class per image)."""
-        return tasks.saved_task(self.run_config)
+    # The kind of task it was trained for (tasks.saved_task, read when it
+    # was loaded; a model from another framework: one class per image).
+    task: tasks.Task = tasks.SINGLE_LABEL
 
     @property
     def temperature(self):
@@ -132,7 +129,7 @@ def load_trained_model(model_path, image_size=None):
     # from one run folder, also when another run is published meanwhile.
     real_path = os.path.realpath(model_path)
     folder, class_names, run_config = read_companions(real_path)
-    tasks.saved_task(run_config, os.path.join(folder, artifacts.RUN_CONFIG_FILE))  # a kind this version knows
+    task = tasks.saved_task(run_config, os.path.join(folder, artifacts.RUN_CONFIG_FILE))  # a kind this version knows
     if export.model_format(real_path) != "keras":
         export.check_tied(real_path, run_config)
     model = load_model_file(real_path)
@@ -153,7 +150,7 @@ def load_trained_model(model_path, image_size=None):
             f"image_size is fixed by the model ({model_size}); leave it out. "
             f"Received: image_size={image_size}"
         )
-    return TrainedModel(model, model_path, class_names, model_size, run_config, folder, file=real_path)
+    return TrainedModel(model, model_path, class_names, model_size, run_config, folder, file=real_path, task=task)
 
 
 def missing_model_hint(model_path):

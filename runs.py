@@ -199,14 +199,12 @@ def plan_runs(options, given, cluster=None):
                 options, given, saved, RESUMED_OWN, own_names(RESUMED_OWN), resume.resumed_refusal
             )
     strategy, workers = devices.start(cluster, options.worker_wait)
+    plan = Plan("folds" if folds else "series" if len(names) > 1 else "one", options, given, strategy, workers)
     if folds:
-        plan = Plan("folds", options, given, strategy)
         plan.runs = fold_runs(*open_cross_validation(plan, names, resumed))
     elif len(names) > 1:
-        plan = Plan("series", options, given, strategy)
         plan.runs = series_runs(plan, names)
     else:
-        plan = Plan("one", options, given, strategy, workers)
         plan.runs = iter([Planned(options, resumes=tuple(resumed) if resumed else None)])
     return plan
 
@@ -428,7 +426,7 @@ def opened(plan, planned):
             device = devices.configure_device(options.precision, options.jit, plan.strategy, plan.workers)
             train_utils.seed_everything(options.seed, options.deterministic)
             run = Run(options, stamp, folder, device, train_utils.machine_for(device), point,
-                      index=planned.index, shared_from=planned.shared_from if planned.index else None)
+                      index=planned.index, shared_from=planned.shared_from)
             yield run
             if plan.workers is not None:
                 # Every worker waits for the chief's evaluation and figures,
