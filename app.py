@@ -49,6 +49,7 @@ import errors
 import export
 import figures
 import inference
+import safe_text
 import theme
 import visualize
 from errors import UserError
@@ -378,14 +379,15 @@ def enlarged(image, size=DISPLAY_SIZE):
 
 
 def status_line(served, result):
-    """What the page says above the answers."""
+    """What the page says above the answers (markdown: the upload names in
+    it escaped by safe_text.markdown)."""
     count = len(result.answers)
     line = f"{count} image{'s' * (count != 1)} classified by {describe(served)}."
     if count > MAX_CARDS:
         line += f" Cards for the first {MAX_CARDS}; the table and the CSV hold all {count}."
     if result.refused:
         line += f" Skipped {len(result.refused)}: {refusal_line(result.refused)}"
-    return line
+    return safe_text.markdown(line)
 
 
 def describe(served):
@@ -437,7 +439,9 @@ def model_card(served, artifacts_dir):
     ]
     if trained.sidecar is not None:
         lines = foreign_card_lines(trained, lines)
-    rows = "\n".join(f"| {name} | {html.escape(str(value))} |" for name, value in lines)
+    # Every value through safe_text.markdown: a class named "a | b" or
+    # "[x](javascript:...)" is shown as its text, never as new cells or a link.
+    rows = "\n".join(f"| {name} | {safe_text.markdown(value)} |" for name, value in lines)
     return f"| model card | |\n|---|---|\n{rows}"
 
 

@@ -28,6 +28,7 @@ import artifacts
 import external
 import image_io
 import inference
+import safe_text
 import visualize
 from errors import UserError
 
@@ -365,6 +366,13 @@ def csv_value(value):
 
 
 def markdown_value(name, value):
+    """A table cell's markdown: a number formatted, a text (a sidecar's
+    name, a backbone) escaped by safe_text.markdown, so `|`, a tag or a
+    link in it is shown as text and never shifts the row."""
+    return safe_text.markdown(_cell_text(name, value))
+
+
+def _cell_text(name, value):
     if value is None:
         return "n/a"
     if name in ("test_accuracy", "macro_f1", "macro_roc_auc", "test_loss"):
@@ -402,7 +410,7 @@ def write_comparison(rows, folder, notes, subtitle=""):
     )
     text = "\n".join(
         ["# Model comparison", "", markdown_table(rows), ""]
-        + [f"- {line}" for line in notes]
+        + [f"- {safe_text.markdown(line)}" for line in notes]
         + [""]
     )
     markdown_path = artifacts.write_text(os.path.join(folder, "model_comparison.md"), text)
