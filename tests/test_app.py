@@ -8,6 +8,7 @@ on disk) and one real browser (Chromium through Playwright)."""
 import dataclasses
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -281,6 +282,28 @@ def test_the_model_card_and_the_drop_down_of_finished_runs(untrained, saved_mode
     assert "| published | no |" in app.model_card(untrained, artifacts_dir)  # another folder's run
     with pytest.raises(errors.UserError, match="no model elsewhere to choose"):
         models.get("elsewhere")
+
+
+def test_the_model_card_and_status_show_hostile_names_as_text(untrained, saved_model, tmp_path):
+    hostile = ("a | b | c", "[pwn](javascript:alert(1))", "two\nlines <img src=x onerror=alert(1)>")
+    trained = dataclasses.replace(untrained.trained, class_names=hostile)
+    served = dataclasses.replace(untrained, trained=trained)
+
+    card = app.model_card(served, str(tmp_path))
+
+    rows = card.splitlines()
+    classes = next(row for row in rows if row.startswith("| classes (3)"))
+    # Two cells: the pipes, the link and the tag are text inside the second.
+    assert len(re.split(r"(?<!\\)\|", classes.strip())[1:-1]) == 2, classes
+    assert r"a \| b \| c" in classes and r"\[pwn\](javascript" in classes and "&lt;img" in classes
+    assert "[pwn](" not in card and "<img" not in card
+    assert len(rows) == len(app.model_card(untrained, str(tmp_path)).splitlines())  # the newline made no row
+    good = os.path.join(saved_model["data"], "dog", "img_001.png")
+    bad = tmp_path / "[x](javascript:alert(1)) | <b>.png"
+    bad.write_bytes(b"not an image")
+    result = app.answer_files(untrained, [good, str(bad)], top_k=2)
+    status = app.status_line(untrained, result)
+    assert "[x](" not in status and "<b>" not in status and r"\[x\](javascript:alert(1)) \| &lt;b&gt;.png" in status
 
 
 # ---------------------------------------------------------------- refused at start

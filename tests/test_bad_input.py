@@ -564,3 +564,17 @@ def test_evaluate_on_another_folder_skips_non_utf8_names_and_fifos(trained, tmp_
     assert metrics["num_samples"] == 6 and metrics["evaluated"] == "all images"
     assert metrics["skipped"] == [f"dog/ni\ufffdo.png ({audit.NOT_UTF8})"]
     assert snapshot(folder) == before
+
+
+def test_escape_codes_in_file_and_class_names_print_as_text(tmp_path, capsys):
+    # A file named ESC[2J... would clear the user's screen if printed raw;
+    # a class name could recolour or rewrite the lines after it.
+    data = make_flat_dataset(tmp_path / "data", classes=("cat\x1b[31m", "dog"), per_class=8)
+    (tmp_path / "data" / "dog" / "\x1b[2Jclear.png").write_bytes(b"not an image")
+    (tmp_path / "data" / "dog" / "img_001.png").rename(tmp_path / "data" / "dog" / "bell\x07.png")
+
+    assert inspect_dataset.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "art")]) == 0
+
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, out
+    assert r"dog/\x1b[2Jclear.png: not an image" in out and r"cat\x1b[31m" in out
