@@ -66,6 +66,17 @@ BATCH_SIZE = 32
 MAX_CARDS = 12
 # Requests waiting beyond this many are refused with Gradio's "queue full".
 QUEUE_SIZE = 64
+# Folders kept in the private folder: Gradio makes one per uploaded file
+# and per download, and each answer's predictions.csv has one. After each
+# answer all but the newest this many are removed (never the request's
+# own), so a server that runs for days keeps a bounded number of files: a
+# download link or a model switch works for the last requests' files, an
+# older one asks for the images again.
+KEPT_FOLDERS = 2 * QUEUE_SIZE
+GONE_UPLOADS = (
+    "the dropped images are no longer on the server (it keeps the files of the last requests only): "
+    "drop them again"
+)
 # Cards show images at least this many pixels wide (enlarged, bicubic): a
 # 64 px model input is a stamp on a screen. The model still sees its size.
 DISPLAY_SIZE = 224
@@ -506,6 +517,26 @@ def write_csv(rows, folder):
     return artifacts.write_csv(os.path.join(tempfile.mkdtemp(dir=folder), "predictions.csv"), rows)
 
 
+def prune(folder, keep, in_use=()):
+    """Removes all but the newest `keep` folders directly under the private
+    `folder` (newest by modification time), never one that holds a path
+    of `in_use` (the request's uploads and CSV). Returns how many it
+    removed."""
+    in_use = {os.path.relpath(path, folder).split(os.sep)[0] for path in in_use}
+    found = []
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            # Another request's upload may remove or add one meanwhile.
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False) and entry.name not in in_use:
+                    found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.path))
+    found.sort(reverse=True)
+    removed = [path for _, path in found[max(0, keep - len(in_use)):]]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(removed)
+
+
 def show_answers(gr, answers, top_k):
     """The cards of a request's Answers (inside gr.render)."""
     for answer in answers:
@@ -532,14 +563,18 @@ def build_page(models, start, options, folder):
     readers = config.load_readers(options.reader)
 
     def classify(files, key):
+        files = list(files or [])
         try:
+            if not all(os.path.isfile(path) for path in files):
+                raise UserError(GONE_UPLOADS)  # removed by prune: a model switched long after the drop
             served = models.get(key)
-            result = answer_files(served, list(files or []), options.top_k, readers=readers, max_bytes=max_bytes)
+            result = answer_files(served, files, options.top_k, readers=readers, max_bytes=max_bytes)
         except UserError as error:
             raise user_error(gr, error) from None
         if result.refused:
             gr.Warning(html.escape(f"Skipped {len(result.refused)}: {refusal_line(result.refused)}"))
         csv_path = write_csv(result.rows, folder)
+        prune(folder, KEPT_FOLDERS, in_use=[*files, csv_path])
         return result.answers, table_value(result.rows), csv_path, status_line(served, result)
 
     def choose(key):

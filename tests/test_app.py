@@ -306,6 +306,21 @@ def test_the_model_card_and_status_show_hostile_names_as_text(untrained, saved_m
     assert "[x](" not in status and "<b>" not in status and r"\[x\](javascript:alert(1)) \| &lt;b&gt;.png" in status
 
 
+def test_prune_keeps_the_newest_folders_and_the_requests_own(tmp_path):
+    # The private folder gains folders with every request (uploads, the
+    # CSV, Gradio's copy of it): prune bounds them to the newest `keep`.
+    for number in range(10):
+        (tmp_path / f"f{number}").mkdir()
+        (tmp_path / f"f{number}" / "upload.png").write_bytes(b"x")
+        os.utime(tmp_path / f"f{number}", ns=(number * 10**9, number * 10**9))
+    in_use = [str(tmp_path / "f1" / "upload.png")]  # old, but the request being answered uses it
+
+    assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 6
+
+    assert sorted(os.listdir(tmp_path)) == ["f1", "f7", "f8", "f9"]
+    assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 0
+
+
 # ---------------------------------------------------------------- refused at start
 
 
