@@ -66,13 +66,14 @@ BATCH_SIZE = 32
 MAX_CARDS = 12
 # Requests waiting beyond this many are refused with Gradio's "queue full".
 QUEUE_SIZE = 64
-# Folders kept in the private folder: Gradio makes one per uploaded file
-# and per download, and each answer's predictions.csv has one. After each
-# answer all but the newest this many are removed (never the request's
-# own), so a server that runs for days keeps a bounded number of files: a
-# download link or a model switch works for the last requests' files, an
-# older one asks for the images again.
-KEPT_FOLDERS = 2 * QUEUE_SIZE
+# Entries kept in the private folder: Gradio makes a folder per uploaded
+# file and per download (and leaves an empty temporary file per upload),
+# each answer's predictions.csv has a folder. After each answer all but
+# the newest this many are removed (never the request's own; a file being
+# uploaded is among the newest), so a server that runs for days keeps a
+# bounded number of files: a download link or a model switch works for the
+# last requests' files, an older one asks for the images again.
+KEPT_ENTRIES = 2 * QUEUE_SIZE
 GONE_UPLOADS = (
     "the dropped images are no longer on the server (it keeps the files of the last requests only): "
     "drop them again"
@@ -518,22 +519,27 @@ def write_csv(rows, folder):
 
 
 def prune(folder, keep, in_use=()):
-    """Removes all but the newest `keep` folders directly under the private
-    `folder` (newest by modification time), never one that holds a path
-    of `in_use` (the request's uploads and CSV). Returns how many it
-    removed."""
+    """Removes all but the newest `keep` entries (folders and files)
+    directly under the private `folder`, newest by modification time,
+    never one that holds a path of `in_use` (the request's uploads and
+    CSV). Returns how many it removed."""
     in_use = {os.path.relpath(path, folder).split(os.sep)[0] for path in in_use}
     found = []
     with os.scandir(folder) as listing:
         for entry in listing:
-            # Another request's upload may remove or add one meanwhile.
+            # Another request's upload may add or remove one meanwhile.
             with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False) and entry.name not in in_use:
-                    found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.path))
+                if entry.name not in in_use:
+                    modified = entry.stat(follow_symlinks=False).st_mtime_ns
+                    found.append((modified, entry.path, entry.is_dir(follow_symlinks=False)))
     found.sort(reverse=True)
-    removed = [path for _, path in found[max(0, keep - len(in_use)):]]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
+    removed = found[max(0, keep - len(in_use)):]
+    for _, path, is_folder in removed:
+        if is_folder:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
     return len(removed)
 
 
@@ -574,7 +580,7 @@ def build_page(models, start, options, folder):
         if result.refused:
             gr.Warning(html.escape(f"Skipped {len(result.refused)}: {refusal_line(result.refused)}"))
         csv_path = write_csv(result.rows, folder)
-        prune(folder, KEPT_FOLDERS, in_use=[*files, csv_path])
+        prune(folder, KEPT_ENTRIES, in_use=[*files, csv_path])
         return result.answers, table_value(result.rows), csv_path, status_line(served, result)
 
     def choose(key):

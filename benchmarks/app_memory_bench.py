@@ -7,8 +7,8 @@ Starts `python app.py` on a free localhost port with a temporary folder of
 its own (TMPDIR), sends --requests classify requests through
 gradio_client (each uploads --images distinct small PNGs, so Gradio's
 upload cache cannot share one file between requests), and prints the
-server's resident memory (VmRSS) and the number of entries under its
-private folder after the first --warm_up requests and then every --every
+server's resident memory (VmRSS), the entries directly under its private
+folder and the files in it at any depth after the first --warm_up requests and then every --every
 requests, and the growth from the warm-up to the end.
 """
 
@@ -34,13 +34,14 @@ def resident_mb(pid):
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def entries(folder):
-    """(folders, files) under `folder`, at every depth."""
-    folders = files = 0
-    for _, names, others in os.walk(folder):
-        folders += len(names)
-        files += len(others)
-    return folders, files
+def entries(temp):
+    """(entries directly under the server's private folder, files in it at
+    every depth); the private folder is the one app.py made in `temp`."""
+    private = [os.path.join(temp, name) for name in os.listdir(temp) if name.startswith("image-classifier-app-")]
+    if not private:
+        return 0, 0
+    files = sum(len(names) for _, _, names in os.walk(private[0]))
+    return len(os.listdir(private[0])), files
 
 
 def write_images(folder, count, size):
@@ -92,7 +93,7 @@ def main(argv=None):
 
             model_path = artifacts.model_path(args.artifacts_dir)
             key = app.key_of(model_path, args.artifacts_dir)
-            print(f"{'requests':>8} {'RSS MB':>8} {'folders':>8} {'files':>8} {'s/request':>10}")
+            print(f"{'requests':>8} {'RSS MB':>8} {'entries':>8} {'files':>8} {'s/request':>10}")
             start, mark = None, time.perf_counter()
             for number in range(1, args.requests + 1):
                 shared = uploads[(number - 1) * args.images:number * args.images]
@@ -110,7 +111,8 @@ def main(argv=None):
             process.terminate()
             process.wait(timeout=60)
     print(f"\nafter {args.warm_up} warm-up requests -> after {args.requests}: RSS {start[0]:.1f} -> {rss:.1f} MB "
-          f"({rss - start[0]:+.1f} MB), folders {start[1]} -> {folders}, files {start[2]} -> {files}")
+          f"({rss - start[0]:+.1f} MB); the private folder's entries {start[1]} -> {folders}, "
+          f"files in it {start[2]} -> {files}")
 
 
 if __name__ == "__main__":

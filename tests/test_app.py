@@ -307,15 +307,17 @@ def test_the_model_card_and_status_show_hostile_names_as_text(untrained, saved_m
 
 
 def test_prune_keeps_the_newest_folders_and_the_requests_own(tmp_path):
-    # The private folder gains folders with every request (uploads, the
-    # CSV, Gradio's copy of it): prune bounds them to the newest `keep`.
+    # The private folder gains entries with every request (uploads, the
+    # CSV, Gradio's copy of it, an empty file): prune keeps the newest `keep`.
     for number in range(10):
         (tmp_path / f"f{number}").mkdir()
         (tmp_path / f"f{number}" / "upload.png").write_bytes(b"x")
         os.utime(tmp_path / f"f{number}", ns=(number * 10**9, number * 10**9))
+    (tmp_path / "tmp_left_by_an_upload").write_bytes(b"")
+    os.utime(tmp_path / "tmp_left_by_an_upload", ns=(5 * 10**9 + 1, 5 * 10**9 + 1))
     in_use = [str(tmp_path / "f1" / "upload.png")]  # old, but the request being answered uses it
 
-    assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 6
+    assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 7
 
     assert sorted(os.listdir(tmp_path)) == ["f1", "f7", "f8", "f9"]
     assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 0
