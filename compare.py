@@ -497,9 +497,11 @@ def run_companions(folders):
 
 
 def print_row(row):
+    """A scored model's line on the terminal (an external model's name is
+    the user's sidecar text: printed by safe_text.terminal)."""
     where = f"external, {row['run']}" if row["source"] == EXTERNAL else f"run {row['run']}"
     print(
-        f"    {row['backbone']} ({where}): accuracy {row['test_accuracy']:.4f}, "
+        f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): accuracy {row['test_accuracy']:.4f}, "
         f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
         f"{row['inference_ms_per_image']:.2f} ms/image"
     )

@@ -277,3 +277,10 @@ def test_a_hostile_sidecar_name_stays_in_its_cell_of_the_markdown_table(tmp_path
     assert csv_rows[1][compare.COLUMNS.index(("run", "run"))] == "=cmd|' -C calc'!A0"
     with open(tmp_path / "model_comparison.csv", encoding="utf-8") as handle:
         assert "'=cmd|" in handle.read()
+
+
+def test_a_scored_row_prints_a_hostile_sidecar_name_as_text(capsys):
+    compare.print_row({"backbone": "net\x1b[2J", "source": compare.EXTERNAL, "run": "x\x07", "test_accuracy": 0.5,
+                       "test_loss": 0.7, "macro_f1": 0.5, "inference_ms_per_image": 1.0})
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and r"net\x1b[2J (external, x\x07)" in out
