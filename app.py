@@ -67,9 +67,9 @@ MAX_CARDS = 12
 # Requests waiting beyond this many are refused with Gradio's "queue full".
 QUEUE_SIZE = 64
 # Entries kept in the private folder: Gradio makes a folder per uploaded
-# file and per download (and leaves an empty temporary file per upload),
-# each answer's predictions.csv has a folder. After each answer all but
-# the newest this many are removed (never the request's own; a file being
+# file (and leaves an empty temporary file per upload), each answer's
+# predictions.csv has a folder of ours. After each answer all but the
+# newest this many are removed (never the request's own; a file being
 # uploaded is among the newest), so a server that runs for days keeps a
 # bounded number of files: a download link or a model switch works for the
 # last requests' files, an older one asks for the images again.
