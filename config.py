@@ -37,6 +37,7 @@ import sys
 
 import artifacts
 import backbones
+import near_duplicates
 import option_types
 from errors import UserError
 
@@ -342,6 +343,18 @@ class Config:
         "'^([^_/]+)_' for P0042_slice3.png (a labels CSV's group column does the same)", ("main", "inspect"),
         "split", check=lambda name, value: check_pattern(name, value), metavar="REGEX",
         shown_default="identical files kept together",
+    )
+    near_duplicate_distance: int = option(
+        near_duplicates.DEFAULT_DISTANCE, "How many of the 64 bits of the perceptual hash two near-copies "
+        "may differ by (and a pair joins only when it is also much closer than the images around it; "
+        "see docs/data.md)", ("main", "inspect"), "split", parse=option_types.integer,
+        check=option_types.between(0, 32), metavar="BITS",
+    )
+    near_duplicates: str = option(
+        "group", "Near-copies (the same picture re-saved, resized, re-cropped a few pixels off or "
+        "brightened, under any name; found by perceptual hash in the audit): group keeps each group of "
+        "them in one split and one fold, like --group_by; warn only names the groups that straddle "
+        "splits; off does neither", ("main", "inspect"), "split", choices=near_duplicates.MODES,
     )
     cross_validation: str | None = option(
         None, "Re-score a finished cross-validation (the last one, or the id ID under "

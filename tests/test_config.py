@@ -132,6 +132,7 @@ REFUSED = {
     "worker_wait": ("0", "worker_wait must be positive"),
     "folds": ("1", "folds must be at least 2"),
     "group_by": ("(P", "group_by is not a regular expression"),
+    "near_duplicate_distance": ("40", "near_duplicate_distance must be between 0 and 32"),
 }
 
 
