@@ -508,9 +508,8 @@ def near_copy_warnings(groups, split_of, mode, limit=5):
 
 
 def near_copy_lines(index, mode):
-    """Lines for the run's output: the near-copy groups kept together, and
-    the test images with a near-copy in training (the test score is
-    optimistic)."""
+    """Lines for the run's output: the near-copy groups found, and whether
+    each was kept in one split."""
     lines = []
     if index.near_groups and mode == "group":
         files = sum(len(group) for group in index.near_groups)
@@ -519,14 +518,20 @@ def near_copy_lines(index, mode):
             + (", each kept in one split" if not _straddling(index.near_groups, {s.path: s.split for s in index.samples})
                else "; the folder's own split is kept")
         )
-    leaked = test_near_train(index)
-    if leaked:
-        total = sum(1 for sample in index.samples if sample.split == "test")
-        lines.append(
-            f"{len(leaked)} of {total} test images have a near-copy in training: the test score is optimistic "
-            "(metrics.json also scores the test split without them)"
-        )
     return lines
+
+
+def test_leak_lines(index):
+    """The warning when test images have a near-copy (or an identical file)
+    in train: the test score is optimistic."""
+    leaked = test_near_train(index)
+    if not leaked:
+        return []
+    total = sum(1 for sample in index.samples if sample.split == "test")
+    return [
+        f"{len(leaked)} of {total} test images have a near-copy in training: the test score is optimistic "
+        "(metrics.json also scores the test split without them; the list: the audit's near_duplicates)"
+    ]
 
 
 def near_copy_report(index, mode, max_distance):

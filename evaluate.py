@@ -213,11 +213,16 @@ def evaluate_trained(options, trained, readers):
         images = inference.labelled_images(
             image_dir, trained, options.split, options.labels_csv, options.classes, readers
         )
+        # Another folder may hold copies of the images the run learned from.
+        seen = inference.seen_in_training(
+            image_dir, images.paths, trained, readers, artifacts.audit_cache_dir(options.artifacts_dir)
+        ) if images.other_folder else ()
         if tta:
             print(f"    {tta.describe()}")
         evaluation = inference.evaluate_images(trained, images, options.batch_size, readers, tta)
         inference.report_skipped(evaluation.skipped)
         scores = evaluation.metrics()
+        unseen = unseen_evaluation(evaluation, seen)
         metrics_path = artifacts.write_json(
             os.path.join(options.results_dir, "metrics", stamp, "metrics.json"),
             {
@@ -227,10 +232,15 @@ def evaluate_trained(options, trained, readers):
                 "image_dir": os.path.abspath(image_dir),
                 "evaluated": evaluation.description,
                 "skipped": [str(item) for item in evaluation.skipped],
+                # The clean score first: the images the run never trained or validated on.
+                **({"unseen": unseen[2]} if unseen else {}),
+                **({"seen_in_training": seen_entry(seen, image_dir)} if seen else {}),
                 **scores,
                 "tta_augmentation": dataclasses.asdict(tta.augment) if tta else None,
             },
         )
+        for line in seen_lines(seen, unseen, len(evaluation.paths)):
+            print(f"    {line}")
         print(
             f"    accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}, "
             f"macro ROC AUC {metrics.format_auc(scores['roc_auc'])} on {scores['num_samples']} "
@@ -255,11 +265,12 @@ def evaluate_trained(options, trained, readers):
                     f"during the export: the metrics and figures are kept in {options.results_dir}, the exports "
                     f"finished before it beside {trained.path}, nothing half-written; run the same command again "
                     "to export") from None
-    page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp)
+    page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, unseen)
     if figures.should_show(options.show)[0]:
         with console.stage("Showing the figures"):
             figures.show_figures(drawn, options.show)
     console.summary([
+        *(report.score_lines(f"{unseen[1].description} of {image_dir}", unseen[1], unseen[2])[:1] if unseen else []),
         *report.score_lines(f"{evaluation.description} of {image_dir}", evaluation, scores),
         f"model: {trained.path}" + (f" (note: {unfinished})" if unfinished else ""),
         f"report: {page} (metrics: {metrics_path})",
@@ -271,14 +282,55 @@ def evaluate_trained(options, trained, readers):
     return drawn
 
 
-def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp):
+def unseen_evaluation(evaluation, seen):
+    """(how many were left out, Evaluation, scores) of the images the run
+    never trained or validated on, when some of another folder's images
+    were (`seen`, inference.seen_in_training); None when none were or it cannot
+    be told."""
+    if not seen:
+        return None
+    unseen = evaluation.without(seen, "images the run never trained or validated on")
+    left_out = len(evaluation.paths) - len(unseen.paths)
+    if not left_out or not len(unseen.paths):
+        return None
+    return left_out, unseen, unseen.metrics()
+
+
+def seen_entry(seen, image_dir):
+    root = os.path.abspath(image_dir)
+    return {"count": len(seen), "why": "copies or near-copies of images the run trained or validated on",
+            "paths": [os.path.relpath(path, root) for path in seen]}
+
+
+def seen_lines(seen, unseen, scored):
+    """What the evaluation says about images the run had already seen."""
+    if seen is None:
+        return ["note: the run kept no hashes of its training images (a model from another framework, or an "
+                "older run), so copies of them in this folder cannot be told apart"]
+    if not seen:
+        return []
+    if unseen is None:
+        return [f"warning: all {scored} scored images are copies or near-copies of images the run trained or "
+                "validated on: this score says nothing about new images"]
+    count, _, scores = unseen
+    return [
+        f"{count} of {scored} images are copies or near-copies of images the run trained or validated on: "
+        "scored apart (metrics.json: seen_in_training)",
+        f"unseen images: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['num_samples']} images",
+    ]
+
+
+def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, unseen=None):
     """results/report/<stamp>/report.html of this evaluation; returns its path."""
     sections = [
         report.Section("The evaluation", rows=(
             ("model", trained.path), ("run", trained.run_config.get("run", "?")), ("folder", os.path.abspath(image_dir)),
             ("images", evaluation.description),
         )),
-        report.scores_section("Scores", evaluation, scores),
+        *([report.scores_section(
+            f"Scores on the images the run never trained or validated on ({unseen[0]} seen ones left out)",
+            unseen[1], unseen[2])] if unseen else []),
+        report.scores_section("Scores on all images" if unseen else "Scores", evaluation, scores),
         report.Section("Per class", table=report.per_class_table(scores)),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in evaluation.skipped) or ("none",)),

@@ -186,6 +186,7 @@ def companions_stage(run):
     artifacts.write_companions(
         run.folder, run.index.class_names, splits.manifest_rows(run.index), run_config(run)
     )
+    artifacts.write_json(run.artifact_path(artifacts.SEEN_IMAGES_FILE), splits.seen_images(run.index))
     print(f"    class index, split manifest and run config: {run.folder}")
 
 
@@ -315,9 +316,12 @@ def evaluate_stage(run):
         task=run.index.task,
     )
     run.scores = run.evaluation.metrics()
+    run.clean_test = clean_test(run)
     metrics_path = artifacts.write_json(
         run.results_path("metrics", "metrics.json"),
-        {"model": run.model_path, "split": "test", **run.scores},
+        {"model": run.model_path, "split": "test", **run.scores,
+         **({"test_without_near_copies": {"left_out": run.clean_test[0], **run.clean_test[2]}}
+            if run.clean_test else {})},
     )
     print(
         f"    test accuracy {run.scores['accuracy']:.4f} (balanced {run.scores['balanced_accuracy']:.4f}), "
@@ -325,6 +329,10 @@ def evaluate_stage(run):
         f"on {run.scores['num_samples']} images"
     )
     print(f"    {metrics.calibration_line(run.scores['calibration'])}")
+    if run.clean_test:
+        count, clean, scores = run.clean_test
+        print(f"    without the {count} test images that have a near-copy in training: "
+              f"accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['num_samples']} images")
     print(f"    metrics: {metrics_path}")
     # Beside the model, where app.py and predict.py find them: how often
     # the test images at each confidence were right.
@@ -338,6 +346,21 @@ def evaluate_stage(run):
     if warning:
         print(f"    {warning}")
     metrics.print_most_confused(run.evaluation.most_confused(limit=5))
+
+
+def clean_test(run):
+    """(how many, Evaluation, scores) of the test split without its images
+    that have a near-copy in training (a pre-split folder's test split may
+    hold some: the tool never moves the user's split), or None."""
+    leaked = audit.test_near_train(run.index)
+    if not leaked:
+        return None
+    paths = {os.path.join(run.index.root, path) for path in leaked}
+    clean = run.evaluation.without(paths, "test split without near-copies of training images")
+    if not len(clean.paths):
+        print("    every test image has a near-copy in training: there is no clean test score")
+        return None
+    return len(leaked), clean, clean.metrics()
 
 
 def export_stage(run):

@@ -32,6 +32,19 @@ class Evaluation:
     tta: int = 1  # versions averaged per image (1: no test-time augmentation)
     task: tasks.Task = tasks.SINGLE_LABEL  # the model's kind of task
 
+    def without(self, paths, description):
+        """The same evaluation with the images of `paths` left out (those of
+        them it has), described as `description`."""
+        left_out = set(paths)
+        keep = np.array([path not in left_out for path in self.paths], dtype=bool)
+        return dataclasses.replace(
+            self,
+            paths=tuple(path for path, kept in zip(self.paths, keep) if kept),
+            true_labels=self.true_labels[keep],
+            probabilities=self.probabilities[keep],
+            description=description,
+        )
+
     @property
     def predicted(self):
         """The predicted labels, by the task's rule (the most probable class)."""

@@ -168,6 +168,9 @@ def training_sections(run):
             ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
         )),
         scores_section("On the test split", run.evaluation, scores),
+        *([scores_section(
+            f"On the test split without the {run.clean_test[0]} images that have a near-copy in training "
+            "(the score above is optimistic)", run.clean_test[1], run.clean_test[2])] if run.clean_test else []),
         Section("Per class", table=per_class_table(scores)),
         Section("Figures", figures=tuple(run.drawn)),
         Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
@@ -184,6 +187,9 @@ def training_summary(run):
         f"run {run.stamp}: {len(run.index.class_names)} classes of {run.index.root}, "
         f"{len(run.index.split('train')[0]):,} training images",
         *score_lines("test split", run.evaluation, scores),
+        *(score_lines(f"warning: {run.clean_test[0]} of {scores['num_samples']} test images have a near-copy in "
+                      "training: the test score is optimistic; without them", run.clean_test[1], run.clean_test[2])[:1]
+          if run.clean_test else []),
         f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
         f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
         f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",

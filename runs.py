@@ -86,6 +86,9 @@ class Run:
     # built once by the evaluation stage and handed to every figure after it.
     evaluation: object = None
     scores: dict | None = None
+    # Without the test images that have a near-copy in training (a
+    # pre-split folder): (their number, the Evaluation, its scores), or None.
+    clean_test: tuple | None = None
     export_report: dict | None = None  # with --export
     drawn: list = dataclasses.field(default_factory=list)  # figure paths, in stage order
     tracked: object = None  # the MLflow run (tracking.TrackedRun) with --mlflow

@@ -90,6 +90,17 @@ class DatasetIndex:
         return table
 
 
+def seen_images(index):
+    """What a run keeps of the images it trains and validates on
+    (artifacts.SEEN_IMAGES_FILE): their content hashes and perceptual
+    hashes, sorted, no paths."""
+    seen = [sample.path for sample in index.samples if sample.split != "test"]
+    return {
+        "sha256": sorted({(index.contents or {}).get(path, "") for path in seen} - {""}),
+        "phash": sorted({(index.perceptual or {}).get(path, "") for path in seen} - {""}),
+    }
+
+
 def manifest_rows(index):
     """The split manifest of an index: one artifacts.ManifestRow per image."""
     return [
@@ -422,6 +433,7 @@ def index_dataset(
         # make a multi-label index, tasks.py).
         task=tasks.SINGLE_LABEL,
     )
+    index = dataclasses.replace(index, warnings=index.warnings + tuple(audit.test_leak_lines(index)))
     report = audit.audit_report(
         index, scan, checks, duplicates, stats, near_copies=(near_duplicates_mode, near_duplicate_distance)
     )
