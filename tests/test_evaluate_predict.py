@@ -216,6 +216,22 @@ def test_rows_or_cols_below_one_exit_2(script, option, tmp_path, capsys):
     assert f"{option[2:]} must be between 1 and" in capsys.readouterr().err
 
 
+def test_a_loss_of_zero_is_never_negative_zero_in_metrics_or_the_printed_line():
+    import math
+
+    import metrics
+
+    # Every image predicted with certainty: -mean(log 1) is -0.0.
+    evaluation = metrics.Evaluation(
+        paths=("a.png", "b.png"), true_labels=np.array([0, 1]), probabilities=np.eye(2),
+        class_names=("cat", "dog"), image_size=32, description="all images",
+    )
+    scores = evaluation.metrics()
+    assert math.copysign(1, scores["loss"]) == 1 and math.copysign(1, scores["calibration"]["nll"]) == 1
+    line = metrics.calibration_line(scores["calibration"])
+    assert "NLL 0.000" in line and "-0.000" not in line
+
+
 @pytest.mark.slow
 def test_gradcam_heatmap_has_the_image_size_and_values_in_0_1():
     from backbones import BACKBONES
