@@ -639,10 +639,10 @@ def check_balance(options):
 
 def check_training_memory(options):
     """A batch of --batch_size images of --image_size px must fit in the
-    memory this process can still take (memory.available)
-    for every backbone of --backbone, by backbones.training_memory_bytes (a
-    lower bound), so a run too big for the machine stops in one line before
-    a run folder exists instead of in an out-of-memory traceback or a kill.
+    memory this process can still take (memory.available) for every
+    backbone of --backbone, by backbones.training_memory_bytes (a lower
+    bound), so a run too big for the machine stops in one line before a run
+    folder exists instead of in an out-of-memory traceback or a kill.
     A resumed run was checked when it started (its options are its own)."""
     room, where = memory.available()
     if room is None or options.resume:
@@ -666,7 +666,9 @@ def memory_refusal(options, backbone, need, room, where):
     kept = "the layer outputs kept to train from scratch" if options.weights == "none" else (
         "the largest layer's input and output in the frozen backbone")
     fitting_batch = next((number for number in range(batch - 1, 0, -1) if need(size, number) <= room), None)
-    fitting_size = next((side for side in range(size - size % 32, 31, -32) if need(side, batch) <= room), None)
+    smallest = backbones.BACKBONES[backbone]["min_size"]
+    fitting_size = next((side for side in range(size - size % 32, smallest - 1, -32) if need(side, batch) <= room),
+                        None)
     lower = [f"--batch_size to {fitting_batch}" if fitting_batch else None,
              f"--image_size to {fitting_size}" if fitting_size else None]
     advice = " or ".join(item for item in lower if item) or "both --batch_size and --image_size"
