@@ -1,7 +1,8 @@
 """Which backbones exist and what each expects: the one table of the
 keras.applications families (`BACKBONES`: constructor, preprocessing,
-smallest input, width multiplier, Grad-CAM layer, ImageNet file name) and
-the checks of --backbone, --image_size and --alpha against it.
+smallest input, width multiplier, Grad-CAM layer, ImageNet file name, the
+activations its layers hold), the checks of --backbone, --image_size and
+--alpha against it, and the least memory a training batch takes.
 
 Imports only errors.py and no TensorFlow, so config.py can check options
 with it before anything heavy starts; model_builder.py builds from it.
