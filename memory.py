@@ -47,23 +47,56 @@ def _sysconf_available():
         return None
 
 
-def cgroup_room(cgroup_root):
-    """(bytes left under the cgroup memory limit, the limit) of this
-    process's cgroup mounted at `cgroup_root` (v2: memory.max minus
-    memory.current; v1: memory/memory.limit_in_bytes minus usage), or None
-    when there is no limit."""
-    for limit_file, usage_file in (
-        ("memory.max", "memory.current"),
-        (os.path.join("memory", "memory.limit_in_bytes"), os.path.join("memory", "memory.usage_in_bytes")),
-    ):
-        limit = _read_number(os.path.join(cgroup_root, limit_file))
-        if limit is not None and limit < NO_LIMIT:
-            usage = _read_number(os.path.join(cgroup_root, usage_file)) or 0
-            return max(0, limit - usage), limit
-    return None
+def own_cgroups(proc_cgroup):
+    """{"v2": path, "v1": path} of this process's cgroups from
+    /proc/self/cgroup ("0::/path" for v2, "N:memory:/path" for v1's memory
+    controller); {} when it cannot be read."""
+    found = {}
+    try:
+        with open(proc_cgroup, encoding="utf-8") as handle:
+            for line in handle:
+                number, controllers, path = line.rstrip("\n").split(":", 2)
+                if number == "0" and not controllers:
+                    found["v2"] = path
+                elif "memory" in controllers.split(","):
+                    found["v1"] = path
+    except (OSError, ValueError):
+        return {}
+    return found
 
 
-def available(meminfo_path="/proc/meminfo", cgroup_root="/sys/fs/cgroup"):
+def _folders_up(root, path):
+    """root/path and each folder above it, up to root itself."""
+    folders = [root]
+    for part in [part for part in path.split("/") if part]:
+        folders.append(os.path.join(folders[-1], part))
+    return reversed(folders)
+
+
+def cgroup_room(cgroup_root, proc_cgroup="/proc/self/cgroup"):
+    """(bytes left under the tightest cgroup memory limit, that limit) of
+    this process's cgroup and those above it, mounted at `cgroup_root`
+    (v2: memory.max minus memory.current; v1: memory/memory.limit_in_bytes
+    minus memory.usage_in_bytes), or None when there is no limit. A limit
+    set on a parent (systemd-run -p MemoryMax=, a container) counts too."""
+    own = own_cgroups(proc_cgroup)
+    places = [(folder, "memory.max", "memory.current") for folder in _folders_up(cgroup_root, own.get("v2", ""))]
+    places += [
+        (folder, "memory.limit_in_bytes", "memory.usage_in_bytes")
+        for folder in _folders_up(os.path.join(cgroup_root, "memory"), own.get("v1", ""))
+    ]
+    tightest = None
+    for folder, limit_file, usage_file in places:
+        limit = _read_number(os.path.join(folder, limit_file))
+        if limit is None or limit >= NO_LIMIT:
+            continue
+        room = max(0, limit - (_read_number(os.path.join(folder, usage_file)) or 0))
+        if tightest is None or room < tightest[0]:
+            tightest = (room, limit)
+    return tightest
+
+
+def available(meminfo_path="/proc/meminfo", cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
     """(bytes this process can still take, where that number comes from):
     the smaller of the RAM available (MemAvailable, else os.sysconf) and
     what is left under a cgroup memory limit. None for the bytes when
@@ -71,7 +104,7 @@ def available(meminfo_path="/proc/meminfo", cgroup_root="/sys/fs/cgroup"):
     ram = _meminfo_available(meminfo_path)
     if ram is None:
         ram = _sysconf_available()
-    room = cgroup_room(cgroup_root)
+    room = cgroup_room(cgroup_root, proc_cgroup)
     if room is not None and (ram is None or room[0] < ram):
         return room[0], f"left under this process's memory limit of {room[1] / GIB:.1f} GiB"
     return ram, "of RAM available"

@@ -226,24 +226,34 @@ def test_the_memory_estimate_counts_the_layer_outputs_of_the_built_backbone():
         2 * 224**2 * (backbones.KEPT_FRACTION * family["activations"] + 3) * 4)
 
 
-def test_available_memory_is_the_smaller_of_the_ram_and_the_cgroup_limit(tmp_path):
+def test_available_memory_is_the_smaller_of_the_ram_and_the_tightest_cgroup_limit(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24731400 kB\nMemAvailable:    8388608 kB\n")
+    at_root = tmp_path / "cgroup_root"
+    at_root.write_text("0::/\n")
     version2 = tmp_path / "v2"
     version2.mkdir()
     (version2 / "memory.max").write_text("5368709120\n")
     (version2 / "memory.current").write_text("1073741824\n")
-    assert memory.available(str(meminfo), str(version2)) == (
+    assert memory.available(str(meminfo), str(version2), str(at_root)) == (
         4 * memory.GIB, "left under this process's memory limit of 5.0 GiB")
     (version2 / "memory.max").write_text("max\n")
-    assert memory.available(str(meminfo), str(version2)) == (8 * memory.GIB, "of RAM available")
+    assert memory.available(str(meminfo), str(version2), str(at_root)) == (8 * memory.GIB, "of RAM available")
+    # systemd-run -p MemoryMax=3G: the limit is on the scope above this process's own cgroup.
+    nested = tmp_path / "nested"
+    nested.write_text("0::/system.slice/run-1.scope/inner\n")
+    scope = version2 / "system.slice" / "run-1.scope"
+    (scope / "inner").mkdir(parents=True)
+    (scope / "memory.max").write_text(f"{3 * memory.GIB}\n")
+    (scope / "memory.current").write_text(f"{memory.GIB}\n")
+    assert memory.available(str(meminfo), str(version2), str(nested))[0] == 2 * memory.GIB
     version1 = tmp_path / "v1" / "memory"
     version1.mkdir(parents=True)
     (version1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
-    assert memory.available(str(meminfo), str(tmp_path / "v1")) == (8 * memory.GIB, "of RAM available")
+    assert memory.available(str(meminfo), str(tmp_path / "v1"), str(at_root)) == (8 * memory.GIB, "of RAM available")
     (version1 / "memory.limit_in_bytes").write_text(f"{2 * memory.GIB}\n")
     (version1 / "memory.usage_in_bytes").write_text(f"{memory.GIB // 2}\n")
-    assert memory.available(str(meminfo), str(tmp_path / "v1"))[0] == memory.GIB * 3 // 2
+    assert memory.available(str(meminfo), str(tmp_path / "v1"), str(at_root))[0] == memory.GIB * 3 // 2
 
 
 def test_tags_name_the_options_the_readme_says():
