@@ -46,18 +46,28 @@ BUCKET_LIMIT = 512  # a bucket this full holds images alike in most bits: they j
 MODES = ("off", "warn", "group")
 
 
-def _dct_matrix(size, keep):
-    """The first `keep` rows of the orthonormal DCT-II matrix of `size`."""
-    frequencies = np.arange(keep)[:, None]
-    samples = np.arange(size)[None, :]
-    matrix = np.cos(np.pi * (2 * samples + 1) * frequencies / (2 * size)) * np.sqrt(2 / size)
-    matrix[0] /= np.sqrt(2)
-    return matrix
+SIDE = 4 * THUMBNAIL  # the picture is first made a SIDE x SIDE grey square
+WINDOW_SIDE = round(WINDOW * SIDE)
+SHIFT = round(STEP * SIDE)
 
 
-_DCT = _dct_matrix(THUMBNAIL, HASH_SIZE)
+def _window_matrix():
+    """(HASH_SIZE, WINDOW_SIDE): a window's box average down to THUMBNAIL x
+    THUMBNAIL, then the first HASH_SIZE rows of the orthonormal DCT-II, as
+    one matrix, so a window's coefficients are M @ window @ M.T."""
+    frequencies = np.arange(HASH_SIZE)[:, None]
+    samples = np.arange(THUMBNAIL)[None, :]
+    dct = np.cos(np.pi * (2 * samples + 1) * frequencies / (2 * THUMBNAIL)) * np.sqrt(2 / THUMBNAIL)
+    dct[0] /= np.sqrt(2)
+    # Pixel p of the window falls in thumbnail cell p * THUMBNAIL // WINDOW_SIDE.
+    cells = np.arange(WINDOW_SIDE) * THUMBNAIL // WINDOW_SIDE
+    average = np.zeros((THUMBNAIL, WINDOW_SIDE))
+    average[cells, np.arange(WINDOW_SIDE)] = 1
+    average /= average.sum(axis=1, keepdims=True)
+    return dct @ average
 
 
+_WINDOW_MATRIX = _window_matrix().astype(np.float32)
 FLAT = 2.0  # grey levels: a picture with less spread has no structure to hash
 
 
@@ -69,23 +79,35 @@ def image_hashes(pixels):
     files are still found by their content)."""
     from PIL import Image
 
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.asarray(pixels).squeeze())
-    # One pass over the full picture, then the windows from a small copy.
-    grey = image.convert("L").resize((4 * THUMBNAIL, 4 * THUMBNAIL), Image.BOX)
-    if np.asarray(grey, dtype=np.float32).std() < FLAT:
+    image = pixels if isinstance(pixels, Image.Image) else _as_image(np.asarray(pixels))
+    # Passes over the full picture are Pillow's, in C: a whole-factor
+    # reduction first, then grey and the SIDE x SIDE square.
+    factor = min(image.size) // SIDE
+    if factor > 1:
+        image = image.reduce(factor)
+    grey = np.asarray(image.convert("L").resize((SIDE, SIDE), Image.BOX), dtype=np.float32)
+    if grey.std() < FLAT:
         return ()
-    side = 4 * THUMBNAIL
-    width = WINDOW * side
-    hashes = []
-    for row in (-1, 0, 1):
-        for column in (-1, 0, 1):
-            left = (side - width) / 2 + column * STEP * side
-            top = (side - width) / 2 + row * STEP * side
-            thumbnail = grey.resize((THUMBNAIL, THUMBNAIL), Image.BOX, box=(left, top, left + width, top + width))
-            coefficients = _DCT @ np.asarray(thumbnail, dtype=np.float64) @ _DCT.T
-            bits = (coefficients > np.median(coefficients)).ravel()
-            hashes.append(int.from_bytes(np.packbits(bits).tobytes(), "big"))
-    return tuple(hashes)
+    # The 9 windows in small matrix products: the three bands of rows once,
+    # then each band's three windows.
+    start = (SIDE - WINDOW_SIDE) // 2
+    bands = [_WINDOW_MATRIX @ grey[start + row * SHIFT : start + row * SHIFT + WINDOW_SIDE] for row in (-1, 0, 1)]
+    coefficients = np.stack([
+        band[:, start + column * SHIFT : start + column * SHIFT + WINDOW_SIDE] @ _WINDOW_MATRIX.T
+        for band in bands for column in (-1, 0, 1)
+    ]).reshape(WINDOWS, -1)
+    bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
+    return tuple(int(word) for word in np.packbits(bits, axis=1).view(">u8").ravel())
+
+
+def _as_image(array):
+    """A PIL image over a uint8 HxW or HxWx3 array, without a copy."""
+    from PIL import Image
+
+    array = np.ascontiguousarray(array.squeeze())
+    if array.ndim == 3 and array.shape[2] == 3:
+        return Image.frombuffer("RGB", (array.shape[1], array.shape[0]), array, "raw", "RGB", 0, 1)
+    return Image.fromarray(array)
 
 
 def to_text(hashes):
