@@ -521,6 +521,21 @@ def near_copy_lines(index, mode):
     return lines
 
 
+def near_copy_group_lines(index, limit=10):
+    """The near-copy groups, one line each (up to `limit`): every file with
+    its split."""
+    if not index.near_groups:
+        return []
+    split_of = {sample.path: sample.split for sample in index.samples}
+    lines = ["near-copies (kept in one split unless --near_duplicates says otherwise):"]
+    for number, group in enumerate(index.near_groups[:limit], start=1):
+        lines.append(f"  group {number}: " + ", ".join(
+            f"{image_io.display_path(path)} ({split_of.get(path, '?')})" for path in group))
+    if len(index.near_groups) > limit:
+        lines.append(f"  ... and {len(index.near_groups) - limit} more: see --json")
+    return lines
+
+
 def test_leak_lines(index):
     """The warning when test images have a near-copy (or an identical file)
     in train: the test score is optimistic."""

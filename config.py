@@ -95,6 +95,9 @@ class Option:
     helps: dict = dataclasses.field(default_factory=dict)
     # How --help and the tables name the default: a text, or {script: text}.
     shown_default: object = None
+    # The value that gives the old behaviour to a run saved before the
+    # option existed (None: its default does).
+    saved_before: object = None
 
     def help_for(self, script):
         return self.helps.get(script, self.help)
@@ -361,6 +364,7 @@ class Config:
         "brightened, under any name; found by perceptual hash in the audit): group keeps each group of "
         "them in one split and one fold, like --group_by; warn only names the groups that straddle "
         "splits; off does neither", ("main", "inspect"), "split", choices=near_duplicates.MODES,
+        saved_before="off",  # a run interrupted before near-copies were found resumes on its own split
     )
     cross_validation: str | None = option(
         None, "Re-score a finished cross-validation (the last one, or the id ID under "
@@ -787,7 +791,9 @@ def continued_options(options, given, saved, ignored_tags, kept, refusal):
     if different:
         name, ours, theirs = different
         raise UserError(refusal(name, shown(ours), shown(theirs)))
-    return dataclasses.replace(config_from_dict(saved), **{name: getattr(options, name) for name in kept})
+    older = {field.name: field.metadata["option"].saved_before for field in dataclasses.fields(Config)
+             if "option" in field.metadata and field.metadata["option"].saved_before is not None}
+    return dataclasses.replace(config_from_dict({**older, **saved}), **{name: getattr(options, name) for name in kept})
 
 
 def picked(options, value_class, **others):

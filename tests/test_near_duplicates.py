@@ -177,6 +177,43 @@ def test_a_presplit_folder_names_its_test_images_with_a_near_copy_in_train(copie
     assert index.audit["near_duplicates"]["test_with_copy_in_train"] == leaked
 
 
+def test_a_presplit_run_scores_its_test_split_without_the_near_copies_too(copies_folder, tmp_path):
+    import types
+
+    import main
+    import metrics
+
+    root = presplit_with_copies(copies_folder, str(tmp_path / "presplit"))
+    index = splits.index_dataset(root, 0.25, 0.25, 0, cache_dir=str(tmp_path / "cache"))
+    paths, labels = index.split("test")
+    leaked = {os.path.join(root, path) for path in audit.test_near_train(index)}
+    # Right on every clean image, wrong on every leaked one: the clean score is 1.
+    right = np.array([path not in leaked for path in paths])
+    probabilities = np.eye(2)[np.where(right, labels, 1 - labels)] * 0.9 + 0.05
+    evaluation = metrics.Evaluation(tuple(paths), labels, probabilities, index.class_names, 64, "test split")
+    count, clean, scores = main.clean_test(types.SimpleNamespace(index=index, evaluation=evaluation))
+    assert count == 4 and len(clean.paths) == 16 and scores["accuracy"] == 1.0
+    assert evaluation.metrics()["accuracy"] == 0.8
+
+
+def test_a_run_interrupted_before_near_copies_existed_resumes_without_them():
+    import config
+
+    saved = config.saved_options(config.DEFAULTS)
+    del saved["near_duplicates"]
+    resumed = config.continued_options(config.DEFAULTS, {}, saved, (), (), lambda *values: "refused")
+    assert resumed.near_duplicates == "off"
+    assert config.continued_options(config.DEFAULTS, {}, {**saved, "near_duplicates": "group"}, (), (),
+                                    lambda *values: "refused").near_duplicates == "group"
+
+
+def test_inspect_lists_the_groups_as_text(copies_folder, tmp_path, capsys):
+    assert inspect_dataset.main(["--image_dir", copies_folder["root"], "--artifacts_dir", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "16 group(s) of near-copies (64 images) found by perceptual hash, each kept in one split" in printed
+    assert printed.count("  group ") == 10 and "... and 6 more: see --json" in printed
+
+
 def test_inspect_json_lists_the_groups(copies_folder, tmp_path, capsys):
     assert inspect_dataset.main(["--image_dir", copies_folder["root"], "--artifacts_dir", str(tmp_path / "a"),
                                  "--json"]) == 0
