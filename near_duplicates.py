@@ -136,7 +136,7 @@ def _all_pairs(hashes, limit, block=256):
     """(first, second, distance) of every pair closer than `limit`, each
     pair once (first < second), comparing all pairs by blocks."""
     count = len(hashes)
-    firsts, seconds, distances = [], [], []
+    firsts, seconds, distances = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.uint8)]
     for start in range(0, count, block):
         rows = _distances(hashes[start : start + block, CENTER], hashes)
         # Symmetric: the closest of my middle against your windows and yours against mine.
