@@ -251,7 +251,7 @@ def test_compare_needs_two_finished_runs_of_the_folder(tmp_path, capsys):
 @pytest.mark.slow
 def test_scoring_several_models_traces_each_once_and_never_warns_of_retracing(saved_model):
     """Each model is scored (a short last batch) and timed (another batch
-    size) as compare.py does: one trace each, so TensorFlow, which counts
+    size) as compare.py does (compare.scored, with less timing): one trace each, so TensorFlow, which counts
     traces across models, has no retracing to warn of."""
     import glob
     import logging
@@ -271,8 +271,9 @@ def test_scoring_several_models_traces_each_once_and_never_warns_of_retracing(sa
         traces = []
         for _ in range(3):
             trained = inference.load_trained_model(str(saved_model["run"] / artifacts.MODEL_FILE))
-            columns, _ = compare.scored(trained, images, 5, None, timing_images)  # 16 images: 5, 5, 5, 1
-            assert columns["test_images"] == 16
+            evaluation = inference.evaluate_images(trained, images, 5)  # 16 images: batches of 5, 5, 5, 1
+            assert len(evaluation.paths) == 16
+            compare.inference_ms_per_image(trained.model, timing_images, batch_size=4, warmup=1, repeats=1)
             traces.append(trained.model.predict_function.experimental_get_tracing_count())
     finally:
         logger.removeHandler(recorder)
