@@ -414,8 +414,8 @@ def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, 
 
 def trace_for_any_batch_size(model, images):
     """Traces the Keras `model`'s predict function once for batches of any
-    size shaped like `images` (a batch, or one image's stack of versions
-    flattened): Keras traces it on the first batch's exact shape and again,
+    size shaped like `images` (a batch, or one image's stack of test-time
+    versions, whose first axis is left open just the same): Keras traces it on the first batch's exact shape and again,
     relaxed, on the next shape it sees (the short last batch, a timing
     batch), twice per model; TensorFlow counts those traces across every
     model loaded in the process and warns of "retracing" when several
