@@ -109,23 +109,49 @@ def save_test_reliability(trained, image_dir, evaluation, scores, options):
     evaluation (the folder the model was trained on, its saved test split,
     every class, no test-time augmentation, the .keras model) and the run
     has none yet: a run trained before main.py saved them then gets the
-    trust sentences of app.py and predict.py. Returns the path written, or
-    None."""
+    trust sentences of app.py and predict.py. The file is written under the
+    run's lock (run_lock.py): a run another process trains or exports into
+    gets nothing, and one line says so. Returns the path written, or None."""
     path = os.path.join(trained.folder, artifacts.TEST_RELIABILITY_FILE)
     own_test = (
         options.split == "test" and not options.classes and options.tta == 1
         and trained.path.endswith(".keras") and artifacts.has_manifest(trained.folder)
         and inference.is_training_folder(image_dir, trained)
     )
-    if not own_test or os.path.exists(path):
+    if not own_test:
         return None
-    record = {"run": trained.run_config.get("run"), "model_sha256": artifacts.file_sha256(trained.file),
-              **metrics.test_reliability(evaluation, scores)}
+    with run_locked_for_writing(trained.folder, already_held=bool(options.export)) as locked:
+        if not locked or os.path.exists(path):
+            return None
+        record = {"run": trained.run_config.get("run"), "model_sha256": artifacts.file_sha256(trained.file),
+                  **metrics.test_reliability(evaluation, scores)}
+        try:
+            return artifacts.write_json(path, record)
+        except OSError as error:  # a run folder this user may only read
+            print(f"    note: the reliability bins could not be saved beside the model: {error}")
+            return None
+
+
+@contextlib.contextmanager
+def run_locked_for_writing(folder, already_held):
+    """The run in `folder` locked for a write into it (run_lock.py), unless
+    this process holds it already (`already_held`: --export). Yields
+    whether the block may write: False, after one line saying why, when
+    another process holds the run (a run still training, or one another
+    evaluate.py exports into) or the folder cannot hold a lock."""
+    if already_held:
+        yield True
+        return
     try:
-        return artifacts.write_json(path, record)
-    except OSError as error:  # a run folder this user may only read
-        print(f"    note: the reliability bins could not be saved beside the model: {error}")
-        return None
+        handle = run_lock.acquire(folder, "saving its reliability bins", "reliability bins not saved")
+    except UserError as refusal:
+        print(f"    note: {refusal}")
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        run_lock.release(handle)
 
 
 def run_comparison(options):

@@ -584,21 +584,29 @@ def should_show(mode, environ=None):
 
 def show_figures(paths, mode):
     """Shows saved figures one at a time, in order: the next opens when the
-    current window is closed. Never opens anything (or blocks) without a
-    display or with --show 0. Returns the paths shown."""
+    current window is closed, or when it was destroyed from outside (one
+    line says so). Two windows in a row that cannot be shown end the
+    showing: the window toolkit itself is gone. Never opens anything (or
+    blocks) without a display or with --show 0. Returns the paths shown."""
     show, reason = should_show(mode)
     if not show:
         if reason and paths:
             print(f"    {reason}")
         return []
     print(f"    showing {len(paths)} figures one at a time: close each window to see the next")
-    shown = []
+    shown, failed_in_a_row = [], 0
     for path in paths:
         try:
             visualize.show_saved_figure(path)
         except visualize.WindowGone as error:
-            print(f"    showing stopped: a figure window was destroyed from outside ({error}); "
-                  "every figure is saved all the same")
-            break
+            failed_in_a_row += 1
+            if failed_in_a_row == 2:
+                print(f"    showing stopped: no figure window can be shown ({error}); "
+                      "every figure is saved all the same")
+                break
+            print(f"    the window of {os.path.basename(path)} was destroyed from outside ({error}); "
+                  "going on with the next figure")
+            continue
+        failed_in_a_row = 0
         shown.append(path)
     return shown

@@ -449,6 +449,27 @@ def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, 
     return rows
 
 
+def trace_for_any_batch_size(model, images):
+    """Traces the Keras `model`'s predict function once for batches of any
+    size shaped like `images` (a batch, or one image's stack of test-time
+    versions, whose first axis is left open just the same): Keras traces it on the first batch's exact shape and again,
+    relaxed, on the next shape it sees (the short last batch, a timing
+    batch), twice per model; TensorFlow counts those traces across every
+    model loaded in the process and warns of "retracing" when several
+    models are scored one after another (compare.py, cross_validation.py).
+    Traced here with the batch size left open, each model traces once. An
+    export runner or a model from another framework has no predict
+    function to trace and is left as it is."""
+    import tensorflow as tf
+
+    if not hasattr(model, "make_predict_function") or getattr(model, "run_eagerly", False):
+        return
+    model.make_predict_function()
+    spec = tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype))
+    # predict_on_batch calls predict_function([(images,)]): the same structure.
+    model.predict_function.get_concrete_function([(spec,)])
+
+
 def predict_batches(model, dataset, versions=1):
     """The one prediction loop: class probabilities for a dataset of
     (uint8 images, tags) batches. Tags ride along (true labels, or file
@@ -458,6 +479,8 @@ def predict_batches(model, dataset, versions=1):
     (probabilities (N, classes) float64, tags (N,))."""
     probabilities, tags = [], []
     for images, batch_tags in dataset:
+        if not tags:
+            trace_for_any_batch_size(model, images[0] if versions > 1 else images)
         if versions > 1:
             flat = np.reshape(images, (-1, *images.shape[2:]))
             outputs = np.asarray(model.predict_on_batch(flat), dtype=np.float64)

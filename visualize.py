@@ -737,13 +737,20 @@ def interactive_backend():
 
 
 def show_saved_figure(path):
-    """Opens one saved PNG in a window and blocks until it is closed."""
+    """Opens one saved PNG in a window and blocks until it is closed.
+    Raises WindowGone when the window was destroyed from outside, or when
+    no window can open (the toolkit is gone)."""
     import matplotlib.pyplot as pyplot
 
     image = pyplot.imread(path)
     height, width = image.shape[:2]
     scale = min(1.0, 1500 / width, 950 / height)  # fit a laptop screen
-    figure = pyplot.figure(figsize=(width * scale / 100, height * scale / 100), dpi=100)
+    try:
+        # A window toolkit that is gone fails already here (Tk cannot
+        # connect to the display).
+        figure = pyplot.figure(figsize=(width * scale / 100, height * scale / 100), dpi=100)
+    except window_errors() as error:
+        raise WindowGone(f"{type(error).__name__}: {error}") from None
     category = os.path.basename(os.path.dirname(os.path.dirname(path)))
     if figure.canvas.manager is not None:
         figure.canvas.manager.set_window_title(f"{category}: {os.path.basename(path)}")

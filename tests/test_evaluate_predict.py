@@ -335,3 +335,33 @@ def test_a_model_saved_before_calibration_still_evaluates_and_predicts(trained, 
     assert metrics["calibration"]["temperature"] is None
     assert metrics["calibration"]["ece"] == metrics["calibration"]["ece_uncalibrated"]
     assert os.path.getsize(tmp_path / "predicted" / "gradcam" / only_stamp(tmp_path / "predicted") / "gradcam.png") > 5_000
+
+
+@pytest.mark.slow
+def test_evaluating_a_run_another_process_holds_writes_nothing_into_it(saved_model, tmp_path, capsys):
+    """A run still training (its lock held, its status "training"):
+    evaluate.py scores it but saves no reliability bins into it, saying so
+    in one line; once the lock is free the same command saves them."""
+    import shutil
+
+    import run_lock
+
+    run = tmp_path / "artifacts" / "runs" / saved_model["run"].name
+    shutil.copytree(saved_model["run"], run)
+    run_config = read_json(run / artifacts.RUN_CONFIG_FILE)
+    artifacts.write_json(str(run / artifacts.RUN_CONFIG_FILE), {**run_config, "status": "training"})
+    saved = run / artifacts.TEST_RELIABILITY_FILE
+    command = ["--model", str(run / artifacts.MODEL_FILE), "--show", "0"]
+
+    holder = run_lock.acquire(str(run), "training", "--resume")  # as main.py holds a run it trains
+    try:
+        assert evaluate.main([*command, "--results_dir", str(tmp_path / "held")]) == 0
+        assert not saved.exists()
+    finally:
+        run_lock.release(holder)
+    printed = capsys.readouterr().out
+    (note,) = [line for line in printed.splitlines() if "reliability bins not saved" in line]
+    assert f"run {run.name} is in use by process {os.getpid()}" in note and "training since" in note
+
+    assert evaluate.main([*command, "--results_dir", str(tmp_path / "free")]) == 0
+    assert read_json(saved)["run"] == run_config["run"] and not (run / run_lock.LOCK_FILE).exists()
