@@ -49,6 +49,7 @@ import errors
 import export
 import figures
 import inference
+import safe_text
 import theme
 import visualize
 from errors import UserError
@@ -65,6 +66,18 @@ BATCH_SIZE = 32
 MAX_CARDS = 12
 # Requests waiting beyond this many are refused with Gradio's "queue full".
 QUEUE_SIZE = 64
+# Entries kept in the private folder: Gradio makes a folder per uploaded
+# file (and leaves an empty temporary file per upload), each answer's
+# predictions.csv has a folder of ours. After each answer all but the
+# newest this many are removed (never the request's own; a file being
+# uploaded is among the newest), so a server that runs for days keeps a
+# bounded number of files: a download link or a model switch works for the
+# last requests' files, an older one asks for the images again.
+KEPT_ENTRIES = 2 * QUEUE_SIZE
+GONE_UPLOADS = (
+    "the dropped images are no longer on the server (it keeps the files of the last requests only): "
+    "drop them again"
+)
 # Cards show images at least this many pixels wide (enlarged, bicubic): a
 # 64 px model input is a stamp on a screen. The model still sees its size.
 DISPLAY_SIZE = 224
@@ -378,14 +391,15 @@ def enlarged(image, size=DISPLAY_SIZE):
 
 
 def status_line(served, result):
-    """What the page says above the answers."""
+    """What the page says above the answers (markdown: the upload names in
+    it escaped by safe_text.markdown)."""
     count = len(result.answers)
     line = f"{count} image{'s' * (count != 1)} classified by {describe(served)}."
     if count > MAX_CARDS:
         line += f" Cards for the first {MAX_CARDS}; the table and the CSV hold all {count}."
     if result.refused:
         line += f" Skipped {len(result.refused)}: {refusal_line(result.refused)}"
-    return line
+    return safe_text.markdown(line)
 
 
 def describe(served):
@@ -437,7 +451,9 @@ def model_card(served, artifacts_dir):
     ]
     if trained.sidecar is not None:
         lines = foreign_card_lines(trained, lines)
-    rows = "\n".join(f"| {name} | {html.escape(str(value))} |" for name, value in lines)
+    # Every value through safe_text.markdown: a class named "a | b" or
+    # "[x](javascript:...)" is shown as its text, never as new cells or a link.
+    rows = "\n".join(f"| {name} | {safe_text.markdown(value)} |" for name, value in lines)
     return f"| model card | |\n|---|---|\n{rows}"
 
 
@@ -502,6 +518,31 @@ def write_csv(rows, folder):
     return artifacts.write_csv(os.path.join(tempfile.mkdtemp(dir=folder), "predictions.csv"), rows)
 
 
+def prune(folder, keep, in_use=()):
+    """Removes all but the newest `keep` entries (folders and files)
+    directly under the private `folder`, newest by modification time,
+    never one that holds a path of `in_use` (the request's uploads and
+    CSV). Returns how many it removed."""
+    in_use = {os.path.relpath(path, folder).split(os.sep)[0] for path in in_use}
+    found = []
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            # Another request's upload may add or remove one meanwhile.
+            with contextlib.suppress(OSError):
+                if entry.name not in in_use:
+                    modified = entry.stat(follow_symlinks=False).st_mtime_ns
+                    found.append((modified, entry.path, entry.is_dir(follow_symlinks=False)))
+    found.sort(reverse=True)
+    removed = found[max(0, keep - len(in_use)):]
+    for _, path, is_folder in removed:
+        if is_folder:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    return len(removed)
+
+
 def show_answers(gr, answers, top_k):
     """The cards of a request's Answers (inside gr.render)."""
     for answer in answers:
@@ -528,14 +569,18 @@ def build_page(models, start, options, folder):
     readers = config.load_readers(options.reader)
 
     def classify(files, key):
+        files = list(files or [])
         try:
+            if not all(os.path.isfile(path) for path in files):
+                raise UserError(GONE_UPLOADS)  # removed by prune: a model switched long after the drop
             served = models.get(key)
-            result = answer_files(served, list(files or []), options.top_k, readers=readers, max_bytes=max_bytes)
+            result = answer_files(served, files, options.top_k, readers=readers, max_bytes=max_bytes)
         except UserError as error:
             raise user_error(gr, error) from None
         if result.refused:
             gr.Warning(html.escape(f"Skipped {len(result.refused)}: {refusal_line(result.refused)}"))
         csv_path = write_csv(result.rows, folder)
+        prune(folder, KEPT_ENTRIES, in_use=[*files, csv_path])
         return result.answers, table_value(result.rows), csv_path, status_line(served, result)
 
     def choose(key):

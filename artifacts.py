@@ -38,6 +38,8 @@ import shutil
 import tempfile
 import time
 
+import safe_text
+
 MODEL_FILE = "best_model.keras"
 CLASS_INDEX_FILE = "class_index.json"
 RUN_CONFIG_FILE = "run_config.json"
@@ -154,13 +156,24 @@ def write_json(path, data):
 
 
 def write_csv(path, rows):
-    """Rows (header first) as a CSV file, atomically; returns the path."""
+    """Rows (header first) as a CSV file, atomically; returns the path.
+    A text cell a spreadsheet would run as a formula (a class named
+    "=cmd|..." ) is written with a leading quote (safe_text.csv_cell);
+    read_csv gives the text back exactly."""
 
     def write(temp_path):
         with open(temp_path, "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(rows)
+            csv.writer(handle).writerows([safe_text.csv_cell(cell) for cell in row] for row in rows)
 
     return atomic_write(path, write)
+
+
+def read_csv(path):
+    """The rows of a CSV file write_csv wrote, each cell the text it was
+    given (safe_text.csv_text undoes the formula guard). Raises OSError,
+    UnicodeDecodeError."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [[safe_text.csv_text(cell) for cell in row] for row in csv.reader(handle)]
 
 
 def write_text(path, text):
@@ -408,8 +421,7 @@ def read_manifest(folder):
     CompanionError when it is missing or not a manifest."""
     path = os.path.join(folder, SPLIT_MANIFEST_FILE)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        rows = read_csv(path)
     except (OSError, UnicodeDecodeError) as error:
         raise CompanionError(f"cannot read {path} ({error})") from None
     width = len(rows[0]) if rows else 0

@@ -28,6 +28,7 @@ import numpy as np
 import artifacts
 import image_io
 import near_duplicates
+import safe_text
 
 AUDIT_CACHE_VERSION = 2  # 2: each file's perceptual hashes
 # How much of a file decides what it is: format signatures (DICOM's sits
@@ -662,7 +663,8 @@ def summary_lines(index, max_skipped=20, where="the audit"):
     """The audit and split as printable lines: what was checked, every
     skipped file with its reason (up to `max_skipped`), what was ignored,
     which files are decoded in Python and why, the split table, notes and
-    warnings."""
+    warnings. Every line is safe_text.terminal's: a name's control
+    characters (an ESC sequence in a file name) print as escapes."""
     audit = index.audit
     files = audit["files"]
     if not files["from_cache"]:
@@ -698,7 +700,7 @@ def summary_lines(index, max_skipped=20, where="the audit"):
     lines += _split_lines(index)
     lines += [f"note: {note}" for note in index.notes]
     lines += [f"warning: {warning}" for warning in index.warnings]
-    return lines
+    return [safe_text.terminal(line) for line in lines]
 
 
 def _split_lines(index, max_classes=30):
@@ -711,12 +713,13 @@ def _split_lines(index, max_classes=30):
     ]
     if len(index.class_names) > max_classes:
         return lines
-    width = max(len("class"), *(len(name) for name in index.class_names))
+    shown = {name: image_io.display_path(name) for name in index.class_names}
+    width = max(len("class"), *(len(name) for name in shown.values()))
     skipped = index.audit["per_class"]
     lines.append(f"  {'class':<{width}}  train    val   test  skipped")
     for name in index.class_names:
         lines.append(
-            f"  {image_io.display_path(name):<{width}}  "
+            f"  {shown[name]:<{width}}  "
             + " ".join(f"{counts[split][name]:>6}" for split in counts)
             + f" {skipped[name]['skipped']:>8}"
         )

@@ -26,6 +26,7 @@ import artifacts
 import external
 import image_io
 import inference
+import safe_text
 import visualize
 from errors import UserError
 
@@ -364,6 +365,13 @@ def csv_value(value):
 
 
 def markdown_value(name, value):
+    """A table cell's markdown: a number formatted, a text (a sidecar's
+    name, a backbone) escaped by safe_text.markdown, so `|`, a tag or a
+    link in it is shown as text and never shifts the row."""
+    return safe_text.markdown(_cell_text(name, value))
+
+
+def _cell_text(name, value):
     if value is None:
         return "n/a"
     if name in ("test_accuracy", "macro_f1", "macro_roc_auc", "test_loss"):
@@ -401,7 +409,7 @@ def write_comparison(rows, folder, notes, subtitle=""):
     )
     text = "\n".join(
         ["# Model comparison", "", markdown_table(rows), ""]
-        + [f"- {line}" for line in notes]
+        + [f"- {safe_text.markdown(line)}" for line in notes]
         + [""]
     )
     markdown_path = artifacts.write_text(os.path.join(folder, "model_comparison.md"), text)
@@ -473,9 +481,11 @@ def run_companions(folders):
 
 
 def print_row(row):
+    """A scored model's line on the terminal (an external model's name is
+    the user's sidecar text: printed by safe_text.terminal)."""
     where = f"external, {row['run']}" if row["source"] == EXTERNAL else f"run {row['run']}"
     print(
-        f"    {row['backbone']} ({where}): accuracy {row['test_accuracy']:.4f}, "
+        f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): accuracy {row['test_accuracy']:.4f}, "
         f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
         f"{row['inference_ms_per_image']:.2f} ms/image"
     )

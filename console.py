@@ -1,6 +1,8 @@
 """What a command prints besides its results: one line as each stage starts
 and how long it took, TensorFlow started without its start-up chatter, and
-the closing summary. Imports nothing from the project."""
+the closing summary. Imports nothing from the project but safe_text (a
+summary line names the user's classes and files: printed as text, never
+as terminal escape codes)."""
 
 import contextlib
 import os
@@ -8,6 +10,8 @@ import re
 import sys
 import tempfile
 import time
+
+import safe_text
 
 # TensorFlow 2.21's start-up lines on a machine without CUDA: written by
 # its C++ logging before absl's log is initialised, so TF_CPP_MIN_LOG_LEVEL
@@ -97,7 +101,9 @@ def start_tensorflow(verbose=False):
 
 
 def summary(lines):
-    """The closing block of a command: what it found and where to look next."""
+    """The closing block of a command: what it found and where to look
+    next. Each line printed through safe_text.terminal: a class or file
+    name in it shows its control characters as escapes."""
     print("==> Summary", flush=True)
     for line in lines:
-        print(f"    {line}", flush=True)
+        print(f"    {safe_text.terminal(line)}", flush=True)

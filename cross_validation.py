@@ -15,7 +15,6 @@ kept by `CrossValidation`; the summary goes to
 RESULTS_DIR/cross_validation/<id>/.
 """
 
-import csv
 import dataclasses
 import os
 
@@ -30,6 +29,7 @@ import inference
 import metrics
 import report
 import resume
+import safe_text
 import splits
 import visualize
 from errors import UserError
@@ -134,18 +134,27 @@ def shown(value, digits=4):
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def markdown_row(cells):
+    """One markdown table row, each cell escaped (safe_text.markdown): a
+    backbone or run name never adds a column, a tag or a link."""
+    return "| " + " | ".join(safe_text.markdown(cell) for cell in cells) + " |"
+
+
 def markdown_summary(rows, per_fold, chosen, notes):
+    """summary.md: the notes, the published run, the summary table and the
+    per-fold table, every text escaped for markdown."""
     lines = ["| backbone | split | metric | mean ± std | 95% interval (t) | folds |", "|---|---|---|---|---|---:|"]
     for row in rows:
         interval = f"{shown(row['ci95_low'])} – {shown(row['ci95_high'])}" if row["std"] is not None else ""
-        lines.append(f"| {row['backbone']} | {row['split']} | {row['metric']} | "
-                     f"{shown(row['mean'])} ± {shown(row['std'])} | {interval} | {row['folds']} |")
-    lines += ["", "| backbone | fold | run | split | images | " + " | ".join(label for _, label, _ in METRICS) + " |",
+        lines.append(markdown_row([row["backbone"], row["split"], row["metric"],
+                                   f"{shown(row['mean'])} ± {shown(row['std'])}", interval, row["folds"]]))
+    lines += ["", markdown_row(["backbone", "fold", "run", "split", "images", *(label for _, label, _ in METRICS)]),
               "|---|---:|---|---|---:|" + "---:|" * len(METRICS)]
     for row in per_fold:
-        lines.append(f"| {row['backbone']} | {row['fold']} | {row['run']} | {row['split']} | {row['images']} | "
-                     + " | ".join(shown(row[key]) for key, _, _ in METRICS) + " |")
-    return "\n".join(["# Cross-validation", "", *notes, "", f"Published: {chosen}", "", *lines, ""])
+        lines.append(markdown_row([row["backbone"], row["fold"], row["run"], row["split"], row["images"],
+                                   *(shown(row[key]) for key, _, _ in METRICS)]))
+    notes = [safe_text.markdown(note) for note in notes]
+    return "\n".join(["# Cross-validation", "", *notes, "", f"Published: {safe_text.markdown(chosen)}", "", *lines, ""])
 
 
 def report_sections(rows, per_fold, chosen, notes, drawn, lines, options):
@@ -233,8 +242,7 @@ def folds_rows(index, fold_of):
 
 
 def read_folds(folder):
-    with open(os.path.join(folder, FOLDS_FILE), newline="", encoding="utf-8") as handle:
-        return [tuple(row) for row in csv.reader(handle)]
+    return [tuple(row) for row in artifacts.read_csv(os.path.join(folder, FOLDS_FILE))]
 
 
 def ids(artifacts_dir):

@@ -14,8 +14,8 @@ looks the same to the model in all three (`load_image`):
 
 Which decoder a file needs is decided from its first bytes and header
 (`sniff_format`, `choose_decoder`), never from its extension. This module
-imports nothing else from the project: it can be read, tested and reused
-on its own.
+imports nothing else from the project but safe_text (how a name is
+printed): it can be read, tested and reused on its own.
 """
 
 import functools
@@ -28,6 +28,8 @@ import sys
 import types
 
 import numpy as np
+
+import safe_text
 
 # Transparent pixels are composited on this colour (white): most transparent
 # images in classification data are cut-outs, logos and icons meant for a
@@ -80,8 +82,11 @@ def file_extension(name):
 
 
 def display_path(path):
-    """`path` printable as UTF-8 even when the file name is not valid UTF-8."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """`path` (or a class name) printable as UTF-8 on a terminal even when
+    the file name is not valid UTF-8 or holds control characters (an ESC
+    sequence prints as \\x1b[2J, it never clears the screen):
+    safe_text.terminal."""
+    return safe_text.terminal(path)
 
 
 def error_text(error):

@@ -8,6 +8,7 @@ on disk) and one real browser (Chromium through Playwright)."""
 import dataclasses
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -281,6 +282,45 @@ def test_the_model_card_and_the_drop_down_of_finished_runs(untrained, saved_mode
     assert "| published | no |" in app.model_card(untrained, artifacts_dir)  # another folder's run
     with pytest.raises(errors.UserError, match="no model elsewhere to choose"):
         models.get("elsewhere")
+
+
+def test_the_model_card_and_status_show_hostile_names_as_text(untrained, saved_model, tmp_path):
+    hostile = ("a | b | c", "[pwn](javascript:alert(1))", "two\nlines <img src=x onerror=alert(1)>")
+    trained = dataclasses.replace(untrained.trained, class_names=hostile)
+    served = dataclasses.replace(untrained, trained=trained)
+
+    card = app.model_card(served, str(tmp_path))
+
+    rows = card.splitlines()
+    classes = next(row for row in rows if row.startswith("| classes (3)"))
+    # Two cells: the pipes, the link and the tag are text inside the second.
+    assert len(re.split(r"(?<!\\)\|", classes.strip())[1:-1]) == 2, classes
+    assert r"a \| b \| c" in classes and r"\[pwn\](javascript" in classes and "&lt;img" in classes
+    assert "[pwn](" not in card and "<img" not in card
+    assert len(rows) == len(app.model_card(untrained, str(tmp_path)).splitlines())  # the newline made no row
+    good = os.path.join(saved_model["data"], "dog", "img_001.png")
+    bad = tmp_path / "[x](javascript:alert(1)) | <b>.png"
+    bad.write_bytes(b"not an image")
+    result = app.answer_files(untrained, [good, str(bad)], top_k=2)
+    status = app.status_line(untrained, result)
+    assert "[x](" not in status and "<b>" not in status and r"\[x\](javascript:alert(1)) \| &lt;b&gt;.png" in status
+
+
+def test_prune_keeps_the_newest_folders_and_the_requests_own(tmp_path):
+    # The private folder gains entries with every request (uploads, the
+    # CSV, Gradio's copy of it, an empty file): prune keeps the newest `keep`.
+    for number in range(10):
+        (tmp_path / f"f{number}").mkdir()
+        (tmp_path / f"f{number}" / "upload.png").write_bytes(b"x")
+        os.utime(tmp_path / f"f{number}", ns=(number * 10**9, number * 10**9))
+    (tmp_path / "tmp_left_by_an_upload").write_bytes(b"")
+    os.utime(tmp_path / "tmp_left_by_an_upload", ns=(5 * 10**9 + 1, 5 * 10**9 + 1))
+    in_use = [str(tmp_path / "f1" / "upload.png")]  # old, but the request being answered uses it
+
+    assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 7
+
+    assert sorted(os.listdir(tmp_path)) == ["f1", "f7", "f8", "f9"]
+    assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 0
 
 
 # ---------------------------------------------------------------- refused at start

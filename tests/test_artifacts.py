@@ -348,3 +348,27 @@ def test_file_sha256_equals_hashlibs(tmp_path):
 
     assert artifacts.file_sha256(str(path)) == hashlib.sha256(content).hexdigest()
     assert artifacts.file_sha256(str(empty)) == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_manifest_with_formula_names_is_guarded_and_round_trips(tmp_path):
+    # A class or file name a spreadsheet would run (OWASP's CSV injection)
+    # is written with a leading quote and read back exactly: evaluate and
+    # resume compare these rows with the dataset's files.
+    manifest = [
+        artifacts.ManifestRow("=cmd|' -C calc'!A0/-x.png", "=cmd|' -C calc'!A0", "train"),
+        artifacts.ManifestRow("@a/+1.png", "@a", "val", "-group"),
+        artifacts.ManifestRow("'q/'=b.png", "'q", "test", "'=g"),
+    ]
+    artifacts.write_companions(str(tmp_path), ["=cmd|' -C calc'!A0", "@a", "'q"], manifest, {})
+
+    assert artifacts.read_manifest(str(tmp_path)) == manifest
+    cells = [cell for row in read_csv_cells(tmp_path / artifacts.SPLIT_MANIFEST_FILE) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")], cells
+    assert "'=cmd|' -C calc'!A0" in cells and "''=g" in cells
+
+
+def read_csv_cells(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))

@@ -4,6 +4,7 @@ exit code 2, no traceback, and nothing of the user's changed; odd files
 hang or a crash."""
 
 import contextlib
+import csv
 import hashlib
 import os
 import re
@@ -594,3 +595,41 @@ def test_evaluate_on_another_folder_skips_non_utf8_names_and_fifos(trained, tmp_
     assert metrics["num_samples"] == 6 and metrics["evaluated"] == "all images"
     assert metrics["skipped"] == [f"dog/ni\ufffdo.png ({audit.NOT_UTF8})"]
     assert snapshot(folder) == before
+
+
+def test_escape_codes_in_file_and_class_names_print_as_text(tmp_path, capsys):
+    # A file named ESC[2J... would clear the user's screen if printed raw;
+    # a class name could recolour or rewrite the lines after it.
+    data = make_flat_dataset(tmp_path / "data", classes=("cat\x1b[31m", "dog"), per_class=8)
+    (tmp_path / "data" / "dog" / "\x1b[2Jclear.png").write_bytes(b"not an image")
+    (tmp_path / "data" / "dog" / "img_001.png").rename(tmp_path / "data" / "dog" / "bell\x07.png")
+
+    assert inspect_dataset.main(["--image_dir", data, "--artifacts_dir", str(tmp_path / "art")]) == 0
+
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, out
+    assert r"dog/\x1b[2Jclear.png: not an image" in out and r"cat\x1b[31m" in out
+
+
+FORMULA_CLASS = "=cmd|' -C calc'!A0"
+
+
+@pytest.mark.slow
+def test_a_formula_class_name_is_guarded_in_every_csv_and_round_trips_through_evaluate(tmp_path, workdir, capsys):
+    # split_manifest.csv is read back by evaluate.py (and --resume): the
+    # guarded class name must come back exactly, or the manifest's classes
+    # would no longer match the folder's.
+    data = make_flat_dataset(tmp_path / "data", classes=(FORMULA_CLASS, "@dog"), per_class=10)
+    assert main_script.main(["--image_dir", data, *TINY, "--epochs", "1", "--fine_tune_epochs", "0"]) == 0
+    assert evaluate.main(["--image_dir", data, "--show", "0"]) == 0
+    assert predict.main(["--images", os.path.join(data, "@dog"), "--show", "0"]) == 0
+    capsys.readouterr()
+
+    manifest = artifacts.read_manifest("model_artifacts")
+    assert {row.label for row in manifest} == {FORMULA_CLASS, "@dog"}
+    (predictions,) = [os.path.join(folder, name) for folder, _, names in os.walk("results")
+                      for name in names if name == "predictions.csv"]
+    for path in (os.path.join("model_artifacts", artifacts.SPLIT_MANIFEST_FILE), predictions):
+        with open(path, newline="", encoding="utf-8") as handle:
+            cells = [cell for row in csv.reader(handle) for cell in row]
+        assert not [cell for cell in cells if cell[:1] in ("=", "+", "@", "\t", "\r")], (path, cells)

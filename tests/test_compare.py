@@ -9,6 +9,7 @@ or validated on.
 """
 
 import csv
+import re
 import os
 import shutil
 
@@ -279,3 +280,40 @@ def test_scoring_several_models_traces_each_once_and_never_warns_of_retracing(sa
         logger.removeHandler(recorder)
     assert traces == [1, 1, 1]
     assert not [message for message in messages if "retracing" in message], messages
+
+
+HOSTILE_NAME = "<script>alert(1)</script> | [pwn](javascript:alert(1))\nx"
+
+
+def markdown_cells(line):
+    """The cells of a markdown table row: split on the pipes that are not escaped."""
+    return re.split(r"(?<!\\)\|", line.strip())[1:-1]
+
+
+def test_a_hostile_sidecar_name_stays_in_its_cell_of_the_markdown_table(tmp_path):
+    row = {name: None for name, _ in compare.COLUMNS}
+    row.update(rank=1, backbone=HOSTILE_NAME, source=compare.EXTERNAL, run="=cmd|' -C calc'!A0", weights="n/a",
+               test_accuracy=0.5, macro_f1=0.5, test_loss=0.7, inference_ms_per_image=1.0, test_images=4)
+    notes = [f"external: {HOSTILE_NAME} is a model from another framework"]
+
+    _, markdown_path, _ = compare.write_comparison([row], str(tmp_path), notes)
+
+    lines = open(markdown_path, encoding="utf-8").read().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 3  # header, rule, one row: the newline did not start a row
+    assert len(markdown_cells(table[2])) == len(compare.COLUMNS) == len(markdown_cells(table[0]))
+    text = "\n".join(lines)
+    assert "<script>" not in text and "[pwn](" not in text
+    assert "&lt;script&gt;" in table[2] and r"\[pwn\]" in table[2]
+    # The CSV: the formula is quoted for a spreadsheet, and read back as it was.
+    csv_rows = artifacts.read_csv(str(tmp_path / "model_comparison.csv"))
+    assert csv_rows[1][compare.COLUMNS.index(("run", "run"))] == "=cmd|' -C calc'!A0"
+    with open(tmp_path / "model_comparison.csv", encoding="utf-8") as handle:
+        assert "'=cmd|" in handle.read()
+
+
+def test_a_scored_row_prints_a_hostile_sidecar_name_as_text(capsys):
+    compare.print_row({"backbone": "net\x1b[2J", "source": compare.EXTERNAL, "run": "x\x07", "test_accuracy": 0.5,
+                       "test_loss": 0.7, "macro_f1": 0.5, "inference_ms_per_image": 1.0})
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and r"net\x1b[2J (external, x\x07)" in out
