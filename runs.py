@@ -280,9 +280,11 @@ def fold_runs(cv, index):
     times = []
     for number, (name, fold) in enumerate(todo, start=1):
         folder = cv.run_folder(name, fold)
-        if folder and cross_validation.is_finished(folder):
-            continue
         progress = resume.read_progress(folder) if folder else None
+        # A fold run published but killed before its last stage (its state
+        # still says trained) is continued, not skipped.
+        if folder and progress.status == "finished" and cross_validation.is_finished(folder):
+            continue
         resumes = (cv.runs[name][fold], folder, progress.point) if progress and progress.point else None
         title = f"fold {fold + 1}/{cv.folds}" + (f" · {name}" if len(cv.backbones) > 1 else "")
         options = dataclasses.replace(cv.options, backbone=name, alpha=backbones.backbone_alpha(name, cv.options.alpha))
@@ -315,14 +317,22 @@ def reserve(planned, cv=None):
     return stamp, folder, point
 
 
+def after_training(options):
+    """What a run resumed after its last epoch still does, in order."""
+    return [*(["calibrating"] if options.calibrate else []), "publishing", "evaluating",
+            *(["exporting"] if options.export else [])]
+
+
 def announce(planned, stamp, folder, point):
     """A run's first lines: which run, where, and what --epochs means."""
     options = planned.options
     if planned.title:
         print(f"\n#### {planned.title} · run {stamp}: {folder}")
-    elif point:
+    if point and point.trained:
+        print(f"Resuming run {stamp} ({folder}) after training: {', '.join(after_training(options))}.")
+    elif point and not planned.title:
         print(f"Resuming run {stamp} ({folder}) with its own options.")
-    else:
+    elif not planned.title:
         print(f"Run {stamp}: {folder}")
     if not point:
         print("Training plan: " + train_utils.training_plan_line(
@@ -341,7 +351,10 @@ def open_here(plan, planned, held):
     stamp, folder, point = reserve(planned, plan.cross_validation)
     try:
         # A live run is never joined: its lock refuses a second process.
-        held.enter_context(run_lock.held(folder, "training", "--resume" if point else "main.py"))
+        if planned.locked:  # since plan_runs, before it read the run's state
+            held.enter_context(plan.lock.pop_all())
+        else:
+            held.enter_context(run_lock.held(folder, "training", "--resume" if point else "main.py"))
     except UserError as error:
         if plan.workers is not None:
             plan.workers.exchange({"error": str(error)})
