@@ -549,10 +549,11 @@ def run_training(argv=None):
     cluster = devices.cluster_from_environment()
     console.start_tensorflow(options.verbose)
     plan = runs.plan_runs(options, given_options(argv), cluster)
-    check_outputs_outside(plan.options)  # a resumed run's own folders too
-    for planned in plan.runs:
-        with runs.opened(plan, planned) as run:
-            run_stages(run)
+    with plan.lock:  # the run --resume continues was locked before its state and options were read
+        check_outputs_outside(plan.options)  # a resumed run's own folders too
+        for planned in plan.runs:
+            with runs.opened(plan, planned) as run:
+                run_stages(run)
     return runs.finish(plan)
 
 
