@@ -23,6 +23,7 @@ import pytest
 
 import artifacts
 import console
+import errors
 import cross_validation
 import main as main_script
 import resume
@@ -213,3 +214,27 @@ def test_folds_killed_after_a_fold_trained_are_finished_by_resume(workdir, tmp_p
         assert not unfinished_runs(copy / "model_artifacts"), name
         published = artifacts.published_run(str(copy / "model_artifacts"))
         assert read_json(copy / "model_artifacts" / "runs" / published / "run_config.json")["status"] == "finished"
+
+
+def test_a_run_killed_after_training_is_found_by_resume_and_ctrl_c_says_how_to_finish_it(tmp_path):
+    """Its state names the run's best model: --resume finds it while that
+    model is there (and says so when it is not), and Ctrl-C's line says
+    how to finish the run, not that it finished."""
+    artifacts_dir = tmp_path / "artifacts"
+    folder = artifacts_dir / "runs" / "20000101-000000"
+    (folder / "resume").mkdir(parents=True)
+    history = os.path.join("results", "training_curves", folder.name, "history.csv")
+    state = {"stamp": folder.name, "history_path": history, "phase": resume.TRAINED, "epoch": 1,
+             "best_val_loss": 0.5, "model_file": artifacts.MODEL_FILE, "finetune_start": None,
+             "training_seconds": 12.5}
+    artifacts.write_json(str(folder / "resume" / resume.RESUME_STATE), state)
+
+    with pytest.raises(errors.UserError, match="has no trained model"):
+        resume.find_interrupted_run(str(artifacts_dir))
+    (folder / artifacts.MODEL_FILE).write_bytes(b"a model")
+    stamp, found, point = resume.find_interrupted_run(str(artifacts_dir))
+
+    assert (stamp, found) == (folder.name, str(folder))
+    assert point.trained and point.training_seconds == 12.5 and point.model_path(found) == str(folder / "best_model.keras")
+    line = resume.interrupted_line(str(folder), folder.name, str(artifacts_dir))
+    assert line.startswith("after training: ") and f"finish it with: python main.py --resume {folder.name}" in line
