@@ -152,8 +152,9 @@ def finish_resume_points(folder):
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-    """How far a run got: "interrupted" (with its ResumePoint), "finished",
-    or "not started" (no epoch completed)."""
+    """How far a run got: "interrupted" (with its ResumePoint; a TRAINED
+    one when only the stages after training are left), "finished" (every
+    stage done), or "not started" (no epoch completed)."""
 
     status: str
     point: ResumePoint | None = None
@@ -199,8 +200,8 @@ def interrupted_line(run_folder, stamp, artifacts_dir):
 
 def finetune_start(resume_folder):
     """The first fine-tuning epoch (0-based) of the run whose resume/ folder
-    this is, or None when it did not fine-tune. Read it before
-    `finish_resume_points` clears the state."""
+    this is, or None when it did not fine-tune (a TRAINED point keeps
+    it; `finish_resume_points` clears it)."""
     progress = read_progress(os.path.dirname(resume_folder))
     return None if progress.point is None else progress.point.finetune_start
 
