@@ -124,6 +124,9 @@ def scan_stage(run):
 
 def model_stage(run):
     options = run.options
+    if run.point and run.point.trained:  # the stages after training load the best model themselves
+        print(f"    trained before the interruption: {run.model_path}")
+        return
     print(f"    device: {run.device.describe(options.batch_size)}")
 
     def build():
@@ -226,6 +229,13 @@ def data_stage(run):
 
 def train_stage(run):
     options = run.options
+    if run.point and run.point.trained:
+        # Killed after its last epoch: what the later stages need of
+        # training was saved with the point (resume.finish_training).
+        run.history_path, run.finetune_start = run.point.history_path, run.point.finetune_start
+        run.training_seconds = run.point.training_seconds or 0.0  # (a state written by hand)
+        print(f"    every epoch was done before the interruption; history: {run.history_path}")
+        return
     print(f"    {run.balancing.line}")
     history_path = run.point.history_path if run.point else run.results_path("training_curves", "history.csv")
     os.makedirs(os.path.dirname(history_path), exist_ok=True)
@@ -253,7 +263,9 @@ def train_stage(run):
     run.training_seconds = time.perf_counter() - start
     run.history_path = history_path
     run.finetune_start = resume.finetune_start(plan.resume_folder)
-    resume.finish_resume_points(plan.resume_folder)
+    # Not "done" yet: a run killed while it calibrates, evaluates or
+    # publishes continues with those stages (run_stages marks it done).
+    resume.finish_training(plan.resume_folder, run.training_seconds)
     print(f"    history: {history_path}")
 
 
@@ -524,13 +536,16 @@ STAGES = [
 
 def run_stages(run):
     """Runs STAGES in order (on a worker other than the chief, only those
-    every worker runs)."""
+    every worker runs), then marks the run done: a run killed before that
+    (after its last epoch too) is continued by --resume."""
     try:
         for stage in STAGES:
             wanted = stage.when is None or stage.when(run.options)
             if wanted and (run.device.is_chief or stage.every_worker):
                 with console.stage(stage.name):
                     stage.run(run)
+        # Only now, every stage done, is there nothing left to resume.
+        resume.finish_resume_points(run.artifact_path(artifacts.RESUME_FOLDER))
     except BaseException as error:
         if run.tracked is not None:  # an MLflow run never stays "running" after a failure
             import tracking
@@ -557,10 +572,11 @@ def run_training(argv=None):
     cluster = devices.cluster_from_environment()
     console.start_tensorflow(options.verbose)
     plan = runs.plan_runs(options, given_options(argv), cluster)
-    check_outputs_outside(plan.options)  # a resumed run's own folders too
-    for planned in plan.runs:
-        with runs.opened(plan, planned) as run:
-            run_stages(run)
+    with plan.lock:  # the run --resume continues was locked before its state and options were read
+        check_outputs_outside(plan.options)  # a resumed run's own folders too
+        for planned in plan.runs:
+            with runs.opened(plan, planned) as run:
+                run_stages(run)
     return runs.finish(plan)
 
 
