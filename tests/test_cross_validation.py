@@ -291,6 +291,8 @@ def test_resuming_trains_only_the_unfinished_folds_and_continues_the_interrupted
     finished, interrupted = os.path.join(runs_dir, "20260101-000001"), os.path.join(runs_dir, "20260101-000002")
     artifacts.write_json(os.path.join(finished, artifacts.RUN_CONFIG_FILE), {"status": "finished"})
     open(os.path.join(finished, artifacts.MODEL_FILE), "wb").close()
+    # A finished run's state says so (a fold run published but not done is continued).
+    artifacts.write_json(os.path.join(finished, artifacts.RESUME_FOLDER, resume.RESUME_STATE), {"phase": resume.FINISHED})
     point = resume.ResumePoint("20260101-000002", "history.csv", "head", 3, 0.5, "epoch_004_head.keras")
     artifacts.write_json(os.path.join(interrupted, artifacts.RESUME_FOLDER, resume.RESUME_STATE), point.to_json())
     index = made_up_index()
