@@ -52,6 +52,10 @@ COMPANION_FILES = (CLASS_INDEX_FILE, RUN_CONFIG_FILE, SPLIT_MANIFEST_FILE)
 # the same evaluation for the model card. Not a companion: a run trained
 # before it existed is still usable, without trust sentences.
 TEST_RELIABILITY_FILE = "test_reliability.json"
+# Beside the companions: the content hash (sha256) and perceptual hashes of
+# every image the run trained or validated on, so evaluate.py can tell a
+# copy of one in another folder (see splits.seen_images).
+SEEN_IMAGES_FILE = "seen_images.json"
 # In ARTIFACTS_DIR: one folder per training run, the link to the last
 # finished one, and the audit's cache (see audit.py). In a run folder: the
 # resume points of an interrupted run (see train_utils).
@@ -393,6 +397,19 @@ def read_test_reliability(folder):
     if not isinstance(saved.get("bins"), list) or not all(isinstance(row, dict) for row in saved["bins"]):
         raise CompanionError(f"{os.path.join(folder, TEST_RELIABILITY_FILE)} holds no list of reliability bins")
     return saved
+
+
+def read_seen_images(folder):
+    """The run's SEEN_IMAGES_FILE ({"sha256": [...], "phash": [...]}), or
+    None when it has none (a run from before it was kept). Raises
+    CompanionError when it cannot be read."""
+    path = os.path.join(folder, SEEN_IMAGES_FILE)
+    if not os.path.isfile(path):
+        return None
+    seen = _read_companion_json(folder, SEEN_IMAGES_FILE, dict)
+    if not all(isinstance(seen.get(key), list) for key in ("sha256", "phash")):
+        raise CompanionError(f"{path}: expected lists sha256 and phash")
+    return seen
 
 
 def has_manifest(folder):

@@ -27,9 +27,10 @@ import numpy as np
 
 import artifacts
 import image_io
+import near_duplicates
 import safe_text
 
-AUDIT_CACHE_VERSION = 1
+AUDIT_CACHE_VERSION = 2  # 2: each file's perceptual hashes
 # How much of a file decides what it is: format signatures (DICOM's sits
 # at byte 128) and the text/HTML test.
 HEADER_BYTES = 512
@@ -76,6 +77,7 @@ class FileCheck:
     decoder: str = ""
     decoder_note: str = ""  # why a file is decoded in Python
     sha256: str = ""
+    phash: str = ""  # near_duplicates.to_text of its perceptual hashes
 
 
 NOT_UTF8 = "file name is not valid UTF-8: rename the file to use it"
@@ -95,19 +97,25 @@ def _skip(path, reason, **details):
     return FileCheck(path=path, usable=False, reason=reason, **details)
 
 
-def _native_decode_error(data):
-    """None if TensorFlow decodes the bytes, else its error message."""
+def _native_decode(data):
+    """(pixels, None) if TensorFlow decodes the bytes, else (None, its error
+    message)."""
     import tensorflow as tf
 
     try:
-        image_io.decode_native(data)
+        return image_io.decode_native(data).numpy(), None
     except (
         tf.errors.InvalidArgumentError,
         tf.errors.OutOfRangeError,
         tf.errors.UnknownError,
     ) as error:
-        return image_io.error_text(error)
-    return None
+        return None, image_io.error_text(error)
+
+
+def _hashes(pixels):
+    """The perceptual hashes of decoded pixels, as FileCheck keeps them: the
+    pixels the audit decoded anyway, so a near-copy costs no second read."""
+    return near_duplicates.to_text(near_duplicates.image_hashes(pixels))
 
 
 def _check_with_reader(relpath, path, extension, function, digest):
@@ -130,6 +138,7 @@ def _check_with_reader(relpath, path, extension, function, digest):
         decoder=extension,
         decoder_note=f"{extension} reader",
         sha256=digest,
+        phash=_hashes(array),
     )
 
 
@@ -176,17 +185,17 @@ def _check_image(relpath, data, digest):
     if decoder == "native":
         # The audit runs the decoder training will run, so a file that
         # passes cannot fail mid-epoch (keras-team/keras#19508).
-        native_error = _native_decode_error(data)
+        pixels, native_error = _native_decode(data)
         if native_error is None:
-            return FileCheck(path=relpath, usable=True, decoder=decoder, **details)
-        pillow_error = _pillow_decode_error(image)
+            return FileCheck(path=relpath, usable=True, decoder=decoder, phash=_hashes(pixels), **details)
+        _, pillow_error = _pillow_decode(image)
         detail = (
             pillow_error or f"{native_error} (TensorFlow refuses it; re-saving the file fixes it)"
         )
         return _skip(
             relpath, f"truncated or corrupt {image.format}: {detail}", decoder=decoder, **details
         )
-    pillow_error = _pillow_decode_error(image)
+    pixels, pillow_error = _pillow_decode(image)
     if pillow_error:
         return _skip(
             relpath,
@@ -194,15 +203,17 @@ def _check_image(relpath, data, digest):
             decoder=decoder,
             **details,
         )
-    return FileCheck(path=relpath, usable=True, decoder=decoder, decoder_note=note, **details)
+    return FileCheck(
+        path=relpath, usable=True, decoder=decoder, decoder_note=note, phash=_hashes(pixels), **details
+    )
 
 
-def _pillow_decode_error(image):
+def _pillow_decode(image):
+    """(pixels, None), or (None, Pillow's error message)."""
     try:
-        image_io.decode_with_pillow(image)
+        return image_io.decode_with_pillow(image), None
     except Exception as error:  # Pillow on untrusted bytes raises many types
-        return image_io.error_text(error)
-    return None
+        return None, image_io.error_text(error)
 
 
 def _sha256(handle):
@@ -458,6 +469,104 @@ def duplicate_warnings(groups, auto_split, limit=10):
     return lines
 
 
+def test_near_train(index):
+    """The test images that have a near-copy or an identical file in train
+    (sorted): possible only in a pre-split folder, or with
+    --near_duplicates warn or off."""
+    split_of = {sample.path: sample.split for sample in index.samples}
+    by_content = collections.defaultdict(list)
+    for path, digest in (index.contents or {}).items():
+        by_content[digest].append(path)
+    leaked = set()
+    for group in [*index.near_groups, *by_content.values()]:
+        if any(split_of.get(path) == "train" for path in group):
+            leaked.update(path for path in group if split_of.get(path) == "test")
+    return sorted(leaked)
+
+
+def _straddling(groups, split_of):
+    return [group for group in groups if len({split_of[path] for path in group}) > 1]
+
+
+def near_copy_warnings(groups, split_of, mode, limit=5):
+    """Warnings about near-copy groups that straddle splits (never with
+    "group" unless the folder came pre-split)."""
+    straddling = _straddling(groups, split_of)
+    if not straddling:
+        return []
+    lines = [
+        f"{len(straddling)} group(s) of near-copies are in more than one split, so held-out scores "
+        f"will look better than they are" + (" (the folder's own split is kept)" if mode == "group" else
+                                           f" (--near_duplicates {mode})") + ": see the audit's near_duplicates"
+    ]
+    for group in straddling[:limit]:
+        lines.append(
+            "near-copies in " + " and ".join(sorted({split_of[path] for path in group})) + ": "
+            + ", ".join(f"{image_io.display_path(path)} ({split_of[path]})" for path in group[:4])
+            + (f" and {len(group) - 4} more" if len(group) > 4 else "")
+        )
+    return lines
+
+
+def near_copy_lines(index, mode):
+    """Lines for the run's output: the near-copy groups found, and whether
+    each was kept in one split."""
+    lines = []
+    if index.near_groups and mode == "group":
+        files = sum(len(group) for group in index.near_groups)
+        lines.append(
+            f"{len(index.near_groups)} group(s) of near-copies ({files} images) found by perceptual hash"
+            + (", each kept in one split" if not _straddling(index.near_groups, {s.path: s.split for s in index.samples})
+               else "; the folder's own split is kept")
+        )
+    return lines
+
+
+def near_copy_group_lines(index, limit=10):
+    """The near-copy groups, one line each (up to `limit`): every file with
+    its split."""
+    if not index.near_groups:
+        return []
+    split_of = {sample.path: sample.split for sample in index.samples}
+    lines = ["near-copies (kept in one split unless --near_duplicates says otherwise):"]
+    for number, group in enumerate(index.near_groups[:limit], start=1):
+        lines.append(f"  group {number}: " + ", ".join(
+            f"{image_io.display_path(path)} ({split_of.get(path, '?')})" for path in group))
+    if len(index.near_groups) > limit:
+        lines.append(f"  ... and {len(index.near_groups) - limit} more: see --json")
+    return lines
+
+
+def test_leak_lines(index):
+    """The warning when test images have a near-copy (or an identical file)
+    in train: the test score is optimistic."""
+    leaked = test_near_train(index)
+    if not leaked:
+        return []
+    total = sum(1 for sample in index.samples if sample.split == "test")
+    return [
+        f"{len(leaked)} of {total} test images have a near-copy in training: the test score is optimistic "
+        "(metrics.json also scores the test split without them; the list: the audit's near_duplicates)"
+    ]
+
+
+def near_copy_report(index, mode, max_distance):
+    """The audit's near_duplicates entry: the settings, every group with
+    each file's class and split, and the test images with a near-copy in
+    train."""
+    sample_of = {sample.path: sample for sample in index.samples}
+    return {
+        "mode": mode,
+        "max_distance": max_distance,
+        "groups": [
+            [{"path": image_io.display_path(path), "class": sample_of[path].label, "split": sample_of[path].split}
+             for path in group if path in sample_of]
+            for group in index.near_groups
+        ],
+        "test_with_copy_in_train": [image_io.display_path(path) for path in test_near_train(index)],
+    }
+
+
 # ---------------------------------------------------------------- reports
 
 
@@ -467,11 +576,12 @@ def _statistics(values):
     return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
 
 
-def audit_report(index, scan, checks, duplicates, stats):
+def audit_report(index, scan, checks, duplicates, stats, near_copies=("group", 10)):
     """The audit as a JSON-ready dict (what audit.json holds): the
-    inspection fields (`inspection_summary`) plus per-class counts, why
-    files were ignored, image size/mode/format statistics, decoders,
-    duplicates, the imbalance ratio and the audit's timing."""
+    inspection fields (`inspection_summary`, with the near-copies found
+    under `near_copies`, (--near_duplicates, its distance)) plus per-class
+    counts, why files were ignored, image size/mode/format statistics,
+    decoders, duplicates, the imbalance ratio and the audit's timing."""
     used = [checks[sample.path] for sample in index.samples]
     counts = index.counts()
     train = [count for count in counts["train"].values()]
@@ -480,7 +590,7 @@ def audit_report(index, scan, checks, duplicates, stats):
     for path, kind in scan.ignored:
         ignored[kind].append(image_io.display_path(path))
     return {
-        **inspection_summary(index),
+        **inspection_summary(index, near_copies),
         "image_dir": index.root,
         "notes": list(index.notes),
         "files": {
@@ -527,10 +637,13 @@ def audit_report(index, scan, checks, duplicates, stats):
     }
 
 
-def inspection_summary(index):
+def inspection_summary(index, near_copies=None):
     """The JSON object `python inspect_dataset.py --json` prints, exactly:
     layout, classes, splits ({split: {class: n}}), skipped ([{path,
-    reason}], paths relative to the dataset), ignored (a count), warnings."""
+    reason}], paths relative to the dataset), ignored (a count), warnings,
+    near_duplicates (near_copy_report; from the saved audit when
+    `near_copies` is None)."""
+    near = near_copy_report(index, *near_copies) if near_copies else (index.audit or {}).get("near_duplicates")
     return {
         "layout": index.layout,
         "classes": list(index.class_names),
@@ -538,6 +651,7 @@ def inspection_summary(index):
         "skipped": [{"path": item.path, "reason": item.reason} for item in index.skipped],
         "ignored": index.ignored,
         "warnings": list(index.warnings),
+        "near_duplicates": near,
     }
 
 

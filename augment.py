@@ -7,7 +7,8 @@ interpolated once; pixels from outside the image are filled by
 --fill_mode. Used by the training pipeline (data_loader.make_dataset),
 main.py's augmentation preview and test-time augmentation: one
 implementation everywhere. MixUp and CutMix (`mix_batch`) are Keras' own
-layers, applied to whole training batches after that pass.
+layers, applied to whole training batches after that pass, each batch mixed
+from a seed of its own so the pipeline stays parallel.
 """
 
 import dataclasses
@@ -202,16 +203,58 @@ def mix_layers(mixup, cutmix, seed):
     return layers
 
 
-def mix_batch(images, labels, layers, choice=None):
+# Folded into a batch's seed before mixing, so the mix draws apart from the
+# same batch's augmentation (both come from one seed stream).
+MIX_STREAM = 7
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_seeds_class():
+    import keras
+    import tensorflow as tf
+
+    class BatchSeeds(keras.random.SeedGenerator):
+        """Keras seeds drawn from one batch's own seed, statelessly: the
+        n-th draw is stateless_fold_in(seed, n). A SeedGenerator keeps its
+        state in a variable that every draw assigns; in a tf.data function
+        that assignment is a stateful op, and with TensorFlow's op
+        determinism on (--deterministic 1) tf.data then runs the whole
+        pipeline sequentially (parallel maps made plain maps, prefetch
+        turned off), printing "NodeDef mentions attribute
+        use_unbounded_threadpool" for each map it rewrites."""
+
+        def __init__(self, seed):  # no state variable, by design
+            self.seed = seed
+            self.draws = 0
+
+        def next(self, ordered=True):
+            self.draws += 1
+            return tf.random.experimental.stateless_fold_in(self.seed, self.draws)
+
+    return BatchSeeds
+
+
+def mix_batch(images, labels, layers, choice=None, seed=None):
     """A uint8 batch and its one-hot float labels, mixed by one of `layers`
     (mix_layers; `choice`, a scalar int tensor, picks which: a different
     one each batch with both). Labels stay sums of 1, mixed in the same
-    proportion as the pixels. Returns (uint8 images, float32 labels)."""
+    proportion as the pixels. `seed` (a shape-[2] integer tensor, the
+    batch's own) draws the mix statelessly, as the training pipeline
+    needs (see _batch_seeds_class); without it each layer draws from its
+    own seed generator. Returns (uint8 images, float32 labels)."""
     import tensorflow as tf
 
     def by(layer):
         def mixed():
-            out = layer({"images": images, "labels": labels})
+            data = {"images": images, "labels": labels}
+            if seed is None:
+                out = layer(data)
+            else:
+                seeds = _batch_seeds_class()(tf.random.experimental.stateless_fold_in(seed, MIX_STREAM))
+                # The layer's own call, with the seed it takes no argument for.
+                transformation = layer.get_random_transformation(data, training=True, seed=seeds)
+                out = {"images": layer.transform_images(tf.convert_to_tensor(images), transformation),
+                       "labels": layer.transform_labels(labels, transformation)}
             pixels = tf.clip_by_value(tf.round(out["images"]), 0, 255)
             return tf.cast(pixels, tf.uint8), tf.cast(out["labels"], tf.float32)
 

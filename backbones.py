@@ -1,7 +1,8 @@
 """Which backbones exist and what each expects: the one table of the
 keras.applications families (`BACKBONES`: constructor, preprocessing,
-smallest input, width multiplier, Grad-CAM layer, ImageNet file name) and
-the checks of --backbone, --image_size and --alpha against it.
+smallest input, width multiplier, Grad-CAM layer, ImageNet file name, the
+activations its layers hold), the checks of --backbone, --image_size and
+--alpha against it, and the least memory a training batch takes.
 
 Imports only errors.py and no TensorFlow, so config.py can check options
 with it before anything heavy starts; model_builder.py builds from it.
@@ -29,6 +30,12 @@ TORCH_STD_RGB = (0.229, 0.224, 0.225)
 #   preprocessing    one of the modes above
 #   options          extra constructor arguments
 #   min_size         smallest image_size its constructor accepts
+#   activations      floats every layer's outputs hold per input pixel of one
+#                    image, at alpha 1.0 (the sum over its layers of
+#                    output size / 224^2, counted on the model built at 224 px):
+#                    what training every layer keeps for the backward pass
+#   largest_activation  the largest single layer output per input pixel: what
+#                    a forward pass through the frozen backbone holds at once
 #   alpha            whether --alpha (width multiplier) exists for it
 #   last_conv_layer  Grad-CAM's layer; None: the backbone's output layer,
 #                    whose name Keras numbers per process ("activation_17")
@@ -41,6 +48,8 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 32,
+        "activations": 435,
+        "largest_activation": 24.4,
         "alpha": True,
         "last_conv_layer": "out_relu",
         "weights_file": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
@@ -51,6 +60,8 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "activations": 107,
+        "largest_activation": 4.7,
         "alpha": True,
         "last_conv_layer": None,
         "weights_file": "weights_mobilenet_v3_small_224_{alpha}_float_no_top_v2.h5",
@@ -61,6 +72,8 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "activations": 307,
+        "largest_activation": 16.3,
         "alpha": True,
         "last_conv_layer": None,
         "weights_file": "weights_mobilenet_v3_large_224_{alpha}_float_no_top_v2.h5",
@@ -71,6 +84,8 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {},
         "min_size": 32,
+        "activations": 501,
+        "largest_activation": 24.4,
         "alpha": False,
         "last_conv_layer": "top_activation",
         "weights_file": "efficientnetb0_notop.h5",
@@ -81,6 +96,8 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "activations": 322,
+        "largest_activation": 8.0,
         "alpha": False,
         "last_conv_layer": "top_activation",
         "weights_file": "efficientnetv2-b0_notop.h5",
@@ -91,6 +108,8 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "activations": 837,
+        "largest_activation": 12.0,
         "alpha": False,
         "last_conv_layer": "top_activation",
         "weights_file": "efficientnetv2-s_notop.h5",
@@ -101,6 +120,8 @@ BACKBONES = {
         "preprocessing": "caffe",
         "options": {},
         "min_size": 32,
+        "activations": 740,
+        "largest_activation": 16.6,
         "alpha": False,
         "last_conv_layer": "conv5_block3_out",
         "weights_file": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -111,6 +132,8 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 32,
+        "activations": 625,
+        "largest_activation": 16.6,
         "alpha": False,
         "last_conv_layer": "post_relu",
         "weights_file": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -121,6 +144,8 @@ BACKBONES = {
         "preprocessing": "torch",
         "options": {},
         "min_size": 32,
+        "activations": 995,
+        "largest_activation": 16.6,
         "alpha": False,
         "last_conv_layer": "relu",
         "weights_file": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -131,6 +156,8 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 75,
+        "activations": 334,
+        "largest_activation": 15.2,
         "alpha": False,
         "last_conv_layer": "mixed10",
         "weights_file": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -141,6 +168,8 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 71,
+        "activations": 689,
+        "largest_activation": 30.3,
         "alpha": False,
         "last_conv_layer": "block14_sepconv2_act",
         "weights_file": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -151,6 +180,8 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "activations": 574,
+        "largest_activation": 24.0,
         "alpha": False,
         # The output layer: the LayerNormalization after the last block.
         "last_conv_layer": None,
@@ -162,6 +193,8 @@ BACKBONES = {
         "preprocessing": "caffe",
         "options": {},
         "min_size": 32,
+        "activations": 330,
+        "largest_activation": 64.0,
         "alpha": False,
         # The last convolution, before block5_pool: twice the resolution.
         "last_conv_layer": "block5_conv4",
@@ -170,6 +203,41 @@ BACKBONES = {
 }
 
 ALPHA_BACKBONES = tuple(name for name, family in BACKBONES.items() if family["alpha"])
+
+# The largest --image_size: one 2048 px image trained from scratch through
+# the default backbone (mobilenet_v2) already keeps over 5 GiB of
+# activations (training_memory_bytes), and 4096 px would keep 20 GiB; the
+# ImageNet weights were trained at 224-600 px.
+MAX_IMAGE_SIZE = 2048
+
+# Bytes of a float32 activation.
+FLOAT_BYTES = 4
+
+# The part of every layer's outputs a from-scratch training step really
+# keeps: TensorFlow fuses some layers (batch normalization into the
+# convolution, ReLU in place). Measured on 2 CPU cores, mobilenet_v2 at 128
+# px from scratch: peak memory grew 22.6 MB per image of the batch (batch 4
+# to 24), against 28.7 MB of layer outputs counted, 0.79 of them; 0.75 keeps
+# the estimate below what a run takes.
+KEPT_FRACTION = 0.75
+
+
+def training_memory_bytes(backbone, alpha, image_size, batch_size, whole_backbone_trains):
+    """The least memory one training step of `backbone` takes for a batch of
+    `batch_size` images of `image_size` px: the float input batch, plus
+    the layer outputs kept for the backward pass when `whole_backbone_trains`
+    (from scratch; KEPT_FRACTION of them all), else the largest layer's input
+    and output (the frozen pretrained backbone's forward pass). A lower bound: the
+    weights, gradients, the optimizer and TensorFlow's own buffers come on
+    top. A width multiplier below 1 thins most layers, not all, so the
+    count is scaled by it (never up: that would stop being a lower bound)."""
+    family = BACKBONES[backbone]
+    if whole_backbone_trains:
+        per_pixel = KEPT_FRACTION * family["activations"]
+    else:
+        per_pixel = 2 * family["largest_activation"]
+    width = min(1.0, alpha) if family["alpha"] else 1.0
+    return int(batch_size * image_size**2 * (per_pixel * width + 3) * FLOAT_BYTES)
 
 
 def validate_backbone_options(backbone, image_size, alpha):

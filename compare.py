@@ -16,9 +16,7 @@ RESULTS_DIR/model_comparison/<stamp>/model_comparison.csv, .md (the table
 to paste into a report, best first) and .png (visualize.py).
 """
 
-import contextlib
 import dataclasses
-import logging
 import os
 import time
 
@@ -208,6 +206,7 @@ def inference_ms_per_image(model, images, batch_size=TIMING_BATCH, warmup=TIMING
     from `images` (repeated to fill it): the median of `repeats` timed
     calls after `warmup` untimed ones, which trace and warm the caches."""
     batch = np.stack([images[i % len(images)] for i in range(batch_size)])
+    inference.trace_for_any_batch_size(model, batch)  # the scoring's trace serves this batch too
     for _ in range(warmup):
         model.predict_on_batch(batch)
     timings = []
@@ -423,21 +422,6 @@ def write_comparison(rows, folder, notes, subtitle=""):
 # ---------------------------------------------------------------- the whole comparison
 
 
-@contextlib.contextmanager
-def quiet_retracing():
-    """TensorFlow's "N out of the last N calls triggered tf.function
-    retracing" warning: every loaded model traces its own predict function
-    (one per batch shape), which that warning counts across models; here it
-    is expected, not a problem, so it is silenced while scoring."""
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def timing_images_of_size(size, image_dir, common, readers, timing_images):
     """The timing images of `size` px, loaded once for every model of that
     size (`timing_images`: {size: images}, filled in here); None for no size."""
@@ -555,8 +539,7 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
         print(f"    {line}")
     rows, timing_images = [], {}
     for folder in folders:
-        with quiet_retracing():
-            row = score_compared_run(folder, image_dir, common, batch_size, readers, timing_images)
+        row = score_compared_run(folder, image_dir, common, batch_size, readers, timing_images)
         row["published"] = "yes" if row["run"] == published else ""
         print_row(row)
         rows.append(row)

@@ -37,6 +37,8 @@ import sys
 
 import artifacts
 import backbones
+import memory
+import near_duplicates
 import option_types
 from errors import UserError
 
@@ -93,6 +95,9 @@ class Option:
     helps: dict = dataclasses.field(default_factory=dict)
     # How --help and the tables name the default: a text, or {script: text}.
     shown_default: object = None
+    # The value that gives the old behaviour to a run saved before the
+    # option existed (None: its default does).
+    saved_before: object = None
 
     def help_for(self, script):
         return self.helps.get(script, self.help)
@@ -127,8 +132,13 @@ class Config:
         },
     )
     image_size: int | None = option(
-        224, "Images are resized to SIZE x SIZE", FOLDERS, "data and outputs", tags=("common",),
-        parse=option_types.integer, check=option_types.at_least(32, "the smallest input of any backbone"),
+        224, f"Images are resized to SIZE x SIZE, 32 to {backbones.MAX_IMAGE_SIZE}; before training starts, "
+        "a batch of them must fit in the memory available (lower --batch_size or SIZE if not)", FOLDERS,
+        "data and outputs", tags=("common",), parse=option_types.integer,
+        check=option_types.at_least_and_at_most(
+            32, "the smallest input of any backbone", backbones.MAX_IMAGE_SIZE,
+            "beyond it one image alone needs over 5 GiB of activations to train from scratch",
+        ),
         defaults={"evaluate": None, "predict": None},
         helps={script: "Fixed by the model; give it only to check that it is this size"
                for script in USING_A_MODEL},
@@ -342,6 +352,19 @@ class Config:
         "'^([^_/]+)_' for P0042_slice3.png (a labels CSV's group column does the same)", ("main", "inspect"),
         "split", check=lambda name, value: check_pattern(name, value), metavar="REGEX",
         shown_default="identical files kept together",
+    )
+    near_duplicate_distance: int = option(
+        near_duplicates.DEFAULT_DISTANCE, "How many of the 64 bits of the perceptual hash two near-copies "
+        "may differ by (and a pair joins only when it is also much closer than the images around it; "
+        "see docs/data.md)", ("main", "inspect"), "split", parse=option_types.integer,
+        check=option_types.between(0, 32), metavar="BITS",
+    )
+    near_duplicates: str = option(
+        "group", "Near-copies (the same picture re-saved, resized, re-cropped a few pixels off or "
+        "brightened, under any name; found by perceptual hash in the audit): group keeps each group of "
+        "them in one split and one fold, like --group_by; warn only names the groups that straddle "
+        "splits; off does neither", ("main", "inspect"), "split", choices=near_duplicates.MODES,
+        saved_before="off",  # a run interrupted before near-copies were found resumes on its own split
     )
     cross_validation: str | None = option(
         None, "Re-score a finished cross-validation (the last one, or the id ID under "
@@ -631,11 +654,56 @@ def check_balance(options):
         )
 
 
+def check_training_memory(options):
+    """A batch of --batch_size images of --image_size px must fit in the
+    memory this process can still take (memory.available) for every
+    backbone of --backbone, by backbones.training_memory_bytes (a lower
+    bound), so a run too big for the machine stops in one line before a run
+    folder exists instead of in an out-of-memory traceback or a kill.
+    A resumed run was checked when it started (its options are its own).
+    On a machine with an NVIDIA GPU the batch lives in the GPU's memory,
+    which TensorFlow reports only once started: no check here."""
+    room, where = memory.available()
+    if room is None or options.resume or memory.has_nvidia_gpu():
+        return
+    from_scratch = options.weights == "none"
+    for name in backbones.backbone_names(options.backbone):
+        alpha = backbones.backbone_alpha(name, options.alpha)
+
+        def need(image_size, batch_size):
+            return backbones.training_memory_bytes(name, alpha, image_size, batch_size, from_scratch)
+
+        if need(options.image_size, options.batch_size) > room:
+            raise UserError(memory_refusal(options, name, need, room, where))
+
+
+def memory_refusal(options, backbone, need, room, where):
+    """The one line refusing a batch too big for the memory (`need(image_size,
+    batch_size)` in bytes, `room` available): the numbers, and the largest
+    --batch_size and --image_size (a multiple of 32) that would fit."""
+    size, batch = options.image_size, options.batch_size
+    kept = "the layer outputs kept to train from scratch" if options.weights == "none" else (
+        "the largest layer's input and output in the frozen backbone")
+    fitting_batch = next((number for number in range(batch - 1, 0, -1) if need(size, number) <= room), None)
+    smallest = backbones.BACKBONES[backbone]["min_size"]
+    fitting_size = next((side for side in range(size - size % 32, smallest - 1, -32) if need(side, batch) <= room),
+                        None)
+    lower = [f"--batch_size to {fitting_batch}" if fitting_batch else None,
+             f"--image_size to {fitting_size}" if fitting_size else None]
+    advice = " or ".join(item for item in lower if item) or "both --batch_size and --image_size"
+    return (
+        f"a batch of {batch} images of {size}x{size} px through {backbone} needs at least "
+        f"{need(size, batch) / memory.GIB:.1f} GiB ({kept}), but this process has {room / memory.GIB:.1f} GiB "
+        f"{where}: lower {advice}. Received: image_size={size}, batch_size={batch}"
+    )
+
+
 # Checks of several options together: (the scripts, the check).
 RULES = (
     (SCRIPTS, check_image_dir),
     (("main", "inspect"), check_splits_leave_training),
     (("main",), check_backbones),
+    (("main",), check_training_memory),
     (("main",), check_balance),
     (("main", "evaluate"), check_quantize),
     (("evaluate",), check_external),
@@ -723,7 +791,9 @@ def continued_options(options, given, saved, ignored_tags, kept, refusal):
     if different:
         name, ours, theirs = different
         raise UserError(refusal(name, shown(ours), shown(theirs)))
-    return dataclasses.replace(config_from_dict(saved), **{name: getattr(options, name) for name in kept})
+    older = {field.name: field.metadata["option"].saved_before for field in dataclasses.fields(Config)
+             if "option" in field.metadata and field.metadata["option"].saved_before is not None}
+    return dataclasses.replace(config_from_dict({**older, **saved}), **{name: getattr(options, name) for name in kept})
 
 
 def picked(options, value_class, **others):

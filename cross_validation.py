@@ -27,6 +27,7 @@ import config
 import figures
 import inference
 import metrics
+import report
 import resume
 import safe_text
 import splits
@@ -154,6 +155,31 @@ def markdown_summary(rows, per_fold, chosen, notes):
                                    *(shown(row[key]) for key, _, _ in METRICS)]))
     notes = [safe_text.markdown(note) for note in notes]
     return "\n".join(["# Cross-validation", "", *notes, "", f"Published: {safe_text.markdown(chosen)}", "", *lines, ""])
+
+
+def report_sections(rows, per_fold, chosen, notes, drawn, lines, options):
+    """The sections of the summary's report.html, from what summary.md says
+    (`rows`, `per_fold`, `chosen`, `notes`), the figures `drawn` beside it,
+    the suspects' `lines` and the cross-validation's `options`."""
+    summary = (
+        ("backbone", "split", "metric", "mean ± std", "95% interval (t)", "folds"),
+        [(row["backbone"], row["split"], row["metric"], f"{shown(row['mean'])} ± {shown(row['std'])}",
+          f"{shown(row['ci95_low'])} – {shown(row['ci95_high'])}" if row["std"] is not None else "", row["folds"])
+         for row in rows],
+    )
+    folds = (
+        ("backbone", "fold", "run", "split", "images", *(label for _, label, _ in METRICS)),
+        [(row["backbone"], row["fold"], row["run"], row["split"], row["images"],
+          *("" if row[key] is None else row[key] for key, _, _ in METRICS)) for row in per_fold],
+    )
+    return [
+        report.Section("The cross-validation", lines=(*notes, f"Published: {chosen}")),
+        report.Section("Over the folds", table=summary),
+        report.Section("Per fold", table=folds),
+        report.Section("Figures", figures=tuple(drawn)),
+        report.Section("Suspected label errors", lines=tuple(line.strip() for line in lines)),
+        report.Section("Options", rows=report.options_rows(config.saved_options(options))),
+    ]
 
 
 # ---------------------------------------------------------------- state
@@ -419,8 +445,9 @@ def write_label_suspects(evaluation, fold_numbers, root, folder):
 
 def write_summary(cv, index, scored, folder):
     """The summary of a scored cross-validation in `folder`: per_fold.csv,
-    summary.csv, summary.md, the chart, and per backbone the out-of-fold
-    predictions, confusion matrix and label suspects. Returns (figure
+    summary.csv, summary.md, the chart, per backbone the out-of-fold
+    predictions, confusion matrix and label suspects, and report.html
+    showing them all. Returns (figure
     paths, published run id, lines to print)."""
     per_fold = fold_table(scored)
     rows = summary_rows(per_fold)
@@ -448,13 +475,16 @@ def write_summary(cv, index, scored, folder):
                      f"{os.path.join(place, 'label_suspects.csv')} (nothing in the folder was changed)")
         lines += suspects_caveat(evaluation)
     artifacts.write_text(os.path.join(folder, "summary.md"), markdown_summary(rows, per_fold, why, notes))
+    page = report.write_page(os.path.join(folder, report.REPORT_FILE), f"Cross-validation {cv.id}",
+                             report_sections(rows, per_fold, why, notes, drawn, lines, cv.options))
     headline = [
         f"{row['backbone']} {'validation folds' if row['split'] == 'val' else 'test split'} {row['metric']}: "
         f"{shown(row['mean'], 3)} ± {shown(row['std'], 3)}"
         + (f" (95% interval {shown(row['ci95_low'], 3)} to {shown(row['ci95_high'], 3)})" if row["std"] else "")
         for row in rows if row["metric"] in ("accuracy", "macro F1")
     ]
-    return drawn, chosen, [*headline, *lines, f"published: {why}", f"summary: {os.path.join(folder, 'summary.md')}"]
+    return drawn, chosen, [*headline, *lines, f"published: {why}",
+                           f"report: {page} (summary.md, summary.csv and the figures beside it)"]
 
 
 def summarize(cv, index, batch_size):

@@ -136,10 +136,15 @@ def make_dataset(
         if not one_hot:
             raise ValueError("mixing needs one-hot labels (one_hot=number of classes)")
         layers = augment.mix_layers(*mix, seed=seed)
-        # In order, not in parallel: the layers' seed generators then give
-        # the same mixes on every run of the same seed.
-        dataset = dataset.enumerate().map(
-            lambda number, batch: augment.mix_batch(batch[0], batch[1], layers, choice=number)
+        # Each batch mixed from a seed of its own, drawn as augmentation's
+        # are: no state shared between batches, so the mixing runs in
+        # parallel and the pipeline stays parallel (augment.mix_batch).
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset.enumerate(), seeds)).map(
+            lambda numbered, batch_seed: augment.mix_batch(
+                numbered[1][0], numbered[1][1], layers, choice=numbered[0], seed=batch_seed
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
 

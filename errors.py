@@ -12,6 +12,7 @@ Imports nothing from the project, so every file may use it.
 """
 
 import errno
+import io
 import sys
 
 # What the OS answers when it refuses to write, and what to do about it.
@@ -45,12 +46,46 @@ class Interrupted(Stop):
     prefix = "interrupted"
 
 
+def _name_if_written(value):
+    """The path of `value` when it is a file object open for writing, else None."""
+    if not isinstance(value, io.IOBase):
+        return None
+    name, mode = getattr(value, "name", None), getattr(value, "mode", None)
+    if isinstance(name, str) and isinstance(mode, str) and any(letter in mode for letter in "wax+"):
+        return name
+    return None
+
+
+def written_file(traceback):
+    """The file a write was filling when it raised without naming it (a
+    file object's write or flush never names its file): an open-for-writing
+    file among the locals of the innermost frame that has one, or among
+    the attributes of that frame's `self` (a logger's handle). None when no
+    frame holds one."""
+    frames = []
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):
+        values = list(frame.f_locals.values())
+        owner = frame.f_locals.get("self")
+        values += list(getattr(owner, "__dict__", {}).values())
+        for value in values:
+            name = _name_if_written(value)
+            if name:
+                return name
+    return None
+
+
 def unwritable_line(error):
     """The one line for an OSError the disk raised on a write (`UNWRITABLE`),
-    or None for any other OSError (a bug: it keeps its traceback)."""
+    naming the file (from the error, or else from the traceback:
+    written_file), or None for any other OSError (a bug: it keeps its
+    traceback)."""
     if error.errno not in UNWRITABLE:
         return None
-    where = f" {error.filename}" if error.filename else ""
+    filename = error.filename or written_file(error.__traceback__)
+    where = f" {filename}" if filename else ""
     if error.errno in (errno.EACCES, errno.EPERM):
         return f"cannot open{where}: {UNWRITABLE[error.errno]}"
     return (f"cannot write{where}: {UNWRITABLE[error.errno]}. Nothing half-written is left (each file is "

@@ -109,23 +109,49 @@ def save_test_reliability(trained, image_dir, evaluation, scores, options):
     evaluation (the folder the model was trained on, its saved test split,
     every class, no test-time augmentation, the .keras model) and the run
     has none yet: a run trained before main.py saved them then gets the
-    trust sentences of app.py and predict.py. Returns the path written, or
-    None."""
+    trust sentences of app.py and predict.py. The file is written under the
+    run's lock (run_lock.py): a run another process trains or exports into
+    gets nothing, and one line says so. Returns the path written, or None."""
     path = os.path.join(trained.folder, artifacts.TEST_RELIABILITY_FILE)
     own_test = (
         options.split == "test" and not options.classes and options.tta == 1
         and trained.path.endswith(".keras") and artifacts.has_manifest(trained.folder)
         and inference.is_training_folder(image_dir, trained)
     )
-    if not own_test or os.path.exists(path):
+    if not own_test:
         return None
-    record = {"run": trained.run_config.get("run"), "model_sha256": artifacts.file_sha256(trained.file),
-              **metrics.test_reliability(evaluation, scores)}
+    with run_locked_for_writing(trained.folder, already_held=bool(options.export)) as locked:
+        if not locked or os.path.exists(path):
+            return None
+        record = {"run": trained.run_config.get("run"), "model_sha256": artifacts.file_sha256(trained.file),
+                  **metrics.test_reliability(evaluation, scores)}
+        try:
+            return artifacts.write_json(path, record)
+        except OSError as error:  # a run folder this user may only read
+            print(f"    note: the reliability bins could not be saved beside the model: {error}")
+            return None
+
+
+@contextlib.contextmanager
+def run_locked_for_writing(folder, already_held):
+    """The run in `folder` locked for a write into it (run_lock.py), unless
+    this process holds it already (`already_held`: --export). Yields
+    whether the block may write: False, after one line saying why, when
+    another process holds the run (a run still training, or one another
+    evaluate.py exports into) or the folder cannot hold a lock."""
+    if already_held:
+        yield True
+        return
     try:
-        return artifacts.write_json(path, record)
-    except OSError as error:  # a run folder this user may only read
-        print(f"    note: the reliability bins could not be saved beside the model: {error}")
-        return None
+        handle = run_lock.acquire(folder, "saving its reliability bins", "reliability bins not saved")
+    except UserError as refusal:
+        print(f"    note: {refusal}")
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        run_lock.release(handle)
 
 
 def run_comparison(options):
@@ -213,11 +239,16 @@ def evaluate_trained(options, trained, readers):
         images = inference.labelled_images(
             image_dir, trained, options.split, options.labels_csv, options.classes, readers
         )
+        # Another folder may hold copies of the images the run learned from.
+        seen = inference.seen_in_training(
+            image_dir, images.paths, trained, readers, artifacts.audit_cache_dir(options.artifacts_dir)
+        ) if images.other_folder else ()
         if tta:
             print(f"    {tta.describe()}")
         evaluation = inference.evaluate_images(trained, images, options.batch_size, readers, tta)
         inference.report_skipped(evaluation.skipped)
         scores = evaluation.metrics()
+        unseen = unseen_evaluation(evaluation, seen)
         metrics_path = artifacts.write_json(
             os.path.join(options.results_dir, "metrics", stamp, "metrics.json"),
             {
@@ -227,10 +258,15 @@ def evaluate_trained(options, trained, readers):
                 "image_dir": os.path.abspath(image_dir),
                 "evaluated": evaluation.description,
                 "skipped": [str(item) for item in evaluation.skipped],
+                # The clean score first: the images the run never trained or validated on.
+                **({"unseen": unseen[2]} if unseen else {}),
+                **({"seen_in_training": seen_entry(seen, image_dir)} if seen else {}),
                 **scores,
                 "tta_augmentation": dataclasses.asdict(tta.augment) if tta else None,
             },
         )
+        for line in seen_lines(seen, unseen, len(evaluation.paths)):
+            print(f"    {line}")
         print(
             f"    accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}, "
             f"macro ROC AUC {metrics.format_auc(scores['roc_auc'])} on {scores['num_samples']} "
@@ -255,11 +291,12 @@ def evaluate_trained(options, trained, readers):
                     f"during the export: the metrics and figures are kept in {options.results_dir}, the exports "
                     f"finished before it beside {trained.path}, nothing half-written; run the same command again "
                     "to export") from None
-    page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp)
+    page = write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, unseen)
     if figures.should_show(options.show)[0]:
         with console.stage("Showing the figures"):
             figures.show_figures(drawn, options.show)
     console.summary([
+        *(report.score_lines(f"{unseen[1].description} of {image_dir}", unseen[1], unseen[2])[:1] if unseen else []),
         *report.score_lines(f"{evaluation.description} of {image_dir}", evaluation, scores),
         f"model: {trained.path}" + (f" (note: {unfinished})" if unfinished else ""),
         f"report: {page} (metrics: {metrics_path})",
@@ -271,14 +308,55 @@ def evaluate_trained(options, trained, readers):
     return drawn
 
 
-def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp):
+def unseen_evaluation(evaluation, seen):
+    """(how many were left out, Evaluation, scores) of the images the run
+    never trained or validated on, when some of another folder's images
+    were (`seen`, inference.seen_in_training); None when none were or it cannot
+    be told."""
+    if not seen:
+        return None
+    unseen = evaluation.without(seen, "images the run never trained or validated on")
+    left_out = len(evaluation.paths) - len(unseen.paths)
+    if not left_out or not len(unseen.paths):
+        return None
+    return left_out, unseen, unseen.metrics()
+
+
+def seen_entry(seen, image_dir):
+    root = os.path.abspath(image_dir)
+    return {"count": len(seen), "why": "copies or near-copies of images the run trained or validated on",
+            "paths": [os.path.relpath(path, root) for path in seen]}
+
+
+def seen_lines(seen, unseen, scored):
+    """What the evaluation says about images the run had already seen."""
+    if seen is None:
+        return ["note: the run kept no hashes of its training images (a model from another framework, or an "
+                "older run), so copies of them in this folder cannot be told apart"]
+    if not seen:
+        return []
+    if unseen is None:
+        return [f"warning: all {scored} scored images are copies or near-copies of images the run trained or "
+                "validated on: this score says nothing about new images"]
+    count, _, scores = unseen
+    return [
+        f"{count} of {scored} images are copies or near-copies of images the run trained or validated on: "
+        "scored apart (metrics.json: seen_in_training)",
+        f"unseen images: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['num_samples']} images",
+    ]
+
+
+def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, unseen=None):
     """results/report/<stamp>/report.html of this evaluation; returns its path."""
     sections = [
         report.Section("The evaluation", rows=(
             ("model", trained.path), ("run", trained.run_config.get("run", "?")), ("folder", os.path.abspath(image_dir)),
             ("images", evaluation.description),
         )),
-        report.scores_section("Scores", evaluation, scores),
+        *([report.scores_section(
+            f"Scores on the images the run never trained or validated on ({unseen[0]} seen ones left out)",
+            unseen[1], unseen[2])] if unseen else []),
+        report.scores_section("Scores on all images" if unseen else "Scores", evaluation, scores),
         report.Section("Per class", table=report.per_class_table(scores)),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in evaluation.skipped) or ("none",)),

@@ -56,7 +56,7 @@ OUTPUTS = ("logits", "probabilities")
 EXPLICIT_FIELDS = ("mean", "std", "range", "channels")
 
 # Probabilities must sum to 1 within this (float32 softmax rounding), and
-# be no lower than -this.
+# be no lower than -this; "logits" whose rows all do are probabilities.
 PROBABILITY_TOLERANCE = 1e-3
 
 # Class names that usually mean "none of the others" (detection-style
@@ -450,7 +450,7 @@ class ExternalRunner:
         """Class probabilities (N, classes) float64 for uint8 (N, S, S, 3)
         images. Raises UserError when the outputs are not what the sidecar
         says (another number of classes, non-finite values, probabilities
-        that are not)."""
+        that are not, logits that are already probabilities)."""
         outputs = np.asarray(self.raw_outputs(self.model_input(images)), np.float64)
         sidecar = self.sidecar
         if outputs.ndim != 2 or outputs.shape[1] != len(sidecar.classes):
@@ -463,10 +463,23 @@ class ExternalRunner:
                 sidecar.path, "preprocessing", f"gives the model {sidecar.model_path} inputs it answers with "
                 "NaN or infinity; check it", sidecar.preprocessing.name,
             )
-        if sidecar.output == "logits":
-            return calibration.softmax(outputs)
         sums = outputs.sum(axis=1)
-        if outputs.min() < -PROBABILITY_TOLERANCE or np.max(np.abs(sums - 1)) > PROBABILITY_TOLERANCE:
+        are_probabilities = (
+            outputs.min() >= -PROBABILITY_TOLERANCE and outputs.max() <= 1 + PROBABILITY_TOLERANCE
+            and np.max(np.abs(sums - 1)) <= PROBABILITY_TOLERANCE
+        )
+        if sidecar.output == "logits":
+            if are_probabilities:
+                # A softmax over probabilities squeezes every row towards
+                # uniform: accuracy survives, but the confidences, ECE and
+                # NLL would be silently wrong.
+                raise field_error(
+                    sidecar.path, "output", f"says logits, but the outputs of {sidecar.model_path} are "
+                    f"already probabilities (every row in [0, 1], summing to {sums.min():.3g}..{sums.max():.3g}): "
+                    "say \"probabilities\"", "logits",
+                )
+            return calibration.softmax(outputs)
+        if not are_probabilities:
             raise field_error(
                 sidecar.path, "output", f"says probabilities, but the outputs of {sidecar.model_path} are not "
                 f"(rows sum to {sums.min():.3g}..{sums.max():.3g}, smallest {outputs.min():.3g}): if they "

@@ -81,6 +81,32 @@ def render_class_grid(index, image_size, per_class, seed, folder):
     return visualize.plot_class_grid(examples, os.path.join(folder, "class_grid.png"), note=note)
 
 
+NEAR_COPY_ROWS, NEAR_COPY_COLUMNS = 6, 5
+
+
+def render_near_copies(index, folder, rows=NEAR_COPY_ROWS, columns=NEAR_COPY_COLUMNS):
+    """A few groups of near-copies (the largest first) side by side, as the
+    files are (not resized to the model's input); [] when there are none."""
+    if not index.near_groups:
+        return []
+    sample_of = {sample.path: sample for sample in index.samples}
+    decoder_of = {sample.path: sample.decoder for sample in index.samples}
+    groups = []
+    for group in index.near_groups[:rows]:
+        members = []
+        for path in group[:columns]:
+            image = image_io.load_image(os.path.join(index.root, path), 96, decoder=decoder_of[path],
+                                        readers=index.readers)
+            sample = sample_of[path]
+            caption = f"{sample.split} · {theme.short_label(sample.label, width=10)}\n{theme.short_label(os.path.basename(path), width=16)}"
+            members.append((np.asarray(image), caption))
+        groups.append(members)
+    shown = sum(len(group) for group in index.near_groups)
+    note = (f"{len(groups)} of {len(index.near_groups)} group(s) ({shown} images in all); every group: the audit's "
+            "near_duplicates")
+    return [visualize.plot_near_copies(groups, os.path.join(folder, "near_copies.png"), note=note)]
+
+
 def render_augmentation_preview(index, image_size, strengths, seed, folder, mix=(0.0, 0.0)):
     """PREVIEW_IMAGES training images (of different classes where there are
     enough), each then augmented PREVIEW_VERSIONS times by
@@ -477,6 +503,8 @@ FIGURES = (
     Figure("Plotting example images per class", "class_grid", DATASET,
            lambda index, folder, look: [render_class_grid(index, look.image_size, look.grid_per_class, look.seed,
                                                           folder)]),
+    Figure("Showing the near-copies kept together", "near_copies", DATASET,
+           lambda index, folder, look: render_near_copies(index, folder)),
     Figure("Previewing the augmentation", "augmentation_preview", DATASET,
            lambda index, folder, look: [render_augmentation_preview(
                index, look.image_size, look.augmentation, look.seed, folder, mix=(look.mixup, look.cutmix))],
@@ -556,21 +584,29 @@ def should_show(mode, environ=None):
 
 def show_figures(paths, mode):
     """Shows saved figures one at a time, in order: the next opens when the
-    current window is closed. Never opens anything (or blocks) without a
-    display or with --show 0. Returns the paths shown."""
+    current window is closed, or when it was destroyed from outside (one
+    line says so). Two windows in a row that cannot be shown end the
+    showing: the window toolkit itself is gone. Never opens anything (or
+    blocks) without a display or with --show 0. Returns the paths shown."""
     show, reason = should_show(mode)
     if not show:
         if reason and paths:
             print(f"    {reason}")
         return []
     print(f"    showing {len(paths)} figures one at a time: close each window to see the next")
-    shown = []
+    shown, failed_in_a_row = [], 0
     for path in paths:
         try:
             visualize.show_saved_figure(path)
         except visualize.WindowGone as error:
-            print(f"    showing stopped: a figure window was destroyed from outside ({error}); "
-                  "every figure is saved all the same")
-            break
+            failed_in_a_row += 1
+            if failed_in_a_row == 2:
+                print(f"    showing stopped: no figure window can be shown ({error}); "
+                      "every figure is saved all the same")
+                break
+            print(f"    the window of {os.path.basename(path)} was destroyed from outside ({error}); "
+                  "going on with the next figure")
+            continue
+        failed_in_a_row = 0
         shown.append(path)
     return shown

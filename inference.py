@@ -33,6 +33,7 @@ import export
 import external
 import image_io
 import metrics
+import near_duplicates
 import run_lock
 import tasks
 from errors import UserError
@@ -270,6 +271,7 @@ class LabelledImages:
     labels: np.ndarray
     description: str
     skipped: tuple = ()
+    other_folder: bool = False  # not the folder the model was trained on
 
 
 def manifest_images(image_dir, split, trained):
@@ -331,6 +333,40 @@ def folder_images(image_dir, class_names, labels_csv=None, readers=None, sidecar
     return paths, labels, tuple(scan.skipped)
 
 
+def seen_in_training(image_dir, paths, trained, readers=None, cache_dir=None):
+    """The images of `paths` (absolute, in `image_dir`, a folder that is
+    not the training folder) that are copies or near-copies of an image the
+    run trained or validated on (its artifacts.SEEN_IMAGES_FILE): a sorted
+    tuple, or None when the run kept no hashes (a model from another
+    framework, or a run from before they were kept). The files are audited
+    (cached in `cache_dir`) for their hashes; near-copies are judged by
+    near_duplicates' rule over the seen images and these together, with
+    the run's --near_duplicate_distance."""
+    if trained.sidecar is not None:
+        return None
+    try:
+        seen = artifacts.read_seen_images(trained.folder)
+    except artifacts.CompanionError as error:
+        raise UserError(f"cannot use the model {trained.path}: {error}") from None
+    if seen is None or not paths:
+        return None if seen is None else ()
+    root = os.path.abspath(image_dir)
+    checks, _ = audit.audit_files(root, [os.path.relpath(path, root) for path in paths], readers, cache_dir)
+    known = set(seen["sha256"])
+    copies = {path for path, check in zip(paths, checks) if check.usable and check.sha256 in known}
+    hashed = [(path, check.phash) for path, check in zip(paths, checks)
+              if check.usable and check.phash and path not in copies]
+    if hashed and seen["phash"]:
+        distance = (trained.run_config.get("options") or {}).get(
+            "near_duplicate_distance", near_duplicates.DEFAULT_DISTANCE)
+        hashes = near_duplicates.from_texts(list(seen["phash"]) + [text for _, text in hashed])
+        count = len(seen["phash"])
+        for group in near_duplicates.near_duplicate_groups(hashes, distance):
+            if min(group) < count:
+                copies.update(hashed[member - count][0] for member in group if member >= count)
+    return tuple(sorted(copies))
+
+
 def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, readers=None):
     """The images evaluate.py and predict.py --image_dir use: the saved
     `split` ("all": every split) of the folder the model was trained on, or
@@ -338,7 +374,7 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
     Returns LabelledImages; raises UserError."""
     if not os.path.isdir(image_dir):
         raise UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
-    skipped = ()
+    skipped, other_folder = (), False
     if is_training_folder(image_dir, trained) and artifacts.has_manifest(trained.folder):
         # The folder the model was trained on: its saved split, always, so
         # training images are never scored as test images (also when a
@@ -353,6 +389,7 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
             image_dir, trained.class_names, labels_csv, readers, sidecar=trained.sidecar
         )
         description = "all images"
+        other_folder = True
     if classes:
         unknown = [name for name in classes if name not in trained.class_names]
         if unknown:
@@ -365,7 +402,7 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
         description += f", classes {', '.join(classes)}"
     if not paths:
         raise UserError(f"no images in the {description} of {image_dir}")
-    return LabelledImages(paths, labels, description, skipped)
+    return LabelledImages(paths, labels, description, skipped, other_folder)
 
 
 
@@ -412,6 +449,27 @@ def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, 
     return rows
 
 
+def trace_for_any_batch_size(model, images):
+    """Traces the Keras `model`'s predict function once for batches of any
+    size shaped like `images` (a batch, or one image's stack of test-time
+    versions, whose first axis is left open just the same): Keras traces it on the first batch's exact shape and again,
+    relaxed, on the next shape it sees (the short last batch, a timing
+    batch), twice per model; TensorFlow counts those traces across every
+    model loaded in the process and warns of "retracing" when several
+    models are scored one after another (compare.py, cross_validation.py).
+    Traced here with the batch size left open, each model traces once. An
+    export runner or a model from another framework has no predict
+    function to trace and is left as it is."""
+    import tensorflow as tf
+
+    if not hasattr(model, "make_predict_function") or getattr(model, "run_eagerly", False):
+        return
+    model.make_predict_function()
+    spec = tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype))
+    # predict_on_batch calls predict_function([(images,)]): the same structure.
+    model.predict_function.get_concrete_function([(spec,)])
+
+
 def predict_batches(model, dataset, versions=1):
     """The one prediction loop: class probabilities for a dataset of
     (uint8 images, tags) batches. Tags ride along (true labels, or file
@@ -421,6 +479,8 @@ def predict_batches(model, dataset, versions=1):
     (probabilities (N, classes) float64, tags (N,))."""
     probabilities, tags = [], []
     for images, batch_tags in dataset:
+        if not tags:
+            trace_for_any_batch_size(model, images[0] if versions > 1 else images)
         if versions > 1:
             flat = np.reshape(images, (-1, *images.shape[2:]))
             outputs = np.asarray(model.predict_on_batch(flat), dtype=np.float64)

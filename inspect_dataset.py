@@ -49,6 +49,8 @@ def inspect(argv=None):
     print(f"Dataset: {image_io.display_path(index.root)}")
     for line in audit.summary_lines(index, max_skipped=50, where="--json"):
         print(f"    {line}")
+    for line in audit.near_copy_group_lines(index):
+        print(f"    {line}")
     print(f"    audit cache: {audit.audit_cache_path(artifacts.audit_cache_dir(options.artifacts_dir), index.root)}")
     return index
 

@@ -124,6 +124,9 @@ def scan_stage(run):
 
 def model_stage(run):
     options = run.options
+    if run.point and run.point.trained:  # the stages after training load the best model themselves
+        print(f"    trained before the interruption: {run.model_path}")
+        return
     print(f"    device: {run.device.describe(options.batch_size)}")
 
     def build():
@@ -186,6 +189,7 @@ def companions_stage(run):
     artifacts.write_companions(
         run.folder, run.index.class_names, splits.manifest_rows(run.index), run_config(run)
     )
+    artifacts.write_json(run.artifact_path(artifacts.SEEN_IMAGES_FILE), splits.seen_images(run.index))
     print(f"    class index, split manifest and run config: {run.folder}")
 
 
@@ -225,6 +229,13 @@ def data_stage(run):
 
 def train_stage(run):
     options = run.options
+    if run.point and run.point.trained:
+        # Killed after its last epoch: what the later stages need of
+        # training was saved with the point (resume.finish_training).
+        run.history_path, run.finetune_start = run.point.history_path, run.point.finetune_start
+        run.training_seconds = run.point.training_seconds or 0.0  # (a state written by hand)
+        print(f"    every epoch was done before the interruption; history: {run.history_path}")
+        return
     print(f"    {run.balancing.line}")
     history_path = run.point.history_path if run.point else run.results_path("training_curves", "history.csv")
     os.makedirs(os.path.dirname(history_path), exist_ok=True)
@@ -252,7 +263,9 @@ def train_stage(run):
     run.training_seconds = time.perf_counter() - start
     run.history_path = history_path
     run.finetune_start = resume.finetune_start(plan.resume_folder)
-    resume.finish_resume_points(plan.resume_folder)
+    # Not "done" yet: a run killed while it calibrates, evaluates or
+    # publishes continues with those stages (run_stages marks it done).
+    resume.finish_training(plan.resume_folder, run.training_seconds)
     print(f"    history: {history_path}")
 
 
@@ -315,9 +328,12 @@ def evaluate_stage(run):
         task=run.index.task,
     )
     run.scores = run.evaluation.metrics()
+    run.clean_test = clean_test(run)
     metrics_path = artifacts.write_json(
         run.results_path("metrics", "metrics.json"),
-        {"model": run.model_path, "split": "test", **run.scores},
+        {"model": run.model_path, "split": "test", **run.scores,
+         **({"test_without_near_copies": {"left_out": run.clean_test[0], **run.clean_test[2]}}
+            if run.clean_test else {})},
     )
     print(
         f"    test accuracy {run.scores['accuracy']:.4f} (balanced {run.scores['balanced_accuracy']:.4f}), "
@@ -325,6 +341,10 @@ def evaluate_stage(run):
         f"on {run.scores['num_samples']} images"
     )
     print(f"    {metrics.calibration_line(run.scores['calibration'])}")
+    if run.clean_test:
+        count, clean, scores = run.clean_test
+        print(f"    without the {count} test images that have a near-copy in training: "
+              f"accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['num_samples']} images")
     print(f"    metrics: {metrics_path}")
     # Beside the model, where app.py and predict.py find them: how often
     # the test images at each confidence were right.
@@ -338,6 +358,21 @@ def evaluate_stage(run):
     if warning:
         print(f"    {warning}")
     metrics.print_most_confused(run.evaluation.most_confused(limit=5))
+
+
+def clean_test(run):
+    """(how many, Evaluation, scores) of the test split without its images
+    that have a near-copy in training (a pre-split folder's test split may
+    hold some: the tool never moves the user's split), or None."""
+    leaked = audit.test_near_train(run.index)
+    if not leaked:
+        return None
+    paths = {os.path.join(run.index.root, path) for path in leaked}
+    clean = run.evaluation.without(paths, "test split without near-copies of training images")
+    if not len(clean.paths):
+        print("    every test image has a near-copy in training: there is no clean test score")
+        return None
+    return len(leaked), clean, clean.metrics()
 
 
 def export_stage(run):
@@ -501,13 +536,16 @@ STAGES = [
 
 def run_stages(run):
     """Runs STAGES in order (on a worker other than the chief, only those
-    every worker runs)."""
+    every worker runs), then marks the run done: a run killed before that
+    (after its last epoch too) is continued by --resume."""
     try:
         for stage in STAGES:
             wanted = stage.when is None or stage.when(run.options)
             if wanted and (run.device.is_chief or stage.every_worker):
                 with console.stage(stage.name):
                     stage.run(run)
+        # Only now, every stage done, is there nothing left to resume.
+        resume.finish_resume_points(run.artifact_path(artifacts.RESUME_FOLDER))
     except BaseException as error:
         if run.tracked is not None:  # an MLflow run never stays "running" after a failure
             import tracking
@@ -534,10 +572,11 @@ def run_training(argv=None):
     cluster = devices.cluster_from_environment()
     console.start_tensorflow(options.verbose)
     plan = runs.plan_runs(options, given_options(argv), cluster)
-    check_outputs_outside(plan.options)  # a resumed run's own folders too
-    for planned in plan.runs:
-        with runs.opened(plan, planned) as run:
-            run_stages(run)
+    with plan.lock:  # the run --resume continues was locked before its state and options were read
+        check_outputs_outside(plan.options)  # a resumed run's own folders too
+        for planned in plan.runs:
+            with runs.opened(plan, planned) as run:
+                run_stages(run)
     return runs.finish(plan)
 
 

@@ -32,6 +32,19 @@ class Evaluation:
     tta: int = 1  # versions averaged per image (1: no test-time augmentation)
     task: tasks.Task = tasks.SINGLE_LABEL  # the model's kind of task
 
+    def without(self, paths, description):
+        """The same evaluation with the images of `paths` left out (those of
+        them it has), described as `description`."""
+        left_out = set(paths)
+        keep = np.array([path not in left_out for path in self.paths], dtype=bool)
+        return dataclasses.replace(
+            self,
+            paths=tuple(path for path, kept in zip(self.paths, keep) if kept),
+            true_labels=self.true_labels[keep],
+            probabilities=self.probabilities[keep],
+            description=description,
+        )
+
     @property
     def predicted(self):
         """The predicted labels, by the task's rule (the most probable class)."""
@@ -48,9 +61,10 @@ class Evaluation:
         }
 
     def calibration(self):
-        return calibration.calibration_summary(
+        summary = calibration.calibration_summary(
             self.true_labels, self.probabilities, self.temperature, averaged=self.tta > 1
         )
+        return {**summary, "nll": without_negative_zero(summary["nll"])}
 
     def reliability(self):
         return calibration.reliability_bins(self.true_labels, self.probabilities)
@@ -77,6 +91,12 @@ class Evaluation:
 
 
 # ---------------------------------------------------------------- metrics
+
+
+def without_negative_zero(value):
+    """`value`, with -0.0 made 0.0: a loss of images all predicted with
+    certainty is -mean(log 1) = -0.0, which would print as "-0.000"."""
+    return value + 0.0  # -0.0 + 0.0 is 0.0; every other number is unchanged
 
 
 def classification_metrics(true_labels, probabilities, class_names):
@@ -110,7 +130,7 @@ def classification_metrics(true_labels, probabilities, class_names):
         "accuracy": float(np.mean(predicted == true_labels)),
         "balanced_accuracy": balanced_accuracy(true_labels, predicted),
         # The same clipping as Keras' cross-entropy.
-        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+        "loss": without_negative_zero(float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))),
         "num_samples": int(len(true_labels)),
         "per_class": {name: rename(report[name]) for name in class_names},
         "macro_avg": rename(report["macro avg"]),

@@ -130,6 +130,19 @@ def at_least(low, why=""):
     return check
 
 
+def at_least_and_at_most(low, low_why, high, high_why):
+    """A check of a number in [low, high] whose refusal says which end was
+    passed and why that end is there."""
+
+    def check(name, value):
+        if value < low:
+            raise UserError(f"{name} must be at least {low} ({low_why}). Received: {name}={value}")
+        if value > high:
+            raise UserError(f"{name} must be at most {high} ({high_why}). Received: {name}={value}")
+
+    return check
+
+
 def between(low, high):
     def check(name, value):
         if not low <= value <= high:

@@ -13,6 +13,7 @@ figure of the gallery's images.
 """
 
 import dataclasses
+import errno
 import os
 import sys
 
@@ -67,12 +68,36 @@ def collect_images(arguments, readers=None):
         elif os.path.exists(argument):
             skipped.append(audit.SkippedFile(argument, "not a regular file"))
         else:
-            skipped.append(audit.SkippedFile(argument, "no such file or folder"))
+            skipped.append(audit.SkippedFile(argument, missing_reason(argument)))
     paths = [path for path in found if audit.is_utf8(path)]
     skipped += [
         audit.SkippedFile(path, audit.NOT_UTF8) for path in found if not audit.is_utf8(path)
     ]
     return paths, [dataclasses.replace(item, path=image_io.display_path(item.path)) for item in skipped]
+
+
+def missing_reason(argument):
+    """Why an --images argument that os.path.exists calls absent names no
+    file: a symbolic link loop, a link to nothing, a folder on the way that
+    cannot be searched, or nothing there at all."""
+    try:
+        os.stat(argument)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop: it leads back to itself, never to a file"
+        if os.path.islink(argument):
+            return f"a broken symbolic link: its target {image_io.display_path(os.readlink(argument))} does not exist"
+        if error.errno != errno.ENOENT:
+            return f"cannot reach it: {error.strerror}"
+    return "no such file or folder"
+
+
+def unreadable_reason(path, readers=None):
+    """Why the prediction pipeline could not read the file `path`: the
+    audit's reason (not an image, truncated, too large for Pillow's pixel
+    limit...), asked again only for the few files that failed."""
+    check = audit.check_file(os.path.dirname(path) or ".", os.path.basename(path), readers)
+    return "not a readable image" if check.usable else check.reason
 
 
 def print_table(rows, limit=15):
@@ -180,7 +205,7 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     positions, probabilities, unreadable = inference.predict_files(
         trained.model, paths, trained.image_size, output.batch_size, readers, output.tta
     )
-    skipped += [audit.SkippedFile(path, "not a readable image") for path in unreadable]
+    skipped += [audit.SkippedFile(path, unreadable_reason(path, readers)) for path in unreadable]
     inference.report_skipped(skipped)
     if not len(positions):
         raise UserError(f"no readable images among --images ({found} image file(s) found, {len(skipped)} skipped)")

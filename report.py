@@ -5,7 +5,8 @@ be zipped and mailed), the headline metrics next to the majority-class
 baseline, what the confidences mean, the per-class numbers, the dataset
 summary and the skipped files, and the options: one page, readable offline
 in any browser (no script, no font or file from the internet), in the
-figures' blush colours.
+figures' blush colours. A cross-validation's page is written the same way,
+beside its summary (`write_page`).
 """
 
 import dataclasses
@@ -81,7 +82,9 @@ def _section_html(section, folder):
         )
     for path in section.figures:
         link = os.path.relpath(os.path.abspath(path), os.path.abspath(folder)).replace(os.sep, "/")
-        caption = "/".join(link.split("/")[-3::2])  # category/file.png
+        # results/<category>/<stamp>/file.png seen from results/report/<stamp>/
+        # is captioned category/file.png; a figure beside the page by its own path.
+        caption = "/".join(link.split("/")[-3::2]) if link.startswith("../") else link
         parts.append(f'<figure><a href="{html.escape(link)}"><img src="{html.escape(link)}" alt="{html.escape(caption)}">'
                      f"</a><figcaption>{html.escape(caption)}</figcaption></figure>")
     return "\n".join(parts)
@@ -90,7 +93,12 @@ def _section_html(section, folder):
 def write_report(results_dir, stamp, title, sections):
     """Writes report.html for one command's `sections` (Section); returns
     its path."""
-    path = report_path(results_dir, stamp)
+    return write_page(report_path(results_dir, stamp), title, sections)
+
+
+def write_page(path, title, sections):
+    """Writes the page of `sections` (Section) with `title` to `path`, its
+    figures linked relative to it; returns the path."""
     folder = os.path.dirname(path)
     body = "\n".join(_section_html(section, folder) for section in sections)
     page = (
@@ -168,6 +176,9 @@ def training_sections(run):
             ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
         )),
         scores_section("On the test split", run.evaluation, scores),
+        *([scores_section(
+            f"On the test split without the {run.clean_test[0]} images that have a near-copy in training "
+            "(the score above is optimistic)", run.clean_test[1], run.clean_test[2])] if run.clean_test else []),
         Section("Per class", table=per_class_table(scores)),
         Section("Figures", figures=tuple(run.drawn)),
         Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
@@ -184,6 +195,9 @@ def training_summary(run):
         f"run {run.stamp}: {len(run.index.class_names)} classes of {run.index.root}, "
         f"{len(run.index.split('train')[0]):,} training images",
         *score_lines("test split", run.evaluation, scores),
+        *(score_lines(f"warning: {run.clean_test[0]} of {scores['num_samples']} test images have a near-copy in "
+                      "training: the test score is optimistic; without them", run.clean_test[1], run.clean_test[2])[:1]
+          if run.clean_test else []),
         f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
         f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
         f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",

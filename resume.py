@@ -5,8 +5,11 @@ After every epoch the whole model (optimizer included) goes to the run's
 resume/ folder with a small state file, state.json, that names it
 (`ResumePoint`); a killed run continues from its last completed epoch with
 the options saved in its run_config.json (`open_resumed_run`, merged with
-the command line's by config.continued_options). When the run finishes,
-its resume models are dropped and state.json says "done".
+the command line's by config.continued_options). After the last epoch its
+resume models are dropped and state.json says "trained" (`finish_training`):
+a run killed then, while it calibrates, evaluates or publishes, continues
+with those stages, from its best model; once every stage is done
+state.json says "done" (`finish_resume_points`).
 """
 
 import csv
@@ -19,6 +22,7 @@ from errors import UserError
 
 RESUME_STATE = "state.json"
 PHASES = ("head", "finetune")
+TRAINED = "trained"  # every epoch done; the stages after training (calibrating, publishing, ...) not yet
 FINISHED = "done"
 
 
@@ -31,8 +35,21 @@ class ResumePoint:
     phase: str  # "head" or "finetune"
     epoch: int  # the last completed epoch, 0-based, counted across both phases
     best_val_loss: float  # the saved best model's
-    model_file: str  # the resume model, in the run's resume/ folder
+    model_file: str  # the resume model, in the run's resume/ folder (once TRAINED: the run's best model)
     finetune_start: int | None = None  # the first fine-tuning epoch, once known
+    training_seconds: float | None = None  # once TRAINED: how long training took
+
+    @property
+    def trained(self):
+        """Whether every epoch is done (only the stages after training are left)."""
+        return self.phase == TRAINED
+
+    def model_path(self, run_folder):
+        """The model the run continues from: its last resume model, or once
+        trained its best model (beside the companions)."""
+        if self.trained:
+            return os.path.join(run_folder, self.model_file)
+        return os.path.join(run_folder, artifacts.RESUME_FOLDER, self.model_file)
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -43,7 +60,7 @@ class ResumePoint:
         field is missing or of the wrong kind, or the model file is not a
         plain name inside resume/."""
         names = {field.name for field in dataclasses.fields(cls)}
-        required = names - {"finetune_start"}
+        required = names - {"finetune_start", "training_seconds"}
         if not isinstance(values, dict) or not required <= set(values):
             missing = sorted(required - set(values)) if isinstance(values, dict) else ["all"]
             raise UserError(f"--resume: {path} is damaged (missing {', '.join(missing)}); start a new run")
@@ -55,11 +72,12 @@ class ResumePoint:
             not isinstance(point.stamp, str) or not isinstance(point.history_path, str)
             or not number(point.best_val_loss)
             or not (point.finetune_start is None or isinstance(point.finetune_start, int))
+            or not (point.training_seconds is None or number(point.training_seconds))
             or isinstance(point.epoch, bool)
         ):
             raise UserError(f"--resume: {path} is damaged (stamp, history or best val_loss); start a new run")
         if (
-            point.phase not in PHASES
+            point.phase not in (*PHASES, TRAINED)
             or not isinstance(point.epoch, int)
             or not isinstance(point.model_file, str)
             or os.path.basename(point.model_file) != point.model_file
@@ -106,8 +124,26 @@ def drop_resume_models(folder, keep=None):
             os.remove(entry.path)
 
 
+def finish_training(folder, training_seconds):
+    """After the last epoch: the run whose resume/ folder is `folder` is
+    marked TRAINED (its last ResumePoint, now naming the run's best model
+    and how long training took), then its resume model files are dropped.
+    A run killed after this continues with the stages after training.
+    Returns the TRAINED point (None when no epoch left a point)."""
+    progress = read_progress(os.path.dirname(folder))
+    if progress.point is None:
+        return None
+    point = dataclasses.replace(progress.point, phase=TRAINED, model_file=artifacts.MODEL_FILE,
+                                training_seconds=training_seconds)
+    # The state first: it never names a model file that is gone.
+    artifacts.write_json(os.path.join(folder, RESUME_STATE), point.to_json())
+    drop_resume_models(folder)
+    return point
+
+
 def finish_resume_points(folder):
-    """Marks the run finished and drops its resume model files."""
+    """Marks the run finished (every stage done) and drops its resume model
+    files."""
     if not os.path.isdir(folder):
         return
     drop_resume_models(folder)
@@ -116,8 +152,9 @@ def finish_resume_points(folder):
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-    """How far a run got: "interrupted" (with its ResumePoint), "finished",
-    or "not started" (no epoch completed)."""
+    """How far a run got: "interrupted" (with its ResumePoint; a TRAINED
+    one when only the stages after training are left), "finished" (every
+    stage done), or "not started" (no epoch completed)."""
 
     status: str
     point: ResumePoint | None = None
@@ -146,6 +183,10 @@ def interrupted_line(run_folder, stamp, artifacts_dir):
         progress = read_progress(run_folder)
     except UserError:
         progress = Progress("not started")
+    if progress.status == "interrupted" and progress.point.trained:
+        return (f"after training: run {stamp} is kept in {run_folder} (its trained model; the stages after "
+                f"training are not all done); finish it with: python main.py --resume {stamp} "
+                f"--artifacts_dir {artifacts_dir}")
     if progress.status == "interrupted":
         return (f"after epoch {progress.point.epoch + 1}: run {stamp} is kept in {run_folder} (its best model so "
                 f"far and a resume point); continue it with: python main.py --resume {stamp} "
@@ -159,8 +200,8 @@ def interrupted_line(run_folder, stamp, artifacts_dir):
 
 def finetune_start(resume_folder):
     """The first fine-tuning epoch (0-based) of the run whose resume/ folder
-    this is, or None when it did not fine-tune. Read it before
-    `finish_resume_points` clears the state."""
+    this is, or None when it did not fine-tune (a TRAINED point keeps
+    it; `finish_resume_points` clears it)."""
     progress = read_progress(os.path.dirname(resume_folder))
     return None if progress.point is None else progress.point.finetune_start
 
@@ -168,7 +209,8 @@ def finetune_start(resume_folder):
 def find_interrupted_run(artifacts_dir, run_id="last"):
     """(run id, run folder, ResumePoint) of the run `--resume` continues:
     `run_id`, or with "last" the most recent run in ARTIFACTS_DIR/runs that
-    completed at least one epoch and did not finish. Raises UserError when
+    completed at least one epoch and did not finish every stage (one killed
+    after training continues from its best model). Raises UserError when
     there is none, or its state or resume model is missing or damaged."""
     runs = artifacts.run_ids(artifacts_dir)
     if run_id != "last" and run_id not in runs:
@@ -187,11 +229,10 @@ def find_interrupted_run(artifacts_dir, run_id="last"):
                 + ("finished; nothing to resume" if progress.status == "finished"
                    else "never completed an epoch; start a new run")
             )
-        model = os.path.join(folder, artifacts.RESUME_FOLDER, progress.point.model_file)
+        model = progress.point.model_path(folder)
         if not os.path.isfile(model):
-            raise UserError(
-                f"--resume: run {candidate} has no resume model ({model} is missing); start a new run"
-            )
+            kind = "trained model (training diverged?)" if progress.point.trained else "resume model"
+            raise UserError(f"--resume: run {candidate} has no {kind} ({model} is missing); start a new run")
         return candidate, folder, progress.point
     raise UserError(
         f"--resume: no interrupted run in {artifacts.runs_folder(artifacts_dir)}; "

@@ -86,6 +86,9 @@ class Run:
     # built once by the evaluation stage and handed to every figure after it.
     evaluation: object = None
     scores: dict | None = None
+    # Without the test images that have a near-copy in training (a
+    # pre-split folder): (their number, the Evaluation, its scores), or None.
+    clean_test: tuple | None = None
     export_report: dict | None = None  # with --export
     drawn: list = dataclasses.field(default_factory=list)  # figure paths, in stage order
     tracked: object = None  # the MLflow run (tracking.TrackedRun) with --mlflow
@@ -128,6 +131,7 @@ class Planned:
     shared_from: str | None = None
     resumes: tuple | None = None
     fold: tuple | None = None
+    locked: bool = False  # its run lock is held already (Plan.lock)
 
 
 @dataclasses.dataclass
@@ -147,6 +151,9 @@ class Plan:
     trained: list = dataclasses.field(default_factory=list)
     cross_validation: object = None  # cross_validation.CrossValidation of the folds
     index: splits.DatasetIndex | None = None  # the folds' whole dataset
+    # The lock of the run --resume continues, taken before its state and
+    # options are read (`open_here` keeps it); closing releases it.
+    lock: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
     @property
     def writes(self):
@@ -160,8 +167,9 @@ def plan_runs(options, given, cluster=None):
     on its command line; `cluster`: this process's devices.Cluster when
     TF_CONFIG names several workers). What can be checked before the runs
     start is checked here: a run --resume names is found and its options
-    compared (before waiting for other workers); nothing is written but a
-    new cross-validation's folds. Raises UserError."""
+    compared (before waiting for other workers), under its run lock, held
+    in Plan.lock; nothing is written but a new cross-validation's folds and
+    that lock. Raises UserError."""
     names = backbones.backbone_names(options.backbone)
     folds = cross_validation.wants_folds(options.artifacts_dir, options.resume, options.folds)
     if cluster is not None and folds:
@@ -180,33 +188,47 @@ def plan_runs(options, given, cluster=None):
             f"Received: backbone={options.backbone}"
         )
     resumed = None  # what --resume continues: (run id, folder, ResumePoint), or a cross-validation's state
-    if cluster is None or cluster.is_chief:
-        try:  # before training, not after it
-            artifacts.check_publishable(options.artifacts_dir)
-        except artifacts.CompanionError as error:
-            raise UserError(str(error)) from None
-        if options.resume:
-            if folds:  # a cross-validation's id, or one of its runs' (then the newest unfinished one)
-                named = options.resume in cross_validation.ids(options.artifacts_dir)
-                resumed = cross_validation.read_state(
-                    options.artifacts_dir, options.resume if named else "last", unfinished=True
+    lock = contextlib.ExitStack()
+    with lock:  # released here if anything below fails; the Plan keeps it otherwise
+        if cluster is None or cluster.is_chief:
+            try:  # before training, not after it
+                artifacts.check_publishable(options.artifacts_dir)
+            except artifacts.CompanionError as error:
+                raise UserError(str(error)) from None
+            if options.resume:
+                if folds:  # a cross-validation's id, or one of its runs' (then the newest unfinished one)
+                    named = options.resume in cross_validation.ids(options.artifacts_dir)
+                    resumed = cross_validation.read_state(
+                        options.artifacts_dir, options.resume if named else "last", unfinished=True
+                    )
+                    saved = resumed["options"]
+                else:
+                    *resumed, saved = locked_resumed_run(options.artifacts_dir, options.resume, lock)
+                # A run continues with its own options: another value given now is refused.
+                options = config.continued_options(
+                    options, given, saved, RESUMED_OWN, own_names(RESUMED_OWN), resume.resumed_refusal
                 )
-                saved = resumed["options"]
-            else:
-                *resumed, saved = resume.open_resumed_run(options.artifacts_dir, options.resume)
-            # A run continues with its own options: another value given now is refused.
-            options = config.continued_options(
-                options, given, saved, RESUMED_OWN, own_names(RESUMED_OWN), resume.resumed_refusal
-            )
-    strategy, workers = devices.start(cluster, options.worker_wait)
-    plan = Plan("folds" if folds else "series" if len(names) > 1 else "one", options, given, strategy, workers)
+        strategy, workers = devices.start(cluster, options.worker_wait)
+        plan = Plan("folds" if folds else "series" if len(names) > 1 else "one", options, given, strategy, workers,
+                    lock=lock.pop_all())
     if folds:
         plan.runs = fold_runs(*open_cross_validation(plan, names, resumed))
     elif len(names) > 1:
         plan.runs = series_runs(plan, names)
     else:
-        plan.runs = iter([Planned(options, resumes=tuple(resumed) if resumed else None)])
+        plan.runs = iter([Planned(options, resumes=tuple(resumed) if resumed else None, locked=bool(resumed))])
     return plan
+
+
+def locked_resumed_run(artifacts_dir, run_id, lock):
+    """resume.open_resumed_run under the run's lock, entered into `lock`
+    (an ExitStack): the run is chosen, locked, and only then are its state
+    and options read and checked, so that two --resume of one run never
+    both go on, and what is checked cannot change meanwhile. Raises
+    UserError (naming the process that holds the run)."""
+    stamp, folder, _ = resume.find_interrupted_run(artifacts_dir, run_id)
+    lock.enter_context(run_lock.held(folder, "training", "--resume"))
+    return resume.open_resumed_run(artifacts_dir, stamp)
 
 
 def own_names(tags):
@@ -280,9 +302,11 @@ def fold_runs(cv, index):
     times = []
     for number, (name, fold) in enumerate(todo, start=1):
         folder = cv.run_folder(name, fold)
-        if folder and cross_validation.is_finished(folder):
-            continue
         progress = resume.read_progress(folder) if folder else None
+        # A fold run published but killed before its last stage (its state
+        # still says trained) is continued, not skipped.
+        if folder and progress.status == "finished" and cross_validation.is_finished(folder):
+            continue
         resumes = (cv.runs[name][fold], folder, progress.point) if progress and progress.point else None
         title = f"fold {fold + 1}/{cv.folds}" + (f" · {name}" if len(cv.backbones) > 1 else "")
         options = dataclasses.replace(cv.options, backbone=name, alpha=backbones.backbone_alpha(name, cv.options.alpha))
@@ -315,14 +339,22 @@ def reserve(planned, cv=None):
     return stamp, folder, point
 
 
+def after_training(options):
+    """What a run resumed after its last epoch still does, in order."""
+    return [*(["calibrating"] if options.calibrate else []), "publishing", "evaluating",
+            *(["exporting"] if options.export else [])]
+
+
 def announce(planned, stamp, folder, point):
     """A run's first lines: which run, where, and what --epochs means."""
     options = planned.options
     if planned.title:
         print(f"\n#### {planned.title} · run {stamp}: {folder}")
-    elif point:
+    if point and point.trained:
+        print(f"Resuming run {stamp} ({folder}) after training: {', '.join(after_training(options))}.")
+    elif point and not planned.title:
         print(f"Resuming run {stamp} ({folder}) with its own options.")
-    else:
+    elif not planned.title:
         print(f"Run {stamp}: {folder}")
     if not point:
         print("Training plan: " + train_utils.training_plan_line(
@@ -341,7 +373,10 @@ def open_here(plan, planned, held):
     stamp, folder, point = reserve(planned, plan.cross_validation)
     try:
         # A live run is never joined: its lock refuses a second process.
-        held.enter_context(run_lock.held(folder, "training", "--resume" if point else "main.py"))
+        if planned.locked:  # since plan_runs, before it read the run's state
+            held.enter_context(plan.lock.pop_all())
+        else:
+            held.enter_context(run_lock.held(folder, "training", "--resume" if point else "main.py"))
     except UserError as error:
         if plan.workers is not None:
             plan.workers.exchange({"error": str(error)})

@@ -1,6 +1,6 @@
 """How the dataset's usable files are split: the classes, the stratified
-train/val/test split (identical files kept in one split) and what the split
-manifest records.
+train/val/test split (identical files, near-copies and the user's groups
+kept in one split) and what the split manifest records.
 
 `index_dataset` is the whole way from a folder to a split: it lists the
 candidate files (dataset_files.scan_dataset), has every one audited
@@ -22,6 +22,7 @@ import audit
 import config
 import dataset_files
 import image_io
+import near_duplicates
 import tasks
 from errors import UserError
 
@@ -58,6 +59,12 @@ class DatasetIndex:
     readers: dict = dataclasses.field(default=None, compare=False)
     grouped: bool = False  # whether samples carry the user's groups (--group_by or a CSV group column)
     contents: dict = dataclasses.field(default=None, compare=False)  # {path: sha256}: identical files
+    # {path: perceptual hashes (near_duplicates.to_text)} of the usable files
+    perceptual: dict = dataclasses.field(default=None, compare=False)
+    near_groups: tuple = ()  # tuples of paths: near-copies (near_duplicates), found unless --near_duplicates off
+    # {path: unit}: files that must share a split and a fold (a user's
+    # group, identical content or a near-copy group, joined)
+    units: dict = dataclasses.field(default=None, compare=False)
     task: tasks.Task = tasks.SINGLE_LABEL  # what kind of task its labels make (tasks.py)
 
     def _chosen(self, name):
@@ -81,6 +88,17 @@ class DatasetIndex:
         for sample in self.samples:
             table[sample.split][sample.label] += 1
         return table
+
+
+def seen_images(index):
+    """What a run keeps of the images it trains and validates on
+    (artifacts.SEEN_IMAGES_FILE): their content hashes and perceptual
+    hashes, sorted, no paths."""
+    seen = [sample.path for sample in index.samples if sample.split != "test"]
+    return {
+        "sha256": sorted({(index.contents or {}).get(path, "") for path in seen} - {""}),
+        "phash": sorted({(index.perceptual or {}).get(path, "") for path in seen} - {""}),
+    }
 
 
 def manifest_rows(index):
@@ -147,7 +165,7 @@ def _split_one_class(name, files, held_out, rng, groups, placed):
     if empty:
         raise UserError(
             f"class '{name}' has {len(files)} image(s) but only {len(units)} "
-            f"distinct one(s) (identical files stay in one split), too few to "
+            f"distinct one(s) (identical files and near-copies stay in one split), too few to "
             f"put one in {' and '.join(empty)}; add images or lower --val_split/--test_split"
         )
     return {split: sorted(members) for split, members in chosen.items()}
@@ -323,6 +341,8 @@ def index_dataset(
     workers=None,
     progress=None,
     group_by=None,
+    near_duplicates_mode="group",
+    near_duplicate_distance=near_duplicates.DEFAULT_DISTANCE,
 ):
     """Finds, audits and splits the images of `image_dir`.
 
@@ -338,7 +358,13 @@ def index_dataset(
     with no usable image are excluded with a warning. `group_by` (a regular
     expression; its first group, searched in each path relative to the
     root, is the file's group) or a labels CSV's group column keeps every
-    group whole in one split (check_groups).
+    group whole in one split (check_groups). Near-copies (the audit's
+    perceptual hashes, near_duplicates.py, within `near_duplicate_distance`
+    bits) are found unless `near_duplicates_mode` is "off"; "group" keeps
+    each group of them in one split too (joined with the groups above),
+    "warn" only warns about the groups that straddle splits. A pre-split
+    folder is never moved: its test images with a near-copy in train are
+    named instead (`test_near_train`).
 
     Returns a DatasetIndex. Raises UserError for a missing folder, fewer
     than 2 usable classes, a class missing from a split or too small to
@@ -360,8 +386,17 @@ def index_dataset(
     class_names = _choose_classes(scan, usable, classes, image_dir)
     usable = [c for c in usable if c.label in class_names]
     user_groups = group_keys(usable, group_by)
-    groups = user_groups or {c.path: checks[c.path].sha256 for c in usable}
-    table, notes = _split_table(usable, scan.fixed_splits, val_split, test_split, seed, groups)
+    contents = {c.path: checks[c.path].sha256 for c in usable}
+    perceptual = {c.path: checks[c.path].phash for c in usable}
+    near_groups = find_near_copies(perceptual, near_duplicates_mode, near_duplicate_distance)
+    units = join_units(
+        [c.path for c in usable],
+        user_groups or {},
+        contents,
+        {path: number for number, group in enumerate(near_groups) for path in group}
+        if near_duplicates_mode == "group" else {},
+    )
+    table, notes = _split_table(usable, scan.fixed_splits, val_split, test_split, seed, units)
     check_same_classes(table, class_names)
     samples = tuple(
         Sample(path=path, label=name, split=split, decoder=checks[path].decoder,
@@ -374,6 +409,8 @@ def index_dataset(
     scan.warnings.extend(
         audit.duplicate_warnings(duplicates, auto_split=not scan.fixed_splits or bool(notes))
     )
+    split_of = {sample.path: sample.split for sample in samples}
+    scan.warnings.extend(audit.near_copy_warnings(near_groups, split_of, near_duplicates_mode))
     index = DatasetIndex(
         root=root,
         layout="csv" if labels_csv else scan.layout,
@@ -387,14 +424,21 @@ def index_dataset(
         warnings=tuple(scan.warnings),
         readers=readers,
         grouped=bool(user_groups),
-        contents={c.path: checks[c.path].sha256 for c in usable},
+        contents=contents,
+        perceptual=perceptual,
+        near_groups=tuple(tuple(group) for group in near_groups),
+        units=units,
         # The kind of task is decided here, from the labels read: every image
         # has one class today (a labels CSV with several per image will
         # make a multi-label index, tasks.py).
         task=tasks.SINGLE_LABEL,
     )
-    report = audit.audit_report(index, scan, checks, duplicates, stats)
-    return dataclasses.replace(index, audit=report, notes=index.notes + tuple(group_lines(index)))
+    index = dataclasses.replace(index, warnings=index.warnings + tuple(audit.test_leak_lines(index)))
+    report = audit.audit_report(
+        index, scan, checks, duplicates, stats, near_copies=(near_duplicates_mode, near_duplicate_distance)
+    )
+    notes = group_lines(index) + audit.near_copy_lines(index, near_duplicates_mode)
+    return dataclasses.replace(index, audit=report, notes=index.notes + tuple(notes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,6 +455,9 @@ class Source:
     classes: tuple | None = None
     reader: tuple | None = None  # --reader specs
     group_by: str | None = None
+    # (the distance first: the field `near_duplicates` hides the module below it)
+    near_duplicate_distance: int = near_duplicates.DEFAULT_DISTANCE
+    near_duplicates: str = "group"
     artifacts_dir: str = "model_artifacts"  # the audit's cache goes beside it, never inside the dataset
 
 
@@ -428,7 +475,54 @@ def index_source(source, progress=None):
         cache_dir=artifacts.audit_cache_dir(source.artifacts_dir),
         progress=progress,
         group_by=source.group_by,
+        near_duplicates_mode=source.near_duplicates,
+        near_duplicate_distance=source.near_duplicate_distance,
     )
+
+
+# ---------------------------------------------------------------- near-copies
+
+
+def find_near_copies(perceptual, mode, max_distance):
+    """Groups (sorted lists of paths) of near-copies among the files of
+    `perceptual` ({path: hashes text}); [] when `mode` is "off". Files
+    without hashes (no structure to compare) are in none."""
+    if mode == "off":
+        return []
+    paths = [path for path, text in perceptual.items() if text]
+    hashes = near_duplicates.from_texts([perceptual[path] for path in paths])
+    return [
+        sorted(paths[number] for number in group)
+        for group in near_duplicates.near_duplicate_groups(hashes, max_distance)
+    ]
+
+
+def join_units(paths, *keyings):
+    """{path: unit}: files that share a key in any of `keyings` ({path:
+    key} each: the user's groups, file contents, near-copy groups) share
+    a unit, also through other files (a union of the groupings). A unit is
+    named by its first path."""
+    parent = {path: path for path in paths}
+
+    def root(path):
+        while parent[path] != path:
+            parent[path] = parent[parent[path]]
+            path = parent[path]
+        return path
+
+    for keys in keyings:
+        first_of = {}
+        for path in paths:
+            if path not in keys:
+                continue
+            key = keys[path]
+            if key in first_of:
+                one, other = root(first_of[key]), root(path)
+                if one != other:
+                    parent[max(one, other)] = min(one, other)
+            else:
+                first_of[key] = path
+    return {path: root(path) for path in paths}
 
 
 # ---------------------------------------------------------------- groups and folds
@@ -505,7 +599,7 @@ def group_lines(index, fold_of=None):
 def assign_folds(index, folds, seed):
     """Each non-test image's fold (0-based), by scikit-learn's
     StratifiedGroupKFold (shuffled by `seed`): stratified by class, a group
-    (the user's, else identical files) never in two folds. Returns
+    (the user's, identical files, near-copies: `index.units`) never in two folds. Returns
     ({path: fold}, warning lines). Raises UserError when a class has fewer
     non-test images (or groups) than `folds`, or a fold's training would
     lack a class."""
@@ -519,8 +613,12 @@ def assign_folds(index, folds, seed):
             f"--folds {folds} is more than class '{image_io.display_path(smallest)}' has non-test images "
             f"({counts[smallest]}): each fold needs one of each class. Received: folds={folds}"
         )
-    # Without the user's groups, identical files (same content) share a fold.
-    groups = [sample.group or (index.contents or {}).get(sample.path, sample.path) for sample in pool]
+    # A unit (the user's group, identical files, near-copies) shares a fold.
+    units = index.units or join_units(
+        [sample.path for sample in pool], {sample.path: sample.group for sample in pool if sample.group},
+        index.contents or {},
+    )
+    groups = [units.get(sample.path, sample.path) for sample in pool]
     warnings = []
     per_class = collections.defaultdict(set)
     for sample, group in zip(pool, groups):

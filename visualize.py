@@ -185,6 +185,38 @@ def plot_class_grid(examples, output_path, note=""):
     return save_figure(figure, output_path)
 
 
+@themed
+def plot_near_copies(groups, output_path, note=""):
+    """A row per group of near-copies, its images side by side, each titled
+    with its split, class and file name, so a user can judge whether the
+    group is one picture saved several times (or a false merge).
+
+    `groups` is [[(uint8 (H, W, 3) image, caption)]]. Returns the path.
+    """
+    num_rows = len(groups)
+    num_cols = max(len(members) for members in groups)
+    tile = 1.6
+    figure = Figure(figsize=(num_cols * tile + 1.0, num_rows * (tile + 0.35) + 1.0), layout="constrained")
+    grid = figure.subplots(num_rows, num_cols, squeeze=False)
+    for row, members in enumerate(groups):
+        for column in range(num_cols):
+            axes = grid[row][column]
+            hide_ticks(axes)
+            if column < len(members):
+                image, caption = members[column]
+                axes.imshow(image)
+                axes.set_title(caption, fontsize=theme.FONT_SIZES["small"], color=theme.MUTED)
+                frame(axes, theme.BLUSH, 1.0)
+            else:
+                axes.axis("off")
+        grid[row][0].set_ylabel(f"group {row + 1}", rotation=0, ha="right", va="center",
+                                fontsize=theme.FONT_SIZES["label"], labelpad=8)
+    figure.suptitle("Near-copies kept together")
+    if note:
+        figure.supxlabel(note, fontsize=theme.FONT_SIZES["small"] + 1, color=theme.MUTED)
+    return save_figure(figure, output_path)
+
+
 # ---------------------------------------------------------------- 3. augmentation
 
 
@@ -705,13 +737,20 @@ def interactive_backend():
 
 
 def show_saved_figure(path):
-    """Opens one saved PNG in a window and blocks until it is closed."""
+    """Opens one saved PNG in a window and blocks until it is closed.
+    Raises WindowGone when the window was destroyed from outside, or when
+    no window can open (the toolkit is gone)."""
     import matplotlib.pyplot as pyplot
 
     image = pyplot.imread(path)
     height, width = image.shape[:2]
     scale = min(1.0, 1500 / width, 950 / height)  # fit a laptop screen
-    figure = pyplot.figure(figsize=(width * scale / 100, height * scale / 100), dpi=100)
+    try:
+        # A window toolkit that is gone fails already here (Tk cannot
+        # connect to the display).
+        figure = pyplot.figure(figsize=(width * scale / 100, height * scale / 100), dpi=100)
+    except window_errors() as error:
+        raise WindowGone(f"{type(error).__name__}: {error}") from None
     category = os.path.basename(os.path.dirname(os.path.dirname(path)))
     if figure.canvas.manager is not None:
         figure.canvas.manager.set_window_title(f"{category}: {os.path.basename(path)}")

@@ -273,3 +273,26 @@ def test_drawn_amounts_stay_within_the_configured_ranges():
     shift_x, shift_y = -transforms.numpy()[:, 2], -transforms.numpy()[:, 5]
     assert np.abs(shift_x).max() <= 4.5 + 1e-4 and np.abs(shift_x).max() > 4.0  # 10% of 45 px
     assert np.abs(shift_y).max() <= 3.3 + 1e-4 and np.abs(shift_y).max() > 2.9  # 10% of 33 px
+
+
+@pytest.mark.slow
+def test_a_mixup_training_keeps_its_pipeline_parallel_and_prints_no_nodedef_line(tmp_path, capfd):
+    """With --deterministic 1, tf.data makes every parallel map sequential
+    (and turns prefetching off) as soon as one dataset function holds a
+    stateful op, printing "NodeDef mentions attribute
+    use_unbounded_threadpool" for each map it rewrites: the mixing drew
+    from Keras' seed generators, a variable assigned at every draw. Drawn
+    from each batch's own seed, nothing is rewritten."""
+    import main as main_script
+    from conftest import TINY, make_flat_dataset
+
+    data = make_flat_dataset(tmp_path / "data", per_class=6)
+    outputs = ["--artifacts_dir", str(tmp_path / "art"), "--results_dir", str(tmp_path / "res")]
+    arguments = ["--image_dir", data, *TINY, *outputs, "--epochs", "1", "--calibrate", "0", "--augment", "1",
+                 "--mixup", "0.2", "--cutmix", "0.5", "--deterministic", "1"]
+    capfd.readouterr()
+
+    assert main_script.main(arguments) == 0
+
+    printed = capfd.readouterr()
+    assert "use_unbounded_threadpool" not in printed.err and "NodeDef" not in printed.err, printed.err[-2000:]

@@ -483,6 +483,36 @@ def test_predict_and_evaluate_list_fifos_and_non_utf8_names_as_skipped(tmp_path)
     assert [(item.path, item.reason) for item in evaluate_skipped] == [("cat/caf\ufffd.png", audit.NOT_UTF8)]
 
 
+def test_predict_says_a_symlink_loop_or_a_dangling_link_is_one_and_not_missing(tmp_path):
+    os.symlink(tmp_path / "loop_b.png", tmp_path / "loop_a.png")
+    os.symlink(tmp_path / "loop_a.png", tmp_path / "loop_b.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+
+    _, skipped = predict.collect_images([str(tmp_path / "loop_a.png"), str(tmp_path / "dangling.png"),
+                                         str(tmp_path / "nowhere.png")])
+
+    reasons = {os.path.basename(item.path): item.reason for item in skipped}
+    assert reasons == {
+        "loop_a.png": "a symbolic link loop: it leads back to itself, never to a file",
+        "dangling.png": f"a broken symbolic link: its target {tmp_path / 'gone.png'} does not exist",
+        "nowhere.png": "no such file or folder",
+    }
+
+
+def test_predict_says_an_image_over_the_pixel_limit_is_too_large_and_names_the_limit(tmp_path, monkeypatch):
+    from PIL import Image
+
+    (path,) = write_class_folder(tmp_path / "photos", 0, 1, size=48)
+    # 48 x 48 = 2,304 pixels: over 2,000, under twice it (Pillow's own error).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    assert predict.unreadable_reason(path) == (
+        "too large: 48x48 = 2,304 pixels, over Pillow's decompression-bomb limit of 2,000 (not decoded)"
+    )
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert predict.unreadable_reason(path).startswith("too large: 2,304 pixels, over Pillow's decompression-bomb "
+                                                      "limit of 1,000")
+
+
 # ---------------------------------------------------------------- with a trained model
 
 

@@ -249,6 +249,39 @@ def test_compare_needs_two_finished_runs_of_the_folder(tmp_path, capsys):
     assert "leave --model out" in one_line_error(capsys)
 
 
+@pytest.mark.slow
+def test_scoring_several_models_traces_each_once_and_never_warns_of_retracing(saved_model):
+    """Each model is scored (a short last batch) and timed (another batch
+    size) as compare.py does (compare.scored, with less timing): one trace each, so TensorFlow, which counts
+    traces across models, has no retracing to warn of."""
+    import glob
+    import logging
+
+    messages = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    paths = sorted(glob.glob(os.path.join(saved_model["data"], "*", "*.png")))
+    images = inference.LabelledImages(paths=paths, labels=[int("dog" in path) for path in paths], description="all")
+    timing_images = compare.load_timing_images(paths[:3], 32)
+    logger, recorder = logging.getLogger("tensorflow"), Recorder()
+    logger.addHandler(recorder)
+    try:
+        traces = []
+        for _ in range(3):
+            trained = inference.load_trained_model(str(saved_model["run"] / artifacts.MODEL_FILE))
+            evaluation = inference.evaluate_images(trained, images, 5)  # 16 images: batches of 5, 5, 5, 1
+            assert len(evaluation.paths) == 16
+            compare.inference_ms_per_image(trained.model, timing_images, batch_size=4, warmup=1, repeats=1)
+            traces.append(trained.model.predict_function.experimental_get_tracing_count())
+    finally:
+        logger.removeHandler(recorder)
+    assert traces == [1, 1, 1]
+    assert not [message for message in messages if "retracing" in message], messages
+
+
 HOSTILE_NAME = "<script>alert(1)</script> | [pwn](javascript:alert(1))\nx"
 
 

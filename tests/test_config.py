@@ -3,6 +3,7 @@ parsers, the checks, the resume and worker comparisons, the docs' tables)."""
 
 import dataclasses
 import os
+import re
 
 import pytest
 
@@ -12,8 +13,9 @@ import errors
 import evaluate
 import inspect_dataset
 import main as main_script
+import memory
 import predict
-from conftest import ROOT
+from conftest import ROOT, make_flat_dataset, one_line_error
 
 PARSERS = {
     "main": main_script.build_parser,
@@ -132,6 +134,7 @@ REFUSED = {
     "worker_wait": ("0", "worker_wait must be positive"),
     "folds": ("1", "folds must be at least 2"),
     "group_by": ("(P", "group_by is not a regular expression"),
+    "near_duplicate_distance": ("40", "near_duplicate_distance must be between 0 and 32"),
 }
 
 
@@ -166,6 +169,92 @@ def test_rules_of_several_options_together(tmp_path):
     args = main_script.build_parser().parse_args(["--backbone", "inception_v3", "--image_size", "64"])
     with pytest.raises(errors.UserError, match="at least 75 for inception_v3"):
         config.validate(config.config_from_args(args), "main")
+
+
+def test_an_image_size_beyond_the_largest_is_one_line_and_help_says_the_bound(tmp_path, capsys):
+    data = make_flat_dataset(tmp_path / "data", per_class=2)
+    code = main_script.main(["--image_dir", data, "--image_size", "100000", "--artifacts_dir", str(tmp_path / "art"),
+                             "--results_dir", str(tmp_path / "res")])
+    assert code == 2
+    assert one_line_error(capsys).startswith("error: image_size must be at most 2048 (")
+    assert not (tmp_path / "art").exists()
+    assert "32 to 2048" in " ".join(main_script.build_parser().format_help().split())
+
+
+@pytest.mark.parametrize("weights, size, kept", [
+    ("none", 1024, "the layer outputs kept to train from scratch"),
+    ("imagenet", 2048, "the largest layer's input and output in the frozen backbone"),
+])
+def test_a_batch_too_big_for_the_memory_is_refused_before_a_run_folder_exists(weights, size, kept, tmp_path, capsys,
+                                                                               monkeypatch):
+    import backbones
+
+    monkeypatch.setattr(memory, "available", lambda: (4 * memory.GIB, "of RAM available"))
+    data = make_flat_dataset(tmp_path / "data", per_class=2)
+    code = main_script.main(["--image_dir", data, "--image_size", str(size), "--batch_size", "32", "--weights", weights,
+                             "--artifacts_dir", str(tmp_path / "art"), "--results_dir", str(tmp_path / "res")])
+
+    assert code == 2
+    line = one_line_error(capsys)
+
+    def need(side, batch):
+        return backbones.training_memory_bytes("mobilenet_v2", 1.0, side, batch, weights == "none")
+
+    assert line.startswith(f"error: a batch of 32 images of {size}x{size} px through mobilenet_v2 needs at least "
+                           f"{need(size, 32) / memory.GIB:.1f} GiB ({kept}), but this process has 4.0 GiB of RAM "
+                           "available: lower --batch_size to ")
+    assert not (tmp_path / "art").exists() and not (tmp_path / "res").exists()
+    # What the line advises fits.
+    fitting_batch, fitting_size = (int(number) for number in re.findall(r"to (\d+)", line)[:2])
+    assert need(size, fitting_batch) <= 4 * memory.GIB and need(fitting_size, 32) <= 4 * memory.GIB
+    args = main_script.build_parser().parse_args(["--image_size", str(fitting_size), "--weights", weights])
+    config.validate(config.config_from_args(args), "main")
+
+
+@pytest.mark.slow
+def test_the_memory_estimate_counts_the_layer_outputs_of_the_built_backbone():
+    import math
+
+    import backbones
+    import keras
+
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(224, 224, 3))
+    sizes = [math.prod(layer.output.shape[1:]) / 224**2 for layer in model.layers]
+    family = backbones.BACKBONES["mobilenet_v2"]
+    assert family["activations"] == pytest.approx(sum(sizes), abs=1)
+    assert family["largest_activation"] == pytest.approx(max(sizes), abs=0.1)
+    assert backbones.training_memory_bytes("mobilenet_v2", 1.0, 224, 2, True) == int(
+        2 * 224**2 * (backbones.KEPT_FRACTION * family["activations"] + 3) * 4)
+
+
+def test_available_memory_is_the_smaller_of_the_ram_and_the_tightest_cgroup_limit(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24731400 kB\nMemAvailable:    8388608 kB\n")
+    at_root = tmp_path / "cgroup_root"
+    at_root.write_text("0::/\n")
+    version2 = tmp_path / "v2"
+    version2.mkdir()
+    (version2 / "memory.max").write_text("5368709120\n")
+    (version2 / "memory.current").write_text("1073741824\n")
+    assert memory.available(str(meminfo), str(version2), str(at_root)) == (
+        4 * memory.GIB, "left under this process's memory limit of 5.0 GiB")
+    (version2 / "memory.max").write_text("max\n")
+    assert memory.available(str(meminfo), str(version2), str(at_root)) == (8 * memory.GIB, "of RAM available")
+    # systemd-run -p MemoryMax=3G: the limit is on the scope above this process's own cgroup.
+    nested = tmp_path / "nested"
+    nested.write_text("0::/system.slice/run-1.scope/inner\n")
+    scope = version2 / "system.slice" / "run-1.scope"
+    (scope / "inner").mkdir(parents=True)
+    (scope / "memory.max").write_text(f"{3 * memory.GIB}\n")
+    (scope / "memory.current").write_text(f"{memory.GIB}\n")
+    assert memory.available(str(meminfo), str(version2), str(nested))[0] == 2 * memory.GIB
+    version1 = tmp_path / "v1" / "memory"
+    version1.mkdir(parents=True)
+    (version1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert memory.available(str(meminfo), str(tmp_path / "v1"), str(at_root)) == (8 * memory.GIB, "of RAM available")
+    (version1 / "memory.limit_in_bytes").write_text(f"{2 * memory.GIB}\n")
+    (version1 / "memory.usage_in_bytes").write_text(f"{memory.GIB // 2}\n")
+    assert memory.available(str(meminfo), str(tmp_path / "v1"), str(at_root))[0] == memory.GIB * 3 // 2
 
 
 def test_tags_name_the_options_the_readme_says():

@@ -219,6 +219,25 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
+def assert_summary_page(results, runs, printed):
+    """The summary's report.html: announced where the summary is, in the
+    run report's theme, with the summary's numbers, every fold's run and
+    every figure drawn beside it, each link resolving."""
+    import re
+
+    import report
+
+    page = results / report.REPORT_FILE
+    assert f"report: {page} (summary.md" in printed
+    text = page.read_text(encoding="utf-8")
+    assert report.STYLE in text and "<h2>Over the folds</h2>" in text and all(run in text for run in runs)
+    accuracy = next(row for row in read_csv(results / "summary.csv") if row["metric"] == "accuracy")
+    assert f"{float(accuracy['mean']):.4f} ± " in text
+    figures = re.findall(r'<img src="([^"]+)"', text)
+    assert sorted(figures) == sorted(name for name in os.listdir(results) if name.endswith(".png"))
+    assert all((results / figure).is_file() for figure in figures)
+
+
 @pytest.mark.slow
 def test_two_folds_end_to_end_then_rescored_and_resume_refused(tmp_path, capsys):
     root = make_flat_dataset(tmp_path / "data", per_class=14)
@@ -244,9 +263,11 @@ def test_two_folds_end_to_end_then_rescored_and_resume_refused(tmp_path, capsys)
     for name in ("summary.csv", "summary.md", "per_fold.csv", "label_suspects.csv", "cross_validation.png",
                  "label_suspects.png", "confusion_matrix.png"):
         assert (results / name).is_file(), name
+    assert_summary_page(results, runs, capsys.readouterr().out)
 
     assert evaluate.main(["--cross_validation", *outputs, "--show", "0"]) == 0
     again, = [name for name in os.listdir(tmp_path / "res" / "cross_validation") if name != cv_id]
+    assert_summary_page(tmp_path / "res" / "cross_validation" / again, runs, capsys.readouterr().out)
     first, second = (read_csv(tmp_path / "res" / "cross_validation" / name / "per_fold.csv") for name in (cv_id, again))
     assert [row["run"] for row in first] == [row["run"] for row in second]
     for one, other in zip(first, second):
@@ -270,6 +291,8 @@ def test_resuming_trains_only_the_unfinished_folds_and_continues_the_interrupted
     finished, interrupted = os.path.join(runs_dir, "20260101-000001"), os.path.join(runs_dir, "20260101-000002")
     artifacts.write_json(os.path.join(finished, artifacts.RUN_CONFIG_FILE), {"status": "finished"})
     open(os.path.join(finished, artifacts.MODEL_FILE), "wb").close()
+    # A finished run's state says so (a fold run published but not done is continued).
+    artifacts.write_json(os.path.join(finished, artifacts.RESUME_FOLDER, resume.RESUME_STATE), {"phase": resume.FINISHED})
     point = resume.ResumePoint("20260101-000002", "history.csv", "head", 3, 0.5, "epoch_004_head.keras")
     artifacts.write_json(os.path.join(interrupted, artifacts.RESUME_FOLDER, resume.RESUME_STATE), point.to_json())
     index = made_up_index()

@@ -133,15 +133,22 @@ def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_pat
 
 
 @pytest.mark.slow
-def test_predict_images_writes_a_row_per_readable_image_and_lists_the_rest(trained, tmp_path, capsys):
+def test_predict_images_writes_a_row_per_readable_image_and_lists_the_rest(trained, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
     folder = tmp_path / "photos"
     write_class_folder(folder / "nested", 0, 3)
     single = write_class_folder(tmp_path / "single", 1, 1, extension="jpg")[0]
     (folder / "broken.png").write_bytes(b"not an image at all")
+    write_class_folder(folder / "huge", 1, 1, size=48)  # over the pixel limit set below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     missing = str(tmp_path / "nowhere.jpg")
+    loop = tmp_path / "loop.jpg"
+    os.symlink(loop, loop)
     results = tmp_path / "results"
 
-    code = predict.main(["--images", str(folder), single, missing, "--top_k", "2", *common(trained, results)])
+    code = predict.main(["--images", str(folder), single, missing, str(loop), "--top_k", "2",
+                         *common(trained, results)])
 
     assert code == 0
     stamp = only_stamp(results)
@@ -152,12 +159,16 @@ def test_predict_images_writes_a_row_per_readable_image_and_lists_the_rest(train
     assert len(rows) == 1 + 4 and rows[-1][0] == single
     assert all(row[1] in CLASSES and 0 < float(row[2]) <= 1 for row in rows[1:])
     skipped = read_csv(results / "predictions" / stamp / "skipped.csv")
+    too_large = "too large: 48x48 = 2,304 pixels, over Pillow's decompression-bomb limit of 2,000 (not decoded)"
     assert skipped[1:] == [
         [missing, "no such file or folder"],
-        [str(folder / "broken.png"), "not a readable image"],
+        [str(loop), "a symbolic link loop: it leads back to itself, never to a file"],
+        [str(folder / "broken.png"), "not an image: text file"],
+        [str(folder / "huge" / "img_000.png"), too_large],
     ]
     output = capsys.readouterr().out
-    assert "broken.png (not a readable image)" in output and "nowhere.jpg (no such file or folder)" in output
+    assert "broken.png (not an image: text file)" in output and "nowhere.jpg (no such file or folder)" in output
+    assert f"img_000.png ({too_large})" in output and "loop.jpg (a symbolic link loop: it leads back" in output
 
 
 @pytest.mark.slow
@@ -203,6 +214,22 @@ def test_rows_or_cols_below_one_exit_2(script, option, tmp_path, capsys):
 
     assert code == 2
     assert f"{option[2:]} must be between 1 and" in capsys.readouterr().err
+
+
+def test_a_loss_of_zero_is_never_negative_zero_in_metrics_or_the_printed_line():
+    import math
+
+    import metrics
+
+    # Every image predicted with certainty: -mean(log 1) is -0.0.
+    evaluation = metrics.Evaluation(
+        paths=("a.png", "b.png"), true_labels=np.array([0, 1]), probabilities=np.eye(2),
+        class_names=("cat", "dog"), image_size=32, description="all images",
+    )
+    scores = evaluation.metrics()
+    assert math.copysign(1, scores["loss"]) == 1 and math.copysign(1, scores["calibration"]["nll"]) == 1
+    line = metrics.calibration_line(scores["calibration"])
+    assert "NLL 0.000" in line and "-0.000" not in line
 
 
 @pytest.mark.slow
@@ -308,3 +335,33 @@ def test_a_model_saved_before_calibration_still_evaluates_and_predicts(trained, 
     assert metrics["calibration"]["temperature"] is None
     assert metrics["calibration"]["ece"] == metrics["calibration"]["ece_uncalibrated"]
     assert os.path.getsize(tmp_path / "predicted" / "gradcam" / only_stamp(tmp_path / "predicted") / "gradcam.png") > 5_000
+
+
+@pytest.mark.slow
+def test_evaluating_a_run_another_process_holds_writes_nothing_into_it(saved_model, tmp_path, capsys):
+    """A run still training (its lock held, its status "training"):
+    evaluate.py scores it but saves no reliability bins into it, saying so
+    in one line; once the lock is free the same command saves them."""
+    import shutil
+
+    import run_lock
+
+    run = tmp_path / "artifacts" / "runs" / saved_model["run"].name
+    shutil.copytree(saved_model["run"], run)
+    run_config = read_json(run / artifacts.RUN_CONFIG_FILE)
+    artifacts.write_json(str(run / artifacts.RUN_CONFIG_FILE), {**run_config, "status": "training"})
+    saved = run / artifacts.TEST_RELIABILITY_FILE
+    command = ["--model", str(run / artifacts.MODEL_FILE), "--show", "0"]
+
+    holder = run_lock.acquire(str(run), "training", "--resume")  # as main.py holds a run it trains
+    try:
+        assert evaluate.main([*command, "--results_dir", str(tmp_path / "held")]) == 0
+        assert not saved.exists()
+    finally:
+        run_lock.release(holder)
+    printed = capsys.readouterr().out
+    (note,) = [line for line in printed.splitlines() if "reliability bins not saved" in line]
+    assert f"run {run.name} is in use by process {os.getpid()}" in note and "training since" in note
+
+    assert evaluate.main([*command, "--results_dir", str(tmp_path / "free")]) == 0
+    assert read_json(saved)["run"] == run_config["run"] and not (run / run_lock.LOCK_FILE).exists()

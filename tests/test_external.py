@@ -199,6 +199,24 @@ def test_probabilities_are_used_as_they_are_and_logits_called_probabilities_are_
         external.load_external(path).predict_on_batch(images)
 
 
+def test_probabilities_called_logits_are_refused_not_softmaxed_twice(tmp_path):
+    images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    path = with_sidecar(channel_means(tmp_path / "soft.onnx", softmax=True), SIDECAR)
+    with pytest.raises(errors.UserError, match=r'soft\.json: field "output" says logits, but the outputs .* are '
+                                               r'already probabilities .*say "probabilities"'):
+        external.load_external(path).predict_on_batch(images)
+
+
+def test_evaluate_refuses_probabilities_called_logits_in_one_line(tmp_path, capsys):
+    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=2)
+    path = with_sidecar(channel_means(tmp_path / "probs_as_logits.onnx", softmax=True), SIDECAR)
+    code = evaluate.main(["--model", path, "--image_dir", data, "--results_dir", str(tmp_path / "results"),
+                          "--show", "0"])
+    assert code == 2
+    assert 'probs_as_logits.json: field "output" says logits, but the outputs' in one_line_error(capsys)
+    assert not (tmp_path / "results" / "metrics").exists()
+
+
 def test_a_uint8_model_takes_the_pixels_as_they_are(tmp_path):
     path = with_sidecar(channel_means(tmp_path / "bytes.onnx", layout="nhwc", input_type="uint8"))
     images = np.full((2, 32, 32, 3), (10, 20, 30), np.uint8)

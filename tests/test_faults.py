@@ -35,6 +35,38 @@ def test_a_refused_write_is_one_line_and_exit_2(capsys, code, words):
     assert line.startswith("error: cannot write /mnt/out/metrics.json: ") and words in line
 
 
+class FullDiskLogger:
+    """A logger that keeps its file open, as Keras' CSVLogger does; /dev/full
+    answers every write with ENOSPC, naming no file."""
+
+    def __init__(self):
+        self.handle = open("/dev/full", "wb", buffering=0)
+
+    def log(self, line):
+        self.handle.write(line.encode("utf-8"))
+
+
+def write_to_a_full_disk(argv):
+    with open("/dev/full", "w") as handle:
+        handle.write("epoch,loss\n")
+        handle.flush()
+
+
+def log_to_a_full_disk(argv):
+    logger = FullDiskLogger()
+    try:
+        logger.log("epoch,loss\n")
+    finally:
+        logger.handle.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("command", [write_to_a_full_disk, log_to_a_full_disk])
+def test_a_full_disk_names_the_file_even_when_the_failed_write_does_not(capsys, command):
+    assert errors.run_cli(command) == 2
+    assert one_line_error(capsys).startswith("error: cannot write /dev/full: the disk is full.")
+
+
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
     assert errors.run_cli(failing(KeyboardInterrupt())) == 130
     error = capsys.readouterr().err.strip()

@@ -30,13 +30,16 @@ def npy_dataset(tmp_path):
     """root/a: 8 float arrays (gradients), root/b: 8 uint16 arrays (stripes)
     and a PNG, plus a broken .npy; and my_readers.py from docs/data.md."""
     root = tmp_path / "scans"
+    rng = np.random.default_rng(0)
     for number in range(8):
         (root / "a").mkdir(parents=True, exist_ok=True)
         (root / "b").mkdir(parents=True, exist_ok=True)
-        gradient = np.linspace(0.0, 1.0 + number, 24 * 24).reshape(24, 24)
+        # Each scan its own picture (a copy would be grouped with its
+        # original as a near-copy): a gradient, or stripes, plus a texture.
+        gradient = np.linspace(0.0, 1.0 + number, 24 * 24).reshape(24, 24) + rng.random((24, 24)) * (1 + number)
         np.save(root / "a" / f"g{number}.npy", gradient)
-        stripes = np.zeros((24, 24), np.uint16)
-        stripes[::2] = 1000 + number
+        stripes = rng.integers(0, 400, size=(24, 24)).astype(np.uint16)
+        stripes[::2] += np.uint16(1000 + number)
         np.save(root / "b" / f"s{number}.npy", stripes)
     class_image(1, 0).save(root / "b" / "photo.png")
     (root / "a" / "broken.npy").write_bytes(b"\x93NUMPY garbage")

@@ -19,6 +19,7 @@ import artifacts
 import evaluate
 import main as main_script
 import predict
+import run_lock
 from conftest import QUICK, TINY, make_flat_dataset, one_line_error, read_json
 
 
@@ -132,6 +133,7 @@ def interrupted_copy(run_folder, artifacts_dir):
     saved = read_json(folder / "run_config.json")
     (folder / "run_config.json").write_text(json.dumps({**saved, "status": "training"}))
     resume = folder / "resume"
+    resume.mkdir(exist_ok=True)
     shutil.copyfile(folder / "best_model.keras", resume / "epoch-0001-head.keras")
     history = os.path.join(saved["options"]["results_dir"], "training_curves", folder.name, "history.csv")
     state = {"stamp": folder.name, "history_path": history, "phase": "head", "epoch": 0,
@@ -174,6 +176,24 @@ def test_resume_refuses_other_options_and_damaged_runs(two_runs, tmp_path, monke
     assert code == 2
     assert message in one_line_error(capsys)
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+
+
+def test_resume_takes_the_run_lock_before_it_reads_the_run(saved_model, tmp_path, monkeypatch, capsys):
+    """A second --resume of a run another process is resuming is refused by
+    the run lock, before it reads the run's state and options (read only
+    under the lock, so that what is checked cannot change meanwhile)."""
+    monkeypatch.chdir(tmp_path)
+    artifacts_dir = tmp_path / "artifacts"
+    folder = interrupted_copy(saved_model["run"], artifacts_dir)
+
+    with run_lock.held(str(folder), "training", "--resume"):  # the first --resume, at work
+        code = main_script.main(["--resume", "--artifacts_dir", str(artifacts_dir), "--image_size", "64"])
+        error = one_line_error(capsys)
+
+    assert code == 2
+    assert f"--resume: run {folder.name} is in use by process {os.getpid()}" in error
+    assert "image_size" not in error  # the options were not read yet
+    assert not (folder / run_lock.LOCK_FILE).exists()
 
 
 def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):

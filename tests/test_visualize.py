@@ -504,34 +504,78 @@ def test_show_figures_shows_each_saved_png_in_the_given_order_one_window_at_a_ti
     assert windows == [] and visualize.matplotlib.pyplot.get_fignums() == []
 
 
-def test_a_window_destroyed_from_outside_stops_the_showing_with_one_line(tmp_path, monkeypatch, capsys):
-    """Tk raises TclError once its window was destroyed from outside (not
-    closed by the user): the figures are all saved already, so showing
-    stops with one line, no traceback, and no figure is left for pyplot's
-    exit handler to fail on."""
+def saved_pngs(folder, count):
+    paths = []
+    for number in range(count):
+        paths.append(str(folder / f"figure{number}.png"))
+        Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(paths[-1])
+    return paths
+
+
+def destroyed_windows(monkeypatch, destroyed):
+    """pyplot.show as TkAgg's behaves when the window numbers in
+    `destroyed` (1-based) are destroyed from outside while shown (Tk raises
+    TclError; each TkAgg figure has a Tk application of its own, so the
+    next window opens as usual). Returns the list of windows shown."""
     import tkinter
 
-    paths = []
-    for number in range(3):
-        paths.append(str(tmp_path / f"figure{number}.png"))
-        Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(paths[-1])
     windows = []
 
     def pyplot_show(block=None):
-        windows.append(block)
-        if len(windows) == 2:
+        windows.append(visualize.matplotlib.pyplot.gcf().number)
+        if len(windows) in destroyed:
             raise tkinter.TclError('can\'t invoke "update" command: application has been destroyed')
 
     monkeypatch.setattr(figures, "should_show", lambda mode: (True, None))
     monkeypatch.setattr("matplotlib.pyplot.show", pyplot_show)
+    return windows
 
-    assert figures.show_figures(paths, "1") == paths[:1]
 
-    assert len(windows) == 2  # the third never opened
+def test_a_window_destroyed_from_outside_goes_on_with_the_next_figure(tmp_path, monkeypatch, capsys):
+    """Tk raises TclError once a window was destroyed from outside (not
+    closed by the user): one line says so, the next figure opens, no
+    traceback, and no figure is left for pyplot's exit handler to fail on."""
+    paths = saved_pngs(tmp_path, 3)
+    windows = destroyed_windows(monkeypatch, destroyed={2})
+
+    assert figures.show_figures(paths, "1") == [paths[0], paths[2]]
+
+    assert len(windows) == 3  # the third opened after the second was destroyed
     printed = capsys.readouterr().out
-    assert "showing stopped: a figure window was destroyed from outside (TclError: can't invoke" in printed
+    assert ("the window of figure1.png was destroyed from outside (TclError: can't invoke \"update\" command: "
+            "application has been destroyed); going on with the next figure") in printed
+    assert "showing stopped" not in printed and "Traceback" not in printed
+    assert visualize.matplotlib.pyplot.get_fignums() == []
+
+
+def test_two_windows_in_a_row_that_cannot_be_shown_stop_the_showing(tmp_path, monkeypatch, capsys):
+    """The toolkit itself gone (every window fails): two tries, one line
+    each, then no more windows."""
+    paths = saved_pngs(tmp_path, 4)
+    windows = destroyed_windows(monkeypatch, destroyed={1, 2, 3, 4})
+
+    assert figures.show_figures(paths, "1") == []
+
+    assert len(windows) == 2
+    printed = capsys.readouterr().out
+    assert "showing stopped: no figure window can be shown (TclError" in printed
     assert "every figure is saved all the same" in printed and "Traceback" not in printed
     assert visualize.matplotlib.pyplot.get_fignums() == []
+
+
+def test_a_display_gone_before_a_window_opens_stops_the_showing_in_one_line(tmp_path, monkeypatch, capsys):
+    """Tk cannot even make the window (the display went away): no
+    traceback, the showing stops after two tries."""
+    import tkinter
+
+    def no_window(*args, **kwargs):
+        raise tkinter.TclError("couldn't connect to display \":0\"")
+
+    monkeypatch.setattr(figures, "should_show", lambda mode: (True, None))
+    monkeypatch.setattr("matplotlib.pyplot.figure", no_window)
+
+    assert figures.show_figures(saved_pngs(tmp_path, 3), "1") == []
+    assert "showing stopped: no figure window can be shown (TclError: couldn't connect" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
