@@ -484,6 +484,11 @@ def _text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _eager_text(path):
+    """A path given as a str, os.PathLike or an eager string tensor, as a str."""
+    return path.numpy().decode("utf-8") if hasattr(path, "numpy") else os.fspath(path)
+
+
 def _probe_in_graph(path, readers):
     """numpy_function body: path -> its decoder's name as bytes."""
     return probe_decoder(_text(path), readers).encode("utf-8")
@@ -525,8 +530,7 @@ def decode_file(path, decoder=None, readers=None):
 
     if decoder is None:
         if tf.executing_eagerly():
-            text = path.numpy().decode("utf-8") if hasattr(path, "numpy") else os.fspath(path)
-            decoder = probe_decoder(text, readers)
+            decoder = probe_decoder(_eager_text(path), readers)
         else:  # the header is read in Python, then the same branches
             probe = functools.partial(_probe_in_graph, readers=normalize_readers(readers))
             decoder = tf.numpy_function(
@@ -535,6 +539,13 @@ def decode_file(path, decoder=None, readers=None):
     if isinstance(decoder, str):
         if decoder == "native":
             return decode_native(tf.io.read_file(path))
+        if tf.executing_eagerly():
+            # The same Python body, called as it is: a tf.numpy_function,
+            # even an eager one, registers its function with TensorFlow's
+            # global graph for as long as the process lives, a few KB per
+            # file that a server answering for days never gets back.
+            image = _decode_in_python(_eager_text(path), decoder, normalize_readers(readers))
+            return tf.convert_to_tensor(image, tf.uint8)
         return decode_in_python(path, tf.constant(decoder), readers)
     return tf.cond(
         tf.equal(decoder, "native"),
@@ -556,3 +567,26 @@ def load_image(path, image_size, decoder=None, readers=None):
     image = decode_file(path, decoder, readers)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear")
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def load_images(paths, image_size, readers=None):
+    """Reads image files one by one, eagerly, by load_image: (positions in
+    `paths` of the files read, int; uint8 (read, size, size, 3)). A file
+    that cannot be read or decoded is left out, not fatal, as
+    data_loader.prediction_dataset leaves it out.
+
+    For a few files at a time, again and again (the web page's uploads):
+    no tf.data pipeline is built and no graph traced, each of which
+    TensorFlow keeps a little of until the process ends. A large set of
+    files reads faster through prediction_dataset (in parallel).
+    """
+    positions, images = [], []
+    for position, path in enumerate(paths):
+        try:
+            image = load_image(path, image_size, readers=readers).numpy()
+        except Exception:  # noqa: BLE001 - whatever a file or a custom reader raises, as the pipeline's ignore_errors
+            continue
+        positions.append(position)
+        images.append(image)
+    stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return np.asarray(positions, int), stacked
