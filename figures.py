@@ -241,13 +241,17 @@ class GalleryItem:
 
 
 def gallery_items(
-    paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None
+    paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None, images=None
 ):
     """GalleryItems for the chosen images, read the way training reads them
-    (uint8, original colours)."""
+    (uint8, original colours); `images` (by position in `paths`): already
+    read by image_io.load_images, not read again."""
     items = []
     for index in indices:
-        image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
+        if images is None:
+            image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
+        else:
+            image = images[index]
         predicted = int(np.argmax(probabilities[index]))
         items.append(
             GalleryItem(

@@ -566,6 +566,21 @@ def predict_files(model, paths, image_size, batch_size, readers=None, tta=None):
     return positions, probabilities, [paths[i] for i in unreadable]
 
 
+def predict_images(model, images, batch_size):
+    """Class probabilities (N, classes) float64 of uint8 images (N, H, W, 3)
+    already decoded (image_io.load_images), `batch_size` a call, by the one
+    prediction loop (predict_batches): no tf.data pipeline, and the
+    model's predict function traced once for any batch size, so a caller
+    that predicts a few images again and again (the web page) traces
+    nothing new per call."""
+    batches = (
+        (images[start:start + batch_size], np.arange(start, min(start + batch_size, len(images))))
+        for start in range(0, len(images), batch_size)
+    )
+    probabilities, _ = predict_batches(model, batches)
+    return probabilities
+
+
 def evaluate_images(trained, images, batch_size, readers=None, tta=None):
     """Predicts every readable image of a LabelledImages (averaged over
     test-time versions with a TestTimeAugmentation `tta`); returns an
