@@ -12,10 +12,12 @@ artifacts.TEST_RELIABILITY_FILE) and, for a Keras model, a Grad-CAM overlay;
 a table and predictions.csv with predict.py's columns; a model card, and a
 drop-down of every finished run to switch model without restarting.
 
-Uploads are checked as the audit checks a dataset's files (audit.check_file)
-and predicted by inference.predict_files, the decode path of training and
-of predict.py, so the page and predict.py give the same probabilities for a
-file. A file that cannot be used is one message on the page; the server
+Uploads are checked as the audit checks a dataset's files (audit.check_file),
+decoded by image_io.load_images (load_image, the decode function of
+training and of predict.py) and predicted by inference.predict_images, so
+the page and predict.py give the same probabilities for a file; no answer
+builds a tf.data pipeline or traces a graph, so the server's memory stays
+flat however many it gives. A file that cannot be used is one message on the page; the server
 keeps serving, and nothing on disk changes: uploads and the page's files
 live in a private temporary folder, removed when the server stops. Private
 and offline by default: 127.0.0.1, no share link, no analytics, no font or
@@ -48,6 +50,7 @@ import console
 import errors
 import export
 import figures
+import image_io
 import inference
 import safe_text
 import theme
@@ -320,7 +323,8 @@ def check_uploads(paths, names, max_bytes=None, readers=None):
 
 def answer_files(served, paths, top_k, names=None, readers=None, max_bytes=None, max_cards=MAX_CARDS):
     """Answers for image files: each checked (check_uploads), the readable
-    ones predicted by inference.predict_files (the one decode path), the
+    ones decoded by image_io.load_images (the one decode function) and
+    predicted by inference.predict_images, the
     first `max_cards` with the image as the model sees it and Grad-CAM.
     `names` (default: the file names) name them in the answers and rows.
     Returns Answers; raises UserError when no file is given or none can be
@@ -330,9 +334,12 @@ def answer_files(served, paths, top_k, names=None, readers=None, max_bytes=None,
     names = list(names or [os.path.basename(path) for path in paths])
     trained = served.trained
     usable, refused = check_uploads(paths, names, max_bytes, readers)
-    positions, probabilities, _ = inference.predict_files(
-        trained.model, [paths[i] for i in usable], trained.image_size, BATCH_SIZE, readers
-    )
+    # Decoded eagerly by the training pipeline's decode function, not
+    # through inference.predict_files: a tf.data pipeline built per answer
+    # traces the decode anew and TensorFlow keeps ~20 KB of each trace, a
+    # server that never stops growing (docs/performance.md).
+    positions, images = image_io.load_images([paths[i] for i in usable], trained.image_size, readers)
+    probabilities = inference.predict_images(trained.model, images, BATCH_SIZE)
     kept = [usable[int(position)] for position in positions]
     # Checked files the decoder still could not read (the audit and the
     # decoder agree on every file known; this is the net under them).
@@ -347,7 +354,7 @@ def answer_files(served, paths, top_k, names=None, readers=None, max_bytes=None,
     )
     tops = inference.top_classes(probabilities, trained.class_names, min(top_k, len(trained.class_names)))
     carded = [paths[i] for i in kept[:max_cards]]
-    views, overlays, flat = card_images(served, carded, probabilities[:max_cards], readers)
+    views, overlays, flat = card_images(served, carded, probabilities[:max_cards], images=images[:max_cards])
     answers = [
         Answer(
             name=names[i],
@@ -363,15 +370,17 @@ def answer_files(served, paths, top_k, names=None, readers=None, max_bytes=None,
     return Answers(answers, rows, probabilities, refused)
 
 
-def card_images(served, paths, probabilities, readers=None):
+def card_images(served, paths, probabilities, readers=None, images=None):
     """(the images as the model sees them, Grad-CAM overlays, whether each
     map is flat) of the files `paths` predicted with `probabilities`: read
-    by image_io.load_image (figures.gallery_items), Grad-CAM by
-    figures.gradcam_of, the function predict.py --gradcam 1 draws with,
-    overlaid as its figure overlays it. No overlays for an export."""
+    by image_io.load_image (figures.gallery_items) unless `images` holds
+    them already decoded, Grad-CAM by figures.gradcam_of, the function
+    predict.py --gradcam 1 draws with, overlaid as its figure overlays it.
+    No overlays for an export."""
     trained = served.trained
     items = figures.gallery_items(
-        paths, None, probabilities, trained.class_names, trained.image_size, range(len(paths)), readers=readers
+        paths, None, probabilities, trained.class_names, trained.image_size, range(len(paths)),
+        readers=readers, images=images,
     )
     views = [enlarged(item.image) for item in items]
     if not served.gradcam or not items:
@@ -679,7 +688,7 @@ def private_folder():
 
 def warm_up(served, folder):
     """Answers one blank image once, so that TensorFlow's first-call work
-    (tracing the input pipeline, the first gradient) is done before the
+    (tracing the model's predict function, the first gradient) is done before the
     address is printed, not while the first user waits (about 5 s on 2
     cores)."""
     from PIL import Image

@@ -23,6 +23,7 @@ from PIL import Image
 import app
 import artifacts
 import calibration
+import data_loader
 import errors
 import figures
 import image_io
@@ -245,6 +246,25 @@ def test_each_bad_upload_is_one_message_and_good_ones_still_answer(untrained, sa
     assert [item.path for item in result.refused] == [os.path.basename(path) for path in bad]
     assert "Skipped 4: notes.jpg: not an image: text file" in app.status_line(untrained, result)
     assert tree(saved_model["root"]) == before  # nothing on disk changed
+
+
+def test_answers_build_no_pipeline_and_trace_nothing_new_per_request(untrained, tmp_path, monkeypatch):
+    # TensorFlow keeps part of every tf.data pipeline and graph traced until
+    # the process ends: one per answer made the server grow by ~4 MB per
+    # 100 requests (docs/performance.md, "The web page under many requests").
+    paths = write_odd_formats(tmp_path / "odd")  # native and Pillow decodes
+    model = untrained.trained.model
+    app.answer_files(untrained, paths[:1], top_k=2)  # the first answer may trace the model once
+    traced = model.predict_function.experimental_get_tracing_count()
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("an answer built a tf.data pipeline")
+
+    monkeypatch.setattr(data_loader, "prediction_dataset", no_pipeline)
+    for count in (1, 4, 2, 3):
+        result = app.answer_files(untrained, paths[:count], top_k=2)
+        assert [answer.name for answer in result.answers] == [os.path.basename(path) for path in paths[:count]]
+    assert model.predict_function.experimental_get_tracing_count() == traced
 
 
 @pytest.mark.slow
