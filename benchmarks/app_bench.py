@@ -95,7 +95,12 @@ def main(argv=None):
     model_ms = median_ms(lambda: trained.model.predict_on_batch(pixels), args.repeats)
     parts = {
         "check (audit.check_file)": lambda: app.check_uploads([image], [os.path.basename(image)]),
-        "read + predict (inference.predict_files)": lambda: inference.predict_files(
+        # The page's way: eager decode, no tf.data pipeline per request.
+        "read + predict (eager: load_images)": lambda: (
+            inference.predict_images(
+                trained.model, image_io.load_images([image], trained.image_size)[1], app.BATCH_SIZE)),
+        # The way before: a tf.data pipeline built per request.
+        "read + predict (tf.data: predict_files)": lambda: inference.predict_files(
             trained.model, [image], trained.image_size, app.BATCH_SIZE),
         "card image + Grad-CAM (app.card_images)": lambda: app.card_images(
             served, [image], [[1.0] * len(trained.class_names)]),
