@@ -16,8 +16,8 @@ Uploads are checked as the audit checks a dataset's files (audit.check_file),
 decoded by image_io.load_images (load_image, the decode function of
 training and of predict.py) and predicted by inference.predict_images, so
 the page and predict.py give the same probabilities for a file; no answer
-builds a tf.data pipeline or traces a graph, so the server's memory stays
-flat however many it gives. A file that cannot be used is one message on the page; the server
+builds a tf.data pipeline or traces a graph, each of which TensorFlow
+keeps a little of until the process ends. A file that cannot be used is one message on the page; the server
 keeps serving, and nothing on disk changes: uploads and the page's files
 live in a private temporary folder, removed when the server stops. Private
 and offline by default: 127.0.0.1, no share link, no analytics, no font or
