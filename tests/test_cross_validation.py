@@ -1,19 +1,18 @@
 """k-fold cross-validation: the folds and groups (splits.py), the
-confident-learning rule, the bad inputs, and one --folds 2 run end to end."""
+confident-learning rule and the bad inputs (one --folds 2 run end to end:
+test_resume_stages.py)."""
 
 import collections
-import csv
 import json
 import os
 
 import numpy as np
 import pytest
-from conftest import QUICK, make_flat_dataset, one_line_error
+from conftest import make_flat_dataset, one_line_error
 
 import config
 import cross_validation
 import dataset_files
-import evaluate
 import main
 import runs
 import splits
@@ -212,74 +211,9 @@ def test_folds_with_tf_config_workers_are_refused_before_any_wait(tmp_path, monk
 
 
 # ---------------------------------------------------------------- end to end
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def assert_summary_page(results, runs, printed):
-    """The summary's report.html: announced where the summary is, in the
-    run report's theme, with the summary's numbers, every fold's run and
-    every figure drawn beside it, each link resolving."""
-    import re
-
-    import report
-
-    page = results / report.REPORT_FILE
-    assert f"report: {page} (summary.md" in printed
-    text = page.read_text(encoding="utf-8")
-    assert report.STYLE in text and "<h2>Over the folds</h2>" in text and all(run in text for run in runs)
-    accuracy = next(row for row in read_csv(results / "summary.csv") if row["metric"] == "accuracy")
-    assert f"{float(accuracy['mean']):.4f} ± " in text
-    figures = re.findall(r'<img src="([^"]+)"', text)
-    assert sorted(figures) == sorted(name for name in os.listdir(results) if name.endswith(".png"))
-    assert all((results / figure).is_file() for figure in figures)
-
-
-@pytest.mark.slow
-def test_two_folds_end_to_end_then_rescored_and_resume_refused(tmp_path, capsys):
-    root = make_flat_dataset(tmp_path / "data", per_class=14)
-    outputs = ["--artifacts_dir", str(tmp_path / "art"), "--results_dir", str(tmp_path / "res")]
-    assert main.main(["--image_dir", root, "--folds", "2", "--seed", "3", *QUICK, *outputs]) == 0
-    cv_id, = os.listdir(tmp_path / "art" / "cross_validation")
-    saved = tmp_path / "art" / "cross_validation" / cv_id
-    state = cross_validation.read_state(str(tmp_path / "art"), cv_id, unfinished=False)
-    runs = state["runs"]["mobilenet_v2"]
-    assert len(runs) == 2 and all(runs)
-    folds = read_csv(saved / "folds.csv")
-    # Each fold's own manifest: its validation split is its fold, its test split the common one.
-    for number, run in enumerate(runs, start=1):
-        manifest = {row["path"]: row["split"] for row in read_csv(tmp_path / "art" / "runs" / run / "split_manifest.csv")}
-        for row in folds:
-            expected = "test" if row["fold"] == "test" else ("val" if row["fold"] == str(number) else "train")
-            assert manifest[row["path"]] == expected
-    results = tmp_path / "res" / "cross_validation" / cv_id
-    oof = read_csv(results / "oof_predictions.csv")
-    assert sorted(row["path"] for row in oof) == sorted(row["path"] for row in folds if row["fold"] != "test")
-    published = os.path.basename(os.readlink(tmp_path / "art" / "latest"))
-    assert published in runs
-    for name in ("summary.csv", "summary.md", "per_fold.csv", "label_suspects.csv", "cross_validation.png",
-                 "label_suspects.png", "confusion_matrix.png"):
-        assert (results / name).is_file(), name
-    assert_summary_page(results, runs, capsys.readouterr().out)
-
-    assert evaluate.main(["--cross_validation", *outputs, "--show", "0"]) == 0
-    again, = [name for name in os.listdir(tmp_path / "res" / "cross_validation") if name != cv_id]
-    assert_summary_page(tmp_path / "res" / "cross_validation" / again, runs, capsys.readouterr().out)
-    first, second = (read_csv(tmp_path / "res" / "cross_validation" / name / "per_fold.csv") for name in (cv_id, again))
-    assert [row["run"] for row in first] == [row["run"] for row in second]
-    for one, other in zip(first, second):
-        assert float(one["accuracy"]) == pytest.approx(float(other["accuracy"]), abs=1e-6)
-
-    # An unfinished cross-validation resumed with other options is refused, as --resume refuses.
-    state["status"] = "running"
-    import artifacts
-
-    artifacts.write_json(str(saved / cross_validation.STATE_FILE), state)
-    assert main.main(["--resume", cv_id, "--epochs", "3", *outputs]) == 2
-    assert "this run used epochs=1" in one_line_error(capsys)
+# One --folds 2 run end to end, rescored, and its resume with other options
+# refused: test_resume_stages.py, whose run killed at each boundary is the
+# same --folds 2 run (one training for both).
 
 
 def test_resuming_trains_only_the_unfinished_folds_and_continues_the_interrupted_one(tmp_path):

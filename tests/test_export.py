@@ -91,17 +91,34 @@ def test_every_export_takes_raw_uint8_images_like_the_keras_model(trained):
 # ---------------------------------------------------------------- running exports
 
 
+@pytest.fixture(scope="module")
+def keras_evaluated(trained, tmp_path_factory):
+    """evaluate.py's metrics of the Keras model on the test split: the same
+    for every export, so computed once for the module, not once per format."""
+    results = tmp_path_factory.mktemp("keras_evaluated")
+    assert evaluate.main(["--image_dir", trained["data"], *options(trained, results)]) == 0
+    return read_json(only_file(results, "metrics", "metrics.json"))
+
+
+@pytest.fixture(scope="module")
+def keras_predicted(trained, tmp_path_factory):
+    """predict.py's rows of the Keras model on the beta images: the same
+    for every export, so computed once for the module, not once per format."""
+    results = tmp_path_factory.mktemp("keras_predicted")
+    assert predict.main(["--images", os.path.join(trained["data"], "beta"), *options(trained, results)]) == 0
+    return read_csv(only_file(results, "predictions", "predictions.csv"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPORTED))
-def test_evaluate_runs_an_export_with_the_keras_models_metrics(trained, name, tmp_path):
-    keras_results, export_results = tmp_path / "keras", tmp_path / "export"
+def test_evaluate_runs_an_export_with_the_keras_models_metrics(trained, keras_evaluated, name, tmp_path):
+    export_results = tmp_path / "export"
     model = str(trained["artifacts"] / EXPORTED[name])
 
-    assert evaluate.main(["--image_dir", trained["data"], *options(trained, keras_results)]) == 0
     assert evaluate.main(["--image_dir", trained["data"], "--model", model, *options(trained, export_results)]) == 0
 
     ours = read_json(only_file(export_results, "metrics", "metrics.json"))
-    keras_metrics = read_json(only_file(keras_results, "metrics", "metrics.json"))
+    keras_metrics = keras_evaluated
     assert ours["model"] == model and ours["evaluated"] == "test split"
     assert ours["accuracy"] == keras_metrics["accuracy"]
     assert ours["confusion_matrix"] == keras_metrics["confusion_matrix"]
@@ -111,15 +128,14 @@ def test_evaluate_runs_an_export_with_the_keras_models_metrics(trained, name, tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPORTED))
-def test_predict_with_an_export_gives_the_keras_models_classes(trained, name, tmp_path):
+def test_predict_with_an_export_gives_the_keras_models_classes(trained, keras_predicted, name, tmp_path):
     images = os.path.join(trained["data"], "beta")
-    keras_results, export_results = tmp_path / "keras", tmp_path / "export"
+    export_results = tmp_path / "export"
     model = str(trained["artifacts"] / EXPORTED[name])
 
-    assert predict.main(["--images", images, *options(trained, keras_results)]) == 0
     assert predict.main(["--images", images, "--model", model, *options(trained, export_results)]) == 0
 
-    keras_rows = read_csv(only_file(keras_results, "predictions", "predictions.csv"))
+    keras_rows = keras_predicted
     export_rows = read_csv(only_file(export_results, "predictions", "predictions.csv"))
     assert len(export_rows) == len(keras_rows) == 1 + 12
     for ours, theirs in zip(export_rows[1:], keras_rows[1:]):

@@ -11,11 +11,15 @@ are the same (the boundaries between stages that only write figures,
 metrics or the report) are resumed once, in-process (`one_per_kept_state`),
 and --export is checked at one boundary (the run's options only matter to
 the stages after training, `with_export`). Trained once per mode, so the
-sweep stays cheap.
+sweep stays cheap: the --folds 2 run is also the one checked end to end
+(its summary, rescoring, a resume with other options refused).
 """
 
 import contextlib
+import csv
 import os
+import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -201,15 +205,87 @@ def test_a_run_killed_at_any_stage_after_training_is_finished_by_resume(workdir,
     assert read_json(exported / "model_artifacts" / "runs" / stamp / "export_report.json")["passed"]
 
 
+def read_rows(path):
+    """A CSV file's rows as dicts."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_summary_page(results, runs, printed):
+    """The cross-validation summary's report.html: announced where the
+    summary is, in the run report's theme, with the summary's numbers,
+    every fold's run and every figure drawn beside it, each link resolving."""
+    import report
+
+    page = results / report.REPORT_FILE
+    assert f"report: {page} (summary.md" in printed
+    text = page.read_text(encoding="utf-8")
+    assert report.STYLE in text and "<h2>Over the folds</h2>" in text and all(run in text for run in runs)
+    accuracy = next(row for row in read_rows(results / "summary.csv") if row["metric"] == "accuracy")
+    assert f"{float(accuracy['mean']):.4f} ± " in text
+    figures = re.findall(r'<img src="([^"]+)"', text)
+    assert sorted(figures) == sorted(name for name in os.listdir(results) if name.endswith(".png"))
+    assert all((results / figure).is_file() for figure in figures)
+
+
+def assert_two_folds_end_to_end(artifacts_dir, results_dir, printed):
+    """A finished --folds 2 run: each fold's own manifest, the out-of-fold
+    predictions, a fold's run published, the summary's files and page.
+    Returns (cross-validation id, its state, its fold runs)."""
+    (cv_id,) = os.listdir(artifacts_dir / cross_validation.FOLDER)
+    state = cross_validation.read_state(str(artifacts_dir), cv_id, unfinished=False)
+    runs = state["runs"]["mobilenet_v2"]
+    assert len(runs) == 2 and all(runs)
+    folds = read_rows(artifacts_dir / cross_validation.FOLDER / cv_id / "folds.csv")
+    # Each fold's own manifest: its validation split is its fold, its test split the common one.
+    for number, run in enumerate(runs, start=1):
+        manifest = {row["path"]: row["split"] for row in read_rows(artifacts_dir / "runs" / run / "split_manifest.csv")}
+        for row in folds:
+            expected = "test" if row["fold"] == "test" else ("val" if row["fold"] == str(number) else "train")
+            assert manifest[row["path"]] == expected
+    results = results_dir / cross_validation.FOLDER / cv_id
+    oof = read_rows(results / "oof_predictions.csv")
+    assert sorted(row["path"] for row in oof) == sorted(row["path"] for row in folds if row["fold"] != "test")
+    assert artifacts.published_run(str(artifacts_dir)) in runs
+    for name in ("summary.csv", "summary.md", "per_fold.csv", "label_suspects.csv", "cross_validation.png",
+                 "label_suspects.png", "confusion_matrix.png"):
+        assert (results / name).is_file(), name
+    assert_summary_page(results, runs, printed)
+    return cv_id, state, runs
+
+
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_folds_killed_after_a_fold_trained_are_finished_by_resume(workdir, tmp_path, monkeypatch, capsys):
-    """--folds 2: the last fold's run killed at each boundary after its
-    training, and in the cross-validation's own closing stages: --resume
-    finishes the fold run and the cross-validation, and publishes."""
-    data = make_flat_dataset(tmp_path / "data", classes=("a", "b"), per_class=8)
+def test_folds_end_to_end_rescored_and_killed_after_a_fold_trained_are_finished_by_resume(
+        workdir, tmp_path, monkeypatch, capsys):
+    """--folds 2 end to end (one training for both halves): its summary,
+    rescored by evaluate.py --cross_validation, and --resume with other
+    options refused. Then the last fold's run killed at each boundary after
+    its training, and in the cross-validation's own closing stages:
+    --resume finishes the fold run and the cross-validation, and publishes."""
+    import evaluate
+
+    data = make_flat_dataset(tmp_path / "data", per_class=14)
     with copies_at_each_boundary(monkeypatch, workdir, tmp_path / "folds") as boundaries:
-        assert main_script.main(["--image_dir", data, *QUICK_RUN, "--folds", "2", "--calibrate", "0"]) == 0
+        assert main_script.main(["--image_dir", data, "--folds", "2", "--seed", "3", *QUICK_RUN, "--calibrate", "0"]) == 0
+
+    # End to end, in the outputs the run left (relative: as it printed them).
+    artifacts_dir, results_dir = pathlib.Path("model_artifacts"), pathlib.Path("results")
+    cv_id, state, runs = assert_two_folds_end_to_end(artifacts_dir, results_dir, capsys.readouterr().out)
+    assert evaluate.main(["--cross_validation", "--show", "0"]) == 0
+    again, = [name for name in os.listdir(results_dir / cross_validation.FOLDER) if name != cv_id]
+    assert_summary_page(results_dir / cross_validation.FOLDER / again, runs, capsys.readouterr().out)
+    first, second = (read_rows(results_dir / cross_validation.FOLDER / name / "per_fold.csv") for name in (cv_id, again))
+    assert [row["run"] for row in first] == [row["run"] for row in second]
+    for one, other in zip(first, second):
+        assert float(one["accuracy"]) == pytest.approx(float(other["accuracy"]), abs=1e-6)
+    # An unfinished cross-validation resumed with other options is refused, as --resume refuses.
+    state["status"] = "running"
+    artifacts.write_json(str(artifacts_dir / cross_validation.FOLDER / cv_id / cross_validation.STATE_FILE), state)
+    assert main_script.main(["--resume", cv_id, "--epochs", "3"]) == 2
+    assert "this run used epochs=1" in one_line_error(capsys)
+
+    # Killed at each boundary: the copies taken while it ran.
     names = [name for name, _ in boundaries]
     assert "Publishing the model" in names and names[-1] == "Writing the cross-validation summary"
     # The last fold's boundaries after its training, and the cross-validation's closing ones.
