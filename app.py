@@ -531,7 +531,10 @@ def prune(folder, keep, in_use=()):
     """Removes all but the newest `keep` entries (folders and files)
     directly under the private `folder`, newest by modification time,
     never one that holds a path of `in_use` (the request's uploads and
-    CSV). Returns how many it removed."""
+    CSV). Returns how many it removed. Raises ValueError for a folder that
+    is not one private_folder made: nothing else is ever pruned."""
+    if not is_private_folder(folder):
+        raise ValueError(f"prune only empties the server's own private folder, not {folder}")
     in_use = {os.path.relpath(path, folder).split(os.sep)[0] for path in in_use}
     found = []
     with os.scandir(folder) as listing:
@@ -674,12 +677,24 @@ def check_port(host, port):
             ) from None
 
 
+PRIVATE_PREFIX = "image-classifier-app-"
+
+
+def is_private_folder(folder):
+    """Whether `folder` is one private_folder made: a folder of the system's
+    temporary folder named PRIVATE_PREFIX..., not a link. The only folder
+    this server ever deletes files in."""
+    real = os.path.realpath(folder)
+    return (os.path.basename(real).startswith(PRIVATE_PREFIX) and not os.path.islink(folder)
+            and os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()))
+
+
 @contextlib.contextmanager
 def private_folder():
     """A temporary folder only this server writes into (Gradio's uploads
     and cache, the CSVs), removed when it stops: serving leaves nothing on
     disk."""
-    folder = tempfile.mkdtemp(prefix="image-classifier-app-")
+    folder = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
     try:
         yield folder
     finally:

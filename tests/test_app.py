@@ -8,6 +8,7 @@ on disk) and one real browser (Chromium through Playwright)."""
 import dataclasses
 import io
 import os
+import pathlib
 import re
 import shutil
 import socket
@@ -326,9 +327,18 @@ def test_the_model_card_and_status_show_hostile_names_as_text(untrained, saved_m
     assert "[x](" not in status and "<b>" not in status and r"\[x\](javascript:alert(1)) \| &lt;b&gt;.png" in status
 
 
-def test_prune_keeps_the_newest_folders_and_the_requests_own(tmp_path):
+@pytest.fixture
+def private(monkeypatch):
+    """A private folder as the server makes it."""
+    with app.private_folder() as folder:
+        yield pathlib.Path(folder)
+    assert not os.path.exists(folder)
+
+
+def test_prune_keeps_the_newest_folders_and_the_requests_own(private):
     # The private folder gains entries with every request (uploads, the
     # CSV, Gradio's copy of it, an empty file): prune keeps the newest `keep`.
+    tmp_path = private
     for number in range(10):
         (tmp_path / f"f{number}").mkdir()
         (tmp_path / f"f{number}" / "upload.png").write_bytes(b"x")
@@ -341,6 +351,18 @@ def test_prune_keeps_the_newest_folders_and_the_requests_own(tmp_path):
 
     assert sorted(os.listdir(tmp_path)) == ["f1", "f7", "f8", "f9"]
     assert app.prune(str(tmp_path), keep=4, in_use=in_use) == 0
+
+
+def test_prune_deletes_nothing_outside_the_servers_own_private_folder(tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "img.png").write_bytes(b"x")
+    link = tmp_path / "image-classifier-app-link"
+    link.symlink_to(dataset)
+    for folder in (dataset, link):
+        with pytest.raises(ValueError, match="only empties the server's own private folder"):
+            app.prune(str(folder), keep=0)
+    assert os.listdir(dataset) == ["img.png"]
 
 
 # ---------------------------------------------------------------- refused at start
