@@ -176,8 +176,9 @@ def _table_pairs(hashes, limit, seed=0):
         order = np.argsort(center_keys)
         sorted_keys = center_keys[order]
         # Sorted needles: each binary search starts where the last ended.
-        window_order = np.argsort(hashes.ravel() & mask)
-        window_keys = (hashes.ravel() & mask)[window_order]
+        all_window_keys = hashes.ravel() & mask
+        window_order = np.argsort(all_window_keys)
+        window_keys = all_window_keys[window_order]
         starts = np.searchsorted(sorted_keys, window_keys, side="left")
         sizes = np.searchsorted(sorted_keys, window_keys, side="right") - starts
         sizes[sizes > BUCKET_LIMIT] = 0
@@ -218,7 +219,9 @@ def _neighbour_distances(count, first, second, distances, limit):
     return nearest[:, NEIGHBOURS - 1]
 
 
-def _components(count, first, second):
+def components(count, first, second):
+    """The connected components of `count` items joined by the pairs
+    (first[i], second[i]): each item's component, named by an item of it."""
     parent = np.arange(count)
 
     def root(item):
@@ -253,7 +256,7 @@ def near_duplicate_groups(hashes, max_distance=DEFAULT_DISTANCE):
     sorted index lists, each of two pictures or more, largest first."""
     hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, WINDOWS)
     first, second, _ = near_copy_pairs(hashes, max_distance)
-    labels = _components(len(hashes), first, second)
+    labels = components(len(hashes), first, second)
     groups = {}
     for item, label in enumerate(labels.tolist()):
         groups.setdefault(label, []).append(item)

@@ -502,27 +502,18 @@ def join_units(paths, *keyings):
     key} each: the user's groups, file contents, near-copy groups) share
     a unit, also through other files (a union of the groupings). A unit is
     named by its first path."""
-    parent = {path: path for path in paths}
-
-    def root(path):
-        while parent[path] != path:
-            parent[path] = parent[parent[path]]
-            path = parent[path]
-        return path
-
+    first, second = [], []
     for keys in keyings:
         first_of = {}
-        for path in paths:
-            if path not in keys:
-                continue
-            key = keys[path]
-            if key in first_of:
-                one, other = root(first_of[key]), root(path)
-                if one != other:
-                    parent[max(one, other)] = min(one, other)
-            else:
-                first_of[key] = path
-    return {path: root(path) for path in paths}
+        for number, path in enumerate(paths):
+            if path in keys:
+                first.append(first_of.setdefault(keys[path], number))
+                second.append(number)
+    labels = near_duplicates.components(len(paths), np.array(first, dtype=np.int64), np.array(second, dtype=np.int64))
+    named = {}
+    for number, label in enumerate(labels.tolist()):
+        named.setdefault(label, paths[number])
+    return {path: named[label] for path, label in zip(paths, labels.tolist())}
 
 
 # ---------------------------------------------------------------- groups and folds
