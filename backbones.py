@@ -4,12 +4,14 @@ smallest input, width multiplier, Grad-CAM layer, ImageNet file name, the
 activations its layers hold), the checks of --backbone, --image_size and
 --alpha against it, and the least memory a training batch takes.
 
-Imports only errors.py and no TensorFlow, so config.py can check options
-with it before anything heavy starts; model_builder.py builds from it.
+Imports only errors.py and memory.py and no TensorFlow, so config.py can
+check options with it before anything heavy starts (also whether a
+training batch fits in memory); model_builder.py builds from it.
 """
 
 import os
 
+import memory
 from errors import UserError
 
 # How each family wants its 0-255 RGB pixels (keras.applications'
@@ -314,3 +316,42 @@ def keras_cache_hint(backbone, alpha, image_size):
     size = image_size if image_size in (96, 128, 160, 192, 224) else 224
     name = BACKBONES[backbone]["weights_file"].format(alpha=float(alpha), size=size)
     return os.path.join(cache, name)
+
+
+def batch_memory_refusal(names, alpha, image_size, batch_size, from_scratch):
+    """None when a training batch of `batch_size` images of `image_size` px
+    fits in the memory this process can still take (memory.available) for
+    every backbone of `names` (training_memory_bytes, a lower bound), else
+    the one line refusing it: the numbers, and the largest --batch_size and
+    --image_size (a multiple of 32) that would fit. On a machine with an
+    NVIDIA GPU the batch lives in the GPU's memory, which TensorFlow reports
+    only once started: None there."""
+    room, where = memory.available()
+    if room is None or memory.has_nvidia_gpu():
+        return None
+    for name in names:
+        width = backbone_alpha(name, alpha)
+
+        def need(side, batch):
+            return training_memory_bytes(name, width, side, batch, from_scratch)
+
+        if need(image_size, batch_size) > room:
+            return _memory_refusal(name, need, image_size, batch_size, from_scratch, room, where)
+    return None
+
+
+def _memory_refusal(backbone, need, size, batch, from_scratch, room, where):
+    kept = "the layer outputs kept to train from scratch" if from_scratch else (
+        "the largest layer's input and output in the frozen backbone")
+    fitting_batch = next((number for number in range(batch - 1, 0, -1) if need(size, number) <= room), None)
+    smallest = BACKBONES[backbone]["min_size"]
+    fitting_size = next((side for side in range(size - size % 32, smallest - 1, -32) if need(side, batch) <= room),
+                        None)
+    lower = [f"--batch_size to {fitting_batch}" if fitting_batch else None,
+             f"--image_size to {fitting_size}" if fitting_size else None]
+    advice = " or ".join(item for item in lower if item) or "both --batch_size and --image_size"
+    return (
+        f"a batch of {batch} images of {size}x{size} px through {backbone} needs at least "
+        f"{need(size, batch) / memory.GIB:.1f} GiB ({kept}), but this process has {room / memory.GIB:.1f} GiB "
+        f"{where}: lower {advice}. Received: image_size={size}, batch_size={batch}"
+    )

@@ -37,7 +37,6 @@ import sys
 
 import artifacts
 import backbones
-import memory
 import near_duplicates
 import option_types
 from errors import UserError
@@ -656,46 +655,19 @@ def check_balance(options):
 
 def check_training_memory(options):
     """A batch of --batch_size images of --image_size px must fit in the
-    memory this process can still take (memory.available) for every
-    backbone of --backbone, by backbones.training_memory_bytes (a lower
-    bound), so a run too big for the machine stops in one line before a run
-    folder exists instead of in an out-of-memory traceback or a kill.
-    A resumed run was checked when it started (its options are its own).
-    On a machine with an NVIDIA GPU the batch lives in the GPU's memory,
-    which TensorFlow reports only once started: no check here."""
-    room, where = memory.available()
-    if room is None or options.resume or memory.has_nvidia_gpu():
+    memory this process can still take, for every backbone of --backbone
+    (backbones.batch_memory_refusal), so a run too big for the machine
+    stops in one line before a run folder exists instead of in an
+    out-of-memory traceback or a kill. A resumed run was checked when it
+    started (its options are its own)."""
+    if options.resume:
         return
-    from_scratch = options.weights == "none"
-    for name in backbones.backbone_names(options.backbone):
-        alpha = backbones.backbone_alpha(name, options.alpha)
-
-        def need(image_size, batch_size):
-            return backbones.training_memory_bytes(name, alpha, image_size, batch_size, from_scratch)
-
-        if need(options.image_size, options.batch_size) > room:
-            raise UserError(memory_refusal(options, name, need, room, where))
-
-
-def memory_refusal(options, backbone, need, room, where):
-    """The one line refusing a batch too big for the memory (`need(image_size,
-    batch_size)` in bytes, `room` available): the numbers, and the largest
-    --batch_size and --image_size (a multiple of 32) that would fit."""
-    size, batch = options.image_size, options.batch_size
-    kept = "the layer outputs kept to train from scratch" if options.weights == "none" else (
-        "the largest layer's input and output in the frozen backbone")
-    fitting_batch = next((number for number in range(batch - 1, 0, -1) if need(size, number) <= room), None)
-    smallest = backbones.BACKBONES[backbone]["min_size"]
-    fitting_size = next((side for side in range(size - size % 32, smallest - 1, -32) if need(side, batch) <= room),
-                        None)
-    lower = [f"--batch_size to {fitting_batch}" if fitting_batch else None,
-             f"--image_size to {fitting_size}" if fitting_size else None]
-    advice = " or ".join(item for item in lower if item) or "both --batch_size and --image_size"
-    return (
-        f"a batch of {batch} images of {size}x{size} px through {backbone} needs at least "
-        f"{need(size, batch) / memory.GIB:.1f} GiB ({kept}), but this process has {room / memory.GIB:.1f} GiB "
-        f"{where}: lower {advice}. Received: image_size={size}, batch_size={batch}"
+    refusal = backbones.batch_memory_refusal(
+        backbones.backbone_names(options.backbone), options.alpha, options.image_size, options.batch_size,
+        from_scratch=options.weights == "none",
     )
+    if refusal:
+        raise UserError(refusal)
 
 
 # Checks of several options together: (the scripts, the check).
