@@ -315,11 +315,7 @@ def unseen_evaluation(evaluation, seen):
     be told."""
     if not seen:
         return None
-    unseen = evaluation.without(seen, "images the run never trained or validated on")
-    left_out = len(evaluation.paths) - len(unseen.paths)
-    if not left_out or not len(unseen.paths):
-        return None
-    return left_out, unseen, unseen.metrics()
+    return evaluation.scored_without(seen, "images the run never trained or validated on")
 
 
 def seen_entry(seen, image_dir):

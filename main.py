@@ -368,11 +368,10 @@ def clean_test(run):
     if not leaked:
         return None
     paths = {os.path.join(run.index.root, path) for path in leaked}
-    clean = run.evaluation.without(paths, "test split without near-copies of training images")
-    if not len(clean.paths):
+    clean = run.evaluation.scored_without(paths, "test split without near-copies of training images")
+    if clean is None:
         print("    every test image has a near-copy in training: there is no clean test score")
-        return None
-    return len(leaked), clean, clean.metrics()
+    return clean
 
 
 def export_stage(run):

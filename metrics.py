@@ -45,6 +45,16 @@ class Evaluation:
             description=description,
         )
 
+    def scored_without(self, paths, description):
+        """(how many of its images `paths` leaves out, the evaluation
+        without them, its metrics()), or None when it leaves out none, or
+        all."""
+        rest = self.without(paths, description)
+        left_out = len(self.paths) - len(rest.paths)
+        if not left_out or not len(rest.paths):
+            return None
+        return left_out, rest, rest.metrics()
+
     @property
     def predicted(self):
         """The predicted labels, by the task's rule (the most probable class)."""
