@@ -705,24 +705,30 @@ def summary_lines(index, max_skipped=20, where="the audit"):
 
 def _split_lines(index, max_classes=30):
     counts = index.counts()
-    totals = {split: sum(classes.values()) for split, classes in counts.items()}
+    kind = "labels (several per image)" if index.task.multi_label else "classes"
     lines = [
-        f"{index.layout} layout, {len(index.class_names)} classes, "
-        + ", ".join(f"{split} {total}" for split, total in totals.items())
+        f"{index.layout} layout, {len(index.class_names)} {kind}, "
+        + ", ".join(f"{split} {total}" for split, total in index.sizes().items())
         + " images"
     ]
     if len(index.class_names) > max_classes:
         return lines
     shown = {name: image_io.display_path(name) for name in index.class_names}
-    width = max(len("class"), *(len(name) for name in shown.values()))
+    heading = "label" if index.task.multi_label else "class"
+    width = max(len(heading), *(len(name) for name in shown.values()))
     skipped = index.audit["per_class"]
-    lines.append(f"  {'class':<{width}}  train    val   test  skipped")
+    lines.append(f"  {heading:<{width}}  train    val   test  skipped")
     for name in index.class_names:
         lines.append(
             f"  {shown[name]:<{width}}  "
             + " ".join(f"{counts[split][name]:>6}" for split in counts)
             + f" {skipped[name]['skipped']:>8}"
         )
+    if index.task.multi_label:
+        negatives = {split: sum(1 for sample in index.samples if sample.split == split and not sample.labels)
+                     for split in counts}
+        lines.append(f"  {'(none)':<{width}}  " + " ".join(f"{negatives[split]:>6}" for split in counts)
+                     + "          images with no label")
     ratio = index.audit["imbalance_ratio"]
     if ratio and ratio > 1.5:
         lines.append(

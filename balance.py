@@ -41,7 +41,7 @@ class Balance:
         """data_loader.make_dataset's settings for the training split (none
         when nothing is on, so several workers' pipelines stay as they are)."""
         settings = {"oversample": self.oversample, "one_hot": self.one_hot, "mix": self.mix}
-        return settings if self.oversample or self.one_hot else {}
+        return settings if self.oversample or self.one_hot or any(self.mix) else {}
 
     @property
     def oversample(self):
@@ -137,6 +137,8 @@ def for_run(balance, class_weights_option, labels, class_names, batch_size, labe
     images as the training split). Raises UserError for what several
     workers cannot do yet: their training step (train_utils.step_functions)
     takes integer labels and resamples nothing."""
+    if np.ndim(labels) == 2:
+        return for_multi_label(balance, class_weights_option, labels, class_names, label_smoothing, mix, workers)
     chosen = resolve(balance, class_weights_option, labels, class_names)
     if workers > 1:
         given = [f"--{name} {value:g}" for name, value in
@@ -150,3 +152,35 @@ def for_run(balance, class_weights_option, labels, class_names, batch_size, labe
     loss, one_hot = train_utils.training_loss(len(class_names), chosen.alpha, label_smoothing, any(mix))
     steps = data_loader.epoch_steps(len(labels), batch_size) if chosen.oversample else None
     return dataclasses.replace(chosen, loss=loss, one_hot=one_hot, mix=mix, steps_per_epoch=steps)
+
+
+def for_multi_label(balance, class_weights_option, labels, class_names, label_smoothing=0.0, mix=(0.0, 0.0),
+                    workers=1):
+    """The Balance of a multi-label run (multi-hot `labels`): each label is
+    its own yes/no question under binary cross-entropy, so there is no
+    class to weigh or oversample; --balance focal (binary focal
+    cross-entropy, gamma 2) turns the loss towards the images a label is
+    hard on, which helps rare labels; auto and none train with plain
+    binary cross-entropy. Raises UserError for weights and oversample, and
+    for several workers (their training step takes one class per image)."""
+    mode = requested_mode(balance, class_weights_option)
+    if workers > 1:
+        raise UserError(f"a multi-label run cannot train on several workers yet: train on one machine. "
+                        f"Received: workers={workers}")
+    if mode in ("weights", "oversample"):
+        raise UserError(
+            f"--balance {mode} is for one class per image; in a multi-label run every label is its own yes/no "
+            "question: use --balance focal (binary focal cross-entropy) for rare labels, or auto. "
+            f"Received: balance={mode}"
+        )
+    present = np.asarray(labels).mean(axis=0) if len(labels) else np.zeros(len(class_names))
+    rarest = int(np.argmin(present))
+    share = f"rarest label {class_names[rarest]} in {present[rarest]:.0%} of the training images"
+    mix = tuple(mix)
+    if mode == "focal":
+        loss, _ = train_utils.training_loss(len(class_names), (), label_smoothing, any(mix), multi_label=True)
+        return Balance("focal", f"balance: binary focal loss (gamma 2) for every label ({share}; --balance focal)",
+                       loss=loss, mix=mix)
+    loss, _ = train_utils.training_loss(len(class_names), None, label_smoothing, any(mix), multi_label=True)
+    return Balance("none", f"balance: none, binary cross-entropy per label ({share}; --balance focal "
+                   f"for rare labels; --balance {mode})", loss=loss, mix=mix)

@@ -169,6 +169,31 @@ class Config:
         helps={script: "CSV with the columns filename,label (file names relative to IMAGE_DIR) for a folder "
                "the model never saw; on the training folder its saved split is used" for script in USING_A_MODEL},
     )
+    path_column: str | None = option(
+        None, "The labels CSV's column of file names, when it is not filename (or file, path, image), "
+        "e.g. 'Image Index'", FOLDERS, "data and outputs", check=option_types.non_empty, metavar="NAME",
+        shown_default="filename",
+    )
+    label_column: str | None = option(
+        None, "The labels CSV's column of labels, when it is not label (or labels, class), e.g. "
+        "'Finding Labels'; without one, columns of 1/0 (one per label, CheXpert style) are the labels",
+        FOLDERS, "data and outputs", check=option_types.non_empty, metavar="NAME", shown_default="label",
+    )
+    label_delimiter: str = option(
+        ";", "What separates several labels in one label cell of a labels CSV ('|' for NIH ChestX-ray14, "
+        "' ' for Planet's tags, '\\t' for a tab): a cell with several makes the run multi-label",
+        FOLDERS, "data and outputs", check=option_types.one_character_or_more, metavar="TEXT",
+    )
+    multi_label: int | None = option(
+        None, "1: several labels per image (sigmoid outputs, a threshold per label) even when every row holds "
+        "one; 0: one class per image, refusing a labels CSV with several", ("main", "inspect"),
+        "data and outputs", parse=lambda name: int, choices=(0, 1), shown_default="from the labels CSV",
+    )
+    no_label: str | None = option(
+        None, "The label value that means none of the labels (an all-negative image), e.g. 'No Finding'; "
+        "an empty label cell means the same in a multi-label CSV", FOLDERS, "data and outputs",
+        check=option_types.non_empty, metavar="LABEL", shown_default="an empty cell",
+    )
     classes: tuple | None = option(
         None, "Comma-separated class names: only these classes, in this order (class index 0, 1, ...)",
         FOLDERS, "data and outputs", parse=option_types.name_list, shown_default="every class, sorted",
@@ -399,6 +424,12 @@ class Config:
         "test", "On the folder the model was trained on: which split of its split_manifest.csv to use. "
         "Any other folder: all its images", USING_A_MODEL, "evaluation",
         choices=("train", "val", "test", "all"),
+    )
+    threshold: float | None = option(
+        None, "Multi-label: one probability threshold for every label (0 to 1) instead of each label's own, "
+        "chosen on the validation split to maximize its F1 and saved beside the model",
+        ("main", "evaluate", "predict", "app"), "evaluation", parse=option_types.number,
+        check=option_types.between(0, 1), shown_default="per label, from validation",
     )
     tta: int = option(
         1, "Test-time augmentation: average the probabilities of each image and N-1 flipped/shifted "

@@ -17,6 +17,8 @@ import dataclasses
 import math
 import os
 
+import numpy as np
+
 import augment
 import image_io
 from errors import UserError
@@ -133,8 +135,8 @@ def make_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     if training and any(mix):
-        if not one_hot:
-            raise ValueError("mixing needs one-hot labels (one_hot=number of classes)")
+        if not one_hot and np.ndim(labels) != 2:
+            raise ValueError("mixing needs one-hot or multi-hot labels (one_hot=number of classes)")
         layers = augment.mix_layers(*mix, seed=seed)
         # Each batch mixed from a seed of its own, drawn as augmentation's
         # are: no state shared between batches, so the mixing runs in
@@ -163,7 +165,8 @@ def decoded_images(paths, labels, decoders, image_size, training, seed, readers,
     dataset = tf.data.Dataset.from_tensor_slices(
         (
             tf.constant(paths, tf.string),
-            tf.constant(labels, tf.int32),
+            # integer classes, or a multi-label image's multi-hot floats
+            tf.constant(labels, tf.float32 if np.ndim(labels) == 2 else tf.int32),
             tf.constant(decoders or [], tf.string),
         )
     )

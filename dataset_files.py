@@ -87,6 +87,9 @@ class Candidate:
     label: str
     split: str | None
     group: str = ""  # a labels CSV's group column (images that must share a split)
+    # Multi-label: the image's labels (a tuple of names, maybe empty); None
+    # for one class per image. `label` is then the set as the CSV wrote it.
+    labels: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -102,6 +105,8 @@ class Scan:
     notes: list = dataclasses.field(default_factory=list)
     fixed_splits: bool = False
     problems: list = dataclasses.field(default_factory=list)  # WalkProblem
+    multi_label: bool = False  # a labels CSV with several labels per image (candidates' `labels`)
+    grouped_by_column: bool = False  # --group_by named a column of the labels CSV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,7 +441,7 @@ def scan_folder(root, extensions=IMAGE_EXTENSIONS):
     return scan
 
 
-def scan_dataset(root, labels_csv=None, readers=None):
+def scan_dataset(root, labels_csv=None, readers=None, reading=None):
     """The labelled candidate files of a dataset, before any is opened: from
     `labels_csv` when given, else from the folder layout (pre-split or
     flat), custom readers' extensions included. The one way of listing
@@ -444,7 +449,7 @@ def scan_dataset(root, labels_csv=None, readers=None):
     Scan; raises UserError for a CSV that cannot be used or a folder that
     cannot be read."""
     if labels_csv:
-        return scan_csv(root, labels_csv)
+        return scan_csv(root, labels_csv, reading or LabelReading())
     extensions = tuple(set(IMAGE_EXTENSIONS) | set(image_io.normalize_readers(readers)))
     try:
         return scan_folder(root, extensions)
@@ -461,14 +466,52 @@ def scan_dataset(root, labels_csv=None, readers=None):
 
 CSV_COLUMNS = {
     "filename": ("filename", "file", "path", "image"),
-    "label": ("label", "class"),
+    "label": ("label", "labels", "class"),
     "split": ("split",),
     "group": ("group",),
 }
 
+# The values of a one-column-per-label CSV (CheXpert style): 1 present;
+# 0, an empty cell and -1 ("uncertain") absent, as CheXpert's "U-Zeros"
+# policy reads them (a label a radiologist was unsure of is not trained as
+# present).
+WIDE_VALUES = {"1": True, "1.0": True, "0": False, "0.0": False, "": False, "-1": False, "-1.0": False}
 
-def _csv_columns(header, csv_path):
-    """{column: index} from the CSV header. Raises UserError."""
+
+@dataclasses.dataclass(frozen=True)
+class LabelReading:
+    """How a labels CSV's labels are read (the options of the same names):
+    which columns, what separates several labels in a cell, whether the
+    task is multi-label (None: decided from the labels) and which label
+    value means "none of them". `group_column`: a column whose value is
+    each image's group (--group_by naming a column)."""
+
+    path_column: str | None = None
+    label_column: str | None = None
+    delimiter: str = ";"
+    multi_label: int | None = None
+    no_label: str | None = None
+    group_column: str | None = None
+
+    @property
+    def separator(self):
+        """The delimiter, with a typed backslash-t read as a tab."""
+        return "\t" if self.delimiter == "\\t" else self.delimiter
+
+
+def _named_column(names, header, wanted, option, csv_path):
+    if wanted.strip().lower() not in names:
+        raise UserError(
+            f"labels_csv has no column '{wanted}' (--{option}); its columns are "
+            f"{', '.join(header)}. Received: {option}={wanted} in {csv_path}"
+        )
+    return names.index(wanted.strip().lower())
+
+
+def _csv_columns(header, csv_path, reading=LabelReading()):
+    """{column: index} from the CSV header, and the columns of a
+    one-column-per-label CSV ({label name: index}, empty otherwise).
+    Raises UserError."""
     names = [name.strip().lower() for name in header]
     columns = {}
     for column, aliases in CSV_COLUMNS.items():
@@ -476,12 +519,32 @@ def _csv_columns(header, csv_path):
             if alias in names:
                 columns[column] = names.index(alias)
                 break
-    if "filename" not in columns or "label" not in columns:
+    for column, wanted, option in (("filename", reading.path_column, "path_column"),
+                                   ("label", reading.label_column, "label_column")):
+        if wanted:
+            columns[column] = _named_column(names, header, wanted, option, csv_path)
+    if reading.group_column and reading.group_column.strip().lower() in names:
+        # --group_by names a column (NIH's "Patient ID"), not a pattern of paths
+        columns["group"] = names.index(reading.group_column.strip().lower())
+    if "filename" not in columns:
         raise UserError(
-            "labels_csv needs a header row with the columns filename,label (and "
-            f"optionally split). Received: header={','.join(header)} in {csv_path}"
+            "labels_csv needs a header row with the columns filename,label (and optionally split), "
+            "or --path_column naming its column of file names. "
+            f"Received: header={','.join(header)} in {csv_path}"
         )
     return columns
+
+
+def _wide_columns(rows, columns):
+    """{label: index} of the columns that hold only 1/0/-1/empty (one
+    column per label), when the CSV has no label column."""
+    taken = set(columns.values())
+    wide = {}
+    for position, name in enumerate(rows[0]):
+        values = {row[position].strip() if position < len(row) else "" for row in rows[1:]}
+        if position not in taken and name.strip() and values <= set(WIDE_VALUES) and values & {"1", "1.0"}:
+            wide[name.strip()] = position
+    return wide
 
 
 def _csv_cell(row, columns, name):
@@ -525,33 +588,98 @@ def _read_csv_rows(csv_path):
 def _normalize_labels(rows):
     """When every label is an integer, spells each the same way (01 and 1
     are one class); `_ordered_classes` then sorts them by value."""
-    labels = [row[2] for row in rows if row[2]]
+    labels = [label for row in rows for label in row[2]]
     if labels and all(re.fullmatch(r"[+-]?\d+", label) for label in labels):
         for row in rows:
-            row[2] = str(int(row[2])) if row[2] else row[2]
+            row[2] = tuple(str(int(label)) for label in row[2])
 
 
-def scan_csv(root, csv_path):
-    """Reads `--labels_csv` (filename,label[,split], file names relative to
-    `root`). Rows pointing outside `root` (absolute paths, `..`, links out)
-    are rejected, missing files skipped, each with its reason; duplicate
-    rows are warned about. Returns a Scan. Raises UserError for a CSV that
-    cannot be read or has no filename/label columns."""
-    rows = _read_csv_rows(csv_path)
-    columns = _csv_columns(rows[0], csv_path)
-    real_root = os.path.realpath(root)
-    scan = Scan(layout="csv")
+def _cell_labels(cell, reading):
+    """The labels of one label cell: split by the delimiter, blanks and the
+    --no_label value dropped, each once, in the order given."""
+    parts = [part.strip() for part in cell.split(reading.separator)] if cell.strip() else []
+    return tuple(dict.fromkeys(part for part in parts if part and part != reading.no_label))
+
+
+def _is_multi_label(parsed, reading, wide, csv_path):
+    """Whether the CSV makes a multi-label run: --multi_label when given
+    (0 refuses a row with several labels), else a one-column-per-label CSV,
+    a --no_label value, or any row with several labels."""
+    several = next(((number, labels) for number, _, labels, *_ in parsed if len(labels) > 1), None)
+    if reading.multi_label == 0:
+        if several or wide:
+            number, labels = several or (2, tuple(wide))
+            raise UserError(
+                f"--multi_label 0, but labels_csv row {number} holds several labels "
+                f"({reading.separator.join(labels)}): drop --multi_label 0 to train a multi-label model. "
+                f"Received: labels_csv={csv_path}"
+            )
+        return False
+    return bool(reading.multi_label or wide or reading.no_label or several)
+
+
+def _parsed_rows(rows, columns, wide, reading, csv_path):
+    """[row number, filename, labels (tuple), split, group] of every row
+    with any content."""
     parsed = []
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         filename, label, split, group = (_csv_cell(row, columns, name) for name in CSV_COLUMNS)
-        parsed.append([number, filename, label, _csv_split(split, number, csv_path), group])
+        if wide:
+            labels = tuple(name for name, position in wide.items()
+                           if WIDE_VALUES[row[position].strip() if position < len(row) else ""])
+        else:
+            labels = _cell_labels(label, reading)
+        parsed.append([number, filename, labels, _csv_split(split, number, csv_path), group])
+    return parsed
+
+
+def scan_csv(root, csv_path, reading=LabelReading()):
+    """Reads `--labels_csv` (filename,label[,split][,group], file names
+    relative to `root`; the columns may be named by `reading`, and a CSV
+    with one 1/0 column per label and no label column is multi-label).
+    Rows pointing outside `root` (absolute paths, `..`, links out) are
+    rejected, missing files skipped, each with its reason; duplicate rows
+    are warned about. Returns a Scan (`multi_label` set when the labels
+    make a multi-label task, its candidates' `labels` then the label sets).
+    Raises UserError for a CSV that cannot be read or has no usable
+    columns."""
+    rows = _read_csv_rows(csv_path)
+    columns = _csv_columns(rows[0], csv_path, reading)
+    wide = {} if "label" in columns else _wide_columns(rows, columns)
+    if "label" not in columns and not wide:
+        raise UserError(
+            "labels_csv needs a label column (label, labels or class; or --label_column NAME), or one "
+            f"column of 1/0 per label. Received: header={','.join(rows[0])} in {csv_path}"
+        )
+    parsed = _parsed_rows(rows, columns, wide, reading, csv_path)
     _normalize_labels(parsed)
+    multi_label = _is_multi_label(parsed, reading, wide, csv_path)
+    real_root = os.path.realpath(root)
+    scan = Scan(layout="csv", multi_label=multi_label, grouped_by_column=bool(
+        reading.group_column and reading.group_column.strip().lower() in [name.strip().lower() for name in rows[0]]))
+    if wide:
+        scan.notes.append(
+            f"labels_csv: one column per label ({len(wide)}: {', '.join(list(wide)[:6])}"
+            f"{', ...' if len(wide) > 6 else ''}); 1 is present, 0, empty and -1 (uncertain) are absent"
+        )
+    if multi_label and not wide:
+        if not any(len(labels) > 1 for _, _, labels, *_ in parsed):
+            scan.notes.append("labels_csv: every row holds one label, multi-label as --multi_label 1 asks")
+        else:
+            scan.notes.append(f"labels_csv: several labels per image (separated by '{reading.separator}'): "
+                              "a multi-label run")
+    elif not multi_label and reading.delimiter != ";":
+        scan.warnings.append(
+            f"--label_delimiter '{reading.separator}' splits no label cell: every image has one label, so this "
+            "is a single-label run (--multi_label 1 makes it multi-label)"
+        )
     seen = {}
     duplicates = []
-    for number, filename, label, split, group in parsed:
-        if not filename or not label:
+    for number, filename, labels, split, group in parsed:
+        label = reading.separator.join(sorted(labels)) if multi_label else (labels[0] if labels else "")
+        if not filename or not (label or multi_label):
             scan.skipped.append(
                 audit.SkippedFile(
                     filename or f"(row {number})",
@@ -561,7 +689,8 @@ def scan_csv(root, csv_path):
                 )
             )
             continue
-        scan.classes.setdefault(label, "labels_csv")
+        for name in labels if multi_label else (label,):
+            scan.classes.setdefault(name, "labels_csv")
         real = os.path.realpath(os.path.join(root, filename))
         if os.path.commonpath([real, real_root]) != real_root:
             scan.skipped.append(
@@ -592,12 +721,19 @@ def scan_csv(root, csv_path):
         if relative in seen:
             duplicates.append((number, relative, label))
             continue
-        seen[relative] = (number, label, split, group)
+        seen[relative] = (number, label, split, group, labels)
     _csv_duplicates(scan, seen, duplicates)
-    scan.fixed_splits = any(split for _, _, split, _ in seen.values())
-    for relative, (number, label, split, group) in seen.items():
+    scan.fixed_splits = any(split for _, _, split, _, _ in seen.values())
+    for relative, (number, label, split, group, labels) in seen.items():
         scan.candidates.append(
-            Candidate(relative, label, split or ("train" if scan.fixed_splits else None), group)
+            Candidate(relative, label, split or ("train" if scan.fixed_splits else None), group,
+                      labels=tuple(sorted(labels)) if multi_label else None)
+        )
+    if multi_label and scan.candidates and not any(candidate.labels for candidate in scan.candidates):
+        raise UserError(
+            f"labels_csv gives no label to any of its {len(scan.candidates)} image(s) (every label cell is empty"
+            + (f" or '{reading.no_label}'" if reading.no_label else "")
+            + f"): there is nothing to learn. Received: labels_csv={csv_path}"
         )
     return scan
 

@@ -273,7 +273,7 @@ def evaluate_trained(options, trained, readers):
             f"images ({evaluation.description})"
         )
         print(f"    {metrics.calibration_line(scores['calibration'])}")
-        metrics.print_most_confused(evaluation.most_confused(limit=5))
+        metrics.print_most_confused(evaluation, limit=5)
         print(f"    metrics: {metrics_path}")
         saved = save_test_reliability(trained, image_dir, evaluation, scores, options)
         if saved:

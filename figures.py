@@ -496,38 +496,45 @@ class Figure:
     source: str
     draw: object
     wanted: object = None
+    # Which kind of task it is drawn for: None both, True multi-label
+    # only, False one class per image only.
+    multi_label: bool | None = None
 
     def is_wanted(self, look):
         return self.wanted is None or bool(self.wanted(look))
 
+    def fits(self, task):
+        """Whether it is drawn for a run of `task` (tasks.Task)."""
+        return self.multi_label is None or self.multi_label == task.multi_label
+
 
 FIGURES = (
     Figure("Plotting the dataset distribution", "dataset_distribution", DATASET,
-           lambda index, folder, look: [render_distribution(index, folder)]),
+           lambda index, folder, look: [render_distribution(index, folder)], multi_label=False),
     Figure("Plotting example images per class", "class_grid", DATASET,
            lambda index, folder, look: [render_class_grid(index, look.image_size, look.grid_per_class, look.seed,
-                                                          folder)]),
+                                                          folder)], multi_label=False),
     Figure("Showing the near-copies kept together", "near_copies", DATASET,
            lambda index, folder, look: render_near_copies(index, folder)),
     Figure("Previewing the augmentation", "augmentation_preview", DATASET,
            lambda index, folder, look: [render_augmentation_preview(
                index, look.image_size, look.augmentation, look.seed, folder, mix=(look.mixup, look.cutmix))],
-           wanted=lambda look: look.augmentation is not None),
+           wanted=lambda look: look.augmentation is not None, multi_label=False),
     Figure("Plotting the training curves", "training_curves", HISTORY,
            lambda history, folder, look: [render_training_curves(history, folder)]),
     Figure("Plotting the confusion matrix", "confusion_matrix", EVALUATION,
-           lambda evaluation, folder, look: render_confusion(evaluation, folder)),
+           lambda evaluation, folder, look: render_confusion(evaluation, folder), multi_label=False),
     Figure("Plotting the classification report", "classification_report", EVALUATION,
-           lambda evaluation, folder, look: [render_report(evaluation, folder)]),
+           lambda evaluation, folder, look: [render_report(evaluation, folder)], multi_label=False),
     Figure("Plotting the ROC curves", "roc_auc", EVALUATION,
-           lambda evaluation, folder, look: [render_roc(evaluation, folder)]),
+           lambda evaluation, folder, look: [render_roc(evaluation, folder)], multi_label=False),
     Figure("Plotting the reliability diagram", "calibration", EVALUATION,
            lambda evaluation, folder, look: [render_reliability(evaluation, folder)]),
     Figure("Plotting the prediction gallery", "prediction_gallery", EVALUATION,
            lambda evaluation, folder, look: [render_gallery(
-               evaluation, look.rows, look.cols, look.gallery, look.seed, folder)[0]]),
+               evaluation, look.rows, look.cols, look.gallery, look.seed, folder)[0]], multi_label=False),
     Figure("Plotting the top losses", "top_losses", EVALUATION,
-           lambda evaluation, folder, look: [render_top_losses(evaluation, look.rows, look.cols, folder)]),
+           lambda evaluation, folder, look: [render_top_losses(evaluation, look.rows, look.cols, folder)], multi_label=False),
 )
 
 
@@ -548,7 +555,7 @@ def render_evaluation(evaluation, results_dir, stamp, look):
     RESULTS_DIR/<category>/<stamp>/; prints and returns their paths in
     order."""
     drawn = [
-        path for figure in figures_of(EVALUATION) if figure.is_wanted(look)
+        path for figure in figures_of(EVALUATION) if figure.is_wanted(look) and figure.fits(evaluation.task)
         for path in draw(figure, evaluation, results_dir, stamp, look)
     ]
     for path in drawn:

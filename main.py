@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 import artifacts
 import audit
 import augment
@@ -31,6 +33,7 @@ import errors
 import export
 import figures
 import inference
+import label_metrics
 import metrics
 import model_builder
 import option_types
@@ -163,7 +166,7 @@ def run_config(run):
         "layout": index.layout,
         "task": index.task.name,
         "class_names": list(index.class_names),
-        "split_sizes": {split: sum(counts[split].values()) for split in dataset_files.SPLITS},
+        "split_sizes": index.sizes(),
         "split_counts": counts,
         "val_split": options.val_split,
         "test_split": options.test_split,
@@ -284,11 +287,41 @@ def calibrate_stage(run):
     best = keras.models.load_model(run.model_path)
     validation = data_loader.whole_split(run.datasets["val"])  # a worker's share: read whole here
     logits, labels = inference.predict_batches(calibration.logits_model(best), validation)
+    if run.index.task.multi_label:
+        # One temperature shared by every label's sigmoid: sigmoid(z / T) is
+        # softmax([0, z] / T), so each (image, label) pair is fitted as a
+        # two-class prediction.
+        labels, logits = label_metrics.as_binary(labels, logits)
+        logits = logits[:, 1:] * np.array([[0.0, 1.0]])
     fitted = calibration.fit_on(logits, labels)
     artifacts.save_model(calibration.with_temperature(best, fitted["temperature"]), run.model_path)
     run.update_run_config(calibration=fitted)
     for line in calibration.fitted_lines(fitted):
         print(f"    {line}")
+
+
+def thresholds_stage(run):
+    """Multi-label: each label's threshold, chosen on the validation split
+    (the calibrated model's probabilities) to maximize its F1
+    (label_metrics.choose_thresholds), saved in run_config.json where
+    evaluate.py, predict.py and app.py read it; --threshold gives one for
+    every label instead."""
+    import keras
+
+    if not os.path.isfile(run.model_path):
+        return  # training diverged: publish_stage says so
+    names = run.index.class_names
+    if run.options.threshold is not None:
+        chosen = np.full(len(names), run.options.threshold)
+        print(f"    {run.options.threshold:g} for every label (--threshold)")
+    else:
+        validation = data_loader.whole_split(run.datasets["val"])
+        probabilities, labels = inference.predict_batches(keras.models.load_model(run.model_path), validation)
+        chosen = label_metrics.choose_thresholds(labels, probabilities)
+        print(f"    chosen on {len(labels)} validation images, each label's best F1: "
+              + ", ".join(f"{name} {value:.2f}" for name, value in zip(names, chosen)))
+    run.update_run_config(thresholds={name: float(value) for name, value in zip(names, chosen)},
+                          thresholds_from="--threshold" if run.options.threshold is not None else "validation F1")
 
 
 def publish_stage(run):
@@ -316,6 +349,7 @@ def evaluate_stage(run):
     best = keras.models.load_model(run.model_path)
     probabilities, true_labels = inference.predict_batches(best, run.datasets["test"])
     paths, _ = run.index.split("test")
+    saved = artifacts.read_run_config(run.folder)
     run.evaluation = metrics.Evaluation(
         paths=tuple(paths),
         true_labels=true_labels,
@@ -326,6 +360,8 @@ def evaluate_stage(run):
         readers=run.index.readers,
         temperature=calibration.model_temperature(best),
         task=run.index.task,
+        thresholds=label_metrics.thresholds_of(run.index.class_names, saved.get("thresholds"))
+        if run.index.task.multi_label else None,
     )
     run.scores = run.evaluation.metrics()
     run.clean_test = clean_test(run)
@@ -335,16 +371,11 @@ def evaluate_stage(run):
          **({"test_without_near_copies": {"left_out": run.clean_test[0], **run.clean_test[2]}}
             if run.clean_test else {})},
     )
-    print(
-        f"    test accuracy {run.scores['accuracy']:.4f} (balanced {run.scores['balanced_accuracy']:.4f}), "
-        f"loss {run.scores['loss']:.4f} "
-        f"on {run.scores['num_samples']} images"
-    )
+    print(f"    test {run.evaluation.headline(run.scores)}")
     print(f"    {metrics.calibration_line(run.scores['calibration'])}")
     if run.clean_test:
         count, clean, scores = run.clean_test
-        print(f"    without the {count} test images that have a near-copy in training: "
-              f"accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['num_samples']} images")
+        print(f"    without the {count} test images that have a near-copy in training: {clean.headline(scores)}")
     print(f"    metrics: {metrics_path}")
     # Beside the model, where app.py and predict.py find them: how often
     # the test images at each confidence were right.
@@ -357,7 +388,7 @@ def evaluate_stage(run):
     warning = metrics.baseline_warning(run.scores)
     if warning:
         print(f"    {warning}")
-    metrics.print_most_confused(run.evaluation.most_confused(limit=5))
+    metrics.print_most_confused(run.evaluation, limit=5)
 
 
 def clean_test(run):
@@ -477,7 +508,7 @@ def figure_stage(figure):
         }[figure.source]()
         add_figures(run, *figures.draw(figure, source, run.options.results_dir, run.stamp, figure_look(run.options)))
 
-    return Stage(figure.stage, draw, when=lambda options: figure.is_wanted(figure_look(options)))
+    return Stage(figure.stage, draw, when=lambda options: figure.is_wanted(figure_look(options)), fits=figure.fits)
 
 
 def figure_stages(source):
@@ -508,6 +539,14 @@ class Stage:
     # Whether the run asked for it (function(Options)); a stage that is not
     # asked for says nothing.
     when: object = None
+    # Whether it applies to the run's kind of task (function(tasks.Task),
+    # asked once the dataset is indexed; None: every kind).
+    fits: object = None
+
+    def wanted(self, run):
+        if self.when is not None and not self.when(run.options):
+            return False
+        return self.fits is None or run.index is None or bool(self.fits(run.index.task))
 
 
 STAGES = [
@@ -522,6 +561,7 @@ STAGES = [
     # Before publishing: the published file is the calibrated one, and its
     # hash in run_config.json is that file's.
     Stage("Calibrating the confidences", calibrate_stage),
+    Stage("Choosing each label's threshold", thresholds_stage, fits=lambda task: task.multi_label),
     Stage("Publishing the model", publish_stage),
     *figure_stages(figures.HISTORY),
     Stage("Evaluating the best model on the test split", evaluate_stage),
@@ -539,8 +579,7 @@ def run_stages(run):
     (after its last epoch too) is continued by --resume."""
     try:
         for stage in STAGES:
-            wanted = stage.when is None or stage.when(run.options)
-            if wanted and (run.device.is_chief or stage.every_worker):
+            if stage.wanted(run) and (run.device.is_chief or stage.every_worker):
                 with console.stage(stage.name):
                     stage.run(run)
         # Only now, every stage done, is there nothing left to resume.

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 import calibration
+import label_metrics
 import tasks
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Evaluation:
     temperature: float | None = None  # the model's (None: it has no temperature layer)
     tta: int = 1  # versions averaged per image (1: no test-time augmentation)
     task: tasks.Task = tasks.SINGLE_LABEL  # the model's kind of task
+    # Multi-label: each label's threshold (label_metrics.thresholds_of);
+    # None: 0.5 for every label.
+    thresholds: np.ndarray | None = None
 
     def without(self, paths, description):
         """The same evaluation with the images of `paths` left out (those of
@@ -57,34 +61,69 @@ class Evaluation:
 
     @property
     def predicted(self):
-        """The predicted labels, by the task's rule (the most probable class)."""
-        return self.task.predicted(self.probabilities)
+        """The predicted labels, by the task's rule: the most probable class
+        (N,), or for a multi-label model each label at or above its
+        threshold (N, labels) booleans."""
+        return self.task.predicted(self.probabilities, self.label_thresholds)
+
+    @property
+    def label_thresholds(self):
+        """Multi-label: the threshold of each label (0.5 when none was
+        given); None for one class per image."""
+        if not self.task.multi_label:
+            return None
+        return np.full(len(self.class_names), 0.5) if self.thresholds is None else np.asarray(self.thresholds)
 
     def metrics(self):
-        """evaluation_metrics, the calibration summary and the number of
-        test-time versions: what metrics.json holds."""
-        return {
-            **evaluation_metrics(self.true_labels, self.probabilities, self.class_names),
-            "baselines": baselines(self.true_labels, self.class_names),
-            "calibration": self.calibration(),
-            "tta": self.tta,
-        }
+        """evaluation_metrics (label_metrics' for a multi-label model), the
+        baselines, the calibration summary and the number of test-time
+        versions: what metrics.json holds."""
+        if self.task.multi_label:
+            scores = label_metrics.evaluation_metrics(
+                self.true_labels, self.probabilities, self.class_names, self.label_thresholds)
+            base = label_metrics.baselines(self.true_labels, self.class_names)
+        else:
+            scores = evaluation_metrics(self.true_labels, self.probabilities, self.class_names)
+            base = baselines(self.true_labels, self.class_names)
+        return {**scores, "baselines": base, "calibration": self.calibration(), "tta": self.tta}
+
+    def _binary(self):
+        """(labels, probabilities) for calibration.py: a multi-label
+        model's (image, label) pairs as yes/no predictions
+        (label_metrics.as_binary), else as they are."""
+        if self.task.multi_label:
+            return label_metrics.as_binary(self.true_labels, self.probabilities)
+        return self.true_labels, self.probabilities
 
     def calibration(self):
-        summary = calibration.calibration_summary(
-            self.true_labels, self.probabilities, self.temperature, averaged=self.tta > 1
-        )
+        summary = calibration.calibration_summary(*self._binary(), self.temperature, averaged=self.tta > 1)
         return {**summary, "nll": without_negative_zero(summary["nll"])}
 
     def reliability(self):
-        return calibration.reliability_bins(self.true_labels, self.probabilities)
+        return calibration.reliability_bins(*self._binary())
 
     def top_losses(self, count=None):
-        """Positions of the most confidently wrong images, worst first."""
+        """Positions of the most confidently wrong images, worst first (a
+        multi-label image by its summed binary cross-entropy)."""
+        if self.task.multi_label:
+            losses = label_metrics.image_losses(self.true_labels, self.probabilities)
+            wrong = np.flatnonzero((self.predicted != (np.asarray(self.true_labels) > 0.5)).any(axis=1))
+            order = wrong[np.argsort(-losses[wrong], kind="stable")]
+            return order if count is None else order[:count]
         return calibration.top_losses(self.true_labels, self.probabilities, count)
 
     def most_confused(self, limit=10):
+        if self.task.multi_label:
+            return label_metrics.most_confused(
+                self.true_labels, self.probabilities, self.class_names, self.label_thresholds, limit)
         return calibration.most_confused(self.confusion_matrix(), self.class_names, limit)
+
+    def headline(self, scores):
+        """The one line that says how good it is, from its metrics()."""
+        if self.task.multi_label:
+            return label_metrics.headline(scores)
+        return (f"accuracy {scores['accuracy']:.4f} (balanced {scores['balanced_accuracy']:.4f}), "
+                f"loss {scores['loss']:.4f} on {scores['num_samples']} images")
 
     def report(self):
         return classification_metrics(self.true_labels, self.probabilities, self.class_names)
@@ -307,10 +346,17 @@ def calibration_line(summary):
     return line
 
 
-def print_most_confused(pairs):
-    """The most confused class pairs, as main.py and evaluate.py print them."""
-    print("    most confused (true -> predicted, images):")
-    for line in calibration.confused_lines(pairs):
+def print_most_confused(evaluation, limit=10):
+    """An Evaluation's most confused class pairs (a multi-label model's
+    most often missed or wrongly added labels), as main.py and evaluate.py
+    print them."""
+    if evaluation.task.multi_label:
+        print("    labels most often wrong (test images):")
+        lines = label_metrics.confused_lines(evaluation.most_confused(limit=limit))
+    else:
+        print("    most confused (true -> predicted, images):")
+        lines = calibration.confused_lines(evaluation.most_confused(limit=limit))
+    for line in lines:
         print(f"      {line}")
 
 
@@ -337,7 +383,10 @@ def baselines(true_labels, class_names):
 
 
 def baseline_line(scores):
-    """'accuracy 0.9665 · majority-class baseline 0.1004 (always "1") · chance 0.1000'."""
+    """'accuracy 0.9665 · majority-class baseline 0.1004 (always "1") · chance 0.1000'
+    (label_metrics' line for a multi-label model)."""
+    if scores.get("task") == "multi_label":
+        return label_metrics.baseline_line(scores)
     base = scores["baselines"]
     return (
         f"accuracy {scores['accuracy']:.4f} · majority-class baseline {base['majority_accuracy']:.4f} "
@@ -347,7 +396,10 @@ def baseline_line(scores):
 
 def baseline_warning(scores):
     """A warning that cannot be missed when the model does no better than
-    always answering the most common class, else None."""
+    always answering the most common class (label_metrics' for a
+    multi-label model), else None."""
+    if scores.get("task") == "multi_label":
+        return label_metrics.baseline_warning(scores)
     base = scores["baselines"]
     if scores["accuracy"] > base["majority_accuracy"]:
         return None

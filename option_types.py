@@ -196,6 +196,12 @@ def writable_folder(name, value):
         raise UserError(f"{name} must be a folder you can write to; {existing} is read-only. Received: {name}={value}")
 
 
+def one_character_or_more(name, value):
+    """Any text of at least one character (a space is a delimiter too)."""
+    if not value:
+        raise UserError(f"{name} must not be empty. Received: {name}={value!r}")
+
+
 def non_empty(name, value):
     if not value.strip():
         raise UserError(f"{name} must not be empty. Received: {name}={value!r}")

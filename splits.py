@@ -22,6 +22,7 @@ import audit
 import config
 import dataset_files
 import image_io
+import label_sets
 import near_duplicates
 import tasks
 from errors import UserError
@@ -40,6 +41,12 @@ class Sample:
     split: str
     decoder: str = "native"
     group: str = ""  # with --group_by (or a labels CSV's group column): its group
+    labels: tuple | None = None  # multi-label: its labels (maybe none); None: one class, `label`
+
+    @property
+    def names(self):
+        """Its labels: the one class, or a multi-label image's labels."""
+        return (self.label,) if self.labels is None else self.labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +78,16 @@ class DatasetIndex:
         return [sample for sample in self.samples if sample.split == name]
 
     def split(self, name):
-        """(absolute paths, integer labels) of one split, in manifest order."""
-        class_ids = {name: index for index, name in enumerate(self.class_names)}
+        """(absolute paths, labels) of one split, in manifest order: int32
+        class numbers, or multi-hot float32 (images, labels) for a
+        multi-label index (tasks.Task.encode)."""
         chosen = self._chosen(name)
         paths = [os.path.join(self.root, sample.path) for sample in chosen]
-        labels = np.array([class_ids[sample.label] for sample in chosen], dtype=np.int32)
-        return paths, labels
+        return paths, self.task.encode([sample.names for sample in chosen], self.class_names)
+
+    def sizes(self):
+        """{split: number of images}."""
+        return {split: len(self._chosen(split)) for split in dataset_files.SPLITS}
 
     def decoders(self, name):
         """The decoder of every file of `split(name)`, in the same order."""
@@ -86,7 +97,8 @@ class DatasetIndex:
         """{split: {class: number of images}}, every class in every split."""
         table = {split: {name: 0 for name in self.class_names} for split in dataset_files.SPLITS}
         for sample in self.samples:
-            table[sample.split][sample.label] += 1
+            for name in sample.names:  # a multi-label image counts for each of its labels
+                table[sample.split][name] += 1
         return table
 
 
@@ -343,6 +355,7 @@ def index_dataset(
     group_by=None,
     near_duplicates_mode="group",
     near_duplicate_distance=near_duplicates.DEFAULT_DISTANCE,
+    reading=dataset_files.LabelReading(),
 ):
     """Finds, audits and splits the images of `image_dir`.
 
@@ -369,11 +382,22 @@ def index_dataset(
     Returns a DatasetIndex. Raises UserError for a missing folder, fewer
     than 2 usable classes, a class missing from a split or too small to
     split, a bad CSV or --classes name.
+
+    `reading` (dataset_files.LabelReading) says how a labels CSV's labels
+    are read; one whose cells hold several labels (or one column per
+    label) makes a multi-label index (task tasks.MULTI_LABEL, each
+    Sample's `labels`), split by label_sets.split_label_sets.
     """
     root = _check_image_dir(image_dir, cache_dir)
     readers = image_io.normalize_readers(readers)
-    scan = dataset_files.scan_dataset(root, labels_csv, readers)
-    _apply_classes(scan, classes)
+    reading = dataclasses.replace(reading, group_column=group_by) if group_by and labels_csv else reading
+    scan = dataset_files.scan_dataset(root, labels_csv, readers, reading)
+    if scan.grouped_by_column:
+        group_by = None  # --group_by named a column of the CSV: its values are the groups
+    if scan.multi_label:
+        label_sets.keep_labels(scan, classes)
+    else:
+        _apply_classes(scan, classes)
     checks, stats = audit.audit_files(
         root, [c.path for c in scan.candidates], readers, cache_dir, workers, progress
     )
@@ -383,8 +407,12 @@ def index_dataset(
             check = checks[candidate.path]
             scan.skipped.append(audit.SkippedFile(check.path, check.reason, candidate.label))
     usable = [c for c in scan.candidates if checks[c.path].usable]
-    class_names = _choose_classes(scan, usable, classes, image_dir)
-    usable = [c for c in usable if c.label in class_names]
+    if scan.multi_label:
+        class_names = label_sets.choose_labels(scan, usable, classes, image_dir)
+        usable = label_sets.only_labels(usable, class_names, reading.separator)
+    else:
+        class_names = _choose_classes(scan, usable, classes, image_dir)
+        usable = [c for c in usable if c.label in class_names]
     user_groups = group_keys(usable, group_by)
     contents = {c.path: checks[c.path].sha256 for c in usable}
     perceptual = {c.path: checks[c.path].phash for c in usable}
@@ -396,15 +424,25 @@ def index_dataset(
         {path: number for number, group in enumerate(near_groups) for path in group}
         if near_duplicates_mode == "group" else {},
     )
-    table, notes = _split_table(usable, scan.fixed_splits, val_split, test_split, seed, units)
-    check_same_classes(table, class_names)
-    samples = tuple(
-        Sample(path=path, label=name, split=split, decoder=checks[path].decoder,
-               group=user_groups.get(path, "") if user_groups else "")
-        for split in dataset_files.SPLITS
-        for name in class_names
-        for path in table[split][name]
-    )
+    if scan.multi_label:
+        placed, notes = label_sets.split_label_sets(usable, scan.fixed_splits, val_split, test_split, seed, units)
+        scan.warnings.extend(label_sets.check_label_splits(usable, placed, class_names))
+        samples = tuple(
+            Sample(path=c.path, label=c.label, split=placed[c.path], decoder=checks[c.path].decoder,
+                   group=user_groups.get(c.path, "") if user_groups else "", labels=c.labels)
+            for split in dataset_files.SPLITS
+            for c in sorted(usable, key=lambda c: c.path) if placed[c.path] == split
+        )
+    else:
+        table, notes = _split_table(usable, scan.fixed_splits, val_split, test_split, seed, units)
+        check_same_classes(table, class_names)
+        samples = tuple(
+            Sample(path=path, label=name, split=split, decoder=checks[path].decoder,
+                   group=user_groups.get(path, "") if user_groups else "")
+            for split in dataset_files.SPLITS
+            for name in class_names
+            for path in table[split][name]
+        )
     duplicates = audit.duplicate_groups(samples, checks)
     scan.warnings.extend(
         audit.duplicate_warnings(duplicates, auto_split=not scan.fixed_splits or bool(notes))
@@ -428,10 +466,10 @@ def index_dataset(
         perceptual=perceptual,
         near_groups=tuple(tuple(group) for group in near_groups),
         units=units,
-        # The kind of task is decided here, from the labels read: every image
-        # has one class today (a labels CSV with several per image will
-        # make a multi-label index, tasks.py).
-        task=tasks.SINGLE_LABEL,
+        # The kind of task is decided here, from the labels read (a labels
+        # CSV with several labels per image, or one column per label, makes
+        # a multi-label index: dataset_files.scan_csv).
+        task=tasks.MULTI_LABEL if scan.multi_label else tasks.SINGLE_LABEL,
     )
     index = dataclasses.replace(index, warnings=index.warnings + tuple(audit.test_leak_lines(index)))
     report = audit.audit_report(
@@ -458,6 +496,11 @@ class Source:
     # (the distance first: the field `near_duplicates` hides the module below it)
     near_duplicate_distance: int = near_duplicates.DEFAULT_DISTANCE
     near_duplicates: str = "group"
+    path_column: str | None = None
+    label_column: str | None = None
+    label_delimiter: str = ";"
+    multi_label: int | None = None
+    no_label: str | None = None
     artifacts_dir: str = "model_artifacts"  # the audit's cache goes beside it, never inside the dataset
 
 
@@ -477,6 +520,9 @@ def index_source(source, progress=None):
         group_by=source.group_by,
         near_duplicates_mode=source.near_duplicates,
         near_duplicate_distance=source.near_duplicate_distance,
+        reading=dataset_files.LabelReading(
+            source.path_column, source.label_column, source.label_delimiter, source.multi_label, source.no_label
+        ),
     )
 
 
@@ -549,7 +595,9 @@ def group_keys(candidates, group_by):
             f"--group_by does not match {where} (e.g. {image_io.display_path(unmatched[0])} has no group); "
             f"every file's path relative to image_dir needs one. Received: group_by={group_by}"
         )
-    check_groups(candidates, keys)
+    if not any(candidate.labels is not None for candidate in candidates):
+        # (a multi-label image's rare labels are warned about after the split instead)
+        check_groups(candidates, keys)
     return keys
 
 
@@ -558,7 +606,8 @@ def check_groups(candidates, keys):
     could not be in every split."""
     per_class = collections.defaultdict(set)
     for candidate in candidates:
-        per_class[candidate.label].add(keys[candidate.path])
+        for name in (candidate.label,) if candidate.labels is None else candidate.labels:
+            per_class[name].add(keys[candidate.path])
     for name, groups in sorted(per_class.items()):
         if len(groups) < 2:
             raise UserError(
@@ -576,7 +625,8 @@ def group_lines(index, fold_of=None):
     where = collections.defaultdict(set)
     for sample in index.samples:
         place = sample.split if fold_of is None or sample.split == "test" else f"fold {fold_of[sample.path] + 1}"
-        where[(sample.label, place)].add(sample.group)
+        for name in sample.names:
+            where[(name, place)].add(sample.group)
     order = {"train": 0, "val": 1, "test": 3}
     places = sorted({place for _, place in where}, key=lambda place: (order.get(place, 2), place))
     return [

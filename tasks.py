@@ -37,17 +37,43 @@ class Task:
     name: str
     description: str
     activation: str
+    multi_label: bool = False  # several labels per image: multi-hot labels, one sigmoid each
 
-    def predicted(self, probabilities):
+    def predicted(self, probabilities, thresholds=None):
         """The predicted labels of (N, classes) probabilities: for one class
-        per image, the most probable class of each image."""
-        return np.asarray(probabilities).argmax(axis=-1)
+        per image, the most probable class of each image (N,); for several,
+        (N, classes) booleans, each probability at or above its label's
+        threshold (`thresholds`: one per label, or one for all; 0.5 when
+        None)."""
+        probabilities = np.asarray(probabilities)
+        if not self.multi_label:
+            return probabilities.argmax(axis=-1)
+        return probabilities >= (0.5 if thresholds is None else np.asarray(thresholds, dtype=probabilities.dtype))
+
+    def encode(self, label_sets, class_names):
+        """The training labels of images whose labels are `label_sets` (one
+        tuple of names per image): int32 class numbers (N,) for one class
+        per image, float32 multi-hot (N, classes) for several."""
+        number = {name: position for position, name in enumerate(class_names)}
+        if not self.multi_label:
+            return np.array([number[labels[0]] for labels in label_sets], dtype=np.int32)
+        encoded = np.zeros((len(label_sets), len(class_names)), dtype=np.float32)
+        for row, labels in enumerate(label_sets):
+            encoded[row, [number[name] for name in labels if name in number]] = 1.0
+        return encoded
 
 
 SINGLE_LABEL = Task("single_label", "one class per image", "softmax")
+MULTI_LABEL = Task("multi_label", "several labels per image", "sigmoid", multi_label=True)
 
 # Every kind this version knows, by its saved name.
-TASKS = {task.name: task for task in (SINGLE_LABEL,)}
+TASKS = {task.name: task for task in (SINGLE_LABEL, MULTI_LABEL)}
+
+
+def of_labels(labels):
+    """The Task whose encoded labels `labels` are: multi-hot (2-D) labels
+    are multi-label."""
+    return MULTI_LABEL if np.ndim(labels) == 2 else SINGLE_LABEL
 
 
 def saved_task(run_config, where="run_config.json"):

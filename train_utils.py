@@ -63,15 +63,22 @@ class TrainPlan:
         return self.pretrained and self.fine_tune_epochs > 0
 
 
-def training_loss(num_classes, alpha=None, label_smoothing=0.0, mixing=False):
+def training_loss(num_classes, alpha=None, label_smoothing=0.0, mixing=False, multi_label=False):
     """(loss, one_hot) for model.compile: Keras' sparse categorical
     crossentropy on integer labels when nothing needs more; otherwise
     one-hot labels (one_hot = num_classes) and CategoricalCrossentropy with
     `label_smoothing`, or with `alpha` (per-class weights, --balance focal)
     CategoricalFocalCrossentropy (gamma 2). Mixed labels (--mixup,
-    --cutmix) are one-hot too."""
+    --cutmix) are one-hot too. `multi_label`: the labels are multi-hot
+    already (one_hot 0) and the loss is Keras' binary cross-entropy, each
+    label its own sigmoid (BinaryFocalCrossentropy, gamma 2, with `alpha`
+    given: --balance focal)."""
     import keras
 
+    if multi_label:
+        if alpha is not None:
+            return keras.losses.BinaryFocalCrossentropy(gamma=2.0, label_smoothing=label_smoothing), 0
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), 0
     if alpha is not None:
         return keras.losses.CategoricalFocalCrossentropy(
             alpha=[float(value) for value in alpha], gamma=2.0, label_smoothing=label_smoothing
@@ -90,10 +97,22 @@ def compile_model(model, learning_rate, jit_compile, loss="sparse_categorical_cr
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
             loss=loss,
-            metrics=["accuracy"],
+            metrics=[accuracy_metric(loss)],
             jit_compile=jit_compile,
         )
         build_training_state(model, one_hot=not isinstance(loss, str))
+
+
+def accuracy_metric(loss):
+    """The "accuracy" a run logs: with a binary loss (multi-label), Keras'
+    BinaryAccuracy (the share of right yes/no answers over every image and
+    label; Keras would pick categorical accuracy for multi-hot labels),
+    else the accuracy Keras picks from the labels."""
+    import keras
+
+    if isinstance(loss, (keras.losses.BinaryCrossentropy, keras.losses.BinaryFocalCrossentropy)):
+        return keras.metrics.BinaryAccuracy(name="accuracy")
+    return "accuracy"
 
 
 def build_training_state(model, one_hot=False):
@@ -157,8 +176,16 @@ def discard_staged_checkpoint(path):
 
 def majority_share(labels):
     """The accuracy of always answering the most common of `labels` (None
-    when there are none): what a model must beat to have learned anything."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    when there are none): what a model must beat to have learned anything.
+    Multi-hot labels: the binary accuracy of answering each label's more
+    common value (absent, as a rule)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if not len(labels):
+            return None
+        present = labels.mean(axis=0)
+        return float(np.mean(np.maximum(present, 1 - present)))
+    counts = np.bincount(labels.astype(np.int64))
     return float(counts.max() / counts.sum()) if counts.size else None
 
 

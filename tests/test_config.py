@@ -135,6 +135,11 @@ REFUSED = {
     "folds": ("1", "folds must be at least 2"),
     "group_by": ("(P", "group_by is not a regular expression"),
     "near_duplicate_distance": ("40", "near_duplicate_distance must be between 0 and 32"),
+    "threshold": ("1.5", "threshold must be between 0 and 1"),
+    "path_column": (" ", "path_column must not be empty"),
+    "label_column": (" ", "label_column must not be empty"),
+    "no_label": (" ", "no_label must not be empty"),
+    "label_delimiter": ("", "label_delimiter must not be empty"),
 }
 
 
