@@ -333,7 +333,9 @@ def fitted_lines(fitted):
     """What a run prints about its fitted temperature (fit_on's dict)."""
     temperature = fitted["temperature"]
     lines = [
-        f"temperature {temperature:.3f} fitted on {fitted['images']} validation images: "
+        f"temperature {temperature:.3f} fitted on {fitted['images']} validation images"
+        + (f" ({fitted['pairs']} image-label pairs, one T shared by every label)" if fitted.get("pairs") else "")
+        + ": "
         f"NLL {fitted['val_nll_before']:.3f} -> {fitted['val_nll_after']:.3f}, "
         f"ECE {fitted['val_ece_before']:.1%} -> {fitted['val_ece_after']:.1%}"
     ]

@@ -635,6 +635,18 @@ def _parsed_rows(rows, columns, wide, reading, csv_path):
     return parsed
 
 
+def _delimiter_hint(parsed):
+    """A warning when a single-label CSV's labels look like several joined
+    by '|' or ',' (NIH's "Cardiomegaly|Effusion"): [line] or []."""
+    labels = [labels[0] for _, _, labels, *_ in parsed if labels]
+    for delimiter in ("|", ","):
+        joined = [label for label in labels if delimiter in label]
+        if labels and len(joined) >= max(2, len(labels) // 20):
+            return [f"{len(joined)} label(s) hold '{delimiter}' (e.g. {joined[0]}): if they are several labels per "
+                    f"image, give --label_delimiter '{delimiter}' for a multi-label run"]
+    return []
+
+
 def scan_csv(root, csv_path, reading=LabelReading()):
     """Reads `--labels_csv` (filename,label[,split][,group], file names
     relative to `root`; the columns may be named by `reading`, and a CSV
@@ -654,6 +666,12 @@ def scan_csv(root, csv_path, reading=LabelReading()):
             f"column of 1/0 per label. Received: header={','.join(rows[0])} in {csv_path}"
         )
     parsed = _parsed_rows(rows, columns, wide, reading, csv_path)
+    if parsed and not any(labels for _, _, labels, *_ in parsed):
+        raise UserError(
+            f"labels_csv gives no label to any of its {len(parsed)} row(s) (every label cell is empty"
+            + (f" or '{reading.no_label}'" if reading.no_label else "")
+            + f"): there is nothing to learn. Received: labels_csv={csv_path}"
+        )
     _normalize_labels(parsed)
     multi_label = _is_multi_label(parsed, reading, wide, csv_path)
     real_root = os.path.realpath(root)
@@ -675,6 +693,8 @@ def scan_csv(root, csv_path, reading=LabelReading()):
             f"--label_delimiter '{reading.separator}' splits no label cell: every image has one label, so this "
             "is a single-label run (--multi_label 1 makes it multi-label)"
         )
+    elif not multi_label:
+        scan.warnings.extend(_delimiter_hint(parsed))
     seen = {}
     duplicates = []
     for number, filename, labels, split, group in parsed:

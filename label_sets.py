@@ -127,10 +127,12 @@ def _split_units(candidates, shares, seed, units):
         grouped.setdefault(units.get(candidate.path, candidate.path), []).append(candidate)
     names = sorted({name for candidate in candidates for name in candidate.labels})
     column = {name: position for position, name in enumerate(names)}
-    counts = np.zeros((len(grouped), len(names)))
+    # The last column counts the images with no label: stratified like a
+    # label, so every split gets its share of all-negative images too.
+    counts = np.zeros((len(grouped), len(names) + 1))
     for row, members in enumerate(grouped.values()):
         for candidate in members:
-            counts[row, [column[name] for name in candidate.labels]] += 1
+            counts[row, [column[name] for name in candidate.labels] or [len(names)]] += 1
     sizes = [len(members) for members in grouped.values()]
     splits = list(shares)
     chosen = iterative_stratification(counts, sizes, [shares[split] for split in splits], np.random.default_rng(seed))

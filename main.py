@@ -291,9 +291,12 @@ def calibrate_stage(run):
         # One temperature shared by every label's sigmoid: sigmoid(z / T) is
         # softmax([0, z] / T), so each (image, label) pair is fitted as a
         # two-class prediction.
+        images = len(labels)
         labels, logits = label_metrics.as_binary(labels, logits)
-        logits = logits[:, 1:] * np.array([[0.0, 1.0]])
-    fitted = calibration.fit_on(logits, labels)
+        fitted = {**calibration.fit_on(logits[:, 1:] * np.array([[0.0, 1.0]]), labels),
+                  "images": images, "pairs": int(len(labels))}
+    else:
+        fitted = calibration.fit_on(logits, labels)
     artifacts.save_model(calibration.with_temperature(best, fitted["temperature"]), run.model_path)
     run.update_run_config(calibration=fitted)
     for line in calibration.fitted_lines(fitted):

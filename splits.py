@@ -630,7 +630,8 @@ def group_lines(index, fold_of=None):
     order = {"train": 0, "val": 1, "test": 3}
     places = sorted({place for _, place in where}, key=lambda place: (order.get(place, 2), place))
     return [
-        f"{len({sample.group for sample in index.samples})} groups, none split; per class in "
+        f"{len({sample.group for sample in index.samples})} groups, none split; per "
+        + ("label" if index.task.multi_label else "class") + " in "
         + "/".join(place.replace("fold ", "f") for place in places) + ": "
         + ", ".join(f"{image_io.display_path(name)} " + "/".join(str(len(where[(name, place)])) for place in places)
                     for name in index.class_names)

@@ -90,6 +90,40 @@ def make_presplit_dataset(root, classes=("cat", "dog"), counts=None, size=32, sp
     return str(root)
 
 
+def multi_label_image(labels, all_labels, variant, size=32):
+    """A mosaic of four cells: one class_image cell per label in `labels`
+    (at cells chosen by `variant`), grey noise in the others."""
+    rng = np.random.default_rng(variant)
+    half = size // 2
+    pixels = np.clip(rng.normal(128, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+    for cell, label in zip(rng.permutation(4), labels):
+        row, column = divmod(int(cell), 2)
+        tile = np.asarray(class_image(all_labels.index(label), variant, half, rng))
+        pixels[row * half:(row + 1) * half, column * half:(column + 1) * half] = tile
+    return Image.fromarray(pixels)
+
+
+def make_multi_label_dataset(root, labels=("cat", "dog", "fox"), count=30, size=32, delimiter=";", splits=None):
+    """root/images/img_NNN.png and root/labels.csv (filename,labels[,split]):
+    image n has the labels whose bit is set in n % 2**len(labels) (so
+    every combination appears, the empty set too); `splits` (a function
+    of n -> split name) adds a split column. Returns (root, csv path,
+    [label tuples])."""
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    rows, sets = [], []
+    for number in range(count):
+        chosen = tuple(name for bit, name in enumerate(labels) if (number % 2 ** len(labels)) >> bit & 1)
+        multi_label_image(chosen, list(labels), number, size).save(os.path.join(root, "images", f"img_{number:03d}.png"))
+        rows.append([f"images/img_{number:03d}.png", delimiter.join(chosen)] + ([splits(number)] if splits else []))
+        sets.append(chosen)
+    csv_path = os.path.join(root, "labels.csv")
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "labels"] + (["split"] if splits else []))
+        writer.writerows(rows)
+    return str(root), csv_path, sets
+
+
 def make_digit_folder(root, classes=5, per_class=60):
     """root/<digit>/<n>.png: scikit-learn's real 8x8 digit scans (dark
     ink on white), for tests that must show a network really learns."""
