@@ -294,6 +294,8 @@ def summary_line(evaluation, accuracy=True):
     """'test split, 42 images · accuracy 95.2% · balanced accuracy 93.1% ·
     imbalanced: 4 to 20 images a class (5.0x)' for figure subtitles."""
     line = f"{evaluation.description}, {len(evaluation.paths):,} images"
+    if evaluation.task.multi_label:
+        return f"{line} · {evaluation.headline(evaluation.metrics()).split(', loss')[0]}"
     if accuracy:
         line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
     balanced = metrics.balanced_accuracy(evaluation.true_labels, evaluation.predicted)
