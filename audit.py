@@ -639,15 +639,18 @@ def audit_report(index, scan, checks, duplicates, stats, near_copies=("group", 1
 
 def inspection_summary(index, near_copies=None):
     """The JSON object `python inspect_dataset.py --json` prints, exactly:
-    layout, classes, splits ({split: {class: n}}), skipped ([{path,
-    reason}], paths relative to the dataset), ignored (a count), warnings,
-    near_duplicates (near_copy_report; from the saved audit when
-    `near_copies` is None)."""
+    layout, task (tasks.Task's name), classes (a multi-label run's
+    labels), splits ({split: {class: n}}; multi-label: each label's
+    images), images ({split: n}), skipped ([{path, reason}], paths relative
+    to the dataset), ignored (a count), warnings, near_duplicates
+    (near_copy_report; from the saved audit when `near_copies` is None)."""
     near = near_copy_report(index, *near_copies) if near_copies else (index.audit or {}).get("near_duplicates")
     return {
         "layout": index.layout,
+        "task": index.task.name,
         "classes": list(index.class_names),
         "splits": index.counts(),
+        "images": index.sizes(),
         "skipped": [{"path": item.path, "reason": item.reason} for item in index.skipped],
         "ignored": index.ignored,
         "warnings": list(index.warnings),

@@ -463,7 +463,7 @@ def test_inspection_json_contract(messy, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     summary = json.loads(out)  # exactly one JSON object, nothing else
-    assert list(summary) == ["layout", "classes", "splits", "skipped", "ignored", "warnings", "near_duplicates"]
+    assert list(summary) == ["layout", "task", "classes", "splits", "images", "skipped", "ignored", "warnings", "near_duplicates"]
     assert summary["layout"] == "flat" and summary["classes"] == ["cat", "dog"]
     assert set(summary["splits"]) == {"train", "val", "test"}
     assert sum(sum(counts.values()) for counts in summary["splits"].values()) == messy["usable"]
