@@ -671,8 +671,8 @@ def gradcam_of(trained, items, step=None, labels=None):
     `labels` (one label name or number per item, or one for all) asks
     where the model looked for that label instead: "where did it look for
     label X" of a multi-label model (whose LabelSetItems otherwise get
-    their most probable predicted label, or their most probable label when
-    none is predicted). Returns (heatmaps (N, H, W) in [0, 1], subtitle)."""
+    their most probable predicted label: gradcam_targets). Returns
+    (heatmaps (N, H, W) in [0, 1], subtitle)."""
     backbone = trained.run_config.get("backbone", "mobilenet_v2")
     layer = gradcam_layer(trained)
     images = np.stack([item.image for item in items]) if items else np.zeros((0, 1, 1, 3), np.uint8)
@@ -700,7 +700,7 @@ def gradcam_targets(class_names, items, labels=None):
     """The class number Grad-CAM differentiates for each item: `labels`
     (names or numbers, one per item or one for all) when given, else the
     item's predicted class (a LabelSetItem: its most probable predicted
-    label, or its most probable label when it has none)."""
+    label; with none, its first missed label, else the first label)."""
     if labels is not None:
         labels = [labels] * len(items) if isinstance(labels, (str, int, np.integer)) else list(labels)
         return [class_names.index(label) if isinstance(label, str) else int(label) for label in labels]
@@ -714,10 +714,10 @@ def gradcam_targets(class_names, items, labels=None):
     return targets
 
 
-def render_gradcam(trained, items, rows, cols, folder):
-    """Grad-CAM of the gallery's items for their predicted classes
-    (gradcam_of); returns the PNG path."""
-    heatmaps, subtitle = gradcam_of(trained, items)
+def render_gradcam(trained, items, rows, cols, folder, labels=None):
+    """Grad-CAM of the gallery's items for their predicted classes, or for
+    `labels` (gradcam_of); returns the PNG path."""
+    heatmaps, subtitle = gradcam_of(trained, items, labels=labels)
     path = os.path.join(folder, "gradcam.png")
     subtitle = f"left: the image · right: {subtitle}"
     return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=subtitle)
