@@ -420,7 +420,7 @@ def summary_line(evaluation, accuracy=True):
     """'test split, 42 images · accuracy 95.2% · balanced accuracy 93.1% ·
     imbalanced: 4 to 20 images a class (5.0x)' for figure subtitles; for a
     multi-label model 'test split, 42 images · micro-F1 0.912 · macro-F1
-    0.897 · mAP 0.951 · exact set 80.3% · 5 to 20 images a label'."""
+    0.897 · mAP 0.951 · exact set 80.3% · 5-20 images a label'."""
     line = f"{evaluation.description}, {len(evaluation.paths):,} images"
     if evaluation.task.multi_label:
         return f"{line} · {label_scores_text(evaluation)}"
@@ -432,13 +432,13 @@ def summary_line(evaluation, accuracy=True):
 
 def label_scores_text(evaluation):
     """'micro-F1 0.912 · macro-F1 0.897 · mAP 0.951 · exact set 80.3% · 5
-    to 20 images a label' of a multi-label Evaluation."""
+    -20 images a label' of a multi-label Evaluation."""
     scores = label_metrics.evaluation_metrics(
         evaluation.true_labels, evaluation.probabilities, evaluation.class_names, evaluation.label_thresholds)
     positives = (np.asarray(evaluation.true_labels) > 0.5).sum(axis=0)
     map_text = "n/a" if scores["mAP"] is None else f"{scores['mAP']:.3f}"
     return (f"micro-F1 {scores['micro_avg']['f1']:.3f} · macro-F1 {scores['macro_avg']['f1']:.3f} · mAP {map_text} · "
-            f"exact set {scores['subset_accuracy']:.1%} · {int(positives.min())} to {int(positives.max())} images a label")
+            f"exact set {scores['subset_accuracy']:.1%} · {int(positives.min())}-{int(positives.max())} images a label")
 
 
 def thresholds_text(evaluation):
@@ -594,10 +594,11 @@ def calibration_note(summary):
 def render_reliability(evaluation, folder):
     """The reliability diagram of an Evaluation; returns the path."""
     summary = evaluation.calibration()
-    pairs = ""
+    pairs, words = "", {}
     if evaluation.task.multi_label:
-        pairs = (f"\neach (image, label) pair is one yes/no prediction ({np.size(evaluation.true_labels):,} pairs); "
-                 "confidence: the probability of the answer given")
+        pairs = f"\n{np.size(evaluation.true_labels):,} (image, label) pairs, each one yes/no answer"
+        words = {"counted": "(image, label) pairs",
+                 "confidence_label": "Confidence (probability of the yes/no answer given)"}
     subtitle = (
         f"{summary_line(evaluation)}{pairs}\n{calibration_note(summary)}\n"
         f"Brier {summary['brier']:.3f} · NLL {summary['nll']:.3f} · {summary['bins']} equal-width bins"
@@ -605,7 +606,7 @@ def render_reliability(evaluation, folder):
     if evaluation.tta > 1:
         subtitle += f" · test-time augmentation: {evaluation.tta} versions averaged"
     return visualize.plot_reliability_diagram(
-        evaluation.reliability(), summary["ece"], os.path.join(folder, "reliability.png"), subtitle=subtitle
+        evaluation.reliability(), summary["ece"], os.path.join(folder, "reliability.png"), subtitle=subtitle, **words
     )
 
 

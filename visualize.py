@@ -507,14 +507,18 @@ def plot_roc_curves(roc, class_names, output_path, subtitle="", title=None,
 
 
 @themed
-def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
+def plot_reliability_diagram(bins, ece, output_path, subtitle="", counted="Images",
+                             confidence_label="Confidence (probability of the predicted class)"):
     """A reliability diagram (Guo et al., 2017): per confidence bin, the
     accuracy as a bar beside the diagonal of perfect calibration, the gap
     to the bin's mean confidence hatched, and below, the images per bin
     with their counts.
 
     `bins` is calibration.reliability_bins' dict; `ece` the expected
-    calibration error for the title. Returns the path.
+    calibration error for the title; `counted` what the bins count and
+    `confidence_label` what their confidence is (a multi-label model's:
+    (image, label) pairs and the probability of the yes/no answer given).
+    Returns the path.
     """
     lower, upper, count = bins["lower"], bins["upper"], np.asarray(bins["count"])
     centres, widths = (lower + upper) / 2, upper - lower
@@ -542,8 +546,8 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
     bottom.bar_label(bars, labels=[str(n) if n else "" for n in count], padding=2,
                      fontsize=theme.FONT_SIZES["small"])
     bottom.set_ylim(0, max(1, count.max()) * 1.3)
-    bottom.set_ylabel("Images")
-    bottom.set_xlabel("Confidence (probability of the predicted class)")
+    bottom.set_ylabel(counted)
+    bottom.set_xlabel(confidence_label)
     bottom.xaxis.set_major_formatter(ticker.PercentFormatter(1.0))
     bottom.set_xticks(np.linspace(0, 1, 6))
     bottom.yaxis.grid(True)
@@ -806,7 +810,7 @@ def plot_precision_recall(curves, output_path, subtitle=""):
 
 
 # The most label lines a multi-label gallery tile writes; the rest are counted.
-TILE_LINES = 4
+TILE_LINES = 6
 
 
 def label_set_gallery_figure(items, rows, cols, title, subtitle=""):
@@ -834,7 +838,9 @@ def label_set_gallery_figure(items, rows, cols, title, subtitle=""):
         texts = [(f"{theme.LABEL_MARKS[kind][0]} {theme.short_label(name, 16, 1)} {probability:.0%}",
                   theme.LABEL_MARKS[kind][1], kind) for name, probability, kind in item.marks]
         if len(texts) > TILE_LINES:
-            texts = texts[: TILE_LINES - 1] + [(f"+ {len(texts) - TILE_LINES + 1} more", theme.MUTED, "more")]
+            hidden = [kind for _, _, kind in texts[TILE_LINES - 1 :]]
+            counted = ", ".join(f"{hidden.count(kind)} {kind}" for kind in theme.LABEL_MARKS if kind in hidden)
+            texts = texts[: TILE_LINES - 1] + [(f"+ {counted}", theme.MUTED, "more")]
         if not texts:
             texts = [("no label predicted", theme.MUTED, "none")]
         if item.caption:
