@@ -420,25 +420,34 @@ def summary_line(evaluation, accuracy=True):
     """'test split, 42 images · accuracy 95.2% · balanced accuracy 93.1% ·
     imbalanced: 4 to 20 images a class (5.0x)' for figure subtitles; for a
     multi-label model 'test split, 42 images · micro-F1 0.912 · macro-F1
-    0.897 · mAP 0.951 · exact set 80.3% · 5-20 images a label'."""
+    0.897 · mAP 0.951 · exact set 80.3% · 5-20 images a label' (the images
+    a label left out when not `accuracy`: a narrow figure writes them
+    elsewhere)."""
     line = f"{evaluation.description}, {len(evaluation.paths):,} images"
     if evaluation.task.multi_label:
-        return f"{line} · {label_scores_text(evaluation)}"
+        return f"{line} · {label_scores_text(evaluation, counts=accuracy)}"
     if accuracy:
         line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
     balanced = metrics.balanced_accuracy(evaluation.true_labels, evaluation.predicted)
     return f"{line} · balanced accuracy {balanced:.1%} · {metrics.imbalance_text(evaluation.true_labels, len(evaluation.class_names))}"
 
 
-def label_scores_text(evaluation):
+def label_scores_text(evaluation, counts=True):
     """'micro-F1 0.912 · macro-F1 0.897 · mAP 0.951 · exact set 80.3% · 5
-    -20 images a label' of a multi-label Evaluation."""
+    -20 images a label' of a multi-label Evaluation (without the images a
+    label when not `counts`)."""
     scores = label_metrics.evaluation_metrics(
         evaluation.true_labels, evaluation.probabilities, evaluation.class_names, evaluation.label_thresholds)
-    positives = (np.asarray(evaluation.true_labels) > 0.5).sum(axis=0)
     map_text = "n/a" if scores["mAP"] is None else f"{scores['mAP']:.3f}"
-    return (f"micro-F1 {scores['micro_avg']['f1']:.3f} · macro-F1 {scores['macro_avg']['f1']:.3f} · mAP {map_text} · "
-            f"exact set {scores['subset_accuracy']:.1%} · {int(positives.min())}-{int(positives.max())} images a label")
+    text = (f"micro-F1 {scores['micro_avg']['f1']:.3f} · macro-F1 {scores['macro_avg']['f1']:.3f} · mAP {map_text} · "
+            f"exact set {scores['subset_accuracy']:.1%}")
+    return f"{text} · {label_counts_text(evaluation)}" if counts else text
+
+
+def label_counts_text(evaluation):
+    """'5-20 images a label' of a multi-label Evaluation."""
+    positives = (np.asarray(evaluation.true_labels) > 0.5).sum(axis=0)
+    return f"{int(positives.min())}-{int(positives.max())} images a label"
 
 
 def thresholds_text(evaluation):
@@ -463,7 +472,7 @@ def render_precision_recall(evaluation, folder):
     """A multi-label model's precision-recall curve per label."""
     return visualize.plot_precision_recall(
         evaluation.precision_recall(), os.path.join(folder, "precision_recall.png"),
-        subtitle=f"{summary_line(evaluation)}\n{thresholds_text(evaluation)} · AP: average precision, "
+        subtitle=f"{summary_line(evaluation)}\n{thresholds_text(evaluation)}\nAP: average precision, "
                  "1.0 = every image with the label ranked above every image without",
     )
 
@@ -594,13 +603,16 @@ def calibration_note(summary):
 def render_reliability(evaluation, folder):
     """The reliability diagram of an Evaluation; returns the path."""
     summary = evaluation.calibration()
-    pairs, words = "", {}
+    pairs, words, line = "", {}, summary_line(evaluation)
     if evaluation.task.multi_label:
-        pairs = f"\n{np.size(evaluation.true_labels):,} (image, label) pairs, each one yes/no answer"
+        # The figure is narrow: the images a label go on the pairs' line.
+        line = summary_line(evaluation, accuracy=False)
+        pairs = (f"\n{np.size(evaluation.true_labels):,} (image, label) pairs, each one yes/no answer · "
+                 f"{label_counts_text(evaluation)}")
         words = {"counted": "(image, label) pairs",
                  "confidence_label": "Confidence (probability of the yes/no answer given)"}
     subtitle = (
-        f"{summary_line(evaluation)}{pairs}\n{calibration_note(summary)}\n"
+        f"{line}{pairs}\n{calibration_note(summary)}\n"
         f"Brier {summary['brier']:.3f} · NLL {summary['nll']:.3f} · {summary['bins']} equal-width bins"
     )
     if evaluation.tta > 1:

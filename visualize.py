@@ -841,8 +841,9 @@ def label_set_gallery_figure(items, rows, cols, title, subtitle=""):
             hidden = [kind for _, _, kind in texts[TILE_LINES - 1 :]]
             counted = ", ".join(f"{hidden.count(kind)} {kind}" for kind in theme.LABEL_MARKS if kind in hidden)
             texts = texts[: TILE_LINES - 1] + [(f"+ {counted}", theme.MUTED, "more")]
-        if not texts:
-            texts = [("no label predicted", theme.MUTED, "none")]
+        if not texts:  # no label predicted, and (when known) none missed
+            texts = [("no label predicted" + (" (it has none)" if item.verdict == "correct" else ""),
+                      theme.CORRECT if item.verdict == "correct" else theme.MUTED, "none")]
         if item.caption:
             texts.append((theme.short_label(item.caption, 24, 1), theme.MUTED, "caption"))
         for line, (text, colour, kind) in enumerate(texts):
