@@ -704,7 +704,7 @@ def plot_label_distribution(counts, class_names, cooccurrence, output_path, no_l
     bars.set_axisbelow(True)
     bars.set_xlabel("Images with the label")
     bars.set_ylabel("")
-    bars.legend(title="split", loc="lower right")
+    bars.legend(title="split", loc="best")  # where it covers no bar
     bars.set_title("Label frequency per split\n(an image counts once for each of its labels)", color=theme.INK)
     matrix = np.asarray(cooccurrence)
     top = max(1.0, float(matrix.max()))
