@@ -8,6 +8,14 @@ predict.py) a metrics.Evaluation (true labels, probabilities, class names).
 Each picks its images and subtitles, draws with visualize.py (how a figure
 looks) and returns the PNG's path. Grad-CAM's heat comes from gradcam.py.
 
+A multi-label run (tasks.MULTI_LABEL) draws the figures that fit it
+(`Figure.multi_label`): label frequency and co-occurrence instead of the
+images per class, each label's 2x2 table instead of the confusion matrix,
+precision-recall curves; the class grid, augmentation preview, report,
+ROC, reliability diagram, gallery and top losses ask the task where they
+differ (an image under each of its labels; per-label rows; (image, label)
+pairs; tiles whose labels are right, wrong or missed: LabelSetItem).
+
 A new figure is two things: its plot in visualize.py and its `render_`
 function with one `Figure` line in FIGURES here. main.py's figure stages
 and evaluate.py's figures come from FIGURES, and every saved figure is
@@ -224,7 +232,9 @@ def gallery_indices(true_labels, predicted, count, mode, seed):
     """Which images the gallery shows, at most `count`.
 
     mixed: mistakes first, then correct ones, about half each when there
-    are enough of both; misclassified: mistakes only; random: any. Within
+    are enough of both; misclassified: mistakes only; random: any. A
+    mistake is the wrong class, or for multi-label labels any label wrong
+    or missed (image_mistakes). Within
     each group the order is a seeded shuffle, so the gallery is not just the
     first class. With no labels (true_labels None) mixed keeps the given
     order.
