@@ -34,7 +34,7 @@ LABEL_MARKS = {
     "right": ("✓", CORRECT, "right: predicted and true"),
     "wrong": ("✗", WRONG, "wrong: predicted, not true"),
     "missed": ("○", MISSED, "missed: true, not predicted"),
-    "predicted": ("•", ROSE, "predicted"),
+    "predicted": ("•", ROSE, "predicted (true labels unknown)"),
 }
 SPLIT_COLOURS = {"train": DEEP_ROSE, "val": ROSE, "test": BLUSH}
 # Distinct line colours for many curves, all warm, cycled with line styles.
