@@ -8,6 +8,14 @@ predict.py) a metrics.Evaluation (true labels, probabilities, class names).
 Each picks its images and subtitles, draws with visualize.py (how a figure
 looks) and returns the PNG's path. Grad-CAM's heat comes from gradcam.py.
 
+A multi-label run (tasks.MULTI_LABEL) draws the figures that fit it
+(`Figure.multi_label`): label frequency and co-occurrence instead of the
+images per class, each label's 2x2 table instead of the confusion matrix,
+precision-recall curves; the class grid, augmentation preview, report,
+ROC, reliability diagram, gallery and top losses ask the task where they
+differ (an image under each of its labels; per-label rows; (image, label)
+pairs; tiles whose labels are right, wrong or missed: LabelSetItem).
+
 A new figure is two things: its plot in visualize.py and its `render_`
 function with one `Figure` line in FIGURES here. main.py's figure stages
 and evaluate.py's figures come from FIGURES, and every saved figure is
@@ -26,6 +34,7 @@ import augment
 import calibration
 import gradcam
 import image_io
+import label_metrics
 import metrics
 import model_builder
 import theme
@@ -47,13 +56,34 @@ def render_distribution(index, folder):
     )
 
 
+def render_label_distribution(index, folder):
+    """A multi-label dataset: images per label and split, and how often
+    each two labels go together (and how many images have none)."""
+    no_label = {split: sum(1 for sample in index.samples if sample.split == split and not sample.names)
+                for split in index.sizes()}
+    labels = np.concatenate([index.split(split)[1] for split in index.sizes()])
+    sizes = index.sizes()
+    per_image = labels.sum(axis=1).mean() if len(labels) else 0.0
+    subtitle = (
+        f"{sum(sizes.values()):,} images ({', '.join(f'{split} {size:,}' for split, size in sizes.items())}) · "
+        f"{per_image:.2f} labels per image on average · {sum(no_label.values()):,} with no label · "
+        f"{len(index.skipped)} unreadable file{'s' if len(index.skipped) != 1 else ''} skipped by the audit"
+    )
+    return visualize.plot_label_distribution(
+        index.counts(), index.class_names, label_metrics.cooccurrence(labels),
+        os.path.join(folder, "label_distribution.png"), no_label=no_label, subtitle=subtitle,
+    )
+
+
 def pick_training_images(labels, num_classes, per_class, seed):
-    """Up to `per_class` random training images of each class: a list of
-    index arrays, one per class number."""
+    """Up to `per_class` random training images of each class (a
+    multi-label image: of each of its labels): a list of index arrays, one
+    per class number."""
     rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
     picks = []
     for number in range(num_classes):
-        members = np.flatnonzero(labels == number)
+        members = np.flatnonzero(labels[:, number] > 0.5 if labels.ndim == 2 else labels == number)
         picks.append(np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False)))
     return picks
 
@@ -77,8 +107,22 @@ def render_class_grid(index, image_size, per_class, seed, folder):
         (name, [image.numpy() for image in training_images(index, image_size, chosen)])
         for name, chosen in zip(index.class_names, picks)
     ]
-    note = f"{per_class} random training images per class, as the model gets them ({image_size} x {image_size} px)"
-    return visualize.plot_class_grid(examples, os.path.join(folder, "class_grid.png"), note=note)
+    if not index.task.multi_label:
+        note = f"{per_class} random training images per class, as the model gets them ({image_size} x {image_size} px)"
+        return visualize.plot_class_grid(examples, os.path.join(folder, "class_grid.png"), note=note)
+    # An image shows under each of its labels; its caption is its whole set.
+    captions = [[label_set_text(labels[i], index.class_names) for i in chosen] for chosen in picks]
+    note = (f"{per_class} random training images with each label, as the model gets them "
+            f"({image_size} x {image_size} px) · under each image: all its labels")
+    return visualize.plot_class_grid(examples, os.path.join(folder, "class_grid.png"), note=note,
+                                     captions=captions, title="Example images per label")
+
+
+def label_set_text(row, class_names, width=18):
+    """A multi-hot row's labels as tile text: 'a + b' (shortened to
+    `width` characters a line, two lines at most), or '(no label)'."""
+    names = label_metrics.label_sets([np.asarray(row) > 0.5], class_names)[0]
+    return theme.short_label(" + ".join(names), width, 2) if names else "(no label)"
 
 
 NEAR_COPY_ROWS, NEAR_COPY_COLUMNS = 6, 5
@@ -134,7 +178,12 @@ def render_augmentation_preview(index, image_size, strengths, seed, folder, mix=
     for title, alone in preview_singles(strengths):
         versions.append(augment.augment_batch(images, tf.constant([seed, 0], tf.int64), alone).numpy())
         titles.append(title)
-    one_hot = tf.one_hot([labels[i] for i in chosen], len(index.class_names))
+    if index.task.multi_label:
+        one_hot = tf.constant(np.asarray(labels)[chosen], tf.float32)
+        row_labels = [label_set_text(labels[i], index.class_names, width=16) for i in chosen]
+    else:
+        one_hot = tf.one_hot([labels[i] for i in chosen], len(index.class_names))
+        row_labels = [index.class_names[labels[i]] for i in chosen]
     for title, layers in (("mixup", augment.mix_layers(mix[0], 0, seed)), ("cutmix", augment.mix_layers(0, mix[1], seed))):
         if layers:
             mixed, _ = augment.mix_batch(tf.constant(versions[0]), one_hot, layers)
@@ -153,7 +202,7 @@ def render_augmentation_preview(index, image_size, strengths, seed, folder, mix=
     )
     return visualize.plot_augmentation_preview(
         images.numpy(), versions, os.path.join(folder, "augmentation_preview.png"),
-        note=note, row_labels=[index.class_names[labels[i]] for i in chosen], column_titles=titles,
+        note=note, row_labels=row_labels, column_titles=titles,
     )
 
 
@@ -183,7 +232,9 @@ def gallery_indices(true_labels, predicted, count, mode, seed):
     """Which images the gallery shows, at most `count`.
 
     mixed: mistakes first, then correct ones, about half each when there
-    are enough of both; misclassified: mistakes only; random: any. Within
+    are enough of both; misclassified: mistakes only; random: any. A
+    mistake is the wrong class, or for multi-label labels any label wrong
+    or missed (image_mistakes). Within
     each group the order is a seeded shuffle, so the gallery is not just the
     first class. With no labels (true_labels None) mixed keeps the given
     order.
@@ -193,8 +244,8 @@ def gallery_indices(true_labels, predicted, count, mode, seed):
     if true_labels is None:
         order = rng.permutation(total) if mode == "random" else np.arange(total)
         return order[:count].tolist()
-    wrong = np.flatnonzero(np.asarray(true_labels) != np.asarray(predicted))
-    right = np.flatnonzero(np.asarray(true_labels) == np.asarray(predicted))
+    mistaken = image_mistakes(true_labels, predicted)
+    wrong, right = np.flatnonzero(mistaken), np.flatnonzero(~mistaken)
     if mode == "random":
         order = rng.permutation(total)
     elif mode == "misclassified":
@@ -204,6 +255,15 @@ def gallery_indices(true_labels, predicted, count, mode, seed):
         num_right = min(len(right), count - num_wrong)
         order = np.concatenate([rng.permutation(wrong)[:num_wrong], rng.permutation(right)[:num_right]])
     return order[:count].astype(int).tolist()
+
+
+def image_mistakes(true_labels, predicted):
+    """Which images the model got wrong (N,) booleans: the wrong class, or
+    for multi-label (2-D) labels any label wrong or missed."""
+    true_labels, predicted = np.asarray(true_labels), np.asarray(predicted)
+    if true_labels.ndim == 2:
+        return ((true_labels > 0.5) != predicted).any(axis=1)
+    return true_labels != predicted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +325,79 @@ def gallery_items(
     return items
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelSetItem:
+    """One multi-label gallery tile: the image (uint8 RGB) and its labels
+    as label_metrics.label_marks gives them, [(label, probability, kind)]
+    with kind right, wrong, missed or predicted (no truth known);
+    visualize frames it green when every label is right, red when any is
+    wrong or missed, and writes each label in its kind's colour."""
+
+    image: np.ndarray
+    marks: tuple
+    labelled: bool = True
+    caption: str = ""
+
+    @property
+    def predicted(self):
+        """The predicted labels, most probable first."""
+        return tuple(name for name, _, kind in self.marks if kind != "missed")
+
+    @property
+    def verdict(self):
+        """correct (the exact set), wrong or unlabelled."""
+        if not self.labelled:
+            return "unlabelled"
+        return "wrong" if any(kind in ("wrong", "missed") for _, _, kind in self.marks) else "correct"
+
+    @property
+    def title(self):
+        """Plain text of the tile (for a figure that writes one colour, like
+        Grad-CAM's): the predicted labels with their probabilities, then the
+        missed ones."""
+        short = theme.short_label
+        shown = [f"{short(name, 16, 1)} ({probability:.0%})" for name, probability, kind in self.marks if kind != "missed"]
+        lines = [", ".join(shown[:2]) + (" …" if len(shown) > 2 else "") or "no label"]
+        missed = [short(name, 16, 1) for name, _, kind in self.marks if kind == "missed"]
+        if missed:
+            lines.append("missed: " + ", ".join(missed[:2]) + (" …" if len(missed) > 2 else ""))
+        if self.caption:
+            lines.append(short(self.caption, 24, 1))
+        return "\n".join(lines)
+
+
+def label_set_items(paths, true_labels, probabilities, class_names, thresholds, image_size, indices,
+                    captions=None, readers=None, images=None):
+    """LabelSetItems of a multi-label model's chosen images (each label at
+    or above its `thresholds` entry predicted), read like gallery_items."""
+    items = []
+    for index in indices:
+        if images is None:
+            image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
+        else:
+            image = images[index]
+        truth = None if true_labels is None else true_labels[index]
+        items.append(LabelSetItem(
+            image=image, marks=tuple(label_metrics.label_marks(truth, probabilities[index], class_names, thresholds)),
+            labelled=truth is not None, caption="" if captions is None else captions[index],
+        ))
+    return items
+
+
+def evaluation_items(evaluation, indices, captions=None):
+    """The gallery tiles of an Evaluation's images at `indices`:
+    GalleryItems, or LabelSetItems for a multi-label model."""
+    if evaluation.task.multi_label:
+        return label_set_items(
+            evaluation.paths, evaluation.true_labels, evaluation.probabilities, evaluation.class_names,
+            evaluation.label_thresholds, evaluation.image_size, indices, captions=captions, readers=evaluation.readers,
+        )
+    return gallery_items(
+        evaluation.paths, evaluation.true_labels, evaluation.probabilities, evaluation.class_names,
+        evaluation.image_size, indices, captions=captions, readers=evaluation.readers,
+    )
+
+
 GALLERY_MODES = {
     "mixed": "mistakes first",
     "misclassified": "mistakes only",
@@ -275,31 +408,83 @@ GALLERY_MODES = {
 def render_gallery(evaluation, rows, cols, mode, seed, folder):
     """The prediction gallery of an Evaluation; returns (path, indices)."""
     indices = gallery_indices(evaluation.true_labels, evaluation.predicted, rows * cols, mode, seed)
-    items = gallery_items(
-        evaluation.paths, evaluation.true_labels, evaluation.probabilities,
-        evaluation.class_names, evaluation.image_size, indices, readers=evaluation.readers,
-    )
-    wrong = int(np.sum(evaluation.true_labels != evaluation.predicted))
+    items = evaluation_items(evaluation, indices)
+    wrong = int(np.sum(image_mistakes(evaluation.true_labels, evaluation.predicted)))
+    path = os.path.join(folder, "prediction_gallery.png")
+    if evaluation.task.multi_label:
+        subtitle = (
+            f"{len(items)} of {len(evaluation.paths)} images ({evaluation.description}), "
+            f"{GALLERY_MODES[mode]} · {wrong} with some label wrong or missed in all · "
+            "each label with the model's probability; a label is answered yes at or above its threshold"
+        )
+        return visualize.plot_label_set_gallery(items, rows, cols, path, subtitle=subtitle), indices
     subtitle = (
         f"{len(items)} of {len(evaluation.paths)} images ({evaluation.description}), "
         f"{GALLERY_MODES[mode]} · {wrong} misclassified in all · green: correct, red: wrong"
     )
-    path = visualize.plot_prediction_gallery(
-        items, rows, cols, os.path.join(folder, "prediction_gallery.png"), subtitle=subtitle
-    )
+    path = visualize.plot_prediction_gallery(items, rows, cols, path, subtitle=subtitle)
     return path, indices
 
 
 def summary_line(evaluation, accuracy=True):
     """'test split, 42 images · accuracy 95.2% · balanced accuracy 93.1% ·
-    imbalanced: 4 to 20 images a class (5.0x)' for figure subtitles."""
+    imbalanced: 4 to 20 images a class (5.0x)' for figure subtitles; for a
+    multi-label model 'test split, 42 images · micro-F1 0.912 · macro-F1
+    0.897 · mAP 0.951 · exact set 80.3% · 5-20 images a label' (the images
+    a label left out when not `accuracy`: a narrow figure writes them
+    elsewhere)."""
     line = f"{evaluation.description}, {len(evaluation.paths):,} images"
     if evaluation.task.multi_label:
-        return f"{line} · {evaluation.headline(evaluation.metrics()).split(', loss')[0]}"
+        return f"{line} · {label_scores_text(evaluation, counts=accuracy)}"
     if accuracy:
         line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
     balanced = metrics.balanced_accuracy(evaluation.true_labels, evaluation.predicted)
     return f"{line} · balanced accuracy {balanced:.1%} · {metrics.imbalance_text(evaluation.true_labels, len(evaluation.class_names))}"
+
+
+def label_scores_text(evaluation, counts=True):
+    """'micro-F1 0.912 · macro-F1 0.897 · mAP 0.951 · exact set 80.3% · 5
+    -20 images a label' of a multi-label Evaluation (without the images a
+    label when not `counts`)."""
+    scores = label_metrics.evaluation_metrics(
+        evaluation.true_labels, evaluation.probabilities, evaluation.class_names, evaluation.label_thresholds)
+    map_text = "n/a" if scores["mAP"] is None else f"{scores['mAP']:.3f}"
+    text = (f"micro-F1 {scores['micro_avg']['f1']:.3f} · macro-F1 {scores['macro_avg']['f1']:.3f} · mAP {map_text} · "
+            f"exact set {scores['subset_accuracy']:.1%}")
+    return f"{text} · {label_counts_text(evaluation)}" if counts else text
+
+
+def label_counts_text(evaluation):
+    """'5-20 images a label' of a multi-label Evaluation."""
+    positives = (np.asarray(evaluation.true_labels) > 0.5).sum(axis=0)
+    return f"{int(positives.min())}-{int(positives.max())} images a label"
+
+
+def thresholds_text(evaluation):
+    """Where a multi-label Evaluation's thresholds come from, in words."""
+    thresholds = evaluation.label_thresholds
+    if np.allclose(thresholds, thresholds[0]):
+        return f"every label answered yes at p >= {thresholds[0]:.2f}"
+    return f"each label's own threshold ({thresholds.min():.2f} to {thresholds.max():.2f})"
+
+
+def render_label_confusion(evaluation, folder):
+    """A multi-label model's 2x2 table per label at its threshold."""
+    return visualize.plot_label_confusion(
+        evaluation.confusion_grids(), evaluation.class_names, evaluation.label_thresholds,
+        os.path.join(folder, "label_confusion.png"),
+        subtitle=f"{summary_line(evaluation)}\n{thresholds_text(evaluation)} · missed: has the label, model "
+                 "says no · false alarm: model says yes, it has not",
+    )
+
+
+def render_precision_recall(evaluation, folder):
+    """A multi-label model's precision-recall curve per label."""
+    return visualize.plot_precision_recall(
+        evaluation.precision_recall(), os.path.join(folder, "precision_recall.png"),
+        subtitle=f"{summary_line(evaluation)}\n{thresholds_text(evaluation)}\nAP: average precision, "
+                 "1.0 = every image with the label ranked above every image without",
+    )
 
 
 def render_confusion(evaluation, folder):
@@ -334,6 +519,8 @@ def render_report(evaluation, folder):
     """The classification report as a heat-table PNG, plus the same report
     as classification_report.txt (scikit-learn's) and .json; returns the
     PNG path."""
+    if evaluation.task.multi_label:
+        return render_label_report(evaluation, folder)
     metrics = evaluation.report()
     confused = evaluation.most_confused()
     text = evaluation.report_text() + "\nMost confused (true -> predicted, images):\n"
@@ -348,11 +535,66 @@ def render_report(evaluation, folder):
     )
 
 
-def render_roc(evaluation, folder):
-    roc = evaluation.roc()
-    return visualize.plot_roc_curves(
-        roc, evaluation.class_names, os.path.join(folder, "roc_auc.png"), subtitle=summary_line(evaluation)
+def label_report_rows(scores):
+    """A multi-label report's table rows, from label_metrics.
+    evaluation_metrics' dict: (names, values (rows, 4: precision, recall,
+    F1, average precision; NaN where undefined), supports, thresholds (NaN
+    on the average rows)): the labels, then micro, macro and weighted
+    averages (mAP as the macro row's AP)."""
+    def number(value):
+        return np.nan if value is None else value
+
+    names, values, supports, thresholds = [], [], [], []
+    for name, row in scores["per_class"].items():
+        names.append(name)
+        values.append([row["precision"], row["recall"], row["f1"], number(row["average_precision"])])
+        supports.append(row["support"])
+        thresholds.append(row["threshold"])
+    for kind in ("micro", "macro", "weighted"):
+        row = scores[f"{kind}_avg"]
+        names.append(f"{kind} avg")
+        values.append([row["precision"], row["recall"], row["f1"], number(scores["mAP"]) if kind == "macro" else np.nan])
+        supports.append(row["support"])
+        thresholds.append(np.nan)
+    return names, np.array(values, dtype=float), supports, np.array(thresholds, dtype=float)
+
+
+def render_label_report(evaluation, folder):
+    """A multi-label model's report: per label precision, recall, F1,
+    support, average precision and threshold as a heat-table PNG, and the
+    same as classification_report.txt and .json; returns the PNG path."""
+    scores = label_metrics.evaluation_metrics(
+        evaluation.true_labels, evaluation.probabilities, evaluation.class_names, evaluation.label_thresholds)
+    confused = evaluation.most_confused()
+    names, values, supports, thresholds = label_report_rows(scores)
+    header = f"{'label':>24} {'precision':>9} {'recall':>9} {'f1':>9} {'AP':>9} {'support':>9} {'threshold':>9}\n"
+    lines = "".join(
+        f"{name:>24} " + " ".join("      n/a" if np.isnan(value) else f"{value:9.4f}" for value in row)
+        + f" {support:9d} " + ("         " if np.isnan(threshold) else f"{threshold:9.2f}") + "\n"
+        for name, row, support, threshold in zip(names, values, supports, thresholds)
     )
+    text = (header + lines + f"\nexact set {scores['subset_accuracy']:.4f} · Hamming loss {scores['hamming_loss']:.4f}\n"
+            "\nLabels most often wrong:\n" + "".join(f"  {line}\n" for line in label_metrics.confused_lines(confused)))
+    artifacts.write_text(os.path.join(folder, "classification_report.txt"), text)
+    artifacts.write_json(os.path.join(folder, "classification_report.json"), {**scores, "most_confused": confused})
+    return visualize.plot_classification_report(
+        names, values, supports, len(evaluation.class_names), scores["subset_accuracy"],
+        os.path.join(folder, "classification_report.png"), subtitle=summary_line(evaluation),
+        metric_names=("precision", "recall", "f1-score", "AP"), extra=("threshold", thresholds),
+        title=f"Classification report · per label · exact set {scores['subset_accuracy']:.1%}", row_kind="Label",
+    )
+
+
+def render_roc(evaluation, folder):
+    """ROC curves: one-vs-rest per class, or per label for a multi-label
+    model (each label's yes/no; micro: every (image, label) pair)."""
+    roc = evaluation.roc()
+    path = os.path.join(folder, "roc_auc.png")
+    if evaluation.task.multi_label:
+        return visualize.plot_roc_curves(
+            roc, evaluation.class_names, path, subtitle=summary_line(evaluation), title="ROC curves · per label",
+            absent_note="label(s) that every image or none has")
+    return visualize.plot_roc_curves(roc, evaluation.class_names, path, subtitle=summary_line(evaluation))
 
 
 def calibration_note(summary):
@@ -371,14 +613,22 @@ def calibration_note(summary):
 def render_reliability(evaluation, folder):
     """The reliability diagram of an Evaluation; returns the path."""
     summary = evaluation.calibration()
+    pairs, words, line = "", {}, summary_line(evaluation)
+    if evaluation.task.multi_label:
+        # The figure is narrow: the images a label go on the pairs' line.
+        line = summary_line(evaluation, accuracy=False)
+        pairs = (f"\n{np.size(evaluation.true_labels):,} (image, label) pairs, each one yes/no answer · "
+                 f"{label_counts_text(evaluation)}")
+        words = {"counted": "(image, label) pairs",
+                 "confidence_label": "Confidence (probability of the yes/no answer given)"}
     subtitle = (
-        f"{summary_line(evaluation)}\n{calibration_note(summary)}\n"
+        f"{line}{pairs}\n{calibration_note(summary)}\n"
         f"Brier {summary['brier']:.3f} · NLL {summary['nll']:.3f} · {summary['bins']} equal-width bins"
     )
     if evaluation.tta > 1:
         subtitle += f" · test-time augmentation: {evaluation.tta} versions averaged"
     return visualize.plot_reliability_diagram(
-        evaluation.reliability(), summary["ece"], os.path.join(folder, "reliability.png"), subtitle=subtitle
+        evaluation.reliability(), summary["ece"], os.path.join(folder, "reliability.png"), subtitle=subtitle, **words
     )
 
 
@@ -386,6 +636,8 @@ def render_top_losses(evaluation, rows, cols, folder):
     """The top-losses gallery of an Evaluation (at most rows x cols of its
     misclassified images); returns the path."""
     indices = evaluation.top_losses(rows * cols)
+    if evaluation.task.multi_label:
+        return render_label_top_losses(evaluation, indices, rows, cols, folder)
     true_probability = evaluation.probabilities[np.arange(len(evaluation.paths)), evaluation.true_labels]
     captions = {index: f"p(true) {true_probability[index]:.0%}" for index in indices}
     items = gallery_items(
@@ -403,6 +655,25 @@ def render_top_losses(evaluation, rows, cols, folder):
     return visualize.plot_top_losses(items, rows, cols, os.path.join(folder, "top_losses.png"), subtitle=subtitle)
 
 
+def render_label_top_losses(evaluation, indices, rows, cols, folder):
+    """The top losses of a multi-label model: its images with some label
+    wrong or missed, the largest summed binary cross-entropy first."""
+    losses = label_metrics.image_losses(evaluation.true_labels, evaluation.probabilities)
+    captions = {index: f"loss {losses[index]:.2f}" for index in indices}
+    items = evaluation_items(evaluation, indices, captions=captions)
+    wrong = int(np.sum(image_mistakes(evaluation.true_labels, evaluation.predicted)))
+    if wrong:
+        subtitle = (
+            f"{len(items)} of {wrong} images with some label wrong or missed ({evaluation.description}), "
+            "most confidently wrong first · loss: the image's binary cross-entropy summed over its labels"
+        )
+    else:
+        subtitle = f"no image with a label wrong or missed among the {len(evaluation.paths)} ({evaluation.description})"
+    return visualize.plot_label_set_gallery(
+        items, rows, cols, os.path.join(folder, "top_losses.png"),
+        title="Top losses · the most confidently wrong", subtitle=subtitle)
+
+
 def gradcam_layer(trained):
     """The backbone layer Grad-CAM reads in a Keras TrainedModel."""
     return model_builder.gradcam_layer(trained.model, trained.run_config.get("backbone", "mobilenet_v2"))
@@ -414,20 +685,33 @@ def gradcam_step(trained, compiled=False):
     return gradcam.heatmap_step(trained.model, gradcam_layer(trained), compiled=compiled)
 
 
-def gradcam_of(trained, items, step=None):
+def gradcam_of(trained, items, step=None, labels=None):
     """Grad-CAM heatmaps of GalleryItems for their predicted classes, on
     the backbone's Grad-CAM layer of a Keras TrainedModel (by `step`, from
     gradcam_step; default a plain one), and the line that says what they
-    show. What predict.py --gradcam 1 draws and app.py overlays. Returns
+    show. What predict.py --gradcam 1 draws and app.py overlays.
+
+    `labels` (one label name or number per item, or one for all) asks
+    where the model looked for that label instead: "where did it look for
+    label X" of a multi-label model (whose LabelSetItems otherwise get
+    their most probable predicted label: gradcam_targets). Returns
     (heatmaps (N, H, W) in [0, 1], subtitle)."""
     backbone = trained.run_config.get("backbone", "mobilenet_v2")
     layer = gradcam_layer(trained)
     images = np.stack([item.image for item in items]) if items else np.zeros((0, 1, 1, 3), np.uint8)
-    class_ids = [trained.class_names.index(item.predicted) for item in items]
+    class_ids = gradcam_targets(trained.class_names, items, labels)
     heatmaps = gradcam.gradcam_heatmaps(trained.model, images, class_ids, layer, step=step) if items else []
     map_height, map_width = gradcam.feature_map_size(trained.model, layer)
+    if labels is not None and len({int(number) for number in class_ids}) == 1:
+        target = f"the label '{trained.class_names[class_ids[0]]}'"
+    elif labels is not None:
+        target = "the label named above each image"
+    elif items and isinstance(items[0], LabelSetItem):
+        target = "each image's most probable predicted label"
+    else:
+        target = "the predicted class"
     subtitle = (
-        f"Grad-CAM for the predicted class on {backbone}'s '{layer}' layer "
+        f"Grad-CAM for {target} on {backbone}'s '{layer}' layer "
         f"({map_height}x{map_width} feature map), faint = ignored, deep rose = decisive"
     )
     if min(map_height, map_width) < 4:
@@ -435,10 +719,28 @@ def gradcam_of(trained, items, step=None):
     return heatmaps, subtitle
 
 
-def render_gradcam(trained, items, rows, cols, folder):
-    """Grad-CAM of the gallery's items for their predicted classes
-    (gradcam_of); returns the PNG path."""
-    heatmaps, subtitle = gradcam_of(trained, items)
+def gradcam_targets(class_names, items, labels=None):
+    """The class number Grad-CAM differentiates for each item: `labels`
+    (names or numbers, one per item or one for all) when given, else the
+    item's predicted class (a LabelSetItem: its most probable predicted
+    label; with none, its first missed label, else the first label)."""
+    if labels is not None:
+        labels = [labels] * len(items) if isinstance(labels, (str, int, np.integer)) else list(labels)
+        return [class_names.index(label) if isinstance(label, str) else int(label) for label in labels]
+    targets = []
+    for item in items:
+        if isinstance(item, LabelSetItem):
+            named = item.predicted or tuple(name for name, _, _ in item.marks)
+            targets.append(class_names.index(named[0]) if named else 0)
+        else:
+            targets.append(class_names.index(item.predicted))
+    return targets
+
+
+def render_gradcam(trained, items, rows, cols, folder, labels=None):
+    """Grad-CAM of the gallery's items for their predicted classes, or for
+    `labels` (gradcam_of); returns the PNG path."""
+    heatmaps, subtitle = gradcam_of(trained, items, labels=labels)
     path = os.path.join(folder, "gradcam.png")
     subtitle = f"left: the image · right: {subtitle}"
     return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=subtitle)
@@ -513,30 +815,36 @@ class Figure:
 FIGURES = (
     Figure("Plotting the dataset distribution", "dataset_distribution", DATASET,
            lambda index, folder, look: [render_distribution(index, folder)], multi_label=False),
+    Figure("Plotting the label frequency and co-occurrence", "label_distribution", DATASET,
+           lambda index, folder, look: [render_label_distribution(index, folder)], multi_label=True),
     Figure("Plotting example images per class", "class_grid", DATASET,
            lambda index, folder, look: [render_class_grid(index, look.image_size, look.grid_per_class, look.seed,
-                                                          folder)], multi_label=False),
+                                                          folder)]),
     Figure("Showing the near-copies kept together", "near_copies", DATASET,
            lambda index, folder, look: render_near_copies(index, folder)),
     Figure("Previewing the augmentation", "augmentation_preview", DATASET,
            lambda index, folder, look: [render_augmentation_preview(
                index, look.image_size, look.augmentation, look.seed, folder, mix=(look.mixup, look.cutmix))],
-           wanted=lambda look: look.augmentation is not None, multi_label=False),
+           wanted=lambda look: look.augmentation is not None),
     Figure("Plotting the training curves", "training_curves", HISTORY,
            lambda history, folder, look: [render_training_curves(history, folder)]),
     Figure("Plotting the confusion matrix", "confusion_matrix", EVALUATION,
            lambda evaluation, folder, look: render_confusion(evaluation, folder), multi_label=False),
+    Figure("Plotting each label's 2x2 confusion table", "label_confusion", EVALUATION,
+           lambda evaluation, folder, look: [render_label_confusion(evaluation, folder)], multi_label=True),
     Figure("Plotting the classification report", "classification_report", EVALUATION,
-           lambda evaluation, folder, look: [render_report(evaluation, folder)], multi_label=False),
+           lambda evaluation, folder, look: [render_report(evaluation, folder)]),
+    Figure("Plotting the precision-recall curves", "precision_recall", EVALUATION,
+           lambda evaluation, folder, look: [render_precision_recall(evaluation, folder)], multi_label=True),
     Figure("Plotting the ROC curves", "roc_auc", EVALUATION,
-           lambda evaluation, folder, look: [render_roc(evaluation, folder)], multi_label=False),
+           lambda evaluation, folder, look: [render_roc(evaluation, folder)]),
     Figure("Plotting the reliability diagram", "calibration", EVALUATION,
            lambda evaluation, folder, look: [render_reliability(evaluation, folder)]),
     Figure("Plotting the prediction gallery", "prediction_gallery", EVALUATION,
            lambda evaluation, folder, look: [render_gallery(
-               evaluation, look.rows, look.cols, look.gallery, look.seed, folder)[0]], multi_label=False),
+               evaluation, look.rows, look.cols, look.gallery, look.seed, folder)[0]]),
     Figure("Plotting the top losses", "top_losses", EVALUATION,
-           lambda evaluation, folder, look: [render_top_losses(evaluation, look.rows, look.cols, folder)], multi_label=False),
+           lambda evaluation, folder, look: [render_top_losses(evaluation, look.rows, look.cols, folder)]),
 )
 
 

@@ -1,6 +1,11 @@
 """Where did the model look: Grad-CAM (Selvaraju et al., 2017) heatmaps of
 a classifier built by model_builder.py, for the classes given.
 
+A class is a number: for a softmax model one of its classes (usually the
+predicted one), for a multi-label (sigmoid) model one of its labels, so a
+caller can ask where the model looked for label X whether or not it
+answered yes. Either way the score differentiated is that output's logit.
+
 The same function serves predict.py --gradcam 1 and anything else that
 shows one (figures.render_gradcam). It differentiates through the Keras
 model's layers, so it needs the .keras model, not an export.
@@ -41,8 +46,9 @@ def heatmap_step(model, last_conv_layer, compiled=False):
     (N, H, W) in [0, 1], tensors in and out.
 
     The class score is the classifier Dense layer's logit, before the
-    temperature and softmax (the softmax saturates near 100% and would
-    flatten the gradients; the temperature only scales them); the
+    temperature and softmax or sigmoid (they saturate near 100% and would
+    flatten the gradients; the temperature only scales them); for a
+    multi-label model a class id is a label's number; the
     heatmap is the ReLU of the feature maps of the backbone's
     `last_conv_layer` weighted by their mean gradients, scaled to [0, 1]
     per image and resized to the image (bicubic, clipped to [0, 1]); all
@@ -93,11 +99,14 @@ def heatmap_step(model, last_conv_layer, compiled=False):
 
 
 def gradcam_heatmaps(model, images, class_ids, last_conv_layer, batch_size=16, step=None):
-    """Grad-CAM of `class_ids` for uint8 images (N, H, W, 3), `batch_size`
-    at a time, by `step` (default: heatmap_step's plain function; see
-    there what the heatmaps are). Returns float32 (N, H, W) in [0, 1]."""
+    """Grad-CAM of `class_ids` (one class or label number per image, or
+    one number for every image) for uint8 images (N, H, W, 3),
+    `batch_size` at a time, by `step` (default: heatmap_step's plain
+    function; see there what the heatmaps are). Returns float32 (N, H, W)
+    in [0, 1]."""
     import tensorflow as tf
 
+    class_ids = np.broadcast_to(np.asarray(class_ids, dtype=np.int32), (len(images),))
     step = step or heatmap_step(model, last_conv_layer)
     heatmaps = []
     for start in range(0, len(images), batch_size):

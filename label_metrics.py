@@ -235,3 +235,106 @@ def image_losses(true_labels, probabilities):
 def label_sets(rows, class_names):
     """The label names of each row of booleans (N, labels): [(names...)]."""
     return [tuple(name for name, on in zip(class_names, row) if on) for row in np.asarray(rows)]
+
+
+# ---------------------------------------------------------------- the figures' data
+
+
+def cooccurrence(true_labels):
+    """How many images have both labels of each pair: an int (labels,
+    labels) table whose diagonal is each label's number of images."""
+    truth = (np.asarray(true_labels) > 0.5).astype(np.int64)
+    return truth.T @ truth
+
+
+def without_labels(true_labels):
+    """How many images have no label at all."""
+    return int(np.sum(~(np.asarray(true_labels) > 0.5).any(axis=1))) if len(true_labels) else 0
+
+
+def confusion_grids(true_labels, probabilities, thresholds):
+    """Each label's 2x2 confusion table at its threshold: int (labels, 2,
+    2), rows the truth (has it, has it not), columns the answer (yes, no):
+    [[true positives, false negatives], [false positives, true negatives]]."""
+    truth = np.asarray(true_labels) > 0.5
+    predicted = np.asarray(probabilities) >= np.asarray(thresholds)[None, :]
+    cells = [[truth & predicted, truth & ~predicted], [~truth & predicted, ~truth & ~predicted]]
+    return np.moveaxis(np.array([[cell.sum(axis=0) for cell in row] for row in cells], dtype=np.int64), 2, 0)
+
+
+def precision_recall_curves(true_labels, probabilities, class_names, thresholds):
+    """Each label's precision-recall curve: {label: None (no positive
+    image) or {"precision", "recall" (arrays), "average_precision",
+    "prevalence" (the precision of answering yes to every image),
+    "threshold", "point": (recall, precision) at the threshold}}."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    truth = np.asarray(true_labels) > 0.5
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    curves = {}
+    for number, name in enumerate(class_names):
+        column, scores = truth[:, number], probabilities[:, number]
+        if not column.any():
+            curves[name] = None
+            continue
+        precision, recall, _ = precision_recall_curve(column, scores)
+        answered = scores >= thresholds[number]
+        hits = int((answered & column).sum())
+        point = (hits / column.sum(), hits / answered.sum() if answered.any() else 1.0)
+        curves[name] = {
+            "precision": precision, "recall": recall,
+            "average_precision": float(average_precision_score(column, scores)),
+            "prevalence": float(column.mean()), "threshold": float(thresholds[number]), "point": point,
+        }
+    return curves
+
+
+def roc_curves(true_labels, probabilities, class_names):
+    """Each label's ROC curve and the micro and macro averages, in the form
+    of metrics.roc_analysis (so the same figure draws them): {"per_class":
+    {label: {"fpr", "tpr", "auc"} or None}, "micro", "macro", "absent",
+    "binary": False}. A label that every image has, or none, has no curve."""
+    from sklearn.metrics import auc, roc_curve
+
+    truth = np.asarray(true_labels) > 0.5
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    per_class, absent = {}, []
+    for number, name in enumerate(class_names):
+        column = truth[:, number]
+        if column.all() or not column.any():
+            per_class[name] = None
+            absent.append(name)
+            continue
+        fpr, tpr, _ = roc_curve(column, probabilities[:, number])
+        per_class[name] = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    micro = macro = None
+    if 0 < truth.sum() < truth.size:
+        fpr, tpr, _ = roc_curve(truth.ravel(), probabilities.ravel())
+        micro = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
+    curves = [curve for curve in per_class.values() if curve is not None]
+    if curves:
+        grid = np.unique(np.concatenate([curve["fpr"] for curve in curves]))
+        mean_tpr = np.mean([np.interp(grid, curve["fpr"], curve["tpr"]) for curve in curves], axis=0)
+        macro = {"fpr": grid, "tpr": mean_tpr, "auc": float(np.mean([curve["auc"] for curve in curves]))}
+    return {"per_class": per_class, "micro": micro, "macro": macro, "absent": absent, "binary": False}
+
+
+def label_marks(true_row, probability_row, class_names, thresholds):
+    """What one image's gallery tile says, label by label: [(label,
+    probability, kind)], kind "right" (predicted and true), "wrong"
+    (predicted, not true), "missed" (true, not predicted) or "predicted"
+    (no truth known: `true_row` None); predicted labels first, most
+    probable first, then the missed ones."""
+    probability_row = np.asarray(probability_row, dtype=np.float64)
+    predicted = probability_row >= np.asarray(thresholds)
+    truth = None if true_row is None else np.asarray(true_row) > 0.5
+    marks = []
+    for number in np.argsort(-probability_row, kind="stable"):
+        if predicted[number]:
+            kind = "predicted" if truth is None else ("right" if truth[number] else "wrong")
+        elif truth is not None and truth[number]:
+            kind = "missed"
+        else:
+            continue
+        marks.append((class_names[number], float(probability_row[number]), kind))
+    return sorted(marks, key=lambda mark: mark[2] == "missed")

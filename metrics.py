@@ -135,7 +135,22 @@ class Evaluation:
         return confusion_counts(self.true_labels, self.probabilities, len(self.class_names))
 
     def roc(self):
+        """ROC curves and AUCs: one-vs-rest per class (roc_analysis), or
+        per label for a multi-label model (label_metrics.roc_curves)."""
+        if self.task.multi_label:
+            return label_metrics.roc_curves(self.true_labels, self.probabilities, self.class_names)
         return roc_analysis(self.true_labels, self.probabilities, self.class_names)
+
+    def confusion_grids(self):
+        """Multi-label: each label's 2x2 table at its threshold
+        (label_metrics.confusion_grids)."""
+        return label_metrics.confusion_grids(self.true_labels, self.probabilities, self.label_thresholds)
+
+    def precision_recall(self):
+        """Multi-label: each label's precision-recall curve, with its
+        threshold's point (label_metrics.precision_recall_curves)."""
+        return label_metrics.precision_recall_curves(
+            self.true_labels, self.probabilities, self.class_names, self.label_thresholds)
 
 
 

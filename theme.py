@@ -25,6 +25,17 @@ GRID_TEXT = "#c9a9b4"  # zeros in a heatmap: present but quiet
 CORRECT = "#2e8b57"
 WRONG = "#d1263b"
 VERDICT_COLOURS = {"correct": CORRECT, "wrong": WRONG, "unlabelled": ROSE}
+# A multi-label gallery tile, label by label: right (predicted and true),
+# wrong (predicted, not true), missed (true, not predicted; amber, apart
+# from both), predicted (no truth known); each with a marker, so colour is
+# never the only sign.
+MISSED = "#c77c0e"
+LABEL_MARKS = {
+    "right": ("✓", CORRECT, "right: predicted and true"),
+    "wrong": ("✗", WRONG, "wrong: predicted, not true"),
+    "missed": ("○", MISSED, "missed: true, not predicted"),
+    "predicted": ("•", ROSE, "predicted (true labels unknown)"),
+}
 SPLIT_COLOURS = {"train": DEEP_ROSE, "val": ROSE, "test": BLUSH}
 # Distinct line colours for many curves, all warm, cycled with line styles.
 LINE_COLOURS = (

@@ -17,6 +17,8 @@ import os
 import matplotlib
 import numpy as np
 from matplotlib import colors as mcolors
+from matplotlib import lines as mlines
+from matplotlib import patches as mpatches
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
@@ -156,15 +158,19 @@ def frame(axes, colour, width):
 
 
 @themed
-def plot_class_grid(examples, output_path, note=""):
+def plot_class_grid(examples, output_path, note="", captions=None, title="Example images per class"):
     """A row of example images per class, class names as row labels.
 
-    `examples` is [(class name, [uint8 (H, W, 3) images])]. Returns the path.
+    `examples` is [(class name, [uint8 (H, W, 3) images])]; `captions`, if
+    given, one list of texts per row, written under the images (a
+    multi-label image's label set). Returns the path.
     """
     num_rows = len(examples)
     num_cols = max(len(images) for _, images in examples)
     tile = 1.35 if num_rows <= 12 else 1.0
-    figure = Figure(figsize=(num_cols * tile + 1.8, num_rows * tile + 1.0), layout="constrained")
+    # Room under each row for its captions' lines.
+    lines = 0 if captions is None else max(caption.count("\n") + 1 for row in captions for caption in row)
+    figure = Figure(figsize=(num_cols * tile + 1.8, num_rows * (tile + 0.16 * lines) + 1.0), layout="constrained")
     grid = figure.subplots(num_rows, num_cols, squeeze=False)
     for row, (name, images) in enumerate(examples):
         for column in range(num_cols):
@@ -173,13 +179,15 @@ def plot_class_grid(examples, output_path, note=""):
             if column < len(images):
                 axes.imshow(images[column])
                 frame(axes, theme.BLUSH, 1.0)
+                if captions is not None:
+                    axes.set_xlabel(captions[row][column], fontsize=theme.FONT_SIZES["small"], color=theme.MUTED)
             else:
                 axes.axis("off")
         grid[row][0].set_ylabel(
             theme.short_label(name, width=16), rotation=0, ha="right", va="center",
             fontsize=theme.FONT_SIZES["label"], labelpad=8,
         )
-    figure.suptitle("Example images per class")
+    figure.suptitle(title)
     if note:
         figure.supxlabel(note, fontsize=theme.FONT_SIZES["small"] + 1, color=theme.MUTED)
     return save_figure(figure, output_path)
@@ -395,25 +403,34 @@ def plot_confusion_matrix(matrix, class_names, output_path, normalize=False, sub
 
 
 @themed
-def plot_classification_report(names, values, supports, num_classes, accuracy, output_path, subtitle=""):
+def plot_classification_report(names, values, supports, num_classes, accuracy, output_path, subtitle="",
+                               metric_names=("precision", "recall", "f1-score"), extra=None, title=None,
+                               row_kind="Class"):
     """A heat-table: per row (`names`) precision, recall and F1 (`values`,
-    (rows, 3), NaN where undefined) and support; the first `num_classes`
-    rows are classes, the rest (accuracy, averages: figures.report_rows) go
-    in bold below a rule. `accuracy` titles it. Returns the path."""
+    (rows, 3), NaN where undefined; other columns: `metric_names`) and
+    support, then `extra` when given ((column name, values with NaN where
+    none), uncoloured like the support); the first `num_classes` rows are
+    classes (`row_kind`), the rest (accuracy, averages:
+    figures.report_rows) go in bold below a rule. `accuracy` titles it
+    (`title` instead, when given). Returns the path."""
     import seaborn
 
-    num_rows = len(names)
-    figure = Figure(figsize=(7.2, 0.34 * num_rows + 1.9), layout="constrained")
+    num_rows, num_metrics = len(names), len(metric_names)
+    plain = [("support", np.reshape(supports, -1).astype(float), ",.0f")] + ([(*extra, ".2f")] if extra else [])
+    num_columns = num_metrics + len(plain)
+    figure = Figure(figsize=(7.2 + 1.1 * (num_columns - 4), 0.34 * num_rows + 1.9), layout="constrained")
     axes = figure.add_subplot()
     blank = np.full((num_rows, 1), np.nan)
     # The metrics in blush (undefined ones, NaN, left white), then the
-    # support column uncoloured on petal: one table, a layer each.
-    heat_cells(axes, np.hstack([values, blank]), ".3f", theme.FONT_SIZES["tick"])
-    seaborn.heatmap(np.hstack([np.tile(blank, 3), np.reshape(supports, (-1, 1))]), cmap=[theme.PETAL],
-                    annot=True, fmt=",.0f", annot_kws={"fontsize": theme.FONT_SIZES["tick"], "color": theme.INK},
-                    cbar=False, xticklabels=False, yticklabels=False, ax=axes)
+    # support (and extra) column uncoloured on petal: one table, a layer each.
+    heat_cells(axes, np.hstack([values] + [blank] * len(plain)), ".3f", theme.FONT_SIZES["tick"])
+    for column, (_, numbers, fmt) in enumerate(plain):
+        cells = [blank] * (num_metrics + column) + [np.reshape(numbers, (-1, 1))] + [blank] * (len(plain) - column - 1)
+        seaborn.heatmap(np.hstack(cells), cmap=[theme.PETAL], annot=True, fmt=fmt,
+                        annot_kws={"fontsize": theme.FONT_SIZES["tick"], "color": theme.INK},
+                        cbar=False, xticklabels=False, yticklabels=False, ax=axes)
     axes.axhline(num_classes, color=theme.INK, linewidth=1.4)
-    axes.set_xticks(np.arange(4) + 0.5, ["precision", "recall", "f1-score", "support"])
+    axes.set_xticks(np.arange(num_columns) + 0.5, [*metric_names, *(name for name, _, _ in plain)])
     axes.xaxis.tick_top()
     axes.xaxis.set_label_position("top")
     axes.set_yticks(np.arange(num_rows) + 0.5, [theme.short_label(name, width=24, max_lines=1) for name in names])
@@ -421,8 +438,8 @@ def plot_classification_report(names, values, supports, num_classes, accuracy, o
         label.set_fontweight("bold")
     axes.tick_params(length=0)
     axes.set_xlabel("Metric", color=theme.MUTED)
-    axes.set_ylabel("Class", color=theme.MUTED)
-    figure.suptitle(f"Classification report · accuracy {accuracy:.1%}")
+    axes.set_ylabel(row_kind, color=theme.MUTED)
+    figure.suptitle(title or f"Classification report · accuracy {accuracy:.1%}")
     if subtitle:
         figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"], color=theme.MUTED)
     return save_figure(figure, output_path)
@@ -432,7 +449,8 @@ def plot_classification_report(names, values, supports, num_classes, accuracy, o
 
 
 @themed
-def plot_roc_curves(roc, class_names, output_path, subtitle=""):
+def plot_roc_curves(roc, class_names, output_path, subtitle="", title=None,
+                    absent_note="class(es) absent from these images"):
     """One-vs-rest ROC per class plus micro and macro averages, AUC in the
     legend; for two classes one ROC of the second class. `roc` is
     metrics.roc_analysis' dict; absent classes are noted. Returns the
@@ -475,12 +493,11 @@ def plot_roc_curves(roc, class_names, output_path, subtitle=""):
     legend_font = theme.FONT_SIZES["small"] if entries > 12 else theme.FONT_SIZES["tick"]
     axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=legend_font,
                 ncols=2 if entries > 22 else 1)
-    title = "ROC curve" if roc["binary"] else "ROC curves · one-vs-rest"
-    figure.suptitle(title)
+    figure.suptitle(title or ("ROC curve" if roc["binary"] else "ROC curves · one-vs-rest"))
     details = subtitle
     if roc["absent"]:
         absent = ", ".join(roc["absent"][:8]) + (" …" if len(roc["absent"]) > 8 else "")
-        details += f" · no ROC for class(es) absent from these images: {absent}"
+        details += f" · no ROC for {absent_note}: {absent}"
     if details:
         axes.set_title(details.strip(" ·"), color=theme.MUTED, wrap=True)
     return save_figure(figure, output_path)
@@ -490,14 +507,18 @@ def plot_roc_curves(roc, class_names, output_path, subtitle=""):
 
 
 @themed
-def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
+def plot_reliability_diagram(bins, ece, output_path, subtitle="", counted="Images",
+                             confidence_label="Confidence (probability of the predicted class)"):
     """A reliability diagram (Guo et al., 2017): per confidence bin, the
     accuracy as a bar beside the diagonal of perfect calibration, the gap
     to the bin's mean confidence hatched, and below, the images per bin
     with their counts.
 
     `bins` is calibration.reliability_bins' dict; `ece` the expected
-    calibration error for the title. Returns the path.
+    calibration error for the title; `counted` what the bins count and
+    `confidence_label` what their confidence is (a multi-label model's:
+    (image, label) pairs and the probability of the yes/no answer given).
+    Returns the path.
     """
     lower, upper, count = bins["lower"], bins["upper"], np.asarray(bins["count"])
     centres, widths = (lower + upper) / 2, upper - lower
@@ -525,8 +546,8 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle=""):
     bottom.bar_label(bars, labels=[str(n) if n else "" for n in count], padding=2,
                      fontsize=theme.FONT_SIZES["small"])
     bottom.set_ylim(0, max(1, count.max()) * 1.3)
-    bottom.set_ylabel("Images")
-    bottom.set_xlabel("Confidence (probability of the predicted class)")
+    bottom.set_ylabel(counted)
+    bottom.set_xlabel(confidence_label)
     bottom.xaxis.set_major_formatter(ticker.PercentFormatter(1.0))
     bottom.set_xticks(np.linspace(0, 1, 6))
     bottom.yaxis.grid(True)
@@ -642,6 +663,222 @@ def plot_gradcam(items, heatmaps, rows, cols, output_path, subtitle=""):
     """Each gallery image beside its Grad-CAM heatmap (values in [0, 1],
     the image's size) over a grey copy. Returns the path."""
     return save_figure(gradcam_figure(items, heatmaps, rows, cols, subtitle), output_path)
+
+
+# ---------------------------------------------------------------- multi-label
+
+
+@themed
+def plot_label_distribution(counts, class_names, cooccurrence, output_path, no_label=None, subtitle=""):
+    """A multi-label dataset at a glance: left, images per label and split
+    (horizontal bars, counts on them; `no_label`, {split: images with no
+    label}, as a last row when any); right, the co-occurrence heat table
+    (`cooccurrence`, labels x labels: images with both labels; the
+    diagonal, each label's images). `counts` is {split: {label: images}}
+    (DatasetIndex.counts()). Returns the path."""
+    import seaborn
+
+    splits = [split for split in ("train", "val", "test") if split in counts]
+    rows = list(class_names)
+    counts = {split: dict(counts[split]) for split in splits}
+    if no_label and any(no_label.values()):
+        rows.append("(no label)")
+        for split in splits:
+            counts[split]["(no label)"] = no_label.get(split, 0)
+    num_labels, num_rows = len(class_names), len(rows)
+    cell = 0.62 if num_labels <= 12 else 0.42
+    side = max(4.2, num_labels * cell + 1.6)
+    figure = Figure(figsize=(6.0 + side + 1.4, max(4.8, side + 1.2, 0.5 * num_rows + 2.0)), layout="constrained")
+    bars, table = figure.subplots(1, 2, width_ratios=(6.0, side))
+    images = [counts[split][name] for split in splits for name in rows]
+    legend = [f"{split}" for split in splits]
+    seaborn.barplot(x=images, y=[name for _ in splits for name in rows], hue=np.repeat(legend, num_rows),
+                    order=rows, width=0.84, errorbar=None, palette=[theme.SPLIT_COLOURS[split] for split in splits],
+                    saturation=1, edgecolor=theme.WINE, linewidth=0.6, orient="h", ax=bars)
+    for container in bars.containers:
+        bars.bar_label(container, padding=2, fontsize=theme.FONT_SIZES["small"])
+    label_class_axis(bars, "y", rows)
+    bars.set_ylim(num_rows - 0.4, -0.6)  # first label on top
+    bars.margins(x=0.12)
+    bars.xaxis.grid(True)
+    bars.set_axisbelow(True)
+    bars.set_xlabel("Images with the label")
+    bars.set_ylabel("")
+    bars.legend(title="split", loc="best")  # where it covers no bar
+    bars.set_title("Label frequency per split\n(an image counts once for each of its labels)", color=theme.INK)
+    matrix = np.asarray(cooccurrence)
+    top = max(1.0, float(matrix.max()))
+    borders = {"square": True, "linewidths": 1.0, "linecolor": theme.WHITE}
+    seaborn.heatmap(matrix, vmin=0, vmax=top, cmap=HEATMAP, xticklabels=False, yticklabels=False, ax=table,
+                    cbar_kws={"shrink": 0.7, "pad": 0.02, "label": "images with both labels"}, **borders)
+    font = matrix_cell_font(num_labels)
+    if font:
+        heat_cells(table, matrix.astype(float), ".0f", font, top, **borders)
+    for position in range(num_labels):  # the diagonal: each label alone, framed
+        table.add_patch(mpatches.Rectangle((position, position), 1, 1, fill=False,
+                                                     edgecolor=theme.WINE, linewidth=1.6))
+    label_class_axis(table, "x", class_names, room=cell, first=0.5)
+    label_class_axis(table, "y", class_names, first=0.5)
+    table.set_title("Co-occurrence: images that have both labels\n(framed diagonal: each label's images)",
+                    color=theme.INK)
+    figure.suptitle(f"Labels per image · {num_labels} labels")
+    if subtitle:
+        figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"] - 0.5, color=theme.MUTED)
+    return save_figure(figure, output_path)
+
+
+@themed
+def plot_label_confusion(grids, class_names, thresholds, output_path, subtitle=""):
+    """A small annotated 2x2 heat table per label (label_metrics.
+    confusion_grids: rows the truth, columns the answer at the label's
+    threshold, named in its title), each cell its count and its name (true
+    positive, missed, false alarm, true negative). Returns the path."""
+    import seaborn
+
+    grids = np.asarray(grids)
+    count = len(class_names)
+    cols = min(count, 4)
+    rows = -(-count // cols)
+    figure = Figure(figsize=(cols * 3.1 + 0.6, rows * 3.2 + 1.3), layout="constrained")
+    panels = figure.subplots(rows, cols, squeeze=False)
+    names = np.array([["true positive", "missed"], ["false alarm", "true negative"]])
+    for number, axes in enumerate(panels.flat):
+        if number >= count:
+            axes.axis("off")
+            continue
+        grid = grids[number]
+        top = max(1.0, float(grid.max()))
+        annotations = np.array([[f"{grid[r, c]:,}\n{names[r, c]}" for c in range(2)] for r in range(2)])
+        dark = grid >= WHITE_TEXT_FROM * top
+        for cells, colour in ((~dark, theme.INK), (dark, theme.WHITE)):
+            seaborn.heatmap(grid, mask=~cells, vmin=0, vmax=top, cmap=HEATMAP.with_extremes(bad="none"),
+                            annot=annotations, fmt="",
+                            annot_kws={"fontsize": theme.FONT_SIZES["tick"], "color": colour}, cbar=False,
+                            square=True, linewidths=1.0, linecolor=theme.WHITE, ax=axes)
+        axes.set_xticks([0.5, 1.5], ["yes", "no"])
+        axes.set_yticks([0.5, 1.5], ["has it", "has not"], rotation=0)
+        axes.tick_params(length=0)
+        axes.set_xlabel("model says", fontsize=theme.FONT_SIZES["small"], color=theme.MUTED)
+        axes.set_ylabel("truth", fontsize=theme.FONT_SIZES["small"], color=theme.MUTED)
+        axes.set_title(f"{theme.short_label(class_names[number], 22, 1)}\nthreshold {thresholds[number]:.2f}",
+                       fontsize=theme.FONT_SIZES["label"])
+    figure.suptitle("Per-label confusion · each label is a yes/no question")
+    if subtitle:
+        figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"] - 0.5, color=theme.MUTED)
+    return save_figure(figure, output_path)
+
+
+@themed
+def plot_precision_recall(curves, output_path, subtitle=""):
+    """Each label's precision-recall curve (label_metrics.
+    precision_recall_curves) with its average precision in the legend, its
+    threshold's point marked, and its prevalence (the precision of
+    answering yes to every image) as a dotted line in its colour. Returns
+    the path."""
+    figure = Figure(figsize=(10.5, 6.6), layout="constrained")
+    axes = figure.add_subplot()
+    absent = []
+    for number, (name, curve) in enumerate(curves.items()):
+        if curve is None:
+            absent.append(name)
+            continue
+        colour = theme.LINE_COLOURS[number % len(theme.LINE_COLOURS)]
+        style = theme.LINE_STYLES[(number // len(theme.LINE_COLOURS)) % len(theme.LINE_STYLES)]
+        axes.step(curve["recall"], curve["precision"], where="post", color=colour, linestyle=style, linewidth=1.6,
+                  label=f"{theme.short_label(name, 22, 1)} (AP = {curve['average_precision']:.3f})")
+        axes.axhline(curve["prevalence"], color=colour, linestyle=":", linewidth=1.0, alpha=0.8)
+        axes.scatter(*curve["point"], s=60, color=colour, edgecolor=theme.WINE, zorder=4)
+    # Legend entries for the marks every label shares, in neutral colours.
+    axes.scatter([], [], s=60, color=theme.WHITE, edgecolor=theme.WINE, label="its threshold's point")
+    axes.plot([], [], color=theme.MUTED, linestyle=":", label="its prevalence (a model with no eyes)")
+    axes.set_xlim(-0.01, 1.01)
+    axes.set_ylim(-0.01, 1.03)
+    axes.set_xlabel("Recall (share of the images with the label that are found)")
+    axes.set_ylabel("Precision (share of the 'yes' answers that are right)")
+    axes.xaxis.set_major_formatter(ticker.PercentFormatter(1.0))
+    axes.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
+    axes.grid(True)
+    axes.set_axisbelow(True)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    figure.suptitle("Precision-recall curves · per label")
+    details = subtitle
+    if absent:
+        details += " · no curve for label(s) no image here has: " + ", ".join(absent[:8])
+    if details:
+        axes.set_title(details.strip(" ·"), color=theme.MUTED, wrap=True)
+    return save_figure(figure, output_path)
+
+
+# The most label lines a multi-label gallery tile writes; the rest are counted.
+TILE_LINES = 6
+
+
+def label_set_gallery_figure(items, rows, cols, title, subtitle=""):
+    """The Figure of a rows x cols gallery of multi-label `items`
+    (figures.LabelSetItem: .image, .verdict, .marks [(label, probability,
+    kind)], .caption): each image framed in its verdict's colour (green:
+    the exact set, red: any label wrong or missed), its labels written
+    under it one a line, each in its kind's marker and colour
+    (theme.LABEL_MARKS), and a legend of the kinds below."""
+    rows = max(1, min(rows, -(-len(items) // cols)))
+    lines = max([min(len(item.marks), TILE_LINES) + bool(item.caption) for item in items] + [1])
+    text_height = 0.17 * lines + 0.08
+    figure = Figure(figsize=(cols * 2.0 + 0.3, rows * (2.0 + text_height) + 1.3), layout="constrained")
+    grid = figure.subplots(2 * rows, cols, squeeze=False, height_ratios=[2.0, text_height] * rows)
+    for position in range(rows * cols):
+        image_axes, text_axes = grid[2 * (position // cols)][position % cols], grid[2 * (position // cols) + 1][position % cols]
+        hide_ticks(image_axes)
+        text_axes.axis("off")
+        if position >= len(items):
+            image_axes.axis("off")
+            continue
+        item = items[position]
+        image_axes.imshow(item.image)
+        frame(image_axes, theme.VERDICT_COLOURS[item.verdict], 4.0)
+        texts = [(f"{theme.LABEL_MARKS[kind][0]} {theme.short_label(name, 16, 1)} {probability:.0%}",
+                  theme.LABEL_MARKS[kind][1], kind) for name, probability, kind in item.marks]
+        if len(texts) > TILE_LINES:
+            hidden = [kind for _, _, kind in texts[TILE_LINES - 1 :]]
+            counted = ", ".join(f"{hidden.count(kind)} {kind}" for kind in theme.LABEL_MARKS if kind in hidden)
+            texts = texts[: TILE_LINES - 1] + [(f"+ {counted}", theme.MUTED, "more")]
+        if not texts:  # no label predicted, and (when known) none missed
+            texts = [("no label predicted" + (" (it has none)" if item.verdict == "correct" else ""),
+                      theme.CORRECT if item.verdict == "correct" else theme.MUTED, "none")]
+        if item.caption:
+            texts.append((theme.short_label(item.caption, 24, 1), theme.MUTED, "caption"))
+        for line, (text, colour, kind) in enumerate(texts):
+            text_axes.text(0.02, 1.0 - line / lines, text, transform=text_axes.transAxes, va="top", ha="left",
+                           color=colour, fontsize=theme.FONT_SIZES["small"] + 0.5,
+                           fontweight="bold" if kind in ("wrong", "missed") else "normal")
+    if not items:
+        grid[0][0].text(0.5, 0.5, "nothing to show", ha="center", va="center",
+                        transform=grid[0][0].transAxes, color=theme.MUTED)
+    kinds = sorted({kind for item in items for _, _, kind in item.marks}, key=list(theme.LABEL_MARKS).index)
+    handles = [mlines.Line2D([], [], linestyle="none", marker=f"${theme.LABEL_MARKS[kind][0]}$",
+                                       markersize=7, color=theme.LABEL_MARKS[kind][1]) for kind in kinds]
+    frames = [("correct", "frame: every label right"), ("wrong", "frame: some label wrong or missed")]
+    frames = [(verdict, text) for verdict, text in frames if any(item.verdict == verdict for item in items)]
+    handles += [mpatches.Patch(facecolor="none", edgecolor=theme.VERDICT_COLOURS[verdict], linewidth=2.5)
+                for verdict, _ in frames]
+    labels = [theme.LABEL_MARKS[kind][2] for kind in kinds] + [text for _, text in frames]
+    if handles:
+        # Below the tiles on one line, the subtitle as its title (a
+        # supxlabel would sit on top of it).
+        legend = figure.legend(handles, labels, loc="outside lower center", ncols=len(handles),
+                               fontsize=theme.FONT_SIZES["small"] + 0.5, handlelength=1.2, title=subtitle or None,
+                               title_fontproperties={"size": theme.FONT_SIZES["subtitle"] - 1})
+        legend.get_title().set_color(theme.MUTED)
+    elif subtitle:
+        figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"] - 1, color=theme.MUTED)
+    figure.suptitle(title)
+    return figure
+
+
+@themed
+def plot_label_set_gallery(items, rows, cols, output_path, title="Prediction gallery", subtitle=""):
+    """rows x cols images with their predicted labels (label_set_gallery_figure:
+    right, wrong and missed labels told apart). Returns the path."""
+    return save_figure(label_set_gallery_figure(items, rows, cols, title, subtitle), output_path)
 
 
 # ---------------------------------------------------------------- model comparison
