@@ -179,6 +179,11 @@ def decision_thresholds(task, class_names, saved, threshold, model_path):
     return None
 
 
+def at_threshold(trained, threshold):
+    """A multi-label TrainedModel deciding every label at `threshold`."""
+    return dataclasses.replace(trained, thresholds=label_metrics.thresholds_of(trained.class_names, None, threshold))
+
+
 def missing_model_hint(model_path):
     """What to do when there is no model at `model_path`: for an export,
     where exports are (their run's folder; ARTIFACTS_DIR/latest/ is the
