@@ -163,8 +163,10 @@ def key_of(path, artifacts_dir):
 
 
 def run_label(run_id, saved, published):
-    """'20261122-031500 · mobilenet_v2 · 3 classes · photos · published'."""
-    parts = [run_id, saved.get("backbone", "?"), f"{len(saved.get('class_names') or ())} classes"]
+    """'20261122-031500 · mobilenet_v2 · 3 classes · photos · published'
+    ('3 labels' for a multi-label run)."""
+    kind = "labels" if saved.get("task") == "multi_label" else "classes"
+    parts = [run_id, saved.get("backbone", "?"), f"{len(saved.get('class_names') or ())} {kind}"]
     if saved.get("image_dir"):
         parts.append(os.path.basename(os.path.normpath(saved["image_dir"])))
     return " · ".join(parts + (["published"] if run_id == published else []))
@@ -723,7 +725,9 @@ def build_page(models, start, options, folder):
 
     served = models.get(start)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
-        gr.Markdown(f"## {TITLE}\nDrop or pick images: each gets its best classes, how far to trust the "
+        answers_what = ("every label it finds (each at or above its threshold)" if served.trained.task.multi_label
+                        else "its best classes")
+        gr.Markdown(f"## {TITLE}\nDrop or pick images: each gets {answers_what}, how far to trust the "
                     "answer, and where the model looked.")
         with gr.Row():
             with gr.Column(scale=3):
