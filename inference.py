@@ -60,7 +60,8 @@ class TrainedModel:
     # ARTIFACTS_DIR/latest is switched to another run meanwhile.
     file: str = ""
     # The kind of task it was trained for (tasks.saved_task, read when it
-    # was loaded; a model from another framework: one class per image).
+    # was loaded; a model from another framework: multi-label when its
+    # sidecar says so, else one class per image).
     task: tasks.Task = tasks.SINGLE_LABEL
     # Multi-label: each label's threshold, in class order (decision_thresholds:
     # --threshold, else the run's or the sidecar's, else 0.5); None for one
