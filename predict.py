@@ -240,6 +240,8 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
         kept, None, probabilities, trained.class_names, trained.image_size, indices,
         captions=gallery_captions(trained, kept, rows), readers=readers,
     )
+    if trained.task.multi_label:
+        items = given_label_items(trained, items, [probabilities[i] for i in indices])
     subtitle = f"{len(items)} of {len(kept)} images"
     if skipped:
         subtitle += f" · {len(skipped)} skipped (see skipped.csv)"
@@ -255,13 +257,32 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
 
 
 def gallery_captions(trained, paths, rows):
-    """Each image's caption in the unlabelled gallery: its file name, and a
-    multi-label model's predicted labels (predictions.csv's `rows`)."""
+    """Each image's caption in the unlabelled gallery: its file name, and
+    after it a multi-label model's other given labels ('00005.png +gravel
+    +brick': the title names the most probable given one,
+    given_label_items; predictions.csv's `rows` hold the sets)."""
     names = [os.path.basename(path) for path in paths]
     if not trained.task.multi_label:
         return names
     column = rows[0].index("predicted_labels")
-    return [f"{name}: {row[column] or 'no label'}" for name, row in zip(names, rows[1:])]
+    separator = inference.saved_reading(trained).separator
+    captions = []
+    for name, row in zip(names, rows[1:]):
+        given = [label for label in row[column].split(separator) if label] if row[column] else []
+        captions.append(" ".join([name, *(f"+{label}" for label in given[1:])]) if given else f"{name}: no label")
+    return captions
+
+
+def given_label_items(trained, items, probabilities):
+    """A multi-label model's unlabelled gallery tiles titled with the most
+    probable label it gives (at or above its threshold), not merely the
+    most probable one, which may be below its threshold; a tile with no
+    label given keeps the most probable one (its caption says no label)."""
+    titled = []
+    for item, row in zip(items, probabilities):
+        given = inference.predicted_names(row, trained.class_names, trained.thresholds)
+        titled.append(dataclasses.replace(item, predicted=given[0][0], confidence=given[0][1]) if given else item)
+    return titled
 
 
 def label_counts_line(trained, probabilities):
