@@ -243,6 +243,22 @@ def test_export_parity_of_a_multi_label_model_judges_every_label():
     assert on_threshold.top1_agreement == 1.0
 
 
+def test_predict_counts_each_label_and_titles_the_gallery_with_a_given_label():
+    trained = fake_trained(thresholds=np.array([0.5, 0.5, 0.9]))
+    probabilities = np.array([[0.6, 0.7, 0.8], [0.1, 0.2, 0.3], [0.9, 0.1, 0.95]])
+    assert predict.label_counts_line(trained, probabilities) == (
+        "labels given: blue 2, green 1, red 1 · no label: 1 of 3 images")
+    rows = inference.rows_of(trained, ["a/1.png", "2.png", "3.png"], probabilities, 3)
+    assert [row[1] for row in rows[1:]] == ["green;blue", "", "red;blue"]
+    assert predict.gallery_captions(trained, ["a/1.png", "2.png", "3.png"], rows) == [
+        "1.png +blue", "2.png: no label", "3.png +blue"]
+    items = [figures.GalleryItem(np.zeros((2, 2, 3), np.uint8), LABELS[int(np.argmax(row))], float(row.max()))
+             for row in probabilities]
+    titled = predict.given_label_items(trained, items, probabilities)
+    # red's 0.8 is the most probable of the first image, but under its 0.9: green is the label given.
+    assert [(item.predicted, item.confidence) for item in titled] == [("green", 0.7), ("red", 0.3), ("red", 0.95)]
+
+
 def sidecar_file(folder, **fields):
     model = os.path.join(folder, "model.onnx")
     with open(model, "wb") as handle:
