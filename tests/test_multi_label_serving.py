@@ -403,35 +403,40 @@ def test_another_folders_csv_is_matched_by_label_name(ml_run, tmp_path, capsys):
     assert "label(s) not in the model's class index: purple (the model knows: blue, green, red)" in one_line_error(capsys)
 
 
-@pytest.mark.slow
-def test_the_onnx_export_keeps_every_labels_probability(ml_run, tmp_path):
-    run = shutil.copytree(ml_run["run"], tmp_path / "artifacts" / "runs" / os.path.basename(ml_run["run"]))
+@pytest.fixture(scope="module")
+def ml_export(ml_run, tmp_path_factory):
+    """evaluate.py --export onnx on a copy of the module's run. Keys: run
+    (the copy's folder), model (its .keras), onnx, printed."""
+    root = tmp_path_factory.mktemp("exported")
+    run = shutil.copytree(ml_run["run"], root / "artifacts" / "runs" / os.path.basename(ml_run["run"]))
     model = str(run / artifacts.MODEL_FILE)
-    code, printed = run_script(evaluate, ["--model", model, "--results_dir", str(tmp_path / "r"), "--show", "0",
+    code, printed = run_script(evaluate, ["--model", model, "--results_dir", str(root / "results"), "--show", "0",
                                           "--export", "onnx"])
     assert code == 0, printed[-3000:]
-    report = read_json(run / export.EXPORT_REPORT_FILE)
+    return {"run": run, "model": model, "onnx": str(run / "best_model.onnx"), "printed": printed}
+
+
+@pytest.mark.slow
+def test_the_onnx_export_keeps_every_labels_probability(ml_run, ml_export):
+    report = read_json(ml_export["run"] / export.EXPORT_REPORT_FILE)
     assert report["passed"] and report["task"] == "multi_label"
     onnx_row = next(row for row in report["formats"] if row["format"] == "onnx")
     assert onnx_row["parity"] == "passed" and onnx_row["max_abs_probability_difference"] <= export.MAX_DIFFERENCE
     # The export is a multi-label model too: the same labels, thresholds and probabilities.
-    keras_model = inference.load_trained_model(model)
-    onnx_model = inference.load_trained_model(str(run / "best_model.onnx"))
+    keras_model = inference.load_trained_model(ml_export["model"])
+    onnx_model = inference.load_trained_model(ml_export["onnx"])
     assert onnx_model.task is tasks.MULTI_LABEL and np.array_equal(onnx_model.thresholds, keras_model.thresholds)
     paths = [os.path.join(ml_run["data"], path) for path in list(ml_run["sets"])[:8]]
     _, from_onnx, _ = inference.predict_files(onnx_model.model, paths, 32, 8)
     _, from_keras, _ = inference.predict_files(keras_model.model, paths, 32, 8)
     assert from_onnx.shape == (8, 3) and np.max(np.abs(from_onnx - from_keras)) <= export.MAX_DIFFERENCE
-    ml_run["onnx"] = str(run / "best_model.onnx")  # for the sidecar test below
 
 
 @pytest.mark.slow
-def test_a_sidecar_that_says_multi_label_is_evaluated_and_predicted_as_one(ml_run, tmp_path):
-    if "onnx" not in ml_run:
-        pytest.skip("needs the ONNX export of the test above")
+def test_a_sidecar_that_says_multi_label_is_evaluated_and_predicted_as_one(ml_export, tmp_path):
     # Our export, as if from another framework: uint8 pixels in, sigmoid probabilities out.
     model = str(tmp_path / "elsewhere.onnx")
-    shutil.copy(ml_run["onnx"], model)
+    shutil.copy(ml_export["onnx"], model)
 
     def sidecar(**fields):
         with open(external.sidecar_path(model), "w", encoding="utf-8") as handle:
