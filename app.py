@@ -10,7 +10,11 @@ classes with calibrated probabilities as bars, how far to trust it (how
 often the run's test images at that confidence were right, from
 artifacts.TEST_RELIABILITY_FILE) and, for a Keras model, a Grad-CAM overlay;
 a table and predictions.csv with predict.py's columns; a model card, and a
-drop-down of every finished run to switch model without restarting.
+drop-down of every finished run to switch model without restarting. A
+multi-label model's answer is every label at or above its threshold
+(--threshold: one for all), each with its percentage and how often the
+test split's image-label pairs at that probability had the label; the
+labels below their thresholds are listed, dimmed.
 
 Uploads are checked as the audit checks a dataset's files (audit.check_file),
 decoded by image_io.load_images (load_image, the decode function of
@@ -159,8 +163,10 @@ def key_of(path, artifacts_dir):
 
 
 def run_label(run_id, saved, published):
-    """'20261122-031500 · mobilenet_v2 · 3 classes · photos · published'."""
-    parts = [run_id, saved.get("backbone", "?"), f"{len(saved.get('class_names') or ())} classes"]
+    """'20261122-031500 · mobilenet_v2 · 3 classes · photos · published'
+    ('3 labels' for a multi-label run)."""
+    kind = "labels" if saved.get("task") == "multi_label" else "classes"
+    parts = [run_id, saved.get("backbone", "?"), f"{len(saved.get('class_names') or ())} {kind}"]
     if saved.get("image_dir"):
         parts.append(os.path.basename(os.path.normpath(saved["image_dir"])))
     return " · ".join(parts + (["published"] if run_id == published else []))
@@ -203,8 +209,9 @@ class Models:
     chosen, and kept: a request never loads a model. A lock, so two
     requests for a model not yet loaded load it once."""
 
-    def __init__(self, artifacts_dir, start):
+    def __init__(self, artifacts_dir, start, threshold=None):
         self.artifacts_dir = artifacts_dir
+        self.threshold = threshold  # --threshold: every multi-label model's labels at it
         self.start = key_of(start, artifacts_dir)
         self.extra = [Choice(MODEL_KEY, f"{start} (--model)", start)] if self.start == MODEL_KEY else []
         self.choices = {}
@@ -230,15 +237,20 @@ class Models:
             if key not in self.loaded:
                 if key not in self.choices:
                     raise UserError(f"no model {key} to choose: reload the page to see the runs there are now")
-                self.loaded[key] = load_served(key, self.choices[key].path)
+                self.loaded[key] = load_served(key, self.choices[key].path, self.threshold)
             return self.loaded[key]
 
 
-def load_served(key, path):
+def load_served(key, path, threshold=None):
     """Loads a model with its companions (inference.load_trained_model, as
-    predict.py --model does) and its saved test evaluation. Raises
-    UserError: companions missing or of another run, not a model."""
+    predict.py --model does) and its saved test evaluation; a multi-label
+    model decides every label at `threshold` (--threshold) when given, else
+    at each label's own (a model of one class per image ignores it: the
+    drop-down may hold both kinds). Raises UserError: companions missing or
+    of another run, not a model."""
     trained = inference.load_trained_model(path)
+    if threshold is not None and trained.task.multi_label:
+        trained = inference.at_threshold(trained, threshold)
     # Compiled once per model: each answer's Grad-CAM then takes ~20 ms
     # instead of ~0.5 s eager (2 cores, 64 px MobileNetV2).
     step = figures.gradcam_step(trained, compiled=True) if export.model_format(path) == "keras" else None
@@ -265,6 +277,22 @@ class Answer:
     gradcam: object = None
     size: int = 0
     flat: bool = False  # the Grad-CAM map weighs every spot the same
+    # A multi-label model's answer: a LabelAnswer per label, most probable
+    # first (None for one class per image).
+    labels: list | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelAnswer:
+    """One label of a multi-label answer: its probability, its threshold,
+    whether it is given (at or above the threshold) and, for a given
+    label, its trust sentence (label_trust_sentence)."""
+
+    name: str
+    probability: float
+    threshold: float
+    given: bool
+    trust: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +323,63 @@ def trust_sentence(bins, confidence, path, foreign=False):
             f"predictions like this are right: `python evaluate.py --model {path}` saves one."
         )
     return calibration.trust_at(bins, confidence).sentence()
+
+
+def label_trust_sentence(bins, probability):
+    """The sentence next to a given label of a multi-label answer, from the
+    run's test bins over (image, label) pairs (inference.label_trust):
+    "When it says 83% for a label, the label was there 71% of the time on
+    the test split (412 image-label pairs at 80-90%)", or that too few
+    pairs were there to say."""
+    rate, trust = inference.label_trust(bins, probability)
+    low, high = (trust.lower, trust.upper) if probability >= 0.5 else (1.0 - trust.upper, 1.0 - trust.lower)
+    span = f"{100 * low:.0f}\u2013{100 * high:.0f}%"
+    if rate is None:
+        return (
+            f"Only {trust.images} test image-label pair{'s' * (trust.images != 1)} had a probability of {span}: "
+            f"too few to say how often such a label is there (at least {trust.needed} needed)."
+        )
+    return (
+        f"When it says {probability:.0%} for a label, the label was there {rate:.0%} of the time on the test "
+        f"split ({trust.images} image-label pairs at {span})."
+    )
+
+
+def label_answers(served, probabilities):
+    """The LabelAnswers of one image's probabilities (a multi-label model):
+    every label, most probable first; the given ones (at or above their
+    thresholds) with their trust sentence when the run saved test bins."""
+    trained = served.trained
+    order = np.argsort(-probabilities, kind="stable")
+    answers = []
+    for number in order:
+        probability, threshold = float(probabilities[number]), float(trained.thresholds[number])
+        given = probability >= threshold
+        trust = label_trust_sentence(served.bins, probability) if given and served.bins is not None else ""
+        answers.append(LabelAnswer(trained.class_names[number], probability, threshold, given, trust))
+    return answers
+
+
+def labels_markdown(answer):
+    """A multi-label answer's labels as markdown: each given label with its
+    percentage, its threshold and its trust sentence; then the others,
+    below their thresholds, in one line (names escaped: safe_text)."""
+    given = [label for label in answer.labels if label.given]
+    lines = ["**Labels found** (at or above each label's threshold):" if given else
+             "**No label** is at or above its threshold."]
+    lines += [f"- **{safe_text.markdown(label.name)}** {label.probability:.0%} "
+              f"(threshold {label.threshold:.0%}). {label.trust}".rstrip() for label in given]
+    return "\n".join(lines)
+
+
+def below_markdown(answer):
+    """The labels of a multi-label answer below their thresholds, one line."""
+    below = [label for label in answer.labels if not label.given]
+    if not below:
+        return "Every label is at or above its threshold."
+    listed = ", ".join(f"{safe_text.markdown(label.name)} {label.probability:.0%} "
+                       f"(threshold {label.threshold:.0%})" for label in below)
+    return f"Below their thresholds, not given: {listed}."
 
 
 def refusal_line(refused):
@@ -349,21 +434,26 @@ def answer_files(served, paths, top_k, names=None, readers=None, max_bytes=None,
             refusal_line(refused) if len(paths) == 1
             else f"none of the {len(paths)} files can be used: {refusal_line(refused)}"
         )
-    rows = inference.prediction_rows(
-        [names[i] for i in kept], probabilities, trained.class_names, top_k, bins=served.bins
-    )
-    tops = inference.top_classes(probabilities, trained.class_names, min(top_k, len(trained.class_names)))
+    rows = inference.rows_of(trained, [names[i] for i in kept], probabilities, top_k, bins=served.bins)
+    # A multi-label answer names every label (each is its own yes/no).
+    shown = len(trained.class_names) if trained.task.multi_label else min(top_k, len(trained.class_names))
+    tops = inference.top_classes(probabilities, trained.class_names, shown)
     carded = [paths[i] for i in kept[:max_cards]]
     views, overlays, flat = card_images(served, carded, probabilities[:max_cards], images=images[:max_cards])
+    multi_label = trained.task.multi_label
     answers = [
         Answer(
             name=names[i],
             top=tops[number],
-            trust=trust_sentence(served.bins, tops[number][0][1], trained.path, trained.sidecar is not None),
+            # A multi-label answer's sentences are its given labels'; the
+            # image's own sentence only says why there are none.
+            trust="" if multi_label and served.bins is not None else trust_sentence(
+                served.bins, tops[number][0][1], trained.path, trained.sidecar is not None),
             image=views[number] if number < len(views) else None,
             gradcam=overlays[number] if number < len(overlays) else None,
             size=trained.image_size,
             flat=number < len(flat) and flat[number],
+            labels=label_answers(served, probabilities[number]) if multi_label else None,
         )
         for number, i in enumerate(kept)
     ]
@@ -460,10 +550,23 @@ def model_card(served, artifacts_dir):
     ]
     if trained.sidecar is not None:
         lines = foreign_card_lines(trained, lines)
+    if trained.task.multi_label:
+        lines = multi_label_card_lines(trained, lines)
     # Every value through safe_text.markdown: a class named "a | b" or
     # "[x](javascript:...)" is shown as its text, never as new cells or a link.
     rows = "\n".join(f"| {name} | {safe_text.markdown(value)} |" for name, value in lines)
     return f"| model card | |\n|---|---|\n{rows}"
+
+
+def multi_label_card_lines(trained, lines):
+    """A multi-label model's card: its labels and their thresholds, and the
+    exact label set's share where a single-label card has the accuracy."""
+    thresholds = ", ".join(f"{name} {value:.2f}" for name, value in zip(trained.class_names, trained.thresholds))
+    renamed = {"test accuracy": "test exact label set", f"classes ({len(trained.class_names)})":
+               f"labels ({len(trained.class_names)}, several per image)"}
+    lines = [(renamed.get(name, name), value) for name, value in lines]
+    at = [number for number, (name, _) in enumerate(lines) if name.startswith("labels (")][0] + 1
+    return lines[:at] + [("thresholds", thresholds)] + lines[at:]
 
 
 def foreign_card_lines(trained, lines):
@@ -568,8 +671,14 @@ def show_answers(gr, answers, top_k):
                 gr.Image(answer.gradcam, label=f"Grad-CAM: {where}", format="png",
                          interactive=False, buttons=[], height=DISPLAY_SIZE + 16, min_width=180)
             with gr.Column(scale=2):
-                gr.Label(dict(answer.top), num_top_classes=top_k, label=answer.name, elem_classes="answer-label")
-                gr.Markdown(answer.trust, elem_classes="trust")
+                if answer.labels is None:
+                    gr.Label(dict(answer.top), num_top_classes=top_k, label=answer.name, elem_classes="answer-label")
+                else:  # several labels: every one given, with its own sentence; the rest dimmed
+                    gr.Markdown(f"**{safe_text.markdown(answer.name)}**\n\n{labels_markdown(answer)}",
+                                elem_classes="answer-labels")
+                    gr.Markdown(below_markdown(answer), elem_classes="trust labels-below")
+                if answer.trust:
+                    gr.Markdown(answer.trust, elem_classes="trust")
 
 
 def build_page(models, start, options, folder):
@@ -616,7 +725,9 @@ def build_page(models, start, options, folder):
 
     served = models.get(start)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
-        gr.Markdown(f"## {TITLE}\nDrop or pick images: each gets its best classes, how far to trust the "
+        answers_what = ("every label it finds (each at or above its threshold)" if served.trained.task.multi_label
+                        else "its best classes")
+        gr.Markdown(f"## {TITLE}\nDrop or pick images: each gets {answers_what}, how far to trust the "
                     "answer, and where the model looked.")
         with gr.Row():
             with gr.Column(scale=3):
@@ -755,7 +866,8 @@ def serve(argv=None):
     options = parse_arguments(argv)
     console.start_tensorflow(options.verbose)
     check_port(options.host, options.port)
-    models = Models(options.artifacts_dir, starting_model(options.artifacts_dir, options.model, options.run))
+    models = Models(options.artifacts_dir, starting_model(options.artifacts_dir, options.model, options.run),
+                    options.threshold)
     start = models.start
     served = models.get(start)  # refusals (companions, not a model) before any server starts
     with private_folder() as folder:

@@ -94,7 +94,7 @@ def export_evaluated(trained, evaluation, options, readers=None, calibration_ima
     )
     report = export.export_and_check(
         trained.model, trained.file, options.export, dataset, options.quantize, calibration_images,
-        description=evaluation.description,
+        description=evaluation.description, thresholds=trained.thresholds,
     )
     report_path = export.report_path(trained.file)
     for line in export.report_lines(report):
@@ -213,7 +213,8 @@ def run_evaluation(argv=None):
         return folder
     readers = config.load_readers(options.reader)
     trained = inference.load_trained_model(
-        artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size
+        artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size,
+        threshold=options.threshold,
     )
     # Two exports into one run at once, or one into a run being trained: refused (run_lock.py).
     with run_lock.held(trained.folder, "exporting", "--export") if options.export else contextlib.nullcontext():
@@ -237,8 +238,12 @@ def evaluate_trained(options, trained, readers):
         if unfinished:
             print(f"    note: {unfinished}")
         images = inference.labelled_images(
-            image_dir, trained, options.split, options.labels_csv, options.classes, readers
+            image_dir, trained, options.split, options.labels_csv, options.classes, readers,
+            reading=inference.csv_reading(trained, options.path_column, options.label_column,
+                                          options.label_delimiter, options.no_label),
         )
+        if trained.task.multi_label:
+            print(f"    {thresholds_line(trained, options.threshold)}")
         # Another folder may hold copies of the images the run learned from.
         seen = inference.seen_in_training(
             image_dir, images.paths, trained, readers, artifacts.audit_cache_dir(options.artifacts_dir)
@@ -267,11 +272,7 @@ def evaluate_trained(options, trained, readers):
         )
         for line in seen_lines(seen, unseen, len(evaluation.paths)):
             print(f"    {line}")
-        print(
-            f"    accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}, "
-            f"macro ROC AUC {metrics.format_auc(scores['roc_auc'])} on {scores['num_samples']} "
-            f"images ({evaluation.description})"
-        )
+        print(f"    {score_line(evaluation, scores)} ({evaluation.description})")
         print(f"    {metrics.calibration_line(scores['calibration'])}")
         metrics.print_most_confused(evaluation, limit=5)
         print(f"    metrics: {metrics_path}")
@@ -334,12 +335,36 @@ def seen_lines(seen, unseen, scored):
     if unseen is None:
         return [f"warning: all {scored} scored images are copies or near-copies of images the run trained or "
                 "validated on: this score says nothing about new images"]
-    count, _, scores = unseen
+    count, evaluation, scores = unseen
     return [
         f"{count} of {scored} images are copies or near-copies of images the run trained or validated on: "
         "scored apart (metrics.json: seen_in_training)",
-        f"unseen images: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f} on {scores['num_samples']} images",
+        f"unseen images: {score_line(evaluation, scores, auc=False)}",
     ]
+
+
+def score_line(evaluation, scores, auc=True):
+    """The printed scores of an evaluation: a multi-label model's headline
+    (metrics.Evaluation.headline: micro-/macro-F1, mAP, exact set, Hamming
+    loss), else accuracy, loss and (with `auc`) the macro ROC AUC."""
+    if evaluation.task.multi_label:
+        return evaluation.headline(scores)
+    roc = f", macro ROC AUC {metrics.format_auc(scores['roc_auc'])}" if auc else ""
+    return f"accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}{roc} on {scores['num_samples']} images"
+
+
+def thresholds_line(trained, threshold):
+    """Where a multi-label model's thresholds come from, and their values."""
+    if threshold is not None:
+        source = "--threshold, for every label"
+    elif trained.sidecar is not None:
+        source = f"its sidecar {trained.sidecar.path}" if trained.sidecar.thresholds else "0.5 (its sidecar gives none)"
+    elif trained.run_config.get("thresholds"):
+        source = f"the run's, chosen by {trained.run_config.get('thresholds_from', 'validation F1')}"
+    else:
+        source = "0.5 (the run saved none)"
+    values = ", ".join(f"{name} {value:.2f}" for name, value in zip(trained.class_names, trained.thresholds))
+    return f"thresholds ({source}): {values}"
 
 
 def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, unseen=None):

@@ -46,6 +46,7 @@ import numpy as np
 import artifacts
 import config
 import image_io
+import tasks
 from errors import UserError
 
 FORMATS = config.EXPORT_FORMATS  # ("onnx", "litert", "saved_model")
@@ -566,13 +567,29 @@ class Agreement:
     max_abs_difference: float
 
 
-def agreement(probabilities, reference, labels):
-    """Accuracy on `labels`, top-1 agreement with and largest absolute
-    probability difference from `reference` (both (N, classes))."""
-    predicted = probabilities.argmax(axis=1)
+def agreement(probabilities, reference, labels, thresholds=None):
+    """Accuracy on `labels`, agreement with and largest absolute
+    probability difference (over every output) from `reference` (both (N,
+    classes)). With class numbers, accuracy and agreement are of the top-1
+    class; with multi-hot labels (a multi-label model: tasks.of_labels),
+    accuracy is the exact label set's and agreement the share of (image,
+    label) yes/no answers the same as the reference's, each label at its
+    threshold (`thresholds`; 0.5 when None)."""
+    task = tasks.of_labels(labels)
+    predicted = task.predicted(probabilities, thresholds)
+    truth = np.asarray(labels) > 0.5 if task.multi_label else np.asarray(labels)
+    right = predicted == truth
+    agrees = predicted == task.predicted(reference, thresholds)
+    if task.multi_label:
+        # A threshold is one of the validation probabilities, so a model
+        # that answers every image alike (one barely trained) sits on it:
+        # a rounding-sized difference (within MAX_DIFFERENCE, which the
+        # rule checks on its own) flips such an answer without any fault.
+        at = 0.5 if thresholds is None else np.asarray(thresholds)[None, :]
+        agrees |= np.abs(np.asarray(reference) - at) <= MAX_DIFFERENCE
     return Agreement(
-        accuracy=float(np.mean(predicted == labels)),
-        top1_agreement=float(np.mean(predicted == reference.argmax(axis=1))),
+        accuracy=float(np.mean(right.all(axis=1) if task.multi_label else right)),
+        top1_agreement=float(np.mean(agrees)),
         max_abs_difference=float(np.max(np.abs(probabilities - reference))),
     )
 
@@ -642,15 +659,16 @@ def report_row(name, path, measured, keras_accuracy, milliseconds, verdict, quan
     }
 
 
-def judge(probabilities, labels, milliseconds, model_path, written, quantize, reference_name):
+def judge(probabilities, labels, milliseconds, model_path, written, quantize, reference_name, thresholds=None):
     """The report's rows: each runner's predictions (`probabilities`, by
     name: "keras", maybe "keras_float32", then the formats `written`)
-    compared with `reference_name`'s, judged, and failed files renamed."""
+    compared with `reference_name`'s (`agreement`, a multi-label model's
+    labels at `thresholds`), judged, and failed files renamed."""
     reference = probabilities[reference_name]
-    keras_accuracy = float(np.mean(probabilities["keras"].argmax(axis=1) == labels))
+    keras_accuracy = agreement(probabilities["keras"], reference, labels, thresholds).accuracy
     rows = []
     for name, predicted in probabilities.items():
-        measured = agreement(predicted, reference, labels)
+        measured = agreement(predicted, reference, labels, thresholds)
         quantized = name == "litert" and quantize is not None
         if name.startswith("keras"):
             path, verdict = model_path, "reference" if name == reference_name else "not judged"
@@ -666,7 +684,7 @@ def judge(probabilities, labels, milliseconds, model_path, written, quantize, re
 
 
 def export_and_check(model, model_path, formats, dataset, quantize=None, calibration=None, description="",
-                     model_sha256=None):
+                     model_sha256=None, thresholds=None):
     """Exports the Keras `model` saved at `model_path` as `formats` into its
     folder, runs every export beside it on `dataset` ((uint8 images,
     labels) batches: the images the Keras model is evaluated on) and judges
@@ -677,7 +695,9 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
     the model, recording each export with the model's sha256
     (`model_sha256`, or the file's at `model_path`: recorded_exports), and
     returns the report (a dict; "passed" says whether every export passed
-    or was not judged).
+    or was not judged). A multi-label model (multi-hot labels in `dataset`)
+    is judged on every label's probability and yes/no answer, each label
+    at its `thresholds` (0.5 when None).
     """
     model_sha256 = model_sha256 or artifacts.file_sha256(model_path)
     reference_model = float32_model(model)
@@ -691,7 +711,8 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
     runners.update({name: load_runner(path) for name, path in written.items()})
     probabilities, labels, milliseconds, batch_size = run_side_by_side(runners, dataset)
     rows = judge(probabilities, labels, milliseconds, model_path, written, quantize,
-                 reference_name="keras_float32" if rebuilt else "keras")
+                 reference_name="keras_float32" if rebuilt else "keras", thresholds=thresholds)
+    task = tasks.of_labels(labels)
     for name, (path, error) in errors.items():
         rows.append({"format": name, "file": os.path.basename(path), "parity": "failed", "error": error})
     order = ["keras", "keras_float32", *formats]
@@ -706,7 +727,12 @@ def export_and_check(model, model_path, formats, dataset, quantize=None, calibra
             "the .keras model rebuilt in float32 with its weights (it computes in mixed precision)"
             if rebuilt else "the .keras model"
         ),
+        "task": task.name,
         "rule": {
+            "agreement": "the share of (image, label) yes/no answers, each label at its threshold, the same as the "
+            "reference's (or within max_abs_probability_difference of the threshold, a tie); accuracy is the "
+            "exact label set's" if task.multi_label else "the share of top-1 classes "
+            "the same as the reference's",
             "min_top1_agreement": MIN_AGREEMENT,
             "max_abs_probability_difference": MAX_DIFFERENCE,
             "judged": "float exports; quantized ones report their accuracy change instead",
@@ -765,8 +791,9 @@ def failure_message(report, report_path):
         if "error" in row:
             reasons.append(f"{row['format']} could not be converted")
         else:
+            answers = "(image, label) yes/no answers" if report.get("task") == tasks.MULTI_LABEL.name else "top-1 classes"
             reasons.append(
-                f"{row['format']} agrees on {row['top1_agreement']:.2%} of top-1 classes (at least "
+                f"{row['format']} agrees on {row['top1_agreement']:.2%} of {answers} (at least "
                 f"{MIN_AGREEMENT:.1%} needed), largest probability difference "
                 f"{row['max_abs_probability_difference']:.1e} (at most {MAX_DIFFERENCE:g}), "
                 f"renamed to {row['file']}"

@@ -21,6 +21,14 @@ PREPROCESSING); output (required) "logits" or "probabilities"; layout
 tell (a fixed channel axis of 3, a fixed square size); name, its name in a
 comparison (default: the file name).
 
+A multi-label model (several labels per image, one sigmoid each) says
+"multi_label": true; its outputs are then per-label logits (a sigmoid
+makes them probabilities) or per-label probabilities (each in [0, 1], rows
+need not sum to 1), and "thresholds": {"label": 0.4, ...} may give each
+label's decision threshold (0.5 for a label it leaves out; --threshold
+overrides them all). Without "multi_label" a model gives one class per
+image.
+
 `read_sidecar` reads and checks the sidecar (`Sidecar`); `input_geometry`
 reads layout and size from the model's input, against the sidecar;
 `ExternalRunner` runs the model as export.py's runners run ours:
@@ -45,6 +53,9 @@ import export
 from errors import UserError
 
 FIELDS = ("classes", "preprocessing", "output", "layout", "image_size", "name")
+# A multi-label model's two more fields: "multi_label": true, and its
+# labels' thresholds (optional).
+MULTI_LABEL_FIELDS = ("multi_label", "thresholds")
 REQUIRED = ("classes", "preprocessing", "output")
 MISSING = {
     "classes": "the class names in the model's output order, e.g. [\"cat\", \"dog\"]",
@@ -131,6 +142,8 @@ class Sidecar:
     layout: str | None = None
     image_size: int | None = None
     name: str | None = None
+    multi_label: bool = False  # several labels per image: one sigmoid per label
+    thresholds: dict | None = None  # multi-label: {label: threshold} (None: 0.5 each)
 
     @property
     def label(self):
@@ -138,7 +151,8 @@ class Sidecar:
         return self.name or os.path.splitext(os.path.basename(self.model_path))[0]
 
     def describe(self):
-        return f"preprocessing {self.preprocessing.describe()}, output {self.output}"
+        kind = ", multi-label (a sigmoid per label)" if self.multi_label else ""
+        return f"preprocessing {self.preprocessing.describe()}, output {self.output}{kind}"
 
 
 def sidecar_path(model_path):
@@ -181,22 +195,50 @@ def read_sidecar(model_path):
         raise UserError(f"{path}: cannot be read ({error})") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a JSON object with the fields {', '.join(FIELDS)}")
-    unknown = [name for name in values if name not in FIELDS]
+    unknown = [name for name in values if name not in FIELDS + MULTI_LABEL_FIELDS]
     if unknown:
-        raise field_error(path, unknown[0], f"is not a sidecar field (the fields: {', '.join(FIELDS)})")
+        raise field_error(
+            path, unknown[0], f"is not a sidecar field (the fields: {', '.join(FIELDS + MULTI_LABEL_FIELDS)})")
     for name in REQUIRED:
         if name not in values:
             raise field_error(path, name, f"is missing: {MISSING[name]}")
+    classes = class_names(path, values["classes"])
+    multi_label = is_multi_label(path, values.get("multi_label", False))
     return Sidecar(
         path=path,
         model_path=model_path,
-        classes=class_names(path, values["classes"]),
+        classes=classes,
         preprocessing=preprocessing(path, values["preprocessing"]),
         output=one_of(path, "output", values["output"], OUTPUTS),
         layout=None if values.get("layout") is None else one_of(path, "layout", values["layout"], LAYOUTS),
         image_size=None if values.get("image_size") is None else image_size(path, values["image_size"]),
         name=None if values.get("name") is None else text(path, "name", values["name"]),
+        multi_label=multi_label,
+        thresholds=None if values.get("thresholds") is None else label_thresholds(
+            path, values["thresholds"], classes, multi_label),
     )
+
+
+def is_multi_label(path, value):
+    if not isinstance(value, bool):
+        raise field_error(path, "multi_label", "must be true (several labels per image) or false", value)
+    return value
+
+
+def label_thresholds(path, value, classes, multi_label):
+    """The "thresholds" field: {label: threshold in [0, 1]} of a
+    multi-label model's own labels."""
+    if not multi_label:
+        raise field_error(path, "thresholds", "is for a multi-label model: add \"multi_label\": true, or leave it out")
+    if not isinstance(value, dict) or not all(
+        isinstance(number, (int, float)) and not isinstance(number, bool) and 0 <= number <= 1
+        for number in value.values()
+    ):
+        raise field_error(path, "thresholds", "must map labels to numbers from 0 to 1, e.g. {\"cat\": 0.4}", value)
+    unknown = [name for name in value if name not in classes]
+    if unknown:
+        raise field_error(path, "thresholds", f"names {names_text(unknown)}, not in its classes", value)
+    return {name: float(number) for name, number in value.items()}
 
 
 def class_names(path, value):
@@ -463,6 +505,8 @@ class ExternalRunner:
                 sidecar.path, "preprocessing", f"gives the model {sidecar.model_path} inputs it answers with "
                 "NaN or infinity; check it", sidecar.preprocessing.name,
             )
+        if sidecar.multi_label:
+            return self.label_probabilities(outputs)
         sums = outputs.sum(axis=1)
         are_probabilities = (
             outputs.min() >= -PROBABILITY_TOLERANCE and outputs.max() <= 1 + PROBABILITY_TOLERANCE
@@ -486,6 +530,23 @@ class ExternalRunner:
                 "are logits, say \"logits\"", "probabilities",
             )
         return outputs
+
+
+    def label_probabilities(self, outputs):
+        """A multi-label model's outputs as per-label probabilities: a
+        sigmoid of logits, or probabilities as they are (each in [0, 1]).
+        Logits that all fall in [0, 1] are not refused as a single-label
+        model's are: a barely trained model's logits may."""
+        sidecar = self.sidecar
+        if sidecar.output == "logits":
+            return 1.0 / (1.0 + np.exp(-outputs))
+        if outputs.min() < -PROBABILITY_TOLERANCE or outputs.max() > 1 + PROBABILITY_TOLERANCE:
+            raise field_error(
+                sidecar.path, "output", f"says probabilities, but the outputs of {sidecar.model_path} are not "
+                f"(from {outputs.min():.3g} to {outputs.max():.3g}): if they are logits, say \"logits\"",
+                "probabilities",
+            )
+        return np.clip(outputs, 0.0, 1.0)
 
 
 def load_external(model_path):

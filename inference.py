@@ -32,6 +32,7 @@ import dataset_files
 import export
 import external
 import image_io
+import label_metrics
 import metrics
 import near_duplicates
 import run_lock
@@ -59,8 +60,13 @@ class TrainedModel:
     # ARTIFACTS_DIR/latest is switched to another run meanwhile.
     file: str = ""
     # The kind of task it was trained for (tasks.saved_task, read when it
-    # was loaded; a model from another framework: one class per image).
+    # was loaded; a model from another framework: multi-label when its
+    # sidecar says so, else one class per image).
     task: tasks.Task = tasks.SINGLE_LABEL
+    # Multi-label: each label's threshold, in class order (decision_thresholds:
+    # --threshold, else the run's or the sidecar's, else 0.5); None for one
+    # class per image.
+    thresholds: np.ndarray | None = None
 
     @property
     def temperature(self):
@@ -109,18 +115,20 @@ def read_companions(model_path):
     return folder, class_names, run_config
 
 
-def load_trained_model(model_path, image_size=None):
+def load_trained_model(model_path, image_size=None, threshold=None):
     """Loads the model at `model_path` with its class index and run config
     from beside it (`read_companions`). A .keras file loads into Keras; an
     export (.onnx, .tflite, a SavedModel folder) into an export runner,
     used the same way; an .onnx file with a sidecar beside it is a model
     from another framework (load_external_model). `image_size`, when given,
-    must be the model's. Raises UserError when something is missing or does
-    not match."""
+    must be the model's. A multi-label model decides with each label's
+    saved threshold, or `threshold` (--threshold) for every label
+    (decision_thresholds). Raises UserError when something is missing or
+    does not match."""
     if not os.path.exists(model_path):
         raise UserError(f"no model at {model_path}: {missing_model_hint(model_path)}")
     if external.has_sidecar(model_path):
-        return load_external_model(model_path, image_size)
+        return load_external_model(model_path, image_size, threshold)
     if export.model_format(model_path) == "keras" and not model_path.endswith(".keras"):
         raise UserError(
             "model must be a .keras file saved by main.py or an export of one (.onnx, "
@@ -151,7 +159,30 @@ def load_trained_model(model_path, image_size=None):
             f"image_size is fixed by the model ({model_size}); leave it out. "
             f"Received: image_size={image_size}"
         )
-    return TrainedModel(model, model_path, class_names, model_size, run_config, folder, file=real_path, task=task)
+    thresholds = decision_thresholds(task, class_names, run_config.get("thresholds"), threshold, model_path)
+    return TrainedModel(model, model_path, class_names, model_size, run_config, folder, file=real_path, task=task,
+                        thresholds=thresholds)
+
+
+def decision_thresholds(task, class_names, saved, threshold, model_path):
+    """The thresholds a multi-label model decides with, one per label in
+    class order (label_metrics.thresholds_of: `threshold`, the --threshold
+    option, for every label; else the `saved` {label: threshold}; else
+    0.5); None for a model of one class per image, which takes no
+    --threshold (UserError: its answer is the most probable class)."""
+    if task.multi_label:
+        return label_metrics.thresholds_of(class_names, saved, threshold)
+    if threshold is not None:
+        raise UserError(
+            f"--threshold decides which labels a multi-label model gives; the model {model_path} gives one "
+            f"class per image (the most probable), so leave --threshold out. Received: threshold={threshold}"
+        )
+    return None
+
+
+def at_threshold(trained, threshold):
+    """A multi-label TrainedModel deciding every label at `threshold`."""
+    return dataclasses.replace(trained, thresholds=label_metrics.thresholds_of(trained.class_names, None, threshold))
 
 
 def missing_model_hint(model_path):
@@ -192,12 +223,14 @@ def unfinished_note(trained):
     )
 
 
-def load_external_model(model_path, image_size=None):
+def load_external_model(model_path, image_size=None, threshold=None):
     """A model from another framework: the .onnx file `model_path` with its
     sidecar (external.load_external), as a TrainedModel whose model is an
     external.ExternalRunner: its class names, size and preprocessing are
     the sidecar's (and the ONNX graph's), its run config is empty and it has
-    no split manifest, so every image of a folder is evaluated.
+    no split manifest, so every image of a folder is evaluated. A sidecar
+    that says "multi_label" makes it a multi-label model, deciding with the
+    sidecar's "thresholds" (or `threshold`, or 0.5).
     `image_size`, when given, must be the model's. Raises UserError."""
     if export.model_format(model_path) != "onnx" or not os.path.isfile(model_path):
         raise UserError(
@@ -211,7 +244,11 @@ def load_external_model(model_path, image_size=None):
             f"Received: image_size={image_size}"
         )
     folder = os.path.dirname(os.path.abspath(model_path))
-    return TrainedModel(runner, model_path, runner.sidecar.classes, runner.image_size, {}, folder, runner.sidecar)
+    sidecar = runner.sidecar
+    task = tasks.MULTI_LABEL if sidecar.multi_label else tasks.SINGLE_LABEL
+    thresholds = decision_thresholds(task, sidecar.classes, sidecar.thresholds, threshold, model_path)
+    return TrainedModel(runner, model_path, sidecar.classes, runner.image_size, {}, folder, sidecar, task=task,
+                        thresholds=thresholds)
 
 
 def load_model_file(model_path):
@@ -276,30 +313,84 @@ class LabelledImages:
 
 def manifest_images(image_dir, split, trained):
     """(absolute paths, labels) of one split ("all": every split) of the
-    split_manifest.csv saved with the model."""
+    split_manifest.csv saved with the model: class numbers, or for a
+    multi-label model multi-hot labels (`manifest_label_sets`)."""
     try:
         rows = artifacts.read_manifest(trained.folder)
     except artifacts.CompanionError as error:
         raise UserError(f"cannot use the saved split: {error}") from None
-    class_ids = {name: number for number, name in enumerate(trained.class_names)}
     chosen = [row for row in rows if split == "all" or row.split == split]
     paths = [os.path.join(os.path.abspath(image_dir), row.path) for row in chosen]
+    if trained.task.multi_label:
+        return paths, trained.task.encode(manifest_label_sets(chosen, trained), trained.class_names)
+    class_ids = {name: number for number, name in enumerate(trained.class_names)}
     labels = np.array([class_ids[row.label] for row in chosen], dtype=np.int32)
     return paths, labels
 
 
-def folder_images(image_dir, class_names, labels_csv=None, readers=None, sidecar=None):
+def saved_reading(trained):
+    """How the run read its labels CSV (dataset_files.LabelReading of its
+    saved --label_delimiter and --no_label; the defaults for a run that saved
+    none)."""
+    options = trained.run_config.get("options") or {}
+    return dataset_files.LabelReading(
+        delimiter=options.get("label_delimiter") or config.DEFAULTS.label_delimiter,
+        no_label=options.get("no_label"),
+    )
+
+
+def manifest_label_sets(rows, trained):
+    """The label set of each split_manifest.csv row of a multi-label run:
+    its label cell split by the run's --label_delimiter (the manifest holds
+    the labels joined by it; an empty cell is an image with no label).
+    Raises UserError for a label the model does not know (a manifest of
+    another run)."""
+    separator = saved_reading(trained).separator
+    label_sets = [tuple(name for name in row.label.split(separator) if name) for row in rows]
+    unknown = sorted({name for labels in label_sets for name in labels} - set(trained.class_names))
+    if unknown:
+        raise UserError(
+            f"cannot use the saved split: {os.path.join(trained.folder, artifacts.SPLIT_MANIFEST_FILE)} names "
+            f"label(s) the model does not know ({', '.join(unknown[:10])}): it comes from another run"
+        )
+    return label_sets
+
+
+def csv_reading(trained, path_column=None, label_column=None, delimiter=None, no_label=None):
+    """How another folder's labels CSV is read for `trained` (the options
+    --path_column, --label_column, --label_delimiter, --no_label): as a
+    multi-label CSV for a multi-label model, every row a label set. The
+    delimiter and the no-label value default to the run's own
+    (`saved_reading`) when left at their defaults."""
+    saved = saved_reading(trained)
+    if delimiter in (None, config.DEFAULTS.label_delimiter):
+        delimiter = saved.delimiter
+    return dataset_files.LabelReading(
+        path_column=path_column,
+        label_column=label_column,
+        delimiter=delimiter,
+        multi_label=1 if trained.task.multi_label else None,
+        no_label=no_label if no_label is not None else saved.no_label,
+    )
+
+
+def folder_images(image_dir, class_names, labels_csv=None, readers=None, sidecar=None, task=tasks.SINGLE_LABEL,
+                  reading=None):
     """Every image of a labelled folder (class folders, split folders of
-    class folders, or --labels_csv), listed the way main.py lists them
-    (dataset_files.scan_dataset). With the `sidecar` of a model from
-    another framework, the folder's classes must be exactly the model's
-    (external.check_classes); a run of ours may be scored on some of its.
+    class folders, or --labels_csv read as `reading` says,
+    dataset_files.LabelReading), listed the way main.py lists them
+    (dataset_files.scan_dataset). With the `sidecar` of a single-label
+    model from another framework, the folder's classes must be exactly
+    the model's (external.check_classes); a run of ours may be scored on
+    some of its. For a multi-label `task` the labels are multi-hot, from
+    the CSV's label sets (a class folder is a set of one label).
 
     Returns (absolute paths, labels, skipped). Raises UserError when there
-    is no image or naming classes the model does not know.
+    is no image, naming classes the model does not know, or for a CSV with
+    several labels per image given to a model of one class per image.
     """
     root = os.path.abspath(image_dir)
-    scan = dataset_files.scan_dataset(root, labels_csv, readers)
+    scan = dataset_files.scan_dataset(root, labels_csv, readers, reading)
     for note in scan.notes:
         print(f"    note: {note}")
     for warning in scan.warnings:
@@ -317,19 +408,29 @@ def folder_images(image_dir, class_names, labels_csv=None, readers=None, sidecar
             f"no labelled images in {image_dir}: expected class folders or --labels_csv "
             "(to predict new, unlabelled images, use predict.py --images DIR)"
         )
-    folder_classes = sorted({candidate.label for candidate in scan.candidates})
-    if sidecar is not None:
+    if scan.multi_label and not task.multi_label:
+        raise UserError(
+            f"the labels CSV {labels_csv} gives several labels per image, but the model gives one class per "
+            "image: evaluate it on a CSV of one label per row, or train a multi-label model on this one"
+        )
+    label_sets = [candidate.labels if candidate.labels is not None else (candidate.label,)
+                  for candidate in scan.candidates]
+    folder_classes = sorted({name for labels in label_sets for name in labels})
+    if sidecar is not None and not task.multi_label:
         external.check_classes(sidecar, folder_classes, f"the folder {image_dir}")
     unknown = sorted(set(folder_classes) - set(class_names))
     if unknown:
         known = ", ".join(class_names[:20]) + (" …" if len(class_names) > 20 else "")
+        kind = "label" if task.multi_label else "class"
         raise UserError(
-            f"class(es) not in the model's class index: {', '.join(unknown)} "
+            f"{kind}(s) not in the model's class index: {', '.join(unknown)} "
             f"(the model knows: {known})"
         )
-    class_ids = {name: number for number, name in enumerate(class_names)}
     paths = [os.path.join(root, candidate.path) for candidate in scan.candidates]
-    labels = np.array([class_ids[candidate.label] for candidate in scan.candidates], dtype=np.int32)
+    if task.multi_label:
+        return paths, task.encode(label_sets, class_names), tuple(scan.skipped)
+    class_ids = {name: number for number, name in enumerate(class_names)}
+    labels = np.array([class_ids[labels[0]] for labels in label_sets], dtype=np.int32)
     return paths, labels, tuple(scan.skipped)
 
 
@@ -367,10 +468,12 @@ def seen_in_training(image_dir, paths, trained, readers=None, cache_dir=None):
     return tuple(sorted(copies))
 
 
-def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, readers=None):
+def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, readers=None, reading=None):
     """The images evaluate.py and predict.py --image_dir use: the saved
     `split` ("all": every split) of the folder the model was trained on, or
-    every image of any other folder; `classes` keeps only those classes.
+    every image of any other folder (its labels CSV read as `reading` says:
+    csv_reading); `classes` keeps only the images of those classes (of a
+    multi-label model: the images with any of those labels).
     Returns LabelledImages; raises UserError."""
     if not os.path.isdir(image_dir):
         raise UserError(f"image_dir is not a folder. Received: image_dir={image_dir}")
@@ -386,7 +489,8 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
         description = "all splits" if split == "all" else f"{split} split"
     else:
         paths, labels, skipped = folder_images(
-            image_dir, trained.class_names, labels_csv, readers, sidecar=trained.sidecar
+            image_dir, trained.class_names, labels_csv, readers, sidecar=trained.sidecar, task=trained.task,
+            reading=reading if reading is not None else csv_reading(trained),
         )
         description = "all images"
         other_folder = True
@@ -396,8 +500,11 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
             raise UserError(
                 f"class(es) not in the model's class index: {', '.join(unknown)}"
             )
-        wanted = {trained.class_names.index(name) for name in classes}
-        keep = [number for number, label in enumerate(labels) if label in wanted]
+        wanted = [trained.class_names.index(name) for name in classes]
+        if trained.task.multi_label:
+            keep = [number for number, label in enumerate(labels) if label[wanted].any()]
+        else:
+            keep = [number for number, label in enumerate(labels) if label in wanted]
         paths, labels = [paths[i] for i in keep], labels[keep]
         description += f", classes {', '.join(classes)}"
     if not paths:
@@ -429,12 +536,16 @@ def trust_cells(bins, confidence):
     return ["" if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
 
 
-def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, bins=None):
+def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, bins=None,
+                    task=tasks.SINGLE_LABEL, thresholds=None, separator=";"):
     """predictions.csv rows, header first: path, [true_class,]
     predicted_class, confidence, the next best classes up to top_k, then
     TRUST_COLUMNS from the test split's saved reliability `bins` (see
-    saved_test_reliability; None leaves them empty). predict.py writes
+    saved_test_reliability; None leaves them empty). A multi-label `task`
+    has label_rows instead (`thresholds`, `separator`). predict.py writes
     them; app.py shows and offers the same rows."""
+    if task.multi_label:
+        return label_rows(paths, probabilities, class_names, thresholds, separator, true_labels, bins)
     top_k = min(top_k, len(class_names))
     header = ["path"] + (["true_class"] if true_labels is not None else [])
     header += ["predicted_class", "confidence"]
@@ -447,6 +558,71 @@ def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, 
             row += [name, f"{probability:.6f}"]
         rows.append(row + trust_cells(bins, ranked[0][1]))
     return rows
+
+
+# A multi-label predictions.csv's last two columns, one value per predicted
+# label (in predicted_labels' order, joined the same way): how often the
+# test split's (image, label) pairs at that label's probability had the
+# label (empty when too few pairs were there, or the run saved no test
+# evaluation), and how many pairs there were.
+LABEL_TRUST_COLUMNS = ("test_present_at_probability", "test_pairs_at_probability")
+
+
+def probability_column(name):
+    """A multi-label predictions.csv's column of one label's probability."""
+    return f"probability_{name}"
+
+
+def label_trust(bins, probability):
+    """(how often the test split's (image, label) pairs at `probability`
+    had the label, or None when too few pairs were there; the
+    calibration.Trust of their bin). A multi-label run's bins are over its
+    (image, label) pairs as yes/no answers (metrics.Evaluation.reliability),
+    binned by the answer's confidence, max(p, 1 - p): a pair at p < 0.5 was
+    a "no" answer, right when the label was absent."""
+    trust = calibration.trust_at(bins, max(probability, 1.0 - probability))
+    if trust.accuracy is None:
+        return None, trust
+    return (trust.accuracy if probability >= 0.5 else 1.0 - trust.accuracy), trust
+
+
+def predicted_names(row, class_names, thresholds):
+    """The labels of one image's probabilities `row` at or above their
+    thresholds, most probable first: [(label, probability)]."""
+    order = np.argsort(-np.asarray(row), kind="stable")
+    return [(class_names[i], float(row[i])) for i in order if row[i] >= thresholds[i]]
+
+
+def label_rows(paths, probabilities, class_names, thresholds, separator, true_labels=None, bins=None):
+    """A multi-label model's predictions.csv rows, header first: path,
+    [true_labels,] predicted_labels (the labels at or above their
+    thresholds, most probable first, joined by `separator`; empty for
+    none), one probability column per label (probability_column), then
+    LABEL_TRUST_COLUMNS for the predicted labels from the test split's
+    saved `bins` (None leaves them empty)."""
+    thresholds = np.full(len(class_names), 0.5) if thresholds is None else np.asarray(thresholds)
+    header = ["path"] + (["true_labels"] if true_labels is not None else []) + ["predicted_labels"]
+    rows = [header + [probability_column(name) for name in class_names] + list(LABEL_TRUST_COLUMNS)]
+    for number, (path, row) in enumerate(zip(paths, probabilities)):
+        predicted = predicted_names(row, class_names, thresholds)
+        cells = [path]
+        if true_labels is not None:
+            cells.append(separator.join(name for name, on in zip(class_names, true_labels[number]) if on > 0.5))
+        cells.append(separator.join(name for name, _ in predicted))
+        cells += [f"{value:.6f}" for value in row]
+        trusted = [label_trust(bins, probability) for _, probability in predicted] if bins is not None else []
+        cells += [separator.join("" if rate is None else f"{rate:.4f}" for rate, _ in trusted),
+                  separator.join(str(trust.images) for _, trust in trusted)]
+        rows.append(cells)
+    return rows
+
+
+def rows_of(trained, paths, probabilities, top_k, true_labels=None, bins=None):
+    """prediction_rows of a TrainedModel's predictions (its task, its
+    thresholds and its run's label delimiter)."""
+    return prediction_rows(paths, probabilities, trained.class_names, top_k, true_labels, bins,
+                           task=trained.task, thresholds=trained.thresholds,
+                           separator=saved_reading(trained).separator)
 
 
 def trace_for_any_batch_size(model, images):
@@ -603,6 +779,7 @@ def evaluate_images(trained, images, batch_size, readers=None, tta=None):
         temperature=trained.temperature,
         tta=1 if tta is None else tta.versions,
         task=trained.task,
+        thresholds=trained.thresholds,
     )
 
 

@@ -100,12 +100,15 @@ def unreadable_reason(path, readers=None):
     return "not a readable image" if check.usable else check.reason
 
 
+# The columns print_table shows, those a predictions.csv has, in this order:
+# one class per image, or a multi-label model's label sets.
+TABLE_COLUMNS = ("path", "true_class", "true_labels", "predicted_class", "predicted_labels", "confidence")
+
+
 def print_table(rows, limit=15):
     """The first rows of predictions.csv as an aligned table."""
     header = rows[0]
-    columns = [header.index("path"), header.index("predicted_class"), header.index("confidence")]
-    if "true_class" in header:
-        columns.insert(1, header.index("true_class"))
+    columns = [header.index(name) for name in TABLE_COLUMNS if name in header]
     shown = rows[1 : limit + 1]
     width = min(50, max(len(row[0]) for row in rows))
 
@@ -113,6 +116,10 @@ def print_table(rows, limit=15):
         text = row[column]
         if header[column] == "confidence" and row is not header:
             return f"{float(text):.1%}"
+        # A path keeps its end (the file name); a label set its beginning
+        # (the most probable labels).
+        if header[column].endswith("_labels"):
+            return text if len(text) <= 50 else text[:49] + "…"
         return text if len(text) <= width else "…" + text[-(width - 1) :]
 
     widths = [max(len(cell(row, column)) for row in [header] + shown) for column in columns]
@@ -158,18 +165,24 @@ def predict_labelled(trained, images, output, readers=None, bins=None):
     evaluation = inference.evaluate_images(trained, images, output.batch_size, readers, output.tta)
     inference.report_skipped(evaluation.skipped)
     root = os.path.abspath(output.image_dir)
-    rows = inference.prediction_rows(
+    rows = inference.rows_of(
+        trained,
         [os.path.relpath(path, root) for path in evaluation.paths],
         evaluation.probabilities,
-        trained.class_names,
         output.top_k,
         evaluation.true_labels,
         bins,
     )
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
     output.written.update(csv=csv_path, rows=rows, skipped=evaluation.skipped)
-    accuracy = float(np.mean(evaluation.true_labels == evaluation.predicted))
-    print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {accuracy:.1%}")
+    if trained.task.multi_label:
+        output.written.update(labels=label_counts_line(trained, evaluation.probabilities))
+        print(f"    {len(evaluation.paths)} images ({evaluation.description}): "
+              f"{evaluation.headline(evaluation.metrics())}")
+        print(f"    {output.written['labels']}")
+    else:
+        accuracy = float(np.mean(evaluation.true_labels == evaluation.predicted))
+        print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {accuracy:.1%}")
     print(f"    predictions: {csv_path} (paths relative to {output.image_dir})")
     gallery, indices = figures.render_gallery(
         evaluation, output.rows, output.cols, output.gallery, output.seed,
@@ -210,10 +223,13 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     if not len(positions):
         raise UserError(f"no readable images among --images ({found} image file(s) found, {len(skipped)} skipped)")
     kept = [paths[i] for i in positions]
-    rows = inference.prediction_rows(kept, probabilities, trained.class_names, output.top_k, bins=bins)
+    rows = inference.rows_of(trained, kept, probabilities, output.top_k, bins=bins)
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
     output.written.update(csv=csv_path, rows=rows, skipped=skipped)
     print_table(rows)
+    if trained.task.multi_label:
+        output.written.update(labels=label_counts_line(trained, probabilities))
+        print(f"    {output.written['labels']}")
     print(f"    predictions: {csv_path}")
     if skipped:
         print(f"    skipped: {write_skipped(output.path('predictions'), skipped)}")
@@ -222,8 +238,10 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     )
     items = figures.gallery_items(
         kept, None, probabilities, trained.class_names, trained.image_size, indices,
-        captions=[os.path.basename(path) for path in kept], readers=readers,
+        captions=gallery_captions(trained, kept, rows), readers=readers,
     )
+    if trained.task.multi_label:
+        items = given_label_items(trained, items, [probabilities[i] for i in indices])
     subtitle = f"{len(items)} of {len(kept)} images"
     if skipped:
         subtitle += f" · {len(skipped)} skipped (see skipped.csv)"
@@ -238,12 +256,57 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     return drawn
 
 
+def gallery_captions(trained, paths, rows):
+    """Each image's caption in the unlabelled gallery: its file name, and
+    after it a multi-label model's other given labels ('00005.png +gravel
+    +brick': the title names the most probable given one,
+    given_label_items; predictions.csv's `rows` hold the sets)."""
+    names = [os.path.basename(path) for path in paths]
+    if not trained.task.multi_label:
+        return names
+    column = rows[0].index("predicted_labels")
+    separator = inference.saved_reading(trained).separator
+    captions = []
+    for name, row in zip(names, rows[1:]):
+        given = [label for label in row[column].split(separator) if label] if row[column] else []
+        captions.append(" ".join([name, *(f"+{label}" for label in given[1:])]) if given else f"{name}: no label")
+    return captions
+
+
+def given_label_items(trained, items, probabilities):
+    """A multi-label model's unlabelled gallery tiles titled with the most
+    probable label it gives (at or above its threshold), not merely the
+    most probable one, which may be below its threshold; a tile with no
+    label given keeps the most probable one (its caption says no label)."""
+    titled = []
+    for item, row in zip(items, probabilities):
+        given = inference.predicted_names(row, trained.class_names, trained.thresholds)
+        titled.append(dataclasses.replace(item, predicted=given[0][0], confidence=given[0][1]) if given else item)
+    return titled
+
+
+def label_counts_line(trained, probabilities):
+    """How many images a multi-label model gave each label (at its
+    threshold), most given first, and how many got none: 'labels given:
+    grass 12, brick 9, coffee 0 · no label: 3 of 40 images'."""
+    predicted = trained.task.predicted(probabilities, trained.thresholds)
+    counts = predicted.sum(axis=0)
+    order = np.argsort(-counts, kind="stable")
+    given = ", ".join(f"{trained.class_names[i]} {int(counts[i])}" for i in order)
+    return f"labels given: {given} · no label: {int((~predicted.any(axis=1)).sum())} of {len(predicted)} images"
+
+
 def trust_note(saved, trained):
     """The line saying where predictions.csv's trust columns come from."""
     if saved is None:
         return (
             f"trust columns empty: the run in {trained.folder} saved no test evaluation "
             "(evaluate.py on its training folder saves one)"
+        )
+    if trained.task.multi_label:
+        return (
+            f"trust columns: for each predicted label, how often the (image, label) pairs of the "
+            f"{saved['images']} test images at that probability had the label ({artifacts.TEST_RELIABILITY_FILE})"
         )
     return (
         f"trust columns: how often the {saved['images']} test images at each confidence were right "
@@ -299,7 +362,8 @@ def run_prediction(argv=None):
     console.start_tensorflow(options.verbose)
     readers = config.load_readers(options.reader)
     trained = inference.load_trained_model(
-        artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size
+        artifacts.model_path(options.artifacts_dir, options.model), image_size=options.image_size,
+        threshold=options.threshold,
     )
     tta = inference.test_time_augmentation(trained, options.tta, options.seed)
     output = Output(
@@ -330,6 +394,8 @@ def run_prediction(argv=None):
             images = inference.labelled_images(
                 options.image_dir, trained, options.split, options.labels_csv,
                 options.classes, readers,
+                reading=inference.csv_reading(trained, options.path_column, options.label_column,
+                                              options.label_delimiter, options.no_label),
             )
             drawn = predict_labelled(trained, images, output, readers, bins)
         for path in drawn:
@@ -342,6 +408,7 @@ def run_prediction(argv=None):
     console.summary([
         f"{len(written['rows']) - 1} image(s) labelled by {trained.path}"
         + (f", {len(written['skipped'])} skipped" if written["skipped"] else ""),
+        *([written["labels"]] if "labels" in written else []),
         f"predictions: {written['csv']}",
         f"report: {page}",
         "next: open the report, or python evaluate.py --image_dir LABELLED_FOLDER/ to measure the model on labelled images",
