@@ -58,7 +58,7 @@ def manifest(run, delimiter=";"):
     splits = {"train": [], "val": [], "test": []}
     with open(os.path.join(run, "split_manifest.csv"), newline="") as handle:
         for row in csv.DictReader(handle):
-            labels = [label for label in row["label"].split(delimiter) if label]
+            labels = [label for label in row["class"].split(delimiter) if label]
             splits[row["split"]].append((row["path"], labels))
     return splits, names
 
