@@ -406,3 +406,18 @@ def test_a_multi_label_run_beside_a_single_label_one_is_refused_by_compare(label
                           "--artifacts_dir", str(artifacts_dir), "--results_dir", str(tmp_path / "r"), "--show", "0"])
     assert code == 2
     assert one_line_error(capsys).startswith(f"error: multi-label run(s) {runs[0]} and single-label run(s) {runs[1]}")
+
+
+@pytest.mark.slow
+def test_a_multi_label_cross_validation_is_re_scored_on_the_same_folds(label_folds, capsys):
+    import evaluate
+
+    code = evaluate.main(["--cross_validation", "--artifacts_dir", str(label_folds["artifacts"]),
+                          "--results_dir", str(label_folds["results"]), "--show", "0"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "re-scored" in printed and "validation folds micro F1: " in printed and "validation folds mAP: " in printed
+    first, second = sorted(os.listdir(label_folds["results"] / cross_validation.FOLDER))[:2]
+    summaries = [read_csv(label_folds["results"] / cross_validation.FOLDER / stamp / "summary.csv")
+                 for stamp in (first, second)]
+    assert summaries[0] == summaries[1]  # the same models on the same folds: the same numbers
