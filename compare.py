@@ -26,7 +26,9 @@ import artifacts
 import external
 import image_io
 import inference
+import label_metrics
 import safe_text
+import tasks
 import visualize
 from errors import UserError
 
@@ -61,6 +63,23 @@ COLUMNS = (
     ("inference_ms_per_image", f"inference ms/image (batch {TIMING_BATCH})"),
     ("published", "published"),
 )
+# A multi-label comparison's columns: micro-F1 and mAP lead; test_accuracy
+# is the exact-set (subset) accuracy, as label_metrics calls "accuracy".
+LABEL_COLUMNS = (
+    *COLUMNS[:11],
+    ("micro_f1", "micro F1"),
+    ("mAP", "mAP"),
+    ("macro_f1", "macro F1"),
+    ("test_accuracy", "exact-set accuracy"),
+    ("hamming_loss", "Hamming loss"),
+    ("test_loss", "loss (BCE)"),
+    *COLUMNS[-2:],
+)
+
+
+def columns_of(task):
+    """The comparison's (CSV column, markdown header) pairs for runs of `task` (tasks.Task)."""
+    return LABEL_COLUMNS if task.multi_label else COLUMNS
 
 
 # ---------------------------------------------------------------- which runs
@@ -250,29 +269,49 @@ def common_images_of(trained, image_dir, common):
     `trained`: each label the number of its class name in the model's own
     class order, so a model whose classes are in another order is scored
     right."""
+    paths = [os.path.join(os.path.abspath(image_dir), path) for path in common.paths]
+    if trained.task.multi_label:
+        # The manifest's label cell holds the label set, joined by the run's delimiter.
+        delimiter = (trained.run_config.get("options") or {}).get("label_delimiter") or ";"
+        delimiter = "\t" if delimiter == "\\t" else delimiter  # as dataset_files.CsvReading.separator reads it
+        label_sets = [tuple(name for name in text.split(delimiter) if name) for text in common.labels]
+        return inference.LabelledImages(paths=paths, labels=trained.task.encode(label_sets, trained.class_names),
+                                        description="test images common to the compared runs")
     class_ids = {name: number for number, name in enumerate(trained.class_names)}
     return inference.LabelledImages(
-        paths=[os.path.join(os.path.abspath(image_dir), path) for path in common.paths],
+        paths=paths,
         labels=np.array([class_ids[label] for label in common.labels], dtype=np.int32),
         description="test images common to the compared runs",
     )
 
 
+def with_saved_thresholds(trained, evaluation):
+    """A multi-label `evaluation` of the model `trained` deciding with the
+    thresholds saved with it (run_config.json's "thresholds", chosen on its
+    validation split); any other evaluation as it is."""
+    if not trained.task.multi_label:
+        return evaluation
+    saved = (trained.run_config or {}).get("thresholds")
+    return dataclasses.replace(evaluation, thresholds=label_metrics.thresholds_of(trained.class_names, saved))
+
+
 def scored(trained, images, batch_size, readers, timing_images):
     """(the comparison row's metric and timing columns, the Evaluation) of
     the model `trained` on LabelledImages `images`."""
-    evaluation = inference.evaluate_images(trained, images, batch_size, readers)
+    evaluation = with_saved_thresholds(trained, inference.evaluate_images(trained, images, batch_size, readers))
     metrics = evaluation.metrics()
     if timing_images is None:
         timing_images = load_timing_images(images.paths, trained.image_size, readers)
     columns = {
-        "test_accuracy": metrics["accuracy"],
+        "test_accuracy": metrics["accuracy"],  # multi-label: the exact-set accuracy
         "test_loss": metrics["loss"],
         "macro_f1": metrics["macro_avg"]["f1"],
         "macro_roc_auc": macro_auc(metrics["roc_auc"]),
         "inference_ms_per_image": inference_ms_per_image(trained.model, timing_images),
         "test_images": metrics["num_samples"],
     }
+    if trained.task.multi_label:
+        columns.update(micro_f1=metrics["micro_avg"]["f1"], mAP=metrics["mAP"], hamming_loss=metrics["hamming_loss"])
     return columns, evaluation
 
 
@@ -305,12 +344,18 @@ def score_run(folder, image_dir, common, batch_size, readers=None, timing_images
     return row, evaluation
 
 
-def load_external_model(model_path, class_names):
+def load_external_model(model_path, class_names, task=tasks.SINGLE_LABEL):
     """The model from another framework at `model_path` (inference.
     load_external_model: the .onnx file and its sidecar), its classes
-    checked by name against the compared runs' `class_names`. Raises
-    UserError naming the file and the field."""
+    checked by name against the compared runs' `class_names` and its task
+    against theirs (`task`). Raises UserError naming the file and the
+    field."""
     trained = inference.load_external_model(model_path)
+    if trained.task != task:
+        raise UserError(
+            f"--external {model_path} is a {trained.task.name.replace('_', '-')} model and the compared runs are "
+            f"{task.name.replace('_', '-')}: models of different tasks are not compared"
+        )
     external.check_classes(trained.sidecar, class_names, "the compared runs' dataset")
     return trained
 
@@ -350,9 +395,15 @@ def load_timing_images(paths, image_size, readers=None):
 
 
 def ranked(rows):
-    """Rows best first (test accuracy, then macro F1, then lower loss),
-    each given its rank."""
-    order = sorted(rows, key=lambda row: (-row["test_accuracy"], -row["macro_f1"], row["test_loss"]))
+    """Rows best first (test accuracy, then macro F1, then lower loss; rows
+    of multi-label runs by micro-F1, then mAP, then lower loss), each
+    given its rank."""
+    def order_key(row):
+        if "micro_f1" in row:
+            return (-row["micro_f1"], -(row["mAP"] if row["mAP"] is not None else -1.0), row["test_loss"])
+        return (-row["test_accuracy"], -row["macro_f1"], row["test_loss"])
+
+    order = sorted(rows, key=order_key)
     return [{**row, "rank": rank} for rank, row in enumerate(order, start=1)]
 
 
@@ -374,7 +425,7 @@ def markdown_value(name, value):
 def _cell_text(name, value):
     if value is None:
         return "n/a"
-    if name in ("test_accuracy", "macro_f1", "macro_roc_auc", "test_loss"):
+    if name in ("test_accuracy", "macro_f1", "macro_roc_auc", "test_loss", "micro_f1", "mAP", "hamming_loss"):
         return f"{value:.4f}"
     if name == "parameters":
         return f"{value:,}"
@@ -387,28 +438,30 @@ def _cell_text(name, value):
     return str(value)
 
 
-def markdown_table(rows):
-    """The comparison as a GitHub markdown table, numbers right-aligned."""
+def markdown_table(rows, columns=COLUMNS):
+    """The comparison as a GitHub markdown table, numbers right-aligned;
+    `columns`: (name, header) pairs (columns_of)."""
     text_columns = ("backbone", "source", "run", "weights", "published")
     lines = [
-        "| " + " | ".join(header for _, header in COLUMNS) + " |",
-        "|" + "|".join("---" if name in text_columns else "---:" for name, _ in COLUMNS) + "|",
+        "| " + " | ".join(header for _, header in columns) + " |",
+        "|" + "|".join("---" if name in text_columns else "---:" for name, _ in columns) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(markdown_value(name, row.get(name)) for name, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(markdown_value(name, row.get(name)) for name, _ in columns) + " |")
     return "\n".join(lines)
 
 
-def write_comparison(rows, folder, notes, subtitle=""):
+def write_comparison(rows, folder, notes, subtitle="", columns=COLUMNS):
     """model_comparison.csv, .md and .png in `folder` for ranked `rows`;
-    `notes`: lines said under the markdown table. Returns the three paths."""
-    names = [name for name, _ in COLUMNS] + ["test_images"]
+    `notes`: lines said under the markdown table; `columns`: columns_of
+    the runs' task. Returns the three paths."""
+    names = [name for name, _ in columns] + ["test_images"]
     csv_path = artifacts.write_csv(
         os.path.join(folder, "model_comparison.csv"),
         [names] + [[csv_value(row.get(name)) for name in names] for row in rows],
     )
     text = "\n".join(
-        ["# Model comparison", "", markdown_table(rows), ""]
+        ["# Model comparison", "", markdown_table(rows, columns), ""]
         + [f"- {safe_text.markdown(line)}" for line in notes]
         + [""]
     )
@@ -463,27 +516,45 @@ def external_notes(models, common):
 
 
 def run_companions(folders):
-    """({run id: manifest rows}, the class names every run predicts) of the
-    runs in `folders`. Raises UserError when a companion cannot be read or
-    the runs predict different classes."""
-    manifests, class_names = {}, {}
+    """({run id: manifest rows}, the class names every run predicts, their
+    tasks.Task) of the runs in `folders`. Raises UserError when a
+    companion cannot be read, the runs are of different tasks (multi-label
+    runs beside single-label ones) or predict different classes."""
+    manifests, class_names, run_tasks = {}, {}, {}
     for folder in folders:
         run_id = os.path.basename(folder)
         try:
             manifests[run_id] = artifacts.read_manifest(folder)
             class_names[run_id] = artifacts.read_class_names(folder)
+            run_tasks[run_id] = tasks.saved_task(artifacts.read_run_config(folder),
+                                                 os.path.join(folder, artifacts.RUN_CONFIG_FILE))
         except artifacts.CompanionError as error:
             raise UserError(f"cannot compare run {run_id}: {error}") from None
+    if len(set(run_tasks.values())) > 1:
+        multi = [run for run, task in run_tasks.items() if task.multi_label]
+        single = [run for run, task in run_tasks.items() if not task.multi_label]
+        raise UserError(
+            f"multi-label run(s) {', '.join(multi)} and single-label run(s) {', '.join(single)} cannot be compared "
+            "on one table (different metrics): compare each kind on its own (evaluate.py --compare RUN RUN ...)"
+        )
     if len(set(class_names.values())) > 1:
         described = "; ".join(f"{run}: {', '.join(names)}" for run, names in class_names.items())
         raise UserError(f"the runs predict different classes, so they cannot be compared ({described})")
-    return manifests, next(iter(class_names.values()))
+    return manifests, next(iter(class_names.values())), next(iter(run_tasks.values()))
 
 
 def print_row(row):
     """A scored model's line on the terminal (an external model's name is
     the user's sidecar text: printed by safe_text.terminal)."""
     where = f"external, {row['run']}" if row["source"] == EXTERNAL else f"run {row['run']}"
+    if "micro_f1" in row:
+        map_text = "n/a" if row["mAP"] is None else f"{row['mAP']:.4f}"
+        print(
+            f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): micro-F1 {row['micro_f1']:.4f}, "
+            f"mAP {map_text}, exact set {row['test_accuracy']:.4f}, loss {row['test_loss']:.4f}, "
+            f"{row['inference_ms_per_image']:.2f} ms/image"
+        )
+        return
     print(
         f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): accuracy {row['test_accuracy']:.4f}, "
         f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
@@ -500,13 +571,21 @@ def timing_repeats_note(images):
     return [f"timing batches repeat images: the {images} common test image(s) fill each batch of {TIMING_BATCH}"]
 
 
-def comparison_notes(common, image_dir, published, foreign):
+def comparison_notes(common, image_dir, published, foreign, task=tasks.SINGLE_LABEL):
     """The lines under the markdown table."""
+    order = (
+        "multi-label runs, each deciding with the per-label thresholds chosen on its own validation split; best "
+        "first: micro-F1, then mAP, then lower loss; loss is the binary cross-entropy of the "
+        "(temperature-calibrated) probabilities; exact-set accuracy: every label of an image right "
+        "(the chart's \"test accuracy\")"
+        if task.multi_label else
+        "best first: test accuracy, then macro F1, then lower loss; loss is the cross-entropy of the "
+        "(temperature-calibrated) probabilities"
+    )
     notes = [
         *common.describe(),
         f"image folder: {os.path.abspath(image_dir)}",
-        "best first: test accuracy, then macro F1, then lower loss; loss is the cross-entropy of the "
-        "(temperature-calibrated) probabilities",
+        order,
         f"inference: median of {TIMING_REPEATS} timed predict_on_batch calls on {TIMING_BATCH} images after "
         f"{TIMING_WARMUP} warm-up calls, one after another in one process on this machine "
         "(CPU unless a GPU was found)" + "".join(f"; {note}" for note in timing_repeats_note(len(common.paths))),
@@ -528,11 +607,11 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     CommonImages, [csv, md, png paths]). Raises UserError when the runs
     cannot be compared or an external model cannot be used."""
     stamp = artifacts.new_run_stamp(results_dir)
-    manifests, class_names = run_companions(folders)
+    manifests, class_names, task = run_companions(folders)
     common = common_test_images(manifests)
     # Every external model is loaded and checked before any is scored: a
     # bad sidecar stops the command at once.
-    foreign = [load_external_model(path, class_names) for path in externals]
+    foreign = [load_external_model(path, class_names, task) for path in externals]
     for line in common.describe():
         print(f"    {line}")
     for line in timing_repeats_note(len(common.paths)):
@@ -553,7 +632,8 @@ def compare_runs(folders, image_dir, results_dir, batch_size, readers=None, publ
     if foreign:
         subtitle += f" · {len(foreign)} external model{'s' if len(foreign) > 1 else ''}"
     rows = ranked(rows)
-    paths = list(write_comparison(rows, folder, comparison_notes(common, image_dir, published, foreign), subtitle))
+    paths = list(write_comparison(rows, folder, comparison_notes(common, image_dir, published, foreign, task), subtitle,
+                                  columns_of(task)))
     for path in paths:
         print(f"    {'figure' if path.endswith('.png') else 'table'}: {path}")
     return rows, common, paths

@@ -26,6 +26,7 @@ import compare
 import config
 import figures
 import inference
+import label_metrics
 import metrics
 import report
 import resume
@@ -46,7 +47,24 @@ METRICS = (
     ("log_loss", "log loss", True),
     ("ece", "ECE", True),
 )
+# A multi-label cross-validation's metrics (label_metrics' scores).
+LABEL_METRICS = (
+    ("micro_f1", "micro F1", False),
+    ("macro_f1", "macro F1", False),
+    ("mAP", "mAP", False),
+    ("subset_accuracy", "exact-set accuracy", False),
+    ("log_loss", "log loss", True),
+    ("ece", "ECE", True),
+)
+# The metrics the printed summary leads with, of each kind.
+HEADLINE = {False: ("accuracy", "macro F1"), True: ("micro F1", "mAP")}
 SUSPECT_GALLERY = (4, 6)  # rows, cols of the suspects' gallery
+SUSPECTS_ON_PAGE = 20  # multi-label: the most doubted (image, label) pairs listed on report.html
+
+
+def metrics_of(task):
+    """The summary's metrics (key, label, lower is better) for a tasks.Task."""
+    return LABEL_METRICS if task.multi_label else METRICS
 
 
 # ---------------------------------------------------------------- label errors
@@ -84,12 +102,61 @@ def label_suspects(labels, probabilities):
     return ranking, suspect, likely
 
 
+def label_thresholds(true_labels, probabilities):
+    """Confident learning's thresholds for multi-label predictions, each
+    label a yes/no question: (t_yes, t_no), each (labels,): t_yes the mean
+    out-of-fold probability over the pairs given 1, t_no the mean of
+    1 - probability over the pairs given 0 (1.0 where a label has no such
+    pair: it doubts nothing)."""
+    truth = np.asarray(true_labels) > 0.5
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    given = truth.sum(axis=0)
+    t_yes = np.where(given > 0, (probabilities * truth).sum(axis=0) / np.maximum(given, 1), 1.0)
+    not_given = (~truth).sum(axis=0)
+    t_no = np.where(not_given > 0, ((1 - probabilities) * ~truth).sum(axis=0) / np.maximum(not_given, 1), 1.0)
+    return t_yes, t_no
+
+
+def label_pair_suspects(true_labels, probabilities):
+    """The (image, label) pairs whose given value the out-of-fold models
+    doubt: confident learning (Northcutt et al., 2021) on each label as a
+    yes/no question, as cleanlab treats multi-label data. A pair given 0
+    is suspect when its probability is above t_yes (label_thresholds) and
+    the "yes" is the more likely answer (probability > 0.5 or 1 -
+    probability below t_no); a pair given 1 likewise when 1 - probability
+    is above t_no. Strict: a model at chance doubts nothing.
+
+    Returns (order: (image, label) index pairs (M, 2), the suspects first,
+    each group by self-confidence, the probability of its given value,
+    lowest first; suspect: (N, L) booleans; self_confidence: (N, L))."""
+    truth = np.asarray(true_labels) > 0.5
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    t_yes, t_no = label_thresholds(truth, probabilities)
+    yes, no = probabilities, 1.0 - probabilities
+    doubt_no = ~truth & (yes > t_yes[None, :]) & ((no < t_no[None, :]) | (yes > no))
+    doubt_yes = truth & (no > t_no[None, :]) & ((yes < t_yes[None, :]) | (no > yes))
+    suspect = doubt_no | doubt_yes
+    self_confidence = np.where(truth, yes, no)
+    flat = np.lexsort((self_confidence.ravel(), ~suspect.ravel()))
+    order = np.stack(np.unravel_index(flat, truth.shape), axis=1)
+    return order, suspect, self_confidence
+
+
 # ---------------------------------------------------------------- the summary
 
 
 def fold_scores(evaluation):
-    """The summary's metrics of one Evaluation."""
+    """The summary's metrics of one Evaluation (metrics_of its task)."""
     scores = evaluation.metrics()
+    if evaluation.task.multi_label:
+        return {
+            "micro_f1": scores["micro_avg"]["f1"],
+            "macro_f1": scores["macro_avg"]["f1"],
+            "mAP": scores["mAP"],
+            "subset_accuracy": scores["subset_accuracy"],
+            "log_loss": scores["loss"],
+            "ece": scores["calibration"]["ece"],
+        }
     return {
         "accuracy": scores["accuracy"],
         "macro_f1": scores["macro_avg"]["f1"],
@@ -115,15 +182,15 @@ def spread(values):
     return mean, deviation, mean - half, mean + half
 
 
-def summary_rows(per_fold):
+def summary_rows(per_fold, metric_list=METRICS):
     """One row per backbone, split ("validation folds", "test split") and
-    metric: mean, std and the 95% interval over the folds. `per_fold` is
-    fold_table's rows."""
+    metric of `metric_list` (metrics_of): mean, std and the 95% interval
+    over the folds. `per_fold` is fold_table's rows."""
     rows = []
     keys = sorted({(row["backbone"], row["split"]) for row in per_fold}, key=lambda key: (key[0], key[1] != "val"))
     for backbone, split in keys:
         chosen = [row for row in per_fold if row["backbone"] == backbone and row["split"] == split]
-        for key, label, _ in METRICS:
+        for key, label, _ in metric_list:
             mean, deviation, low, high = spread(row[key] for row in chosen)
             rows.append({"backbone": backbone, "split": split, "metric": label, "folds": len(chosen),
                          "mean": mean, "std": deviation, "ci95_low": low, "ci95_high": high})
@@ -140,27 +207,30 @@ def markdown_row(cells):
     return "| " + " | ".join(safe_text.markdown(cell) for cell in cells) + " |"
 
 
-def markdown_summary(rows, per_fold, chosen, notes):
+def markdown_summary(rows, per_fold, chosen, notes, metric_list=METRICS):
     """summary.md: the notes, the published run, the summary table and the
-    per-fold table, every text escaped for markdown."""
+    per-fold table (`metric_list`: metrics_of), every text escaped for
+    markdown."""
     lines = ["| backbone | split | metric | mean ± std | 95% interval (t) | folds |", "|---|---|---|---|---|---:|"]
     for row in rows:
         interval = f"{shown(row['ci95_low'])} – {shown(row['ci95_high'])}" if row["std"] is not None else ""
         lines.append(markdown_row([row["backbone"], row["split"], row["metric"],
                                    f"{shown(row['mean'])} ± {shown(row['std'])}", interval, row["folds"]]))
-    lines += ["", markdown_row(["backbone", "fold", "run", "split", "images", *(label for _, label, _ in METRICS)]),
-              "|---|---:|---|---|---:|" + "---:|" * len(METRICS)]
+    lines += ["", markdown_row(["backbone", "fold", "run", "split", "images", *(label for _, label, _ in metric_list)]),
+              "|---|---:|---|---|---:|" + "---:|" * len(metric_list)]
     for row in per_fold:
         lines.append(markdown_row([row["backbone"], row["fold"], row["run"], row["split"], row["images"],
-                                   *(shown(row[key]) for key, _, _ in METRICS)]))
+                                   *(shown(row[key]) for key, _, _ in metric_list)]))
     notes = [safe_text.markdown(note) for note in notes]
     return "\n".join(["# Cross-validation", "", *notes, "", f"Published: {safe_text.markdown(chosen)}", "", *lines, ""])
 
 
-def report_sections(rows, per_fold, chosen, notes, drawn, lines, options):
+def report_sections(rows, per_fold, chosen, notes, drawn, lines, options, metric_list=METRICS, suspects=()):
     """The sections of the summary's report.html, from what summary.md says
-    (`rows`, `per_fold`, `chosen`, `notes`), the figures `drawn` beside it,
-    the suspects' `lines` and the cross-validation's `options`."""
+    (`rows`, `per_fold`, `chosen`, `notes`, `metric_list`), the figures
+    `drawn` beside it, the suspects' `lines`, tables of them (`suspects`:
+    (heading, (header, rows)) each) and the cross-validation's
+    `options`."""
     summary = (
         ("backbone", "split", "metric", "mean ± std", "95% interval (t)", "folds"),
         [(row["backbone"], row["split"], row["metric"], f"{shown(row['mean'])} ± {shown(row['std'])}",
@@ -168,9 +238,9 @@ def report_sections(rows, per_fold, chosen, notes, drawn, lines, options):
          for row in rows],
     )
     folds = (
-        ("backbone", "fold", "run", "split", "images", *(label for _, label, _ in METRICS)),
+        ("backbone", "fold", "run", "split", "images", *(label for _, label, _ in metric_list)),
         [(row["backbone"], row["fold"], row["run"], row["split"], row["images"],
-          *("" if row[key] is None else row[key] for key, _, _ in METRICS)) for row in per_fold],
+          *("" if row[key] is None else row[key] for key, _, _ in metric_list)) for row in per_fold],
     )
     return [
         report.Section("The cross-validation", lines=(*notes, f"Published: {chosen}")),
@@ -178,6 +248,7 @@ def report_sections(rows, per_fold, chosen, notes, drawn, lines, options):
         report.Section("Per fold", table=folds),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Suspected label errors", lines=tuple(line.strip() for line in lines)),
+        *(report.Section(heading, table=table) for heading, table in suspects),
         report.Section("Options", rows=report.options_rows(config.saved_options(options))),
     ]
 
@@ -348,7 +419,8 @@ def fold_evaluations(cv, index, batch_size):
             for split, description in (("val", f"validation fold {fold + 1}"), ("test", "test split")):
                 paths, labels = this.split(split)
                 images = inference.LabelledImages(paths=paths, labels=labels, description=description)
-                pair.append(inference.evaluate_images(trained, images, batch_size, index.readers))
+                pair.append(compare.with_saved_thresholds(
+                    trained, inference.evaluate_images(trained, images, batch_size, index.readers)))
             scored[name].append((run_id, *pair))
     return scored
 
@@ -366,8 +438,15 @@ def fold_table(scored):
 
 def suspects_caveat(evaluation):
     """[a line] when the out-of-fold predictions do not beat always
-    answering the largest class: such models doubt most labels, and their
-    list of suspects says little about the labels. Else []."""
+    answering the largest class (multi-label: the constant answer's
+    micro-F1, or the prevalence's mAP): such models doubt most labels, and
+    their list of suspects says little about the labels. Else []."""
+    if evaluation.task.multi_label:
+        scores = evaluation.metrics()
+        if label_metrics.baseline_warning(scores) is None:
+            return []
+        return [f"    the out-of-fold predictions are no better than a constant answer ({label_metrics.baseline_line(scores)}): "
+                "these models have not learned the labels, so their suspects say little about the labels; train longer first"]
     accuracy = float(np.mean(np.argmax(evaluation.probabilities, axis=1) == evaluation.true_labels))
     base = metrics.baselines(evaluation.true_labels, evaluation.class_names)
     if accuracy > base["majority_accuracy"]:
@@ -389,6 +468,10 @@ def out_of_fold(cv, folds):
         probabilities=np.concatenate([val.probabilities for _, val, _ in folds]),
         description="out-of-fold predictions, every non-test image",
         skipped=(),
+        # Multi-label: each fold's model has its own thresholds; the pooled
+        # predictions decide with their mean.
+        thresholds=np.mean([val.label_thresholds for _, val, _ in folds], axis=0)
+        if first.task.multi_label else first.thresholds,
     )
     fold_numbers = [fold for fold, (_, val, _) in enumerate(folds, start=1) for _ in val.paths]
     return evaluation, fold_numbers
@@ -443,16 +526,77 @@ def write_label_suspects(evaluation, fold_numbers, root, folder):
     return path, len(chosen)
 
 
+def fold_thresholds(folds):
+    """Multi-label: each out-of-fold image's decision thresholds (N, L),
+    those of the fold model that predicted it (in out_of_fold's order)."""
+    return np.concatenate([np.broadcast_to(val.label_thresholds, val.probabilities.shape) for _, val, _ in folds])
+
+
+def write_label_pair_suspects(evaluation, fold_numbers, decision, root, folder):
+    """Multi-label: oof_predictions.csv (every non-test image: its given
+    and predicted labels, fold and each label's probability) and
+    label_suspects.csv (the (image, label) pairs label_pair_suspects
+    doubts, most doubtful first: image, label, given value, probability,
+    the confident-learning threshold the probability crossed, the fold
+    model's decision threshold (`decision`, fold_thresholds), fold).
+    Returns (the table of the first SUSPECTS_ON_PAGE for the page (header,
+    rows), number of suspects)."""
+    labels, probabilities, names = np.asarray(evaluation.true_labels) > 0.5, evaluation.probabilities, evaluation.class_names
+    order, suspect, _ = label_pair_suspects(labels, probabilities)
+    t_yes, t_no = label_thresholds(labels, probabilities)
+    relative = [os.path.relpath(path, root) for path in evaluation.paths]
+    predicted = probabilities >= decision
+    joined = ";".join
+    artifacts.write_csv(os.path.join(folder, "oof_predictions.csv"), [
+        ("path", "given_labels", "predicted_labels", "fold", *(f"p_{name}" for name in names))
+    ] + [
+        (relative[i], joined(label_metrics.label_sets(labels[i:i + 1], names)[0]),
+         joined(label_metrics.label_sets(predicted[i:i + 1], names)[0]), fold_numbers[i],
+         *(f"{value:.6f}" for value in probabilities[i]))
+        for i in range(len(labels))
+    ])
+    chosen = [(int(i), int(j)) for i, j in order if suspect[i, j]]
+    header = ("rank", "image", "label", "given_value", "probability", "confident_threshold", "decision_threshold",
+              "fold")
+    rows = [
+        (rank, relative[i], names[j], int(labels[i, j]), float(probabilities[i, j]),
+         # given 1: doubted when p fell below 1 - t_no; given 0: when p rose above t_yes
+         float(1 - t_no[j] if labels[i, j] else t_yes[j]), float(decision[i, j]), fold_numbers[i])
+        for rank, (i, j) in enumerate(chosen, start=1)
+    ]
+    artifacts.write_csv(os.path.join(folder, "label_suspects.csv"), [header] + [
+        (*row[:4], *(f"{value:.6f}" for value in row[4:7]), row[7]) for row in rows
+    ])
+    page = (("rank", "image", "label", "given", "probability", "confident-learning threshold", "fold"),
+            [(*row[:6], row[7]) for row in rows[:SUSPECTS_ON_PAGE]])
+    return page, len(chosen)
+
+
+def write_suspects(evaluation, folds, fold_numbers, root, place):
+    """The out-of-fold predictions and suspects of one backbone's `folds`
+    in `place`, by the task: (figures drawn, [(heading, table)] for the
+    page, number of suspects, what a suspect is)."""
+    if evaluation.task.multi_label:
+        table, count = write_label_pair_suspects(evaluation, fold_numbers, fold_thresholds(folds), root, place)
+        heading = f"The {min(count, SUSPECTS_ON_PAGE)} most doubted (image, label) pairs"
+        return [], [(heading, table)] if count else [], count, "suspected (image, label) error(s) of"
+    drawn = figures.render_confusion(evaluation, place)
+    gallery, count = write_label_suspects(evaluation, fold_numbers, root, place)
+    return [*drawn, gallery], [], count, "suspected label error(s) of"
+
+
 def write_summary(cv, index, scored, folder):
     """The summary of a scored cross-validation in `folder`: per_fold.csv,
     summary.csv, summary.md, the chart, per backbone the out-of-fold
     predictions, confusion matrix and label suspects, and report.html
     showing them all. Returns (figure
     paths, published run id, lines to print)."""
+    task = next(iter(scored.values()))[0][1].task
+    metric_list = metrics_of(task)
     per_fold = fold_table(scored)
-    rows = summary_rows(per_fold)
+    rows = summary_rows(per_fold, metric_list)
     chosen, why = choose_published(cv, scored)
-    columns = ["backbone", "fold", "run", "split", "images", *(key for key, _, _ in METRICS)]
+    columns = ["backbone", "fold", "run", "split", "images", *(key for key, _, _ in metric_list)]
     artifacts.write_csv(os.path.join(folder, "per_fold.csv"),
                         [columns] + [[row[name] for name in columns] for row in per_fold])
     summary_columns = list(rows[0])
@@ -461,27 +605,28 @@ def write_summary(cv, index, scored, folder):
     notes = [(f"Cross-validation {cv.id} of {index.root}: {cv.folds} folds, seed {cv.options.seed}; "
               "val = each fold's model on its own validation fold (the cross-validation estimate), "
               "test = each fold's model on the held-out test split.")]
-    drawn = [visualize.plot_cross_validation(rows, [label for _, label, _ in METRICS],
+    drawn = [visualize.plot_cross_validation(rows, [label for _, label, _ in metric_list],
                                              os.path.join(folder, "cross_validation.png"),
                                              subtitle=f"{cv.folds} folds · mean ± std · {cv.id}")]
-    lines = []
+    lines, tables = [], []
     for name, folds in scored.items():
         place = folder if len(scored) == 1 else os.path.join(folder, name)
         evaluation, fold_numbers = out_of_fold(cv, folds)
-        drawn += figures.render_confusion(evaluation, place)
-        gallery, suspects = write_label_suspects(evaluation, fold_numbers, index.root, place)
-        drawn.append(gallery)
-        lines.append(f"{name}: {suspects} suspected label error(s) of {len(evaluation.paths)} images: "
+        figures_drawn, suspect_tables, suspects, what = write_suspects(evaluation, folds, fold_numbers, index.root, place)
+        drawn += figures_drawn
+        tables += [(f"{heading} ({name})" if len(scored) > 1 else heading, table) for heading, table in suspect_tables]
+        lines.append(f"{name}: {suspects} {what} {len(evaluation.paths)} images: "
                      f"{os.path.join(place, 'label_suspects.csv')} (nothing in the folder was changed)")
         lines += suspects_caveat(evaluation)
-    artifacts.write_text(os.path.join(folder, "summary.md"), markdown_summary(rows, per_fold, why, notes))
+    artifacts.write_text(os.path.join(folder, "summary.md"), markdown_summary(rows, per_fold, why, notes, metric_list))
     page = report.write_page(os.path.join(folder, report.REPORT_FILE), f"Cross-validation {cv.id}",
-                             report_sections(rows, per_fold, why, notes, drawn, lines, cv.options))
+                             report_sections(rows, per_fold, why, notes, drawn, lines, cv.options, metric_list,
+                                             tables))
     headline = [
         f"{row['backbone']} {'validation folds' if row['split'] == 'val' else 'test split'} {row['metric']}: "
         f"{shown(row['mean'], 3)} ± {shown(row['std'], 3)}"
         + (f" (95% interval {shown(row['ci95_low'], 3)} to {shown(row['ci95_high'], 3)})" if row["std"] else "")
-        for row in rows if row["metric"] in ("accuracy", "macro F1")
+        for row in rows if row["metric"] in HEADLINE[task.multi_label]
     ]
     return drawn, chosen, [*headline, *lines, f"published: {why}",
                            f"report: {page} (summary.md, summary.csv and the figures beside it)"]

@@ -127,12 +127,46 @@ def headline_rows(scores):
     )
 
 
+def _number(value):
+    return "n/a" if value is None else value
+
+
+def label_headline_table(scores):
+    """A multi-label evaluation's headline numbers (label_metrics'
+    metrics.json dict) as a table (header, rows): each number next to what
+    a model with no eyes gets on the same images (label_metrics.baselines:
+    answering each label's more common value; ranking every image the
+    same for mAP); "" where no baseline applies."""
+    base = scores["baselines"]
+    header = ("metric", "this model", "constant answer (baseline)")
+    rows = [
+        ("micro F1 (every image-label pair)", scores["micro_avg"]["f1"], base["majority_micro_f1"]),
+        ("macro F1 (mean over labels)", scores["macro_avg"]["f1"], ""),
+        ("mAP (mean average precision)", _number(scores["mAP"]), base["prevalence_map"]),
+        ("exact-set accuracy (every label right)", scores["subset_accuracy"], base["majority_subset_accuracy"]),
+        ("Hamming loss (wrong yes/no answers, lower is better)", scores["hamming_loss"],
+         base["majority_hamming_loss"]),
+        ("loss (binary cross-entropy)", scores["loss"], ""),
+        ("expected calibration error (every yes/no answer)", scores["calibration"]["ece"], ""),
+        ("images", scores["num_samples"], ""),
+    ]
+    return header, rows
+
+
 def scores_section(heading, evaluation, scores):
-    """The headline numbers (`headline_rows`), what the confidences mean
-    and the baseline warning, if any: one evaluation's scores on the page
-    (`evaluation`: metrics.Evaluation, `scores`: its metrics())."""
-    lines = (f"Confidences: {calibration.confidence_sentence(evaluation.reliability())}.",
-             metrics.baseline_warning(scores))
+    """The headline numbers (`headline_rows`; a multi-label evaluation's as
+    `label_headline_table`), what the confidences mean and the baseline
+    warning, if any: one evaluation's scores on the page (`evaluation`:
+    metrics.Evaluation, `scores`: its metrics())."""
+    lines = [f"Confidences: {calibration.confidence_sentence(evaluation.reliability())}.",
+             metrics.baseline_warning(scores)]
+    if evaluation.task.multi_label:
+        base = scores["baselines"]
+        always = ", ".join(base["majority_labels"]) or "no label"
+        lines.insert(0, f"The constant answer gives every image the same labels: {always} "
+                        "(each label's more common value on these images); mAP's baseline ranks every image the "
+                        "same, so each label's average precision is its prevalence.")
+        return Section(heading, table=label_headline_table(scores), lines=tuple(line for line in lines if line))
     return Section(heading, rows=headline_rows(scores), lines=tuple(line for line in lines if line))
 
 
@@ -141,6 +175,7 @@ def score_lines(what, evaluation, scores):
     the confidences in words and the baseline warning, if any."""
     lines = [
         f"{what}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
+        *([f"{what}: {evaluation.headline(scores)}"] if evaluation.task.multi_label else []),
         f"confidences: {calibration.confidence_sentence(evaluation.reliability())}",
         metrics.baseline_warning(scores),
     ]
@@ -148,6 +183,17 @@ def score_lines(what, evaluation, scores):
 
 
 def per_class_table(scores):
+    """The per-class numbers (header, rows); a multi-label evaluation's per
+    label, with its average precision, ROC AUC and decision threshold."""
+    if scores.get("task") == "multi_label":
+        header = ("label", "precision", "recall", "F1", "images with it", "average precision", "ROC AUC",
+                  "threshold")
+        rows = [
+            (name, row["precision"], row["recall"], row["f1"], row["support"], _number(row["average_precision"]),
+             _number(row["roc_auc"]), row["threshold"])
+            for name, row in scores["per_class"].items()
+        ]
+        return header, rows
     header = ("class", "precision", "recall", "F1", "images")
     rows = [
         (name, row["precision"], row["recall"], row["f1"], row["support"])
@@ -171,7 +217,10 @@ def training_sections(run):
     options, scores = run.options, run.scores
     return [
         Section("The run", rows=(
-            ("run", run.stamp), ("dataset", run.index.root), ("classes", ", ".join(run.index.class_names)),
+            ("run", run.stamp), ("dataset", run.index.root),
+            *((("task", "multi-label: several labels per image, a threshold per label"),
+               ("labels", ", ".join(run.index.class_names))) if run.index.task.multi_label
+              else (("classes", ", ".join(run.index.class_names)),)),
             ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
             ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
         )),
@@ -179,7 +228,7 @@ def training_sections(run):
         *([scores_section(
             f"On the test split without the {run.clean_test[0]} images that have a near-copy in training "
             "(the score above is optimistic)", run.clean_test[1], run.clean_test[2])] if run.clean_test else []),
-        Section("Per class", table=per_class_table(scores)),
+        Section("Per label" if run.index.task.multi_label else "Per class", table=per_class_table(scores)),
         Section("Figures", figures=tuple(run.drawn)),
         Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
         Section("Options", rows=options_rows(config.saved_options(options))),
@@ -192,7 +241,8 @@ def training_summary(run):
     what to run next."""
     options, scores = run.options, run.scores
     return [
-        f"run {run.stamp}: {len(run.index.class_names)} classes of {run.index.root}, "
+        f"run {run.stamp}: {len(run.index.class_names)} "
+        f"{'labels (multi-label)' if run.index.task.multi_label else 'classes'} of {run.index.root}, "
         f"{len(run.index.split('train')[0]):,} training images",
         *score_lines("test split", run.evaluation, scores),
         *(score_lines(f"warning: {run.clean_test[0]} of {scores['num_samples']} test images have a near-copy in "

@@ -638,16 +638,82 @@ def group_lines(index, fold_of=None):
     ]
 
 
+def fold_units(index, pool):
+    """{path: unit} of the non-test samples `pool`: a unit (the user's
+    group, identical files, near-copies: `index.units`) shares a fold."""
+    return index.units or join_units(
+        [sample.path for sample in pool], {sample.path: sample.group for sample in pool if sample.group},
+        index.contents or {},
+    )
+
+
+def assign_label_folds(index, pool, folds, seed):
+    """assign_folds of a multi-label index: the units (fold_units) dealt
+    into `folds` equal shares by iterative stratification of their label
+    sets (label_sets.iterative_stratification, shuffled by `seed`), so each
+    fold gets its share of every label as far as whole units allow.
+    Returns ({path: fold}, warning lines: the labels with fewer positive
+    units than folds). Raises UserError when `folds` is more than the
+    units, or a fold's training would lack a label (a label in one unit)."""
+    units = fold_units(index, pool)
+    members = collections.OrderedDict()
+    for sample in sorted(pool, key=lambda sample: sample.path):
+        members.setdefault(units.get(sample.path, sample.path), []).append(sample)
+    if len(members) < folds:
+        raise UserError(
+            f"--folds {folds} is more than the {len(members)} units outside the test split (a unit: a group, "
+            f"identical files or near-copies, kept in one fold). Received: folds={folds}"
+        )
+    column = {name: number for number, name in enumerate(index.class_names)}
+    counts = np.zeros((len(members), len(index.class_names)))
+    for row, samples in enumerate(members.values()):
+        for sample in samples:
+            counts[row, [column[name] for name in sample.names]] += 1
+    positive_units = (counts > 0).sum(axis=0)
+    for name, number in column.items():
+        if positive_units[number] < 2:
+            raise UserError(
+                f"--folds {folds}: label '{image_io.display_path(name)}' is in {int(positive_units[number])} unit(s) "
+                "outside the test split, so some fold's training would have no image of it; add images of it, "
+                "or leave it out with --classes"
+            )
+    warnings = [
+        f"label '{image_io.display_path(name)}' is in {int(positive_units[number])} unit(s), fewer than --folds "
+        f"{folds}: some validation folds have none of it"
+        for name, number in column.items() if positive_units[number] < folds
+    ]
+    chosen = label_sets.iterative_stratification(
+        counts, [len(samples) for samples in members.values()], np.full(folds, 1.0 / folds),
+        np.random.default_rng(seed),
+    )
+    fold_of = {sample.path: int(fold) for fold, samples in zip(chosen, members.values()) for sample in samples}
+    for fold in range(folds):
+        if not np.any(chosen == fold):
+            raise UserError(f"--folds {folds}: fold {fold + 1} would have no image (the units are too uneven); "
+                            "lower --folds")
+        trained = counts[chosen != fold].sum(axis=0)
+        if not trained.all():
+            missing = index.class_names[int(np.argmin(trained))]
+            raise UserError(
+                f"--folds {folds}: fold {fold + 1}'s training would have no image of label "
+                f"'{image_io.display_path(missing)}' (its units are too few); lower --folds"
+            )
+    return fold_of, warnings
+
+
 def assign_folds(index, folds, seed):
     """Each non-test image's fold (0-based), by scikit-learn's
     StratifiedGroupKFold (shuffled by `seed`): stratified by class, a group
-    (the user's, identical files, near-copies: `index.units`) never in two folds. Returns
+    (the user's, identical files, near-copies: `index.units`) never in two folds;
+    a multi-label index's by assign_label_folds. Returns
     ({path: fold}, warning lines). Raises UserError when a class has fewer
     non-test images (or groups) than `folds`, or a fold's training would
     lack a class."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     pool = [sample for sample in index.samples if sample.split != "test"]
+    if index.task.multi_label:
+        return assign_label_folds(index, pool, folds, seed)
     counts = collections.Counter(sample.label for sample in pool)
     smallest = min(index.class_names, key=lambda name: counts[name])
     if counts[smallest] < folds:
@@ -655,11 +721,7 @@ def assign_folds(index, folds, seed):
             f"--folds {folds} is more than class '{image_io.display_path(smallest)}' has non-test images "
             f"({counts[smallest]}): each fold needs one of each class. Received: folds={folds}"
         )
-    # A unit (the user's group, identical files, near-copies) shares a fold.
-    units = index.units or join_units(
-        [sample.path for sample in pool], {sample.path: sample.group for sample in pool if sample.group},
-        index.contents or {},
-    )
+    units = fold_units(index, pool)
     groups = [units.get(sample.path, sample.path) for sample in pool]
     warnings = []
     per_class = collections.defaultdict(set)

@@ -190,8 +190,10 @@ def log_history(tracked, history):
 
 def final_metrics(metrics, prefix=""):
     """The headline numbers of an evaluation's metrics.json dict, flat:
-    accuracy, loss, macro/weighted F1, ROC AUC and the calibration summary
-    (keys prefixed with `prefix`); undefined values left out."""
+    accuracy, loss, macro/weighted F1, ROC AUC and the calibration summary,
+    and for a multi-label run micro-F1, mAP, subset accuracy and Hamming
+    loss (keys prefixed with `prefix`); undefined values (a mAP of None)
+    left out."""
     calibration = metrics.get("calibration") or {}
     values = {
         "accuracy": metrics.get("accuracy"),
@@ -202,6 +204,13 @@ def final_metrics(metrics, prefix=""):
         "roc_auc_micro": (metrics.get("roc_auc") or {}).get("micro"),
         **{name: calibration.get(name) for name in ("ece", "ece_uncalibrated", "brier", "nll", "temperature")},
     }
+    if metrics.get("task") == "multi_label":  # label_metrics' dict: its own headline numbers
+        values.update({
+            "micro_f1": (metrics.get("micro_avg") or {}).get("f1"),
+            "mAP": metrics.get("mAP"),
+            "subset_accuracy": metrics.get("subset_accuracy"),
+            "hamming_loss": metrics.get("hamming_loss"),
+        })
     return {
         f"{prefix}{name}": float(value)
         for name, value in values.items()
