@@ -233,19 +233,21 @@ def trust_at(rows, confidence, needed=MIN_TRUST_IMAGES):
     return Trust(lower=row["lower"], upper=row["upper"], images=images, accuracy=accuracy, needed=needed)
 
 
-def confidence_sentence(bins):
+def confidence_sentence(bins, units="images"):
     """What the confidences mean in words, from reliability_bins: the bin
     holding the most images, "when it says 97%, it is right 99% of the time
     (221 of 269 images are at that confidence)", or, with too few images at
-    any confidence, that it cannot say."""
+    any confidence, that it cannot say. `units`: what the bins count (a
+    multi-label model's bins count "yes/no answers", one per image and
+    label)."""
     count = np.asarray(bins["count"])
     total = int(count.sum())
     fullest = int(np.argmax(count))
     if count[fullest] < MIN_TRUST_IMAGES:
-        return f"too few images ({total}) to say how often its confidences are right"
+        return f"too few {units} ({total}) to say how often its confidences are right"
     return (
         f"when it says {bins['confidence'][fullest]:.0%}, it is right {bins['accuracy'][fullest]:.0%} of the "
-        f"time ({int(count[fullest])} of {total} images are at that confidence)"
+        f"time ({int(count[fullest])} of {total} {units} are at that confidence)"
     )
 
 

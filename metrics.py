@@ -99,6 +99,11 @@ class Evaluation:
         summary = calibration.calibration_summary(*self._binary(), self.temperature, averaged=self.tta > 1)
         return {**summary, "nll": without_negative_zero(summary["nll"])}
 
+    @property
+    def reliability_units(self):
+        """What reliability()'s bins count, in words."""
+        return "yes/no answers (one per image and label)" if self.task.multi_label else "images"
+
     def reliability(self):
         return calibration.reliability_bins(*self._binary())
 

@@ -158,7 +158,7 @@ def scores_section(heading, evaluation, scores):
     `label_headline_table`), what the confidences mean and the baseline
     warning, if any: one evaluation's scores on the page (`evaluation`:
     metrics.Evaluation, `scores`: its metrics())."""
-    lines = [f"Confidences: {calibration.confidence_sentence(evaluation.reliability())}.",
+    lines = [f"Confidences: {calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)}.",
              metrics.baseline_warning(scores)]
     if evaluation.task.multi_label:
         base = scores["baselines"]
@@ -174,9 +174,9 @@ def score_lines(what, evaluation, scores):
     """The same for a closing summary: "`what`: accuracy ... · baseline ...",
     the confidences in words and the baseline warning, if any."""
     lines = [
-        f"{what}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
         *([f"{what}: {evaluation.headline(scores)}"] if evaluation.task.multi_label else []),
-        f"confidences: {calibration.confidence_sentence(evaluation.reliability())}",
+        f"{what}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
+        f"confidences: {calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)}",
         metrics.baseline_warning(scores),
     ]
     return [line for line in lines if line]
