@@ -300,6 +300,14 @@ class GalleryItem:
         return "\n".join(lines)
 
 
+def item_image(paths, index, image_size, readers=None, images=None):
+    """The image at `index` as training reads it (uint8, original colours),
+    or `images[index]` when the images were already read."""
+    if images is None:
+        return image_io.load_image(paths[index], image_size, readers=readers).numpy()
+    return images[index]
+
+
 def gallery_items(
     paths, true_labels, probabilities, class_names, image_size, indices, captions=None, readers=None, images=None
 ):
@@ -308,10 +316,7 @@ def gallery_items(
     read by image_io.load_images, not read again."""
     items = []
     for index in indices:
-        if images is None:
-            image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
-        else:
-            image = images[index]
+        image = item_image(paths, index, image_size, readers, images)
         predicted = int(np.argmax(probabilities[index]))
         items.append(
             GalleryItem(
@@ -372,10 +377,7 @@ def label_set_items(paths, true_labels, probabilities, class_names, thresholds, 
     or above its `thresholds` entry predicted), read like gallery_items."""
     items = []
     for index in indices:
-        if images is None:
-            image = image_io.load_image(paths[index], image_size, readers=readers).numpy()
-        else:
-            image = images[index]
+        image = item_image(paths, index, image_size, readers, images)
         truth = None if true_labels is None else true_labels[index]
         items.append(LabelSetItem(
             image=image, marks=tuple(label_metrics.label_marks(truth, probabilities[index], class_names, thresholds)),
