@@ -272,9 +272,7 @@ def common_images_of(trained, image_dir, common):
     paths = [os.path.join(os.path.abspath(image_dir), path) for path in common.paths]
     if trained.task.multi_label:
         # The manifest's label cell holds the label set, joined by the run's delimiter.
-        delimiter = (trained.run_config.get("options") or {}).get("label_delimiter") or ";"
-        delimiter = "\t" if delimiter == "\\t" else delimiter  # as dataset_files.CsvReading.separator reads it
-        label_sets = [tuple(name for name in text.split(delimiter) if name) for text in common.labels]
+        label_sets = inference.label_sets_of(common.labels, trained)
         return inference.LabelledImages(paths=paths, labels=trained.task.encode(label_sets, trained.class_names),
                                         description="test images common to the compared runs")
     class_ids = {name: number for number, name in enumerate(trained.class_names)}

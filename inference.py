@@ -345,8 +345,7 @@ def manifest_label_sets(rows, trained):
     the labels joined by it; an empty cell is an image with no label).
     Raises UserError for a label the model does not know (a manifest of
     another run)."""
-    separator = saved_reading(trained).separator
-    label_sets = [tuple(name for name in row.label.split(separator) if name) for row in rows]
+    label_sets = label_sets_of([row.label for row in rows], trained)
     unknown = sorted({name for labels in label_sets for name in labels} - set(trained.class_names))
     if unknown:
         raise UserError(
@@ -354,6 +353,13 @@ def manifest_label_sets(rows, trained):
             f"label(s) the model does not know ({', '.join(unknown[:10])}): it comes from another run"
         )
     return label_sets
+
+
+def label_sets_of(texts, trained):
+    """The label set of each saved label cell of a multi-label run (the
+    labels joined by its --label_delimiter; an empty cell: no label)."""
+    separator = saved_reading(trained).separator
+    return [tuple(name for name in text.split(separator) if name) for text in texts]
 
 
 def csv_reading(trained, path_column=None, label_column=None, delimiter=None, no_label=None):
