@@ -735,6 +735,8 @@ def _split_lines(index, max_classes=30):
     ratio = index.audit["imbalance_ratio"]
     if ratio and ratio > 1.5:
         lines.append(
+            f"  imbalance: the most common label has {ratio:.1f}x the training images of the rarest"
+            if index.task.multi_label else
             f"  imbalance: the largest class has {ratio:.1f}x the training images of the smallest"
         )
     return lines
