@@ -378,7 +378,7 @@ def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, 
             f"Scores on the images the run never trained or validated on ({unseen[0]} seen ones left out)",
             unseen[1], unseen[2])] if unseen else []),
         report.scores_section("Scores on all images" if unseen else "Scores", evaluation, scores),
-        report.Section("Per class", table=report.per_class_table(scores)),
+        report.Section("Per label" if evaluation.task.multi_label else "Per class", table=report.per_class_table(scores)),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in evaluation.skipped) or ("none",)),
         report.Section("Options", rows=report.options_rows(
