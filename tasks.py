@@ -1,25 +1,27 @@
 """What kind of task is this: which labels an image has, and what that changes.
 
-Today there is one kind, SINGLE_LABEL: exactly one class per image (a
-softmax over the classes, cross-entropy, the most probable class is the
-answer). The kind is decided once, where the labels are read
-(splits.index_dataset puts it in the DatasetIndex as `task`), saved in the
-run's run_config.json ("task") and read back with the model
-(`saved_task`, through inference.load_trained_model), and carried as a
-`Task` value. The few places that differ from one kind to another ask it,
-and only they:
+Two kinds: SINGLE_LABEL, exactly one class per image (a softmax over the
+classes, cross-entropy, the most probable class is the answer), and
+MULTI_LABEL, several labels per image, maybe none (a sigmoid per label,
+binary cross-entropy, each label given when its probability reaches its
+threshold). The kind is decided once, where the labels are read
+(dataset_files.scan_csv: a labels CSV cell with several labels, one 1/0
+column per label, --multi_label or --no_label; splits.index_dataset puts
+it in the DatasetIndex as `task`), saved in the run's run_config.json
+("task") and read back with the model (`saved_task`, through
+inference.load_trained_model), and carried as a `Task` value. The places
+that differ from one kind to another ask it:
 
+- how labels are encoded (`Task.encode`: class numbers or multi-hot rows);
 - the head's output activation (model_builder.build_classifier);
+- the loss (train_utils.training_loss, balance.for_multi_label);
 - the rule that turns probabilities into predicted labels
-  (metrics.Evaluation.predicted);
+  (`Task.predicted`, with each label's threshold: label_metrics.py);
+- the split (label_sets.py) and the scores (label_metrics.py, asked by
+  metrics.Evaluation);
+- the figures that fit one kind only (figures.Figure.multi_label);
 - a saved model of a kind this version does not know is refused in one
   line (`saved_task`).
-
-A second kind (several labels per image: sigmoid outputs, binary
-cross-entropy, a threshold per label, per-label metrics) is a second Task
-here, decided in splits.index_dataset from a labels CSV whose cells hold
-several labels; its loss is then chosen beside train_utils.training_loss
-and its metrics beside metrics.evaluation_metrics, asking the same value.
 """
 
 import dataclasses
