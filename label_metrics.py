@@ -74,12 +74,17 @@ def thresholds_of(class_names, saved=None, threshold=None):
     return np.array([float(saved.get(name, 0.5)) for name in class_names])
 
 
-def binary_cross_entropy(true_labels, probabilities):
-    """The mean binary cross-entropy over every image and label, clipped as
-    Keras clips it."""
+def pair_losses(true_labels, probabilities):
+    """The binary cross-entropy of every (image, label) pair (N, labels),
+    clipped as Keras clips it."""
     truth = np.asarray(true_labels, dtype=np.float64)
     clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped))) + 0.0
+    return -(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped))
+
+
+def binary_cross_entropy(true_labels, probabilities):
+    """The mean binary cross-entropy over every image and label."""
+    return float(np.mean(pair_losses(true_labels, probabilities))) + 0.0
 
 
 def _row(precision, recall, f1, support):
@@ -164,10 +169,14 @@ def baselines(true_labels, class_names):
     }
 
 
+def _map_text(scores):
+    return "n/a" if scores["mAP"] is None else f"{scores['mAP']:.4f}"
+
+
 def headline(scores):
     """'micro-F1 0.912, macro-F1 0.897, mAP 0.951, exact set 0.803, Hamming
     loss 0.041, loss 0.132 on 120 images' for the printed summary."""
-    map_text = "n/a" if scores["mAP"] is None else f"{scores['mAP']:.4f}"
+    map_text = _map_text(scores)
     return (
         f"micro-F1 {scores['micro_avg']['f1']:.4f}, macro-F1 {scores['macro_avg']['f1']:.4f}, mAP {map_text}, "
         f"exact set {scores['subset_accuracy']:.4f}, Hamming loss {scores['hamming_loss']:.4f}, "
@@ -178,7 +187,7 @@ def headline(scores):
 def baseline_line(scores):
     """'micro-F1 0.91 · mAP 0.95 · answering each label's more common value: micro-F1 0.00, exact set 0.12 · prevalence mAP 0.33'."""
     base = scores["baselines"]
-    map_text = "n/a" if scores["mAP"] is None else f"{scores['mAP']:.4f}"
+    map_text = _map_text(scores)
     return (
         f"micro-F1 {scores['micro_avg']['f1']:.4f} · mAP {map_text} · answering each label's more common value: "
         f"micro-F1 {base['majority_micro_f1']:.4f}, exact set {base['majority_subset_accuracy']:.4f} · "
@@ -227,9 +236,7 @@ def confused_lines(rows):
 def image_losses(true_labels, probabilities):
     """Each image's binary cross-entropy summed over its labels (N,): how
     wrong the model is about it, for the top-losses figure."""
-    truth = np.asarray(true_labels, dtype=np.float64)
-    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return -(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)).sum(axis=1)
+    return pair_losses(true_labels, probabilities).sum(axis=1)
 
 
 def label_sets(rows, class_names):

@@ -264,42 +264,17 @@ def roc_analysis(true_labels, probabilities, class_names):
     A class with no image in `true_labels` (or with every image) has no ROC:
     its entry is None and it is listed in "absent", never an error. Macro AUC
     is the mean of the per-class AUCs (scikit-learn's definition); its curve
-    is the mean TPR on the union of the per-class FPR points.
+    is the mean TPR on the union of the per-class FPR points. One-vs-rest is
+    each class as a yes/no question, so the curves are label_metrics'
+    per-label ones of the one-hot labels; two classes have no averages.
     """
-    from sklearn.metrics import auc, roc_curve
-
-    true_labels = np.asarray(true_labels)
+    true_labels = np.asarray(true_labels, dtype=np.int64)
     num_classes = len(class_names)
-    per_class, absent = {}, []
-    for number, name in enumerate(class_names):
-        positives = true_labels == number
-        if positives.all() or not positives.any():
-            per_class[name] = None
-            absent.append(name)
-            continue
-        fpr, tpr, _ = roc_curve(positives, probabilities[:, number])
-        per_class[name] = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
-    curves = [curve for curve in per_class.values() if curve is not None]
-    micro = macro = None
-    if num_classes > 2 and len(true_labels):
-        one_hot = np.eye(num_classes, dtype=bool)[true_labels]
-        fpr, tpr, _ = roc_curve(one_hot.ravel(), probabilities.ravel())
-        micro = {"fpr": fpr, "tpr": tpr, "auc": float(auc(fpr, tpr))}
-    if num_classes > 2 and curves:
-        grid = np.unique(np.concatenate([curve["fpr"] for curve in curves]))
-        mean_tpr = np.mean([np.interp(grid, curve["fpr"], curve["tpr"]) for curve in curves], axis=0)
-        macro = {
-            "fpr": grid,
-            "tpr": mean_tpr,
-            "auc": float(np.mean([curve["auc"] for curve in curves])),
-        }
-    return {
-        "per_class": per_class,
-        "micro": micro,
-        "macro": macro,
-        "absent": absent,
-        "binary": num_classes == 2,
-    }
+    one_hot = np.eye(num_classes, dtype=bool)[true_labels]
+    roc = label_metrics.roc_curves(one_hot, probabilities, class_names)
+    if num_classes <= 2:
+        roc.update(micro=None, macro=None)
+    return {**roc, "binary": num_classes == 2}
 
 
 def evaluation_metrics(true_labels, probabilities, class_names):
