@@ -321,11 +321,8 @@ def manifest_images(image_dir, split, trained):
         raise UserError(f"cannot use the saved split: {error}") from None
     chosen = [row for row in rows if split == "all" or row.split == split]
     paths = [os.path.join(os.path.abspath(image_dir), row.path) for row in chosen]
-    if trained.task.multi_label:
-        return paths, trained.task.encode(manifest_label_sets(chosen, trained), trained.class_names)
-    class_ids = {name: number for number, name in enumerate(trained.class_names)}
-    labels = np.array([class_ids[row.label] for row in chosen], dtype=np.int32)
-    return paths, labels
+    label_sets = manifest_label_sets(chosen, trained) if trained.task.multi_label else [(row.label,) for row in chosen]
+    return paths, trained.task.encode(label_sets, trained.class_names)
 
 
 def saved_reading(trained):
@@ -433,11 +430,7 @@ def folder_images(image_dir, class_names, labels_csv=None, readers=None, sidecar
             f"(the model knows: {known})"
         )
     paths = [os.path.join(root, candidate.path) for candidate in scan.candidates]
-    if task.multi_label:
-        return paths, task.encode(label_sets, class_names), tuple(scan.skipped)
-    class_ids = {name: number for number, name in enumerate(class_names)}
-    labels = np.array([class_ids[labels[0]] for labels in label_sets], dtype=np.int32)
-    return paths, labels, tuple(scan.skipped)
+    return paths, task.encode(label_sets, class_names), tuple(scan.skipped)
 
 
 def seen_in_training(image_dir, paths, trained, readers=None, cache_dir=None):
@@ -595,8 +588,7 @@ def label_trust(bins, probability):
 def predicted_names(row, class_names, thresholds):
     """The labels of one image's probabilities `row` at or above their
     thresholds, most probable first: [(label, probability)]."""
-    order = np.argsort(-np.asarray(row), kind="stable")
-    return [(class_names[i], float(row[i])) for i in order if row[i] >= thresholds[i]]
+    return [(name, probability) for name, probability, _ in label_metrics.label_marks(None, row, class_names, thresholds)]
 
 
 def label_rows(paths, probabilities, class_names, thresholds, separator, true_labels=None, bins=None):
@@ -613,7 +605,7 @@ def label_rows(paths, probabilities, class_names, thresholds, separator, true_la
         predicted = predicted_names(row, class_names, thresholds)
         cells = [path]
         if true_labels is not None:
-            cells.append(separator.join(name for name, on in zip(class_names, true_labels[number]) if on > 0.5))
+            cells.append(separator.join(label_metrics.label_sets([true_labels[number] > 0.5], class_names)[0]))
         cells.append(separator.join(name for name, _ in predicted))
         cells += [f"{value:.6f}" for value in row]
         trusted = [label_trust(bins, probability) for _, probability in predicted] if bins is not None else []
