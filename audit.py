@@ -576,6 +576,18 @@ def _statistics(values):
     return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
 
 
+def train_image_size(train_checks):
+    """The training images' median width, height and shorter side (what
+    --image_size auto sizes a from-scratch model by), or None without any."""
+    if not train_checks:
+        return None
+    return {
+        "width": float(np.median([check.width for check in train_checks])),
+        "height": float(np.median([check.height for check in train_checks])),
+        "short_side": float(np.median([min(check.width, check.height) for check in train_checks])),
+    }
+
+
 def audit_report(index, scan, checks, duplicates, stats, near_copies=("group", 10)):
     """The audit as a JSON-ready dict (what audit.json holds): the
     inspection fields (`inspection_summary`, with the near-copies found
@@ -623,6 +635,8 @@ def audit_report(index, scan, checks, duplicates, stats, near_copies=("group", 1
         "alpha_background": list(image_io.ALPHA_BACKGROUND),
         "width": _statistics([check.width for check in used]),
         "height": _statistics([check.height for check in used]),
+        "train_image_size": train_image_size([checks[sample.path] for sample in index.samples
+                                              if sample.split == "train"]),
         "imbalance_ratio": round(max(train) / min(train), 3) if train and min(train) else None,
         "duplicates": [
             [

@@ -32,6 +32,9 @@ TORCH_STD_RGB = (0.229, 0.224, 0.225)
 #   preprocessing    one of the modes above
 #   options          extra constructor arguments
 #   min_size         smallest image_size its constructor accepts
+#   native_size      the image size its ImageNet weights were trained at
+#                    (keras.applications' default input): --image_size auto
+#                    with pretrained weights
 #   activations      floats every layer's outputs hold per input pixel of one
 #                    image, at alpha 1.0 (the sum over its layers of
 #                    output size / 224^2, counted on the model built at 224 px):
@@ -50,6 +53,7 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 32,
+        "native_size": 224,
         "activations": 435,
         "largest_activation": 24.4,
         "alpha": True,
@@ -62,6 +66,7 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "native_size": 224,
         "activations": 107,
         "largest_activation": 4.7,
         "alpha": True,
@@ -74,6 +79,7 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "native_size": 224,
         "activations": 307,
         "largest_activation": 16.3,
         "alpha": True,
@@ -86,6 +92,7 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {},
         "min_size": 32,
+        "native_size": 224,
         "activations": 501,
         "largest_activation": 24.4,
         "alpha": False,
@@ -98,6 +105,7 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "native_size": 224,
         "activations": 322,
         "largest_activation": 8.0,
         "alpha": False,
@@ -110,6 +118,7 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "native_size": 384,
         "activations": 837,
         "largest_activation": 12.0,
         "alpha": False,
@@ -122,6 +131,7 @@ BACKBONES = {
         "preprocessing": "caffe",
         "options": {},
         "min_size": 32,
+        "native_size": 224,
         "activations": 740,
         "largest_activation": 16.6,
         "alpha": False,
@@ -134,6 +144,7 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 32,
+        "native_size": 224,
         "activations": 625,
         "largest_activation": 16.6,
         "alpha": False,
@@ -146,6 +157,7 @@ BACKBONES = {
         "preprocessing": "torch",
         "options": {},
         "min_size": 32,
+        "native_size": 224,
         "activations": 995,
         "largest_activation": 16.6,
         "alpha": False,
@@ -158,6 +170,7 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 75,
+        "native_size": 299,
         "activations": 334,
         "largest_activation": 15.2,
         "alpha": False,
@@ -170,6 +183,7 @@ BACKBONES = {
         "preprocessing": "tf",
         "options": {},
         "min_size": 71,
+        "native_size": 299,
         "activations": 689,
         "largest_activation": 30.3,
         "alpha": False,
@@ -182,6 +196,7 @@ BACKBONES = {
         "preprocessing": "inside",
         "options": {"include_preprocessing": True},
         "min_size": 32,
+        "native_size": 224,
         "activations": 574,
         "largest_activation": 24.0,
         "alpha": False,
@@ -195,6 +210,7 @@ BACKBONES = {
         "preprocessing": "caffe",
         "options": {},
         "min_size": 32,
+        "native_size": 224,
         "activations": 330,
         "largest_activation": 64.0,
         "alpha": False,
@@ -246,7 +262,7 @@ def validate_backbone_options(backbone, image_size, alpha):
     """Checks the backbone, its smallest input and --alpha.
 
     Raises UserError (one line) when the backbone is unknown, when
-    `image_size` is below what the backbone accepts, or when `alpha` is not
+    `image_size` (None: not known yet) is below what the backbone accepts, or when `alpha` is not
     1.0 for a backbone without a width multiplier.
     """
     if backbone not in BACKBONES:
@@ -254,7 +270,7 @@ def validate_backbone_options(backbone, image_size, alpha):
             f"backbone must be one of {', '.join(BACKBONES)}. Received: backbone={backbone}"
         )
     family = BACKBONES[backbone]
-    if image_size < family["min_size"]:
+    if image_size is not None and image_size < family["min_size"]:
         raise UserError(
             f"image_size must be at least {family['min_size']} for {backbone} "
             f"(its smallest input). Received: image_size={image_size}"
@@ -264,6 +280,36 @@ def validate_backbone_options(backbone, image_size, alpha):
             f"alpha (a width multiplier) exists only for {', '.join(ALPHA_BACKBONES)}; "
             f"leave it at 1.0 for {backbone}. Received: alpha={alpha}"
         )
+
+
+# --image_size auto from scratch: the training images' own size, as a
+# multiple of 32 (every backbone's total stride) within these bounds; above
+# 224 from scratch costs compute that a few hundred images cannot use.
+AUTO_SIZE_STEP = 32
+AUTO_SIZE_RANGE = (32, 224)
+
+
+def automatic_image_size(backbone, pretrained, train_size):
+    """(size, reason) for --image_size auto: with pretrained weights the
+    size they were trained at (`native_size`); from scratch the median
+    shorter side of the training images, `train_size` (the audit's
+    "train_image_size": median width, height and shorter side), rounded to
+    a multiple of 32 between 32 and 224 (and at least the backbone's
+    smallest input). Training 64x64 scans at 224 px costs about 12x the
+    compute for no more detail than the files hold."""
+    family = BACKBONES[backbone]
+    if pretrained:
+        size = family["native_size"]
+        return size, f"the {backbone} ImageNet weights were trained at {size} px"
+    if not train_size:
+        return 224, "no training image size was recorded: the largest automatic size"
+    low, high = AUTO_SIZE_RANGE
+    rounded = int(round(train_size["short_side"] / AUTO_SIZE_STEP)) * AUTO_SIZE_STEP
+    size = max(min(max(rounded, low), high), family["min_size"])
+    width, height = (f"{train_size[side]:g}" for side in ("width", "height"))
+    shape = f"{width}x{height}" if width != height else f"{width}x{width}"
+    bounded = "" if size == rounded else f" (within {low}-{high} px and {backbone}'s smallest input)"
+    return size, f"the training images are {shape} px (median), from scratch: training at {size} px{bounded}"
 
 
 def backbone_names(text):

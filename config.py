@@ -130,14 +130,14 @@ class Config:
             "inspect": "Dataset folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...",
         },
     )
-    image_size: int | None = option(
-        224, f"Images are resized to SIZE x SIZE, 32 to {backbones.MAX_IMAGE_SIZE}; before training starts, "
-        "a batch of them must fit in the memory available (lower --batch_size or SIZE if not)", FOLDERS,
-        "data and outputs", tags=("common",), parse=option_types.integer,
-        check=option_types.at_least_and_at_most(
+    image_size: int | str | None = option(
+        option_types.AUTO, f"Images are resized to SIZE x SIZE (32 to {backbones.MAX_IMAGE_SIZE}); auto: the "
+        "size pretrained weights were trained at (224 for most), or from scratch the training images' median "
+        "size as a multiple of 32 (32-224), printed with the reason. A batch must fit in memory", FOLDERS, "data and outputs", tags=("common",), parse=option_types.integer_or_auto,
+        check=option_types.unless_auto(option_types.at_least_and_at_most(
             32, "the smallest input of any backbone", backbones.MAX_IMAGE_SIZE,
             "beyond it one image alone needs over 5 GiB of activations to train from scratch",
-        ),
+        )), metavar="SIZE|auto",
         defaults={"evaluate": None, "predict": None},
         helps={script: "Fixed by the model; give it only to check that it is this size"
                for script in USING_A_MODEL},
@@ -635,8 +635,10 @@ def given_options(parser, argv):
 
 
 def check_backbones(options):
-    """--backbone (one name or several) with --image_size and --alpha."""
-    backbones.validate_backbone_list(options.backbone, options.image_size, options.alpha)
+    """--backbone (one name or several) with --image_size and --alpha
+    (--image_size auto is never below a backbone's smallest input)."""
+    size = None if options.image_size == option_types.AUTO else options.image_size
+    backbones.validate_backbone_list(options.backbone, size, options.alpha)
 
 
 def check_quantize(options):
@@ -693,12 +695,18 @@ def check_training_memory(options):
     started (its options are its own)."""
     if options.resume:
         return
-    refusal = backbones.batch_memory_refusal(
-        backbones.backbone_names(options.backbone), options.alpha, options.image_size, options.batch_size,
-        from_scratch=options.weights == "none",
-    )
-    if refusal:
-        raise UserError(refusal)
+    pretrained = options.weights != "none"
+    for name in backbones.backbone_names(options.backbone):
+        size = options.image_size
+        if size == option_types.AUTO:
+            if not pretrained:
+                continue  # from the training images: main.py checks it once they are scanned
+            size, _ = backbones.automatic_image_size(name, pretrained, None)
+        refusal = backbones.batch_memory_refusal(
+            (name,), options.alpha, size, options.batch_size, from_scratch=not pretrained
+        )
+        if refusal:
+            raise UserError(refusal)
 
 
 # Checks of several options together: (the scripts, the check).

@@ -35,6 +35,7 @@ import image_io
 import label_metrics
 import metrics
 import near_duplicates
+import option_types
 import run_lock
 import tasks
 from errors import UserError
@@ -154,7 +155,7 @@ def load_trained_model(model_path, image_size=None, threshold=None):
             f"the model {model_path} takes {model.input_shape[1]} px images but its "
             f"{artifacts.RUN_CONFIG_FILE} says {model_size}: they come from different runs"
         )
-    if image_size not in (None, model_size):
+    if image_size not in (None, option_types.AUTO, model_size):
         raise UserError(
             f"image_size is fixed by the model ({model_size}); leave it out. "
             f"Received: image_size={image_size}"
@@ -238,7 +239,7 @@ def load_external_model(model_path, image_size=None, threshold=None):
             f"Received: model={model_path}"
         )
     runner = external.load_external(model_path)
-    if image_size not in (None, runner.image_size):
+    if image_size not in (None, option_types.AUTO, runner.image_size):
         raise UserError(
             f"image_size is fixed by the model ({runner.image_size}, {runner.sidecar.path}); leave it out. "
             f"Received: image_size={image_size}"

@@ -21,6 +21,7 @@ import numpy as np
 import artifacts
 import audit
 import augment
+import backbones
 import balance
 import calibration
 import config
@@ -112,6 +113,7 @@ def scan_stage(run):
         # run trains and tests on the same images.
         artifacts.write_json(run.results_path("audit", "audit.json"), run.index.audit)
         print(f"    the files of {run.shared_from} (scanned and audited once)")
+        choose_image_size(run)
         return
     if options.demo:
         demo.write_demo_dataset(options.image_dir)
@@ -123,6 +125,22 @@ def scan_stage(run):
         print(f"    {line}")
     print(f"    audit: {audit_path}")
     runs.check_same_split(run)
+    choose_image_size(run)
+
+
+def choose_image_size(run):
+    """--image_size auto becomes a number here, once the training images are
+    known (backbones.automatic_image_size), and the run says why; the run
+    config then saves the number, so a resumed run keeps it."""
+    options = run.options
+    if options.image_size != option_types.AUTO:
+        return
+    size, reason = backbones.automatic_image_size(
+        options.backbone, options.weights != "none", run.index.audit.get("train_image_size")
+    )
+    run.options = dataclasses.replace(options, image_size=size)
+    config.check_training_memory(run.options)
+    print(f"    image size {size} px (--image_size auto): {reason}")
 
 
 def model_stage(run):

@@ -15,6 +15,8 @@ from errors import UserError
 
 # NumPy and TensorFlow seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32
+# The value of an option chosen from the data (--image_size auto).
+AUTO = "auto"
 # A port number: 1-65535 (0 would let the system pick one nobody was told).
 MAX_PORT = 65535
 
@@ -31,6 +33,15 @@ def integer(name):
             return int(text)
         except ValueError:
             raise UserError(f"{name} must be an integer. Received: {name}={text}") from None
+
+    return parse
+
+
+def integer_or_auto(name):
+    """An integer, or the word auto (chosen later, from the data)."""
+
+    def parse(text):
+        return AUTO if text.strip().lower() == AUTO else integer(name)(text)
 
     return parse
 
@@ -119,6 +130,16 @@ def choice_list(allowed):
 # ---------------------------------------------------------------- checking one value
 # check(name, value) raises UserError; None (an option not given whose
 # default is None) is never checked.
+
+
+def unless_auto(check):
+    """`check`, except for the word auto (which the option's user resolves)."""
+
+    def checked(name, value):
+        if value != AUTO:
+            check(name, value)
+
+    return checked
 
 
 def at_least(low, why=""):
