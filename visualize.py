@@ -328,8 +328,8 @@ def plot_lr_finder(rates, losses, smoothed, suggested, valley, output_path, subt
 
     `rates`, `losses`, `smoothed`: one value per step; `suggested`: the
     suggestion's step; `valley`: its (first, last) step. The y axis spans
-    the smoothed curve up to 4x its minimum (where the test stops), so the
-    last exploding batches do not flatten the rest. Returns the path.
+    the smoothed curve before its last five steps, up to 4x its minimum (where the test stops), so the
+    last exploding batches do not flatten the rest (they leave the top). Returns the path.
     """
     rates, losses, smoothed = (np.asarray(values, dtype=float) for values in (rates, losses, smoothed))
     finite = smoothed[np.isfinite(smoothed)]
@@ -348,7 +348,10 @@ def plot_lr_finder(rates, losses, smoothed, suggested, valley, output_path, subt
     axes.scatter([rates[lowest]], [smoothed[lowest]], marker="o", s=40, color=theme.ROSE, zorder=4,
                  label=f"lowest smoothed loss, at {rates[lowest]:.2g}")
     axes.set_xscale("log")
-    bottom, top = finite.min(), min(finite.max(), 4 * finite.min())
+    # Up to the highest smoothed loss before the last five steps (fastai's
+    # plot leaves those out), at most 4x the minimum: the descent fills it.
+    shown = smoothed[:-5] if len(smoothed) > 10 else smoothed
+    bottom, top = finite.min(), min(np.nanmax(np.where(np.isfinite(shown), shown, np.nan)), 4 * finite.min())
     axes.set_ylim(bottom - 0.08 * (top - bottom), top + 0.08 * (top - bottom))
     axes.set_xlabel("Learning rate (log scale)")
     axes.set_ylabel("Training loss")
