@@ -26,7 +26,6 @@ import math
 
 import numpy as np
 
-import train_utils
 from errors import UserError
 
 START_RATE = 1e-7
@@ -87,20 +86,20 @@ def stop_reason(smoothed_losses, divergence=DIVERGENCE):
     return None
 
 
-def range_test(model, batches, loss, class_weight=None, jit_compile=False, steps=STEPS, start=START_RATE,
-               end=END_RATE):
+def range_test(model, batches, compile_at, class_weight=None, steps=STEPS, start=START_RATE, end=END_RATE):
     """Runs the range test on `model` (freshly built; with pretrained
     weights its backbone frozen, so the test tunes the head phase) with
     training `batches` (the run's tf.data training pipeline, augmentation
     and balancing as the run has them; repeated when it has fewer than
-    `steps` batches), compiled with the run's `loss` and `class_weight`.
+    `steps` batches) and the run's `class_weight`, after `compile_at(model,
+    rate)` (the run's loss and optimizer: train_utils.compile_model).
     Every weight is put back afterwards, even on an error: training then
     compiles the model again, with a fresh optimizer. Returns a RangeTest."""
     saved = model.get_weights()
     rates, losses = [], []
     stopped = f"all {steps} steps run"
     try:
-        train_utils.compile_model(model, start, jit_compile, loss)
+        compile_at(model, start)
         iterator = iter(batches.repeat())
         for step in range(steps):
             rate = exponential_rate(step, steps, start, end)
@@ -212,7 +211,7 @@ class Finding:
         return "\n".join(rows) + "\n"
 
 
-def found(model, batches, loss, class_weight=None, jit_compile=False, steps=STEPS):
+def found(model, batches, compile_at, class_weight=None, steps=STEPS):
     """The Finding of a range test on `model` (range_test, then suggest)."""
-    test = range_test(model, batches, loss, class_weight=class_weight, jit_compile=jit_compile, steps=steps)
+    test = range_test(model, batches, compile_at, class_weight=class_weight, steps=steps)
     return Finding(test, suggest(test))

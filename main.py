@@ -246,8 +246,10 @@ def find_rate_stage(run):
         run.learning_rate = float(saved["rate"])
         print(f"    found before the interruption: {run.learning_rate:.3g}")
         return
-    run.finding = lr_finder.found(run.model, run.datasets["train"], run.balancing.loss,
-                                  run.balancing.class_weight, run.device.jit_compile)
+    def compile_at(model, rate):  # as training compiles it (a fresh Adam)
+        train_utils.compile_model(model, rate, run.device.jit_compile, run.balancing.loss)
+
+    run.finding = lr_finder.found(run.model, run.datasets["train"], compile_at, run.balancing.class_weight)
     run.learning_rate = run.finding.rate
     # Training then starts from the same random state as without the test.
     train_utils.seed_everything(options.seed, options.deterministic)
