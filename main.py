@@ -246,6 +246,7 @@ def find_rate_stage(run):
         run.learning_rate = float(saved["rate"])
         print(f"    found before the interruption: {run.learning_rate:.3g}")
         return
+
     def compile_at(model, rate):  # as training compiles it (a fresh Adam)
         train_utils.compile_model(model, rate, run.device.jit_compile, run.balancing.loss)
 

@@ -6,6 +6,7 @@ for every mode.
     python main.py --image_dir DIR --backbone a,b    # a series: one run each on one split, then compared
     python main.py --image_dir DIR --folds K         # K fold runs (--resume [ID] continues them)
     TF_CONFIG=... python main.py --image_dir DIR     # one run, on every worker at once
+    python main.py --image_dir DIR --lr_find         # the learning-rate range test alone: nothing trained
 
 `plan_runs` turns the options into a `Plan`: the strategy the runs train
 under and the runs themselves, handed out one at a time (`Plan.runs`, a
@@ -81,8 +82,8 @@ class Run:
     model: object = None
     datasets: dict = dataclasses.field(default_factory=dict)
     balancing: object = None  # balance.Balance: how training balances its classes
-    # The rate training starts at: --learning_rate, or with auto the range
-    # test's (`finding`, lr_finder.Finding; a resumed run's as saved).
+    # The rate --learning_rate auto found (the range test's, `finding`:
+    # lr_finder.Finding; a resumed run's as saved); None: --learning_rate's own.
     learning_rate: float | None = None
     finding: object = None
     history_path: str | None = None
