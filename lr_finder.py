@@ -34,6 +34,7 @@ STEPS = 100
 BETA = 0.98  # fastai's smoothing of the recorded loss
 DIVERGENCE = 4.0  # stop once the smoothed loss is this many times its minimum
 METHOD = "valley"
+FLAT = 0.01  # a valley whose smoothed loss falls by less than this share of it says little
 
 
 def is_asked(learning_rate, lr_find):
@@ -192,15 +193,31 @@ class Finding:
         return {"rate": self.rate, "steps": int(len(self.test.losses)), "method": self.suggestion.method,
                 "stopped": self.test.stopped}
 
+    @property
+    def flat(self):
+        """Whether the valley is too shallow to mean anything: the smoothed
+        loss falls by under FLAT of itself along it (a model that cannot
+        learn from these batches, or features that do not change)."""
+        smoothed = self.test.smoothed
+        first, last = self.suggestion.valley
+        return smoothed[first] - smoothed[last] < FLAT * abs(smoothed[first])
+
     def lines(self):
-        """What the run prints about the test and its suggestion."""
+        """What the run prints about the test and its suggestion (with a
+        warning when the curve is flat)."""
         test = self.test
-        return [
+        lowest = float(test.rates[int(np.nanargmin(test.smoothed))])
+        where = "before" if self.rate < lowest else "not before"
+        lines = [
             f"range test: {len(test.losses)} training steps, learning rate {test.rates[0]:.0e} to "
             f"{test.rates[-1]:.2g} ({test.stopped})",
-            f"suggested learning rate: {self.rate:.3g} ({self.suggestion.method}: on the steepest stretch of the "
-            f"smoothed loss, before its minimum at {test.rates[int(np.nanargmin(test.smoothed))]:.3g})",
+            f"suggested learning rate: {self.rate:.3g} ({self.suggestion.method}: half-way down the longest descent "
+            f"of the smoothed loss, {where} its minimum at {lowest:.3g})",
         ]
+        if self.flat:
+            lines.append(f"warning: the smoothed loss hardly falls along that descent (under {FLAT:.0%}): the curve "
+                         "says little about the rate; look at the figure, or give --learning_rate a number")
+        return lines
 
     def csv_text(self):
         """lr_finder.csv: each step's rate, batch loss and smoothed loss,

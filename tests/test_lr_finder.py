@@ -54,6 +54,14 @@ def test_valley_is_fastais_longest_descent_and_its_middle():
     assert lr_finder.valley(np.array([5.0, 4, 3, 2, 1, 2, 3])) == (0, 0, 4)
 
 
+def test_a_flat_curve_is_said_to_say_little():
+    steep = lr_finder.Finding(curve(), lr_finder.suggest(curve()))
+    flat_test = lr_finder.RangeTest(curve().rates, 1.386 + np.random.default_rng(0).normal(0, 1e-4, 100), "")
+    flat = lr_finder.Finding(flat_test, lr_finder.suggest(flat_test))
+    assert not steep.flat and "before its minimum" in steep.lines()[1] and len(steep.lines()) == 2
+    assert flat.flat and flat.lines()[-1].startswith("warning: the smoothed loss hardly falls")
+
+
 def test_the_suggestion_leaves_out_the_first_tenth_and_the_last_five_steps():
     test = curve()
     # A dip in the first ten steps and in the last five would be the longest
