@@ -88,6 +88,9 @@ class Option:
     const: object = None
     action: str | None = None
     metavar: str | None = None
+    # Other spellings on the command line (("lr",) for --lr): argparse
+    # aliases, shown in --help and the tables.
+    aliases: tuple = ()
     tags: frozenset = frozenset()
     # Other defaults in some scripts ({"evaluate": None}), and other help.
     defaults: dict = dataclasses.field(default_factory=dict)
@@ -316,9 +319,16 @@ class Config:
         10, "Epochs with the backbone frozen (or all epochs from scratch)", TRAINING, "training",
         parse=option_types.integer, check=option_types.at_least(1), tags=("common",),
     )
-    learning_rate: float = option(
-        1e-3, "Adam learning rate", TRAINING, "training",
-        parse=option_types.number, check=option_types.positive, tags=("common",),
+    learning_rate: float | str = option(
+        1e-3, "Adam learning rate; auto: found by a learning-rate range test before training (fastai's "
+        "lr_find: ~100 steps, the rate growing from 1e-7 to 10, the 'valley' suggestion; its curve in "
+        "RESULTS_DIR/lr_finder/<run>/)", TRAINING, "training", parse=option_types.number_or("auto"),
+        check=option_types.positive_or("auto"), aliases=("lr",), metavar="RATE|auto", tags=("common",),
+    )
+    lr_find: bool = option(
+        False, "Only run the learning-rate range test (as --learning_rate auto does) on the training images: "
+        "draw its curve, print the suggested rate and the command that uses it, and stop (nothing is "
+        "trained or published)", TRAINING, "training", action="store_true", shown_default="off",
     )
     fine_tune_epochs: int = option(
         10, "Epochs with the last layers unfrozen at a 10x lower learning rate; pretrained weights "
@@ -565,8 +575,9 @@ class ArgumentParser(argparse.ArgumentParser):
     every other mistake, instead of the usage block."""
 
     def __init__(self, *args, **kwargs):
-        # Options are spelled in full: `--lr` never silently means
-        # --learning_rate, and main.py --resume can tell which were given.
+        # Options are spelled in full (or by an alias the table declares):
+        # `--learn` never silently means --learning_rate, and main.py
+        # --resume can tell which were given.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
@@ -617,7 +628,7 @@ def build_parser(script, description, examples=""):
         for key in ("choices", "nargs", "const", "metavar"):
             if getattr(spec, key) is not None:
                 arguments[key] = getattr(spec, key)
-        groups[spec.group].add_argument(f"--{name}", **arguments)
+        groups[spec.group].add_argument(f"--{name}", *(f"--{alias}" for alias in spec.aliases), **arguments)
     return parser
 
 
@@ -627,7 +638,9 @@ def given_options(parser, argv):
     spelled in full (ArgumentParser allows no abbreviations), so the names
     come from the tokens."""
     values = vars(parser.parse_args(argv))
-    names = {token[2:].partition("=")[0] for token in parser.spelled_out(argv) if token.startswith("--")}
+    # An alias (--lr) names its option (learning_rate).
+    names_of = {string: action.dest for action in parser._actions for string in action.option_strings}
+    names = {names_of.get(token.partition("=")[0]) for token in parser.spelled_out(argv) if token.startswith("--")}
     return {name: values[name] for name in names if name in values}
 
 
@@ -709,6 +722,22 @@ def check_training_memory(options):
             raise UserError(refusal)
 
 
+def check_lr_find(options):
+    """--lr_find looks at one new run's training images and stops: not
+    with --resume, --folds or several backbones."""
+    if not options.lr_find:
+        return
+    several = len(backbones.backbone_names(options.backbone)) > 1
+    for given, value, why in (
+        (options.resume, "resume", "a resumed run keeps its own learning rate"),
+        (options.folds, "folds", "with --learning_rate auto each fold run finds its own rate"),
+        (several, "backbone", "each backbone has its own curve: give one --backbone"),
+    ):
+        if given:
+            raise UserError(f"--lr_find tests one new run's training images and stops; {why}. "
+                            f"Received: lr_find=True, {value}={shown(getattr(options, value))}")
+
+
 # Checks of several options together: (the scripts, the check).
 RULES = (
     (SCRIPTS, check_image_dir),
@@ -716,6 +745,7 @@ RULES = (
     (("main",), check_backbones),
     (("main",), check_training_memory),
     (("main",), check_balance),
+    (("main",), check_lr_find),
     (("main", "evaluate"), check_quantize),
     (("evaluate",), check_external),
 )
@@ -849,7 +879,8 @@ def options_markdown(script, tag=None):
             continue
         choices = f" ({'/'.join(str(choice) for choice in spec.choices)})" if spec.choices else ""
         what = spec.help_for(script).replace("|", "\\|")
-        lines.append(f"| `--{name}`{choices} | {shown_default(name, script)} | {what} |")
+        aliases = "".join(f" (`--{alias}`)" for alias in spec.aliases)
+        lines.append(f"| `--{name}`{aliases}{choices} | {shown_default(name, script)} | {what} |")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ import calibration
 import gradcam
 import image_io
 import label_metrics
+import lr_finder
 import metrics
 import model_builder
 import theme
@@ -748,6 +749,20 @@ def render_gradcam(trained, items, rows, cols, folder, labels=None):
     return visualize.plot_gradcam(items, heatmaps, rows, cols, path, subtitle=subtitle)
 
 
+def render_lr_finder(finding, folder):
+    """The learning-rate range test's curve (an lr_finder.Finding) with its
+    suggestion, and its steps as lr_finder.csv; returns the PNG path."""
+    test, suggestion = finding.test, finding.suggestion
+    artifacts.write_text(os.path.join(folder, "lr_finder.csv"), finding.csv_text())
+    subtitle = (f"{len(test.losses)} training steps on the training images, the rate growing exponentially "
+                f"({test.stopped}) · loss smoothed (moving average, beta {lr_finder.BETA:g}) · "
+                f"suggestion: fastai's {suggestion.method}, half-way down the longest descent of the smoothed loss")
+    return visualize.plot_lr_finder(
+        test.rates, test.losses, test.smoothed, suggestion.step, suggestion.valley,
+        os.path.join(folder, "lr_finder.png"), subtitle=subtitle,
+    )
+
+
 def render_training_curves(history, folder):
     """The training curves of a run's `history` (a History); returns the path."""
     return visualize.plot_training_curves(
@@ -759,8 +774,8 @@ def render_training_curves(history, folder):
 
 
 # What a figure is drawn from: a splits.DatasetIndex, a run's History, a
-# metrics.Evaluation.
-DATASET, HISTORY, EVALUATION = "dataset", "history", "evaluation"
+# metrics.Evaluation, a learning-rate range test (lr_finder.Finding).
+DATASET, HISTORY, EVALUATION, LR_RANGE = "dataset", "history", "evaluation", "lr_range"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -787,6 +802,8 @@ class Look:
     mixup: float
     cutmix: float
     augmentation: object = None
+    learning_rate: object = None
+    lr_find: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -828,6 +845,9 @@ FIGURES = (
            lambda index, folder, look: [render_augmentation_preview(
                index, look.image_size, look.augmentation, look.seed, folder, mix=(look.mixup, look.cutmix))],
            wanted=lambda look: look.augmentation is not None),
+    Figure("Plotting the learning-rate range test", "lr_finder", LR_RANGE,
+           lambda finding, folder, look: [render_lr_finder(finding, folder)],
+           wanted=lambda look: lr_finder.is_asked(look.learning_rate, look.lr_find)),
     Figure("Plotting the training curves", "training_curves", HISTORY,
            lambda history, folder, look: [render_training_curves(history, folder)]),
     Figure("Plotting the confusion matrix", "confusion_matrix", EVALUATION,

@@ -35,6 +35,7 @@ import export
 import figures
 import inference
 import label_metrics
+import lr_finder
 import metrics
 import model_builder
 import option_types
@@ -248,6 +249,38 @@ def data_stage(run):
         print(f"    {line}")
 
 
+def find_rate_stage(run):
+    """--learning_rate auto (and --lr_find): the learning-rate range test
+    (lr_finder.py) on the freshly built model, with the run's training
+    batches and loss, its weights put back afterwards; training starts at
+    the suggested rate. A resumed run reuses the rate it found (saved in
+    run_config.json), never tests again."""
+    options = run.options
+    if run.point:
+        saved = artifacts.read_run_config(run.folder).get("learning_rate_found") or {}
+        if not isinstance(saved.get("rate"), (int, float)):
+            raise UserError(f"--resume: {run.artifact_path(artifacts.RUN_CONFIG_FILE)} has no learning_rate_found "
+                            "(the rate --learning_rate auto found); start a new run")
+        run.learning_rate = float(saved["rate"])
+        print(f"    found before the interruption: {run.learning_rate:.3g}")
+        return
+
+    def compile_at(model, rate):  # as training compiles it (a fresh Adam)
+        train_utils.compile_model(model, rate, run.device.jit_compile, run.balancing.loss)
+
+    run.finding = lr_finder.found(run.model, run.datasets["train"], compile_at, run.balancing.class_weight)
+    run.learning_rate = run.finding.rate
+    # Training then starts from the same random state as without the test.
+    train_utils.seed_everything(options.seed, options.deterministic)
+    for line in run.finding.lines():
+        print(f"    {line}")
+    if options.lr_find:
+        return
+    if options.weights != "none" and options.fine_tune_epochs:
+        print(f"    the head trains at {run.learning_rate:.3g}, fine-tuning at a tenth of it")
+    run.update_run_config(learning_rate_found=run.finding.record())
+
+
 def train_stage(run):
     options = run.options
     if run.point and run.point.trained:
@@ -266,7 +299,7 @@ def train_stage(run):
         epochs=options.epochs,
         fine_tune_epochs=options.fine_tune_epochs,
         fine_tune_layers=options.fine_tune_layers,
-        learning_rate=options.learning_rate,
+        learning_rate=run.learning_rate or options.learning_rate,
         patience=options.patience,
         pretrained=options.weights != "none",
         jit_compile=run.device.jit_compile,
@@ -526,10 +559,17 @@ def figure_stage(figure):
             figures.DATASET: lambda: run.index,
             figures.HISTORY: lambda: figures.History(train_utils.read_history(run.history_path), run.finetune_start),
             figures.EVALUATION: lambda: run.evaluation,
+            figures.LR_RANGE: lambda: run.finding,
         }[figure.source]()
+        if source is None:  # a resumed run found its rate before: its figure was drawn then
+            folder = run.results_path(figure.category)
+            drawn = sorted(os.path.join(folder, name) for name in os.listdir(folder)) if os.path.isdir(folder) else []
+            add_figures(run, *(path for path in drawn if path.endswith(".png")))
+            return
         add_figures(run, *figures.draw(figure, source, run.options.results_dir, run.stamp, figure_look(run.options)))
 
-    return Stage(figure.stage, draw, when=lambda options: figure.is_wanted(figure_look(options)), fits=figure.fits)
+    return Stage(figure.stage, draw, when=lambda options: figure.is_wanted(figure_look(options)), fits=figure.fits,
+                 in_lr_find=figure.source == figures.LR_RANGE)
 
 
 def figure_stages(source):
@@ -563,21 +603,29 @@ class Stage:
     # Whether it applies to the run's kind of task (function(tasks.Task),
     # asked once the dataset is indexed; None: every kind).
     fits: object = None
+    # Whether --lr_find (which stops after the range test) runs it too.
+    in_lr_find: bool = False
 
     def wanted(self, run):
+        if run.options.lr_find and not self.in_lr_find:
+            return False
         if self.when is not None and not self.when(run.options):
             return False
         return self.fits is None or run.index is None or bool(self.fits(run.index.task))
 
 
 STAGES = [
-    Stage("Scanning and splitting the dataset", scan_stage, every_worker=True),
+    Stage("Scanning and splitting the dataset", scan_stage, every_worker=True, in_lr_find=True),
     # Before the figures: weights that cannot be loaded stop the run at once.
-    Stage("Building the model", model_stage, every_worker=True),
+    Stage("Building the model", model_stage, every_worker=True, in_lr_find=True),
     Stage("Saving the class index, split manifest and run config", companions_stage),
     Stage("Starting the MLflow run", start_tracking_stage, when=lambda options: options.mlflow),
     *figure_stages(figures.DATASET),
-    Stage("Preparing the input pipeline", data_stage, every_worker=True),
+    Stage("Preparing the input pipeline", data_stage, every_worker=True, in_lr_find=True),
+    # Several workers are refused the range test (runs.plan_runs).
+    Stage("Finding the learning rate", find_rate_stage, in_lr_find=True,
+          when=lambda options: lr_finder.is_asked(options.learning_rate, options.lr_find)),
+    *figure_stages(figures.LR_RANGE),
     Stage("Training", train_stage, every_worker=True),
     # Before publishing: the published file is the calibrated one, and its
     # hash in run_config.json is that file's.

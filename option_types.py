@@ -62,6 +62,25 @@ def number(name):
     return parse
 
 
+def number_or(word):
+    """A parser factory for a float option that also takes `word`
+    (--learning_rate auto): the word itself, or a finite number."""
+
+    def for_option(name):
+        def parse(text):
+            if text.strip().lower() == word:
+                return word
+            try:
+                float(text)
+            except ValueError:
+                raise UserError(f"{name} must be a number or {word}. Received: {name}={text}") from None
+            return number(name)(text)  # NaN and infinity refused as for any number
+
+        return parse
+
+    return for_option
+
+
 def number_range(name):
     """`0.8,1.2` -> (0.8, 1.2): two finite numbers, 0 <= MIN <= MAX."""
 
@@ -180,6 +199,16 @@ def fraction(name, value):
 def positive(name, value):
     if value <= 0:
         raise UserError(f"{name} must be positive. Received: {name}={value}")
+
+
+def positive_or(word):
+    """A check of a number that must be positive, or `word`."""
+
+    def check(name, value):
+        if value != word:
+            positive(name, value)
+
+    return check
 
 
 def below_one(name, value):

@@ -222,6 +222,8 @@ def training_sections(run):
                ("labels", ", ".join(run.index.class_names))) if run.index.task.multi_label
               else (("classes", ", ".join(run.index.class_names)),)),
             ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
+            *((("learning rate", f"{run.learning_rate:.3g}, found by the range test (--learning_rate auto)"),)
+              if options.learning_rate == "auto" and run.learning_rate else ()),
             ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
         )),
         scores_section("On the test split", run.evaluation, scores),

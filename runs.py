@@ -6,6 +6,7 @@ for every mode.
     python main.py --image_dir DIR --backbone a,b    # a series: one run each on one split, then compared
     python main.py --image_dir DIR --folds K         # K fold runs (--resume [ID] continues them)
     TF_CONFIG=... python main.py --image_dir DIR     # one run, on every worker at once
+    python main.py --image_dir DIR --lr_find         # the learning-rate range test alone: nothing trained
 
 `plan_runs` turns the options into a `Plan`: the strategy the runs train
 under and the runs themselves, handed out one at a time (`Plan.runs`, a
@@ -27,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -42,6 +44,7 @@ import console
 import cross_validation
 import devices
 import figures
+import lr_finder
 import report
 import resume
 import run_lock
@@ -79,6 +82,10 @@ class Run:
     model: object = None
     datasets: dict = dataclasses.field(default_factory=dict)
     balancing: object = None  # balance.Balance: how training balances its classes
+    # The rate --learning_rate auto found (the range test's, `finding`:
+    # lr_finder.Finding; a resumed run's as saved); None: --learning_rate's own.
+    learning_rate: float | None = None
+    finding: object = None
     history_path: str | None = None
     finetune_start: int | None = None  # first fine-tuning epoch (0-based), if any
     training_seconds: float | None = None
@@ -177,6 +184,12 @@ def plan_runs(options, given, cluster=None):
             "cross-validation trains the folds on one machine, not with TF_CONFIG workers: leave --folds out "
             f"of a multi-worker run. Received: folds={options.folds}, resume={options.resume}"
         )
+    if cluster is not None and lr_finder.is_asked(options.learning_rate, options.lr_find):
+        raise UserError(
+            "the learning-rate range test runs on one machine, not with TF_CONFIG workers: give --learning_rate "
+            f"a number (found by --lr_find on one machine). Received: learning_rate={options.learning_rate}, "
+            f"lr_find={options.lr_find}"
+        )
     if cluster is not None and len(names) > 1:
         raise UserError(
             "several backbones train on one machine, not with TF_CONFIG workers: give one "
@@ -209,8 +222,8 @@ def plan_runs(options, given, cluster=None):
                     options, given, saved, RESUMED_OWN, own_names(RESUMED_OWN), resume.resumed_refusal
                 )
         strategy, workers = devices.start(cluster, options.worker_wait)
-        plan = Plan("folds" if folds else "series" if len(names) > 1 else "one", options, given, strategy, workers,
-                    lock=lock.pop_all())
+        mode = "lr_find" if options.lr_find else "folds" if folds else "series" if len(names) > 1 else "one"
+        plan = Plan(mode, options, given, strategy, workers, lock=lock.pop_all())
     if folds:
         plan.runs = fold_runs(*open_cross_validation(plan, names, resumed))
     elif len(names) > 1:
@@ -354,9 +367,11 @@ def announce(planned, stamp, folder, point):
         print(f"Resuming run {stamp} ({folder}) after training: {', '.join(after_training(options))}.")
     elif point and not planned.title:
         print(f"Resuming run {stamp} ({folder}) with its own options.")
+    elif options.lr_find:
+        print(f"Learning-rate range test {stamp}: nothing is trained or published")
     elif not planned.title:
         print(f"Run {stamp}: {folder}")
-    if not point:
+    if not point and not options.lr_find:
         print("Training plan: " + train_utils.training_plan_line(
             options.epochs, options.patience, options.weights != "none", options.fine_tune_epochs,
             options.fine_tune_layers))
@@ -476,6 +491,10 @@ def opened(plan, planned):
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+    if plan.mode == "lr_find":
+        # Nothing was trained: the run folder goes (unlocked by now), so no
+        # run is left looking interrupted; its results stay under the stamp.
+        artifacts.discard_failed_run(folder, new_run=True)
     plan.trained.append(run)
     if plan.mode != "one":  # only what a summary needs stays
         import keras
@@ -524,9 +543,29 @@ def finish(plan):
     if plan.mode == "folds":
         return finish_folds(plan)
     (run,) = plan.trained
+    if plan.mode == "lr_find":
+        console.summary([*run.finding.lines()[1:], *(f"curve: {path}" for path in run.drawn),
+                         f"to train with it: {command_with_rate(plan.given, run.finding.rate)}",
+                         "or let every run find its own: --learning_rate auto"])
+        return run
     if plan.writes:
         console.summary(report.training_summary(run))
     return run
+
+
+def command_with_rate(given, rate):
+    """The main.py command of the options `given` (config.given_options)
+    without --lr_find, with --learning_rate `rate`."""
+    parts = ["python main.py"]
+    for name in config.options_of("main"):
+        if name not in given or name in ("lr_find", "learning_rate"):
+            continue
+        value = given[name]
+        if isinstance(value, bool):
+            parts.append(f"--{name}")
+        else:
+            parts += [f"--{name}", shlex.quote(str(config.shown(value)))]
+    return " ".join([*parts, "--learning_rate", f"{rate:.3g}"])
 
 
 def publish_best(artifacts_dir, runs):

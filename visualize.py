@@ -317,6 +317,53 @@ def plot_training_curves(history, output_path, finetune_start=None):
     return save_figure(figure, output_path)
 
 
+# ---------------------------------------------------------------- 4b. learning-rate range test
+
+
+@themed
+def plot_lr_finder(rates, losses, smoothed, suggested, valley, output_path, subtitle=""):
+    """The learning-rate range test: each step's loss (faint) and its
+    smoothed curve against the learning rate on a log axis, the valley the
+    suggestion comes from shaded, the suggested rate marked and labelled.
+
+    `rates`, `losses`, `smoothed`: one value per step; `suggested`: the
+    suggestion's step; `valley`: its (first, last) step. The y axis spans
+    the smoothed curve before its last five steps, up to 4x its minimum (where the test stops), so the
+    last exploding batches do not flatten the rest (they leave the top). Returns the path.
+    """
+    rates, losses, smoothed = (np.asarray(values, dtype=float) for values in (rates, losses, smoothed))
+    finite = smoothed[np.isfinite(smoothed)]
+    figure = Figure(figsize=(9, 5.6), layout="constrained")
+    axes = figure.subplots()
+    axes.axvspan(rates[valley[0]], rates[valley[1]], color=theme.PETAL, zorder=0,
+                 label="the longest descent (valley)")
+    axes.plot(rates, losses, color=theme.BLUSH, linewidth=1, label="loss of each step")
+    axes.plot(rates, smoothed, color=theme.DEEP_ROSE, linewidth=2.2, label="smoothed loss")
+    rate, loss = rates[suggested], smoothed[suggested]
+    axes.scatter([rate], [loss], marker="*", s=260, color=theme.WINE, zorder=5, label=f"suggestion {rate:.2g}")
+    axes.annotate(f"suggested\n{rate:.2g}", (rate, loss), xytext=(16, 34), textcoords="offset points",
+                  ha="left", color=theme.WINE, fontweight="bold",
+                  arrowprops={"arrowstyle": "-", "color": theme.WINE, "linewidth": 0.9})
+    lowest = int(np.nanargmin(smoothed))
+    axes.scatter([rates[lowest]], [smoothed[lowest]], marker="o", s=40, color=theme.ROSE, zorder=4,
+                 label=f"lowest smoothed loss, at {rates[lowest]:.2g}")
+    axes.set_xscale("log")
+    # Up to the highest smoothed loss before the last five steps (fastai's
+    # plot leaves those out), at most 4x the minimum: the descent fills it.
+    shown = smoothed[:-5] if len(smoothed) > 10 else smoothed
+    bottom, top = finite.min(), min(np.nanmax(np.where(np.isfinite(shown), shown, np.nan)), 4 * finite.min())
+    axes.set_ylim(bottom - 0.08 * (top - bottom), top + 0.08 * (top - bottom))
+    axes.set_xlabel("Learning rate (log scale)")
+    axes.set_ylabel("Training loss")
+    axes.grid(True)
+    axes.set_axisbelow(True)
+    axes.legend(loc="upper left")
+    figure.suptitle("Learning-rate range test")
+    if subtitle:
+        axes.set_title(subtitle, color=theme.MUTED, wrap=True)
+    return save_figure(figure, output_path)
+
+
 # ---------------------------------------------------------------- 5. confusion matrix
 
 

@@ -38,7 +38,7 @@ def test_each_script_parses_exactly_its_options_of_the_table_with_their_defaults
 
     assert list(actions) == list(table)
     for name, action in actions.items():
-        assert action.option_strings == [f"--{name}"]
+        assert action.option_strings == [f"--{name}", *(f"--{alias}" for alias in table[name].aliases)]
         assert action.default == config.default_of(name, script)
         assert action.help.startswith(table[name].help_for(script))
         assert action.help.endswith(f"(default: {config.shown_default(name, script)})")
@@ -295,8 +295,9 @@ def test_saved_options_are_main_pys_and_the_demo_flag():
 
 
 def test_argparse_mistakes_are_user_errors():
-    with pytest.raises(errors.UserError, match="unrecognized arguments: --lr"):
-        main_script.build_parser().parse_args(["--lr", "0.1"])
+    # Spelled in full or by a declared alias (--lr), never abbreviated.
+    with pytest.raises(errors.UserError, match="unrecognized arguments: --learning"):
+        main_script.build_parser().parse_args(["--learning", "0.1"])
     with pytest.raises(errors.UserError, match="invalid choice"):
         main_script.build_parser().parse_args(["--augment", "2"])
     with pytest.raises(errors.UserError, match="epochs must be an integer. Received: epochs=ten"):
