@@ -310,26 +310,25 @@ def _rand_augment(layer, images, seed):
 
 def _aug_mix(layer, images, seed):
     """AugMix: `layer.num_chains` chains of `layer.chain_depth` steps (each
-    an operation drawn per image, or none, as Keras draws them), mixed by
-    per-image Dirichlet(alpha) weights, then blended with the image by a
-    per-image Beta(alpha, alpha) weight."""
+    an operation drawn per image and chain, or none, as Keras draws them),
+    mixed by per-image Dirichlet(alpha) weights, then blended with the image
+    by a per-image Beta(alpha, alpha) weight. The chains run side by side as
+    one stacked batch: a graph a third the size of one chain after another,
+    which tf.data takes minutes less to prepare."""
     import tensorflow as tf
 
-    batch = tf.shape(images)[0]
+    batch, chains = tf.shape(images)[0], layer.num_chains
     names = list(layer._augment_layers) + [None]  # Keras' own list, and none
-    seeds = tf.random.experimental.stateless_split(seed, num=layer.num_chains + 2)
-    gammas = tf.random.stateless_gamma([batch, layer.num_chains], seed=seeds[0], alpha=layer.alpha)
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    gammas = tf.random.stateless_gamma([batch, chains], seed=seeds[0], alpha=layer.alpha)
     weights = gammas / tf.reduce_sum(gammas, axis=1, keepdims=True)
     pair = tf.random.stateless_gamma([batch, 2], seed=seeds[1], alpha=layer.alpha)
     kept = (pair[:, 0] / tf.reduce_sum(pair, axis=1))[:, None, None, None]
-    mixed = tf.zeros_like(images)
-    for chain in range(layer.num_chains):
-        chained = images
-        for step in range(layer.chain_depth):
-            chained = _one_operation_each(
-                layer, names, chained, tf.random.experimental.stateless_fold_in(seeds[chain + 2], step)
-            )
-        mixed += chained * weights[:, chain, None, None, None]
+    chained = tf.tile(images, [chains, 1, 1, 1])  # chain c's images at rows c * batch ...
+    for step in range(layer.chain_depth):
+        chained = _one_operation_each(layer, names, chained, tf.random.experimental.stateless_fold_in(seeds[2], step))
+    chained = tf.reshape(chained, tf.concat([[chains, batch], tf.shape(images)[1:]], axis=0))
+    mixed = tf.einsum("cbhwk,bc->bhwk", chained, weights)
     return kept * images + (1.0 - kept) * mixed
 
 

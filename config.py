@@ -289,7 +289,7 @@ class Config:
     )
     erasing: float = option(
         0.0, "Random erasing (keras.layers.RandomErasing): the probability that a training image gets a "
-        "rectangle of 2-33% of it filled with noise, after the policy; 0: off; with --augment 1 only", TRAINING,
+        "rectangle of 1/50 to 1/3 of it filled with noise, after the policy; 0: off; with --augment 1 only", TRAINING,
         "augmentation (training batches only)", parse=option_types.number, check=option_types.between(0, 1),
         metavar="P",
     )
