@@ -283,6 +283,19 @@ class Config:
         "reflect", "How pixels moved in from outside the image are filled (constant: black)", TRAINING,
         "augmentation (training batches only)", choices=("reflect", "nearest", "wrap", "constant"),
     )
+    augment_policy: str = option(
+        "basic", "basic: the one-pass warp of --flip, --rotation, --zoom, --translation, --contrast, --brightness "
+        "and --shear; randaugment (keras.layers.RandAugment's 11 operations, 2 per image at magnitude 0.5) or "
+        "augmix (keras.layers.AugMix's operations in 3 chains, mixed back with the image): the --flip flips, "
+        "then the policy instead of the warp (its other options then stay at their defaults); with --augment 1 "
+        "only", TRAINING, "augmentation (training batches only)", choices=("basic", "randaugment", "augmix"),
+    )
+    erasing: float = option(
+        0.0, "Random erasing (keras.layers.RandomErasing): the probability that a training image gets a "
+        "rectangle of 1/50 to 1/3 of it filled with noise, after the policy; 0: off; with --augment 1 only", TRAINING,
+        "augmentation (training batches only)", parse=option_types.number, check=option_types.between(0, 1),
+        metavar="P",
+    )
     mixup: float = option(
         0.0, "MixUp (keras.layers.MixUp): blend pairs of training images and their labels, weights from "
         "Beta(A, A); 0: off", TRAINING, "augmentation (training batches only)",
@@ -699,6 +712,30 @@ def check_balance(options):
         )
 
 
+# The basic policy's own options: a policy replaces their warp (see --augment_policy).
+WARP_OPTIONS = ("rotation", "zoom", "translation", "contrast", "brightness", "shear", "fill_mode")
+
+
+def check_augment_policy(options):
+    """--augment_policy and --erasing act on augmented batches (--augment 1),
+    and a policy other than basic replaces the warp of WARP_OPTIONS, so
+    those must stay at their defaults with it."""
+    if not options.augment:
+        given = [f"--{name} {getattr(options, name)}" for name in ("augment_policy", "erasing")
+                 if getattr(options, name) != getattr(DEFAULTS, name)]
+        if given:
+            raise UserError(f"{' and '.join(given)} {'act' if len(given) > 1 else 'acts'} on augmented training "
+                            "batches, which --augment 0 turns off: leave {'them' if len(given) > 1 else 'it'} out or use --augment 1. Received: augment=0")
+    if options.augment_policy != "basic":
+        changed = [name for name in WARP_OPTIONS if getattr(options, name) != getattr(DEFAULTS, name)]
+        if changed:
+            raise UserError(
+                f"--{changed[0]} sets the basic policy's warp, which --augment_policy {options.augment_policy} "
+                f"replaces (only --flip is kept): leave it out or use --augment_policy basic. Received: "
+                f"{changed[0]}={shown(getattr(options, changed[0]))}, augment_policy={options.augment_policy}"
+            )
+
+
 def check_training_memory(options):
     """A batch of --batch_size images of --image_size px must fit in the
     memory this process can still take, for every backbone of --backbone
@@ -746,6 +783,7 @@ RULES = (
     (("main",), check_training_memory),
     (("main",), check_balance),
     (("main",), check_lr_find),
+    (("main",), check_augment_policy),
     (("main", "evaluate"), check_quantize),
     (("evaluate",), check_external),
 )

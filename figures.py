@@ -157,7 +157,8 @@ def render_augmentation_preview(index, image_size, strengths, seed, folder, mix=
     enough), each then augmented PREVIEW_VERSIONS times by
     augment.augment_batch with `strengths`: the training pipeline's own code.
     Then, for each of --brightness, --shear, --fill_mode (other than
-    reflect), --mixup and --cutmix in use (`mix`: their strengths), one
+    reflect), --erasing, --mixup and --cutmix in use (`mix`: their
+    strengths), one
     column of that alone (mixup and cutmix: on the first augmented column,
     mixing these images among themselves)."""
     import tensorflow as tf
@@ -200,22 +201,38 @@ def render_augmentation_preview(index, image_size, strengths, seed, folder, mix=
         f"{PREVIEW_VERSIONS} random draws of the training augmentation per image · flip "
         f"{strengths.flip} · rotation ±{strengths.rotation:g}° · zoom ±{strengths.zoom:.0%} · "
         f"shift ±{strengths.translation:.0%} · contrast ±{strengths.contrast:.0%}{extra}"
+    ) if strengths.augment_policy == "basic" else (
+        f"{PREVIEW_VERSIONS} random draws of the training augmentation per image · flip {strengths.flip}, then "
+        f"{POLICY_NOTES[strengths.augment_policy]}"
     )
+    if strengths.erasing:
+        note += f" · random erasing p={strengths.erasing:g}"
     return visualize.plot_augmentation_preview(
         images.numpy(), versions, os.path.join(folder, "augmentation_preview.png"),
         note=note, row_labels=row_labels, column_titles=titles,
     )
 
 
+# What the preview's note says a policy does (see augment.policy_layer).
+POLICY_NOTES = {
+    "randaugment": "RandAugment: 2 of its 11 operations per image (shear, shift, rotation, brightness, colour, "
+    "contrast, sharpness, posterize, solarize, autocontrast, equalize), magnitude 0.5",
+    "augmix": "AugMix: 3 chains of up to 3 operations, mixed back with the image",
+}
+
+
 def preview_singles(strengths):
     """(column title, AugmentConfig of that augmentation alone) for each of
     --brightness, --shear and a --fill_mode other than reflect that is in
-    use (the fill shown under a 25% shift and a 20° turn, so that it shows)."""
+    use (the fill shown under a 25% shift and a 20° turn, so that it shows),
+    and --erasing (on every image, so that it shows)."""
     still = dataclasses.replace(
         augment.AugmentConfig(), flip="none", rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0,
         fill_mode=strengths.fill_mode,
     )
     singles = []
+    if strengths.erasing:
+        singles.append(("erasing (every image)", dataclasses.replace(still, erasing=1.0)))
     if strengths.brightness:
         title = "brightness {:g}-{:g}".format(*strengths.brightness)
         singles.append((title, dataclasses.replace(still, brightness=strengths.brightness)))

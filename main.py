@@ -243,7 +243,7 @@ def data_stage(run):
             run.datasets[split] = data_loader.make_dataset(paths, labels, batch_size=batch_size, **settings)
         else:
             run.datasets[split] = run.machine.dataset(paths, labels, batch_size, **settings)
-    print(f"    batch size {device.batch_text(options.batch_size)}, augmentation {'on' if strengths else 'off'}, "
+    print(f"    batch size {device.batch_text(options.batch_size)}, augmentation {augment.summary(strengths)}, "
           f"{cache_note}")
     for line in run.machine.data_lines(run.datasets["train"]):
         print(f"    {line}")

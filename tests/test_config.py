@@ -129,6 +129,7 @@ REFUSED = {
     "label_smoothing": ("0.5", "label_smoothing must be between 0 and 0.3"),
     "shear": ("50", "shear must be between 0 and 45"),
     "mixup": ("-1", "mixup must be between 0 and 1"),
+    "erasing": ("1.5", "erasing must be between 0 and 1"),
     "cutmix": ("2", "cutmix must be between 0 and 1"),
     "mlflow": ("", "mlflow must not be empty"),
     "worker_wait": ("0", "worker_wait must be positive"),
