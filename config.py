@@ -362,8 +362,8 @@ class Config:
         "training", parse=option_types.number, check=option_types.between(0, 1), metavar="W",
     )
     ema: int = option(
-        0, "1: keep an exponential moving average of the weights (Keras' use_ema, momentum 0.99) and validate, "
-        "checkpoint and publish the averaged weights; one machine only", TRAINING, "training",
+        0, "1: keep an exponential moving average of the weights (Keras' use_ema, over about the last 2 epochs) "
+        "and validate, checkpoint and publish the averaged weights; one machine only", TRAINING, "training",
         parse=lambda name: int, choices=(0, 1),
     )
     time: float | None = option(

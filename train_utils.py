@@ -35,12 +35,18 @@ import resume
 from errors import UserError
 
 
-# --ema's momentum: each step the average moves 1% of the way to the
-# weights, a memory of about 100 steps: a few epochs of a small folder (5-20
-# steps each), so the average follows a run of a few hundred steps instead
-# of holding on to its first, untrained epochs (timm's 0.9998 suits
-# ImageNet's ~10,000 steps per epoch, not these).
-EMA_MOMENTUM = 0.99
+# --ema's average spans about this many epochs: momentum 1 - 1/(2 x the
+# steps of an epoch), between 0.9 and 0.9999. A fixed 0.99 (a memory of
+# about 100 steps) spans 20 epochs of a 160-image folder at batch 32, and
+# the average lagged so far behind that test accuracy fell from 0.50
+# without it to 0.26 (25 epochs, 32 px, from scratch); timm's 0.9998 suits
+# ImageNet's ~10,000 steps per epoch, not these.
+EMA_EPOCHS = 2
+
+
+def ema_momentum(epoch_steps):
+    """--ema's momentum for epochs of `epoch_steps` steps (EMA_EPOCHS)."""
+    return float(min(0.9999, max(0.9, 1 - 1 / (EMA_EPOCHS * epoch_steps))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +120,8 @@ def make_optimizer(learning_rate, epochs=1, epoch_steps=1, recipe=Recipe()):
     """The optimizer of one phase of `epochs` epochs of `epoch_steps` steps:
     Adam, or with recipe.weight_decay > 0 AdamW (Keras' decoupled weight
     decay, on every weight); with recipe.ema Keras' own moving average of
-    the weights (use_ema, EMA_MOMENTUM; SwapEMAWeights puts it in the model
-    for validation and saving). With the cosine schedule the rate is
+    the weights (use_ema, at ema_momentum(epoch_steps); SwapEMAWeights puts
+    it in the model for validation and saving). With the cosine schedule the rate is
     Keras' CosineDecay: from 0 up to `learning_rate` linearly over
     recipe.warmup_epochs (at most the phase's epochs less one), then down to
     0 over the phase's other epochs; it is part of the optimizer's saved
@@ -132,7 +138,7 @@ def make_optimizer(learning_rate, epochs=1, epoch_steps=1, recipe=Recipe()):
             warmup_target=learning_rate if warmup else None,
             warmup_steps=warmup,
         )
-    averaging = {"use_ema": True, "ema_momentum": EMA_MOMENTUM} if recipe.ema else {}
+    averaging = {"use_ema": True, "ema_momentum": ema_momentum(epoch_steps)} if recipe.ema else {}
     if recipe.weight_decay > 0:
         return keras.optimizers.AdamW(rate, weight_decay=recipe.weight_decay, **averaging)
     return keras.optimizers.Adam(rate, **averaging)

@@ -37,8 +37,15 @@ def test_weight_decay_gives_adamw_and_none_gives_adam():
     assert isinstance(decayed, keras.optimizers.AdamW) and decayed.weight_decay == pytest.approx(0.05)
     plain = train_utils.make_optimizer(1e-3)
     assert type(plain) is keras.optimizers.Adam and not plain.use_ema
-    averaged = train_utils.make_optimizer(1e-3, recipe=train_utils.Recipe(ema=True))
-    assert averaged.use_ema and averaged.ema_momentum == train_utils.EMA_MOMENTUM
+    averaged = train_utils.make_optimizer(1e-3, epoch_steps=50, recipe=train_utils.Recipe(ema=True))
+    assert averaged.use_ema and averaged.ema_momentum == pytest.approx(0.99)  # about the last 2 epochs
+
+
+def test_the_ema_momentum_spans_about_two_epochs_within_bounds():
+    assert train_utils.ema_momentum(5) == pytest.approx(0.9)
+    assert train_utils.ema_momentum(1) == pytest.approx(0.9)  # never a shorter memory than 10 steps
+    assert train_utils.ema_momentum(500) == pytest.approx(0.999)
+    assert train_utils.ema_momentum(10**6) == pytest.approx(0.9999)
 
 
 def test_cosine_warms_up_linearly_then_decays_to_zero_over_the_phase():
