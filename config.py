@@ -371,6 +371,30 @@ class Config:
         0.0, "Label smoothing of the training loss: targets 1-S+S/K and S/K (0: off)", TRAINING, "training",
         parse=option_types.number, check=option_types.between(0, 0.3),
     )
+    schedule: str = option(
+        "plateau", "The learning rate: plateau (cut 5x when val_loss stops improving, Keras' ReduceLROnPlateau); "
+        "cosine (Keras' CosineDecay to 0 over each phase, after --warmup_epochs of linear warm-up)", TRAINING,
+        "training", choices=("plateau", "cosine"),
+    )
+    warmup_epochs: int = option(
+        0, "With --schedule cosine: epochs of linear warm-up from 0 to the learning rate at the start of each "
+        "phase", TRAINING, "training", parse=option_types.integer, check=option_types.non_negative, metavar="N",
+    )
+    weight_decay: float = option(
+        0.0, "Decoupled weight decay (Keras' AdamW) on every weight, e.g. 0.05; 0: plain Adam", TRAINING,
+        "training", parse=option_types.number, check=option_types.between(0, 1), metavar="W",
+    )
+    ema: int = option(
+        0, "1: keep an exponential moving average of the weights (Keras' use_ema, over about the last 2 epochs) "
+        "and validate, checkpoint and publish the averaged weights; one machine only", TRAINING, "training",
+        parse=lambda name: int, choices=(0, 1),
+    )
+    time: float | None = option(
+        None, "Training budget in minutes: training stops at the first epoch end after it is spent (no "
+        "fine-tuning starts after it) and the best model so far is published; --epochs stays the most. "
+        "--resume spends what is left of it; with --folds each fold gets all of it; one machine only", TRAINING, "training",
+        parse=option_types.number, check=option_types.positive, metavar="MINUTES", shown_default="off",
+    )
     tensorboard: int = option(
         0, "1: write TensorBoard logs to RESULTS_DIR/tensorboard/<run>/", TRAINING,
         "calibration and tracking", parse=lambda name: int, choices=(0, 1),
@@ -775,6 +799,20 @@ def check_lr_find(options):
                             f"Received: lr_find=True, {value}={shown(getattr(options, value))}")
 
 
+def check_schedule(options):
+    """--warmup_epochs is the cosine schedule's, and must leave it epochs to decay over."""
+    if options.warmup_epochs and options.schedule != "cosine":
+        raise UserError(
+            "--warmup_epochs warms up the cosine schedule: add --schedule cosine (or leave it out). "
+            f"Received: warmup_epochs={options.warmup_epochs}, schedule={options.schedule}"
+        )
+    if options.warmup_epochs >= options.epochs:
+        raise UserError(
+            "--warmup_epochs must be below --epochs, to leave epochs for the cosine to decay over. "
+            f"Received: warmup_epochs={options.warmup_epochs}, epochs={options.epochs}"
+        )
+
+
 # Checks of several options together: (the scripts, the check).
 RULES = (
     (SCRIPTS, check_image_dir),
@@ -784,6 +822,7 @@ RULES = (
     (("main",), check_balance),
     (("main",), check_lr_find),
     (("main",), check_augment_policy),
+    (("main",), check_schedule),
     (("main", "evaluate"), check_quantize),
     (("evaluate",), check_external),
 )

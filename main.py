@@ -288,6 +288,7 @@ def train_stage(run):
         # training was saved with the point (resume.finish_training).
         run.history_path, run.finetune_start = run.point.history_path, run.point.finetune_start
         run.training_seconds = run.point.training_seconds or 0.0  # (a state written by hand)
+        run.stopped = run.point.stopped
         print(f"    every epoch was done before the interruption; history: {run.history_path}")
         return
     print(f"    {run.balancing.line}")
@@ -311,16 +312,22 @@ def train_stage(run):
         class_weight=run.balancing.class_weight,
         loss=run.balancing.loss, one_hot=run.balancing.one_hot, steps_per_epoch=run.balancing.steps_per_epoch,
         chance_accuracy=train_utils.majority_share(run.index.split("val")[1]),
+        recipe=train_utils.Recipe(options.schedule, options.warmup_epochs, options.weight_decay, bool(options.ema)),
+        epoch_steps=run.balancing.steps_per_epoch or data_loader.epoch_steps(
+            len(run.index.split("train")[0]), run.device.global_batch(options.batch_size)),
     )
+    # --time counts the seconds an interrupted run had trained (saved with its resume point).
+    budget = train_utils.TimeBudget(options.time and options.time * 60, (run.point and run.point.spent_seconds) or 0.0)
     start = time.perf_counter()
-    train_utils.train(run.model, run.datasets["train"], run.datasets["val"], plan, run.point, run.machine)
+    train_utils.train(run.model, run.datasets["train"], run.datasets["val"], plan, run.point, run.machine, budget)
     run.training_seconds = time.perf_counter() - start
+    run.stopped = budget.line(plan.epochs + (plan.fine_tune_epochs if plan.fine_tunes else 0))
     run.history_path = history_path
     run.finetune_start = resume.finetune_start(plan.resume_folder)
     # Not "done" yet: a run killed while it calibrates, evaluates or
     # publishes continues with those stages (run_stages marks it done).
-    resume.finish_training(plan.resume_folder, run.training_seconds)
-    print(f"    history: {history_path}")
+    resume.finish_training(plan.resume_folder, run.training_seconds, run.stopped)
+    print(f"    history: {history_path}" + (f"; {run.stopped}" if run.stopped else ""))
 
 
 def calibrate_stage(run):
@@ -391,7 +398,8 @@ def publish_stage(run):
     # The training record too (train_utils.training_record), for the model comparison.
     run.update_run_config(
         status="finished", model_sha256=artifacts.file_sha256(run.model_path),
-        training=train_utils.training_record(run.history_path, run.training_seconds, resumed=bool(run.point)),
+        training=train_utils.training_record(run.history_path, run.training_seconds, resumed=bool(run.point),
+                                             stopped=run.stopped),
     )
     published = artifacts.publish(run.options.artifacts_dir, run.folder)
     print(f"    published: {published} -> run {run.stamp} ({run.folder})")

@@ -250,6 +250,7 @@ def training_summary(run):
         *(score_lines(f"warning: {run.clean_test[0]} of {scores['num_samples']} test images have a near-copy in "
                       "training: the test score is optimistic; without them", run.clean_test[1], run.clean_test[2])[:1]
           if run.clean_test else []),
+        *([f"training {run.stopped}: the best model so far is the one published"] if run.stopped else []),
         f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
         f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
         f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",

@@ -38,6 +38,8 @@ class ResumePoint:
     model_file: str  # the resume model, in the run's resume/ folder (once TRAINED: the run's best model)
     finetune_start: int | None = None  # the first fine-tuning epoch, once known
     training_seconds: float | None = None  # once TRAINED: how long training took
+    spent_seconds: float | None = None  # training seconds up to this point, over every invocation (--time)
+    stopped: str | None = None  # once TRAINED: how the --time budget stopped it (train_utils.TimeBudget.line)
 
     @property
     def trained(self):
@@ -60,7 +62,7 @@ class ResumePoint:
         field is missing or of the wrong kind, or the model file is not a
         plain name inside resume/."""
         names = {field.name for field in dataclasses.fields(cls)}
-        required = names - {"finetune_start", "training_seconds"}
+        required = names - {"finetune_start", "training_seconds", "spent_seconds", "stopped"}
         if not isinstance(values, dict) or not required <= set(values):
             missing = sorted(required - set(values)) if isinstance(values, dict) else ["all"]
             raise UserError(f"--resume: {path} is damaged (missing {', '.join(missing)}); start a new run")
@@ -73,6 +75,8 @@ class ResumePoint:
             or not number(point.best_val_loss)
             or not (point.finetune_start is None or isinstance(point.finetune_start, int))
             or not (point.training_seconds is None or number(point.training_seconds))
+            or not (point.spent_seconds is None or number(point.spent_seconds))
+            or not (point.stopped is None or isinstance(point.stopped, str))
             or isinstance(point.epoch, bool)
         ):
             raise UserError(f"--resume: {path} is damaged (stamp, history or best val_loss); start a new run")
@@ -103,15 +107,26 @@ def save_resume_point(folder, model, point):
     drop_resume_models(folder, keep=name)
 
 
-def resume_callback(folder, model, point, checkpoint):
+def resume_callback(folder, model, point, checkpoint, swap=None, spent=None):
     """A Keras callback that saves a resume point after every epoch: the
-    fields of `point` with that epoch and the best val_loss so far of the
-    ModelCheckpoint `checkpoint`."""
+    fields of `point` with that epoch, the best val_loss so far of the
+    ModelCheckpoint `checkpoint` and the training seconds `spent()`.
+    `swap`: --ema's SwapEMAWeights(swap_on_epoch=True), which put the
+    averaged weights in the model at the epoch's end and the raw ones in
+    the optimizer's place for them; the point is saved the way training
+    goes on (raw weights in the model, the averages in the optimizer), so
+    a resumed run continues exactly as an uninterrupted one."""
     import keras
 
     def save(epoch, logs=None):
         best = float(checkpoint.best) if checkpoint.best is not None else float("inf")
-        save_resume_point(folder, model, dataclasses.replace(point, epoch=epoch, best_val_loss=best))
+        seconds = None if spent is None else spent()
+        if swap is not None:
+            swap.on_epoch_begin(epoch)  # what the next epoch would do first: the raw weights back
+        save_resume_point(folder, model, dataclasses.replace(point, epoch=epoch, best_val_loss=best,
+                                                             spent_seconds=seconds))
+        if swap is not None:
+            swap.on_epoch_end(epoch)  # the averages in the model again, for the callbacks after this one
 
     return keras.callbacks.LambdaCallback(on_epoch_end=save)
 
@@ -124,17 +139,18 @@ def drop_resume_models(folder, keep=None):
             os.remove(entry.path)
 
 
-def finish_training(folder, training_seconds):
+def finish_training(folder, training_seconds, stopped=None):
     """After the last epoch: the run whose resume/ folder is `folder` is
-    marked TRAINED (its last ResumePoint, now naming the run's best model
-    and how long training took), then its resume model files are dropped.
+    marked TRAINED (its last ResumePoint, now naming the run's best model,
+    how long training took and `stopped`, how --time stopped it), then its
+    resume model files are dropped.
     A run killed after this continues with the stages after training.
     Returns the TRAINED point (None when no epoch left a point)."""
     progress = read_progress(os.path.dirname(folder))
     if progress.point is None:
         return None
     point = dataclasses.replace(progress.point, phase=TRAINED, model_file=artifacts.MODEL_FILE,
-                                training_seconds=training_seconds)
+                                training_seconds=training_seconds, stopped=stopped)
     # The state first: it never names a model file that is gone.
     artifacts.write_json(os.path.join(folder, RESUME_STATE), point.to_json())
     drop_resume_models(folder)

@@ -89,6 +89,7 @@ class Run:
     history_path: str | None = None
     finetune_start: int | None = None  # first fine-tuning epoch (0-based), if any
     training_seconds: float | None = None
+    stopped: str | None = None  # how the --time budget stopped training (train_utils.TimeBudget.line)
     # The best model's predictions on the test split (metrics.Evaluation),
     # built once by the evaluation stage and handed to every figure after it.
     evaluation: object = None
@@ -194,6 +195,13 @@ def plan_runs(options, given, cluster=None):
         raise UserError(
             "several backbones train on one machine, not with TF_CONFIG workers: give one "
             f"--backbone per multi-worker run. Received: backbone={options.backbone}"
+        )
+    if cluster is not None and (options.ema or options.time):
+        # --ema needs model.fit's validation hooks (SwapEMAWeights); --time
+        # would let each worker's clock decide alone whether fine-tuning starts.
+        raise UserError(
+            "--ema and --time train on one machine, not with TF_CONFIG workers: leave them out of a multi-worker "
+            f"run. Received: ema={options.ema}, time={options.time}"
         )
     if not folds and len(names) > 1 and options.resume:
         raise UserError(

@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -32,6 +33,31 @@ import data_loader
 import model_builder
 import resume
 from errors import UserError
+
+
+# --ema's average spans about this many epochs: momentum 1 - 1/(2 x the
+# steps of an epoch), between 0.9 and 0.9999. A fixed 0.99 (a memory of
+# about 100 steps) spans 20 epochs of a 160-image folder at batch 32, and
+# the average lagged so far behind that test accuracy fell from 0.50
+# without it to 0.26 (25 epochs, 32 px, from scratch); timm's 0.9998 suits
+# ImageNet's ~10,000 steps per epoch, not these.
+EMA_EPOCHS = 2
+
+
+def ema_momentum(epoch_steps):
+    """--ema's momentum for epochs of `epoch_steps` steps (EMA_EPOCHS)."""
+    return float(min(0.9999, max(0.9, 1 - 1 / (EMA_EPOCHS * epoch_steps))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How the optimizer steps (--schedule, --warmup_epochs, --weight_decay,
+    --ema); the defaults are plain Adam at a rate ReduceLROnPlateau lowers."""
+
+    schedule: str = "plateau"  # or "cosine": CosineDecay over each phase, after a linear warm-up
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0  # > 0: AdamW
+    ema: bool = False  # the weights' moving average validated, saved and published
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +83,8 @@ class TrainPlan:
     one_hot: int = 0
     steps_per_epoch: int | None = None  # an endless (oversampled) training stream's epoch
     chance_accuracy: float | None = None  # val accuracy of always answering its largest class
+    recipe: Recipe = Recipe()
+    epoch_steps: int = 1  # training steps in one epoch: the cosine schedule's unit
 
     @property
     def fine_tunes(self):
@@ -88,14 +116,54 @@ def training_loss(num_classes, alpha=None, label_smoothing=0.0, mixing=False, mu
     return "sparse_categorical_crossentropy", 0
 
 
-def compile_model(model, learning_rate, jit_compile, loss="sparse_categorical_crossentropy"):
+def make_optimizer(learning_rate, epochs=1, epoch_steps=1, recipe=Recipe()):
+    """The optimizer of one phase of `epochs` epochs of `epoch_steps` steps:
+    Adam, or with recipe.weight_decay > 0 AdamW (Keras' decoupled weight
+    decay, on every weight); with recipe.ema Keras' own moving average of
+    the weights (use_ema, at ema_momentum(epoch_steps); SwapEMAWeights puts
+    it in the model for validation and saving). With the cosine schedule the rate is
+    Keras' CosineDecay: from 0 up to `learning_rate` linearly over
+    recipe.warmup_epochs (at most the phase's epochs less one), then down to
+    0 over the phase's other epochs; it is part of the optimizer's saved
+    config and counts its saved `iterations`, so a resumed run continues
+    it where it was."""
+    import keras
+
+    rate = learning_rate
+    if recipe.schedule == "cosine":
+        warmup = min(recipe.warmup_epochs, max(0, epochs - 1)) * epoch_steps
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else learning_rate,
+            decay_steps=max(1, epochs * epoch_steps - warmup),
+            warmup_target=learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    averaging = {"use_ema": True, "ema_momentum": ema_momentum(epoch_steps)} if recipe.ema else {}
+    if recipe.weight_decay > 0:
+        return keras.optimizers.AdamW(rate, weight_decay=recipe.weight_decay, **averaging)
+    return keras.optimizers.Adam(rate, **averaging)
+
+
+def phase_optimizer(plan, finetune=False):
+    """make_optimizer for a phase of `plan`: the head's at the learning
+    rate over plan.epochs, fine-tuning's at a tenth of it over
+    plan.fine_tune_epochs (its own warm-up and cosine)."""
+    if finetune:
+        return make_optimizer(plan.learning_rate / 10, plan.fine_tune_epochs, plan.epoch_steps, plan.recipe)
+    return make_optimizer(plan.learning_rate, plan.epochs, plan.epoch_steps, plan.recipe)
+
+
+def compile_model(model, learning_rate, jit_compile, loss="sparse_categorical_crossentropy", new_optimizer=None):
+    """Compiles `model` with the optimizer `new_optimizer()` returns (None:
+    Adam at `learning_rate`), made under the model's strategy, and builds
+    its training state now (build_training_state)."""
     import keras
 
     # The optimizer belongs to the strategy it is created under, and
     # MirroredStrategy refuses a model and optimizer of different ones.
     with model.distribute_strategy.scope():
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
+            optimizer=new_optimizer() if new_optimizer else keras.optimizers.Adam(learning_rate),
             loss=loss,
             metrics=[accuracy_metric(loss)],
             jit_compile=jit_compile,
@@ -203,7 +271,8 @@ def until_above_chance(chance, early_stopping, reduce_lr):
     1-6 of a 168-image texture set, benchmarks/small_data_bench.py) and its
     val_loss says nothing yet; counting those epochs stopped training
     before the model had learned anything. A model that beats chance from
-    its first epoch (pretrained weights, as a rule) stops exactly as before."""
+    its first epoch (pretrained weights, as a rule) stops exactly as before.
+    `reduce_lr` is None with the cosine schedule (nothing to hold then)."""
     import keras
 
     state = {"above": False, "held": 0}
@@ -214,7 +283,7 @@ def until_above_chance(chance, early_stopping, reduce_lr):
         accuracy = (logs or {}).get("val_accuracy")
         if accuracy is None or chance is None or accuracy > chance + CHANCE_TOLERANCE:
             state["above"] = True
-            if state["held"]:
+            if state["held"] and reduce_lr is not None:
                 # Both count from this epoch on, its val_loss the one to beat
                 # (EarlyStopping's best is still None: it skipped the others).
                 reduce_lr.best = None
@@ -223,31 +292,102 @@ def until_above_chance(chance, early_stopping, reduce_lr):
         # EarlyStopping skips the epochs before start_from_epoch; a
         # ReduceLROnPlateau in cooldown does not count an epoch as waiting.
         early_stopping.start_from_epoch = epoch + 1
-        reduce_lr.cooldown_counter = max(reduce_lr.cooldown_counter, 2)
+        if reduce_lr is not None:
+            reduce_lr.cooldown_counter = max(reduce_lr.cooldown_counter, 2)
 
     return keras.callbacks.LambdaCallback(on_epoch_end=hold)
 
 
-def phase_callbacks(plan, checkpoint, point, model, announce=True):
+def record_learning_rate(model):
+    """A callback that adds the optimizer's learning rate (a schedule's,
+    where the epoch ended) to the epoch's logs, as ReduceLROnPlateau does,
+    so the history CSV has its learning_rate column with the cosine
+    schedule too."""
+    import keras
+
+    def record(epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=record)
+
+
+class TimeBudget:
+    """--time: training stops at the first epoch end after `seconds` of
+    training (None: never), counted over both phases and, resuming, on top
+    of `spent_before` (the seconds the run had trained before it was
+    interrupted, saved with its resume point). `clock`: seconds, monotonic
+    (tests give a fake one). `stopped_epoch` (0-based) and
+    `stopped_seconds` are set once it stopped training."""
+
+    def __init__(self, seconds=None, spent_before=0.0, clock=time.monotonic):
+        self.seconds, self.spent_before, self.clock = seconds, spent_before, clock
+        self.started = clock()
+        self.stopped_epoch = self.stopped_seconds = None
+
+    def spent(self):
+        """Seconds of training so far, the interrupted ones included."""
+        return self.spent_before + self.clock() - self.started
+
+    def ends_at(self, epoch):
+        """Whether the budget is spent at the end of `epoch` (then recorded
+        as the epoch training stopped at)."""
+        if self.seconds is None or self.spent() < self.seconds:
+            return False
+        if self.stopped_epoch is None:
+            self.stopped_epoch, self.stopped_seconds = epoch, self.spent()
+        return True
+
+    def callback(self, model, announce=True):
+        """The Keras callback that stops `model` training once spent."""
+        import keras
+
+        def check(epoch, logs=None):
+            if self.ends_at(epoch):
+                model.stop_training = True
+                if announce:
+                    print(f"\nEpoch {epoch + 1}: the --time budget of {self.seconds / 60:g} min is spent "
+                          f"({self.stopped_seconds / 60:.1f} min): training stops", flush=True)
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=check)
+
+    def line(self, epochs):
+        """What the run's summary and training record say when the budget
+        stopped training (None when it did not), `epochs` the most it had."""
+        if self.stopped_epoch is None:
+            return None
+        return (f"stopped by --time {self.seconds / 60:g} after {self.stopped_seconds / 60:.1f} min "
+                f"at epoch {self.stopped_epoch + 1} of {epochs}")
+
+
+def phase_callbacks(plan, checkpoint, point, model, announce=True, budget=None):
     """Keras' callbacks of one training phase (fresh each phase and on
     resume, as model.fit would have them; `checkpoint` carries the best
     val_loss across both phases), then the resume point of `point`'s phase
     after every epoch; `announce`: whether they say what they do (a
-    worker other than the chief keeps quiet). Order matters:
-    ReduceLROnPlateau adds the learning rate to the logs the CSV records;
-    the resume point comes last, once all is written."""
+    worker other than the chief keeps quiet); `budget`: the run's
+    TimeBudget. Order matters: with --ema, SwapEMAWeights comes first, so
+    validation, the checkpoint and early stopping's best weights are the
+    averaged ones (the resume point puts the raw ones back while it saves);
+    ReduceLROnPlateau (or, with the cosine schedule, record_learning_rate)
+    adds the learning rate to the logs the CSV records; the resume point
+    comes last, once all is written."""
     import keras
 
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+    budget = budget or TimeBudget()
+    cosine = plan.recipe.schedule == "cosine"
+    reduce_lr = None if cosine else keras.callbacks.ReduceLROnPlateau(
         monitor="val_loss", factor=0.2, patience=max(1, plan.patience // 2), min_lr=1e-7,
         verbose=1 if announce else 0,
     )
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=plan.patience, restore_best_weights=True, verbose=1 if announce else 0
     )
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True) if plan.recipe.ema else None
     callbacks = [
+        *([swap] if swap else []),
         until_above_chance(plan.chance_accuracy, early_stopping, reduce_lr),
-        reduce_lr,
+        record_learning_rate(model) if cosine else reduce_lr,
         keras.callbacks.CSVLogger(plan.history_path, append=True),
         checkpoint,
         promote_checkpoint(plan.best_model_path, announce=announce),
@@ -255,7 +395,8 @@ def phase_callbacks(plan, checkpoint, point, model, announce=True):
         # A diverged run (NaN loss) stops at once; it never becomes the
         # published model (main.py checks that a best model was saved).
         keras.callbacks.TerminateOnNaN(),
-        resume.resume_callback(plan.resume_folder, model, point, checkpoint),
+        budget.callback(model, announce),
+        resume.resume_callback(plan.resume_folder, model, point, checkpoint, swap, budget.spent),
     ]
     if plan.tensorboard_dir:
         # write_graph needs model.fit's train function, which a multi-worker loop has not.
@@ -316,7 +457,7 @@ class OneMachine:
         """Readies `model` for the phase of `point` (None: a new run). A
         resumed model was loaded compiled, optimizer state included."""
         if point is None:
-            compile_model(model, plan.learning_rate, plan.jit_compile, plan.loss)
+            compile_model(model, plan.learning_rate, plan.jit_compile, plan.loss, lambda: phase_optimizer(plan))
         else:
             build_training_state(model, one_hot=bool(plan.one_hot))
 
@@ -324,7 +465,7 @@ class OneMachine:
         """Unfreezes the backbone's top layers and recompiles at lr / 10;
         returns how many layers became trainable."""
         unfrozen = model_builder.unfreeze_top_layers(model, plan.fine_tune_layers)
-        compile_model(model, plan.learning_rate / 10, plan.jit_compile, plan.loss)
+        compile_model(model, plan.learning_rate / 10, plan.jit_compile, plan.loss, lambda: phase_optimizer(plan, True))
         return unfrozen
 
     def fit(self, model, train_data, val_data, plan, callbacks, first_epoch, last_epoch):
@@ -351,7 +492,7 @@ class OneMachine:
         return len(history.epoch)
 
 
-def train(model, train_data, val_data, plan, point=None, machine=None):
+def train(model, train_data, val_data, plan, point=None, machine=None, budget=None):
     """Trains in up to two phases and returns the model.
 
     Phase "head": the head (or, from scratch, the whole network) for
@@ -360,9 +501,12 @@ def train(model, train_data, val_data, plan, point=None, machine=None):
     `plan.fine_tune_epochs`. Epochs are numbered across both phases, so the
     history CSV is one continuous table. `point` is the resume.ResumePoint
     of an interrupted run (None: a new one); `machine` compiles, unfreezes
-    and fits (OneMachine, or WorkerMachine on several workers).
+    and fits (OneMachine, or WorkerMachine on several workers); `budget`,
+    the run's TimeBudget (--time), may stop it at any epoch end: no
+    fine-tuning starts once it is spent.
     """
     machine = machine or OneMachine()
+    budget = budget or TimeBudget()
     best = point.best_val_loss if point else float("inf")
     discard_staged_checkpoint(plan.best_model_path)
     checkpoint = best_checkpoint(plan.best_model_path, best)
@@ -373,9 +517,9 @@ def train(model, train_data, val_data, plan, point=None, machine=None):
     )
     machine.start(model, plan, None if next_epoch == 0 else point)
     if point.phase == "head":
-        callbacks = phase_callbacks(plan, checkpoint, point, model, machine.announces)
+        callbacks = phase_callbacks(plan, checkpoint, point, model, machine.announces, budget)
         next_epoch += machine.fit(model, train_data, val_data, plan, callbacks, next_epoch, plan.epochs)
-        if not plan.fine_tunes:
+        if not plan.fine_tunes or budget.ends_at(next_epoch - 1):
             return model
         unfrozen = machine.unfreeze(model, plan)
         if machine.announces:
@@ -385,9 +529,10 @@ def train(model, train_data, val_data, plan, point=None, machine=None):
         # weights that fine-tuning starts from.
         resume.save_resume_point(
             plan.resume_folder, model,
-            dataclasses.replace(point, epoch=next_epoch - 1, best_val_loss=float(checkpoint.best)),
+            dataclasses.replace(point, epoch=next_epoch - 1, best_val_loss=float(checkpoint.best),
+                                spent_seconds=budget.spent()),
         )
-    callbacks = phase_callbacks(plan, checkpoint, point, model, machine.announces)
+    callbacks = phase_callbacks(plan, checkpoint, point, model, machine.announces, budget)
     machine.fit(model, train_data, val_data, plan, callbacks, next_epoch, point.finetune_start + plan.fine_tune_epochs)
     return model
 
@@ -546,7 +691,8 @@ class WorkerMachine:
         with self.device.strategy.scope():
             if finetune:
                 model_builder.unfreeze_top_layers(model, plan.fine_tune_layers)
-            compile_model(model, plan.learning_rate / (10 if finetune else 1), plan.jit_compile)
+            compile_model(model, plan.learning_rate / (10 if finetune else 1), plan.jit_compile,
+                          new_optimizer=lambda: phase_optimizer(plan, finetune))
             model.optimizer.build(model.trainable_variables)
         if point is not None:
             restore_on_workers(model, self.device, os.path.join(plan.resume_folder, point.model_file))
@@ -555,7 +701,8 @@ class WorkerMachine:
     def unfreeze(self, model, plan):
         with self.device.strategy.scope():
             unfrozen = model_builder.unfreeze_top_layers(model, plan.fine_tune_layers)
-            compile_model(model, plan.learning_rate / 10, plan.jit_compile, plan.loss)
+            compile_model(model, plan.learning_rate / 10, plan.jit_compile, plan.loss,
+                          lambda: phase_optimizer(plan, True))
             model.optimizer.build(model.trainable_variables)
         return unfrozen
 
@@ -654,17 +801,21 @@ def training_plan_line(epochs, patience, pretrained, fine_tune_epochs, fine_tune
     return f"up to {epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"
 
 
-def training_record(history_path, seconds, resumed):
+def training_record(history_path, seconds, resumed, stopped=None):
     """What a run config records of its training: seconds of this
     invocation's training (a resumed run: since it resumed), epochs, the
     best epoch (1-based, lowest val_loss, the saved model's) and its
-    val_loss, and whether it was resumed."""
+    val_loss, whether it was resumed, and with `stopped` (TimeBudget.line)
+    that the --time budget stopped it."""
     losses = read_history(history_path)["val_loss"]
     best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
-    return {
+    record = {
         "seconds": round(seconds, 1),
         "epochs": int(len(losses)),
         "best_epoch": None if best is None else best + 1,
         "best_val_loss": None if best is None else float(losses[best]),
         "resumed": resumed,
     }
+    if stopped:
+        record["stopped"] = stopped
+    return record
