@@ -37,6 +37,7 @@ import sys
 
 import artifacts
 import backbones
+import dataset_files
 import near_duplicates
 import option_types
 from errors import UserError
@@ -589,10 +590,46 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         unknown = re.findall(r"(--[\w-]+)", message) if "unrecognized arguments" in message else []
-        known = [option for action in self._actions for option in action.option_strings]
-        guesses = [difflib.get_close_matches(name.split("=")[0], known, n=1) for name in unknown]
-        hint = "; ".join(f"did you mean {guess[0]}?" for guess in guesses if guess)
+        known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        hints = []
+        for name in unknown:
+            guesses = option_guesses(name, known)
+            if guesses:
+                hints.append(f"did you mean {' or '.join(guesses)}?")
+        hint = "; ".join(hints)
         raise UserError(f"{message}{' (' + hint + ')' if hint else ''} (see --help)")
+
+
+def option_guesses(typed, known, most=3):
+    """The options of `known` (--names) that the unknown option `typed` most
+    likely meant, best first, at most `most`; () when none is close. In
+    order of trust: options that `typed` begins (--learn: --learning_rate),
+    options whose words' initials it spells (--lr: --learning_rate, --fine_epochs:
+    --fine_tune_epochs), then close spellings (--learning_rat). A guess is
+    only made from one of these, never from a far spelling (--lr is not
+    --gallery)."""
+    word = typed.split("=")[0][2:].lower().replace("-", "_")
+    names = {option[2:]: option for option in known}
+    begun = [option for name, option in names.items() if name.startswith(word)]
+    if word and begun:
+        return tuple(sorted(begun, key=len)[:most])
+    initials = [option for name, option in names.items() if _initials_match(word, name.split("_"))]
+    if initials:
+        return tuple(initials[:most])
+    close = difflib.get_close_matches(word, list(names), n=most, cutoff=0.75)
+    return tuple(names[name] for name in close)
+
+
+def _initials_match(word, parts):
+    """Whether `word` is the words `parts` abbreviated: each part of `word`
+    (split at _) the start of one part in turn, or without _ each letter the
+    first of one part ('lr' for learning_rate, 'fine_epochs' for
+    fine_tune_epochs)."""
+    pieces = word.split("_") if "_" in word else list(word)
+    if len(pieces) < 2 or len(pieces) > len(parts):
+        return False
+    rest = iter(parts)
+    return all(any(part.startswith(piece) for part in rest) for piece in pieces)
 
 
 def build_parser(script, description, examples=""):
@@ -677,6 +714,23 @@ def check_image_dir(options):
         raise UserError(f"image_dir is a file, not a folder of images. Received: image_dir={path}")
 
 
+def check_labelled_folder(options):
+    """--image_dir is not a folder of unlabelled images only (no class
+    folder, no labels CSV): said before TensorFlow starts, with the way to
+    predict such images, instead of "need at least 2 classes" after the
+    scan."""
+    path = options.image_dir
+    if path is None or options.demo or options.labels_csv:
+        return
+    loose = dataset_files.loose_images_only(path)
+    if loose:
+        raise UserError(
+            f"image_dir holds {loose} image(s) and no class folders, so it has no labels: a labelled folder is "
+            f"DIR/<class>/... (or give --labels_csv); to predict new, unlabelled images, use "
+            f"python predict.py --images {path}. Received: image_dir={path}"
+        )
+
+
 def check_balance(options):
     """--class_weights is the old spelling of --balance auto|none: not both."""
     if options.class_weights is not None and options.balance != "auto":
@@ -712,6 +766,7 @@ def check_training_memory(options):
 # Checks of several options together: (the scripts, the check).
 RULES = (
     (SCRIPTS, check_image_dir),
+    (FOLDERS, check_labelled_folder),
     (("main", "inspect"), check_splits_leave_training),
     (("main",), check_backbones),
     (("main",), check_training_memory),
