@@ -13,6 +13,7 @@ figure of the gallery's images.
 """
 
 import dataclasses
+import difflib
 import errno
 import os
 import sys
@@ -31,6 +32,7 @@ import image_io
 import inference
 import option_types
 import report
+import theme
 import visualize
 from errors import UserError
 
@@ -74,6 +76,27 @@ def collect_images(arguments, readers=None):
         audit.SkippedFile(path, audit.NOT_UTF8) for path in found if not audit.is_utf8(path)
     ]
     return paths, [dataclasses.replace(item, path=image_io.display_path(item.path)) for item in skipped]
+
+
+def check_images_exist(arguments):
+    """Refuses, before TensorFlow starts, --images that can only be a typo:
+    a path that names nothing and is no file's name (no extension, or a
+    trailing /: a folder mistyped), or nothing named at all. A missing file
+    (photo.jpg) among others is skipped and listed instead (collect_images),
+    like an unreadable one. Raises UserError naming the path and, where
+    one is close, the file or folder beside it that was meant."""
+    missing = [path for path in arguments if not os.path.lexists(path)]
+    typos = [path for path in missing if path.endswith(("/", os.sep)) or not os.path.splitext(path)[1]]
+    if not typos and len(missing) < len(arguments):
+        return
+    path = (typos or missing)[0]
+    parent = os.path.dirname(os.path.normpath(path)) or "."
+    try:
+        near = difflib.get_close_matches(os.path.basename(os.path.normpath(path)), os.listdir(parent), n=1)
+    except OSError:
+        near = []
+    guess = f" (did you mean {os.path.join(os.path.dirname(os.path.normpath(path)), near[0])}?)" if near else ""
+    raise UserError(f"--images: no such file or folder{guess}. Received: images={image_io.display_path(path)}")
 
 
 def missing_reason(argument):
@@ -182,7 +205,7 @@ def predict_labelled(trained, images, output, readers=None, bins=None):
         print(f"    {output.written['labels']}")
     else:
         accuracy = float(np.mean(evaluation.true_labels == evaluation.predicted))
-        print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {accuracy:.1%}")
+        print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {theme.score(accuracy)}")
     print(f"    predictions: {csv_path} (paths relative to {output.image_dir})")
     gallery, indices = figures.render_gallery(
         evaluation, output.rows, output.cols, output.gallery, output.seed,
@@ -351,6 +374,7 @@ def parse_arguments(argv):
             "--gradcam 1 needs the Keras model (.keras): pass it with --model, or leave "
             f"--gradcam out to predict with the export. Received: model={options.model}"
         )
+    check_images_exist(options.images or ())
     for folder in [options.image_dir] + [path for path in (options.images or ()) if os.path.isdir(path)]:
         if folder:
             option_types.check_outside("results_dir", options.results_dir, folder)
