@@ -516,10 +516,6 @@ def run_date(run_id, path):
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
 
 
-def percent(value):
-    return "n/a" if value is None else f"{value:.1%}"
-
-
 def model_card(served, artifacts_dir):
     """The model card (markdown): run, date, backbone, image size, classes,
     the test split's accuracy, macro F1 and ECE, the temperature, the
@@ -533,15 +529,15 @@ def model_card(served, artifacts_dir):
     latest = os.path.join(artifacts_dir, artifacts.LATEST_LINK)
     published = os.path.realpath(latest) == os.path.realpath(trained.folder)
     temperature = saved.get("temperature", (run_config.get("calibration") or {}).get("temperature"))
-    test = f"{percent(saved['accuracy'])} on {saved['images']} test images" if saved else "not saved with this run"
+    test = f"{theme.score(saved['accuracy'])} on {saved['images']} test images" if saved else "not saved with this run"
     lines = [
         ("run", run_config.get("run", "?")),
         ("trained", run_date(run_config.get("run"), trained.path)),
         ("backbone", f"{run_config.get('backbone', '?')}, {trained.image_size}x{trained.image_size} px"),
         (f"classes ({len(names)})", classes),
         ("test accuracy", test),
-        ("macro F1", "n/a" if saved.get("macro_f1") is None else f"{saved['macro_f1']:.3f}"),
-        ("ECE", percent(saved.get("ece"))),
+        ("macro F1", theme.score(saved.get("macro_f1"))),
+        ("ECE", theme.percent(saved.get("ece"))),
         ("temperature", "none (not calibrated)" if temperature is None else f"{temperature:.3g}"),
         ("dataset", os.path.basename(os.path.normpath(run_config.get("image_dir") or "?"))),
         ("published", f"yes: {artifacts_dir}/{artifacts.MODEL_FILE} is this model" if published else "no"),

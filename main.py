@@ -393,7 +393,7 @@ def evaluate_stage(run):
             if run.clean_test else {})},
     )
     print(f"    test {run.evaluation.headline(run.scores)}")
-    print(f"    {metrics.calibration_line(run.scores['calibration'])}")
+    print(f"    {metrics.calibration_line(run.scores['calibration'], metrics.at_chance(run.scores))}")
     if run.clean_test:
         count, clean, scores = run.clean_test
         print(f"    without the {count} test images that have a near-copy in training: {clean.headline(scores)}")

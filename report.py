@@ -59,7 +59,7 @@ pre {{ background: {theme.PETAL}; padding: .6em; overflow-x: auto; }}
 
 def _cell(value):
     if isinstance(value, float):
-        return f'<td class="number">{value:.4f}</td>'
+        return f'<td class="number">{theme.score(value)}</td>'
     if isinstance(value, int):
         return f'<td class="number">{value:,}</td>'
     return f"<td>{html.escape(str(value))}</td>"
@@ -122,7 +122,7 @@ def headline_rows(scores):
         ("macro F1", scores["macro_avg"]["f1"]),
         ("macro ROC AUC", scores["roc_auc"]["macro"] if scores["roc_auc"]["macro"] is not None else "n/a"),
         ("loss (cross-entropy)", scores["loss"]),
-        ("expected calibration error", scores["calibration"]["ece"]),
+        ("expected calibration error", theme.percent(scores["calibration"]["ece"])),
         ("images", scores["num_samples"]),
     )
 
@@ -147,7 +147,7 @@ def label_headline_table(scores):
         ("Hamming loss (wrong yes/no answers, lower is better)", scores["hamming_loss"],
          base["majority_hamming_loss"]),
         ("loss (binary cross-entropy)", scores["loss"], ""),
-        ("expected calibration error (every yes/no answer)", scores["calibration"]["ece"], ""),
+        ("expected calibration error (every yes/no answer)", theme.percent(scores["calibration"]["ece"]), ""),
         ("images", scores["num_samples"], ""),
     ]
     return header, rows
@@ -158,8 +158,7 @@ def scores_section(heading, evaluation, scores):
     `label_headline_table`), what the confidences mean and the baseline
     warning, if any: one evaluation's scores on the page (`evaluation`:
     metrics.Evaluation, `scores`: its metrics())."""
-    lines = [f"Confidences: {calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)}.",
-             metrics.baseline_warning(scores)]
+    lines = [f"Confidences: {confidences(evaluation, scores)}.", metrics.baseline_warning(scores)]
     if evaluation.task.multi_label:
         base = scores["baselines"]
         always = ", ".join(base["majority_labels"]) or "no label"
@@ -170,13 +169,23 @@ def scores_section(heading, evaluation, scores):
     return Section(heading, rows=headline_rows(scores), lines=tuple(line for line in lines if line))
 
 
+def confidences(evaluation, scores):
+    """What the confidences mean in words (calibration.confidence_sentence),
+    or, for a model no better than a constant answer (metrics.at_chance),
+    that they mean nothing yet."""
+    if metrics.at_chance(scores):
+        return ("they mean nothing yet: a model no better than a constant answer gives every image about the "
+                "same low confidence, which only looks well calibrated")
+    return calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)
+
+
 def score_lines(what, evaluation, scores):
     """The same for a closing summary: "`what`: accuracy ... · baseline ...",
     the confidences in words and the baseline warning, if any."""
     lines = [
         *([f"{what}: {evaluation.headline(scores)}"] if evaluation.task.multi_label else []),
         f"{what}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
-        f"confidences: {calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)}",
+        f"confidences: {confidences(evaluation, scores)}",
         metrics.baseline_warning(scores),
     ]
     return [line for line in lines if line]
