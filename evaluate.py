@@ -382,9 +382,7 @@ def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, 
         report.Section("Per label" if evaluation.task.multi_label else "Per class", table=report.per_class_table(scores)),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in evaluation.skipped) or ("none",)),
-        report.Section("Options", rows=report.options_rows(
-            {name: getattr(options, name) for name in config.options_of("evaluate")}
-        )),
+        report.options_section({name: getattr(options, name) for name in config.options_of("evaluate")}, "evaluate"),
     ]
     path = report.write_report(options.results_dir, stamp, f"Evaluation {stamp}", sections)
     print(f"    report: {path}")

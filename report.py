@@ -34,6 +34,7 @@ class Section:
     lines: tuple = ()
     figures: tuple = ()
     table: tuple = ()  # (header, rows)
+    folded: tuple = ()  # (summary, rows): more (name, value) rows, closed until clicked
 
 
 def report_path(results_dir, stamp):
@@ -46,7 +47,10 @@ body {{ font-family: "DejaVu Sans", Verdana, sans-serif; color: {theme.INK}; bac
 h1 {{ color: {theme.WINE}; border-bottom: 3px solid {theme.BLUSH}; padding-bottom: .3em; }}
 h2 {{ color: {theme.DEEP_ROSE}; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; margin: .5em 0; }}
+.scroll {{ max-width: 100%; overflow-x: auto; }}
 td, th {{ border: 1px solid {theme.GRID}; padding: .3em .7em; text-align: left; vertical-align: top; }}
+td {{ overflow-wrap: anywhere; max-width: 32em; }}
+details summary {{ cursor: pointer; color: {theme.DEEP_ROSE}; margin: .4em 0; }}
 th {{ background: {theme.PETAL}; }}
 td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .warning {{ background: #fde8ea; border-left: 5px solid {theme.WRONG}; padding: .6em 1em; }}
@@ -65,20 +69,30 @@ def _cell(value):
     return f"<td>{html.escape(str(value))}</td>"
 
 
+def _rows_html(rows):
+    return "<table>" + "".join(
+        f"<tr><th>{html.escape(str(name))}</th>{_cell(value)}</tr>" for name, value in rows
+    ) + "</table>"
+
+
 def _section_html(section, folder):
     parts = [f"<h2>{html.escape(section.heading)}</h2>"]
     if section.rows:
-        parts.append("<table>" + "".join(
-            f"<tr><th>{html.escape(str(name))}</th>{_cell(value)}</tr>" for name, value in section.rows
-        ) + "</table>")
+        parts.append(_rows_html(section.rows))
+    if section.folded:
+        summary, rows = section.folded
+        parts.append(f"<details><summary>{html.escape(summary)}</summary>{_rows_html(rows)}</details>")
     for line in section.lines:
         kind = ' class="warning"' if str(line).startswith("WARNING") else ""
         parts.append(f"<p{kind}>{html.escape(str(line))}</p>")
     if section.table:
         header, rows = section.table
+        # A wide table (long paths, many columns) scrolls inside the page
+        # instead of running off its edge; long cells wrap.
         parts.append(
-            "<table><tr>" + "".join(f"<th>{html.escape(str(name))}</th>" for name in header) + "</tr>"
-            + "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows) + "</table>"
+            '<div class="scroll"><table><tr>' + "".join(f"<th>{html.escape(str(name))}</th>" for name in header)
+            + "</tr>" + "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
+            + "</table></div>"
         )
     for path in section.figures:
         link = os.path.relpath(os.path.abspath(path), os.path.abspath(folder)).replace(os.sep, "/")
@@ -211,10 +225,24 @@ def per_class_table(scores):
     return header, rows
 
 
-def options_rows(values):
-    """Options and their values ({name: value}, config.saved_options's
-    dict), one row each."""
-    return tuple((f"--{name}", "" if value is None else str(value)) for name, value in values.items())
+def options_section(values, script):
+    """The options of `script` ({name: value}, e.g. config.saved_options'
+    dict) as the page shows them: those set to other than the script's
+    default, and those every reader needs (tagged common, not display),
+    as rows; the rest folded below them; options without a value left
+    out, and values as typed (--images a/ b.png, --backbone x,y)."""
+    specs = config.options_of(script)
+    shown, folded = [], []
+    for name, value in values.items():
+        if name not in specs or value is None:
+            continue
+        spec = specs[name]
+        text = " ".join(map(str, value)) if spec.nargs in ("+", "*") and isinstance(value, (tuple, list)) \
+            else str(config.shown(value))
+        matters = value != config.default_of(name, script) or ("common" in spec.tags and "display" not in spec.tags)
+        (shown if matters else folded).append((f"--{name}", text))
+    return Section("Options", rows=tuple(shown),
+                   folded=(f"{len(folded)} more options at their defaults", tuple(folded)) if folded else ())
 
 
 # ---------------------------------------------------------------- a training run
@@ -239,8 +267,9 @@ def training_sections(run):
             "(the score above is optimistic)", run.clean_test[1], run.clean_test[2])] if run.clean_test else []),
         Section("Per label" if run.index.task.multi_label else "Per class", table=per_class_table(scores)),
         Section("Figures", figures=tuple(run.drawn)),
-        Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
-        Section("Options", rows=options_rows(config.saved_options(options))),
+        Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200, table=False)),
+                table=audit.split_table(run.index)),
+        options_section(config.saved_options(options), "main"),
     ]
 
 
