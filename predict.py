@@ -22,6 +22,7 @@ import numpy as np
 
 import artifacts
 import audit
+import calibration
 import config
 import console
 import dataset_files
@@ -139,11 +140,12 @@ def print_table(rows, limit=15):
         text = row[column]
         if header[column] == "confidence" and row is not header:
             return f"{float(text):.1%}"
-        # A path keeps its end (the file name); a label set its beginning
-        # (the most probable labels).
+        # A path keeps its beginning (the folder) and its end (the file
+        # name's last characters, where names differ); a label set its
+        # beginning (the most probable labels).
         if header[column].endswith("_labels"):
             return text if len(text) <= 50 else text[:49] + "…"
-        return text if len(text) <= width else "…" + text[-(width - 1) :]
+        return theme.short_middle(text, width)
 
     widths = [max(len(cell(row, column)) for row in [header] + shown) for column in columns]
     for row in [header] + shown:
@@ -323,17 +325,20 @@ def trust_note(saved, trained):
     """The line saying where predictions.csv's trust columns come from."""
     if saved is None:
         return (
-            f"trust columns empty: the run in {trained.folder} saved no test evaluation "
+            f"predictions.csv's last two columns (how often test images at each confidence were right) empty: "
+            f"the run in {trained.folder} saved no test evaluation "
             "(evaluate.py on its training folder saves one)"
         )
     if trained.task.multi_label:
         return (
-            f"trust columns: for each predicted label, how often the (image, label) pairs of the "
-            f"{saved['images']} test images at that probability had the label ({artifacts.TEST_RELIABILITY_FILE})"
+            f"predictions.csv's last two columns: for each predicted label, how often the (image, label) pairs of "
+            f"the {saved['images']} test images at that probability had the label, and how many pairs "
+            f"(\"{inference.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} pairs there; {artifacts.TEST_RELIABILITY_FILE})"
         )
     return (
-        f"trust columns: how often the {saved['images']} test images at each confidence were right "
-        f"({artifacts.TEST_RELIABILITY_FILE})"
+        f"predictions.csv's last two columns: how often the {saved['images']} test images at each confidence were "
+        f"right, and how many (\"{inference.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} there; "
+        f"{artifacts.TEST_RELIABILITY_FILE})"
     )
 
 
@@ -455,9 +460,7 @@ def write_report(options, trained, output, drawn):
         report.Section(f"Predictions (the first {min(REPORT_ROWS, len(rows) - 1)})", table=(rows[0], rows[1 : REPORT_ROWS + 1])),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in skipped) or ("none",)),
-        report.Section("Options", rows=report.options_rows(
-            {name: getattr(options, name) for name in config.options_of("predict")}
-        )),
+        report.options_section({name: getattr(options, name) for name in config.options_of("predict")}, "predict"),
     ]
     path = report.write_report(options.results_dir, output.stamp, f"Predictions {output.stamp}", sections)
     print(f"    report: {path}")

@@ -96,6 +96,18 @@ def percent(value):
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def short_middle(text, width):
+    """`text` in at most `width` characters, shortened in the middle
+    ('glioma_tum…_0012.png'): file names and paths differ mostly at their
+    ends (a number, the extension) and begin with a shared prefix, so
+    cutting either end would make two of them read alike."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail:]
+
+
 def short_label(name, width=14, max_lines=2):
     """A class name in at most `max_lines` lines of at most `width`
     characters, broken after a space, _ or - where possible (class names

@@ -856,7 +856,7 @@ def label_set_gallery_figure(items, rows, cols, title, subtitle=""):
             texts = [("no label predicted" + (" (it has none)" if item.verdict == "correct" else ""),
                       theme.CORRECT if item.verdict == "correct" else theme.MUTED, "none")]
         if item.caption:
-            texts.append((theme.short_label(item.caption, 24, 1), theme.MUTED, "caption"))
+            texts.append((theme.short_middle(item.caption, 24), theme.MUTED, "caption"))
         for line, (text, colour, kind) in enumerate(texts):
             text_axes.text(0.02, 1.0 - line / lines, text, transform=text_axes.transAxes, va="top", ha="left",
                            color=colour, fontsize=theme.FONT_SIZES["small"] + 0.5,

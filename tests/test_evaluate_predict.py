@@ -129,7 +129,7 @@ def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_pat
     for row in rows[1:]:
         assert float(row[3]) >= float(row[5]) >= float(row[7])
         trust = calibration.trust_at(bins, float(row[3]))
-        assert row[8:] == ["" if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
+        assert row[8:] == [inference.TOO_FEW if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
 
 
 @pytest.mark.slow
@@ -365,3 +365,14 @@ def test_evaluating_a_run_another_process_holds_writes_nothing_into_it(saved_mod
 
     assert evaluate.main([*command, "--results_dir", str(tmp_path / "free")]) == 0
     assert read_json(saved)["run"] == run_config["run"] and not (run / run_lock.LOCK_FILE).exists()
+
+
+def test_a_trust_cell_with_too_few_test_images_says_so_not_blank():
+    # 12 test images at 0.95 (enough), 3 at 0.55 (too few), none elsewhere.
+    confidence = np.array([0.95] * 12 + [0.55] * 3)
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    bins = calibration.saved_bins(calibration.reliability_bins(np.zeros(15, dtype=int), probabilities))
+
+    assert inference.trust_cells(bins, 0.96) == ["1.0000", "12"]
+    assert inference.trust_cells(bins, 0.56) == [inference.TOO_FEW, "3"]
+    assert inference.trust_cells(None, 0.56) == ["", ""]  # no saved test evaluation: the terminal says so
