@@ -372,9 +372,10 @@ class Config:
         shown_default="off",
     )
     group_by: str | None = option(
-        None, "Regular expression whose first group, searched in each image's path relative to IMAGE_DIR, is "
-        "its group (patient, specimen): a group is never split between train, val, test or folds, e.g. "
-        "'^([^_/]+)_' for P0042_slice3.png (a labels CSV's group column does the same)", ("main", "inspect"),
+        None, "Regular expression whose first group, searched in each image's path relative to IMAGE_DIR "
+        "(brick/P0042_slice3.png; in the file names when it matches no path), is its group (patient, "
+        "specimen): a group is never split between train, val, test or folds, e.g. '(P[0-9]+)_' for "
+        "P0042_slice3.png (a labels CSV's group column does the same)", ("main", "inspect"),
         "split", check=lambda name, value: check_pattern(name, value), metavar="REGEX",
         shown_default="identical files kept together",
     )
@@ -634,9 +635,11 @@ def _initials_match(word, parts):
 
 def build_parser(script, description, examples=""):
     """The argparse parser of `script` (one of SCRIPTS): every option of the table it takes, grouped, with its
-    script's default and help, and `examples` (lines of commands) last."""
+    script's default and help. --help leads with a one-line usage, the description and `examples` (lines of
+    commands), which a newcomer reads first; the groups of options follow."""
     parser = ArgumentParser(
-        description=description, epilog=f"examples:\n{examples}" if examples else None,
+        usage="%(prog)s [--option VALUE ...]   (every option below, by group)",
+        description=f"{description}\n\nexamples:\n{examples}" if examples else description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     specs = options_of(script)

@@ -49,8 +49,7 @@ DESCRIPTION = "Train an image classifier on a folder of images."
 
 EXAMPLES = """\
   python main.py                                      # the built-in demo (handwritten digits)
-  python main.py --image_dir photos/ --epochs 10 --batch_size 32 --augment 1
-  python main.py --image_dir photos/ --weights none   # offline: train from scratch, no download
+  python main.py --image_dir photos/                  # your images: photos/<class>/*.jpg (--weights none offline)
   python main.py --resume                             # continue the last interrupted run
   python main.py --image_dir photos/ --backbone mobilenet_v2,efficientnet_b0   # train two, compare them
 """

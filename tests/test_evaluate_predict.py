@@ -15,7 +15,7 @@ import predict
 import figures
 import visualize
 import gradcam
-from conftest import TRAINED_CLASSES, make_flat_dataset, read_csv, read_json, write_class_folder
+from conftest import TRAINED_CLASSES, make_flat_dataset, one_line_error, read_csv, read_json, write_class_folder
 
 CLASSES = TRAINED_CLASSES
 MAIN_FIGURES = [
@@ -376,3 +376,19 @@ def test_a_trust_cell_with_too_few_test_images_says_so_not_blank():
     assert inference.trust_cells(bins, 0.96) == ["1.0000", "12"]
     assert inference.trust_cells(bins, 0.56) == [inference.TOO_FEW, "3"]
     assert inference.trust_cells(None, 0.56) == ["", ""]  # no saved test evaluation: the terminal says so
+
+
+def test_a_mistyped_images_folder_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    (tmp_path / "new_photos").mkdir()
+    (tmp_path / "one.png").write_bytes(b"")
+    monkeypatch.setattr(inference, "load_trained_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    results = str(tmp_path / "res")
+
+    assert predict.main(["--images", str(tmp_path / "new_photso"), "--results_dir", results]) == 2
+    error = one_line_error(capsys)
+    assert f"did you mean {tmp_path / 'new_photos'}?" in error and "new_photso" in error
+    # Nothing that exists at all: refused too.
+    assert predict.main(["--images", str(tmp_path / "gone.png"), "--results_dir", results]) == 2
+    assert "no such file or folder" in one_line_error(capsys)
+    # A missing file beside others is skipped and listed later, not refused here.
+    predict.check_images_exist([str(tmp_path / "one.png"), str(tmp_path / "gone.png")])
