@@ -326,8 +326,8 @@ def calibration_line(summary, at_chance=False):
     scaling softened it, T = 1.84) · Brier 0.211 · NLL 0.402'; when the
     scaling made these images worse, that and the way out; with
     `at_chance` (the model does no better than a constant answer,
-    `at_chance`), that calibration means nothing for it: such a model is
-    "calibrated" by saying the same low confidence for every image."""
+    `at_chance`), that calibration means nothing for it: a model at
+    chance scores a low ECE by saying about 1/classes for every image."""
     temperature = summary["temperature"]
     ece = theme.percent(summary["ece"])
     line = f"calibration error (ECE) {ece}: its confidence is {ece[:-1]} points off its accuracy on average"
@@ -342,8 +342,9 @@ def calibration_line(summary, at_chance=False):
     line += f" · Brier {theme.score(summary['brier'])} · NLL {theme.score(summary['nll'])}"
     if at_chance:
         return line + (
-            "; meaningless for this model: it does no better than a constant answer, and such a model looks "
-            "well calibrated by giving every image about the same low confidence"
+            "; meaningless here: the model does no better than a constant answer, so its confidences "
+            "say nothing about its answers, whatever this number (a model at chance can score a low ECE by "
+            "giving every image about 1/classes)"
         )
     if temperature not in (None, 1.0) and summary["ece_uncalibrated"] is not None and (
         summary["ece"] > summary["ece_uncalibrated"]

@@ -188,8 +188,8 @@ def confidences(evaluation, scores):
     or, for a model no better than a constant answer (metrics.at_chance),
     that they mean nothing yet."""
     if metrics.at_chance(scores):
-        return ("they mean nothing yet: a model no better than a constant answer gives every image about the "
-                "same low confidence, which only looks well calibrated")
+        return ("they mean nothing yet: the model does no better than a constant answer, so how sure it is "
+                "says nothing about whether it is right")
     return calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)
 
 

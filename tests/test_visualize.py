@@ -226,8 +226,8 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
         assert values[row] == pytest.approx(wanted)
         assert supports[row] == reference["support"]
     text = metrics.classification_report_text(labels, probabilities, NAMES)
-    assert text.startswith(classification_report(labels, predicted, target_names=NAMES, digits=4, zero_division=0))
-    assert f"balanced accuracy {balanced_accuracy_score(labels, predicted):.4f}" in text
+    assert text.startswith(classification_report(labels, predicted, target_names=NAMES, digits=3, zero_division=0))
+    assert f"balanced accuracy {balanced_accuracy_score(labels, predicted):.3f}" in text
 
 
 def test_confusion_matrix_grows_with_many_classes_and_names_every_class(tmp_path):
@@ -399,7 +399,7 @@ def test_report_table_writes_every_number_with_summaries_below_a_rule(tmp_path, 
     assert weights == ["normal"] * len(NAMES) + ["bold"] * 3
     assert [line.get_ydata()[0] for line in axes.lines] == [len(NAMES)]  # the rule under the classes
     assert tick_texts(axes.get_xticklabels()) == ["precision", "recall", "f1-score", "support"]
-    assert figure.texts[0].get_text() == f"Classification report · accuracy {report['accuracy']:.1%}"
+    assert figure.texts[0].get_text() == f"Classification report · accuracy {report['accuracy']:.3f}"
 
 
 @pytest.mark.parametrize("num_classes", [3, 20])
