@@ -37,7 +37,6 @@ import sys
 
 import artifacts
 import backbones
-import dataset_files
 import near_duplicates
 import option_types
 from errors import UserError
@@ -717,23 +716,6 @@ def check_image_dir(options):
         raise UserError(f"image_dir is a file, not a folder of images. Received: image_dir={path}")
 
 
-def check_labelled_folder(options):
-    """--image_dir is not a folder of unlabelled images only (no class
-    folder, no labels CSV): said before TensorFlow starts, with the way to
-    predict such images, instead of "need at least 2 classes" after the
-    scan."""
-    path = options.image_dir
-    if path is None or options.demo or options.labels_csv:
-        return
-    loose = dataset_files.loose_images_only(path)
-    if loose:
-        raise UserError(
-            f"image_dir holds {loose} image(s) and no class folders, so it has no labels: a labelled folder is "
-            f"DIR/<class>/... (or give --labels_csv); to predict new, unlabelled images, use "
-            f"python predict.py --images {path}. Received: image_dir={path}"
-        )
-
-
 def check_balance(options):
     """--class_weights is the old spelling of --balance auto|none: not both."""
     if options.class_weights is not None and options.balance != "auto":
@@ -769,7 +751,6 @@ def check_training_memory(options):
 # Checks of several options together: (the scripts, the check).
 RULES = (
     (SCRIPTS, check_image_dir),
-    (FOLDERS, check_labelled_folder),
     (("main", "inspect"), check_splits_leave_training),
     (("main",), check_backbones),
     (("main",), check_training_memory),

@@ -229,6 +229,19 @@ def class_folders(folder):
     ]
 
 
+def check_labelled_folder(image_dir):
+    """Refuses a folder of unlabelled images only (no class folder): said
+    before TensorFlow starts, with the way to predict such images, instead
+    of "need at least 2 classes" after the scan. Raises UserError."""
+    loose = loose_images_only(image_dir)
+    if loose:
+        raise UserError(
+            f"image_dir holds {loose} image(s) and no class folders, so it has no labels: a labelled folder is "
+            f"DIR/<class>/... (or give --labels_csv); to predict new, unlabelled images, use "
+            f"python predict.py --images {image_dir}. Received: image_dir={image_dir}"
+        )
+
+
 def loose_images_only(folder):
     """How many image files lie directly in `folder` when it has no class
     folder at all: a folder of new, unlabelled images, which cannot train

@@ -79,11 +79,14 @@ def parse_arguments(argv):
 
 
 def check_outputs_outside(options):
-    """Nothing is ever written inside the user's dataset folder."""
+    """Nothing is ever written inside the user's dataset folder, and the
+    folder has labels (dataset_files.check_labelled_folder)."""
     if options.image_dir is None:
         return
     for name in ("artifacts_dir", "results_dir"):
         option_types.check_outside(name, getattr(options, name), options.image_dir)
+    if not options.demo and not options.labels_csv:
+        dataset_files.check_labelled_folder(options.image_dir)
 
 
 def given_options(argv):

@@ -88,7 +88,7 @@ def check_images_exist(arguments):
     one is close, the file or folder beside it that was meant."""
     missing = [path for path in arguments if not os.path.lexists(path)]
     typos = [path for path in missing if path.endswith(("/", os.sep)) or not os.path.splitext(path)[1]]
-    if not typos and len(missing) < len(arguments):
+    if not typos and len(missing) < len(arguments) or not missing:
         return
     path = (typos or missing)[0]
     parent = os.path.dirname(os.path.normpath(path)) or "."

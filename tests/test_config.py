@@ -9,6 +9,7 @@ import pytest
 
 import app
 import config
+import dataset_files
 import errors
 import evaluate
 import inspect_dataset
@@ -362,4 +363,4 @@ def test_a_folder_of_unlabelled_images_is_refused_before_tensorflow_with_the_way
     assert "3 image(s) and no class folders" in error and f"predict.py --images {loose}" in error
     assert not (tmp_path / "res").exists()
     # Class folders, even with loose files beside them, are not refused here.
-    config.check_labelled_folder(config.Config(image_dir=folder))
+    dataset_files.check_labelled_folder(folder)
