@@ -142,7 +142,7 @@ def render_near_copies(index, folder, rows=NEAR_COPY_ROWS, columns=NEAR_COPY_COL
             image = image_io.load_image(os.path.join(index.root, path), 96, decoder=decoder_of[path],
                                         readers=index.readers)
             sample = sample_of[path]
-            caption = f"{sample.split} · {theme.short_label(sample.label, width=10)}\n{theme.short_label(os.path.basename(path), width=16)}"
+            caption = f"{sample.split} · {theme.short_label(sample.label, width=10)}\n{theme.short_middle(os.path.basename(path), 16)}"
             members.append((np.asarray(image), caption))
         groups.append(members)
     shown = sum(len(group) for group in index.near_groups)
@@ -296,7 +296,7 @@ class GalleryItem:
             lines = [f"true: {short(self.true, 20, 1)}",
                      f"pred: {short(self.predicted, 17, 1)} ({self.confidence:.0%})"]
         if self.caption:
-            lines.append(short(self.caption, 24, 1))
+            lines.append(theme.short_middle(self.caption, 24))  # a file name: two must stay apart
         return "\n".join(lines)
 
 
@@ -367,7 +367,7 @@ class LabelSetItem:
         if missed:
             lines.append("missed: " + ", ".join(missed[:2]) + (" …" if len(missed) > 2 else ""))
         if self.caption:
-            lines.append(short(self.caption, 24, 1))
+            lines.append(theme.short_middle(self.caption, 24))  # a file name: two must stay apart
         return "\n".join(lines)
 
 

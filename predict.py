@@ -129,6 +129,22 @@ def unreadable_reason(path, readers=None):
 TABLE_COLUMNS = ("path", "true_class", "true_labels", "predicted_class", "predicted_labels", "confidence")
 
 
+def shown_value(column, text):
+    """A predictions.csv cell as the terminal and the report show it: a
+    confidence as a percentage (73.7%), the test accuracy at that
+    confidence as a score (theme.score); other cells, and empty ones, as
+    written."""
+    accuracy, images = inference.TRUST_COLUMNS
+    try:
+        if column == accuracy:
+            return theme.score(float(text))
+        if column.endswith("confidence") and column != images:
+            return f"{float(text):.1%}"
+    except ValueError:  # "" or inference.TOO_FEW
+        pass
+    return text
+
+
 def print_table(rows, limit=15):
     """The first rows of predictions.csv as an aligned table."""
     header = rows[0]
@@ -137,9 +153,7 @@ def print_table(rows, limit=15):
     width = min(50, max(len(row[0]) for row in rows))
 
     def cell(row, column):
-        text = row[column]
-        if header[column] == "confidence" and row is not header:
-            return f"{float(text):.1%}"
+        text = row[column] if row is header else shown_value(header[column], row[column])
         # A path keeps its beginning (the folder) and its end (the file
         # name's last characters, where names differ); a label set its
         # beginning (the most probable labels).
@@ -457,7 +471,8 @@ def write_report(options, trained, output, drawn):
             ("model", trained.path), ("run", trained.run_config.get("run", "?")),
             ("images", len(rows) - 1), ("skipped", len(skipped)), ("predictions", output.written["csv"]),
         )),
-        report.Section(f"Predictions (the first {min(REPORT_ROWS, len(rows) - 1)})", table=(rows[0], rows[1 : REPORT_ROWS + 1])),
+        report.Section(f"Predictions (the first {min(REPORT_ROWS, len(rows) - 1)}; all in predictions.csv)", table=(
+            rows[0], [[shown_value(name, text) for name, text in zip(rows[0], row)] for row in rows[1 : REPORT_ROWS + 1]])),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in skipped) or ("none",)),
         report.options_section({name: getattr(options, name) for name in config.options_of("predict")}, "predict"),

@@ -49,7 +49,7 @@ h2 {{ color: {theme.DEEP_ROSE}; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; margin: .5em 0; }}
 .scroll {{ max-width: 100%; overflow-x: auto; }}
 td, th {{ border: 1px solid {theme.GRID}; padding: .3em .7em; text-align: left; vertical-align: top; }}
-td {{ overflow-wrap: anywhere; max-width: 32em; }}
+td {{ overflow-wrap: break-word; max-width: 32em; }}
 details summary {{ cursor: pointer; color: {theme.DEEP_ROSE}; margin: .4em 0; }}
 th {{ background: {theme.PETAL}; }}
 td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
@@ -66,7 +66,13 @@ def _cell(value):
         return f'<td class="number">{theme.score(value)}</td>'
     if isinstance(value, int):
         return f'<td class="number">{value:,}</td>'
-    return f"<td>{html.escape(str(value))}</td>"
+    return f"<td>{_breakable(value)}</td>"
+
+
+def _breakable(value):
+    """`value` as HTML that may wrap after a / or _ (a long path or
+    snake_case name wraps there when the table needs room, not anywhere)."""
+    return html.escape(str(value)).replace("/", "/<wbr>").replace("_", "_<wbr>")
 
 
 def _rows_html(rows):
@@ -90,7 +96,8 @@ def _section_html(section, folder):
         # A wide table (long paths, many columns) scrolls inside the page
         # instead of running off its edge; long cells wrap.
         parts.append(
-            '<div class="scroll"><table><tr>' + "".join(f"<th>{html.escape(str(name))}</th>" for name in header)
+            '<div class="scroll"><table><tr>'
+            + "".join(f"<th>{_breakable(name)}</th>" for name in header)
             + "</tr>" + "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
             + "</table></div>"
         )
