@@ -748,16 +748,18 @@ def build_page(models, start, options, folder):
                         else "its best classes")
         gr.Markdown(f"## {TITLE}\nDrop or pick images: each gets {answers_what}, how far to trust the "
                     "answer, and where the model looked.")
+        # The drop-down spans the page: a run's label (id, published,
+        # dataset, backbone, classes) is read whole, not cut in a column.
+        choice = gr.Dropdown(
+            choices=[(item.label, item.key) for item in models.choices.values()], value=start,
+            label="Model", elem_id="model",
+        )
         with gr.Row():
             with gr.Column(scale=3):
                 files = gr.File(label="Images", file_count="multiple", type="filepath", elem_id="images")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=2):
-                choice = gr.Dropdown(
-                    choices=[(item.label, item.key) for item in models.choices.values()], value=start,
-                    label="Model", elem_id="model",
-                )
                 card = gr.Markdown(model_card(served, options.artifacts_dir), elem_id="card")
         answers = gr.State([])
 
