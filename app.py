@@ -108,6 +108,7 @@ CSS = """
 .trust {color: var(--body-text-color-subdued);}
 #card td:first-child, #card th:first-child {white-space: nowrap;}
 #card td {overflow-wrap: anywhere;}
+#model input {text-overflow: ellipsis;}
 """
 # Below this spread a Grad-CAM map is flat: every spot weighed the same
 # (as visualize's figure says under such a map).
@@ -163,13 +164,14 @@ def key_of(path, artifacts_dir):
 
 
 def run_label(run_id, saved, published):
-    """'20261122-031500 · mobilenet_v2 · 3 classes · photos · published'
-    ('3 labels' for a multi-label run)."""
+    """'20261122-031500 · published · photos · mobilenet_v2 · 3 classes'
+    ('3 labels' for a multi-label run): what tells runs apart first, so
+    that a narrow drop-down cuts the least telling part."""
     kind = "labels" if saved.get("task") == "multi_label" else "classes"
-    parts = [run_id, saved.get("backbone", "?"), f"{len(saved.get('class_names') or ())} {kind}"]
+    parts = [run_id, *(["published"] if run_id == published else [])]
     if saved.get("image_dir"):
         parts.append(os.path.basename(os.path.normpath(saved["image_dir"])))
-    return " · ".join(parts + (["published"] if run_id == published else []))
+    return " · ".join(parts + [saved.get("backbone", "?"), f"{len(saved.get('class_names') or ())} {kind}"])
 
 
 def run_choices(artifacts_dir):
@@ -516,14 +518,25 @@ def run_date(run_id, path):
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
 
 
-def percent(value):
-    return "n/a" if value is None else f"{value:.1%}"
+def dataset_text(run_config):
+    """The model card's dataset: its folder and how many images each split
+    had ('/data/scans (288 images: train 160, val 48, test 80)'), or the
+    built-in demo's."""
+    folder = run_config.get("image_dir")
+    if not folder:
+        return "unknown"
+    sizes = run_config.get("split_sizes") or {}
+    shown = "the built-in demo" if (run_config.get("options") or {}).get("demo") else image_io.display_path(folder)
+    if not sizes:
+        return shown
+    return (f"{shown} ({sum(sizes.values()):,} images: "
+            + ", ".join(f"{split} {count:,}" for split, count in sizes.items()) + ")")
 
 
 def model_card(served, artifacts_dir):
     """The model card (markdown): run, date, backbone, image size, classes,
     the test split's accuracy, macro F1 and ECE, the temperature, the
-    dataset folder's name, and whether it is the published model."""
+    dataset (dataset_text), and whether it is the published model."""
     trained, saved = served.trained, served.saved or {}
     run_config = trained.run_config
     names = trained.class_names
@@ -533,17 +546,17 @@ def model_card(served, artifacts_dir):
     latest = os.path.join(artifacts_dir, artifacts.LATEST_LINK)
     published = os.path.realpath(latest) == os.path.realpath(trained.folder)
     temperature = saved.get("temperature", (run_config.get("calibration") or {}).get("temperature"))
-    test = f"{percent(saved['accuracy'])} on {saved['images']} test images" if saved else "not saved with this run"
+    test = f"{theme.score(saved['accuracy'])} on {saved['images']} test images" if saved else "not saved with this run"
     lines = [
         ("run", run_config.get("run", "?")),
         ("trained", run_date(run_config.get("run"), trained.path)),
         ("backbone", f"{run_config.get('backbone', '?')}, {trained.image_size}x{trained.image_size} px"),
         (f"classes ({len(names)})", classes),
         ("test accuracy", test),
-        ("macro F1", "n/a" if saved.get("macro_f1") is None else f"{saved['macro_f1']:.3f}"),
-        ("ECE", percent(saved.get("ece"))),
+        ("macro F1", theme.score(saved.get("macro_f1"))),
+        ("ECE", theme.percent(saved.get("ece"))),
         ("temperature", "none (not calibrated)" if temperature is None else f"{temperature:.3g}"),
-        ("dataset", os.path.basename(os.path.normpath(run_config.get("image_dir") or "?"))),
+        ("dataset", dataset_text(run_config)),
         ("published", f"yes: {artifacts_dir}/{artifacts.MODEL_FILE} is this model" if published else "no"),
         ("file", f"{trained.path} ({export.model_format(trained.path)})"),
         ("Grad-CAM", "on" if served.gradcam else f"off: {NO_GRADCAM}"),
@@ -720,6 +733,12 @@ def build_page(models, start, options, folder):
     def cleared():
         return [], "", gr.Column(visible=False)
 
+    def refused():
+        """After a refused request: the refused files leave the drop box
+        too, so that Classify does not send them again for a second, same
+        message (the page shows one message for one bad file)."""
+        return *cleared(), None
+
     def refreshed():
         return gr.Dropdown(choices=[(item.label, item.key) for item in models.refresh()])
 
@@ -729,16 +748,18 @@ def build_page(models, start, options, folder):
                         else "its best classes")
         gr.Markdown(f"## {TITLE}\nDrop or pick images: each gets {answers_what}, how far to trust the "
                     "answer, and where the model looked.")
+        # The drop-down spans the page: a run's label (id, published,
+        # dataset, backbone, classes) is read whole, not cut in a column.
+        choice = gr.Dropdown(
+            choices=[(item.label, item.key) for item in models.choices.values()], value=start,
+            label="Model", elem_id="model",
+        )
         with gr.Row():
             with gr.Column(scale=3):
                 files = gr.File(label="Images", file_count="multiple", type="filepath", elem_id="images")
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=2):
-                choice = gr.Dropdown(
-                    choices=[(item.label, item.key) for item in models.choices.values()], value=start,
-                    label="Model", elem_id="model",
-                )
                 card = gr.Markdown(model_card(served, options.artifacts_dir), elem_id="card")
         answers = gr.State([])
 
@@ -758,7 +779,7 @@ def build_page(models, start, options, folder):
         )
         answered.success(show_column, outputs=every_image, api_visibility="private")
         # A refused request leaves no answers of earlier files on the page.
-        answered.failure(cleared, outputs=[answers, status, every_image], api_visibility="private")
+        answered.failure(refused, outputs=[answers, status, every_image, files], api_visibility="private")
         switched = choice.change(choose, inputs=choice, outputs=card, api_name="choose").success(
             again, inputs=[files, choice], outputs=outputs, api_visibility="private"
         )

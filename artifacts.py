@@ -203,7 +203,8 @@ def discard_failed_run(folder, new_run):
     was saving when it stopped (half-written) is removed, and a `new_run`
     that completed no epoch (nothing to resume) is removed with the files
     it wrote, so no run stays "training" forever. Only our own names are
-    removed, and the folder only once it is empty."""
+    removed, and the folder only once it is empty. Returns whether the
+    folder is gone."""
     names = [staging_path(MODEL_FILE)]
     if new_run and not os.path.exists(os.path.join(folder, RESUME_FOLDER, "state.json")):
         names += [MODEL_FILE, TEST_RELIABILITY_FILE, *COMPANION_FILES, RESUME_FOLDER, ""]
@@ -213,6 +214,24 @@ def discard_failed_run(folder, new_run):
             os.rmdir(path) if os.path.isdir(path) else os.remove(path)
         except OSError:  # not there, not empty, or not ours to remove
             continue
+    return not os.path.lexists(folder)
+
+
+def discard_run_results(results_dir, stamp):
+    """What a failed run whose folder discard_failed_run removed wrote under
+    RESULTS_DIR/<category>/<stamp> (its audit, its first figures): removed
+    too, so that no result names a run that no longer exists. Only folders
+    named by this run's own stamp; its reservation in .stamps stays, so the
+    stamp is never given again."""
+    try:
+        categories = [entry.path for entry in os.scandir(results_dir)
+                      if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")]
+    except OSError:
+        return
+    for category in categories:
+        path = os.path.join(category, stamp)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_model(model, path):

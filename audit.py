@@ -676,11 +676,11 @@ def _count_phrase(counter):
     return ", ".join(f"{count} {name}" for name, count in counter.most_common())
 
 
-def summary_lines(index, max_skipped=20, where="the audit"):
+def summary_lines(index, max_skipped=20, where="the audit", table=True):
     """The audit and split as printable lines: what was checked, every
     skipped file with its reason (up to `max_skipped`), what was ignored,
-    which files are decoded in Python and why, the split table, notes and
-    warnings. Every line is safe_text.terminal's: a name's control
+    which files are decoded in Python and why, the split table (unless not
+    `table`: a page shows `split_table` as a table), notes and warnings. Every line is safe_text.terminal's: a name's control
     characters (an ESC sequence in a file name) print as escapes."""
     audit = index.audit
     files = audit["files"]
@@ -714,14 +714,32 @@ def summary_lines(index, max_skipped=20, where="the audit"):
     if python:
         how = "; transparent pixels are shown on white" if python["transparency"] else ""
         lines.append(f"decoded in Python: {sum(python.values())} ({_count_phrase(python)}){how}")
-    lines += _split_lines(index)
+    lines += _split_lines(index, table=table)
     lines += [f"note: {note}" for note in index.notes]
     lines += [f"warning: {warning}" for warning in index.warnings]
     return [safe_text.terminal(line) for line in lines]
 
 
-def _split_lines(index, max_classes=30):
+def split_table(index):
+    """The images of each class in each split, and its skipped files, as a
+    table (header, rows): ("class", "train", "val", "test", "skipped"); a
+    multi-label index's per label, with a last row "(none)" of the images
+    with no label ("" skipped)."""
     counts = index.counts()
+    skipped = index.audit["per_class"]
+    header = ("label" if index.task.multi_label else "class", *counts, "skipped")
+    rows = [(image_io.display_path(name), *(counts[split][name] for split in counts), skipped[name]["skipped"])
+            for name in index.class_names]
+    if index.task.multi_label:
+        rows.append(("(none)", *(sum(1 for sample in index.samples if sample.split == split and not sample.labels)
+                                 for split in counts), ""))
+    return header, rows
+
+
+def _split_lines(index, max_classes=30, table=True):
+    """The split's lines: its layout and sizes, the table of images per
+    class (`split_table`, unless not `table` or over `max_classes`
+    classes) and the imbalance."""
     kind = "labels (several per image)" if index.task.multi_label else "classes"
     lines = [
         f"{index.layout} layout, {len(index.class_names)} {kind}, "
@@ -730,22 +748,13 @@ def _split_lines(index, max_classes=30):
     ]
     if len(index.class_names) > max_classes:
         return lines
-    shown = {name: image_io.display_path(name) for name in index.class_names}
-    heading = "label" if index.task.multi_label else "class"
-    width = max(len(heading), *(len(name) for name in shown.values()))
-    skipped = index.audit["per_class"]
-    lines.append(f"  {heading:<{width}}  train    val   test  skipped")
-    for name in index.class_names:
-        lines.append(
-            f"  {shown[name]:<{width}}  "
-            + " ".join(f"{counts[split][name]:>6}" for split in counts)
-            + f" {skipped[name]['skipped']:>8}"
-        )
-    if index.task.multi_label:
-        negatives = {split: sum(1 for sample in index.samples if sample.split == split and not sample.labels)
-                     for split in counts}
-        lines.append(f"  {'(none)':<{width}}  " + " ".join(f"{negatives[split]:>6}" for split in counts)
-                     + "          images with no label")
+    if table:
+        header, rows = split_table(index)
+        width = max(len(str(row[0])) for row in [header, *rows])
+        lines.append(f"  {header[0]:<{width}}  train    val   test  skipped")
+        for row in rows:
+            lines.append((f"  {row[0]:<{width}}  " + " ".join(f"{count:>6}" for count in row[1:4])
+                          + (f" {row[4]:>8}" if row[4] != "" else "          images with no label")).rstrip())
     ratio = index.audit["imbalance_ratio"]
     if ratio and ratio > 1.5:
         lines.append(

@@ -29,6 +29,7 @@ import inference
 import label_metrics
 import safe_text
 import tasks
+import theme
 import visualize
 from errors import UserError
 
@@ -424,7 +425,7 @@ def _cell_text(name, value):
     if value is None:
         return "n/a"
     if name in ("test_accuracy", "macro_f1", "macro_roc_auc", "test_loss", "micro_f1", "mAP", "hamming_loss"):
-        return f"{value:.4f}"
+        return theme.score(value)
     if name == "parameters":
         return f"{value:,}"
     if name == "model_mb":
@@ -546,16 +547,16 @@ def print_row(row):
     the user's sidecar text: printed by safe_text.terminal)."""
     where = f"external, {row['run']}" if row["source"] == EXTERNAL else f"run {row['run']}"
     if "micro_f1" in row:
-        map_text = "n/a" if row["mAP"] is None else f"{row['mAP']:.4f}"
+        map_text = "n/a" if row["mAP"] is None else theme.score(row['mAP'])
         print(
-            f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): micro-F1 {row['micro_f1']:.4f}, "
-            f"mAP {map_text}, exact set {row['test_accuracy']:.4f}, loss {row['test_loss']:.4f}, "
+            f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): micro-F1 {theme.score(row['micro_f1'])}, "
+            f"mAP {map_text}, exact set {theme.score(row['test_accuracy'])}, loss {theme.score(row['test_loss'])}, "
             f"{row['inference_ms_per_image']:.2f} ms/image"
         )
         return
     print(
-        f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): accuracy {row['test_accuracy']:.4f}, "
-        f"loss {row['test_loss']:.4f}, macro F1 {row['macro_f1']:.4f}, "
+        f"    {safe_text.terminal(row['backbone'])} ({safe_text.terminal(where)}): accuracy {theme.score(row['test_accuracy'])}, "
+        f"loss {theme.score(row['test_loss'])}, macro F1 {theme.score(row['macro_f1'])}, "
         f"{row['inference_ms_per_image']:.2f} ms/image"
     )
 

@@ -418,9 +418,10 @@ class Config:
         shown_default="off",
     )
     group_by: str | None = option(
-        None, "Regular expression whose first group, searched in each image's path relative to IMAGE_DIR, is "
-        "its group (patient, specimen): a group is never split between train, val, test or folds, e.g. "
-        "'^([^_/]+)_' for P0042_slice3.png (a labels CSV's group column does the same)", ("main", "inspect"),
+        None, "Regular expression whose first group, searched in each image's path relative to IMAGE_DIR "
+        "(brick/P0042_slice3.png; in the file names when it matches no path), is its group (patient, "
+        "specimen): a group is never split between train, val, test or folds, e.g. '(P[0-9]+)_' for "
+        "P0042_slice3.png (a labels CSV's group column does the same)", ("main", "inspect"),
         "split", check=lambda name, value: check_pattern(name, value), metavar="REGEX",
         shown_default="identical files kept together",
     )
@@ -637,17 +638,55 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         unknown = re.findall(r"(--[\w-]+)", message) if "unrecognized arguments" in message else []
-        known = [option for action in self._actions for option in action.option_strings]
-        guesses = [difflib.get_close_matches(name.split("=")[0], known, n=1) for name in unknown]
-        hint = "; ".join(f"did you mean {guess[0]}?" for guess in guesses if guess)
+        known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        hints = []
+        for name in unknown:
+            guesses = option_guesses(name, known)
+            if guesses:
+                hints.append(f"did you mean {' or '.join(guesses)}?")
+        hint = "; ".join(hints)
         raise UserError(f"{message}{' (' + hint + ')' if hint else ''} (see --help)")
+
+
+def option_guesses(typed, known, most=3):
+    """The options of `known` (--names) that the unknown option `typed` most
+    likely meant, best first, at most `most`; () when none is close. In
+    order of trust: options that `typed` begins (--learn: --learning_rate),
+    options whose words' initials it spells (--lr: --learning_rate, --fine_epochs:
+    --fine_tune_epochs), then close spellings (--learning_rat). A guess is
+    only made from one of these, never from a far spelling (--lr is not
+    --gallery)."""
+    word = typed.split("=")[0][2:].lower().replace("-", "_")
+    names = {option[2:]: option for option in known}
+    begun = [option for name, option in names.items() if name.startswith(word)]
+    if word and begun:
+        return tuple(sorted(begun, key=len)[:most])
+    initials = [option for name, option in names.items() if _initials_match(word, name.split("_"))]
+    if initials:
+        return tuple(initials[:most])
+    close = difflib.get_close_matches(word, list(names), n=most, cutoff=0.75)
+    return tuple(names[name] for name in close)
+
+
+def _initials_match(word, parts):
+    """Whether `word` is the words `parts` abbreviated: each part of `word`
+    (split at _) the start of one part in turn, or without _ each letter the
+    first of one part ('lr' for learning_rate, 'fine_epochs' for
+    fine_tune_epochs)."""
+    pieces = word.split("_") if "_" in word else list(word)
+    if len(pieces) < 2 or len(pieces) > len(parts):
+        return False
+    rest = iter(parts)
+    return all(any(part.startswith(piece) for part in rest) for piece in pieces)
 
 
 def build_parser(script, description, examples=""):
     """The argparse parser of `script` (one of SCRIPTS): every option of the table it takes, grouped, with its
-    script's default and help, and `examples` (lines of commands) last."""
+    script's default and help. --help leads with a one-line usage, the description and `examples` (lines of
+    commands), which a newcomer reads first; the groups of options follow."""
     parser = ArgumentParser(
-        description=description, epilog=f"examples:\n{examples}" if examples else None,
+        usage="%(prog)s [--option VALUE ...]   (every option below, by group)",
+        description=f"{description}\n\nexamples:\n{examples}" if examples else description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     specs = options_of(script)

@@ -249,7 +249,7 @@ def report_sections(rows, per_fold, chosen, notes, drawn, lines, options, metric
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Suspected label errors", lines=tuple(line.strip() for line in lines)),
         *(report.Section(heading, table=table) for heading, table in suspects),
-        report.Section("Options", rows=report.options_rows(config.saved_options(options))),
+        report.options_section(config.saved_options(options), "main"),
     ]
 
 

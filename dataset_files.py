@@ -229,6 +229,35 @@ def class_folders(folder):
     ]
 
 
+def check_labelled_folder(image_dir):
+    """Refuses a folder of unlabelled images only (no class folder): said
+    before TensorFlow starts, with the way to predict such images, instead
+    of "need at least 2 classes" after the scan. Raises UserError."""
+    loose = loose_images_only(image_dir)
+    if loose:
+        raise UserError(
+            f"image_dir holds {loose} image(s) and no class folders, so it has no labels: a labelled folder is "
+            f"DIR/<class>/... (or give --labels_csv); to predict new, unlabelled images, use "
+            f"python predict.py --images {image_dir}. Received: image_dir={image_dir}"
+        )
+
+
+def loose_images_only(folder):
+    """How many image files lie directly in `folder` when it has no class
+    folder at all: a folder of new, unlabelled images, which cannot train
+    or be scored (0 when it has a subfolder, no image, or cannot be
+    read). Looks at one level only, so it is quick enough to check before
+    TensorFlow starts."""
+    try:
+        if class_folders(folder):
+            return 0
+        entries = _sorted_entries(folder)
+    except OSError:
+        return 0
+    return sum(1 for entry in entries if _entry_type(entry) == "file"
+               and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+
+
 def _split_of(name):
     """"train", "val" or "test" for a split folder name (any case), else None."""
     return next(

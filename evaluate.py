@@ -43,6 +43,7 @@ import metrics
 import option_types
 import report
 import run_lock
+import theme
 from errors import UserError
 
 DESCRIPTION = "Evaluate a trained classifier on a labelled folder of images."
@@ -273,7 +274,7 @@ def evaluate_trained(options, trained, readers):
         for line in seen_lines(seen, unseen, len(evaluation.paths)):
             print(f"    {line}")
         print(f"    {score_line(evaluation, scores)} ({evaluation.description})")
-        print(f"    {metrics.calibration_line(scores['calibration'])}")
+        print(f"    {metrics.calibration_line(scores['calibration'], metrics.at_chance(scores))}")
         metrics.print_most_confused(evaluation, limit=5)
         print(f"    metrics: {metrics_path}")
         saved = save_test_reliability(trained, image_dir, evaluation, scores, options)
@@ -350,7 +351,7 @@ def score_line(evaluation, scores, auc=True):
     if evaluation.task.multi_label:
         return evaluation.headline(scores)
     roc = f", macro ROC AUC {metrics.format_auc(scores['roc_auc'])}" if auc else ""
-    return f"accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}{roc} on {scores['num_samples']} images"
+    return f"accuracy {theme.score(scores['accuracy'])}, loss {theme.score(scores['loss'])}{roc} on {scores['num_samples']} images"
 
 
 def thresholds_line(trained, threshold):
@@ -381,9 +382,7 @@ def write_report(options, trained, image_dir, evaluation, scores, drawn, stamp, 
         report.Section("Per label" if evaluation.task.multi_label else "Per class", table=report.per_class_table(scores)),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in evaluation.skipped) or ("none",)),
-        report.Section("Options", rows=report.options_rows(
-            {name: getattr(options, name) for name in config.options_of("evaluate")}
-        )),
+        report.options_section({name: getattr(options, name) for name in config.options_of("evaluate")}, "evaluate"),
     ]
     path = report.write_report(options.results_dir, stamp, f"Evaluation {stamp}", sections)
     print(f"    report: {path}")

@@ -143,7 +143,7 @@ def render_near_copies(index, folder, rows=NEAR_COPY_ROWS, columns=NEAR_COPY_COL
             image = image_io.load_image(os.path.join(index.root, path), 96, decoder=decoder_of[path],
                                         readers=index.readers)
             sample = sample_of[path]
-            caption = f"{sample.split} · {theme.short_label(sample.label, width=10)}\n{theme.short_label(os.path.basename(path), width=16)}"
+            caption = f"{sample.split} · {theme.short_label(sample.label, width=10)}\n{theme.short_middle(os.path.basename(path), 16)}"
             members.append((np.asarray(image), caption))
         groups.append(members)
     shown = sum(len(group) for group in index.near_groups)
@@ -314,7 +314,7 @@ class GalleryItem:
             lines = [f"true: {short(self.true, 20, 1)}",
                      f"pred: {short(self.predicted, 17, 1)} ({self.confidence:.0%})"]
         if self.caption:
-            lines.append(short(self.caption, 24, 1))
+            lines.append(theme.short_middle(self.caption, 24))  # a file name: two must stay apart
         return "\n".join(lines)
 
 
@@ -385,7 +385,7 @@ class LabelSetItem:
         if missed:
             lines.append("missed: " + ", ".join(missed[:2]) + (" …" if len(missed) > 2 else ""))
         if self.caption:
-            lines.append(short(self.caption, 24, 1))
+            lines.append(theme.short_middle(self.caption, 24))  # a file name: two must stay apart
         return "\n".join(lines)
 
 
@@ -447,30 +447,30 @@ def render_gallery(evaluation, rows, cols, mode, seed, folder):
 
 
 def summary_line(evaluation, accuracy=True):
-    """'test split, 42 images · accuracy 95.2% · balanced accuracy 93.1% ·
+    """'test split, 42 images · accuracy 0.952 · balanced accuracy 0.931 ·
     imbalanced: 4 to 20 images a class (5.0x)' for figure subtitles; for a
     multi-label model 'test split, 42 images · micro-F1 0.912 · macro-F1
-    0.897 · mAP 0.951 · exact set 80.3% · 5-20 images a label' (the images
+    0.897 · mAP 0.951 · exact set 0.803 · 5-20 images a label' (the images
     a label left out when not `accuracy`: a narrow figure writes them
     elsewhere)."""
     line = f"{evaluation.description}, {len(evaluation.paths):,} images"
     if evaluation.task.multi_label:
         return f"{line} · {label_scores_text(evaluation, counts=accuracy)}"
     if accuracy:
-        line += f" · accuracy {np.mean(evaluation.true_labels == evaluation.predicted):.1%}"
+        line += f" · accuracy {theme.score(np.mean(evaluation.true_labels == evaluation.predicted))}"
     balanced = metrics.balanced_accuracy(evaluation.true_labels, evaluation.predicted)
-    return f"{line} · balanced accuracy {balanced:.1%} · {metrics.imbalance_text(evaluation.true_labels, len(evaluation.class_names))}"
+    return f"{line} · balanced accuracy {theme.score(balanced)} · {metrics.imbalance_text(evaluation.true_labels, len(evaluation.class_names))}"
 
 
 def label_scores_text(evaluation, counts=True):
-    """'micro-F1 0.912 · macro-F1 0.897 · mAP 0.951 · exact set 80.3% · 5
+    """'micro-F1 0.912 · macro-F1 0.897 · mAP 0.951 · exact set 0.803 · 5
     -20 images a label' of a multi-label Evaluation (without the images a
     label when not `counts`)."""
     scores = label_metrics.evaluation_metrics(
         evaluation.true_labels, evaluation.probabilities, evaluation.class_names, evaluation.label_thresholds)
-    map_text = "n/a" if scores["mAP"] is None else f"{scores['mAP']:.3f}"
-    text = (f"micro-F1 {scores['micro_avg']['f1']:.3f} · macro-F1 {scores['macro_avg']['f1']:.3f} · mAP {map_text} · "
-            f"exact set {scores['subset_accuracy']:.1%}")
+    map_text = theme.score(scores["mAP"])
+    text = (f"micro-F1 {theme.score(scores['micro_avg']['f1'])} · macro-F1 {theme.score(scores['macro_avg']['f1'])} · "
+            f"mAP {map_text} · exact set {theme.score(scores['subset_accuracy'])}")
     return f"{text} · {label_counts_text(evaluation)}" if counts else text
 
 
@@ -593,7 +593,7 @@ def render_label_report(evaluation, folder):
         + f" {support:9d} " + ("         " if np.isnan(threshold) else f"{threshold:9.2f}") + "\n"
         for name, row, support, threshold in zip(names, values, supports, thresholds)
     )
-    text = (header + lines + f"\nexact set {scores['subset_accuracy']:.4f} · Hamming loss {scores['hamming_loss']:.4f}\n"
+    text = (header + lines + f"\nexact set {theme.score(scores['subset_accuracy'])} · Hamming loss {theme.score(scores['hamming_loss'])}\n"
             "\nLabels most often wrong:\n" + "".join(f"  {line}\n" for line in label_metrics.confused_lines(confused)))
     artifacts.write_text(os.path.join(folder, "classification_report.txt"), text)
     artifacts.write_json(os.path.join(folder, "classification_report.json"), {**scores, "most_confused": confused})
@@ -601,7 +601,7 @@ def render_label_report(evaluation, folder):
         names, values, supports, len(evaluation.class_names), scores["subset_accuracy"],
         os.path.join(folder, "classification_report.png"), subtitle=summary_line(evaluation),
         metric_names=("precision", "recall", "f1-score", "AP"), extra=("threshold", thresholds),
-        title=f"Classification report · per label · exact set {scores['subset_accuracy']:.1%}", row_kind="Label",
+        title=f"Classification report · per label · exact set {theme.score(scores['subset_accuracy'])}", row_kind="Label",
     )
 
 
@@ -626,7 +626,7 @@ def calibration_note(summary):
         return "not calibrated (T = 1)"
     note = f"temperature T = {temperature:.3g} fitted on the validation split"
     if summary["ece_uncalibrated"] is not None:
-        note += f" · ECE before it: {summary['ece_uncalibrated']:.1%}"
+        note += f" · ECE before it: {theme.percent(summary['ece_uncalibrated'])}"
     return note
 
 
@@ -643,6 +643,8 @@ def render_reliability(evaluation, folder):
                  "confidence_label": "Confidence (probability of the yes/no answer given)"}
     subtitle = (
         f"{line}{pairs}\n{calibration_note(summary)}\n"
+        + ("no better than a constant answer: its calibration means nothing yet\n"
+           if metrics.at_chance(evaluation.metrics()) else "") +
         f"Brier {summary['brier']:.3f} · NLL {summary['nll']:.3f} · {summary['bins']} equal-width bins"
     )
     if evaluation.tta > 1:

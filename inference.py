@@ -516,9 +516,13 @@ def labelled_images(image_dir, trained, split, labels_csv=None, classes=None, re
 # ---------------------------------------------------------------- prediction
 
 # predictions.csv's last two columns: how often the test split's predictions
-# at the row's confidence were right (empty when too few were, or the run
-# saved no test evaluation), and how many there were.
+# at the row's confidence were right (TOO_FEW when fewer than
+# calibration.MIN_TRUST_IMAGES were there, empty when the run saved no test
+# evaluation), and how many there were.
 TRUST_COLUMNS = ("test_accuracy_at_confidence", "test_images_at_confidence")
+# A trust cell with too few test images at that confidence to say: a word,
+# not a blank, so that a reader of the CSV sees why.
+TOO_FEW = "too few"
 
 
 def top_classes(probabilities, class_names, top_k):
@@ -533,7 +537,7 @@ def trust_cells(bins, confidence):
     if bins is None:
         return ["", ""]
     trust = calibration.trust_at(bins, confidence)
-    return ["" if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
+    return [TOO_FEW if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
 
 
 def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, bins=None,
@@ -563,8 +567,8 @@ def prediction_rows(paths, probabilities, class_names, top_k, true_labels=None, 
 # A multi-label predictions.csv's last two columns, one value per predicted
 # label (in predicted_labels' order, joined the same way): how often the
 # test split's (image, label) pairs at that label's probability had the
-# label (empty when too few pairs were there, or the run saved no test
-# evaluation), and how many pairs there were.
+# label (TOO_FEW when too few pairs were there, empty when the run saved no
+# test evaluation), and how many pairs there were.
 LABEL_TRUST_COLUMNS = ("test_present_at_probability", "test_pairs_at_probability")
 
 
@@ -610,7 +614,7 @@ def label_rows(paths, probabilities, class_names, thresholds, separator, true_la
         cells.append(separator.join(name for name, _ in predicted))
         cells += [f"{value:.6f}" for value in row]
         trusted = [label_trust(bins, probability) for _, probability in predicted] if bins is not None else []
-        cells += [separator.join("" if rate is None else f"{rate:.4f}" for rate, _ in trusted),
+        cells += [separator.join(TOO_FEW if rate is None else f"{rate:.4f}" for rate, _ in trusted),
                   separator.join(str(trust.images) for _, trust in trusted)]
         rows.append(cells)
     return rows

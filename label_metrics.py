@@ -22,6 +22,8 @@ Plain NumPy and scikit-learn in, plain values out, like metrics.py.
 
 import numpy as np
 
+import theme
+
 # Thresholds are chosen among the validation probabilities, never outside
 # this range: a threshold of 0 answers "yes" to every image.
 LOWEST_THRESHOLD, HIGHEST_THRESHOLD = 0.05, 0.95
@@ -170,7 +172,7 @@ def baselines(true_labels, class_names):
 
 
 def _map_text(scores):
-    return "n/a" if scores["mAP"] is None else f"{scores['mAP']:.4f}"
+    return "n/a" if scores["mAP"] is None else theme.score(scores['mAP'])
 
 
 def headline(scores):
@@ -178,9 +180,9 @@ def headline(scores):
     loss 0.041, loss 0.132 on 120 images' for the printed summary."""
     map_text = _map_text(scores)
     return (
-        f"micro-F1 {scores['micro_avg']['f1']:.4f}, macro-F1 {scores['macro_avg']['f1']:.4f}, mAP {map_text}, "
-        f"exact set {scores['subset_accuracy']:.4f}, Hamming loss {scores['hamming_loss']:.4f}, "
-        f"loss {scores['loss']:.4f} on {scores['num_samples']} images"
+        f"micro-F1 {theme.score(scores['micro_avg']['f1'])}, macro-F1 {theme.score(scores['macro_avg']['f1'])}, mAP {map_text}, "
+        f"exact set {theme.score(scores['subset_accuracy'])}, Hamming loss {theme.score(scores['hamming_loss'])}, "
+        f"loss {theme.score(scores['loss'])} on {scores['num_samples']} images"
     )
 
 
@@ -189,9 +191,9 @@ def baseline_line(scores):
     base = scores["baselines"]
     map_text = _map_text(scores)
     return (
-        f"micro-F1 {scores['micro_avg']['f1']:.4f} · mAP {map_text} · answering each label's more common value: "
-        f"micro-F1 {base['majority_micro_f1']:.4f}, exact set {base['majority_subset_accuracy']:.4f} · "
-        f"prevalence mAP {base['prevalence_map']:.4f}"
+        f"micro-F1 {theme.score(scores['micro_avg']['f1'])} · mAP {map_text} · answering each label's more common value: "
+        f"micro-F1 {theme.score(base['majority_micro_f1'])}, exact set {theme.score(base['majority_subset_accuracy'])} · "
+        f"prevalence mAP {theme.score(base['prevalence_map'])}"
     )
 
 
@@ -206,9 +208,9 @@ def baseline_warning(scores):
         return None
     return (
         f"WARNING: the model is no better than a constant answer on these {scores['num_samples']} images: "
-        + (f"mAP {scores['mAP']:.4f} vs {base['prevalence_map']:.4f} for ranking every image the same"
+        + (f"mAP {theme.score(scores['mAP'])} vs {theme.score(base['prevalence_map'])} for ranking every image the same"
            if ranks_badly else
-           f"micro-F1 {scores['micro_avg']['f1']:.4f} vs {base['majority_micro_f1']:.4f} for answering each label's "
+           f"micro-F1 {theme.score(scores['micro_avg']['f1'])} vs {theme.score(base['majority_micro_f1'])} for answering each label's "
            "more common value")
         + ". It has not learned the labels: train longer (--epochs, --patience), use pretrained weights, or add images."
     )

@@ -50,8 +50,7 @@ DESCRIPTION = "Train an image classifier on a folder of images."
 
 EXAMPLES = """\
   python main.py                                      # the built-in demo (handwritten digits)
-  python main.py --image_dir photos/ --epochs 10 --batch_size 32 --augment 1
-  python main.py --image_dir photos/ --weights none   # offline: train from scratch, no download
+  python main.py --image_dir photos/                  # your images: photos/<class>/*.jpg (--weights none offline)
   python main.py --resume                             # continue the last interrupted run
   python main.py --image_dir photos/ --backbone mobilenet_v2,efficientnet_b0   # train two, compare them
 """
@@ -81,11 +80,14 @@ def parse_arguments(argv):
 
 
 def check_outputs_outside(options):
-    """Nothing is ever written inside the user's dataset folder."""
+    """Nothing is ever written inside the user's dataset folder, and the
+    folder has labels (dataset_files.check_labelled_folder)."""
     if options.image_dir is None:
         return
     for name in ("artifacts_dir", "results_dir"):
         option_types.check_outside(name, getattr(options, name), options.image_dir)
+    if not options.demo and not options.labels_csv:
+        dataset_files.check_labelled_folder(options.image_dir)
 
 
 def given_options(argv):
@@ -434,7 +436,7 @@ def evaluate_stage(run):
             if run.clean_test else {})},
     )
     print(f"    test {run.evaluation.headline(run.scores)}")
-    print(f"    {metrics.calibration_line(run.scores['calibration'])}")
+    print(f"    {metrics.calibration_line(run.scores['calibration'], metrics.at_chance(run.scores))}")
     if run.clean_test:
         count, clean, scores = run.clean_test
         print(f"    without the {count} test images that have a near-copy in training: {clean.headline(scores)}")

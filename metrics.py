@@ -15,6 +15,7 @@ import numpy as np
 import calibration
 import label_metrics
 import tasks
+import theme
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
@@ -127,8 +128,8 @@ class Evaluation:
         """The one line that says how good it is, from its metrics()."""
         if self.task.multi_label:
             return label_metrics.headline(scores)
-        return (f"accuracy {scores['accuracy']:.4f} (balanced {scores['balanced_accuracy']:.4f}), "
-                f"loss {scores['loss']:.4f} on {scores['num_samples']} images")
+        return (f"accuracy {theme.score(scores['accuracy'])} (balanced {theme.score(scores['balanced_accuracy'])}), "
+                f"loss {theme.score(scores['loss'])} on {scores['num_samples']} images")
 
     def report(self):
         return classification_metrics(self.true_labels, self.probabilities, self.class_names)
@@ -230,7 +231,7 @@ def imbalance_text(true_labels, num_classes):
 
 
 def classification_report_text(true_labels, probabilities, class_names):
-    """scikit-learn's text classification report (4 digits), every class
+    """scikit-learn's text classification report (3 digits), every class
     listed even when absent from the labels."""
     from sklearn.metrics import classification_report
 
@@ -239,11 +240,11 @@ def classification_report_text(true_labels, probabilities, class_names):
         probabilities.argmax(axis=1),
         labels=np.arange(len(class_names)),
         target_names=list(class_names),
-        digits=4,
+        digits=3,
         zero_division=0,
     )
     balanced = balanced_accuracy(true_labels, probabilities.argmax(axis=1))
-    return (f"{text}\nbalanced accuracy {balanced:.4f} (the mean recall of the classes; "
+    return (f"{text}\nbalanced accuracy {theme.score(balanced)} (the mean recall of the classes; "
             f"{imbalance_text(true_labels, len(class_names))})\n")
 
 
@@ -318,25 +319,39 @@ def test_reliability(evaluation, scores):
     }
 
 
-def calibration_line(summary):
-    """'ECE 3.1% (12.4% before temperature scaling, T = 1.84), Brier 0.211,
-    NLL 0.402' for the printed summary."""
+def calibration_line(summary, at_chance=False):
+    """How far the confidences are from the truth, in plain words, for the
+    printed summary: 'calibration error (ECE) 3.1%: its confidence is
+    3.1 points off its accuracy on average (12.4% before temperature
+    scaling softened it, T = 1.84) · Brier 0.211 · NLL 0.402'; when the
+    scaling made these images worse, that and the way out; with
+    `at_chance` (the model does no better than a constant answer,
+    `at_chance`), that calibration means nothing for it: a model at
+    chance scores a low ECE by saying about 1/classes for every image."""
     temperature = summary["temperature"]
+    ece = theme.percent(summary["ece"])
+    line = f"calibration error (ECE) {ece}: its confidence is {ece[:-1]} points off its accuracy on average"
     if temperature is None:
-        scaling = "no temperature layer to read: an export, a model from another framework or one saved before calibration existed"
+        line += " (no temperature to read: an export, another framework's model or one saved before calibration)"
     elif temperature == 1.0:
-        scaling = "not calibrated, T = 1"
+        line += " (not calibrated, T = 1)"
     elif summary["ece_uncalibrated"] is None:
-        scaling = f"T = {temperature:.3g}"
+        line += f" (temperature T = {temperature:.3g})"
     else:
-        scaling = f"{summary['ece_uncalibrated']:.1%} before temperature scaling, T = {temperature:.3g}"
-    line = f"ECE {summary['ece']:.1%} ({scaling}), Brier {summary['brier']:.3f}, NLL {summary['nll']:.3f}"
+        line += f" ({theme.percent(summary['ece_uncalibrated'])} before temperature scaling, T = {temperature:.3g})"
+    line += f" · Brier {theme.score(summary['brier'])} · NLL {theme.score(summary['nll'])}"
+    if at_chance:
+        return line + (
+            "; meaningless here: the model does no better than a constant answer, so its confidences "
+            "say nothing about its answers, whatever this number (a model at chance can score a low ECE by "
+            "giving every image about 1/classes)"
+        )
     if temperature not in (None, 1.0) and summary["ece_uncalibrated"] is not None and (
         summary["ece"] > summary["ece_uncalibrated"]
     ):
         line += (
-            "; the temperature, fitted on the validation split, made these images' calibration worse "
-            "(with few validation images T is noisy: --calibrate 0 keeps the raw softmax)"
+            "; the temperature (fitted on the validation split) made the confidences on these images worse, "
+            "not better: with few validation images it is noisy, and --calibrate 0 keeps the raw ones"
         )
     return line
 
@@ -361,7 +376,7 @@ def format_auc(roc_auc):
     if value is None:
         values = [auc for auc in roc_auc["per_class"].values() if auc is not None]
         value = values[0] if values else None
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None else theme.score(value)
 
 
 def baselines(true_labels, class_names):
@@ -384,9 +399,18 @@ def baseline_line(scores):
         return label_metrics.baseline_line(scores)
     base = scores["baselines"]
     return (
-        f"accuracy {scores['accuracy']:.4f} · majority-class baseline {base['majority_accuracy']:.4f} "
-        f"(always \"{base['majority_class']}\") · chance {base['chance']:.4f}"
+        f"accuracy {theme.score(scores['accuracy'])} · majority-class baseline {theme.score(base['majority_accuracy'])} "
+        f"(always \"{base['majority_class']}\") · chance {theme.score(base['chance'])}"
     )
+
+
+def at_chance(scores):
+    """Whether the model does no better than a constant answer on these
+    images (what `baseline_warning` warns of): its calibration then means
+    nothing."""
+    if scores.get("task") == "multi_label":
+        return label_metrics.baseline_warning(scores) is not None
+    return scores["accuracy"] <= scores["baselines"]["majority_accuracy"]
 
 
 def baseline_warning(scores):
@@ -396,11 +420,11 @@ def baseline_warning(scores):
     if scores.get("task") == "multi_label":
         return label_metrics.baseline_warning(scores)
     base = scores["baselines"]
-    if scores["accuracy"] > base["majority_accuracy"]:
+    if not at_chance(scores):
         return None
     return (
         f"WARNING: the model is no better than always answering \"{base['majority_class']}\": accuracy "
-        f"{scores['accuracy']:.4f} vs {base['majority_accuracy']:.4f} for that constant answer on these "
+        f"{theme.score(scores['accuracy'])} vs {theme.score(base['majority_accuracy'])} for that constant answer on these "
         f"{scores['num_samples']} images. It has not learned to tell the classes apart: train longer "
         "(--epochs, --patience), use pretrained weights, or add images."
     )

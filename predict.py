@@ -13,6 +13,7 @@ figure of the gallery's images.
 """
 
 import dataclasses
+import difflib
 import errno
 import os
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 
 import artifacts
 import audit
+import calibration
 import config
 import console
 import dataset_files
@@ -31,6 +33,7 @@ import image_io
 import inference
 import option_types
 import report
+import theme
 import visualize
 from errors import UserError
 
@@ -76,6 +79,27 @@ def collect_images(arguments, readers=None):
     return paths, [dataclasses.replace(item, path=image_io.display_path(item.path)) for item in skipped]
 
 
+def check_images_exist(arguments):
+    """Refuses, before TensorFlow starts, --images that can only be a typo:
+    a path that names nothing and is no file's name (no extension, or a
+    trailing /: a folder mistyped), or nothing named at all. A missing file
+    (photo.jpg) among others is skipped and listed instead (collect_images),
+    like an unreadable one. Raises UserError naming the path and, where
+    one is close, the file or folder beside it that was meant."""
+    missing = [path for path in arguments if not os.path.lexists(path)]
+    typos = [path for path in missing if path.endswith(("/", os.sep)) or not os.path.splitext(path)[1]]
+    if not typos and len(missing) < len(arguments) or not missing:
+        return
+    path = (typos or missing)[0]
+    parent = os.path.dirname(os.path.normpath(path)) or "."
+    try:
+        near = difflib.get_close_matches(os.path.basename(os.path.normpath(path)), os.listdir(parent), n=1)
+    except OSError:
+        near = []
+    guess = f" (did you mean {os.path.join(os.path.dirname(os.path.normpath(path)), near[0])}?)" if near else ""
+    raise UserError(f"--images: no such file or folder{guess}. Received: images={image_io.display_path(path)}")
+
+
 def missing_reason(argument):
     """Why an --images argument that os.path.exists calls absent names no
     file: a symbolic link loop, a link to nothing, a folder on the way that
@@ -105,6 +129,22 @@ def unreadable_reason(path, readers=None):
 TABLE_COLUMNS = ("path", "true_class", "true_labels", "predicted_class", "predicted_labels", "confidence")
 
 
+def shown_value(column, text):
+    """A predictions.csv cell as the terminal and the report show it: a
+    confidence as a percentage (73.7%), the test accuracy at that
+    confidence as a score (theme.score); other cells, and empty ones, as
+    written."""
+    accuracy, images = inference.TRUST_COLUMNS
+    try:
+        if column == accuracy:
+            return theme.score(float(text))
+        if column.endswith("confidence") and column != images:
+            return f"{float(text):.1%}"
+    except ValueError:  # "" or inference.TOO_FEW
+        pass
+    return text
+
+
 def print_table(rows, limit=15):
     """The first rows of predictions.csv as an aligned table."""
     header = rows[0]
@@ -113,14 +153,13 @@ def print_table(rows, limit=15):
     width = min(50, max(len(row[0]) for row in rows))
 
     def cell(row, column):
-        text = row[column]
-        if header[column] == "confidence" and row is not header:
-            return f"{float(text):.1%}"
-        # A path keeps its end (the file name); a label set its beginning
-        # (the most probable labels).
+        text = row[column] if row is header else shown_value(header[column], row[column])
+        # A path keeps its beginning (the folder) and its end (the file
+        # name's last characters, where names differ); a label set its
+        # beginning (the most probable labels).
         if header[column].endswith("_labels"):
             return text if len(text) <= 50 else text[:49] + "…"
-        return text if len(text) <= width else "…" + text[-(width - 1) :]
+        return theme.short_middle(text, width)
 
     widths = [max(len(cell(row, column)) for row in [header] + shown) for column in columns]
     for row in [header] + shown:
@@ -182,7 +221,7 @@ def predict_labelled(trained, images, output, readers=None, bins=None):
         print(f"    {output.written['labels']}")
     else:
         accuracy = float(np.mean(evaluation.true_labels == evaluation.predicted))
-        print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {accuracy:.1%}")
+        print(f"    {len(evaluation.paths)} images ({evaluation.description}), accuracy {theme.score(accuracy)}")
     print(f"    predictions: {csv_path} (paths relative to {output.image_dir})")
     gallery, indices = figures.render_gallery(
         evaluation, output.rows, output.cols, output.gallery, output.seed,
@@ -300,17 +339,20 @@ def trust_note(saved, trained):
     """The line saying where predictions.csv's trust columns come from."""
     if saved is None:
         return (
-            f"trust columns empty: the run in {trained.folder} saved no test evaluation "
+            f"predictions.csv's last two columns (how often test images at each confidence were right) empty: "
+            f"the run in {trained.folder} saved no test evaluation "
             "(evaluate.py on its training folder saves one)"
         )
     if trained.task.multi_label:
         return (
-            f"trust columns: for each predicted label, how often the (image, label) pairs of the "
-            f"{saved['images']} test images at that probability had the label ({artifacts.TEST_RELIABILITY_FILE})"
+            f"predictions.csv's last two columns: for each predicted label, how often the (image, label) pairs of "
+            f"the {saved['images']} test images at that probability had the label, and how many pairs "
+            f"(\"{inference.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} pairs there; {artifacts.TEST_RELIABILITY_FILE})"
         )
     return (
-        f"trust columns: how often the {saved['images']} test images at each confidence were right "
-        f"({artifacts.TEST_RELIABILITY_FILE})"
+        f"predictions.csv's last two columns: how often the {saved['images']} test images at each confidence were "
+        f"right, and how many (\"{inference.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} there; "
+        f"{artifacts.TEST_RELIABILITY_FILE})"
     )
 
 
@@ -351,6 +393,7 @@ def parse_arguments(argv):
             "--gradcam 1 needs the Keras model (.keras): pass it with --model, or leave "
             f"--gradcam out to predict with the export. Received: model={options.model}"
         )
+    check_images_exist(options.images or ())
     for folder in [options.image_dir] + [path for path in (options.images or ()) if os.path.isdir(path)]:
         if folder:
             option_types.check_outside("results_dir", options.results_dir, folder)
@@ -428,12 +471,11 @@ def write_report(options, trained, output, drawn):
             ("model", trained.path), ("run", trained.run_config.get("run", "?")),
             ("images", len(rows) - 1), ("skipped", len(skipped)), ("predictions", output.written["csv"]),
         )),
-        report.Section(f"Predictions (the first {min(REPORT_ROWS, len(rows) - 1)})", table=(rows[0], rows[1 : REPORT_ROWS + 1])),
+        report.Section(f"Predictions (the first {min(REPORT_ROWS, len(rows) - 1)}; all in predictions.csv)", table=(
+            rows[0], [[shown_value(name, text) for name, text in zip(rows[0], row)] for row in rows[1 : REPORT_ROWS + 1]])),
         report.Section("Figures", figures=tuple(drawn)),
         report.Section("Skipped files", lines=tuple(str(item) for item in skipped) or ("none",)),
-        report.Section("Options", rows=report.options_rows(
-            {name: getattr(options, name) for name in config.options_of("predict")}
-        )),
+        report.options_section({name: getattr(options, name) for name in config.options_of("predict")}, "predict"),
     ]
     path = report.write_report(options.results_dir, output.stamp, f"Predictions {output.stamp}", sections)
     print(f"    report: {path}")

@@ -34,6 +34,7 @@ class Section:
     lines: tuple = ()
     figures: tuple = ()
     table: tuple = ()  # (header, rows)
+    folded: tuple = ()  # (summary, rows): more (name, value) rows, closed until clicked
 
 
 def report_path(results_dir, stamp):
@@ -46,7 +47,10 @@ body {{ font-family: "DejaVu Sans", Verdana, sans-serif; color: {theme.INK}; bac
 h1 {{ color: {theme.WINE}; border-bottom: 3px solid {theme.BLUSH}; padding-bottom: .3em; }}
 h2 {{ color: {theme.DEEP_ROSE}; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; margin: .5em 0; }}
+.scroll {{ max-width: 100%; overflow-x: auto; }}
 td, th {{ border: 1px solid {theme.GRID}; padding: .3em .7em; text-align: left; vertical-align: top; }}
+td {{ overflow-wrap: break-word; max-width: 32em; }}
+details summary {{ cursor: pointer; color: {theme.DEEP_ROSE}; margin: .4em 0; }}
 th {{ background: {theme.PETAL}; }}
 td.number {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .warning {{ background: #fde8ea; border-left: 5px solid {theme.WRONG}; padding: .6em 1em; }}
@@ -59,26 +63,43 @@ pre {{ background: {theme.PETAL}; padding: .6em; overflow-x: auto; }}
 
 def _cell(value):
     if isinstance(value, float):
-        return f'<td class="number">{value:.4f}</td>'
+        return f'<td class="number">{theme.score(value)}</td>'
     if isinstance(value, int):
         return f'<td class="number">{value:,}</td>'
-    return f"<td>{html.escape(str(value))}</td>"
+    return f"<td>{_breakable(value)}</td>"
+
+
+def _breakable(value):
+    """`value` as HTML that may wrap after a / or _ (a long path or
+    snake_case name wraps there when the table needs room, not anywhere)."""
+    return html.escape(str(value)).replace("/", "/<wbr>").replace("_", "_<wbr>")
+
+
+def _rows_html(rows):
+    return "<table>" + "".join(
+        f"<tr><th>{html.escape(str(name))}</th>{_cell(value)}</tr>" for name, value in rows
+    ) + "</table>"
 
 
 def _section_html(section, folder):
     parts = [f"<h2>{html.escape(section.heading)}</h2>"]
     if section.rows:
-        parts.append("<table>" + "".join(
-            f"<tr><th>{html.escape(str(name))}</th>{_cell(value)}</tr>" for name, value in section.rows
-        ) + "</table>")
+        parts.append(_rows_html(section.rows))
+    if section.folded:
+        summary, rows = section.folded
+        parts.append(f"<details><summary>{html.escape(summary)}</summary>{_rows_html(rows)}</details>")
     for line in section.lines:
         kind = ' class="warning"' if str(line).startswith("WARNING") else ""
         parts.append(f"<p{kind}>{html.escape(str(line))}</p>")
     if section.table:
         header, rows = section.table
+        # A wide table (long paths, many columns) scrolls inside the page
+        # instead of running off its edge; long cells wrap.
         parts.append(
-            "<table><tr>" + "".join(f"<th>{html.escape(str(name))}</th>" for name in header) + "</tr>"
-            + "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows) + "</table>"
+            '<div class="scroll"><table><tr>'
+            + "".join(f"<th>{_breakable(name)}</th>" for name in header)
+            + "</tr>" + "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
+            + "</table></div>"
         )
     for path in section.figures:
         link = os.path.relpath(os.path.abspath(path), os.path.abspath(folder)).replace(os.sep, "/")
@@ -122,7 +143,7 @@ def headline_rows(scores):
         ("macro F1", scores["macro_avg"]["f1"]),
         ("macro ROC AUC", scores["roc_auc"]["macro"] if scores["roc_auc"]["macro"] is not None else "n/a"),
         ("loss (cross-entropy)", scores["loss"]),
-        ("expected calibration error", scores["calibration"]["ece"]),
+        ("expected calibration error", theme.percent(scores["calibration"]["ece"])),
         ("images", scores["num_samples"]),
     )
 
@@ -147,7 +168,7 @@ def label_headline_table(scores):
         ("Hamming loss (wrong yes/no answers, lower is better)", scores["hamming_loss"],
          base["majority_hamming_loss"]),
         ("loss (binary cross-entropy)", scores["loss"], ""),
-        ("expected calibration error (every yes/no answer)", scores["calibration"]["ece"], ""),
+        ("expected calibration error (every yes/no answer)", theme.percent(scores["calibration"]["ece"]), ""),
         ("images", scores["num_samples"], ""),
     ]
     return header, rows
@@ -158,8 +179,7 @@ def scores_section(heading, evaluation, scores):
     `label_headline_table`), what the confidences mean and the baseline
     warning, if any: one evaluation's scores on the page (`evaluation`:
     metrics.Evaluation, `scores`: its metrics())."""
-    lines = [f"Confidences: {calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)}.",
-             metrics.baseline_warning(scores)]
+    lines = [f"Confidences: {confidences(evaluation, scores)}.", metrics.baseline_warning(scores)]
     if evaluation.task.multi_label:
         base = scores["baselines"]
         always = ", ".join(base["majority_labels"]) or "no label"
@@ -170,13 +190,23 @@ def scores_section(heading, evaluation, scores):
     return Section(heading, rows=headline_rows(scores), lines=tuple(line for line in lines if line))
 
 
+def confidences(evaluation, scores):
+    """What the confidences mean in words (calibration.confidence_sentence),
+    or, for a model no better than a constant answer (metrics.at_chance),
+    that they mean nothing yet."""
+    if metrics.at_chance(scores):
+        return ("they mean nothing yet: the model does no better than a constant answer, so how sure it is "
+                "says nothing about whether it is right")
+    return calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)
+
+
 def score_lines(what, evaluation, scores):
     """The same for a closing summary: "`what`: accuracy ... · baseline ...",
     the confidences in words and the baseline warning, if any."""
     lines = [
         *([f"{what}: {evaluation.headline(scores)}"] if evaluation.task.multi_label else []),
         f"{what}: {metrics.baseline_line(scores)} ({scores['num_samples']} images)",
-        f"confidences: {calibration.confidence_sentence(evaluation.reliability(), evaluation.reliability_units)}",
+        f"confidences: {confidences(evaluation, scores)}",
         metrics.baseline_warning(scores),
     ]
     return [line for line in lines if line]
@@ -202,10 +232,24 @@ def per_class_table(scores):
     return header, rows
 
 
-def options_rows(values):
-    """Options and their values ({name: value}, config.saved_options's
-    dict), one row each."""
-    return tuple((f"--{name}", "" if value is None else str(value)) for name, value in values.items())
+def options_section(values, script):
+    """The options of `script` ({name: value}, e.g. config.saved_options'
+    dict) as the page shows them: those set to other than the script's
+    default, and those every reader needs (tagged common, not display),
+    as rows; the rest folded below them; options without a value left
+    out, and values as typed (--images a/ b.png, --backbone x,y)."""
+    specs = config.options_of(script)
+    shown, folded = [], []
+    for name, value in values.items():
+        if name not in specs or value is None:
+            continue
+        spec = specs[name]
+        text = " ".join(map(str, value)) if spec.nargs in ("+", "*") and isinstance(value, (tuple, list)) \
+            else str(config.shown(value))
+        matters = value != config.default_of(name, script) or ("common" in spec.tags and "display" not in spec.tags)
+        (shown if matters else folded).append((f"--{name}", text))
+    return Section("Options", rows=tuple(shown),
+                   folded=(f"{len(folded)} more options at their defaults", tuple(folded)) if folded else ())
 
 
 # ---------------------------------------------------------------- a training run
@@ -232,8 +276,9 @@ def training_sections(run):
             "(the score above is optimistic)", run.clean_test[1], run.clean_test[2])] if run.clean_test else []),
         Section("Per label" if run.index.task.multi_label else "Per class", table=per_class_table(scores)),
         Section("Figures", figures=tuple(run.drawn)),
-        Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200))),
-        Section("Options", rows=options_rows(config.saved_options(options))),
+        Section("The dataset", lines=tuple(audit.summary_lines(run.index, max_skipped=200, table=False)),
+                table=audit.split_table(run.index)),
+        options_section(config.saved_options(options), "main"),
     ]
 
 

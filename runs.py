@@ -473,7 +473,7 @@ def opened(plan, planned):
     the block fails, the model it was saving is removed, and a new run
     that kept no epoch with it (nothing to resume, no run left "training"
     forever); with several workers, all of them end together."""
-    scratch = folder = point = None
+    scratch = folder = point = options = stamp = None
     try:
         # The lock is released before a failed run is removed (its file is in the run folder).
         with devices.worker_errors(plan.workers and plan.workers.cluster), contextlib.ExitStack() as held:
@@ -493,8 +493,8 @@ def opened(plan, planned):
                                    "Waiting for the chief to evaluate the model and write the results"):
                     plan.workers.exchange(None)
     except BaseException:
-        if folder:
-            artifacts.discard_failed_run(folder, new_run=point is None)
+        if folder and artifacts.discard_failed_run(folder, new_run=point is None) and plan.writes:
+            artifacts.discard_run_results(options.results_dir, stamp)
         raise
     finally:
         if scratch:

@@ -568,7 +568,8 @@ def join_units(paths, *keyings):
 def group_keys(candidates, group_by):
     """{path: group} of the usable candidates (dataset_files.Candidate):
     the first capture group of the regular expression `group_by` searched
-    in each path (the whole match when it has no group), else a labels
+    in each path (the whole match when it has no group; in the file names
+    when it matches no path at all), else a labels
     CSV's group column; None when neither is given. Raises UserError naming
     a file the pattern does not match, with the count of such files."""
     if not group_by:
@@ -581,14 +582,12 @@ def group_keys(candidates, group_by):
             )
         return given or None
     pattern = re.compile(group_by)
-    keys, unmatched = {}, []
-    for candidate in candidates:
-        found = pattern.search(candidate.path.replace(os.sep, "/"))
-        key = (found.group(1) if pattern.groups else found.group(0)) if found else None
-        if key:
-            keys[candidate.path] = key
-        else:
-            unmatched.append(candidate.path)
+    keys, unmatched = _searched_keys(pattern, candidates, lambda path: path)
+    if not keys:
+        # Matching no path, a pattern written for the file name ('^P[0-9]+_'
+        # while the path begins with its class folder) is searched in the
+        # file names: a pattern that matched some path never is.
+        keys, unmatched = _searched_keys(pattern, candidates, os.path.basename)
     if unmatched:
         where = "any file" if not keys else f"{len(unmatched)} of {len(candidates)} files"
         raise UserError(
@@ -599,6 +598,20 @@ def group_keys(candidates, group_by):
         # (a multi-label image's rare labels are warned about after the split instead)
         check_groups(candidates, keys)
     return keys
+
+
+def _searched_keys(pattern, candidates, part):
+    """({path: group}, [paths with none]): `pattern` searched in `part`
+    (a function of a path) of each candidate's path, forward slashes."""
+    keys, unmatched = {}, []
+    for candidate in candidates:
+        found = pattern.search(part(candidate.path.replace(os.sep, "/")))
+        key = (found.group(1) if pattern.groups else found.group(0)) if found else None
+        if key:
+            keys[candidate.path] = key
+        else:
+            unmatched.append(candidate.path)
+    return keys, unmatched
 
 
 def check_groups(candidates, keys):

@@ -3,7 +3,8 @@
 visualize.py draws every figure with them (adding what needs matplotlib:
 the heat colour map, the line colour cycle); the report page (report.py)
 and the web page (app.py) wear the same colours without importing
-matplotlib. Also how a class name is shortened to fit a label.
+matplotlib. Also how a class name is shortened to fit a label, and how a
+score or a calibration error is written.
 """
 
 import re
@@ -76,6 +77,35 @@ RC = {
     "figure.titleweight": "bold",
     "font.family": "DejaVu Sans",
 }
+
+
+# How a number is written wherever it is shown (terminal, report page,
+# figures, web page), so that one quantity reads the same everywhere: a
+# score between 0 and 1 (accuracy, F1, ROC AUC, mAP, a baseline) and a
+# loss with three decimals (0.963), a calibration error as a percentage
+# (6.4%). Files meant for programs (CSV, JSON) keep every digit.
+
+
+def score(value):
+    """0.963 (three decimals; "n/a" for None): accuracy, F1, AUC, a loss."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def percent(value):
+    """6.4% (one decimal; "n/a" for None): a calibration error (ECE)."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def short_middle(text, width):
+    """`text` in at most `width` characters, shortened in the middle
+    ('glioma_tum…_0012.png'): file names and paths differ mostly at their
+    ends (a number, the extension) and begin with a shared prefix, so
+    cutting either end would make two of them read alike."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail:]
 
 
 def short_label(name, width=14, max_lines=2):

@@ -791,14 +791,16 @@ def seed_everything(seed, deterministic=True):
 
 def training_plan_line(epochs, patience, pretrained, fine_tune_epochs, fine_tune_layers):
     """What --epochs means for this run, in its first lines: with pretrained
-    weights the fine-tuning epochs come on top."""
-    stopping = f"early stopping after {patience} epochs without a better val_loss"
+    weights the fine-tuning epochs come on top. Early stopping is named
+    only when it can stop a phase: one longer than `patience` epochs."""
+    longest = max(epochs, fine_tune_epochs if pretrained else 0)
+    stopping = f" (early stopping after {patience} epochs without a better val_loss)" if longest > patience else ""
     if not pretrained:
-        return f"up to {epochs} epochs from scratch ({stopping})"
+        return f"up to {epochs} epochs from scratch{stopping}"
     if fine_tune_epochs:
         return (f"up to {epochs} epochs with the backbone frozen, then up to {fine_tune_epochs} "
-                f"fine-tuning its last {fine_tune_layers} layers ({stopping})")
-    return f"up to {epochs} epochs with the backbone frozen, no fine-tuning ({stopping})"
+                f"fine-tuning its last {fine_tune_layers} layers{stopping}")
+    return f"up to {epochs} epochs with the backbone frozen, no fine-tuning{stopping}"
 
 
 def training_record(history_path, seconds, resumed, stopped=None):

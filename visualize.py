@@ -309,8 +309,8 @@ def plot_training_curves(history, output_path, finetune_start=None):
     figure.legend(handles, labels, loc="outside right upper")
     figure.suptitle("Training curves")
     figure.supxlabel(
-        f"best epoch {epochs[best]}: val loss {history['val_loss'][best]:.4f}, "
-        f"val accuracy {history['val_accuracy'][best]:.1%} · "
+        f"best epoch {epochs[best]}: val loss {theme.score(history['val_loss'][best])}, "
+        f"val accuracy {theme.score(history['val_accuracy'][best])} · "
         f"{len(epochs)} epoch{'s' if len(epochs) != 1 else ''}",
         fontsize=theme.FONT_SIZES["subtitle"], color=theme.MUTED,
     )
@@ -486,7 +486,7 @@ def plot_classification_report(names, values, supports, num_classes, accuracy, o
     axes.tick_params(length=0)
     axes.set_xlabel("Metric", color=theme.MUTED)
     axes.set_ylabel(row_kind, color=theme.MUTED)
-    figure.suptitle(title or f"Classification report · accuracy {accuracy:.1%}")
+    figure.suptitle(title or f"Classification report · accuracy {theme.score(accuracy)}")
     if subtitle:
         figure.supxlabel(subtitle, fontsize=theme.FONT_SIZES["subtitle"], color=theme.MUTED)
     return save_figure(figure, output_path)
@@ -558,8 +558,9 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle="", counted="Image
                              confidence_label="Confidence (probability of the predicted class)"):
     """A reliability diagram (Guo et al., 2017): per confidence bin, the
     accuracy as a bar beside the diagonal of perfect calibration, the gap
-    to the bin's mean confidence hatched, and below, the images per bin
-    with their counts.
+    to the bin's mean confidence hatched (above the bar where the model is
+    over-confident, over the bar's top where it is under-confident, each
+    named in the legend), and below, the images per bin with their counts.
 
     `bins` is calibration.reliability_bins' dict; `ece` the expected
     calibration error for the title; `counted` what the bins count and
@@ -575,11 +576,21 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle="", counted="Image
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot([0, 1], [0, 1], color=theme.MUTED, linestyle=":", linewidth=1.3, label="perfect calibration")
     top.bar(centres[filled], accuracy, widths[filled], color=theme.ROSE, edgecolor=theme.WINE, linewidth=0.8,
-            label="accuracy of the bin")
-    faces = [mcolors.to_rgba(theme.BLUSH, 0.6 if over else 0.0) for over in confidence > accuracy]  # hatch only inside
-    top.bar(centres[filled], np.abs(confidence - accuracy), widths[filled],  # the accuracy bar when under-confident
-            bottom=np.minimum(confidence, accuracy), color=faces, edgecolor=theme.DEEP_ROSE,
-            linewidth=0.6, hatch="///", label="gap to its mean confidence")
+            label="accuracy of the bin (the bar's top)")
+    # The gap between the bar's top and the mean confidence: above the bar
+    # (over-confident) a pale hatched box; inside the bar (under-confident)
+    # light hatching over the bar, which still reaches the accuracy.
+    over, gaps = confidence > accuracy, []
+    for shown, face, legend_face, hatch_colour, hatch, label in (
+        (over, mcolors.to_rgba(theme.BLUSH, 0.6), mcolors.to_rgba(theme.BLUSH, 0.6), theme.DEEP_ROSE, "///",
+         "over-confident: confidence above accuracy"),
+        (~over, (0, 0, 0, 0), theme.ROSE, theme.WHITE, "\\\\\\", "under-confident: accuracy above confidence"),
+    ):
+        if shown.any():
+            top.bar(centres[filled][shown], np.abs(confidence - accuracy)[shown], widths[filled][shown],
+                    bottom=np.minimum(confidence, accuracy)[shown], color=face, edgecolor=hatch_colour,
+                    linewidth=0, hatch=hatch)
+            gaps.append(mpatches.Patch(facecolor=legend_face, edgecolor=hatch_colour, hatch=hatch, label=label))
     top.scatter(centres[filled], confidence, marker="_", s=160, color=theme.WINE, linewidths=2, zorder=4,
                 label="mean confidence of the bin")
     top.set_xlim(0, 1)
@@ -588,7 +599,7 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle="", counted="Image
     top.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
     top.grid(True)
     top.set_axisbelow(True)
-    top.legend(loc="upper left")
+    top.legend(handles=top.get_legend_handles_labels()[0] + gaps, loc="upper left")
     bars = bottom.bar(centres, count, widths, color=theme.BLUSH, edgecolor=theme.WINE, linewidth=0.6)
     bottom.bar_label(bars, labels=[str(n) if n else "" for n in count], padding=2,
                      fontsize=theme.FONT_SIZES["small"])
@@ -599,7 +610,7 @@ def plot_reliability_diagram(bins, ece, output_path, subtitle="", counted="Image
     bottom.set_xticks(np.linspace(0, 1, 6))
     bottom.yaxis.grid(True)
     bottom.set_axisbelow(True)
-    figure.suptitle(f"Reliability diagram · ECE {ece:.1%}")
+    figure.suptitle(f"Reliability diagram · calibration error (ECE) {theme.percent(ece)}")
     if subtitle:
         top.set_title(subtitle, color=theme.MUTED, wrap=True)
     return save_figure(figure, output_path)
@@ -892,7 +903,7 @@ def label_set_gallery_figure(items, rows, cols, title, subtitle=""):
             texts = [("no label predicted" + (" (it has none)" if item.verdict == "correct" else ""),
                       theme.CORRECT if item.verdict == "correct" else theme.MUTED, "none")]
         if item.caption:
-            texts.append((theme.short_label(item.caption, 24, 1), theme.MUTED, "caption"))
+            texts.append((theme.short_middle(item.caption, 24), theme.MUTED, "caption"))
         for line, (text, colour, kind) in enumerate(texts):
             text_axes.text(0.02, 1.0 - line / lines, text, transform=text_axes.transAxes, va="top", ha="left",
                            color=colour, fontsize=theme.FONT_SIZES["small"] + 0.5,
@@ -950,7 +961,7 @@ def plot_model_comparison(rows, output_path, subtitle=""):
     height = 0.38
     accuracy = [row["test_accuracy"] for row in rows]
     macro_f1 = [row["macro_f1"] for row in rows]
-    for offset, values, colour, label, form in ((-height / 2, accuracy, theme.DEEP_ROSE, "test accuracy", "{:.1%}"),
+    for offset, values, colour, label, form in ((-height / 2, accuracy, theme.DEEP_ROSE, "test accuracy", "{:.3f}"),
                                                 (height / 2, macro_f1, theme.BLUSH, "macro F1", "{:.3f}")):
         drawn = bars.barh(positions + offset, values, height, color=colour, edgecolor=theme.WINE, linewidth=0.6,
                           label=label)

@@ -292,14 +292,19 @@ def test_the_model_card_and_the_drop_down_of_finished_runs(untrained, saved_mode
     choices = app.run_choices(artifacts_dir)
 
     assert [choice.key for choice in choices] == [first]
-    assert choices[0].label == f"{first} · mobilenet_v2 · 2 classes · data · published"
+    assert choices[0].label == f"{first} · published · data · mobilenet_v2 · 2 classes"
     models = app.Models(artifacts_dir, artifacts.model_path(artifacts_dir))
     assert models.start == first and models.get(first) is models.get(first)  # loaded once
     card = app.model_card(models.get(first), artifacts_dir)
     for shown in (f"| run | {first} |", "| classes (2) | cat, dog |", "32x32 px",
                   "| test accuracy | not saved with this run |",
-                  "| dataset | data |", f"| published | yes: {artifacts_dir}/best_model.keras is this model |"):
+                  f"| published | yes: {artifacts_dir}/best_model.keras is this model |"):
         assert shown in card, card
+    # The dataset: its folder (and, where the run saved them, its split sizes), not only its last name.
+    assert re.search(r"\| dataset \| /\S+/data \|", card), card
+    assert app.dataset_text({"image_dir": "/data/scans", "split_sizes": {"train": 1600, "val": 48, "test": 80}}) == (
+        "/data/scans (1,728 images: train 1,600, val 48, test 80)")
+    assert app.dataset_text({"image_dir": "/x/demo", "options": {"demo": True}}) == "the built-in demo"
     assert "| published | no |" in app.model_card(untrained, artifacts_dir)  # another folder's run
     with pytest.raises(errors.UserError, match="no model elsewhere to choose"):
         models.get("elsewhere")
@@ -586,3 +591,24 @@ def test_the_page_in_a_real_browser_answers_a_dropped_image_offline(server, serv
     assert Image.open(shot).size[0] == 1200
     if os.environ.get("APP_SCREENSHOT"):  # refreshing the README's screenshot
         shutil.copy(shot, os.environ["APP_SCREENSHOT"])
+
+
+@pytest.mark.slow
+def test_one_bad_file_is_one_message_on_the_page_and_leaves_the_drop_box(server, tmp_path):
+    sync_playwright = browser()
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = chromium.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server["url"], wait_until="load")
+            page.wait_for_selector("#model", timeout=60_000)
+            page.set_input_files("#images input[type=file]", [str(bad)])
+            page.wait_for_selector(".toast-body", timeout=60_000)
+            page.wait_for_function("!document.querySelector('#images').innerText.includes('notes.png')",
+                                   timeout=30_000)
+            messages = page.locator(".toast-body").all_inner_texts()
+        finally:
+            chromium.close()
+    assert len(messages) == 1 and messages[0].count("notes.png: not an image") == 1, messages

@@ -246,7 +246,7 @@ def test_balanced_accuracy_is_the_mean_recall_and_the_imbalance_is_named():
     assert metrics.imbalance_text([0, 0, 1, 1], 2) == "classes balanced, 2 images each"
     probabilities = np.eye(2)[predicted]
     assert metrics.classification_metrics(true, probabilities, ["a", "b"])["balanced_accuracy"] == 0.5
-    assert "balanced accuracy 0.5000" in metrics.classification_report_text(true, probabilities, ["a", "b"])
+    assert "balanced accuracy 0.500 " in metrics.classification_report_text(true, probabilities, ["a", "b"])
 
 
 # ---------------------------------------------------------------- bad input

@@ -174,9 +174,22 @@ def test_the_calibration_line_says_when_the_temperature_made_the_test_split_wors
     worse = metrics.calibration_line(summary)
     better = metrics.calibration_line({**summary, "ece": 0.02})
 
-    assert worse.startswith("ECE 7.5% (3.9% before temperature scaling, T = 0.701)")
-    assert "made these images' calibration worse" in worse and "--calibrate 0" in worse
+    assert worse.startswith("calibration error (ECE) 7.5%: its confidence is 7.5 points off its accuracy on average "
+                            "(3.9% before temperature scaling, T = 0.701) · Brier 0.200 · NLL 0.400")
+    assert "made the confidences on these images worse" in worse and "--calibrate 0" in worse
     assert "worse" not in better
+
+
+def test_calibration_at_chance_is_said_to_mean_nothing_in_the_terminal_and_the_report():
+    import metrics
+    import report
+
+    summary = {"temperature": 20.0, "ece": 0.003, "ece_uncalibrated": 0.02, "brier": 0.75, "nll": 1.386}
+    assert "meaningless here" in metrics.calibration_line(summary, at_chance=True)
+    assert "meaningless" not in metrics.calibration_line(summary)
+    scores = {"accuracy": 0.25, "baselines": {"majority_accuracy": 0.25, "majority_class": "a", "chance": 0.25}}
+    assert metrics.at_chance(scores) and not metrics.at_chance({**scores, "accuracy": 0.26})
+    assert report.confidences(None, scores).startswith("they mean nothing yet")
 
 
 def test_top_losses_are_the_mistakes_most_confident_first():

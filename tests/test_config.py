@@ -9,6 +9,7 @@ import pytest
 
 import app
 import config
+import dataset_files
 import errors
 import evaluate
 import inspect_dataset
@@ -314,3 +315,57 @@ def test_a_read_only_results_dir_is_refused_before_anything_starts(tmp_path, mon
     args = PARSERS["main"]().parse_args(["--results_dir", str(tmp_path / "results")])
     with pytest.raises(errors.UserError, match=f"results_dir must be a folder you can write to; {tmp_path} is read-only"):
         config.validate(config.config_from_args(args), "main")
+
+
+KNOWN = ["--image_dir", "--image_size", "--batch_size", "--learning_rate", "--gallery", "--epochs",
+         "--fine_tune_epochs", "--fine_tune_layers", "--labels_csv", "--label_column"]
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("--lr", ("--learning_rate",)),                # initials, never the far --gallery
+    ("--lr=0.01", ("--learning_rate",)),
+    ("--learn", ("--learning_rate",)),             # a prefix
+    ("--fine_epochs", ("--fine_tune_epochs",)),    # words abbreviated
+    ("--fine", ("--fine_tune_epochs", "--fine_tune_layers")),
+    ("--imagedir", ("--image_dir",)),              # close spellings
+    ("--gallary", ("--gallery",)),
+    ("--epoch", ("--epochs",)),
+    ("--bs", ("--batch_size",)),
+    ("--colour", ()),                              # nothing close: no guess
+])
+def test_a_mistyped_option_gets_the_option_it_meant(typed, meant):
+    assert config.option_guesses(typed, KNOWN) == meant
+
+
+def test_an_unknown_option_names_its_guess_in_one_line():
+    with pytest.raises(errors.UserError, match=r"unrecognized arguments: --epoch 3 \(did you mean --epochs\?\)"):
+        main_script.build_parser().parse_args(["--epoch", "3"])
+    with pytest.raises(errors.UserError) as raised:
+        main_script.build_parser().parse_args(["--colour", "red"])
+    assert "did you mean" not in str(raised.value)
+
+
+@pytest.mark.parametrize("script", sorted(PARSERS))
+def test_help_leads_with_a_short_usage_and_the_examples_then_the_groups(script):
+    text = PARSERS[script]().format_help()
+    lines = text.splitlines()
+    assert lines[0].startswith("usage: ") and not lines[1].strip()  # one line of usage
+    examples = text.index("examples:")
+    assert examples < text.index("options:") < text.index(config.GROUPS[0] + ":") or script == "app"
+    shown = [line for line in text[examples:text.index("options:")].splitlines()[1:] if line.strip()]
+    assert 2 <= len(shown) <= 4
+
+
+def test_a_folder_of_unlabelled_images_is_refused_before_tensorflow_with_the_way_to_predict(tmp_path, capsys):
+    folder = make_flat_dataset(tmp_path / "data", per_class=3)
+    loose = tmp_path / "new_images"
+    loose.mkdir()
+    for number, name in enumerate(sorted(os.listdir(os.path.join(folder, "cat")))):
+        os.rename(os.path.join(folder, "cat", name), loose / f"{number}.png")
+
+    assert main_script.main(["--image_dir", str(loose), "--results_dir", str(tmp_path / "res")]) == 2
+    error = one_line_error(capsys)
+    assert "3 image(s) and no class folders" in error and f"predict.py --images {loose}" in error
+    assert not (tmp_path / "res").exists()
+    # Class folders, even with loose files beside them, are not refused here.
+    dataset_files.check_labelled_folder(folder)

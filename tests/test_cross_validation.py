@@ -91,6 +91,17 @@ def test_group_by_takes_the_first_group_of_each_path():
     assert keys == {"a/P1_x.png": "P1", "a/P2_y.png": "P2", "b/P1_z.png": "P1", "b/P3_z.png": "P3"}
 
 
+def test_group_by_help_example_and_a_file_name_pattern_work_in_class_folders():
+    paths = ["brick/P0042_slice3.png", "brick/P0043_slice1.png", "grass/P0042_slice5.png", "grass/P0044_slice2.png"]
+    groups = {"brick/P0042_slice3.png": "P0042", "brick/P0043_slice1.png": "P0043",
+              "grass/P0042_slice5.png": "P0042", "grass/P0044_slice2.png": "P0044"}
+    # The help's example, and a pattern anchored at the file name's start
+    # (it matches no path, which begins with the class folder).
+    assert splits.group_keys(candidates(paths), "(P[0-9]+)_") == groups
+    assert splits.group_keys(candidates(paths), "^([^_/]+)_") == groups
+    assert "'(P[0-9]+)_'" in config.options_of("main")["group_by"].help
+
+
 @pytest.mark.parametrize("pattern, message", [
     (r"^(zzz)", r"does not match any file \(e.g. a/P1_x.png"),
     (r"^(a/P\d)_", r"does not match 2 of 4 files \(e.g. b/P1_z.png"),

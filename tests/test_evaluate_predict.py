@@ -15,7 +15,7 @@ import predict
 import figures
 import visualize
 import gradcam
-from conftest import TRAINED_CLASSES, make_flat_dataset, read_csv, read_json, write_class_folder
+from conftest import TRAINED_CLASSES, make_flat_dataset, one_line_error, read_csv, read_json, write_class_folder
 
 CLASSES = TRAINED_CLASSES
 MAIN_FIGURES = [
@@ -129,7 +129,7 @@ def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_pat
     for row in rows[1:]:
         assert float(row[3]) >= float(row[5]) >= float(row[7])
         trust = calibration.trust_at(bins, float(row[3]))
-        assert row[8:] == ["" if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
+        assert row[8:] == [inference.TOO_FEW if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
 
 
 @pytest.mark.slow
@@ -365,3 +365,30 @@ def test_evaluating_a_run_another_process_holds_writes_nothing_into_it(saved_mod
 
     assert evaluate.main([*command, "--results_dir", str(tmp_path / "free")]) == 0
     assert read_json(saved)["run"] == run_config["run"] and not (run / run_lock.LOCK_FILE).exists()
+
+
+def test_a_trust_cell_with_too_few_test_images_says_so_not_blank():
+    # 12 test images at 0.95 (enough), 3 at 0.55 (too few), none elsewhere.
+    confidence = np.array([0.95] * 12 + [0.55] * 3)
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    bins = calibration.saved_bins(calibration.reliability_bins(np.zeros(15, dtype=int), probabilities))
+
+    assert inference.trust_cells(bins, 0.96) == ["1.0000", "12"]
+    assert inference.trust_cells(bins, 0.56) == [inference.TOO_FEW, "3"]
+    assert inference.trust_cells(None, 0.56) == ["", ""]  # no saved test evaluation: the terminal says so
+
+
+def test_a_mistyped_images_folder_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    (tmp_path / "new_photos").mkdir()
+    (tmp_path / "one.png").write_bytes(b"")
+    monkeypatch.setattr(inference, "load_trained_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    results = str(tmp_path / "res")
+
+    assert predict.main(["--images", str(tmp_path / "new_photso"), "--results_dir", results]) == 2
+    error = one_line_error(capsys)
+    assert f"did you mean {tmp_path / 'new_photos'}?" in error and "new_photso" in error
+    # Nothing that exists at all: refused too.
+    assert predict.main(["--images", str(tmp_path / "gone.png"), "--results_dir", results]) == 2
+    assert "no such file or folder" in one_line_error(capsys)
+    # A missing file beside others is skipped and listed later, not refused here.
+    predict.check_images_exist([str(tmp_path / "one.png"), str(tmp_path / "gone.png")])

@@ -123,6 +123,24 @@ def test_a_full_disk_before_training_is_one_line_and_no_run_left(tmp_path, monke
     assert code == 2
     assert "the disk is full" in one_line_error(capsys)
     assert os.listdir(tmp_path / "art" / "runs") == []
+    # Nor its audit: no result names a run that no longer exists.
+    results = tmp_path / "res"
+    assert (results / "audit").is_dir()
+    assert {category.name: os.listdir(category) for category in results.iterdir() if not category.name.startswith(".")
+            and os.listdir(category)} == {}
+
+
+def test_a_discarded_runs_results_go_with_it_and_no_other_runs(tmp_path):
+    for stamp in ("20261206-0700", "20261206-0701"):
+        for category in ("audit", "near_copies"):
+            (tmp_path / category / stamp).mkdir(parents=True)
+            (tmp_path / category / stamp / "x.json").write_text("{}")
+    (tmp_path / ".stamps" / "20261206-0700").mkdir(parents=True)
+
+    artifacts.discard_run_results(str(tmp_path), "20261206-0700")
+
+    assert os.listdir(tmp_path / "audit") == ["20261206-0701"] and os.listdir(tmp_path / "near_copies") == ["20261206-0701"]
+    assert os.listdir(tmp_path / ".stamps") == ["20261206-0700"]  # never given again
 
 
 # ---------------------------------------------------------------- TF_CONFIG

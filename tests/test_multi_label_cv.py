@@ -232,6 +232,7 @@ def test_the_report_page_of_a_multi_label_run_shows_its_metrics_beside_the_basel
     import audit
 
     monkeypatch.setattr(audit, "summary_lines", lambda index, **kwargs: ["the dataset's audit"])  # no files here
+    monkeypatch.setattr(audit, "split_table", lambda index: (("label", "train"), [("grass", 3)]))
     run = hand_built_run(tmp_path)
     sections = report.training_sections(run)
     scores_section = next(section for section in sections if section.heading == "On the test split")
@@ -267,7 +268,7 @@ def test_the_closing_summary_of_a_multi_label_run(tmp_path):
     lines = report.training_summary(run)
     assert lines[0].startswith("run 20260101-000000: 4 labels (multi-label) of /data")
     assert lines[1].startswith("test split: micro-F1") and "Hamming loss" in lines[1] and "exact set" in lines[1]
-    assert lines[2].startswith(f"test split: micro-F1 {run.scores['micro_avg']['f1']:.4f} · mAP ")
+    assert lines[2].startswith(f"test split: micro-F1 {run.scores['micro_avg']['f1']:.3f} · mAP ")
     assert "prevalence mAP" in lines[2]
 
 
@@ -303,7 +304,7 @@ def test_a_multi_label_comparison_table_has_micro_f1_and_map_columns(tmp_path):
     table = compare.markdown_table(ranked, compare.columns_of(tasks.MULTI_LABEL))
     header = table.splitlines()[0]
     assert "| micro F1 | mAP | macro F1 | exact-set accuracy | Hamming loss |" in header
-    assert "| 0.8500 | n/a |" in table.splitlines()[2]
+    assert "| 0.850 | n/a |" in table.splitlines()[2]
     assert compare.columns_of(tasks.SINGLE_LABEL) is compare.COLUMNS
 
 

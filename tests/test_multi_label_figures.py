@@ -161,7 +161,7 @@ def test_summary_line_of_a_multi_label_evaluation_reads_its_scores(tmp_path):
     line = figures.summary_line(evaluation)
     scores = evaluation.metrics()
     assert line.startswith("test split, 24 images · ")
-    assert f"micro-F1 {scores['micro_avg']['f1']:.3f}" in line and f"exact set {scores['subset_accuracy']:.1%}" in line
+    assert f"micro-F1 {scores['micro_avg']['f1']:.3f}" in line and f"exact set {scores['subset_accuracy']:.3f}" in line
 
 
 def test_gradcam_targets_a_chosen_label_or_each_image_s_most_probable_predicted_label():

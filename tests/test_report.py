@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import calibration
+import config
 import metrics
 import report
 from conftest import read_json
@@ -36,7 +37,7 @@ def test_the_report_links_its_figures_relatively_and_escapes_text(tmp_path):
     for link in links(page):
         assert os.path.isfile(os.path.join(os.path.dirname(path), link))
     assert "A &lt;b&gt;run&lt;/b&gt;" in page and "cat &amp; dog" in page and "<title>Run &lt;x&gt;</title>" in page
-    assert '<td class="number">0.5000</td>' in page and '<td class="number">1,200</td>' in page
+    assert '<td class="number">0.500</td>' in page and '<td class="number">1,200</td>' in page
     assert '<p class="warning">WARNING: no better' in page and "<p>fine</p>" in page
     assert "http" not in page  # nothing fetched: readable offline
 
@@ -49,7 +50,7 @@ def test_baselines_are_the_best_constant_answer_and_chance():
     assert "no better than always answering \"a\"" in metrics.baseline_warning(scores)
     assert metrics.baseline_warning({**scores, "accuracy": 0.51}) is None
     assert metrics.baseline_line({**scores, "accuracy": 0.75}) == (
-        'accuracy 0.7500 · majority-class baseline 0.5000 (always "a") · chance 0.3333'
+        'accuracy 0.750 · majority-class baseline 0.500 (always "a") · chance 0.333'
     )
 
 
@@ -80,7 +81,35 @@ def test_main_writes_one_report_with_every_figure_it_drew(trained_run):
     assert sorted(set(figures)) == sorted(os.path.relpath(shown, path.parent) for shown in trained_run["shown"])
     assert all(os.path.isfile(path.parent / link) for link in figures)
     scores = read_json(trained_run["results"] / "metrics" / stamp / "metrics.json")
-    assert f"{scores['accuracy']:.4f}" in page and f"{scores['baselines']['majority_accuracy']:.4f}" in page
+    assert f"{scores['accuracy']:.3f}" in page and f"{scores['baselines']['majority_accuracy']:.3f}" in page
+    assert f"{scores['calibration']['ece']:.1%}" in page  # as the terminal writes it
     assert "majority-class baseline" in page and "Confidences:" in page and "--epochs" in page
+    # The dataset's classes as a table, the options without --demo or empty values.
+    assert "<th>class</th><th>train</th><th>val</th><th>test</th><th>skipped</th>" in page
+    assert "--demo" not in page and "<td></td>" not in page and "more options at their defaults</summary>" in page
     assert "test split: accuracy" in trained_run["printed"] and "==> Summary" in trained_run["printed"]
     assert trained_run["printed"].rstrip().splitlines()[-1].startswith("    next: python evaluate.py")
+
+
+def test_the_options_show_what_was_set_and_what_matters_and_fold_the_rest():
+    values = {**{name: config.default_of(name, "predict") for name in config.options_of("predict")},
+              "images": ("/photos/new/", "one more.jpg"), "top_k": 2, "model": None}
+    section = report.options_section(values, "predict")
+    shown = dict(section.rows)
+    summary, folded = section.folded
+
+    assert shown["--images"] == "/photos/new/ one more.jpg"  # as typed, not a Python tuple
+    assert shown["--top_k"] == "2" and "--batch_size" in shown  # set; common
+    assert "--model" not in shown and "--model" not in dict(folded)  # no value: not listed
+    assert "--gallery" in dict(folded) and summary == f"{len(folded)} more options at their defaults"
+    assert not {"--rows", "--cols", "--show"} & set(shown)  # common but display only: folded
+
+    page = report._section_html(section, "/tmp")
+    assert page.index("--top_k") < page.index("<details>") < page.index("--gallery")
+
+
+def test_a_wide_table_scrolls_inside_the_page():
+    header = ("path", "predicted_class")
+    page = report._section_html(report.Section("Predictions", table=(header, [("a/" * 80 + "x.png", "cat")])), "/tmp")
+    assert page.startswith("<h2>Predictions</h2>\n<div class=\"scroll\"><table>")
+    assert ".scroll { max-width: 100%; overflow-x: auto; }" in report.STYLE

@@ -114,3 +114,15 @@ def test_a_half_written_checkpoint_left_by_a_killed_process_is_never_published(t
 
     assert best.read_bytes() == b"the best model so far"
     assert not staged.exists()
+
+
+def test_the_training_plan_names_early_stopping_only_when_it_can_stop_a_phase():
+    assert train_utils.training_plan_line(2, 5, False, 0, 0) == "up to 2 epochs from scratch"
+    assert train_utils.training_plan_line(5, 5, False, 0, 0) == "up to 5 epochs from scratch"
+    assert train_utils.training_plan_line(6, 5, False, 0, 0).endswith(
+        "(early stopping after 5 epochs without a better val_loss)")
+    # A short frozen phase, a long fine-tuning one: it can stop the latter.
+    assert "early stopping" in train_utils.training_plan_line(3, 5, True, 10, 20)
+    assert "early stopping" not in train_utils.training_plan_line(3, 5, True, 0, 20)
+    # Fine-tuning epochs do not count without pretrained weights (none run).
+    assert "early stopping" not in train_utils.training_plan_line(3, 5, False, 10, 20)

@@ -226,8 +226,8 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
         assert values[row] == pytest.approx(wanted)
         assert supports[row] == reference["support"]
     text = metrics.classification_report_text(labels, probabilities, NAMES)
-    assert text.startswith(classification_report(labels, predicted, target_names=NAMES, digits=4, zero_division=0))
-    assert f"balanced accuracy {balanced_accuracy_score(labels, predicted):.4f}" in text
+    assert text.startswith(classification_report(labels, predicted, target_names=NAMES, digits=3, zero_division=0))
+    assert f"balanced accuracy {balanced_accuracy_score(labels, predicted):.3f}" in text
 
 
 def test_confusion_matrix_grows_with_many_classes_and_names_every_class(tmp_path):
@@ -399,7 +399,7 @@ def test_report_table_writes_every_number_with_summaries_below_a_rule(tmp_path, 
     assert weights == ["normal"] * len(NAMES) + ["bold"] * 3
     assert [line.get_ydata()[0] for line in axes.lines] == [len(NAMES)]  # the rule under the classes
     assert tick_texts(axes.get_xticklabels()) == ["precision", "recall", "f1-score", "support"]
-    assert figure.texts[0].get_text() == f"Classification report · accuracy {report['accuracy']:.1%}"
+    assert figure.texts[0].get_text() == f"Classification report · accuracy {report['accuracy']:.3f}"
 
 
 @pytest.mark.parametrize("num_classes", [3, 20])
@@ -638,3 +638,21 @@ def test_the_reliability_diagram_draws_accuracy_as_accuracy_in_every_bin(tmp_pat
     assert len(under) == 1 and under[0].get_height() == pytest.approx(0.9)  # only the accuracy bar
     over = filled_cover(0.95, 0.61, 0.94)
     assert len(over) == 1 and over[0].get_y() == pytest.approx(0.6)  # the filled gap above the accuracy
+
+
+def test_long_file_names_are_shortened_in_the_middle_so_two_stay_apart(capsys):
+    import predict
+
+    names = ["glioma_tumor_Testing_scan_0001.png", "glioma_tumor_Testing_scan_0002.png"]
+    short = [theme.short_middle(name, 24) for name in names]
+    assert short[0] != short[1] and all(len(text) == 24 and "…" in text for text in short)
+    assert short[0].startswith("glioma_tumor") and short[0].endswith("0001.png")
+    assert theme.short_middle("cat.png", 24) == "cat.png"
+    titles = [figures.GalleryItem(tiny_image(0), "cat", 0.7, caption=name).title for name in names]
+    assert titles[0] != titles[1] and titles[0].endswith("0001.png")
+    # The terminal's table: the folder's start and the file name's end.
+    predict.print_table([["path", "predicted_class", "confidence"],
+                         *[[f"/data/new_scans_from_the_clinic/{name}", "cat", "0.7"] for name in names],
+                         ["/d/a.png", "dog", "0.6"]])
+    printed = capsys.readouterr().out
+    assert "/data/new_scans" in printed and "0001.png" in printed and "0002.png" in printed
