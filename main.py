@@ -38,6 +38,7 @@ import label_metrics
 import metrics
 import model_builder
 import option_types
+import publishing
 import report
 import resume
 import runs
@@ -346,10 +347,10 @@ def thresholds_stage(run):
 
 
 def publish_stage(run):
-    """Only now, with training finished, does this run's model become what
-    evaluate.py and predict.py use by default; the run config records the
-    model file's hash so a model and companions of different runs are
-    never used together."""
+    """Only now, with training finished, can this run's model become what
+    evaluate.py and predict.py use by default, as --publish says
+    (publishing.decide); the run config records the model file's hash so
+    a model and companions of different runs are never used together."""
     if not os.path.isfile(run.model_path):
         raise UserError(
             "training produced no usable model: val_loss was never finite (the "
@@ -360,8 +361,14 @@ def publish_stage(run):
         status="finished", model_sha256=artifacts.file_sha256(run.model_path),
         training=train_utils.training_record(run.history_path, run.training_seconds, resumed=bool(run.point)),
     )
-    published = artifacts.publish(run.options.artifacts_dir, run.folder)
-    print(f"    published: {published} -> run {run.stamp} ({run.folder})")
+    policy = run.options.publish
+    if run.chosen_later and policy != "always":  # runs.finish publishes the chosen run, as --publish says
+        print(f"    once every run is trained, the chosen one is published (--publish {policy})")
+        return
+    run.publishing = publishing.decide(policy, run.options.artifacts_dir, run.folder, run.index.root,
+                                       run.options.batch_size, run.index.readers)
+    for line in run.publishing.lines:
+        print(f"    {line}")
 
 
 def evaluate_stage(run):
@@ -628,6 +635,8 @@ def run_training(argv=None):
     # Options first: a mistake there is one line, before TensorFlow starts
     # (and prints its own start-up lines).
     options = parse_arguments(argv)
+    if options.publish not in publishing.POLICIES:
+        return publish_only(options, given_options(argv))
     cluster = devices.cluster_from_environment()
     console.start_tensorflow(options.verbose)
     plan = runs.plan_runs(options, given_options(argv), cluster)
@@ -637,6 +646,21 @@ def run_training(argv=None):
             with runs.opened(plan, planned) as run:
                 run_stages(run)
     return runs.finish(plan)
+
+
+def publish_only(options, given):
+    """main.py --publish RUN: the finished run RUN published again (the
+    model evaluate.py, predict.py and app.py use), nothing trained; any
+    option but --artifacts_dir is refused, so that nobody expects a run.
+    Raises UserError."""
+    others = sorted(set(given) - {"publish", "artifacts_dir"})
+    if others:
+        raise UserError(
+            f"--publish {options.publish} publishes a finished run and trains nothing: leave out --{others[0]} "
+            f"(to train, give --publish auto, always or never). Received: {others[0]}={config.shown(given[others[0]])}"
+        )
+    console.summary(publishing.publish_again(options.artifacts_dir, options.publish))
+    return options.publish
 
 
 def main(argv=None):
