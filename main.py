@@ -531,12 +531,20 @@ def figure_stage(figure):
             return
         source = {
             figures.DATASET: lambda: run.index,
-            figures.HISTORY: lambda: figures.History(train_utils.read_history(run.history_path), run.finetune_start),
+            figures.HISTORY: lambda: history_of(run),
             figures.EVALUATION: lambda: run.evaluation,
         }[figure.source]()
         add_figures(run, *figures.draw(figure, source, run.options.results_dir, run.stamp, figure_look(run.options)))
 
     return Stage(figure.stage, draw, when=lambda options: figure.is_wanted(figure_look(options)), fits=figure.fits)
+
+
+def history_of(run):
+    """The run's figures.History: its epochs, and those at chance first."""
+    columns = train_utils.read_history(run.history_path)
+    chance = train_utils.majority_share(run.index.split("val")[1])
+    return figures.History(columns, run.finetune_start, chance,
+                           train_utils.epochs_at_chance(columns.get("val_accuracy", ()), chance))
 
 
 def figure_stages(source):
