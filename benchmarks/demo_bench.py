@@ -52,6 +52,8 @@ def run_demo(work):
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, os.path.join(ROOT, *COMMAND)], cwd=work, capture_output=True, text=True)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.path.join(work, "main.log"), "w", encoding="utf-8") as handle:  # what a user would have seen
+        handle.write(done.stdout + done.stderr)
     if done.returncode:
         sys.exit(f"python main.py failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     (run,) = os.listdir(os.path.join(work, "model_artifacts", "runs"))
