@@ -222,7 +222,7 @@ def training_sections(run):
                ("labels", ", ".join(run.index.class_names))) if run.index.task.multi_label
               else (("classes", ", ".join(run.index.class_names)),)),
             ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
-            ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
+            ("published", " · ".join(model_lines(run))),
         )),
         scores_section("On the test split", run.evaluation, scores),
         *([scores_section(
@@ -260,6 +260,8 @@ def training_summary(run):
 def model_lines(run):
     """Where the run's model is, and whether it was published (its
     publishing.Decision's lines, both scores side by side, when not)."""
+    if run.publishing is None and run.chosen_later:
+        return [f"model: {run.model_path} (with several runs, the chosen one is published once all are trained)"]
     if run.publishing is None or run.publishing.published:
         return [f"model: {os.path.join(run.options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder "
                 f"{run.folder})"]

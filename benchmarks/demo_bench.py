@@ -38,6 +38,26 @@ def read_record(path=RECORD):
         return json.load(handle)
 
 
+def minutes(seconds):
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def readme_sentence(record):
+    """The sentence of README.md's demo paragraph that quotes `record` (the
+    range and the last recorded run): written here once, so that the test
+    can check README.md says exactly this."""
+    low, high = record["accuracy_range"]
+    run = record["last_run"]
+    return (
+        f"`benchmarks/demo_bench.py` runs this command in a fresh folder and fails when the test accuracy "
+        f"leaves {low:.2f}-{high:.2f}, the range `benchmarks/demo_bench.json` states; its last recorded run "
+        f"({run['date']}, commit {run['commit']}, {run['cpu_cores']} CPU cores): test accuracy "
+        f"{run['test_accuracy']:.4f} on {run['test_images']} test images, early stopping at epoch {run['epochs']} "
+        f"with the best epoch, {run['best_epoch']}, restored, in {minutes(run['wall_seconds'])} "
+        f"({minutes(run['cpu_seconds'])} of CPU time)."
+    )
+
+
 def commit():
     """The checkout's short commit id, with "+changes" when it has uncommitted ones."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -97,8 +117,8 @@ def main(argv=None):
         with open(RECORD, "w", encoding="utf-8") as handle:
             json.dump({**record, "last_run": measured}, handle, indent=2)
             handle.write("\n")
-        print(f"recorded in {RECORD}: update README.md's demo paragraph to these numbers "
-              "(tests/test_readme_numbers.py checks it)")
+        print(f"recorded in {RECORD}; README.md's demo paragraph must now say (tests/test_readme_numbers.py "
+              f"checks it):\n{readme_sentence({**record, 'last_run': measured})}")
     return 0 if inside else 1
 
 
