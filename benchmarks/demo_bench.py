@@ -51,7 +51,7 @@ def readme_sentence(record):
     return (
         f"`benchmarks/demo_bench.py` runs this command in a fresh folder and fails when the test accuracy "
         f"leaves {low:.2f}-{high:.2f}, the range `benchmarks/demo_bench.json` states; its last recorded run "
-        f"({run['date']}, commit {run['commit']}, {run['cpu_cores']} CPU cores): test accuracy "
+        f"({run['date']}, commit {run['commit']}, {run['cpu_cores']} CPU cores, {run['conditions']}): test accuracy "
         f"{run['test_accuracy']:.4f} on {run['test_images']} test images, early stopping at epoch {run['epochs']} "
         f"with the best epoch, {run['best_epoch']}, restored, in {minutes(run['wall_seconds'])} "
         f"({minutes(run['cpu_seconds'])} of CPU time)."
@@ -66,8 +66,9 @@ def commit():
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def run_demo(work):
-    """Runs the demo in the folder `work`; returns what it measured."""
+def run_demo(work, conditions):
+    """Runs the demo in the folder `work` (`conditions`: what else ran on
+    the machine meanwhile); returns what it measured."""
     checkout = commit()  # before: files edited while it runs are not what it ran
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, os.path.join(ROOT, *COMMAND)], cwd=work, capture_output=True, text=True)
@@ -92,22 +93,25 @@ def run_demo(work):
         "wall_seconds": round(wall),
         "cpu_seconds": round(cpu),
         "cpu_cores": os.cpu_count(),
+        "conditions": conditions,
     }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help="record the run as demo_bench.json's last_run")
+    parser.add_argument("--conditions", default="free cores",
+                        help="what else ran on the machine, recorded with the run (the minutes depend on it)")
     parser.add_argument("--work", help="the working folder (default: a new temporary one, removed after)")
     args = parser.parse_args(argv)
     record = read_record()
     low, high = record["accuracy_range"]
     if args.work:
         os.makedirs(args.work, exist_ok=True)
-        measured = run_demo(args.work)
+        measured = run_demo(args.work, args.conditions)
     else:
         with tempfile.TemporaryDirectory(prefix="demo_bench-") as work:
-            measured = run_demo(work)
+            measured = run_demo(work, args.conditions)
     print(json.dumps(measured, indent=2))
     inside = low <= measured["test_accuracy"] <= high
     print(f"test accuracy {measured['test_accuracy']:.4f}: {'inside' if inside else 'OUTSIDE'} the range "
