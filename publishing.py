@@ -25,6 +25,7 @@ import os
 
 import artifacts
 import compare
+import config
 import inference
 import tasks
 from errors import UserError
@@ -43,7 +44,8 @@ class Decision:
 
 def publish_command(artifacts_dir, stamp):
     """The one command that publishes run `stamp` of ARTIFACTS_DIR."""
-    where = "" if os.path.normpath(artifacts_dir) == "model_artifacts" else f" --artifacts_dir {artifacts_dir}"
+    default = os.path.normpath(config.DEFAULTS.artifacts_dir)
+    where = "" if os.path.normpath(artifacts_dir) == default else f" --artifacts_dir {artifacts_dir}"
     return f"python main.py --publish {stamp}{where}"
 
 
