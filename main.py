@@ -363,7 +363,7 @@ def publish_stage(run):
     )
     policy = run.options.publish
     if run.chosen_later and policy != "always":  # runs.finish publishes the chosen run, as --publish says
-        print(f"    once every run is trained, the chosen one is published (--publish {policy})")
+        print(f"    with several runs, the chosen one is published once all are trained, as --publish {policy} says")
         return
     run.publishing = publishing.decide(policy, run.options.artifacts_dir, run.folder, run.index.root,
                                        run.options.batch_size, run.index.readers)
