@@ -410,6 +410,12 @@ class Config:
         "training", nargs="?", const="last", metavar="RUN", tags=("run_locator", "common"),
         shown_default="off",
     )
+    publish: str = option(
+        "auto", "Whether this run becomes the published model evaluate.py, predict.py and app.py use: auto, unless "
+        "it scores worse than the published one on the same test images (it is kept, and the summary says how to "
+        "publish it anyway); always; never. --publish RUN publishes the finished run RUN again and trains nothing",
+        TRAINING, "training", metavar="auto|always|never|RUN", tags=("run_locator", "common"),
+    )
     folds: int | None = option(
         None, "K-fold cross-validation: K stratified folds of the non-test images (seeded by --seed), one "
         "run per fold trained on the other K-1 and checked on its own; summary in RESULTS_DIR/"

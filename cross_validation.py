@@ -208,7 +208,7 @@ def markdown_row(cells):
 
 
 def markdown_summary(rows, per_fold, chosen, notes, metric_list=METRICS):
-    """summary.md: the notes, the published run, the summary table and the
+    """summary.md: the notes, the run chosen to publish, the summary table and the
     per-fold table (`metric_list`: metrics_of), every text escaped for
     markdown."""
     lines = ["| backbone | split | metric | mean ± std | 95% interval (t) | folds |", "|---|---|---|---|---|---:|"]
@@ -222,7 +222,7 @@ def markdown_summary(rows, per_fold, chosen, notes, metric_list=METRICS):
         lines.append(markdown_row([row["backbone"], row["fold"], row["run"], row["split"], row["images"],
                                    *(shown(row[key]) for key, _, _ in metric_list)]))
     notes = [safe_text.markdown(note) for note in notes]
-    return "\n".join(["# Cross-validation", "", *notes, "", f"Published: {safe_text.markdown(chosen)}", "", *lines, ""])
+    return "\n".join(["# Cross-validation", "", *notes, "", f"Chosen to publish (main.py --publish decides): {safe_text.markdown(chosen)}", "", *lines, ""])
 
 
 def report_sections(rows, per_fold, chosen, notes, drawn, lines, options, metric_list=METRICS, suspects=()):
@@ -243,7 +243,7 @@ def report_sections(rows, per_fold, chosen, notes, drawn, lines, options, metric
           *("" if row[key] is None else row[key] for key, _, _ in metric_list)) for row in per_fold],
     )
     return [
-        report.Section("The cross-validation", lines=(*notes, f"Published: {chosen}")),
+        report.Section("The cross-validation", lines=(*notes, f"Chosen to publish (main.py --publish decides): {chosen}")),
         report.Section("Over the folds", table=summary),
         report.Section("Per fold", table=folds),
         report.Section("Figures", figures=tuple(drawn)),
@@ -628,7 +628,7 @@ def write_summary(cv, index, scored, folder):
         + (f" (95% interval {shown(row['ci95_low'], 3)} to {shown(row['ci95_high'], 3)})" if row["std"] else "")
         for row in rows if row["metric"] in HEADLINE[task.multi_label]
     ]
-    return drawn, chosen, [*headline, *lines, f"published: {why}",
+    return drawn, chosen, [*headline, *lines, f"chosen to publish: {why}",
                            f"report: {page} (summary.md, summary.csv and the figures beside it)"]
 
 

@@ -785,7 +785,8 @@ def render_lr_finder(finding, folder):
 def render_training_curves(history, folder):
     """The training curves of a run's `history` (a History); returns the path."""
     return visualize.plot_training_curves(
-        history.columns, os.path.join(folder, "training_curves.png"), finetune_start=history.finetune_start
+        history.columns, os.path.join(folder, "training_curves.png"), finetune_start=history.finetune_start,
+        chance=history.chance, chance_epochs=history.chance_epochs,
     )
 
 
@@ -799,11 +800,15 @@ DATASET, HISTORY, EVALUATION, LR_RANGE = "dataset", "history", "evaluation", "lr
 
 @dataclasses.dataclass(frozen=True)
 class History:
-    """A run's per-epoch history (train_utils.read_history's columns) and
-    its first fine-tuning epoch (0-based), if any."""
+    """A run's per-epoch history (train_utils.read_history's columns), its
+    first fine-tuning epoch (0-based), if any, the val accuracy of always
+    answering the largest class (`chance`, None: unknown) and how many
+    first epochs sat at it (train_utils.epochs_at_chance)."""
 
     columns: dict
     finetune_start: int | None = None
+    chance: float | None = None
+    chance_epochs: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,7 @@ import lr_finder
 import metrics
 import model_builder
 import option_types
+import publishing
 import report
 import resume
 import runs
@@ -388,10 +389,10 @@ def thresholds_stage(run):
 
 
 def publish_stage(run):
-    """Only now, with training finished, does this run's model become what
-    evaluate.py and predict.py use by default; the run config records the
-    model file's hash so a model and companions of different runs are
-    never used together."""
+    """Only now, with training finished, can this run's model become what
+    evaluate.py and predict.py use by default, as --publish says
+    (publishing.decide); the run config records the model file's hash so
+    a model and companions of different runs are never used together."""
     if not os.path.isfile(run.model_path):
         raise UserError(
             "training produced no usable model: val_loss was never finite (the "
@@ -403,8 +404,14 @@ def publish_stage(run):
         training=train_utils.training_record(run.history_path, run.training_seconds, resumed=bool(run.point),
                                              stopped=run.stopped),
     )
-    published = artifacts.publish(run.options.artifacts_dir, run.folder)
-    print(f"    published: {published} -> run {run.stamp} ({run.folder})")
+    policy = run.options.publish
+    if run.chosen_later and policy != "always":  # runs.finish publishes the chosen run, as --publish says
+        print(f"    with several runs, the chosen one is published once all are trained, as --publish {policy} says")
+        return
+    run.publishing = publishing.decide(policy, run.options.artifacts_dir, run.folder, run.index.root,
+                                       run.options.batch_size, run.index.readers)
+    for line in run.publishing.lines:
+        print(f"    {line}")
 
 
 def evaluate_stage(run):
@@ -567,7 +574,7 @@ def figure_stage(figure):
             return
         source = {
             figures.DATASET: lambda: run.index,
-            figures.HISTORY: lambda: figures.History(train_utils.read_history(run.history_path), run.finetune_start),
+            figures.HISTORY: lambda: history_of(run),
             figures.EVALUATION: lambda: run.evaluation,
             figures.LR_RANGE: lambda: run.finding,
         }[figure.source]()
@@ -580,6 +587,14 @@ def figure_stage(figure):
 
     return Stage(figure.stage, draw, when=lambda options: figure.is_wanted(figure_look(options)), fits=figure.fits,
                  in_lr_find=figure.source == figures.LR_RANGE)
+
+
+def history_of(run):
+    """The run's figures.History: its epochs, and those at chance first."""
+    columns = train_utils.read_history(run.history_path)
+    chance = train_utils.majority_share(run.index.split("val")[1])
+    return figures.History(columns, run.finetune_start, chance,
+                           train_utils.epochs_at_chance(columns.get("val_accuracy", ()), chance))
 
 
 def figure_stages(source):
@@ -686,6 +701,8 @@ def run_training(argv=None):
     # Options first: a mistake there is one line, before TensorFlow starts
     # (and prints its own start-up lines).
     options = parse_arguments(argv)
+    if options.publish not in publishing.POLICIES:
+        return publish_only(options, given_options(argv))
     cluster = devices.cluster_from_environment()
     console.start_tensorflow(options.verbose)
     plan = runs.plan_runs(options, given_options(argv), cluster)
@@ -695,6 +712,21 @@ def run_training(argv=None):
             with runs.opened(plan, planned) as run:
                 run_stages(run)
     return runs.finish(plan)
+
+
+def publish_only(options, given):
+    """main.py --publish RUN: the finished run RUN published again (the
+    model evaluate.py, predict.py and app.py use), nothing trained; any
+    option but --artifacts_dir is refused, so that nobody expects a run.
+    Raises UserError."""
+    others = sorted(set(given) - {"publish", "artifacts_dir"})
+    if others:
+        raise UserError(
+            f"--publish {options.publish} publishes a finished run and trains nothing: leave out --{others[0]} "
+            f"(to train, give --publish auto, always or never). Received: {others[0]}={config.shown(given[others[0]])}"
+        )
+    console.summary(publishing.publish_again(options.artifacts_dir, options.publish))
+    return options.publish
 
 
 def main(argv=None):

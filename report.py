@@ -268,7 +268,7 @@ def training_sections(run):
             ("backbone", options.backbone), ("weights", options.weights), ("image size", options.image_size),
             *((("learning rate", f"{run.learning_rate:.3g}, found by the range test (--learning_rate auto)"),)
               if options.learning_rate == "auto" and run.learning_rate else ()),
-            ("published model", os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)),
+            ("published", " · ".join(model_lines(run))),
         )),
         scores_section("On the test split", run.evaluation, scores),
         *([scores_section(
@@ -287,6 +287,8 @@ def training_summary(run):
     the confidences mean, where the run, the model and the report are, and
     what to run next."""
     options, scores = run.options, run.scores
+    # A run kept but not published: the next commands name its model (they use the published one by default).
+    chosen = "" if run.publishing is None or run.publishing.published else f" --model {run.model_path}"
     return [
         f"run {run.stamp}: {len(run.index.class_names)} "
         f"{'labels (multi-label)' if run.index.task.multi_label else 'classes'} of {run.index.root}, "
@@ -295,8 +297,20 @@ def training_summary(run):
         *(score_lines(f"warning: {run.clean_test[0]} of {scores['num_samples']} test images have a near-copy in "
                       "training: the test score is optimistic; without them", run.clean_test[1], run.clean_test[2])[:1]
           if run.clean_test else []),
-        *([f"training {run.stopped}: the best model so far is the one published"] if run.stopped else []),
-        f"model: {os.path.join(options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder {run.folder})",
+        *([f"training {run.stopped}: the best model so far is the run's model"] if run.stopped else []),
+        *model_lines(run),
         f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
-        f"next: python evaluate.py --image_dir {options.image_dir}   or   python predict.py --images NEW_IMAGES/",
+        f"next: python evaluate.py --image_dir {options.image_dir}{chosen}   or   python predict.py --images "
+        f"NEW_IMAGES/{chosen}",
     ]
+
+
+def model_lines(run):
+    """Where the run's model is, and whether it was published (its
+    publishing.Decision's lines, both scores side by side, when not)."""
+    if run.publishing is None and run.chosen_later:
+        return [f"model: {run.model_path} (with several runs, the chosen one is published once all are trained)"]
+    if run.publishing is None or run.publishing.published:
+        return [f"model: {os.path.join(run.options.artifacts_dir, artifacts.MODEL_FILE)} (published; run folder "
+                f"{run.folder})"]
+    return [f"model: {run.model_path} (kept, not published)", *run.publishing.lines]

@@ -18,9 +18,10 @@ and machine, seeded; with several workers the chief opens it and the
 others learn its id and options from the chief; a run that fails before an
 epoch was kept is removed. main.py runs its stages inside, on a `Run`.
 `finish` then does what the mode asks once its runs are trained: a series
-publishes the run with the lowest validation loss and compares them
-(compare.py); folds are scored and summed up (cross_validation.py), and the
-fold run chosen on validation data is published.
+chooses the run with the lowest validation loss and compares them
+(compare.py); folds are scored and summed up (cross_validation.py), and
+the fold run with the lowest validation-fold loss is chosen. The chosen run
+is then published as --publish says (publishing.decide).
 """
 
 import contextlib
@@ -45,6 +46,7 @@ import cross_validation
 import devices
 import figures
 import lr_finder
+import publishing
 import report
 import resume
 import run_lock
@@ -101,6 +103,9 @@ class Run:
     drawn: list = dataclasses.field(default_factory=list)  # figure paths, in stage order
     tracked: object = None  # the MLflow run (tracking.TrackedRun) with --mlflow
     report_path: str | None = None  # results/report/<run>/report.html
+    # A run of a series or of folds: the mode publishes its chosen run once all are trained (`finish`).
+    chosen_later: bool = False
+    publishing: object = None  # publishing.Decision: whether the run was published, and why
 
     def results_path(self, category, *names):
         """RESULTS_DIR/<category>/<stamp>/<names...>."""
@@ -484,7 +489,7 @@ def opened(plan, planned):
             device = devices.configure_device(options.precision, options.jit, plan.strategy, plan.workers)
             train_utils.seed_everything(options.seed, options.deterministic)
             run = Run(options, stamp, folder, device, train_utils.machine_for(device), point,
-                      index=planned.index, shared_from=planned.shared_from)
+                      index=planned.index, shared_from=planned.shared_from, chosen_later=plan.mode != "one")
             yield run
             if plan.workers is not None:
                 # Every worker waits for the chief's evaluation and figures,
@@ -576,20 +581,25 @@ def command_with_rate(given, rate):
     return " ".join([*parts, "--learning_rate", f"{rate:.3g}"])
 
 
-def publish_best(artifacts_dir, runs):
-    """Publishes the run whose best epoch had the lowest val_loss (each run
-    was published as it finished, so an interrupted series leaves the last
-    finished one): the choice uses the validation split only, never the
-    test images the comparison reports. Returns its run id."""
+def publish_best(options, runs):
+    """Chooses the run whose best epoch had the lowest val_loss, by the
+    validation split only, never the test images the comparison reports,
+    and publishes it as --publish says (publishing.decide: with auto,
+    unless it scores worse than the model published before the series;
+    with always each run was also published as it finished, so an
+    interrupted series leaves the last finished one). Returns its run id."""
 
     def best_val_loss(run):
         value = (artifacts.read_run_config(run.folder).get("training") or {}).get("best_val_loss")
         return float("inf") if value is None else value
 
     best = min(runs, key=best_val_loss)
-    published = artifacts.publish(artifacts_dir, best.folder)
-    print(f"    published: {published} -> run {best.stamp} ({best.options.backbone}, "
-          f"val_loss {best_val_loss(best):.4f}; the others stay in their run folders)")
+    print(f"    chosen: run {best.stamp} ({best.options.backbone}, val_loss {best_val_loss(best):.4f}; "
+          "the others stay in their run folders)")
+    decision = publishing.decide(options.publish, options.artifacts_dir, best.folder, best.index.root,
+                                 options.batch_size, best.index.readers)
+    for line in decision.lines:
+        print(f"    {line}")
     return best.stamp
 
 
@@ -598,7 +608,7 @@ def finish_series(plan):
     scored on the same test images (compare.compare_runs)."""
     options, runs = plan.options, plan.trained
     with console.stage("Publishing the run with the lowest validation loss"):
-        publish_best(options.artifacts_dir, runs)
+        publish_best(options, runs)
     with console.stage(f"Comparing the {len(runs)} models on the same test images"):
         _, _, paths = compare.compare_runs(
             [run.folder for run in runs], options.image_dir, options.results_dir,
@@ -613,17 +623,19 @@ def finish_series(plan):
 def finish_folds(plan):
     """Every fold's model scored on its validation fold and the test split,
     the summary written (cross_validation.write_summary) and the fold run
-    chosen on validation data published; the cross-validation finished."""
+    chosen on validation data published as --publish says; the
+    cross-validation finished."""
     cv, index = plan.cross_validation, plan.index
     with console.stage("Scoring every fold's model on its validation fold and the test split"):
         scored = cross_validation.fold_evaluations(cv, index, cv.options.batch_size)
     with console.stage("Writing the cross-validation summary"):
         drawn, chosen, lines = cross_validation.write_summary(cv, index, scored, cv.results_folder())
-        artifacts.publish(cv.options.artifacts_dir, os.path.join(artifacts.runs_folder(cv.options.artifacts_dir),
-                                                                 chosen))
+        decision = publishing.decide(cv.options.publish, cv.options.artifacts_dir,
+                                     os.path.join(artifacts.runs_folder(cv.options.artifacts_dir), chosen),
+                                     index.root, cv.options.batch_size, index.readers)
         cv.status = "finished"
         cv.save()
-        for line in lines:
+        for line in (*lines, *decision.lines):
             print(f"    {line}")
     figures.show_figures(drawn[:1], cv.options.show)
     return cv

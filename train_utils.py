@@ -262,6 +262,32 @@ def majority_share(labels):
 CHANCE_TOLERANCE = 1e-6
 
 
+def at_chance(accuracy, chance):
+    """Whether a val_accuracy is no better than `chance` (majority_share)."""
+    return accuracy is not None and chance is not None and accuracy <= chance + CHANCE_TOLERANCE
+
+
+def epochs_at_chance(val_accuracy, chance):
+    """How many of the first epochs (val_accuracy, in order) were at chance
+    before one beat it: what the training curves mark."""
+    count = 0
+    while count < len(val_accuracy) and at_chance(val_accuracy[count], chance):
+        count += 1
+    return count
+
+
+def chance_lines(epoch, accuracy, chance, held):
+    """The run's log line when validation first sits at chance (`held` 0)
+    or first leaves it after `held` epochs there: once each, so that the
+    first epochs from scratch do not look broken."""
+    if not held:
+        return (f"Epoch {epoch + 1}: val_accuracy {accuracy:.4f} is no better than always answering the largest "
+                f"class ({chance:.4f}): normal from scratch while BatchNorm's statistics settle (val_loss may climb "
+                "meanwhile); epochs at chance count neither for early stopping nor for the learning-rate drop")
+    return (f"Epoch {epoch + 1}: val_accuracy {accuracy:.4f} beats chance ({chance:.4f}) after {held} epoch(s) "
+            "at it: early stopping and the learning-rate drop count from here")
+
+
 def until_above_chance(chance, early_stopping, reduce_lr):
     """A callback, before EarlyStopping and ReduceLROnPlateau: epochs whose
     val_accuracy is no better than `chance` (always answering the largest
@@ -281,13 +307,17 @@ def until_above_chance(chance, early_stopping, reduce_lr):
         if state["above"]:
             return
         accuracy = (logs or {}).get("val_accuracy")
-        if accuracy is None or chance is None or accuracy > chance + CHANCE_TOLERANCE:
+        if not at_chance(accuracy, chance):
             state["above"] = True
             if state["held"] and reduce_lr is not None:
                 # Both count from this epoch on, its val_loss the one to beat
                 # (EarlyStopping's best is still None: it skipped the others).
                 reduce_lr.best = None
+                if accuracy is not None:
+                    print(chance_lines(epoch, accuracy, chance, state["held"]), flush=True)
             return
+        if not state["held"]:
+            print(chance_lines(epoch, accuracy, chance, 0), flush=True)
         state["held"] += 1
         # EarlyStopping skips the epochs before start_from_epoch; a
         # ReduceLROnPlateau in cooldown does not count an epoch as waiting.

@@ -267,19 +267,24 @@ def plot_augmentation_preview(originals, augmented, output_path, note="", row_la
 
 
 @themed
-def plot_training_curves(history, output_path, finetune_start=None):
+def plot_training_curves(history, output_path, finetune_start=None, chance=None, chance_epochs=0):
     """Loss and accuracy per epoch, train vs val, from the history CSV.
 
     `history` is {column: array} (train_utils.read_history: 0-based `epoch`,
     `loss`, `val_loss`, `accuracy`, `val_accuracy`); `finetune_start` the
     first fine-tuning epoch (0-based) or None. The best epoch (lowest
-    val_loss, the one saved as best_model.keras) is starred. Returns the path.
+    val_loss, the one saved as best_model.keras) is starred. `chance`: the
+    val accuracy of always answering the largest class (a dotted line), and
+    `chance_epochs` first epochs at it are shaded and said to be normal:
+    from scratch they look broken while BatchNorm settles. Returns the path.
     """
     epochs = np.asarray(history["epoch"], dtype=int) + 1
     best = int(np.nanargmin(history["val_loss"]))
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     panels = figure.subplots(1, 2)
     for axes, metric, name in zip(panels, ("loss", "accuracy"), ("Loss", "Accuracy")):
+        if chance_epochs:
+            mark_epochs_at_chance(axes, chance_epochs)
         if finetune_start is not None and finetune_start < len(epochs):
             axes.axvspan(finetune_start + 0.5, epochs[-1] + 0.5, color=theme.PETAL, zorder=0,
                          label=f"fine-tuning (from epoch {finetune_start + 1})")
@@ -305,6 +310,9 @@ def plot_training_curves(history, output_path, finetune_start=None):
         axes.set_axisbelow(True)
     panels[1].yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
     panels[1].set_ylim(min(0.0, np.nanmin(history["accuracy"])), 1.02)
+    if chance is not None:
+        panels[1].axhline(chance, color=theme.MUTED, linestyle=":", linewidth=1.2,
+                          label=f"chance: always the largest class ({chance:.0%})")
     handles, labels = panels[1].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right upper")
     figure.suptitle("Training curves")
@@ -362,6 +370,16 @@ def plot_lr_finder(rates, losses, smoothed, suggested, valley, output_path, subt
     if subtitle:
         axes.set_title(subtitle, color=theme.MUTED, wrap=True)
     return save_figure(figure, output_path)
+
+
+def mark_epochs_at_chance(axes, count):
+    """Shades the first `count` epochs, whose val accuracy was no better
+    than chance, on a training-curves panel, its legend entry saying why
+    (in the legend: text inside the panel would cross the curves)."""
+    epochs = f"epochs 1-{count}" if count > 1 else "epoch 1"
+    axes.axvspan(0.5, count + 0.5, color=theme.GRID, zorder=0,
+                 label=f"{epochs}: val at chance, normal from\nscratch while BatchNorm settles;\n"
+                       "not counted for early stopping")
 
 
 # ---------------------------------------------------------------- 5. confusion matrix

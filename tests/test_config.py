@@ -271,7 +271,8 @@ def test_tags_name_the_options_the_readme_says():
     assert set(config.names_tagged("display")) == {"show", "rows", "cols", "gallery", "grid_per_class", "verbose",
                                                     "worker_wait"}
     assert set(config.names_tagged("worker_local")) == {"image_dir", "labels_csv", "reader", "weights"}
-    assert set(config.names_tagged("run_locator")) == {"resume", "artifacts_dir"}
+    # --publish too: where a run goes, not how it trains (a resumed run takes it from its own command line).
+    assert set(config.names_tagged("run_locator")) == {"resume", "artifacts_dir", "publish"}
     assert {"image_dir", "results_dir", "labels_csv", "weights"} == set(config.names_tagged("path"))
 
 

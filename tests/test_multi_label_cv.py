@@ -224,7 +224,7 @@ def hand_built_run(tmp_path):
     return types.SimpleNamespace(
         options=options, scores=evaluation.metrics(), evaluation=evaluation, index=index, clean_test=None,
         drawn=[], stamp="20260101-000000", folder=str(tmp_path / "a" / "runs" / "x"),
-        report_path=str(tmp_path / "report.html"), stopped=None,
+        report_path=str(tmp_path / "report.html"), stopped=None, publishing=None, chosen_later=False,
     )
 
 

@@ -46,6 +46,27 @@ def test_epochs_at_chance_neither_stop_training_nor_cut_the_learning_rate():
     assert stopped_today == 4 and rates_today[2] == pytest.approx(2e-4)
 
 
+def test_the_log_says_once_that_epochs_at_chance_are_normal_and_once_when_they_end(capsys):
+    at_chance = [(float(np.float32(12 / 36)), 1.1 + epoch) for epoch in range(6)]
+    stopping_trace(1 / 3, at_chance + [(0.7, 3.0), (0.8, 2.0)])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "Epoch 1: val_accuracy 0.3333 is no better than always answering the largest class (0.3333): normal from "
+        "scratch while BatchNorm's statistics settle (val_loss may climb meanwhile); epochs at chance count neither "
+        "for early stopping nor for the learning-rate drop",
+        "Epoch 7: val_accuracy 0.7000 beats chance (0.3333) after 6 epoch(s) at it: early stopping and the "
+        "learning-rate drop count from here",
+    ]
+    assert train_utils.epochs_at_chance([a for a, _ in at_chance] + [0.7, 0.3], 1 / 3) == 6
+
+
+def test_a_model_above_chance_from_the_start_says_nothing_of_chance(capsys):
+    stopping_trace(0.5, [(0.8, 1.0), (0.4, 0.9)])
+    assert capsys.readouterr().out == ""
+    assert train_utils.epochs_at_chance([0.8, 0.4], 0.5) == 0 and train_utils.epochs_at_chance([0.4], None) == 0
+
+
 def test_a_model_above_chance_from_the_start_stops_as_without_the_gate():
     epochs = [(0.8, 1.0), (0.85, 0.8), (0.85, 0.9), (0.85, 0.9), (0.8, 1.0), (0.86, 1.1), (0.9, 0.7)]
     assert stopping_trace(0.5, epochs) == stopping_trace(None, epochs)

@@ -656,3 +656,25 @@ def test_long_file_names_are_shortened_in_the_middle_so_two_stay_apart(capsys):
                          ["/d/a.png", "dog", "0.6"]])
     printed = capsys.readouterr().out
     assert "/data/new_scans" in printed and "0001.png" in printed and "0002.png" in printed
+
+
+def test_training_curves_mark_the_first_epochs_at_chance_and_say_they_are_normal(monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr(visualize, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    history = {
+        "epoch": np.arange(8), "loss": np.linspace(1.4, 0.3, 8), "accuracy": np.linspace(0.3, 0.9, 8),
+        "val_loss": np.array([1.4, 2.5, 4.0, 9.9, 1.0, 0.8, 0.7, 0.6]),
+        "val_accuracy": np.array([0.25, 0.25, 0.25, 0.25, 0.5, 0.7, 0.8, 0.9]),
+    }
+
+    visualize.plot_training_curves(history, tmp_path / "at_chance.png", chance=0.25, chance_epochs=4)
+    visualize.plot_training_curves(history, tmp_path / "plain.png")
+
+    marked, plain = ([text.get_text() for text in figure.legends[0].get_texts()] for figure in drawn)
+    assert marked[0] == ("epochs 1-4: val at chance, normal from\nscratch while BatchNorm settles;\n"
+                         "not counted for early stopping")
+    assert "chance: always the largest class (25%)" in marked
+    # The shaded span covers epochs 1-4 on both panels.
+    spans = [patch for axes in drawn[0].axes for patch in axes.patches]
+    assert len(spans) == 2 and all(patch.get_x() == 0.5 and patch.get_width() == 4 for patch in spans)
+    assert not any("chance" in text for text in plain)
