@@ -28,6 +28,7 @@ import compare
 import config
 import inference
 import tasks
+import theme
 from errors import UserError
 
 POLICIES = ("auto", "always", "never")
@@ -105,7 +106,11 @@ def compared(artifacts_dir, folder, published, image_dir, batch_size, readers=No
     multi_label = tasks.saved_task(artifacts.read_run_config(folder)).multi_label
     name, our_score = headline_score(ours, multi_label)
     _, their_score = headline_score(theirs, multi_label)
-    side_by_side = (f"{name} {our_score:.4f} for this run, {their_score:.4f} for the published run {published}, "
+    # Scores in the one format every other line uses (theme.score), more
+    # decimals only where that would show two different scores as equal.
+    shown = theme.score if theme.score(our_score) != theme.score(their_score) or our_score == their_score else (
+        lambda value: f"{value:.4f}")
+    side_by_side = (f"{name} {shown(our_score)} for this run, {shown(their_score)} for the published run {published}, "
                     f"on the same {len(common.paths)} test images")
     if our_score < their_score:
         return False, [

@@ -84,7 +84,7 @@ def test_auto_keeps_a_worse_run_unpublished_and_says_how_to_publish_it(runs):
     assert not decision.published and published(runs) == runs["good"]
     first, second = decision.lines
     # Both scores side by side, on the same test images (9 of 30: test_split 0.3), and the command.
-    assert first.startswith("not published (--publish auto): accuracy 0.3333 for this run, 1.0000 for the "
+    assert first.startswith("not published (--publish auto): accuracy 0.333 for this run, 1.000 for the "
                             f"published run {runs['good']}, on the same 9 test images")
     assert second.endswith(f"python main.py --publish {runs['bad']} --artifacts_dir {runs['artifacts']}")
 
@@ -95,7 +95,7 @@ def test_auto_publishes_a_run_that_is_not_worse(runs):
     decision = decide("auto", runs, runs["good"])
 
     assert decision.published and published(runs) == runs["good"]
-    assert "accuracy 1.0000 for this run, 0.3333 for the published run" in decision.lines[0]
+    assert "accuracy 1.000 for this run, 0.333 for the published run" in decision.lines[0]
 
 
 def test_always_publishes_a_worse_run_and_never_keeps_even_a_better_one(runs):
