@@ -136,7 +136,8 @@ class Config:
     image_size: int | str | None = option(
         option_types.AUTO, f"Images are resized to SIZE x SIZE (32 to {backbones.MAX_IMAGE_SIZE}); auto: the "
         "size pretrained weights were trained at (224 for most), or from scratch the training images' median "
-        "size as a multiple of 32 (32-224), printed with the reason. A batch must fit in memory", FOLDERS, "data and outputs", tags=("common",), parse=option_types.integer_or_auto,
+        "size as a multiple of 32 (32-224), printed with the reason. A batch must fit in memory", FOLDERS,
+        "data and outputs", tags=("common",), parse=option_types.or_word(option_types.integer, kind="an integer"),
         check=option_types.unless_auto(option_types.at_least_and_at_most(
             32, "the smallest input of any backbone", backbones.MAX_IMAGE_SIZE,
             "beyond it one image alone needs over 5 GiB of activations to train from scratch",
@@ -335,8 +336,8 @@ class Config:
     learning_rate: float | str = option(
         1e-3, "Adam learning rate; auto: found by a learning-rate range test before training (fastai's "
         "lr_find: ~100 steps, the rate growing from 1e-7 to 10, the 'valley' suggestion; its curve in "
-        "RESULTS_DIR/lr_finder/<run>/)", TRAINING, "training", parse=option_types.number_or("auto"),
-        check=option_types.positive_or("auto"), aliases=("lr",), metavar="RATE|auto", tags=("common",),
+        "RESULTS_DIR/lr_finder/<run>/)", TRAINING, "training", parse=option_types.or_word(option_types.number),
+        check=option_types.unless_auto(option_types.positive), aliases=("lr",), metavar="RATE|auto", tags=("common",),
     )
     lr_find: bool = option(
         False, "Only run the learning-rate range test (as --learning_rate auto does) on the training images: "

@@ -37,15 +37,6 @@ def integer(name):
     return parse
 
 
-def integer_or_auto(name):
-    """An integer, or the word auto (chosen later, from the data)."""
-
-    def parse(text):
-        return AUTO if text.strip().lower() == AUTO else integer(name)(text)
-
-    return parse
-
-
 def number(name):
     """A float option; NaN and infinity are refused (a NaN rotation turns
     every augmented image black, a NaN learning rate fails mid-training)."""
@@ -62,9 +53,12 @@ def number(name):
     return parse
 
 
-def number_or(word):
-    """A parser factory for a float option that also takes `word`
-    (--learning_rate auto): the word itself, or a finite number."""
+def or_word(parser, word=None, kind="a number"):
+    """A parser factory taking what `parser` (integer, number) takes or the
+    word `word` (AUTO: --image_size auto, --learning_rate auto: chosen
+    later), as the word itself. Text that is neither is refused naming
+    both; what `parser` refuses of a number (NaN, infinity) it refuses."""
+    word = word or AUTO
 
     def for_option(name):
         def parse(text):
@@ -73,8 +67,8 @@ def number_or(word):
             try:
                 float(text)
             except ValueError:
-                raise UserError(f"{name} must be a number or {word}. Received: {name}={text}") from None
-            return number(name)(text)  # NaN and infinity refused as for any number
+                raise UserError(f"{name} must be {kind} or {word}. Received: {name}={text}") from None
+            return parser(name)(text)
 
         return parse
 
@@ -152,7 +146,8 @@ def choice_list(allowed):
 
 
 def unless_auto(check):
-    """`check`, except for the word auto (which the option's user resolves)."""
+    """`check`, except for the word auto (which the option's user resolves:
+    or_word's options)."""
 
     def checked(name, value):
         if value != AUTO:
@@ -199,16 +194,6 @@ def fraction(name, value):
 def positive(name, value):
     if value <= 0:
         raise UserError(f"{name} must be positive. Received: {name}={value}")
-
-
-def positive_or(word):
-    """A check of a number that must be positive, or `word`."""
-
-    def check(name, value):
-        if value != word:
-            positive(name, value)
-
-    return check
 
 
 def below_one(name, value):
