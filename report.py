@@ -297,7 +297,7 @@ def training_summary(run):
         *(score_lines(f"warning: {run.clean_test[0]} of {scores['num_samples']} test images have a near-copy in "
                       "training: the test score is optimistic; without them", run.clean_test[1], run.clean_test[2])[:1]
           if run.clean_test else []),
-        *([f"training {run.stopped}: the best model so far is the run's model"] if run.stopped else []),
+        *([f"training {run.stopped}: the model is its best epoch so far"] if run.stopped else []),
         *model_lines(run),
         f"report: {run.report_path} (every figure in results/<category>/{run.stamp}/)",
         f"next: python evaluate.py --image_dir {options.image_dir}{chosen}   or   python predict.py --images "

@@ -255,7 +255,7 @@ def test_time_stops_a_real_run_which_publishes_its_best_model_and_says_so(tmp_pa
     record = published["training"]
     assert record["epochs"] == 1 and record["stopped"].startswith("stopped by --time 0.001 after ")
     assert record["stopped"].endswith("at epoch 1 of 30")
-    assert "training stopped by --time 0.001" in out and "the best model so far is the one published" in out
+    assert "training stopped by --time 0.001" in out and "the model is its best epoch so far" in out
     assert (tmp_path / "model_artifacts" / "best_model.keras").is_file()
     rows = history(next((tmp_path / "results" / "training_curves").glob("*/history.csv")))
     assert float(rows[0]["learning_rate"]) == pytest.approx(1e-3)  # the warm-up's top, end of epoch 1
