@@ -310,8 +310,8 @@ def automatic_image_size(backbone, pretrained, train_size):
     shape = f"{width}x{height}" if width != height else f"{width}x{width}"
     bounded = "" if size == rounded else f" (within {low}-{high} px and {backbone}'s smallest input)"
     # Measured (docs/training.md): faster, not always as accurate as larger.
-    larger = "" if size >= high else (f"; a larger --image_size can be more accurate from scratch at several "
-                                      f"times the time (docs/training.md)")
+    larger = "" if size >= high else ("; a larger --image_size can be more accurate from scratch at several "
+                                      "times the time (docs/training.md)")
     return size, f"the training images are {shape} px (median), from scratch: training at {size} px{bounded}{larger}"
 
 
