@@ -303,7 +303,9 @@ def test_evaluate_with_tta_records_it_and_draws_the_same_figures(trained, tmp_pa
     assert metrics["tta"] == 3 and metrics["num_samples"] == 6
     assert metrics["tta_augmentation"] == {"flip": "horizontal", "rotation": 0.0, "zoom": 0.0,
                                            "translation": 0.1, "contrast": 0.0, "brightness": None,
-                                           "shear": 0.0, "fill_mode": "reflect"}
+                                           "shear": 0.0, "fill_mode": "reflect",
+                                           # TTA stays the basic warp whatever the run's policy.
+                                           "augment_policy": "basic", "erasing": 0.0}
     assert metrics["calibration"]["ece_uncalibrated"] is None  # not recoverable from averages
     assert os.path.getsize(results / "calibration" / only_stamp(results) / "reliability.png") > 5_000
 

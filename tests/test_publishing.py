@@ -167,5 +167,5 @@ def test_a_quick_try_does_not_replace_the_good_model(runs, tmp_path, capsys):
     (stamp,) = re.findall(r"^Run (\S+): ", out, re.M)
     assert published(runs) == runs["good"]
     assert "(kept, not published)" in summary
-    assert f"1.0000 for the published run {runs['good']}, on the same 9 test images" in summary
+    assert f"1.000 for the published run {runs['good']}, on the same 9 test images" in summary
     assert f"python main.py --publish {stamp} --artifacts_dir" in summary
