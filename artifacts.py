@@ -406,6 +406,15 @@ def read_run_config(folder):
     return _read_companion_json(folder, RUN_CONFIG_FILE, dict)
 
 
+def run_config_or_empty(folder):
+    """run_config.json in `folder`, or {} when it is missing or unreadable
+    (a run whose status is then unknown: never finished, never compared)."""
+    try:
+        return read_run_config(folder)
+    except CompanionError:
+        return {}
+
+
 def read_test_reliability(folder):
     """test_reliability.json in `folder` as a dict, or None when the run
     has none. Raises CompanionError when it is not readable JSON or holds

@@ -102,10 +102,7 @@ def finished_runs(artifacts_dir, image_dir, chosen=None, at_least=2):
                 f"(runs there: {', '.join(known[-8:]) or 'none'}). Received: compare={run_id}"
             )
         folder = os.path.join(artifacts.runs_folder(artifacts_dir), run_id)
-        try:
-            saved = artifacts.read_run_config(folder)
-        except artifacts.CompanionError:
-            saved = {}
+        saved = artifacts.run_config_or_empty(folder)
         same_folder = image_dir is None or (
             bool(saved.get("image_dir"))
             and os.path.realpath(saved["image_dir"]) == os.path.realpath(image_dir)

@@ -395,10 +395,7 @@ def opening_lines(index, fold_of, warnings):
 def is_finished(folder):
     """Whether a fold's run finished (calibrated and published once): its
     run config says so and its model is there."""
-    try:
-        return artifacts.is_finished(folder, artifacts.read_run_config(folder))
-    except artifacts.CompanionError:
-        return False
+    return artifacts.is_finished(folder, artifacts.run_config_or_empty(folder))
 
 
 def fold_evaluations(cv, index, batch_size):

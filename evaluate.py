@@ -170,10 +170,7 @@ def run_comparison(options):
         if not options.compare:
             raise UserError("--compare needs --image_dir (the folder the runs were trained on) or run ids")
         first = os.path.join(artifacts.runs_folder(options.artifacts_dir), options.compare[0])
-        try:
-            image_dir = artifacts.read_run_config(first).get("image_dir")
-        except artifacts.CompanionError:
-            image_dir = None
+        image_dir = artifacts.run_config_or_empty(first).get("image_dir")
     externals = tuple(dict.fromkeys(options.external or ()))
     # With a model from elsewhere, one run is a comparison: its test split
     # is what both are scored on.

@@ -154,10 +154,7 @@ def publish_again(artifacts_dir, run_id):
             f"Received: publish={run_id}"
         )
     folder = os.path.join(artifacts.runs_folder(artifacts_dir), run_id)
-    try:
-        saved = artifacts.read_run_config(folder)
-    except artifacts.CompanionError:
-        saved = {}
+    saved = artifacts.run_config_or_empty(folder)
     if not artifacts.is_finished(folder, saved):
         raise UserError(
             f"run {run_id} did not finish training (status {saved.get('status', 'unknown')}): only a finished "
