@@ -272,6 +272,45 @@ def trained_run(tmp_path_factory, worker_id):
         return trained_paths(folder)
 
 
+# The recipe options together on one run (issue 34's features, each test
+# file asserting its own part): the range test picks the rate, cosine with
+# a warm-up epoch, EMA, AdamW, RandAugment with erasing, the size from the
+# 64 px files, and a --time budget spent after the first epoch of 30.
+RECIPE_RUN_OPTIONS = [
+    "--weights", "none", "--alpha", "0.35", "--batch_size", "8", "--show", "0", "--calibrate", "0",
+    "--learning_rate", "auto", "--schedule", "cosine", "--warmup_epochs", "1", "--ema", "1",
+    "--weight_decay", "0.05", "--augment_policy", "randaugment", "--erasing", "0.5",
+    "--epochs", "30", "--patience", "30", "--time", "0.001",
+    "--grid_per_class", "1", "--rows", "1", "--cols", "2",
+]
+
+
+@pytest.fixture(scope="session")
+def recipe_run(tmp_path_factory, worker_id):
+    """One main.py run with every recipe option (RECIPE_RUN_OPTIONS) on 64
+    px images of 3 classes (12 each), no --image_size. Built once per
+    session; read-only. Keys: data, artifacts, results, run (its stamp),
+    printed (what main.py printed)."""
+    import io
+
+    import main
+
+    with built_once(tmp_path_factory, worker_id, "recipe_run") as (folder, build):
+        if build:
+            data = make_flat_dataset(folder / "data", classes=("cat", "dog", "fox"), per_class=12, size=64)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = main.main(["--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),
+                                  "--results_dir", str(folder / "results"), *RECIPE_RUN_OPTIONS])
+            assert code == 0, printed.getvalue()[-3000:]
+            run = os.path.basename(os.readlink(folder / "artifacts" / "latest"))
+            with open(folder / "done.json", "w", encoding="utf-8") as handle:
+                json.dump({"run": run, "printed": printed.getvalue()}, handle)
+        done = read_json(folder / "done.json")
+        return {"data": str(folder / "data"), "artifacts": folder / "artifacts", "results": folder / "results",
+                "run": done["run"], "printed": done["printed"]}
+
+
 @pytest.fixture(scope="session")
 def saved_model(tmp_path_factory, worker_id):
     """An untrained tiny model saved with its companions and published, as

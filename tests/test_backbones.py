@@ -295,11 +295,13 @@ def accuracy_from_scratch(index, backbone, epochs):
 
 @pytest.mark.slow
 @pytest.mark.heavy
-@pytest.mark.parametrize("backbone, epochs", [("mobilenet_v3_small", 8), ("efficientnet_b0", 8)])
+@pytest.mark.parametrize("backbone, epochs", [("mobilenet_v3_small", 8)])
 def test_from_scratch_learns_with_other_families(backbone, epochs, tmp_path):
-    """Two more BatchNorm families (test_model.py has MobileNetV2), 300
-    real digit scans, 5 classes (chance 0.2): with the fast BatchNorm
-    momentum they must learn within a few epochs."""
+    """One more BatchNorm family (test_model.py has MobileNetV2), 300 real
+    digit scans, 5 classes (chance 0.2): with the fast BatchNorm momentum
+    it must learn within a few epochs. (EfficientNet-B0 learned here too,
+    at 2.5x the time; that every backbone's BatchNorm gets the fast
+    momentum is checked for all of them above, without training.)"""
     index = splits.index_dataset(make_digit_folder(str(tmp_path / "digits")), 0.2, 0.2, seed=0)
 
     accuracy = accuracy_from_scratch(index, backbone, epochs)

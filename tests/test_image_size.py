@@ -1,14 +1,12 @@
 """--image_size auto: the backbone's own size with pretrained weights, the
 training images' size from scratch, printed with the reason and saved."""
 
-import os
-
 import pytest
 
 import backbones
 import config
 import main as main_script
-from conftest import TINY_MODEL, make_presplit_dataset, one_line_error, read_json
+from conftest import one_line_error, read_json
 from errors import UserError
 
 
@@ -54,15 +52,8 @@ def test_auto_is_the_default_and_parses_as_a_word_or_a_number(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_folder_of_64px_images_from_scratch_trains_at_64px_and_says_why(tmp_path, capsys):
-    data = make_presplit_dataset(tmp_path / "data", counts={"train": 6, "val": 2, "test": 2}, size=64)
-    options = [option for option in TINY_MODEL if option not in ("--image_size", "32")]
-    code = main_script.main(["--image_dir", data, "--weights", "none", *options, "--epochs", "1",
-                             "--calibrate", "0", "--artifacts_dir", str(tmp_path / "art"),
-                             "--results_dir", str(tmp_path / "res")])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "image size 64 px (--image_size auto): the training images are 64x64 px (median)" in out
-    run_config = read_json(os.path.join(tmp_path, "art", "run_config.json"))  # the published run's
+def test_a_folder_of_64px_images_from_scratch_trains_at_64px_and_says_why(recipe_run):
+    assert "image size 64 px (--image_size auto): the training images are 64x64 px (median)" in recipe_run["printed"]
+    run_config = read_json(recipe_run["artifacts"] / "run_config.json")  # the published run's
     assert run_config["image_size"] == 64
     assert run_config["options"]["image_size"] == 64  # a resumed run keeps the number

@@ -4,6 +4,7 @@ valley suggestion on synthetic loss curves, the options, the refusals, and
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -160,37 +161,35 @@ def test_several_workers_are_refused_the_range_test_before_any_wait(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_a_run_finds_its_rate_and_lr_find_alone_trains_nothing(tmp_path, capsys):
-    data = make_flat_dataset(tmp_path / "data", classes=("cat", "dog", "fox"), per_class=12)
-    art, res = tmp_path / "art", tmp_path / "res"
-    common = ["--image_dir", data, *TINY, "--artifacts_dir", str(art), "--results_dir", str(res)]
-
-    run = main_script.run_training([*common, "--lr", "auto", "--epochs", "2"])
-    output = capsys.readouterr().out
-    assert run.learning_rate == run.finding.rate
-    saved = read_json(art / "run_config.json")
+def test_a_run_finds_its_rate_and_lr_find_alone_trains_nothing(recipe_run, tmp_path, capsys):
+    output, stamp, res = recipe_run["printed"], recipe_run["run"], recipe_run["results"]
+    saved = read_json(recipe_run["artifacts"] / "run_config.json")
     found = saved["learning_rate_found"]
     assert saved["options"]["learning_rate"] == "auto" and found["method"] == "valley"
     assert np.isfinite(found["rate"]) and 1e-7 < found["rate"] < 10 and 15 < found["steps"] <= 100
     assert "==> Finding the learning rate" in output and f"suggested learning rate: {found['rate']:.3g}" in output
-    folder = res / "lr_finder" / run.stamp
+    folder = res / "lr_finder" / stamp
     rows = (folder / "lr_finder.csv").read_text().splitlines()
     assert rows[0] == "step,learning_rate,loss,smoothed_loss,suggested" and len(rows) == found["steps"] + 1
     assert sum(row.endswith(",1") for row in rows) == 1
     assert (folder / "lr_finder.png").read_bytes()[:4] == b"\x89PNG"
-    assert "lr_finder.png" in (res / "report" / run.stamp / "report.html").read_text()
-    # The first epoch's rate is the found one (ReduceLROnPlateau logs it).
-    history = (res / "training_curves" / run.stamp / "history.csv").read_text().splitlines()
+    assert "lr_finder.png" in (res / "report" / stamp / "report.html").read_text()
+    # The first epoch's rate is the found one (the end of cosine's warm-up epoch).
+    history = (res / "training_curves" / stamp / "history.csv").read_text().splitlines()
     column = history[0].split(",").index("learning_rate")
     assert float(history[1].split(",")[column]) == pytest.approx(found["rate"], rel=1e-5)
 
+    # --lr_find alone, beside that run (a copy of its artifacts).
+    art, res = tmp_path / "art", tmp_path / "res"
+    shutil.copytree(recipe_run["artifacts"], art, symlinks=True)
     published = (art / "best_model.keras").read_bytes()
+    common = ["--image_dir", recipe_run["data"], *TINY, "--artifacts_dir", str(art), "--results_dir", str(res)]
     assert main_script.run_training([*common, "--lr_find"]).finding is not None
     output = capsys.readouterr().out
     assert "==> Training" not in output and "to train with it: python main.py --image_dir" in output
     assert "--learning_rate " in output.splitlines()[-2]
     # Nothing trained, published or left for --resume: only its results stay.
     assert (art / "best_model.keras").read_bytes() == published
-    assert sorted(os.listdir(art / "runs")) == [run.stamp]
-    stamps = sorted(os.listdir(res / "lr_finder"))
-    assert len(stamps) == 2 and (res / "lr_finder" / stamps[1] / "lr_finder.png").is_file()
+    assert sorted(os.listdir(art / "runs")) == [stamp]
+    (only,) = os.listdir(res / "lr_finder")
+    assert (res / "lr_finder" / only / "lr_finder.png").is_file()

@@ -239,23 +239,16 @@ def test_ema_checkpoints_the_averages_and_a_resumed_run_goes_on_exactly(tmp_path
 
 
 @pytest.mark.slow
-def test_time_stops_a_real_run_which_publishes_its_best_model_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    folder = make_flat_dataset(tmp_path / "data", per_class=6)
-    code = main_script.main([
-        "--image_dir", str(folder), *TINY, "--epochs", "30", "--patience", "30", "--time", "0.001",
-        "--schedule", "cosine", "--warmup_epochs", "1", "--ema", "1", "--weight_decay", "0.05",
-        "--calibrate", "0", "--grid_per_class", "1", "--rows", "1", "--cols", "2",
-    ])
-    assert code == 0
-    out = capsys.readouterr().out
-    published = read_json(tmp_path / "model_artifacts" / "run_config.json")
+def test_time_stops_a_real_run_which_publishes_its_best_model_and_says_so(recipe_run):
+    out = recipe_run["printed"]
+    published = read_json(recipe_run["artifacts"] / "run_config.json")
     assert published["options"]["time"] == 0.001 and published["options"]["ema"] == 1
     assert published["options"]["schedule"] == "cosine" and published["options"]["weight_decay"] == 0.05
     record = published["training"]
     assert record["epochs"] == 1 and record["stopped"].startswith("stopped by --time 0.001 after ")
     assert record["stopped"].endswith("at epoch 1 of 30")
     assert "training stopped by --time 0.001" in out and "the model is its best epoch so far" in out
-    assert (tmp_path / "model_artifacts" / "best_model.keras").is_file()
-    rows = history(next((tmp_path / "results" / "training_curves").glob("*/history.csv")))
-    assert float(rows[0]["learning_rate"]) == pytest.approx(1e-3)  # the warm-up's top, end of epoch 1
+    assert (recipe_run["artifacts"] / "best_model.keras").is_file()
+    rows = history(recipe_run["results"] / "training_curves" / recipe_run["run"] / "history.csv")
+    # The warm-up's top, end of epoch 1: the rate the range test found.
+    assert float(rows[0]["learning_rate"]) == pytest.approx(published["learning_rate_found"]["rate"], rel=1e-5)
