@@ -311,6 +311,54 @@ def recipe_run(tmp_path_factory, worker_id):
                 "run": done["run"], "printed": done["printed"]}
 
 
+# Class imbalance and batch mixing together on one run: focal loss with
+# label smoothing, MixUp and CutMix, brightness, shear and wrapped fill,
+# deterministic (the default), on 3 classes of 24, 6 and 6 images.
+MIXING_RUN_OPTIONS = [
+    *TINY, "--epochs", "1", "--calibrate", "0", "--augment", "1", "--deterministic", "1",
+    "--balance", "focal", "--label_smoothing", "0.1", "--mixup", "0.2", "--cutmix", "0.5",
+    "--brightness", "0.8,1.2", "--shear", "10", "--fill_mode", "wrap",
+]
+
+
+@pytest.fixture(scope="session")
+def mixing_run(tmp_path_factory, worker_id):
+    """One main.py run with MIXING_RUN_OPTIONS. Built once per session;
+    read-only. Keys: artifacts, results, run (its stamp), printed (stdout)
+    and errors (what reached the process's stderr, TensorFlow's C++ lines
+    included)."""
+    import io
+    import tempfile
+
+    import main
+
+    with built_once(tmp_path_factory, worker_id, "mixing_run") as (folder, build):
+        if build:
+            data = make_flat_dataset(folder / "data", classes=("a", "b", "c"), per_class=6)
+            write_class_folder(str(folder / "data" / "a"), 0, 18, start=6)
+            printed = io.StringIO()
+            with tempfile.TemporaryFile() as errors, contextlib.redirect_stdout(printed):
+                sys.stderr.flush()
+                kept = os.dup(2)
+                os.dup2(errors.fileno(), 2)
+                try:
+                    code = main.main(["--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),
+                                      "--results_dir", str(folder / "results"), *MIXING_RUN_OPTIONS])
+                finally:
+                    sys.stderr.flush()
+                    os.dup2(kept, 2)
+                    os.close(kept)
+                errors.seek(0)
+                written = errors.read().decode("utf-8", "replace")
+            assert code == 0, printed.getvalue()[-3000:] + written[-3000:]
+            run = os.path.basename(os.readlink(folder / "artifacts" / "latest"))
+            with open(folder / "done.json", "w", encoding="utf-8") as handle:
+                json.dump({"run": run, "printed": printed.getvalue(), "errors": written}, handle)
+        done = read_json(folder / "done.json")
+        return {"artifacts": folder / "artifacts", "results": folder / "results", "run": done["run"],
+                "printed": done["printed"], "errors": done["errors"]}
+
+
 @pytest.fixture(scope="session")
 def saved_model(tmp_path_factory, worker_id):
     """An untrained tiny model saved with its companions and published, as

@@ -276,23 +276,12 @@ def test_drawn_amounts_stay_within_the_configured_ranges():
 
 
 @pytest.mark.slow
-def test_a_mixup_training_keeps_its_pipeline_parallel_and_prints_no_nodedef_line(tmp_path, capfd):
+def test_a_mixup_training_keeps_its_pipeline_parallel_and_prints_no_nodedef_line(mixing_run):
     """With --deterministic 1, tf.data makes every parallel map sequential
     (and turns prefetching off) as soon as one dataset function holds a
     stateful op, printing "NodeDef mentions attribute
     use_unbounded_threadpool" for each map it rewrites: the mixing drew
     from Keras' seed generators, a variable assigned at every draw. Drawn
     from each batch's own seed, nothing is rewritten."""
-    import main as main_script
-    from conftest import TINY, make_flat_dataset
-
-    data = make_flat_dataset(tmp_path / "data", per_class=6)
-    outputs = ["--artifacts_dir", str(tmp_path / "art"), "--results_dir", str(tmp_path / "res")]
-    arguments = ["--image_dir", data, *TINY, *outputs, "--epochs", "1", "--calibrate", "0", "--augment", "1",
-                 "--mixup", "0.2", "--cutmix", "0.5", "--deterministic", "1"]
-    capfd.readouterr()
-
-    assert main_script.main(arguments) == 0
-
-    printed = capfd.readouterr()
-    assert "use_unbounded_threadpool" not in printed.err and "NodeDef" not in printed.err, printed.err[-2000:]
+    errors = mixing_run["errors"]
+    assert "use_unbounded_threadpool" not in errors and "NodeDef" not in errors, errors[-2000:]

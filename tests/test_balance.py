@@ -286,20 +286,12 @@ def test_a_model_compiled_with_the_focal_loss_loads_back_with_it_as_resume_does(
 
 
 @pytest.mark.slow
-def test_a_focal_mixed_run_trains_and_reports_balanced_accuracy(workdir, tmp_path, capsys):
+def test_a_focal_mixed_run_trains_and_reports_balanced_accuracy(mixing_run):
     from conftest import read_json
 
-    data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=6)
-    write_class_folder(str(tmp_path / "data" / "a"), 0, 18, start=6)
-    args = ["--image_dir", data, "--epochs", "1", *TINY, "--balance", "focal", "--calibrate", "0",
-            "--label_smoothing", "0.1", "--mixup", "0.2", "--cutmix", "0.5", "--brightness", "0.8,1.2",
-            "--shear", "10", "--fill_mode", "wrap"]
-
-    assert main_script.main(args) == 0
-
-    printed = capsys.readouterr().out
+    printed = mixing_run["printed"]
     assert "balance: focal loss (gamma 2), alpha a=" in printed and "(balanced " in printed
-    (scores,) = [read_json(path) for path in (workdir / "results" / "metrics").glob("*/metrics.json")]
+    scores = read_json(mixing_run["results"] / "metrics" / mixing_run["run"] / "metrics.json")
     assert 0 <= scores["balanced_accuracy"] <= 1 and math.isfinite(scores["loss"])
-    (preview,) = (workdir / "results" / "augmentation_preview").glob("*/augmentation_preview.png")
+    preview = mixing_run["results"] / "augmentation_preview" / mixing_run["run"] / "augmentation_preview.png"
     assert preview.stat().st_size > 10_000
