@@ -26,7 +26,8 @@ def gpu():
 @pytest.mark.slow
 def test_the_gpu_check_runs_at_tiny_sizes_on_any_machine():
     """The script a GPU machine runs: both precisions train through the real
-    loader and print images/s and the input wait, then the GPU tests run."""
+    loader and print images/s and the input wait, then the GPU tests run
+    (--tiny leaves XLA off: compiling costs ~25 s of a CPU)."""
     finished = subprocess.run(
         ["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--tiny"],
         capture_output=True, text=True, timeout=400, env={**os.environ, "PYTHON": sys.executable, "TESTS": __file__},
@@ -34,12 +35,12 @@ def test_the_gpu_check_runs_at_tiny_sizes_on_any_machine():
     out = finished.stdout
     assert finished.returncode == 0, out[-3000:] + finished.stderr[-3000:]
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert [(row["precision"], row["jit"]) for row in rows] == [("mixed", "1"), ("float32", "0")]
+    assert [(row["precision"], row["jit"]) for row in rows] == [("mixed", "0"), ("float32", "0")]
     for row in rows:
         assert row["images_per_second"] > 0 and 0 <= row["input_wait_share"] < 1
         assert row["steps"] == 3 and row["image_size"] == 32
-    assert "XLA on" in rows[0]["device"] and "float32, XLA off" in rows[1]["device"]
-    assert "mixed+XLA / float32: x" in out and "gpu_check: done" in out
+    assert "(mixed_bfloat16, XLA off)" in rows[0]["device"] and "(float32, XLA off)" in rows[1]["device"]
+    assert "mixed (XLA off) / float32: x" in out and "gpu_check: done" in out
 
 
 @pytest.mark.slow
