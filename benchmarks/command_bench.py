@@ -11,7 +11,9 @@ a folder of class folders (make_photos.py's): of each class's first
 --per_class files in name order, 2/3 train, 1/6 val and 1/6 test.
 Both sides train MobileNetV2 from random weights (nothing is downloaded)
 with the same batch size, epochs and head, validate every epoch, evaluate on
-the test split and save the model. Plain: image_dataset_from_directory,
+the test split and save the model. Plain: image_dataset_from_directory
+(.cache().prefetch(), as TensorFlow's tutorial writes it; main.py's --cache
+auto keeps this folder's decoded images in memory too),
 keras.applications.MobileNetV2(weights=None) + GlobalAveragePooling +
 Dropout + a softmax Dense, compile, fit, evaluate, model.save. Ours:
 `main.py --weights none --augment 0 --show 0`, with everything else main.py
@@ -54,14 +56,21 @@ def plain_run(args):
     """The plain Keras script: what a user writes by hand for the same job."""
     import keras
 
+    import tensorflow as tf
+
     def folder(split, shuffle):
-        return keras.utils.image_dataset_from_directory(
+        dataset = keras.utils.image_dataset_from_directory(
             os.path.join(args.image_dir, split), image_size=(args.image_size, args.image_size),
             batch_size=args.batch_size, shuffle=shuffle, seed=args.seed, verbose=False,
         )
+        # As TensorFlow's image-loading tutorial writes it (and as main.py's
+        # --cache auto does for a folder this small): decoded once, then
+        # read from memory, so both sides train at the same speed and the
+        # difference is what main.py does around training.
+        return dataset.cache().prefetch(tf.data.AUTOTUNE), dataset.class_names
 
     with step("Listing the folders (image_dataset_from_directory)"):
-        train, val, test = folder("train", True), folder("val", False), folder("test", False)
+        (train, class_names), (val, _), (test, _) = folder("train", True), folder("val", False), folder("test", False)
     with step("Building the model"):
         keras.utils.set_random_seed(args.seed)
         inputs = keras.Input(shape=(args.image_size, args.image_size, 3))
@@ -71,7 +80,7 @@ def plain_run(args):
         )(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
         x = keras.layers.Dropout(0.2)(x)
-        outputs = keras.layers.Dense(len(train.class_names), activation="softmax")(x)
+        outputs = keras.layers.Dense(len(class_names), activation="softmax")(x)
         model = keras.Model(inputs, outputs)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
