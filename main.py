@@ -524,8 +524,8 @@ def export_stage(run):
         calibration_images = export.load_images(chosen, options.image_size, run.index.readers)
         print(f"    int8 calibration on {len(calibration_images)} training images")
     run.export_report = export.export_and_check(
-        best_model(run).model, run.model_path, options.export, run.datasets["test"], options.quantize, calibration_images,
-        description="test split",
+        best_model(run).model, run.model_path, options.export, run.datasets["test"], options.quantize,
+        calibration_images, description="test split",
     )
     for line in export.report_lines(run.export_report):
         print(f"    {line}")
