@@ -386,6 +386,24 @@ def logits_model(model):
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_logits")
 
 
+def head_output(model, logits):
+    """`model`'s output for the logits `logits` ((N, classes) array): its own
+    layers after "logits" (the temperature, then the activation), run
+    eagerly on the array. What predicting the images gives, from logits
+    already predicted (logits_model), so a model whose logits were traced
+    for one split is not traced again, whole, for its probabilities.
+    Returns float64 (N, classes); raises ValueError for a model without
+    those layers."""
+    names = {layer.name for layer in getattr(model, "layers", ())}
+    head = (model_builder.TEMPERATURE_LAYER, model_builder.PREDICTIONS_LAYER)
+    if not set(head) <= names:
+        raise ValueError(f"the model {model.name} has no '{head[0]}' and '{head[1]}' layers")
+    outputs = np.asarray(logits, dtype=np.float32)
+    for name in head:
+        outputs = model.get_layer(name)(outputs)
+    return np.asarray(outputs, dtype=np.float64)
+
+
 def with_temperature(model, temperature):
     """A model sharing `model`'s trained layers up to the logits, with a new
     head that divides them by `temperature` before its own output

@@ -333,21 +333,62 @@ def train_stage(run):
     print(f"    history: {history_path}" + (f"; {run.stopped}" if run.stopped else ""))
 
 
+class BestModel:
+    """The run's best model, loaded once for every stage after training
+    (calibration, thresholds, evaluation, export): `model` as saved, with
+    its fitted temperature once calibrated. Its logits come from one traced
+    model (its layers up to "logits"), kept per split, and its
+    probabilities from them through its own head (calibration.head_output):
+    the validation images are predicted once for the temperature and the
+    thresholds, the test images once, and the model is traced once."""
+
+    def __init__(self, model):
+        self.model = model
+        self.logits_model = calibration.logits_model(model)
+        self.predicted = {}  # split -> (logits, labels)
+
+    def logits(self, split, dataset):
+        """(logits (N, classes), labels) of the split `split` (`dataset`)."""
+        if split not in self.predicted:
+            self.predicted[split] = inference.predict_batches(self.logits_model, dataset)
+        return self.predicted[split]
+
+    def probabilities(self, split, dataset):
+        """(probabilities (N, classes) float64, labels): what `model` predicts."""
+        logits, labels = self.logits(split, dataset)
+        return calibration.head_output(self.model, logits), labels
+
+    def calibrated(self, temperature):
+        """The model with `temperature` (calibration.with_temperature); the
+        logits, unchanged by it, are kept."""
+        self.model = calibration.with_temperature(self.model, temperature)
+        return self.model
+
+
+def best_model(run):
+    """The run's BestModel (run.best), loaded from its checkpoint the first
+    time a stage asks: uncompiled, since the stages only predict (and
+    calibration saves a new head, without the optimizer)."""
+    import keras
+
+    if run.best is None:
+        run.best = BestModel(keras.models.load_model(run.model_path, compile=False))
+    return run.best
+
+
 def calibrate_stage(run):
     """Temperature scaling (calibration.py): one T fitted on the validation
     split's logits to minimize NLL, saved inside the run's model before it
     is published, so every consumer gets calibrated probabilities. The
     predicted class never changes."""
-    import keras
-
     if not run.options.calibrate:
         print("    skipped (--calibrate 0): confidences are the raw softmax")
         return
     if not os.path.isfile(run.model_path):
         return  # training diverged: publish_stage says so
-    best = keras.models.load_model(run.model_path)
-    validation = data_loader.whole_split(run.datasets["val"])  # a worker's share: read whole here
-    logits, labels = inference.predict_batches(calibration.logits_model(best), validation)
+    best = best_model(run)
+    # A worker's share: read whole here.
+    logits, labels = best.logits("val", data_loader.whole_split(run.datasets["val"]))
     if run.index.task.multi_label:
         # One temperature shared by every label's sigmoid: sigmoid(z / T) is
         # softmax([0, z] / T), so each (image, label) pair is fitted as a
@@ -358,7 +399,7 @@ def calibrate_stage(run):
                   "images": images, "pairs": int(len(labels))}
     else:
         fitted = calibration.fit_on(logits, labels)
-    artifacts.save_model(calibration.with_temperature(best, fitted["temperature"]), run.model_path)
+    artifacts.save_model(best.calibrated(fitted["temperature"]), run.model_path)
     run.update_run_config(calibration=fitted)
     for line in calibration.fitted_lines(fitted):
         print(f"    {line}")
@@ -370,8 +411,6 @@ def thresholds_stage(run):
     (label_metrics.choose_thresholds), saved in run_config.json where
     evaluate.py, predict.py and app.py read it; --threshold gives one for
     every label instead."""
-    import keras
-
     if not os.path.isfile(run.model_path):
         return  # training diverged: publish_stage says so
     names = run.index.class_names
@@ -380,7 +419,7 @@ def thresholds_stage(run):
         print(f"    {run.options.threshold:g} for every label (--threshold)")
     else:
         validation = data_loader.whole_split(run.datasets["val"])
-        probabilities, labels = inference.predict_batches(keras.models.load_model(run.model_path), validation)
+        probabilities, labels = best_model(run).probabilities("val", validation)
         chosen = label_metrics.choose_thresholds(labels, probabilities)
         print(f"    chosen on {len(labels)} validation images, each label's best F1: "
               + ", ".join(f"{name} {value:.2f}" for name, value in zip(names, chosen)))
@@ -415,10 +454,8 @@ def publish_stage(run):
 
 
 def evaluate_stage(run):
-    import keras
-
-    best = keras.models.load_model(run.model_path)
-    probabilities, true_labels = inference.predict_batches(best, run.datasets["test"])
+    best = best_model(run)
+    probabilities, true_labels = best.probabilities("test", run.datasets["test"])
     paths, _ = run.index.split("test")
     saved = artifacts.read_run_config(run.folder)
     run.evaluation = metrics.Evaluation(
@@ -429,7 +466,7 @@ def evaluate_stage(run):
         image_size=run.options.image_size,
         description="test split",
         readers=run.index.readers,
-        temperature=calibration.model_temperature(best),
+        temperature=calibration.model_temperature(best.model),
         task=run.index.task,
         thresholds=label_metrics.thresholds_of(run.index.class_names, saved.get("thresholds"))
         if run.index.task.multi_label else None,
@@ -479,8 +516,6 @@ def clean_test(run):
 def export_stage(run):
     """--export: the best model exported into its folder, each export
     checked against it on the test split (export.export_and_check)."""
-    import keras
-
     options = run.options
     calibration_images = None
     if options.quantize == "int8":
@@ -488,10 +523,9 @@ def export_stage(run):
         chosen = export.calibration_paths(paths, seed=options.seed)
         calibration_images = export.load_images(chosen, options.image_size, run.index.readers)
         print(f"    int8 calibration on {len(calibration_images)} training images")
-    best = keras.models.load_model(run.model_path)
     run.export_report = export.export_and_check(
-        best, run.model_path, options.export, run.datasets["test"], options.quantize, calibration_images,
-        description="test split",
+        best_model(run).model, run.model_path, options.export, run.datasets["test"], options.quantize,
+        calibration_images, description="test split",
     )
     for line in export.report_lines(run.export_report):
         print(f"    {line}")

@@ -82,6 +82,8 @@ class Run:
     # Whose scan, split and dataset figures this run shares (None: its own).
     shared_from: str | None = None
     model: object = None
+    # After training: the best model, loaded once for the stages after it (main.BestModel).
+    best: object = None
     datasets: dict = dataclasses.field(default_factory=dict)
     balancing: object = None  # balance.Balance: how training balances its classes
     # The rate --learning_rate auto found (the range test's, `finding`:
@@ -512,7 +514,7 @@ def opened(plan, planned):
     if plan.mode != "one":  # only what a summary needs stays
         import keras
 
-        run.model, run.datasets, run.evaluation = None, {}, None
+        run.model, run.best, run.datasets, run.evaluation = None, None, {}, None
         keras.backend.clear_session()
 
 

@@ -370,3 +370,33 @@ def test_tta_out_of_range_is_one_line_and_exit_2(script, value, tmp_path, capsys
     assert code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"Received: tta={value}" in error
+
+
+def head_model(activation, num_classes=3, image_size=16):
+    """A small uint8-in model with model_builder's head: Dense "logits",
+    then the temperature and the activation."""
+    import keras
+
+    import model_builder
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    logits = keras.layers.Dense(num_classes, name=model_builder.LOGITS_LAYER)(x)
+    return keras.Model(inputs, model_builder.temperature_and_activation(logits, activation=activation))
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_the_head_turns_predicted_logits_into_the_models_own_probabilities_to_the_bit(activation):
+    images = np.random.default_rng(2).integers(0, 256, (5, 16, 16, 3)).astype(np.uint8)
+    model = calibration.with_temperature(head_model(activation), 0.4)
+    logits = calibration.logits_model(model).predict_on_batch(images)
+
+    probabilities = calibration.head_output(model, logits)
+
+    assert probabilities.dtype == np.float64 and probabilities.shape == (5, 3)
+    np.testing.assert_array_equal(probabilities, np.asarray(model.predict_on_batch(images), np.float64))
+    assert not np.allclose(probabilities, calibration.head_output(head_model(activation), logits))
+    with pytest.raises(ValueError, match="no 'temperature' and 'predictions' layers"):
+        calibration.head_output(tiny_model(), logits)

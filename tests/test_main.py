@@ -265,6 +265,42 @@ def test_a_weights_file_trains_head_then_fine_tunes_and_resumes_there_at_its_low
     assert all(rate <= rates[0] / 10 * 1.001 for rate in rates[1:])  # also after the resume
 
 
+def test_the_stages_after_training_load_the_best_model_once_and_predict_each_split_once(tmp_path, monkeypatch):
+    import types
+
+    import keras
+    import tensorflow as tf
+
+    import calibration
+    import inference
+    import model_builder
+
+    inputs = keras.Input((16, 16, 3), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    logits = keras.layers.Dense(2, name=model_builder.LOGITS_LAYER)(x)
+    keras.Model(inputs, model_builder.temperature_and_activation(logits)).save(tmp_path / "best_model.keras")
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1] * 3))).batch(4)
+    loads, predictions = [], []
+    real_load, real_predict = keras.models.load_model, inference.predict_batches
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(inference, "predict_batches", lambda *a, **k: predictions.append(a) or real_predict(*a, **k))
+    run = types.SimpleNamespace(best=None, model_path=str(tmp_path / "best_model.keras"))
+
+    best = main_script.best_model(run)  # calibration
+    val_logits, labels = best.logits("val", dataset)
+    best.calibrated(2.0)
+    probabilities, _ = main_script.best_model(run).probabilities("val", dataset)  # thresholds
+    test_probabilities, _ = main_script.best_model(run).probabilities("test", dataset)  # evaluation
+
+    assert len(loads) == 1 and len(predictions) == 2  # val once, test once
+    assert main_script.best_model(run) is best and calibration.model_temperature(best.model) == 2.0
+    np.testing.assert_array_equal(labels, [0, 1] * 3)
+    np.testing.assert_array_equal(probabilities, np.asarray(best.model.predict_on_batch(images), np.float64))
+    np.testing.assert_allclose(probabilities, calibration.softmax(val_logits, 2.0), atol=1e-6)
+    np.testing.assert_array_equal(test_probabilities, probabilities)
+
+
 def test_demo_dataset_is_written_once_as_png_class_folders(tmp_path, capsys):
     folder = str(tmp_path / "data" / "demo_digits")
 
