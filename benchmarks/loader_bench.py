@@ -12,7 +12,9 @@ after one warm-up epoch each; the comparisons take their turns pair by
 pair, so all of them see the same spells of the machine. Each adjacent
 pair of epochs gives one ratio (our images/s over the peer's); printed are
 the median ratio over `--pairs` pairs, its interquartile range and its
-min-max, and the median images/s of each side. Both sides read through
+min-max, and the median images/s of each side; and the same ratio of
+images per CPU second of this process, which other jobs on the machine
+do not move. Both sides read through
 tf.data with AUTOTUNE parallelism, in the same process, so they share
 the same threads and the same machine state.
 
@@ -219,10 +221,11 @@ COMPARISONS = {
 
 
 def time_epoch(run_epoch):
-    """Images per second of one full epoch (a fresh iterator)."""
-    start = time.perf_counter()
+    """(images per second, images per CPU second of this process) of one
+    full epoch (a fresh iterator)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     count = run_epoch()
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), count / (time.process_time() - start_cpu)
 
 
 def setting_args(args, augment, cache):
@@ -247,7 +250,8 @@ def build_epochs(args, chosen):
 
 
 def paired_rates(epochs, chosen, pairs):
-    """{comparison: [(our images/s, the peer's), one per pair]}. Pair n runs
+    """{comparison: [(ours, the peer's), one per pair]}, each side a
+    time_epoch pair (images/s, images per CPU second). Pair n runs
     ours first when n is even, the peer first when odd (ours, peer, peer,
     ours, ...), so a drift in the machine's speed falls on both sides
     alike; within a pair, the comparisons take their turns."""
@@ -269,21 +273,35 @@ def spread(values):
     return statistics.median(values), quartiles[0], quartiles[2], min(values), max(values)
 
 
+def describe_ratios(ratios):
+    """'x1.23 (IQR 1.20-1.25, min-max 1.10-1.30)' of per-pair ratios."""
+    median, low, high, smallest, largest = spread(ratios)
+    return f"x{median:.2f} (IQR {low:.2f}-{high:.2f}, min-max {smallest:.2f}-{largest:.2f})"
+
+
 def report_pairs(rates):
-    """One line per comparison: the median ratio, its spread, the images/s."""
-    print("ratio = our images/s / the peer's, per adjacent pair of epochs:")
+    """Per comparison: the median per-pair ratio and its spread, by wall
+    time (the headline) and by this process's CPU time (images per CPU
+    second: what the loader costs, whatever else the machine runs), and
+    the median images/s of each side."""
+    print("ratio = ours / the peer's, per adjacent pair of epochs (median, IQR, min-max):")
     summary = {}
     for name, pairs in rates.items():
         _, _, peer, target, label = COMPARISONS[name]
-        ratios = [ours_rate / peer_rate for ours_rate, peer_rate in pairs]
-        median, low, high, smallest, largest = spread(ratios)
-        ours_median = statistics.median(rate for rate, _ in pairs)
-        peer_median = statistics.median(rate for _, rate in pairs)
-        print(f"  {name:9s} x{median:.2f} (IQR {low:.2f}-{high:.2f}, min-max {smallest:.2f}-{largest:.2f}, "
-              f"{len(ratios)} pairs; target >= {target:g}x)  ours {ours_median:.0f} images/s, "
-              f"{peer} {peer_median:.0f}  -- {label}", flush=True)
-        summary[name] = {"peer": peer, "target": target, "median_ratio": median, "quartiles": [low, high],
-                         "min_max": [smallest, largest], "ratios": ratios, "images_per_second": pairs}
+        wall = [ours[0] / theirs[0] for ours, theirs in pairs]
+        cpu = [ours[1] / theirs[1] for ours, theirs in pairs]
+        ours_median = statistics.median(ours[0] for ours, _ in pairs)
+        peer_median = statistics.median(theirs[0] for _, theirs in pairs)
+        # images/s over images per CPU second: the cores each side kept busy
+        ours_cores = statistics.median(ours[0] / ours[1] for ours, _ in pairs)
+        peer_cores = statistics.median(theirs[0] / theirs[1] for _, theirs in pairs)
+        print(f"  {name} ({label}; target >= {target:g}x, {len(pairs)} pairs):\n"
+              f"    images/s     {describe_ratios(wall)}  ours {ours_median:.0f}, {peer} {peer_median:.0f}\n"
+              f"    per CPU s    {describe_ratios(cpu)}  cores busy: ours {ours_cores:.2f}, {peer} {peer_cores:.2f}",
+              flush=True)
+        summary[name] = {"peer": peer, "target": target, "median_ratio": spread(wall)[0],
+                         "median_cpu_ratio": spread(cpu)[0], "ratios": wall, "cpu_ratios": cpu,
+                         "pairs": pairs}
     return summary
 
 
@@ -297,7 +315,7 @@ def main_pairs(args):
     rates = paired_rates(epochs, chosen, args.pairs)
     summary = report_pairs(rates)
     first = chosen[0]
-    return summary, statistics.median(rate for rate, _ in rates[first])
+    return summary, statistics.median(ours[0] for ours, _ in rates[first])
 
 
 def run_in_process(name, args):
