@@ -3,7 +3,7 @@ against the standard Keras ways on the same files, as ratios that hold
 from run to run.
 
     python benchmarks/loader_bench.py --image_dir /tmp/photos --image_size 224 \
-        --batch_size 32 --pairs 9
+        --batch_size 32 --pairs 7
 
 The headline (the default): each comparison's two pipelines are built in
 this one process and timed epoch by epoch, alternately (ours, peer, peer,
@@ -367,7 +367,7 @@ def build_parser():
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--pairs", type=int, default=9, help="Pairs of epochs per comparison (the paired design)")
+    parser.add_argument("--pairs", type=int, default=7, help="Pairs of epochs per comparison (the paired design)")
     parser.add_argument("--compare", default=",".join(COMPARISONS), help=f"Comparisons to time, some of: {', '.join(COMPARISONS)}")
     parser.add_argument("--processes", action="store_true", help="The older design: each pipeline in its own processes")
     parser.add_argument("--augment", type=int, choices=(0, 1), default=1, help="--processes: our setting")
