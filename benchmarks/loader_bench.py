@@ -12,11 +12,12 @@ after one warm-up epoch each; the comparisons take their turns pair by
 pair, so all of them see the same spells of the machine. Each adjacent
 pair of epochs gives one ratio (our images/s over the peer's); printed are
 the median ratio over `--pairs` pairs, its interquartile range and its
-min-max, and the median images/s of each side; and the same ratio of
-images per CPU second of this process, which other jobs on the machine
-do not move. Both sides read through
-tf.data with AUTOTUNE parallelism, in the same process, so they share
-the same threads and the same machine state.
+min-max, and the median images/s of each side; then the same ratio of
+images per CPU second of this process, which holds where the clock's does
+not (a machine shared with other jobs, or whose cores come and go), and
+the cores each side kept busy. Both sides read through tf.data with
+AUTOTUNE parallelism, in the same process, so they share the same
+threads and the same machine state.
 
 The comparisons (COMPARISONS): ours streaming with augmentation vs
 image_dataset_from_directory + RandomFlip/RandomRotation/RandomZoom; ours
