@@ -90,12 +90,29 @@ def augmentation_transforms(batch, height, width, strengths, seed):
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1), seeds[4]
 
 
+def _floormod(coordinates, period):
+    """coordinates mod period, in [0, period]: those already inside are
+    returned as they are, the others folded as x - period * floor(x / period).
+
+    Why not tf.math.floormod: XLA compiles a float remainder to a scalar
+    library call per pixel; this form vectorizes, and the whole warp takes
+    0.66x the CPU time at 224 px (1.05 -> 0.70 ms an image on 2 CPU cores,
+    docs/performance.md). It gives the same values for every coordinate
+    inside one period (all of them at the default strengths) and differs
+    by float rounding only further out."""
+    import tensorflow as tf
+
+    folded = coordinates - period * tf.floor(coordinates / period)
+    inside = (coordinates >= 0.0) & (coordinates < period)
+    return tf.where(inside, coordinates, folded)
+
+
 def _reflect(coordinates, size):
     """Mirrors coordinates that fall outside [0, size - 1] back inside."""
     import tensorflow as tf
 
     period = 2.0 * (size - 1)
-    coordinates = tf.math.floormod(tf.abs(coordinates), period)
+    coordinates = _floormod(tf.abs(coordinates), period)
     return tf.where(coordinates > size - 1, period - coordinates, coordinates)
 
 
@@ -105,9 +122,11 @@ def _source(coordinates, size, fill_mode):
     import tensorflow as tf
 
     if fill_mode == "reflect":
-        return _reflect(coordinates, size)
-    if fill_mode == "wrap":
-        return tf.math.floormod(coordinates, float(size))
+        coordinates = _reflect(coordinates, size)
+    elif fill_mode == "wrap":  # the last column blends with the first (_resample)
+        return _floormod(coordinates, float(size))
+    # Rounding far outside the image can land a hair outside: clamp, so no
+    # gather index ever leaves the image.
     return tf.clip_by_value(coordinates, 0.0, size - 1.0)
 
 
