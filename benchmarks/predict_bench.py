@@ -24,12 +24,14 @@ of the pairs. Peak RSS is each process's own (os.wait4's ru_maxrss).
 --rss measures both at the folder's files and at `--multiplier` times as
 many (hard links under a temporary folder, as memory_bench.py makes
 them): a program that streams holds about the same at both. --profile
-runs each once more, ours under cProfile (its STAGES' cumulative times),
-plain with a clock around each step, and prints where the seconds go.
+runs each once more, with a clock around each stage (ours: its STAGES'
+functions; plain: each step), and prints where the seconds go.
 """
 
 import argparse
 import csv
+import functools
+import importlib
 import json
 import os
 import statistics
@@ -81,46 +83,58 @@ def plain_predict(images, model_path, image_size, batch_size, out):
     return stages
 
 
-# Where predict.py's seconds go: (stage, file, function) whose cumulative
-# time cProfile reports. The loop's row is predict_batches less the trace
-# it starts with (trace_for_any_batch_size).
+# Where predict.py's seconds go: (stage, module, function) whose time a
+# clock around each call adds up. The loop's row is predict_batches less
+# the trace it starts with (trace_for_any_batch_size).
 STAGES = (
-    ("start-up: TensorFlow and Keras imported", "console.py", "start_tensorflow"),
-    ("the files listed (--images, collect_images)", "predict.py", "collect_images"),
-    ("the model loaded, companions checked", "inference.py", "load_trained_model"),
-    ("the input pipeline built (load_image traced)", "data_loader.py", "prediction_dataset"),
-    ("the predict function traced", "inference.py", "trace_for_any_batch_size"),
-    ("the prediction loop (read, decode, predict)", "inference.py", "predict_batches"),
-    ("the rows (top-k, trust columns)", "inference.py", "rows_of"),
-    ("the CSV written", "artifacts.py", "write_csv"),
-    ("the table printed", "predict.py", "print_table"),
-    ("the gallery's images read", "figures.py", "gallery_items"),
-    ("the gallery drawn", "visualize.py", "plot_prediction_gallery"),
-    ("the report written", "predict.py", "write_report"),
+    ("start-up: TensorFlow and Keras imported", "console", "start_tensorflow"),
+    ("the files listed (--images, collect_images)", "predict", "collect_images"),
+    ("the model loaded, companions checked", "inference", "load_trained_model"),
+    ("the input pipeline built (load_image traced)", "data_loader", "prediction_dataset"),
+    ("the predict function traced", "inference", "trace_for_any_batch_size"),
+    ("the prediction loop (read, decode, predict)", "inference", "predict_batches"),
+    ("the rows (top-k, trust columns)", "inference", "rows_of"),
+    ("the CSV written", "artifacts", "write_csv"),
+    ("the table printed", "predict", "print_table"),
+    ("the gallery's images read", "figures", "gallery_items"),
+    ("the gallery drawn", "visualize", "plot_prediction_gallery"),
+    ("the report written", "predict", "write_report"),
 )
+
+
+def clocked(function, stage, spent):
+    """`function`, adding the seconds of each call to spent[stage]."""
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - start
+
+    return call
 
 
 def profile_ours(arguments):
     """Runs predict.py's main with its command-line `arguments` in this
-    process under cProfile; returns [(stage, seconds)] (STAGES, then the
-    import of predict.py and everything else)."""
-    import cProfile
-    import pstats
-
+    process, a clock around each of the STAGES' functions (no profiler:
+    cProfile slows the Python-heavy stages, imports and tracing, by up to
+    2x); returns [(stage, seconds)], with the import of predict.py and
+    everything else."""
     start = time.perf_counter()
     import predict
 
     imported = time.perf_counter() - start
-    profile = cProfile.Profile()
+    spent = {}
+    for stage, module_name, name in STAGES:
+        module = importlib.import_module(module_name)
+        setattr(module, name, clocked(getattr(module, name), stage, spent))
     start = time.perf_counter()
-    profile.runcall(predict.main, arguments)
+    predict.main(arguments)
     total = time.perf_counter() - start
-    cumulative = {
-        (os.path.basename(filename), name): row[3] for (filename, _, name), row in pstats.Stats(profile).stats.items()
-    }
-    stages = [(stage, cumulative.get((filename, name), 0.0)) for stage, filename, name in STAGES]
-    trace = cumulative.get(("inference.py", "trace_for_any_batch_size"), 0.0)
-    stages = [(stage, seconds - trace if "loop" in stage else seconds) for stage, seconds in stages]
+    trace = spent.get(STAGES[4][0], 0.0)
+    stages = [(stage, spent.get(stage, 0.0) - (trace if "loop" in stage else 0.0)) for stage, _, _ in STAGES]
     return [("import predict.py (matplotlib included)", imported)] + stages + [
         ("everything else", total - sum(seconds for _, seconds in stages))
     ]
