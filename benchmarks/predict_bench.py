@@ -166,6 +166,7 @@ def timed(command):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
+        # Reaped by wait4 (for the child's own rusage), so Popen is told.
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode:
             log.seek(0)
