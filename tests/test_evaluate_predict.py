@@ -380,6 +380,23 @@ def test_a_trust_cell_with_too_few_test_images_says_so_not_blank():
     assert inference.trust_cells(None, 0.56) == ["", ""]  # no saved test evaluation: the terminal says so
 
 
+def test_trust_looked_up_for_many_rows_at_once_is_trust_at_of_each():
+    # trusts_of makes predictions.csv's trust columns for a big folder; it
+    # must give what trust_at gives one confidence at a time, on the bins'
+    # edges, at 0 and 1 too, and so the rows are the same as row by row.
+    confidence = np.array([0.95] * 12 + [0.55] * 3 + [0.8] * 6)
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    bins = calibration.saved_bins(calibration.reliability_bins(np.zeros(21, dtype=int), probabilities))
+    asked = np.concatenate([[0.0, 1.0, 0.5, 0.55, 0.95], np.linspace(0, 1, len(bins) + 1),
+                            np.random.default_rng(0).random(200)])
+    assert inference.trusts_of(bins, asked) == [calibration.trust_at(bins, value) for value in asked]
+
+    rows = inference.prediction_rows([f"{n}.png" for n in range(len(asked))], np.stack([asked, 1 - asked], axis=1),
+                                     ("a", "b"), 2, bins=bins)
+    for row, value in zip(rows[1:], asked):
+        assert row[-2:] == inference.trust_cells(bins, max(value, 1 - value))
+
+
 def test_a_mistyped_images_folder_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
     (tmp_path / "new_photos").mkdir()
     (tmp_path / "one.png").write_bytes(b"")
