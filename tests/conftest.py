@@ -285,30 +285,55 @@ RECIPE_RUN_OPTIONS = [
 ]
 
 
+def run_main_once(folder, data, arguments):
+    """main.main on `data` with its outputs in `folder` (artifacts,
+    results), for a fixture built once (built_once): asserts it succeeded
+    and writes folder/done.json with the published run's stamp, what it
+    printed and what reached the process's stderr (read at the file
+    descriptor, so TensorFlow's C++ lines count); main_run_record reads it."""
+    import io
+    import tempfile
+
+    import main
+
+    printed = io.StringIO()
+    with tempfile.TemporaryFile() as errors, contextlib.redirect_stdout(printed):
+        sys.stderr.flush()
+        kept = os.dup(2)
+        os.dup2(errors.fileno(), 2)
+        try:
+            code = main.main(["--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),
+                              "--results_dir", str(folder / "results"), *arguments])
+        finally:
+            sys.stderr.flush()
+            os.dup2(kept, 2)
+            os.close(kept)
+        errors.seek(0)
+        written = errors.read().decode("utf-8", "replace")
+    assert code == 0, printed.getvalue()[-3000:] + written[-3000:]
+    run = os.path.basename(os.readlink(folder / "artifacts" / "latest"))
+    with open(folder / "done.json", "w", encoding="utf-8") as handle:
+        json.dump({"run": run, "printed": printed.getvalue(), "errors": written}, handle)
+
+
+def main_run_record(folder):
+    """What run_main_once left in `folder`. Keys: data, artifacts, results,
+    run (its stamp), printed (stdout), errors (stderr)."""
+    done = read_json(folder / "done.json")
+    return {"data": str(folder / "data"), "artifacts": folder / "artifacts", "results": folder / "results",
+            "run": done["run"], "printed": done["printed"], "errors": done["errors"]}
+
+
 @pytest.fixture(scope="session")
 def recipe_run(tmp_path_factory, worker_id):
     """One main.py run with every recipe option (RECIPE_RUN_OPTIONS) on 64
     px images of 3 classes (12 each), no --image_size. Built once per
-    session; read-only. Keys: data, artifacts, results, run (its stamp),
-    printed (what main.py printed)."""
-    import io
-
-    import main
-
+    session; read-only (keys: main_run_record's)."""
     with built_once(tmp_path_factory, worker_id, "recipe_run") as (folder, build):
         if build:
             data = make_flat_dataset(folder / "data", classes=("cat", "dog", "fox"), per_class=12, size=64)
-            printed = io.StringIO()
-            with contextlib.redirect_stdout(printed):
-                code = main.main(["--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),
-                                  "--results_dir", str(folder / "results"), *RECIPE_RUN_OPTIONS])
-            assert code == 0, printed.getvalue()[-3000:]
-            run = os.path.basename(os.readlink(folder / "artifacts" / "latest"))
-            with open(folder / "done.json", "w", encoding="utf-8") as handle:
-                json.dump({"run": run, "printed": printed.getvalue()}, handle)
-        done = read_json(folder / "done.json")
-        return {"data": str(folder / "data"), "artifacts": folder / "artifacts", "results": folder / "results",
-                "run": done["run"], "printed": done["printed"]}
+            run_main_once(folder, data, RECIPE_RUN_OPTIONS)
+        return main_run_record(folder)
 
 
 # Class imbalance and batch mixing together on one run: focal loss with
@@ -324,39 +349,13 @@ MIXING_RUN_OPTIONS = [
 @pytest.fixture(scope="session")
 def mixing_run(tmp_path_factory, worker_id):
     """One main.py run with MIXING_RUN_OPTIONS. Built once per session;
-    read-only. Keys: artifacts, results, run (its stamp), printed (stdout)
-    and errors (what reached the process's stderr, TensorFlow's C++ lines
-    included)."""
-    import io
-    import tempfile
-
-    import main
-
+    read-only (keys: main_run_record's; errors is what its stderr held)."""
     with built_once(tmp_path_factory, worker_id, "mixing_run") as (folder, build):
         if build:
             data = make_flat_dataset(folder / "data", classes=("a", "b", "c"), per_class=6)
             write_class_folder(str(folder / "data" / "a"), 0, 18, start=6)
-            printed = io.StringIO()
-            with tempfile.TemporaryFile() as errors, contextlib.redirect_stdout(printed):
-                sys.stderr.flush()
-                kept = os.dup(2)
-                os.dup2(errors.fileno(), 2)
-                try:
-                    code = main.main(["--image_dir", data, "--artifacts_dir", str(folder / "artifacts"),
-                                      "--results_dir", str(folder / "results"), *MIXING_RUN_OPTIONS])
-                finally:
-                    sys.stderr.flush()
-                    os.dup2(kept, 2)
-                    os.close(kept)
-                errors.seek(0)
-                written = errors.read().decode("utf-8", "replace")
-            assert code == 0, printed.getvalue()[-3000:] + written[-3000:]
-            run = os.path.basename(os.readlink(folder / "artifacts" / "latest"))
-            with open(folder / "done.json", "w", encoding="utf-8") as handle:
-                json.dump({"run": run, "printed": printed.getvalue(), "errors": written}, handle)
-        done = read_json(folder / "done.json")
-        return {"artifacts": folder / "artifacts", "results": folder / "results", "run": done["run"],
-                "printed": done["printed"], "errors": done["errors"]}
+            run_main_once(folder, data, MIXING_RUN_OPTIONS)
+        return main_run_record(folder)
 
 
 @pytest.fixture(scope="session")
