@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+import pairs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOAL = 1.10
 
@@ -218,30 +220,32 @@ def run_bench(args, work):
         plain_run(args)
         return 0
 
-    pairs, stage_runs = [], {"ours": [], "plain": []}
-    for number in range(args.pairs):
-        order = ("ours", "plain") if number % 2 == 0 else ("plain", "ours")
-        walls = {}
-        for side in order:
-            walls[side], stages = one_side(args, side, work)
-            stage_runs[side].append(stages)
-        pairs.append(walls)
+    stage_runs = {"ours": [], "plain": []}
+
+    def measure(side):
+        wall, stages = one_side(args, side, work)
+        stage_runs[side].append(stages)
+        return wall
+
+    def say(number, order, walls):
         print(f"pair {number + 1} ({order[0]} first): ours {walls['ours']:6.1f} s, plain {walls['plain']:6.1f} s, "
               f"ours / plain x{walls['ours'] / walls['plain']:.3f}", flush=True)
-    ratios = [walls["ours"] / walls["plain"] for walls in pairs]
+
+    measured = pairs.run_pairs(args.pairs, measure, ("ours", "plain"), say)
+    ratios = [walls["ours"] / walls["plain"] for walls in measured]
     median = statistics.median(ratios)
     print(f"ours / plain, per pair: {', '.join(f'x{ratio:.3f}' for ratio in ratios)}")
     print(f"median x{median:.3f} (spread x{min(ratios):.3f} to x{max(ratios):.3f}); goal <= x{GOAL:.2f}: "
           f"{'met' if median <= GOAL else 'not met'}")
-    print(f"median wall: ours {statistics.median(w['ours'] for w in pairs):.1f} s, "
-          f"plain {statistics.median(w['plain'] for w in pairs):.1f} s")
+    print(f"median wall: ours {statistics.median(w['ours'] for w in measured):.1f} s, "
+          f"plain {statistics.median(w['plain'] for w in measured):.1f} s")
     for side, title in (("ours", "main.py's stages"), ("plain", "the plain script's steps")):
         print(f"{title} (median seconds over its runs, min-max):")
         for line in stage_table(stage_runs[side]):
             print(line)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"pairs": pairs, "ratios": ratios, "median": median, "stages": stage_runs}, handle, indent=2)
+            json.dump({"pairs": measured, "ratios": ratios, "median": median, "stages": stage_runs}, handle, indent=2)
     return 0
 
 

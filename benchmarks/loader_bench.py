@@ -44,6 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import pairs  # noqa: E402  (benchmarks/ is this script's folder)
+
 PEERS = {
     "bare_tfdata": "bare tf.data: parallel decode + resize, nothing else",
     "idfd": "keras.utils.image_dataset_from_directory, no augmentation",
@@ -250,34 +252,19 @@ def build_epochs(args, chosen):
     return epochs
 
 
-def paired_rates(epochs, chosen, pairs):
+def paired_rates(epochs, chosen, count):
     """{comparison: [(ours, the peer's), one per pair]}, each side a
     time_epoch pair (images/s, images per CPU second). Pair n runs
     ours first when n is even, the peer first when odd (ours, peer, peer,
-    ours, ...), so a drift in the machine's speed falls on both sides
-    alike; within a pair, the comparisons take their turns."""
+    ours, ...: pairs.side_order), so a drift in the machine's speed falls
+    on both sides alike; within a pair, the comparisons take their turns."""
     rates = {name: [] for name in chosen}
-    for number in range(pairs):
+    for number in range(count):
         for name in chosen:
             augment, cache, peer, _, _ = COMPARISONS[name]
-            sides = [(augment, cache), peer] if number % 2 == 0 else [peer, (augment, cache)]
-            timed = {key: time_epoch(epochs[key]) for key in sides}
+            timed = {key: time_epoch(epochs[key]) for key in pairs.side_order(number, [(augment, cache), peer])}
             rates[name].append((timed[(augment, cache)], timed[peer]))
     return rates
-
-
-def spread(values):
-    """(median, first quartile, third quartile, min, max) of `values`."""
-    if len(values) < 2:
-        return (values[0],) * 5
-    quartiles = statistics.quantiles(values, n=4, method="inclusive")
-    return statistics.median(values), quartiles[0], quartiles[2], min(values), max(values)
-
-
-def describe_ratios(ratios):
-    """'x1.23 (IQR 1.20-1.25, min-max 1.10-1.30)' of per-pair ratios."""
-    median, low, high, smallest, largest = spread(ratios)
-    return f"x{median:.2f} (IQR {low:.2f}-{high:.2f}, min-max {smallest:.2f}-{largest:.2f})"
 
 
 def report_pairs(rates):
@@ -287,22 +274,22 @@ def report_pairs(rates):
     the median images/s of each side."""
     print("ratio = ours / the peer's, per adjacent pair of epochs (median, IQR, min-max):")
     summary = {}
-    for name, pairs in rates.items():
+    for name, measured in rates.items():
         _, _, peer, target, label = COMPARISONS[name]
-        wall = [ours[0] / theirs[0] for ours, theirs in pairs]
-        cpu = [ours[1] / theirs[1] for ours, theirs in pairs]
-        ours_median = statistics.median(ours[0] for ours, _ in pairs)
-        peer_median = statistics.median(theirs[0] for _, theirs in pairs)
+        wall = [ours[0] / theirs[0] for ours, theirs in measured]
+        cpu = [ours[1] / theirs[1] for ours, theirs in measured]
+        ours_median = statistics.median(ours[0] for ours, _ in measured)
+        peer_median = statistics.median(theirs[0] for _, theirs in measured)
         # images/s over images per CPU second: the cores each side kept busy
-        ours_cores = statistics.median(ours[0] / ours[1] for ours, _ in pairs)
-        peer_cores = statistics.median(theirs[0] / theirs[1] for _, theirs in pairs)
-        print(f"  {name} ({label}; target >= {target:g}x, {len(pairs)} pairs):\n"
-              f"    images/s     {describe_ratios(wall)}  ours {ours_median:.0f}, {peer} {peer_median:.0f}\n"
-              f"    per CPU s    {describe_ratios(cpu)}  cores busy: ours {ours_cores:.2f}, {peer} {peer_cores:.2f}",
+        ours_cores = statistics.median(ours[0] / ours[1] for ours, _ in measured)
+        peer_cores = statistics.median(theirs[0] / theirs[1] for _, theirs in measured)
+        print(f"  {name} ({label}; target >= {target:g}x, {len(measured)} pairs):\n"
+              f"    images/s     {pairs.describe(wall)}  ours {ours_median:.0f}, {peer} {peer_median:.0f}\n"
+              f"    per CPU s    {pairs.describe(cpu)}  cores busy: ours {ours_cores:.2f}, {peer} {peer_cores:.2f}",
               flush=True)
-        summary[name] = {"peer": peer, "target": target, "median_ratio": spread(wall)[0],
-                         "median_cpu_ratio": spread(cpu)[0], "ratios": wall, "cpu_ratios": cpu,
-                         "pairs": pairs}
+        summary[name] = {"peer": peer, "target": target, "median_ratio": pairs.spread(wall)[0],
+                         "median_cpu_ratio": pairs.spread(cpu)[0], "ratios": wall, "cpu_ratios": cpu,
+                         "pairs": measured}
     return summary
 
 

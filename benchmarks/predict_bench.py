@@ -45,6 +45,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import memory_bench  # noqa: E402  (benchmarks/ is this script's folder: linked_copy)
+import pairs  # noqa: E402
 
 
 def plain_predict(images, model_path, image_size, batch_size, out):
@@ -184,19 +185,17 @@ def commands(images, args, results_dir):
     return {"ours": ours, "plain": plain}
 
 
-def pairs(images, args, results_dir):
+def paired_runs(images, args, results_dir):
     """Interleaved pairs (ours, plain), (plain, ours), ...; returns
     [{"ours": (wall, rss), "plain": (wall, rss)}] per pair."""
     lines = commands(images, args, results_dir)
-    measured = []
-    for number in range(args.pairs):
-        order = ("ours", "plain") if number % 2 == 0 else ("plain", "ours")
-        pair = {name: timed(lines[name]) for name in order}
-        measured.append(pair)
+
+    def say(number, _, pair):
         print(f"pair {number + 1}: ours {pair['ours'][0]:6.1f} s ({pair['ours'][1]:6.0f} MiB)  "
               f"plain {pair['plain'][0]:6.1f} s ({pair['plain'][1]:6.0f} MiB)  "
               f"ratio x{pair['ours'][0] / pair['plain'][0]:.3f}", flush=True)
-    return measured
+
+    return pairs.run_pairs(args.pairs, lambda side: timed(lines[side]), ("ours", "plain"), say)
 
 
 def summary(measured, count):
@@ -262,7 +261,7 @@ def main(argv=None):
         elif args.rss:
             rss(args, results_dir)
         else:
-            summary(pairs(args.images, args, results_dir), len(memory_bench.list_files(args.images)))
+            summary(paired_runs(args.images, args, results_dir), len(memory_bench.list_files(args.images)))
     return 0
 
 
