@@ -400,7 +400,9 @@ def pytest_collection_modifyitems(session, config, items):
     """Files with the most heavy (then slow) tests first, each keeping its
     own order: pytest-xdist's --dist loadfile hands whole files to its two
     processes in collection order, and a long file last would leave one
-    process waiting for the other at the end."""
+    process waiting for the other at the end. (xdist's own default hands
+    out the files with the most tests first, which put the three heaviest
+    files last; pytest.ini's --no-loadscope-reorder keeps this order.)"""
     weight = {}
     for item in items:
         heavy, slow = weight.get(item.fspath, (0, 0))
