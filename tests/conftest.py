@@ -193,6 +193,22 @@ def png_bytes(width, height, depth, colour_type, rows):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
+def head_model(activation="softmax", num_classes=3, image_size=16):
+    """A small uint8-in model with model_builder's head: Dense "logits",
+    then the temperature and the activation (what calibration and the
+    stages after training read of a trained model)."""
+    import keras
+
+    import model_builder
+
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    logits = keras.layers.Dense(num_classes, name=model_builder.LOGITS_LAYER)(x)
+    return keras.Model(inputs, model_builder.temperature_and_activation(logits, activation=activation))
+
+
 # One epoch on a tiny model, nothing optional (no augmentation, no
 # temperature scaling): for runs where training is not the point.
 QUICK = [*TINY, "--epochs", "1", "--augment", "0", "--calibrate", "0"]

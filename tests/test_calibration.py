@@ -12,6 +12,7 @@ import calibration
 import errors
 import gradcam
 import inference
+from conftest import head_model
 
 # Five two-class predictions, true classes, and what they give by hand:
 # top-1 confidences 0.9 (right), 0.75 (wrong), 0.7 (right), 0.72 (wrong),
@@ -370,21 +371,6 @@ def test_tta_out_of_range_is_one_line_and_exit_2(script, value, tmp_path, capsys
     assert code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"Received: tta={value}" in error
-
-
-def head_model(activation, num_classes=3, image_size=16):
-    """A small uint8-in model with model_builder's head: Dense "logits",
-    then the temperature and the activation."""
-    import keras
-
-    import model_builder
-
-    inputs = keras.Input((image_size, image_size, 3), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    logits = keras.layers.Dense(num_classes, name=model_builder.LOGITS_LAYER)(x)
-    return keras.Model(inputs, model_builder.temperature_and_activation(logits, activation=activation))
 
 
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])

@@ -18,7 +18,7 @@ import main as main_script
 import predict
 import demo
 import errors
-from conftest import ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, make_flat_dataset, read_csv, read_json
+from conftest import ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, head_model, make_flat_dataset, read_csv, read_json
 
 
 def the_run(artifacts):
@@ -273,12 +273,8 @@ def test_the_stages_after_training_load_the_best_model_once_and_predict_each_spl
 
     import calibration
     import inference
-    import model_builder
 
-    inputs = keras.Input((16, 16, 3), dtype="uint8")
-    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
-    logits = keras.layers.Dense(2, name=model_builder.LOGITS_LAYER)(x)
-    keras.Model(inputs, model_builder.temperature_and_activation(logits)).save(tmp_path / "best_model.keras")
+    head_model(num_classes=2).save(tmp_path / "best_model.keras")
     images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1] * 3))).batch(4)
     loads, predictions = [], []
