@@ -56,6 +56,7 @@ import export
 import figures
 import image_io
 import inference
+import predictions_csv
 import safe_text
 import theme
 import visualize
@@ -329,11 +330,11 @@ def trust_sentence(bins, confidence, path, foreign=False):
 
 def label_trust_sentence(bins, probability):
     """The sentence next to a given label of a multi-label answer, from the
-    run's test bins over (image, label) pairs (inference.label_trust):
+    run's test bins over (image, label) pairs (predictions_csv.label_trust):
     "When it says 83% for a label, the label was there 71% of the time on
     the test split (412 image-label pairs at 80-90%)", or that too few
     pairs were there to say."""
-    rate, trust = inference.label_trust(bins, probability)
+    rate, trust = predictions_csv.label_trust(bins, probability)
     low, high = (trust.lower, trust.upper) if probability >= 0.5 else (1.0 - trust.upper, 1.0 - trust.lower)
     span = f"{100 * low:.0f}\u2013{100 * high:.0f}%"
     if rate is None:
@@ -436,10 +437,10 @@ def answer_files(served, paths, top_k, names=None, readers=None, max_bytes=None,
             refusal_line(refused) if len(paths) == 1
             else f"none of the {len(paths)} files can be used: {refusal_line(refused)}"
         )
-    rows = inference.rows_of(trained, [names[i] for i in kept], probabilities, top_k, bins=served.bins)
+    rows = predictions_csv.rows_of(trained, [names[i] for i in kept], probabilities, top_k, bins=served.bins)
     # A multi-label answer names every label (each is its own yes/no).
     shown = len(trained.class_names) if trained.task.multi_label else min(top_k, len(trained.class_names))
-    tops = inference.top_classes(probabilities, trained.class_names, shown)
+    tops = predictions_csv.top_classes(probabilities, trained.class_names, shown)
     carded = [paths[i] for i in kept[:max_cards]]
     views, overlays, flat = card_images(served, carded, probabilities[:max_cards], images=images[:max_cards])
     multi_label = trained.task.multi_label

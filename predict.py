@@ -32,6 +32,7 @@ import figures
 import image_io
 import inference
 import option_types
+import predictions_csv
 import report
 import theme
 import visualize
@@ -134,13 +135,13 @@ def shown_value(column, text):
     confidence as a percentage (73.7%), the test accuracy at that
     confidence as a score (theme.score); other cells, and empty ones, as
     written."""
-    accuracy, images = inference.TRUST_COLUMNS
+    accuracy, images = predictions_csv.TRUST_COLUMNS
     try:
         if column == accuracy:
             return theme.score(float(text))
         if column.endswith("confidence") and column != images:
             return f"{float(text):.1%}"
-    except ValueError:  # "" or inference.TOO_FEW
+    except ValueError:  # "" or predictions_csv.TOO_FEW
         pass
     return text
 
@@ -204,7 +205,7 @@ def predict_labelled(trained, images, output, readers=None, bins=None):
     evaluation = inference.evaluate_images(trained, images, output.batch_size, readers, output.tta)
     inference.report_skipped(evaluation.skipped)
     root = os.path.abspath(output.image_dir)
-    rows = inference.rows_of(
+    rows = predictions_csv.rows_of(
         trained,
         [os.path.relpath(path, root) for path in evaluation.paths],
         evaluation.probabilities,
@@ -262,7 +263,7 @@ def predict_unlabelled(trained, arguments, output, readers=None, bins=None):
     if not len(positions):
         raise UserError(f"no readable images among --images ({found} image file(s) found, {len(skipped)} skipped)")
     kept = [paths[i] for i in positions]
-    rows = inference.rows_of(trained, kept, probabilities, output.top_k, bins=bins)
+    rows = predictions_csv.rows_of(trained, kept, probabilities, output.top_k, bins=bins)
     csv_path = artifacts.write_csv(output.path("predictions", "predictions.csv"), rows)
     output.written.update(csv=csv_path, rows=rows, skipped=skipped)
     print_table(rows)
@@ -319,7 +320,7 @@ def given_label_items(trained, items, probabilities):
     label given keeps the most probable one (its caption says no label)."""
     titled = []
     for item, row in zip(items, probabilities):
-        given = inference.predicted_names(row, trained.class_names, trained.thresholds)
+        given = predictions_csv.predicted_names(row, trained.class_names, trained.thresholds)
         titled.append(dataclasses.replace(item, predicted=given[0][0], confidence=given[0][1]) if given else item)
     return titled
 
@@ -347,11 +348,11 @@ def trust_note(saved, trained):
         return (
             f"predictions.csv's last two columns: for each predicted label, how often the (image, label) pairs of "
             f"the {saved['images']} test images at that probability had the label, and how many pairs "
-            f"(\"{inference.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} pairs there; {artifacts.TEST_RELIABILITY_FILE})"
+            f"(\"{predictions_csv.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} pairs there; {artifacts.TEST_RELIABILITY_FILE})"
         )
     return (
         f"predictions.csv's last two columns: how often the {saved['images']} test images at each confidence were "
-        f"right, and how many (\"{inference.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} there; "
+        f"right, and how many (\"{predictions_csv.TOO_FEW}\": under {calibration.MIN_TRUST_IMAGES} there; "
         f"{artifacts.TEST_RELIABILITY_FILE})"
     )
 

@@ -94,7 +94,7 @@ STAGES = (
     ("the input pipeline built (load_image traced)", "data_loader", "prediction_dataset"),
     ("the predict function traced", "inference", "trace_for_any_batch_size"),
     ("the prediction loop (read, decode, predict)", "inference", "predict_batches"),
-    ("the rows (top-k, trust columns)", "inference", "rows_of"),
+    ("the rows (top-k, trust columns)", "predictions_csv", "rows_of"),
     ("the CSV written", "artifacts", "write_csv"),
     ("the table printed", "predict", "print_table"),
     ("the gallery's images read", "figures", "gallery_items"),

@@ -30,6 +30,7 @@ import figures
 import image_io
 import inference
 import predict
+import predictions_csv
 import visualize
 from conftest import ROOT, TRAINED_CLASSES, class_image, free_ports, one_line_error, png_bytes, read_csv, read_json
 
@@ -195,7 +196,7 @@ def test_without_saved_bins_the_sentence_says_how_to_get_them(untrained, saved_m
     (answer,) = result.answers
     assert answer.trust.startswith("No test evaluation was saved with this model")
     assert "python evaluate.py --model" in answer.trust
-    assert result.rows[0][-2:] == list(inference.TRUST_COLUMNS) and result.rows[1][-2:] == ["", ""]
+    assert result.rows[0][-2:] == list(predictions_csv.TRUST_COLUMNS) and result.rows[1][-2:] == ["", ""]
     assert [name for name, _ in answer.top] in (["cat", "dog"], ["dog", "cat"])  # top_k 5 of 2 classes
 
 

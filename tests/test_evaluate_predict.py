@@ -12,6 +12,7 @@ import evaluate
 import inference
 import main as main_script
 import predict
+import predictions_csv
 import figures
 import visualize
 import gradcam
@@ -121,7 +122,7 @@ def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_pat
     assert os.path.getsize(results / "gradcam" / stamp / "gradcam.png") > 5_000
     rows = read_csv(results / "predictions" / stamp / "predictions.csv")
     assert rows[0] == ["path", "true_class", "predicted_class", "confidence", "top2_class",
-                       "top2_confidence", "top3_class", "top3_confidence", *inference.TRUST_COLUMNS]
+                       "top2_confidence", "top3_class", "top3_confidence", *predictions_csv.TRUST_COLUMNS]
     assert len(rows) == 1 + 36
     assert all(row[0].split("/")[0] == row[1] for row in rows[1:])  # relative path, its class
     # The trust columns: the saved test bins at each row's confidence.
@@ -129,7 +130,7 @@ def test_predict_on_a_labelled_folder_draws_gallery_and_gradcam(trained, tmp_pat
     for row in rows[1:]:
         assert float(row[3]) >= float(row[5]) >= float(row[7])
         trust = calibration.trust_at(bins, float(row[3]))
-        assert row[8:] == [inference.TOO_FEW if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
+        assert row[8:] == [predictions_csv.TOO_FEW if trust.accuracy is None else f"{trust.accuracy:.4f}", str(trust.images)]
 
 
 @pytest.mark.slow
@@ -155,7 +156,7 @@ def test_predict_images_writes_a_row_per_readable_image_and_lists_the_rest(train
     assert sorted(runs_of(results)) == ["prediction_gallery", "predictions", "report"]
     rows = read_csv(results / "predictions" / stamp / "predictions.csv")
     assert rows[0] == ["path", "predicted_class", "confidence", "top2_class", "top2_confidence",
-                       *inference.TRUST_COLUMNS]
+                       *predictions_csv.TRUST_COLUMNS]
     assert len(rows) == 1 + 4 and rows[-1][0] == single
     assert all(row[1] in CLASSES and 0 < float(row[2]) <= 1 for row in rows[1:])
     skipped = read_csv(results / "predictions" / stamp / "skipped.csv")
@@ -375,9 +376,9 @@ def test_a_trust_cell_with_too_few_test_images_says_so_not_blank():
     probabilities = np.stack([confidence, 1 - confidence], axis=1)
     bins = calibration.saved_bins(calibration.reliability_bins(np.zeros(15, dtype=int), probabilities))
 
-    assert inference.trust_cells(bins, 0.96) == ["1.0000", "12"]
-    assert inference.trust_cells(bins, 0.56) == [inference.TOO_FEW, "3"]
-    assert inference.trust_cells(None, 0.56) == ["", ""]  # no saved test evaluation: the terminal says so
+    assert predictions_csv.trust_cells(bins, 0.96) == ["1.0000", "12"]
+    assert predictions_csv.trust_cells(bins, 0.56) == [predictions_csv.TOO_FEW, "3"]
+    assert predictions_csv.trust_cells(None, 0.56) == ["", ""]  # no saved test evaluation: the terminal says so
 
 
 def test_trust_looked_up_for_many_rows_at_once_is_trust_at_of_each():
@@ -389,12 +390,12 @@ def test_trust_looked_up_for_many_rows_at_once_is_trust_at_of_each():
     bins = calibration.saved_bins(calibration.reliability_bins(np.zeros(21, dtype=int), probabilities))
     asked = np.concatenate([[0.0, 1.0, 0.5, 0.55, 0.95], np.linspace(0, 1, len(bins) + 1),
                             np.random.default_rng(0).random(200)])
-    assert inference.trusts_of(bins, asked) == [calibration.trust_at(bins, value) for value in asked]
+    assert predictions_csv.trusts_of(bins, asked) == [calibration.trust_at(bins, value) for value in asked]
 
-    rows = inference.prediction_rows([f"{n}.png" for n in range(len(asked))], np.stack([asked, 1 - asked], axis=1),
+    rows = predictions_csv.prediction_rows([f"{n}.png" for n in range(len(asked))], np.stack([asked, 1 - asked], axis=1),
                                      ("a", "b"), 2, bins=bins)
     for row, value in zip(rows[1:], asked):
-        assert row[-2:] == inference.trust_cells(bins, max(value, 1 - value))
+        assert row[-2:] == predictions_csv.trust_cells(bins, max(value, 1 - value))
 
 
 def test_a_mistyped_images_folder_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):

@@ -38,6 +38,7 @@ import figures
 import inference
 import label_metrics
 import predict
+import predictions_csv
 import tasks
 from conftest import ROOT, free_ports, one_line_error, read_csv, read_json
 from errors import UserError
@@ -201,28 +202,28 @@ def test_prediction_rows_of_a_multi_label_model():
     probabilities = np.array([[0.9, 0.2, 0.6], [0.1, 0.2, 0.3]])
     bins = calibration.saved_bins(calibration.reliability_bins(*label_metrics.as_binary(
         multi_hot([("blue",), ("red",)] * 10), np.tile(probabilities, (10, 1)))))
-    rows = inference.prediction_rows(["a.png", "b.png"], probabilities, LABELS, 3, multi_hot([("blue", "red"), ()]),
+    rows = predictions_csv.prediction_rows(["a.png", "b.png"], probabilities, LABELS, 3, multi_hot([("blue", "red"), ()]),
                                      bins, task=tasks.MULTI_LABEL, thresholds=np.array([0.5, 0.5, 0.7]),
                                      separator="|")
     assert rows[0] == ["path", "true_labels", "predicted_labels", "probability_blue", "probability_green",
-                       "probability_red", *inference.LABEL_TRUST_COLUMNS]
+                       "probability_red", *predictions_csv.LABEL_TRUST_COLUMNS]
     assert rows[1][:3] == ["a.png", "blue|red", "blue"]  # red's 0.6 is under its 0.7
     assert rows[2][:3] == ["b.png", "", ""]  # no label, none predicted
     assert [float(value) for value in rows[1][3:6]] == [0.9, 0.2, 0.6]
-    rate, trust = inference.label_trust(bins, 0.9)
+    rate, trust = predictions_csv.label_trust(bins, 0.9)
     assert rows[1][6:] == [f"{rate:.4f}", str(trust.images)] and trust.images == 20  # the 0.9s and the 0.1s
     assert rows[2][6:] == ["", ""]
     # Without saved bins the trust columns stay empty.
-    assert inference.prediction_rows(["a.png"], probabilities[:1], LABELS, 3, task=tasks.MULTI_LABEL)[1][-2:] == ["", ""]
+    assert predictions_csv.prediction_rows(["a.png"], probabilities[:1], LABELS, 3, task=tasks.MULTI_LABEL)[1][-2:] == ["", ""]
 
 
 def test_a_labels_trust_is_how_often_pairs_at_its_probability_had_the_label():
     truth = multi_hot([("blue",)] * 8 + [()] * 2)[:, :1]
     bins = calibration.saved_bins(calibration.reliability_bins(*label_metrics.as_binary(truth, np.full((10, 1), 0.85))))
-    rate, trust = inference.label_trust(bins, 0.85)
+    rate, trust = predictions_csv.label_trust(bins, 0.85)
     assert rate == pytest.approx(0.8) and trust.images == 10
     # A "no" answer at 0.15 falls in the same bin: the label was there 20% of those times.
-    assert inference.label_trust(bins, 0.15)[0] == pytest.approx(0.2)
+    assert predictions_csv.label_trust(bins, 0.15)[0] == pytest.approx(0.2)
     sentence = app.label_trust_sentence(bins, 0.85)
     assert sentence == ("When it says 85% for a label, the label was there 80% of the time on the test split "
                         "(10 image-label pairs at 80\u201387%).")
@@ -248,7 +249,7 @@ def test_predict_counts_each_label_and_titles_the_gallery_with_a_given_label():
     probabilities = np.array([[0.6, 0.7, 0.8], [0.1, 0.2, 0.3], [0.9, 0.1, 0.95]])
     assert predict.label_counts_line(trained, probabilities) == (
         "labels given: blue 2, green 1, red 1 · no label: 1 of 3 images")
-    rows = inference.rows_of(trained, ["a/1.png", "2.png", "3.png"], probabilities, 3)
+    rows = predictions_csv.rows_of(trained, ["a/1.png", "2.png", "3.png"], probabilities, 3)
     assert [row[1] for row in rows[1:]] == ["green;blue", "", "red;blue"]
     assert predict.gallery_captions(trained, ["a/1.png", "2.png", "3.png"], rows) == [
         "1.png +blue", "2.png: no label", "3.png +blue"]
@@ -343,7 +344,7 @@ def test_predict_writes_label_sets_and_a_probability_per_label(ml_run, tmp_path)
     assert code == 0, printed[-2000:]
     rows = read_csv(newest(str(tmp_path / "predictions")) + "/predictions.csv")
     assert rows[0] == ["path", "predicted_labels", *(f"probability_{name}" for name in LABELS),
-                       *inference.LABEL_TRUST_COLUMNS]
+                       *predictions_csv.LABEL_TRUST_COLUMNS]
     assert len(rows) == 1 + len(ml_run["sets"])
     trained = inference.load_trained_model(ml_run["model"])
     # The model's own probabilities (the CSV's are rounded to 6 digits; a
