@@ -9,7 +9,9 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -25,10 +27,24 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import artifacts  # noqa: E402  (the project's modules, once ROOT is on the path)
 
 # The smallest real model main.py trains: MobileNetV2 at width 0.35 on
-# 32 px images, figures never shown. TINY also trains from scratch (no
-# ImageNet download in tests).
+# 32 px images, figures never shown.
 TINY_MODEL = ["--alpha", "0.35", "--image_size", "32", "--batch_size", "8", "--show", "0"]
-TINY = ["--weights", "none", *TINY_MODEL]
+
+# The users' default path without a download: PRETRAINED is a backbone
+# weights file standing in for ImageNet's (tests/fixtures/pretrain_backbone.py,
+# written once per session by the pretrained_backbone fixture), so the
+# backbone stays frozen and only the head trains; no fine-tuning unless a
+# test asks. The folder is made by the first process that loads this file
+# (pytest-xdist's workers inherit its path) and removed at the end.
+MADE_PRETRAINED_DIR = "TESTS_PRETRAINED_DIR" not in os.environ
+if MADE_PRETRAINED_DIR:
+    os.environ["TESTS_PRETRAINED_DIR"] = tempfile.mkdtemp(prefix="tests-pretrained-")
+PRETRAINED_DIR = os.environ["TESTS_PRETRAINED_DIR"]
+PRETRAINED = os.path.join(PRETRAINED_DIR, "mobilenet_v2_0.35.weights.h5")
+TINY = ["--weights", PRETRAINED, "--fine_tune_epochs", "0", *TINY_MODEL]
+# Every layer trained from random weights: for what is about training from
+# scratch (BatchNorm settling, every variable synced, "it learns").
+SCRATCH = ["--weights", "none", *TINY_MODEL]
 
 
 # Tests read the JSON files the tool wrote as the tool reads them.
@@ -215,6 +231,31 @@ QUICK = [*TINY, "--epochs", "1", "--augment", "0", "--calibrate", "0"]
 
 
 # ---------------------------------------------------------------- built once per session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pretrained_backbone():
+    """PRETRAINED, written by the first test process that needs it (the
+    others wait on the lock and find it done)."""
+    with open(os.path.join(PRETRAINED_DIR, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not os.path.isfile(PRETRAINED):
+                script = os.path.join(ROOT, "tests", "fixtures", "pretrain_backbone.py")
+                done = subprocess.run([sys.executable, script, PRETRAINED], capture_output=True, text=True)
+                assert done.returncode == 0 and os.path.isfile(PRETRAINED), done.stderr[-3000:]
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return PRETRAINED
+
+
+def pytest_unconfigure(config):
+    """Removes PRETRAINED's folder in the process that made it (pytest-xdist's
+    controller, after its workers)."""
+    if MADE_PRETRAINED_DIR:
+        import shutil
+
+        shutil.rmtree(PRETRAINED_DIR, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import main as main_script
 import predict
 import demo
 import errors
-from conftest import ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, head_model, make_flat_dataset, read_csv, read_json
+from conftest import PRETRAINED, ROOT, TINY, TINY_MODEL, TRAINED_RUN_OPTIONS, head_model, make_flat_dataset, read_csv, read_json
 
 
 def the_run(artifacts):
@@ -41,7 +41,7 @@ def test_training_writes_every_artifact_and_the_model_reloads(trained_run):
     assert read_json(artifacts / "class_index.json") == {"0": "alpha", "1": "beta", "2": "gamma"}
     config = read_json(artifacts / "run_config.json")
     assert config["image_size"] == 32 and config["backbone"] == "mobilenet_v2"
-    assert config["alpha"] == 0.35 and config["weights"] == "none" and config["seed"] == 42
+    assert config["alpha"] == 0.35 and config["weights"] == PRETRAINED and config["seed"] == 42
     assert config["class_names"] == ["alpha", "beta", "gamma"] and config["task"] == "single_label"
     assert config["split_sizes"] == {"train": 24, "val": 6, "test": 6}
     assert set(config["versions"]) == {"tensorflow", "keras"}
@@ -246,14 +246,9 @@ def test_a_run_killed_mid_training_changes_nothing_published_and_resumes(saved_m
 def test_a_weights_file_trains_head_then_fine_tunes_and_resumes_there_at_its_lower_rate(workdir, tmp_path):
     """A local weights file: the head first, then fine-tuning at a tenth of
     the rate; killed while fine-tuning, --resume goes on at that rate."""
-    import keras
-
-    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
-    weights = str(tmp_path / "local.weights.h5")
-    backbone.save_weights(weights)
     data = make_flat_dataset(tmp_path / "data", classes=("a", "b", "c"), per_class=16)
     args = ["--image_dir", data, "--epochs", "1", "--fine_tune_epochs", "3", "--patience", "20",
-            *TINY_MODEL, "--augment", "0", "--calibrate", "0", "--weights", weights]
+            *TINY_MODEL, "--augment", "0", "--calibrate", "0", "--weights", PRETRAINED]
 
     state = kill_during(args, workdir, lambda state: state.get("phase") == "finetune" and state["epoch"] >= 1)
 

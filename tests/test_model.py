@@ -12,18 +12,11 @@ from errors import UserError
 from conftest import make_digit_folder
 
 
-@pytest.fixture(scope="module")
-def local_weights(tmp_path_factory):
+@pytest.fixture
+def local_weights(pretrained_backbone):
     """A backbone weights file on disk, standing in for ImageNet weights
-    (which cannot be downloaded here)."""
-    import keras
-
-    backbone = keras.applications.MobileNetV2(
-        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
-    )
-    path = tmp_path_factory.mktemp("weights") / "backbone.weights.h5"
-    backbone.save_weights(str(path))
-    return str(path)
+    (which cannot be downloaded here): conftest's PRETRAINED."""
+    return pretrained_backbone
 
 
 def test_output_is_float32_softmax_over_raw_uint8_images():

@@ -11,7 +11,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import one_line_error, read_csv, read_json
+from conftest import TINY, one_line_error, read_csv, read_json
 
 import artifacts
 import compare
@@ -350,8 +350,7 @@ def label_folds(tmp_path_factory):
     data = write_label_folder(root / "data")
     code = main.main([
         "--image_dir", str(data), "--labels_csv", str(data / "labels.csv"), "--folds", "2", "--epochs", "1",
-        "--weights", "none", "--alpha", "0.35", "--image_size", "32", "--batch_size", "8", "--show", "0",
-        "--artifacts_dir", str(root / "artifacts"), "--results_dir", str(root / "results"),
+        *TINY, "--artifacts_dir", str(root / "artifacts"), "--results_dir", str(root / "results"),
     ])
     assert code == 0
     return {"root": root, "data": data, "artifacts": root / "artifacts", "results": root / "results"}

@@ -40,7 +40,7 @@ import label_metrics
 import predict
 import predictions_csv
 import tasks
-from conftest import ROOT, free_ports, one_line_error, read_csv, read_json
+from conftest import ROOT, TINY, free_ports, one_line_error, read_csv, read_json
 from errors import UserError
 
 LABELS = ("blue", "green", "red")
@@ -118,8 +118,7 @@ def ml_run(tmp_path_factory):
     printed = io.StringIO()
     with without_pages(), contextlib.redirect_stdout(printed):
         code = main.main([
-            "--image_dir", data, "--labels_csv", labels_csv, "--weights", "none", "--alpha", "0.35",
-            "--image_size", "32", "--batch_size", "8", "--epochs", "2", "--show", "0",
+            "--image_dir", data, "--labels_csv", labels_csv, *TINY, "--epochs", "2",
             "--artifacts_dir", str(root / "artifacts"), "--results_dir", str(root / "results"),
         ])
     assert code == 0, printed.getvalue()[-3000:]

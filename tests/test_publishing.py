@@ -154,8 +154,9 @@ def test_publish_run_refuses_an_unknown_or_unfinished_run_in_one_line(runs, caps
 
 @pytest.mark.slow
 def test_a_quick_try_does_not_replace_the_good_model(runs, tmp_path, capsys):
-    """main.py end to end: a one-epoch run from scratch, at chance, on the
-    folder whose good model is published is kept, not published, and its
+    """main.py end to end: a one-epoch run (its head trained once over the
+    stand-in backbone) on the folder whose good model is published, which
+    does not beat the good model's 1.000, is kept, not published, and its
     summary says so with both scores and the command."""
     decide("always", runs, runs["good"])
     outputs = ["--artifacts_dir", str(runs["artifacts"]), "--results_dir", str(tmp_path / "results")]
