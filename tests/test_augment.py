@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import augment
+from conftest import read_json
 
 SIDE = 33  # odd, so the centre (16, 16) is a pixel
 CENTRE = (SIDE - 1) / 2.0
@@ -285,3 +286,15 @@ def test_a_mixup_training_keeps_its_pipeline_parallel_and_prints_no_nodedef_line
     from each batch's own seed, nothing is rewritten."""
     errors = mixing_run["errors"]
     assert "use_unbounded_threadpool" not in errors and "NodeDef" not in errors, errors[-2000:]
+
+
+# mixing_run's balance part is checked here, beside its mixing check: in another
+# file, a second test process would sit waiting for the one building it.
+@pytest.mark.slow
+def test_a_focal_mixed_run_trains_and_reports_balanced_accuracy(mixing_run):
+    printed = mixing_run["printed"]
+    assert "balance: focal loss (gamma 2), alpha a=" in printed and "(balanced " in printed
+    scores = read_json(mixing_run["results"] / "metrics" / mixing_run["run"] / "metrics.json")
+    assert 0 <= scores["balanced_accuracy"] <= 1 and math.isfinite(scores["loss"])
+    preview = mixing_run["results"] / "augmentation_preview" / mixing_run["run"] / "augmentation_preview.png"
+    assert preview.stat().st_size > 10_000

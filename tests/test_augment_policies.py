@@ -11,7 +11,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import TINY, make_flat_dataset, make_multi_label_dataset, one_line_error, read_json
+from conftest import TINY, make_flat_dataset, make_multi_label_dataset, one_line_error
 
 import augment
 import data_loader
@@ -188,14 +188,3 @@ def test_each_bad_input_is_one_line_and_exit_2(tmp_path, workdir, capsys, argume
     data = make_flat_dataset(tmp_path / "data", per_class=3)
     assert main_script.main(["--image_dir", data, *arguments, *TINY]) == 2
     assert message in one_line_error(capsys)
-
-
-@pytest.mark.slow
-def test_a_randaugment_run_with_erasing_trains_saves_its_options_and_previews_them(recipe_run):
-    assert "augmentation randaugment after flip horizontal, random erasing p=0.5" in recipe_run["printed"]
-    options = read_json(recipe_run["artifacts"] / "runs" / recipe_run["run"] / "run_config.json")["options"]
-    assert (options["augment_policy"], options["erasing"]) == ("randaugment", 0.5)
-    history = recipe_run["results"] / "training_curves" / recipe_run["run"] / "history.csv"
-    assert len(history.read_text().splitlines()) == 2  # a header and the one epoch --time allowed
-    preview = recipe_run["results"] / "augmentation_preview" / recipe_run["run"] / "augmentation_preview.png"
-    assert preview.stat().st_size > 10_000

@@ -283,15 +283,3 @@ def test_a_model_compiled_with_the_focal_loss_loads_back_with_it_as_resume_does(
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded.loss).__name__ == "CategoricalFocalCrossentropy"
     assert loaded.loss.alpha == [0.625, 2.5] and loaded.loss.label_smoothing == 0.1
-
-
-@pytest.mark.slow
-def test_a_focal_mixed_run_trains_and_reports_balanced_accuracy(mixing_run):
-    from conftest import read_json
-
-    printed = mixing_run["printed"]
-    assert "balance: focal loss (gamma 2), alpha a=" in printed and "(balanced " in printed
-    scores = read_json(mixing_run["results"] / "metrics" / mixing_run["run"] / "metrics.json")
-    assert 0 <= scores["balanced_accuracy"] <= 1 and math.isfinite(scores["loss"])
-    preview = mixing_run["results"] / "augmentation_preview" / mixing_run["run"] / "augmentation_preview.png"
-    assert preview.stat().st_size > 10_000

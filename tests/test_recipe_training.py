@@ -252,3 +252,17 @@ def test_time_stops_a_real_run_which_publishes_its_best_model_and_says_so(recipe
     rows = history(recipe_run["results"] / "training_curves" / recipe_run["run"] / "history.csv")
     # The warm-up's top, end of epoch 1: the rate the range test found.
     assert float(rows[0]["learning_rate"]) == pytest.approx(published["learning_rate_found"]["rate"], rel=1e-5)
+
+
+# recipe_run's RandAugment part is checked here, beside the other recipe checks on
+# the same run: in another file, a second test process would sit waiting for the
+# one building it (a minute of one core).
+@pytest.mark.slow
+def test_a_randaugment_run_with_erasing_trains_saves_its_options_and_previews_them(recipe_run):
+    assert "augmentation randaugment after flip horizontal, random erasing p=0.5" in recipe_run["printed"]
+    options = read_json(recipe_run["artifacts"] / "runs" / recipe_run["run"] / "run_config.json")["options"]
+    assert (options["augment_policy"], options["erasing"]) == ("randaugment", 0.5)
+    history = recipe_run["results"] / "training_curves" / recipe_run["run"] / "history.csv"
+    assert len(history.read_text().splitlines()) == 2  # a header and the one epoch --time allowed
+    preview = recipe_run["results"] / "augmentation_preview" / recipe_run["run"] / "augmentation_preview.png"
+    assert preview.stat().st_size > 10_000
