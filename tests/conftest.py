@@ -237,6 +237,7 @@ QUICK = [*TINY, "--epochs", "1", "--augment", "0", "--calibrate", "0"]
 def pretrained_backbone():
     """PRETRAINED, written by the first test process that needs it (the
     others wait on the lock and find it done)."""
+    os.makedirs(PRETRAINED_DIR, exist_ok=True)  # TESTS_PRETRAINED_DIR may name a folder not made yet
     with open(os.path.join(PRETRAINED_DIR, "lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
