@@ -12,13 +12,6 @@ from errors import UserError
 from conftest import make_digit_folder
 
 
-@pytest.fixture
-def local_weights(pretrained_backbone):
-    """A backbone weights file on disk, standing in for ImageNet weights
-    (which cannot be downloaded here): conftest's PRETRAINED."""
-    return pretrained_backbone
-
-
 def test_output_is_float32_softmax_over_raw_uint8_images():
     model = model_builder.build_classifier(4, image_size=32, alpha=0.35, weights="none")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
@@ -44,10 +37,10 @@ def test_from_scratch_trains_everything_with_fast_batchnorm():
     assert norms and {layer.momentum for layer in norms} == {model_builder.SCRATCH_BATCHNORM_MOMENTUM}
 
 
-def test_pretrained_phases_freeze_then_unfreeze_top_without_batchnorm(local_weights):
+def test_pretrained_phases_freeze_then_unfreeze_top_without_batchnorm(pretrained_backbone):
     import keras
 
-    model = model_builder.build_classifier(3, image_size=32, alpha=0.35, weights=local_weights)
+    model = model_builder.build_classifier(3, image_size=32, alpha=0.35, weights=pretrained_backbone)
     backbone = model_builder.backbone_of(model)
     head_weights = {id(weight) for weight in model.trainable_weights}
     assert not backbone.trainable
@@ -63,12 +56,12 @@ def test_pretrained_phases_freeze_then_unfreeze_top_without_batchnorm(local_weig
 
 
 @pytest.mark.slow
-def test_pretrained_backbone_runs_batchnorm_in_inference_mode(local_weights):
+def test_pretrained_backbone_runs_batchnorm_in_inference_mode(pretrained_backbone):
     """Even unfrozen for fine-tuning, the pretrained backbone's BatchNorm
     statistics must not move during training."""
     import keras
 
-    model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=local_weights)
+    model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=pretrained_backbone)
     model_builder.unfreeze_top_layers(model, 40)
     norms = [l for l in model_builder.backbone_of(model).layers if isinstance(l, keras.layers.BatchNormalization)]
     assert norms, "no BatchNormalization layer in the backbone: nothing to check"
@@ -80,12 +73,12 @@ def test_pretrained_backbone_runs_batchnorm_in_inference_mode(local_weights):
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_local_weights_file_is_loaded(local_weights):
+def test_local_weights_file_is_loaded(pretrained_backbone):
     import keras
 
-    model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=local_weights)
+    model = model_builder.build_classifier(2, image_size=32, alpha=0.35, weights=pretrained_backbone)
     reference = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
-    reference.load_weights(local_weights)
+    reference.load_weights(pretrained_backbone)
     loaded = model_builder.backbone_of(model).weights
     assert len(loaded) == len(reference.weights) > 0
     for got, expected in zip(loaded, reference.weights, strict=True):
