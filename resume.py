@@ -15,6 +15,7 @@ state.json says "done" (`finish_resume_points`).
 import csv
 import dataclasses
 import os
+import shutil
 
 import artifacts
 import config
@@ -95,19 +96,25 @@ def model_file_name(epoch, phase):
     return f"epoch-{epoch + 1:04d}-{phase}.keras"
 
 
-def save_resume_point(folder, model, point):
+def save_resume_point(folder, model, point, saved_copy=None):
     """Saves `model` and the ResumePoint `point` (its model_file is filled
     in here) so that the state always names a complete model file: the
     model goes to a new file first, then the state is replaced, then older
-    model files are removed (they are ours, never user data)."""
+    model files are removed (they are ours, never user data). `saved_copy`:
+    a .keras file of this very model in this very state (optimizer
+    included), which is copied instead of serialising the model again."""
     os.makedirs(folder, exist_ok=True)
     name = model_file_name(point.epoch, point.phase)
-    artifacts.save_model(model, os.path.join(folder, name))
+    path = os.path.join(folder, name)
+    if saved_copy is None:
+        artifacts.save_model(model, path)
+    else:
+        artifacts.atomic_write(path, lambda temp_path: shutil.copyfile(saved_copy, temp_path))
     artifacts.write_json(os.path.join(folder, RESUME_STATE), dataclasses.replace(point, model_file=name).to_json())
     drop_resume_models(folder, keep=name)
 
 
-def resume_callback(folder, model, point, checkpoint, swap=None, spent=None):
+def resume_callback(folder, model, point, checkpoint, swap=None, spent=None, best_model_path=None):
     """A Keras callback that saves a resume point after every epoch: the
     fields of `point` with that epoch, the best val_loss so far of the
     ModelCheckpoint `checkpoint` and the training seconds `spent()`.
@@ -115,16 +122,32 @@ def resume_callback(folder, model, point, checkpoint, swap=None, spent=None):
     averaged weights in the model at the epoch's end and the raw ones in
     the optimizer's place for them; the point is saved the way training
     goes on (raw weights in the model, the averages in the optimizer), so
-    a resumed run continues exactly as an uninterrupted one."""
+    a resumed run continues exactly as an uninterrupted one.
+    `best_model_path`: where the checkpoint's file is promoted to
+    (train_utils.promote_checkpoint, a callback before this one). At an
+    epoch whose val_loss improved, that file is this model as it is now
+    (nothing between the two callbacks changes the model or its
+    optimizer), so the point copies it: one serialisation of the model
+    per improved epoch instead of two (~0.5 s each for the tests' tiny
+    model, ~0.6 s for MobileNetV2 at 224 px; a copy takes milliseconds).
+    Not with --ema: the checkpoint holds the averages, the point the raw
+    weights."""
     import keras
+
+    last_best = [checkpoint.best]
 
     def save(epoch, logs=None):
         best = float(checkpoint.best) if checkpoint.best is not None else float("inf")
         seconds = None if spent is None else spent()
+        improved = checkpoint.best is not None and checkpoint.best != last_best[0]
+        last_best[0] = checkpoint.best
+        point_now = dataclasses.replace(point, epoch=epoch, best_val_loss=best, spent_seconds=seconds)
+        if swap is None and improved and best_model_path is not None and os.path.isfile(best_model_path):
+            save_resume_point(folder, model, point_now, saved_copy=best_model_path)
+            return
         if swap is not None:
             swap.on_epoch_begin(epoch)  # what the next epoch would do first: the raw weights back
-        save_resume_point(folder, model, dataclasses.replace(point, epoch=epoch, best_val_loss=best,
-                                                             spent_seconds=seconds))
+        save_resume_point(folder, model, point_now)
         if swap is not None:
             swap.on_epoch_end(epoch)  # the averages in the model again, for the callbacks after this one
 

@@ -426,7 +426,7 @@ def phase_callbacks(plan, checkpoint, point, model, announce=True, budget=None):
         # published model (main.py checks that a best model was saved).
         keras.callbacks.TerminateOnNaN(),
         budget.callback(model, announce),
-        resume.resume_callback(plan.resume_folder, model, point, checkpoint, swap, budget.spent),
+        resume.resume_callback(plan.resume_folder, model, point, checkpoint, swap, budget.spent, plan.best_model_path),
     ]
     if plan.tensorboard_dir:
         # write_graph needs model.fit's train function, which a multi-worker loop has not.

@@ -147,3 +147,53 @@ def test_the_training_plan_names_early_stopping_only_when_it_can_stop_a_phase():
     assert "early stopping" not in train_utils.training_plan_line(3, 5, True, 0, 20)
     # Fine-tuning epochs do not count without pretrained weights (none run).
     assert "early stopping" not in train_utils.training_plan_line(3, 5, False, 10, 20)
+
+
+def test_the_resume_point_copies_the_checkpoint_of_an_improved_epoch_and_saves_the_model_otherwise(tmp_path, monkeypatch):
+    """After an epoch whose val_loss improved, the promoted checkpoint is
+    this model as it is (weights and optimizer): the resume point copies
+    it rather than serialising the model again. After any other epoch,
+    it saves the model (and always with --ema, whose checkpoint holds the
+    averages: test_recipe_training's resumed EMA run checks that one)."""
+    import keras
+
+    import artifacts
+    import resume
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    train_utils.compile_model(model, 1e-3, jit_compile=False)
+    model.train_on_batch(np.eye(2, dtype=np.float32), np.array([0, 1]))
+    best = tmp_path / "best_model.keras"
+    checkpoint = keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True)
+    checkpoint.set_model(model)
+    point = resume.ResumePoint(stamp="run", history_path="h.csv", phase="head", epoch=0, best_val_loss=0.0,
+                               model_file="")
+    folder = tmp_path / "resume"
+
+    def read_state(folder):
+        return artifacts.read_json(folder / resume.RESUME_STATE)
+
+    def saved_point():
+        return folder / read_state(folder)["model_file"]
+
+    serialised = []
+    save_model = artifacts.save_model
+    monkeypatch.setattr(artifacts, "save_model", lambda model, path: serialised.append(path) or save_model(model, path))
+    callback = resume.resume_callback(str(folder), model, point, checkpoint, best_model_path=str(best))
+    callback.set_model(model)
+    checkpoint.on_epoch_end(0, {"val_loss": 0.5})  # improved: the checkpoint writes the model
+    callback.on_epoch_end(0, {"val_loss": 0.5})
+    assert serialised == [] and saved_point().read_bytes() == best.read_bytes()
+    reloaded = keras.models.load_model(saved_point())
+    assert int(reloaded.optimizer.iterations) == int(model.optimizer.iterations) == 1
+    for ours, theirs in zip(reloaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+    # Not improved: the file there is an older model (here not even one).
+    best.write_bytes(b"an older best model")
+    checkpoint.on_epoch_end(1, {"val_loss": 0.7})
+    callback.on_epoch_end(1, {"val_loss": 0.7})
+    assert serialised == [str(saved_point())]
+    assert read_state(folder)["epoch"] == 1 and read_state(folder)["best_val_loss"] == 0.5
+    assert int(keras.models.load_model(saved_point()).optimizer.iterations) == 1
+
