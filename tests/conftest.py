@@ -225,9 +225,10 @@ def head_model(activation="softmax", num_classes=3, image_size=16):
     return keras.Model(inputs, model_builder.temperature_and_activation(logits, activation=activation))
 
 
-# One epoch on a tiny model, nothing optional (no augmentation, no
-# temperature scaling): for runs where training is not the point.
-QUICK = [*TINY, "--epochs", "1", "--augment", "0", "--calibrate", "0"]
+# One epoch, nothing optional (no augmentation, no temperature scaling):
+# for runs where training is not the point. QUICK: on the tiny model.
+ONE_EPOCH = ["--epochs", "1", "--augment", "0", "--calibrate", "0"]
+QUICK = [*TINY, *ONE_EPOCH]
 
 
 # ---------------------------------------------------------------- built once per session

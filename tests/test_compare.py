@@ -22,11 +22,11 @@ import main as main_script
 import errors
 import inference
 import splits
-from conftest import SCRATCH, make_flat_dataset, one_line_error, read_json
+from conftest import ONE_EPOCH, SCRATCH, make_flat_dataset, one_line_error, read_json
 
 BACKBONES = ("mobilenet_v2", "mobilenet_v3_small")
 # From scratch: one stand-in weights file fits one backbone, not each.
-FEW = [*SCRATCH, "--epochs", "1", "--augment", "0", "--calibrate", "0", "--rows", "1", "--cols", "3"]
+FEW = [*SCRATCH, *ONE_EPOCH, "--rows", "1", "--cols", "3"]
 
 
 def read_rows(path):

@@ -170,11 +170,11 @@ def test_the_resume_point_copies_the_checkpoint_of_an_improved_epoch_and_saves_t
                                model_file="")
     folder = tmp_path / "resume"
 
-    def read_state(folder):
+    def read_state():
         return artifacts.read_json(folder / resume.RESUME_STATE)
 
     def saved_point():
-        return folder / read_state(folder)["model_file"]
+        return folder / read_state()["model_file"]
 
     serialised = []
     save_model = artifacts.save_model
@@ -194,6 +194,6 @@ def test_the_resume_point_copies_the_checkpoint_of_an_improved_epoch_and_saves_t
     checkpoint.on_epoch_end(1, {"val_loss": 0.7})
     callback.on_epoch_end(1, {"val_loss": 0.7})
     assert serialised == [str(saved_point())]
-    assert read_state(folder)["epoch"] == 1 and read_state(folder)["best_val_loss"] == 0.5
+    assert read_state()["epoch"] == 1 and read_state()["best_val_loss"] == 0.5
     assert int(keras.models.load_model(saved_point()).optimizer.iterations) == 1
 
